@@ -1,0 +1,78 @@
+# Digit Recognizer pipeline. `make help` lists the targets; variables can be overridden:
+#   make all ZIP=~/Downloads/digit-recognizer.zip     use a competition zip
+#   make train MODEL=lenet EPOCHS=10 DEVICE=cuda      another model, longer, on the GPU
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIPELINE := $(BIN)/pipeline
+
+RECIPE ?= fast
+MODEL ?=
+EPOCHS ?=
+DEVICE ?= auto
+SEED ?= 0
+ZIP ?=
+MEMBERS ?= 5
+# The same name `pipeline train` picks: the model's, so `pipeline predict` finds it unaided.
+RUN := $(or $(MODEL),$(if $(filter fast,$(RECIPE)),fastnet,$(RECIPE)))
+CHECKPOINT := models/$(RUN).pt
+
+.DEFAULT_GOAL := help
+.PHONY: help install data prepare train evaluate predict all best submit test bench baselines lint clean distclean
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv and install the package, its extras and test tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,kaggle,sample]'
+	touch $@
+
+data: install ## Raw CSVs: already there -> ZIP / data/raw zip -> Kaggle API -> offline sample
+	$(PIPELINE) download $(if $(ZIP),--zip $(ZIP))
+
+prepare: data ## Validate and parse the CSVs into uint8 tensors with a train/val split
+	$(PIPELINE) prepare --seed $(SEED)
+
+train: prepare ## Train RECIPE (or MODEL) into models/<name>.pt; skips a finished identical run
+	$(PIPELINE) train --recipe $(RECIPE) $(if $(MODEL),--model $(MODEL)) \
+		$(if $(EPOCHS),--epochs $(EPOCHS)) --device $(DEVICE) --seed $(SEED) --out $(CHECKPOINT)
+
+evaluate: train ## Validation accuracy, per-class report, confusion matrix and mistakes PNGs
+	$(PIPELINE) evaluate --checkpoint $(CHECKPOINT) --device $(DEVICE)
+
+predict: train ## Write submissions/submission.csv with the trained model
+	$(PIPELINE) predict --checkpoint $(CHECKPOINT) --device $(DEVICE)
+
+all: predict ## install -> download -> prepare -> train -> predict
+
+best: prepare ## Train the `best` recipe as a MEMBERS-model ensemble and predict with TTA (GPU)
+	$(PIPELINE) ensemble --recipe best --members $(MEMBERS) --device $(DEVICE) --seed $(SEED)
+	$(PIPELINE) predict --checkpoint 'models/best-*.pt' --tta --device $(DEVICE)
+
+submit: ## Check submissions/submission.csv and send it to Kaggle (never run by other targets)
+	$(PIPELINE) submit --file submissions/submission.csv
+
+test: install ## Run the test suite (installs what it needs first)
+	$(BIN)/python -m pytest
+
+bench: prepare ## Print speed figures (CSV parse, load, train/predict images/s, vs the tutorial loop)
+	$(PIPELINE) bench --device $(DEVICE)
+
+baselines: install ## Run the seven tutorial baselines; figures in reports/figures/
+	for name in regression optimizers linear classification mlp gan activations; do \
+		$(PIPELINE) baselines $$name || exit 1; done
+
+lint: install ## ruff format check and lint
+	$(BIN)/ruff format --check pipeline tests
+	$(BIN)/ruff check pipeline tests
+
+clean: ## Remove processed data, models, submissions and figures (keeps raw data and .venv)
+	find data/processed models submissions reports/figures -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+
+distclean: clean ## Also remove the raw data and the virtual environment
+	find data/raw -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf $(VENV)

@@ -1,0 +1,104 @@
+"""Checkpoints that rebuild themselves: weights plus the primitive metadata to use them.
+
+Everything is saved as tensors and plain Python values, so `torch.load(weights_only=True)`
+reads it and never unpickles code. Writes go through a temp file and a rename, so a killed
+write leaves the previous checkpoint, never half of a new one.
+"""
+
+import platform
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline import config
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path, write_json
+from pipeline.models import MODELS, build_model
+
+FORMAT = "digit-recognizer-checkpoint"
+VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    try:
+        torchvision_version = version("torchvision")  # importing it would cost ~1.5 s
+    except PackageNotFoundError:
+        torchvision_version = "absent"
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),  # a str subclass weights_only refuses
+        "torchvision": torchvision_version,
+    }
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module  # in eval mode, on the requested device
+    meta: dict[str, Any]  # model, arch_args, normalization, train_config, val_accuracy, ...
+    training_state: dict[str, Any] | None  # optimizer/scheduler/RNG state in resumable files
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    meta: dict[str, Any],
+    training_state: dict[str, Any] | None = None,
+    sidecar: bool = True,
+) -> None:
+    """Write `path` atomically (and its JSON twin); `meta` must hold `model` and `arch_args`."""
+    meta = {
+        **meta,
+        "format": FORMAT,
+        "version": VERSION,
+        "normalization": {"mean": config.PIXEL_MEAN, "std": config.PIXEL_STD},
+        "versions": library_versions(),
+    }
+    payload = {"meta": meta, "state_dict": model.state_dict()}
+    if training_state is not None:
+        payload["training_state"] = training_state
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    if sidecar:
+        write_json(meta, config.sidecar_path(path))
+
+
+def read_payload(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint file's structure, with a one-line error for anything else."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such checkpoint (run `pipeline train` first)")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        if "Unsupported global" in str(exc):  # code objects that weights_only refuses
+            raise PipelineError(
+                f"{path}: refused, it holds Python objects beyond tensors and plain values "
+                "(only weights_only=True files are loaded)"
+            ) from None
+        raise PipelineError(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {type(exc).__name__})"
+        ) from None
+    meta = payload.get("meta") if isinstance(payload, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise PipelineError(f"{path}: not a checkpoint written by `pipeline train`")
+    if meta.get("version") != VERSION:
+        raise PipelineError(f"{path}: checkpoint version {meta.get('version')} != {VERSION}")
+    if meta.get("model") not in MODELS or not isinstance(payload.get("state_dict"), dict):
+        raise PipelineError(f"{path}: unknown architecture {meta.get('model')!r}")
+    return payload
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    payload = read_payload(path, device)
+    meta = payload["meta"]
+    try:
+        model = build_model(meta["model"], **meta.get("arch_args", {}))
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:120]
+        raise PipelineError(f"{path}: weights do not fit {meta['model']!r} ({first})") from None
+    return Checkpoint(model.to(device).eval(), meta, payload.get("training_state"))

@@ -1,0 +1,32 @@
+"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+
+import functools
+
+import typer
+
+
+class PipelineError(Exception):
+    """A problem the user can fix (bad file, missing input, wrong option); never a bug.
+
+    The message names the file and the problem on one line; the CLI prints it without a
+    traceback.
+    """
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print `error: message` on stderr; raise the returned Exit to end with `code`."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def one_line_errors(command):
+    """Decorate a typer command: a PipelineError becomes one stderr line and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except PipelineError as exc:
+            raise fail(str(exc)) from None
+
+    return wrapper

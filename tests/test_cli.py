@@ -1,0 +1,183 @@
+"""Each command's wiring through typer's CliRunner, and the one-line error contract."""
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import config, kaggle_api
+from pipeline.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_every_stage():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("download", "prepare", "train", "ensemble", "evaluate", "predict", "submit"):
+        assert command in result.stdout
+
+
+def test_download_sample_says_loudly_that_it_is_a_sample(tmp_path, monkeypatch):
+    monkeypatch.setattr(kaggle_api, "credential_source", lambda: None)
+    result = invoke("download", "--raw-dir", tmp_path)
+    assert result.exit_code == 0 and "download [sample]" in result.stdout
+    assert "OFFLINE SAMPLE" in result.stderr
+    assert (tmp_path / config.TEST_LABELS_CSV).is_file()
+
+
+def test_download_bad_zip_is_one_line(tmp_path):
+    bad = tmp_path / "digit-recognizer.zip"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    assert_one_line_error(
+        invoke("download", "--source", "zip", "--zip", bad, "--raw-dir", tmp_path / "raw"),
+        str(bad),
+    )
+
+
+def test_bad_choice_is_a_usage_error():
+    result = invoke("download", "--source", "ftp")
+    assert result.exit_code == 2 and "Invalid value" in result.stderr
+
+
+def test_prepare_then_skip(raw_dir, tmp_path):
+    out = tmp_path / "processed"
+    first = invoke("prepare", "--raw-dir", raw_dir, "--processed-dir", out)
+    assert first.exit_code == 0 and "written (train 3,600, val 400, test 1,000)" in first.stdout
+    second = invoke("prepare", "--raw-dir", raw_dir, "--processed-dir", out)
+    assert "up to date" in second.stdout
+
+
+def test_prepare_malformed_csv_is_one_line_and_writes_nothing(raw_dir, tmp_path):
+    (raw_dir / config.TRAIN_CSV).write_text("label,pixel0\n3,0\n")
+    out = tmp_path / "processed"
+    result = invoke("prepare", "--raw-dir", raw_dir, "--processed-dir", out)
+    assert_one_line_error(result, str(raw_dir / config.TRAIN_CSV), "header must be")
+    assert not out.exists()
+
+
+def test_train_evaluate_predict(processed_dir, tmp_path):
+    ckpt = tmp_path / "cnn.pt"
+    trained = invoke(
+        "train",
+        "--model",
+        "cnn",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "30",
+        "--device",
+        "cpu",
+        "--processed-dir",
+        processed_dir,
+        "--out",
+        ckpt,
+    )
+    assert trained.exit_code == 0, trained.output
+    assert "train: " in trained.stdout and "epoch   1/1" in trained.output
+    again = invoke(
+        "train",
+        "--model",
+        "cnn",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "30",
+        "--device",
+        "cpu",
+        "--processed-dir",
+        processed_dir,
+        "--out",
+        ckpt,
+    )
+    assert "up to date" in again.stdout
+
+    evaluated = invoke(
+        "evaluate", "--checkpoint", ckpt, "--processed-dir", processed_dir, "--device", "cpu"
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "precision" in evaluated.stdout and "val accuracy" in evaluated.stdout
+
+    sub = tmp_path / "sub.csv"
+    predicted = invoke(
+        "predict",
+        "--checkpoint",
+        ckpt,
+        "--checkpoint",
+        ckpt,
+        "--processed-dir",
+        processed_dir,
+        "--out",
+        sub,
+        "--device",
+        "cpu",
+    )
+    assert predicted.exit_code == 0 and "1,000 labels from 2 model(s)" in predicted.stdout
+    assert len(pd.read_csv(sub)) == 1000
+    scored = invoke("evaluate", "--submission", sub, "--processed-dir", processed_dir)
+    assert scored.exit_code == 0 and "on the offline sample's answers" in scored.stdout
+
+
+def test_corrupt_checkpoint_is_one_line(processed_dir, tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"\x80\x02 definitely not torch")
+    for command in ("evaluate", "predict"):
+        result = invoke(command, "--checkpoint", broken, "--processed-dir", processed_dir)
+        assert_one_line_error(result, str(broken))
+    assert not config.DEFAULT_SUBMISSION.with_name("never.csv").exists()
+
+
+def test_predict_without_any_matching_checkpoint(processed_dir, tmp_path):
+    result = invoke(
+        "predict",
+        "--checkpoint",
+        tmp_path / "best-*.pt",
+        "--processed-dir",
+        processed_dir,
+        "--out",
+        tmp_path / "s.csv",
+    )
+    assert_one_line_error(result, "no checkpoint matches")
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_train_without_prepared_data_is_one_line(tmp_path):
+    result = invoke("train", "--processed-dir", tmp_path / "nothing")
+    assert_one_line_error(result, "run `pipeline prepare`")
+
+
+def test_submit_refuses_the_sample_submission(tmp_path):
+    sub = tmp_path / "sub.csv"
+    pd.DataFrame({"ImageId": range(1, 1001), "Label": 1}).to_csv(sub, index=False)
+    assert_one_line_error(invoke("submit", "--file", sub), "has 1000 rows")
+
+
+@pytest.mark.parametrize("reply", ["Successfully submitted to Digit Recognizer"])
+def test_submit_with_a_faked_client(tmp_path, monkeypatch, reply):
+    from types import SimpleNamespace
+
+    calls = []
+
+    class Client:
+        def competition_submit(self, file_name, message, competition, quiet=False):
+            calls.append((file_name, message, competition))
+            return SimpleNamespace(message=reply)
+
+    monkeypatch.setattr(kaggle_api, "connect", lambda: Client())
+    sub = tmp_path / "submission.csv"
+    pd.DataFrame({"ImageId": range(1, 28_001), "Label": 1}).to_csv(sub, index=False)
+    result = invoke("submit", "--file", sub, "--message", "cli test")
+    assert result.exit_code == 0 and reply in result.stdout
+    assert calls == [(str(sub), "cli test", "digit-recognizer")]

@@ -1,0 +1,106 @@
+"""Prediction, ensembling, test-time augmentation and the submission rules."""
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from pipeline import config
+from pipeline.datasets import TensorDigits
+from pipeline.errors import PipelineError
+from pipeline.predict import (
+    check_submission,
+    ensemble_probabilities,
+    predict_logits,
+    read_submission,
+    tta_views,
+    write_submission,
+)
+
+
+class FixedLogits(nn.Module):
+    """Returns the same logits for every image: makes averaging checkable by hand."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor(logits), requires_grad=False)
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def _data(n=6):
+    return TensorDigits(torch.zeros(n, 1, 28, 28, dtype=torch.uint8), torch.zeros(n).long())
+
+
+def test_ensemble_averages_probabilities_not_logits():
+    a = FixedLogits([4.0, 0.0, 0.0] + [-9.0] * 7)
+    b = FixedLogits([0.0, 1.0, 0.0] + [-9.0] * 7)
+    probs = ensemble_probabilities([a, b], _data(), batch_size=4)
+    expected = (a.logits.softmax(0) + b.logits.softmax(0)) / 2
+    assert probs.shape == (6, 10) and torch.allclose(probs, expected.expand(6, -1))
+    assert torch.allclose(probs.sum(1), torch.ones(6))
+
+
+def test_tta_views_are_the_image_and_one_pixel_shifts():
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, :, 14, 14] = 1.0
+    views = tta_views(x)
+    assert len(views) == 5 and torch.allclose(views[0], x, atol=1e-6)
+    for view in views[1:]:
+        moved = (view[0, 0] > 0.5).nonzero().tolist()
+        assert len(moved) == 1 and sum(abs(a - 14) for a in moved[0]) == 1
+
+
+def test_tta_logits_are_the_mean_over_views(processed_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    data = TensorDigits.load(processed_dir, "val")
+    plain = predict_logits(model, data)
+    with_tta = predict_logits(model, data, tta=True)
+    assert with_tta.shape == plain.shape == (400, 10)
+    assert not torch.allclose(plain, with_tta)
+
+
+def _frame(n=5, **changes):
+    frame = pd.DataFrame({"ImageId": range(1, n + 1), "Label": [3, 1, 4, 1, 5][:n]})
+    for key, value in changes.items():
+        frame[key] = value
+    return frame
+
+
+@pytest.mark.parametrize(
+    "frame, problem",
+    [
+        (_frame().rename(columns={"Label": "label"}), "header must be ImageId,Label"),
+        (_frame().assign(extra=1), "header must be"),
+        (_frame(4), "has 4 rows, Kaggle expects 5"),
+        (_frame(ImageId=[0, 1, 2, 3, 4]), "ImageId must be 1..5"),
+        (_frame(ImageId=[1, 1, 2, 3, 4]), "ImageId must be 1..5"),
+        (_frame(Label=[3, 1, 10, 1, 5]), "Label must be a digit"),
+        (_frame(Label=[3.0, 1.5, 4.0, 1.0, 5.0]), "Label must hold integers"),
+        (_frame(Label=[3, None, 4, 1, 5]), "Label must hold integers"),
+    ],
+)
+def test_submission_rules(frame, problem):
+    with pytest.raises(PipelineError, match=problem):
+        check_submission(frame, 5, "sub.csv")
+
+
+def test_written_submission_reads_back_valid_and_ordered(tmp_path):
+    path = tmp_path / "sub.csv"
+    write_submission(torch.tensor([7, 2, 1]), torch.tensor([1, 2, 3]), path)
+    assert path.read_text().splitlines() == ["ImageId,Label", "1,7", "2,2", "3,1"]
+    assert read_submission(path, n_rows=3)["Label"].tolist() == [7, 2, 1]
+    with pytest.raises(PipelineError, match="has 3 rows, Kaggle expects 28000"):
+        read_submission(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]  # no temp file left
+
+
+def test_unreadable_submissions_are_refused(tmp_path):
+    with pytest.raises(PipelineError, match="no such file"):
+        read_submission(tmp_path / "absent.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(PipelineError, match="not a readable CSV"):
+        read_submission(tmp_path / "empty.csv")
+    assert config.KAGGLE_TEST_ROWS == 28_000

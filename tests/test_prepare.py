@@ -1,0 +1,160 @@
+"""Parsing, validation, splitting and caching of the Kaggle CSVs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import config
+from pipeline.errors import PipelineError
+from pipeline.prepare import (
+    data_fingerprint,
+    load_split,
+    prepare,
+    read_digits_csv,
+    split_train_val,
+)
+
+
+def test_parses_pixels_row_major_as_uint8(raw_dir):
+    frame = pd.read_csv(raw_dir / config.TRAIN_CSV)
+    parsed = read_digits_csv(raw_dir / config.TRAIN_CSV, has_labels=True)
+    assert parsed.pixels.dtype == np.uint8 and parsed.pixels.shape == (4000, 784)
+    assert parsed.labels.dtype == np.int64
+    np.testing.assert_array_equal(parsed.labels, frame["label"].to_numpy())
+    np.testing.assert_array_equal(parsed.pixels, frame.iloc[:, 1:].to_numpy())
+    # pixel{x} sits at row x // 28, column x % 28
+    image = parsed.pixels[7].reshape(28, 28)
+    assert image[100 // 28, 100 % 28] == frame.loc[7, "pixel100"]
+    assert image[500 // 28, 500 % 28] == frame.loc[7, "pixel500"]
+
+
+def test_prepare_writes_uint8_tensors_and_metadata(raw_dir, tmp_path):
+    out = tmp_path / "processed"
+    result = prepare(raw_dir, out, seed=0)
+    assert result.counts == {"train": 3600, "val": 400, "test": 1000} and result.is_sample
+    train, val, test = (load_split(out, s) for s in config.SPLITS)
+    assert train.images.dtype == torch.uint8 and train.images.shape == (3600, 1, 28, 28)
+    assert train.labels.dtype == torch.int64
+    assert test.labels is not None  # the sample ships its test labels
+    assert test.ids.tolist() == list(range(1, 1001))
+    rows = torch.cat([train.ids, val.ids]).sort().values
+    assert rows.tolist() == list(range(1, 4001))  # disjoint and complete
+    source = pd.read_csv(raw_dir / config.TRAIN_CSV)
+    row = int(val.ids[3]) - 1
+    assert val.labels[3] == source.loc[row, "label"]
+    assert val.images[3].flatten().tolist() == source.iloc[row, 1:].tolist()
+    meta = json.loads((out / config.META_JSON).read_text())
+    assert set(meta["sources"]) == {"train.csv", "test.csv", "test_labels.csv"}
+    assert meta["seed"] == 0 and meta["counts"]["val"] == 400
+
+
+def test_split_is_stratified_and_deterministic():
+    labels = np.repeat(np.arange(10), 100)
+    a_train, a_val = split_train_val(labels, 0.1, seed=3)
+    b_train, b_val = split_train_val(labels, 0.1, seed=3)
+    c_train, c_val = split_train_val(labels, 0.1, seed=4)
+    np.testing.assert_array_equal(a_val, b_val)
+    assert not np.array_equal(a_val, c_val)
+    assert np.bincount(labels[a_val]).tolist() == [10] * 10
+    assert len(np.intersect1d(a_train, a_val)) == 0 and len(a_train) + len(a_val) == 1000
+
+
+def test_same_seed_same_split_across_runs(raw_dir, tmp_path):
+    prepare(raw_dir, tmp_path / "a", seed=5)
+    prepare(raw_dir, tmp_path / "b", seed=5)
+    assert torch.equal(
+        load_split(tmp_path / "a", "val").ids, load_split(tmp_path / "b", "val").ids
+    )
+
+
+def test_cache_is_reused_then_rebuilt_when_the_csv_changes(raw_dir, tmp_path):
+    out = tmp_path / "processed"
+    assert not prepare(raw_dir, out).skipped
+    before = data_fingerprint(out)
+    assert prepare(raw_dir, out).skipped
+    assert not prepare(raw_dir, out, seed=1).skipped  # other split options: rebuild
+    frame = pd.read_csv(raw_dir / config.TRAIN_CSV).iloc[:3000]
+    frame.to_csv(raw_dir / config.TRAIN_CSV, index=False)
+    result = prepare(raw_dir, out, seed=0)
+    assert not result.skipped and result.counts["train"] + result.counts["val"] == 3000
+    assert data_fingerprint(out) != before
+
+
+def test_limit_rows_reads_a_prefix(raw_dir, tmp_path):
+    result = prepare(raw_dir, tmp_path / "p", limit_rows=500)
+    assert result.counts["train"] + result.counts["val"] == 500
+
+
+def test_png_export_matches_tensors(raw_dir, tmp_path):
+    out = tmp_path / "processed"
+    prepare(raw_dir, out, fmt="both")
+    val = load_split(out, "val")
+    png = out / "images" / "val" / str(int(val.labels[0])) / f"{int(val.ids[0])}.png"
+    assert np.array_equal(np.array(Image.open(png)), val.images[0, 0].numpy())
+    assert len(list((out / "images" / "test").glob("*.png"))) == 1000
+    assert len(list((out / "images" / "train").rglob("*.png"))) == 3600
+
+
+TRAIN_HEADER = ",".join(config.TRAIN_HEADER)
+
+
+def _row(label, value=0):
+    return ",".join([str(label)] + [str(value)] * 784)
+
+
+BAD_TRAIN_FILES = {
+    "empty": ("", "empty"),
+    "header only": (TRAIN_HEADER + "\n", "no data rows"),
+    "wrong header": ("a,b,c\n1,2,3\n", "header must be"),
+    "test header": (",".join(config.TEST_HEADER) + "\n" + ",".join(["0"] * 784), "test.csv"),
+    "too many values": (TRAIN_HEADER + "\n" + _row(1) + ",7\n", "line 2 has 786 values"),
+    "too few values": (TRAIN_HEADER + "\n" + _row(1) + "\n" + "3,0,0\n", "line 3 has 3 values"),
+    "pixel 256": (TRAIN_HEADER + "\n" + _row(1, 256) + "\n", "256 is not an integer 0-255"),
+    "negative": (TRAIN_HEADER + "\n" + _row(1, -1) + "\n", "-1 is not an integer 0-255"),
+    "fraction": (TRAIN_HEADER + "\n" + _row(1, 0.5) + "\n", "0.5 is not an integer 0-255"),
+    "text": (TRAIN_HEADER + "\n" + _row(1, "x") + "\n", "'x' is not a number"),
+    "empty cell": (TRAIN_HEADER + "\n" + _row(1, "") + "\n", "'' is not a number"),
+    "label 10": (TRAIN_HEADER + "\n" + _row(4) + "\n" + _row(10) + "\n", "line 3: label 10"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TRAIN_FILES)
+def test_malformed_train_csv_is_refused_with_file_and_problem(case, raw_dir, tmp_path):
+    content, problem = BAD_TRAIN_FILES[case]
+    (raw_dir / config.TRAIN_CSV).write_text(content)
+    out = tmp_path / "processed"
+    with pytest.raises(PipelineError) as error:
+        prepare(raw_dir, out)
+    message = str(error.value)
+    assert str(raw_dir / config.TRAIN_CSV) in message and problem in message
+    assert "\n" not in message
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_binary_and_missing_files_are_refused(raw_dir, tmp_path):
+    (raw_dir / config.TEST_CSV).write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(PipelineError, match="test.csv: not a text CSV"):
+        prepare(raw_dir, tmp_path / "p")
+    (raw_dir / config.TEST_CSV).unlink()
+    with pytest.raises(PipelineError, match="test.csv: no such file"):
+        prepare(raw_dir, tmp_path / "p")
+
+
+def test_a_bad_input_leaves_the_previous_cache_untouched(raw_dir, tmp_path):
+    out = tmp_path / "processed"
+    prepare(raw_dir, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    (raw_dir / config.TRAIN_CSV).write_text(TRAIN_HEADER + "\n" + _row(1, 300) + "\n")
+    with pytest.raises(PipelineError):
+        prepare(raw_dir, out, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_foreign_tensor_file_is_refused(processed_dir):
+    torch.save({"images": torch.zeros(3, 784)}, config.split_path(processed_dir, "val"))
+    with pytest.raises(PipelineError, match="val.pt: not a split written by"):
+        load_split(processed_dir, "val")
