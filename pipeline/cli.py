@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from pipeline import config
 from pipeline.baselines import app as baselines_app
+from pipeline.bench import format_report, run_bench
 from pipeline.device import DEVICE_CHOICES
 from pipeline.download import Source, download
 from pipeline.errors import PipelineError, fail, one_line_errors
@@ -29,6 +30,7 @@ from pipeline.train import (
     SCHEDULES,
     TrainConfig,
     TrainingInterrupted,
+    ranks_from_env,
     recipe_config,
     train,
     train_ensemble,
@@ -231,6 +233,8 @@ def train_command(
             stopped.checkpoint.name.replace(".last.pt", ".pt")
         )
         raise fail(f"interrupted: {stopped}; continue with `{resume_hint}`", 130) from None
+    if not ranks_from_env().is_main:
+        return
     if result.skipped:
         typer.echo(
             f"train: {result.checkpoint} is up to date (same config and data; --force "
@@ -335,7 +339,7 @@ def predict_command(
     ] = [DEFAULT_CHECKPOINT],  # noqa: B006 - typer needs a literal default
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
     out: Annotated[Path, typer.Option(help="Submission CSV.")] = config.DEFAULT_SUBMISSION,
-    batch_size: Annotated[int, typer.Option(min=1)] = 1024,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
     device: DeviceOpt = Device.auto,
     tta: Annotated[bool, typer.Option(help="Average over shifted views.")] = False,
 ) -> None:
@@ -362,6 +366,38 @@ def submit_command(
     typer.echo(f"submit: {reply}. See `kaggle competitions submissions {competition}`.")
 
 
+@one_line_errors
+def bench_command(
+    raw_dir: Annotated[Path, typer.Option(help="Raw CSVs to time parsing on.")] = config.RAW_DIR,
+    processed_dir: ProcessedOpt = config.PROCESSED_DIR,
+    device: DeviceOpt = Device.auto,
+    models: Annotated[
+        str, typer.Option(help="Comma-separated models to time.")
+    ] = "fastnet,cnn,lenet,mlp,deepcnn",
+    steps: Annotated[int, typer.Option(min=5, help="Timed steps per loop.")] = 40,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    fast_recipe: Annotated[bool, typer.Option(help="Also time the fast recipe to 99%.")] = True,
+    ddp: Annotated[bool, typer.Option(help="Also time 1 vs 2 processes under torchrun.")] = True,
+) -> None:
+    """Print speed figures, each against a baseline measured in the same run."""
+    names = [name.strip() for name in models.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MODELS]
+    if unknown:
+        raise PipelineError(f"--models: unknown {', '.join(unknown)}")
+    report = run_bench(
+        raw_dir,
+        processed_dir,
+        _value(device),
+        names,
+        steps,
+        batch_size,
+        fast_recipe,
+        ddp,
+        log=lambda message: typer.echo(message, err=True),
+    )
+    typer.echo(format_report(report))
+
+
 app.command("download")(download_command)
 app.command("prepare")(prepare_command)
 app.command("train")(train_command)
@@ -369,6 +405,7 @@ app.command("ensemble")(ensemble_command)
 app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)
 app.command("submit")(submit_command)
+app.command("bench")(bench_command)
 app.add_typer(baselines_app, name="baselines")
 
 

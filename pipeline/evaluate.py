@@ -17,7 +17,7 @@ from pipeline.checkpoints import load_checkpoint
 from pipeline.datasets import TensorDigits
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
-from pipeline.predict import predict_logits, read_submission
+from pipeline.predict import inference_model, predict_logits, read_submission
 from pipeline.prepare import load_split
 
 
@@ -29,7 +29,7 @@ class Metrics:
     confidences: torch.Tensor  # float [N]: softmax probability of the predicted class
 
 
-def evaluate_model(model: nn.Module, data, batch_size: int = 1024, tta: bool = False) -> Metrics:
+def evaluate_model(model: nn.Module, data, batch_size: int = 256, tta: bool = False) -> Metrics:
     """Accuracy and mean cross-entropy of `model` on a labelled dataset."""
     if data.labels is None:
         raise PipelineError("cannot evaluate on unlabelled data")
@@ -68,7 +68,7 @@ def evaluate(
     from sklearn.metrics import classification_report, confusion_matrix  # slow import
 
     target = resolve_device(device)
-    model = load_checkpoint(checkpoint, target).model
+    model = inference_model(load_checkpoint(checkpoint, target).model)
     digits = load_split(processed_dir, split)
     if digits.labels is None:
         raise PipelineError(

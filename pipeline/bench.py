@@ -1,0 +1,332 @@
+"""`pipeline bench`: the speed figures, each with a baseline measured in the same run.
+
+- CSV parse and full prepare seconds; cached-tensor load seconds.
+- Per model: training images/s of the project's loop (uint8 tensors on the device, batches cut
+  by index, normalised on the device, channels_last) against the tutorial's loop (a per-image
+  Dataset over the CSV rows with ToTensor + Normalize, DataLoader(batch_size=50), `.item()` every
+  step), for the same model and batch size; prediction images/s over the test set.
+- Seconds of training until the fast recipe passes 99.0% validation accuracy.
+- Optionally one process against two gloo/nccl DDP processes under torchrun.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline import config
+from pipeline.datasets import TensorDigits
+from pipeline.device import resolve_device, seed_everything
+from pipeline.models import build_model
+from pipeline.predict import inference_model, predict_logits
+from pipeline.prepare import load_split, prepare, read_digits_csv
+from pipeline.train import (
+    Ranks,
+    batch_inputs,
+    make_optimizer,
+    make_scheduler,
+    recipe_config,
+    train,
+    train_step,
+)
+
+TUTORIAL_BATCH = 50
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(work: Callable[[], object], repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class TutorialCsvDigits(Dataset):
+    """The per-image Dataset of the PyTorch/Kaggle tutorials: one DataFrame row per item."""
+
+    def __init__(self, frame: pd.DataFrame):
+        from torchvision import transforms  # the tutorial's transforms, imported only here
+
+        self.frame = frame
+        self.transform = transforms.Compose(
+            [
+                transforms.ToTensor(),
+                transforms.Normalize((config.PIXEL_MEAN,), (config.PIXEL_STD,)),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, index: int):
+        image = self.frame.iloc[index, 1:].to_numpy(dtype=np.uint8).reshape(28, 28, 1)
+        return self.transform(image), int(self.frame.iloc[index, 0])
+
+
+def tutorial_frame(split) -> pd.DataFrame:
+    """The split as the tutorial holds it: train.csv's columns in a DataFrame."""
+    frame = pd.DataFrame(split.images.flatten(1).numpy(), columns=config.TEST_HEADER)
+    frame.insert(0, "label", split.labels.numpy())
+    return frame
+
+
+def tutorial_images_per_second(
+    model_name: str, frame: pd.DataFrame, device: torch.device, steps: int, warmup: int = 3
+) -> float:
+    """Images/s of the tutorial's loop: per-image Dataset, DataLoader, `.item()` each step."""
+    seed_everything(0)
+    model = build_model(model_name).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TutorialCsvDigits(frame), batch_size=TUTORIAL_BATCH, shuffle=True)
+    model.train()
+    running_loss, start = 0.0, 0.0
+    for step, (images, labels) in enumerate(loader):
+        if step == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        if step == warmup + steps:
+            break
+        images, labels = images.to(device), labels.to(device)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()
+    return steps * TUTORIAL_BATCH / (time.perf_counter() - start)
+
+
+def project_images_per_second(
+    model_name: str,
+    train_data: TensorDigits,
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+    warmup: int = 3,
+    augment: bool = False,
+) -> tuple[float, float]:
+    """(images/s, warm-up seconds) of the project's step on device-resident tensors."""
+    cfg = recipe_config(
+        model=model_name,
+        batch_size=batch_size,
+        schedule="constant",
+        augment=augment,
+        device=str(device),
+    )
+    seed_everything(0)
+    model = build_model(model_name).to(device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, warmup + steps)
+    generator = torch.Generator(device=device).manual_seed(0)
+    order = torch.randperm(len(train_data), device=device)
+    n_batches = len(train_data) // batch_size
+
+    def run(first: int, count: int) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for step in range(first, first + count):
+            at = (step % n_batches) * batch_size
+            x, labels = batch_inputs(
+                train_data, order[at : at + batch_size], cfg, Ranks(), device, generator
+            )
+            train_step(model, optimizer, scheduler, x, labels, cfg)
+        _sync(device)
+        return time.perf_counter() - start
+
+    warm = run(0, warmup)
+    return steps * batch_size / run(warmup, steps), warm
+
+
+@dataclass
+class ModelBench:
+    model: str
+    train_images_per_s: float
+    warmup_s: float
+    tutorial_images_per_s: float  # same model, batch 50
+    project_images_per_s_at_50: float
+    predict_images_per_s: float
+    predict_test_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.project_images_per_s_at_50 / self.tutorial_images_per_s
+
+
+@dataclass
+class BenchReport:
+    device: str
+    parse_csvs_s: float
+    prepare_s: float
+    load_cache_s: float
+    models: list[ModelBench] = field(default_factory=list)
+    fast_recipe: dict | None = None
+    ddp: dict | None = None
+
+
+def bench_models(
+    processed_dir: Path, device: torch.device, models: list[str], steps: int, batch_size: int
+) -> list[ModelBench]:
+    train_split = load_split(processed_dir, "train")
+    frame = tutorial_frame(train_split)
+    train_data = TensorDigits.from_split(train_split).to(device)
+    test_data = TensorDigits.load(processed_dir, "test").to(device)
+    results = []
+    for name in models:
+        per_s, warm = project_images_per_second(name, train_data, device, batch_size, steps)
+        at_50, _ = project_images_per_second(name, train_data, device, TUTORIAL_BATCH, steps)
+        tutorial = tutorial_images_per_second(name, frame, device, steps)
+        model = inference_model(build_model(name).to(device).to(memory_format=torch.channels_last))
+        predict_logits(model, test_data)  # warm-up
+        predict_s = median_seconds(lambda m=model: predict_logits(m, test_data).argmax(1).cpu())
+        results.append(
+            ModelBench(name, per_s, warm, tutorial, at_50, len(test_data) / predict_s, predict_s)
+        )
+    return results
+
+
+def bench_fast_recipe(processed_dir: Path, device: torch.device) -> dict:
+    """Train the default recipe from scratch once; its validation curve and seconds to 99%."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = recipe_config(device=str(device))
+        result = train(
+            cfg,
+            processed_dir,
+            Path(tmp) / "fast.pt",
+            progress=False,
+            figures_dir=Path(tmp),
+            force=True,
+        )
+    return {
+        "val_accuracy": result.best_accuracy,
+        "train_seconds": result.train_seconds,
+        "seconds_to_99": result.seconds_to_target,
+        "images_per_second": result.images_per_second,
+        "curve": [round(r["val_accuracy"], 4) for r in result.history],
+    }
+
+
+def _torchrun_images_per_second(
+    nproc: int, processed_dir: Path, device: str, model: str, steps: int
+) -> float:
+    """Images/s (global) of `pipeline train` under torchrun with `nproc` processes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ddp.pt"
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "pipeline",
+            "train",
+            "--model",
+            model,
+            "--epochs",
+            "1",
+            "--max-steps",
+            str(steps),
+            "--device",
+            device,
+            "--processed-dir",
+            str(processed_dir),
+            "--out",
+            str(out),
+        ]
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
+        subprocess.run(command, check=True, capture_output=True, env=env, timeout=600)
+        history = json.loads(config.sidecar_path(out).read_text())["history"]
+    return history[-1]["images_per_second"]
+
+
+def bench_ddp(processed_dir: Path, device: str, model: str, steps: int) -> dict:
+    one = _torchrun_images_per_second(1, processed_dir, device, model, steps)
+    two = _torchrun_images_per_second(2, processed_dir, device, model, steps)
+    return {"model": model, "one_process": one, "two_processes": two, "ratio": two / one}
+
+
+def run_bench(
+    raw_dir: Path = config.RAW_DIR,
+    processed_dir: Path = config.PROCESSED_DIR,
+    device: str = "auto",
+    models: list[str] | None = None,
+    steps: int = 40,
+    batch_size: int = 128,
+    fast_recipe: bool = True,
+    ddp: bool = True,
+    log: Callable[[str], None] = lambda message: None,
+) -> BenchReport:
+    """Measure everything `make bench` prints; processed_dir must already be prepared."""
+    target = resolve_device(device)
+    models = models or ["fastnet", "cnn", "lenet", "mlp", "deepcnn"]
+    log("parsing the CSVs ...")
+    parse = median_seconds(
+        lambda: (
+            read_digits_csv(raw_dir / config.TRAIN_CSV, True),
+            read_digits_csv(raw_dir / config.TEST_CSV, False),
+        )
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_s = median_seconds(lambda: prepare(raw_dir, Path(tmp), force=True), repeats=1)
+    load = median_seconds(lambda: [load_split(processed_dir, s) for s in config.SPLITS])
+    report = BenchReport(str(target), parse, prepare_s, load)
+    log("timing training and prediction per model ...")
+    report.models = bench_models(processed_dir, target, models, steps, batch_size)
+    if fast_recipe:
+        log("training the fast recipe to 99% ...")
+        report.fast_recipe = bench_fast_recipe(processed_dir, target)
+    if ddp:
+        log("one process against two under torchrun ...")
+        report.ddp = bench_ddp(processed_dir, target.type, models[0], steps)
+    return report
+
+
+def format_report(report: BenchReport) -> str:
+    lines = [
+        f"device: {report.device}  (torch {torch.__version__}, {torch.get_num_threads()} threads)",
+        f"parse train.csv + test.csv      {report.parse_csvs_s:6.2f} s  (median of 3)",
+        f"prepare (parse, split, save)    {report.prepare_s:6.2f} s",
+        f"load cached tensors             {report.load_cache_s:6.2f} s",
+        "",
+        f"{'model':8} {'train img/s':>12} {'warm-up s':>10} {'ours@50':>9} {'tutorial@50':>12} "
+        f"{'ratio':>6} {'predict img/s':>14} {'28k test s':>10}",
+    ]
+    for m in report.models:
+        lines.append(
+            f"{m.model:8} {m.train_images_per_s:12,.0f} {m.warmup_s:10.2f} "
+            f"{m.project_images_per_s_at_50:9,.0f} {m.tutorial_images_per_s:12,.0f} "
+            f"{m.speedup:5.2f}x {m.predict_images_per_s:14,.0f} {m.predict_test_s:10.2f}"
+        )
+    if report.fast_recipe:
+        f = report.fast_recipe
+        to_99 = "not reached" if f["seconds_to_99"] is None else f"{f['seconds_to_99']:.1f} s"
+        lines += [
+            "",
+            f"fast recipe: val accuracy {f['val_accuracy']:.2%} after "
+            f"{f['train_seconds']:.1f} s of training; 99.0% after {to_99}; "
+            f"curve {f['curve']}",
+        ]
+    if report.ddp:
+        d = report.ddp
+        lines += [
+            f"torchrun {d['model']}: 1 process {d['one_process']:,.0f} img/s, "
+            f"2 processes {d['two_processes']:,.0f} img/s ({d['ratio']:.2f}x)"
+        ]
+    return "\n".join(lines)

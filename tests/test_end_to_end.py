@@ -1,0 +1,66 @@
+"""The whole flow, through the CLI, on the offline sample and on Kaggle's real data."""
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import config, kaggle_api
+from pipeline.cli import app
+from pipeline.evaluate import evaluate
+from pipeline.predict import predict, read_submission
+from pipeline.train import recipe_config, train
+
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_offline_sample_flow_scores_its_own_submission(tmp_path, monkeypatch):
+    monkeypatch.setattr(kaggle_api, "credential_source", lambda: None)
+    raw, processed, models = tmp_path / "raw", tmp_path / "processed", tmp_path / "models"
+    assert "download [sample]" in run("download", "--raw-dir", raw).stdout
+    run("prepare", "--raw-dir", raw, "--processed-dir", processed)
+    run("train", "--processed-dir", processed, "--out", models / "fastnet.pt", "--device", "cpu")
+    sub = tmp_path / "submission.csv"
+    run(
+        "predict",
+        "--checkpoint",
+        models / "fastnet.pt",
+        "--processed-dir",
+        processed,
+        "--out",
+        sub,
+        "--device",
+        "cpu",
+    )
+    scored = run("evaluate", "--submission", sub, "--processed-dir", processed)
+    accuracy = float(scored.stdout.split("scores ")[1].split("%")[0]) / 100
+    assert accuracy >= 0.93, scored.stdout  # 1,000 held-out real digits
+
+
+@pytest.mark.slow
+def test_fast_recipe_on_kaggle_data_reaches_99_percent_and_a_valid_submission(
+    kaggle_processed_dir, tmp_path
+):
+    result = train(
+        recipe_config("fast", device="cpu"),
+        kaggle_processed_dir,
+        tmp_path / "fastnet.pt",
+        progress=False,
+        figures_dir=tmp_path,
+    )
+    assert result.best_accuracy >= 0.99, result.history  # 4,200 validation digits
+    sub = tmp_path / "submission.csv"
+    predicted = predict([result.checkpoint], kaggle_processed_dir, sub, device="cpu")
+    frame = read_submission(sub)  # Kaggle's rules: header, 28,000 rows, ids 1..28000, digits
+    assert predicted.rows == len(frame) == config.KAGGLE_TEST_ROWS
+    assert min(predicted.label_counts.values()) > 2000  # every digit is predicted plausibly
+    report = evaluate(result.checkpoint, kaggle_processed_dir, device="cpu", figures_dir=tmp_path)
+    assert report.metrics.accuracy == pytest.approx(result.best_accuracy, abs=1e-6)
+    assert report.confusion_png.stat().st_size > 10_000
+    labels = pd.read_csv(sub)["Label"]
+    assert labels.nunique() == 10
