@@ -172,12 +172,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    """Stepped once per batch."""
-    if cfg.schedule == "onecycle":
+    """Stepped once per batch. Smoke runs too short to warm up (< 8 steps) use a constant LR."""
+    if cfg.schedule == "onecycle" and total_steps >= 8:
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25
         )
-    if cfg.schedule == "cosine":
+    if cfg.schedule == "cosine" and total_steps >= 8:
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 

@@ -115,3 +115,43 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(process
     assert set(a) == set(b)
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.slow
+def test_ensemble_members_spread_one_per_process(processed_dir, tmp_path):
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "pipeline",
+        "ensemble",
+    ]
+    result = subprocess.run(
+        [
+            *launch,
+            "--members",
+            "3",
+            "--model",
+            "cnn",
+            "--max-steps",
+            "4",
+            "--device",
+            "cpu",
+            "--processed-dir",
+            str(processed_dir),
+            "--out-dir",
+            str(tmp_path),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seeds = sorted(read_payload(tmp_path / f"best-{k}.pt")["meta"]["seed"] for k in range(3))
+    assert seeds == [0, 1, 2]
+    assert result.stdout.count("ensemble: ") == 3  # each member reported once, by its process
