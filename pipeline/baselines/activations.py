@@ -1,0 +1,119 @@
+"""The activation functions, written from their formulas and drawn over [-5, 5].
+
+Each is spelled out from its definition rather than calling torch's version, and the result
+reports how far each formula lies from torch's built-in, so a wrong formula shows at once.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import torch.nn.functional as F
+import typer
+from matplotlib.figure import Figure
+
+from pipeline import config
+from pipeline.device import DEVICE_CHOICES, resolve_device
+from pipeline.errors import one_line_errors
+from pipeline.plots import save_figure
+
+NAME = "activations"
+FIGURE = config.figure_path(NAME)
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x > 0, x, torch.zeros_like(x))
+
+
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return 1 / (1 + torch.exp(-x))
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    return (torch.exp(x) - torch.exp(-x)) / (torch.exp(x) + torch.exp(-x))
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """A smooth ReLU: log(1 + e^x)."""
+    return torch.log1p(torch.exp(x))
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """x weighted by the standard normal CDF at x (the exact form, not the tanh approximation)."""
+    return x * 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(x), also called swish."""
+    return x * sigmoid(x)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": relu,
+    "sigmoid": sigmoid,
+    "tanh": tanh,
+    "softplus": softplus,
+    "gelu": gelu,
+    "silu": silu,
+}
+BUILT_INS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "softplus": F.softplus,
+    "gelu": F.gelu,
+    "silu": F.silu,
+}
+
+
+@dataclass(frozen=True)
+class ActivationsResult:
+    x: list[float]
+    values: dict[str, list[float]]  # each activation at every x
+    deviation: dict[str, float]  # largest |formula - torch's built-in| over x
+    figure: Path
+
+
+def draw_activations(
+    device: str = "auto", out: Path | None = None, points: int = 201, limit: float = 5.0
+) -> ActivationsResult:
+    """Evaluate every activation on `points` evenly spaced x in [-limit, limit] and plot them."""
+    x = torch.linspace(-limit, limit, points, device=resolve_device(device))
+    values = {name: function(x).cpu() for name, function in ACTIVATIONS.items()}
+    deviation = {
+        name: (values[name] - BUILT_INS[name](x).cpu()).abs().max().item() for name in values
+    }
+    figure = plot_activations(x.cpu(), values, out or FIGURE)
+    return ActivationsResult(
+        x.cpu().tolist(), {name: v.tolist() for name, v in values.items()}, deviation, figure
+    )
+
+
+def plot_activations(x: torch.Tensor, values: dict[str, torch.Tensor], path: Path) -> Path:
+    fig = Figure(figsize=(9, 5.5))
+    axes = fig.subplots(2, 3).ravel()
+    for ax, (name, y) in zip(axes, values.items(), strict=True):
+        ax.plot(x, y, "C3", lw=2)
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.axvline(0, color="0.7", lw=0.8)
+        ax.set(title=name, xlabel="x")
+        ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+@one_line_errors
+def activations_command(
+    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
+    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+) -> None:
+    """Plot ReLU, sigmoid, tanh, softplus, GELU and SiLU over [-5, 5]."""
+    result = draw_activations(device, out)
+    worst = max(result.deviation, key=result.deviation.__getitem__)
+    typer.echo(
+        f"activations: {', '.join(result.values)} from their formulas over [-5, 5] differ "
+        f"from torch's built-ins by at most {result.deviation[worst]:.1e} ({worst}) "
+        f"-> {result.figure}"
+    )

@@ -1,0 +1,119 @@
+"""A 2-10-2 net separates two Gaussian clouds with cross-entropy: classification in 2-D.
+
+The clouds sit at (2, 2) and (-2, -2) with unit spread, about 2.8 standard deviations from the
+diagonal that separates them, so even the best possible boundary misplaces ~0.2% of the points.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from matplotlib.figure import Figure
+from torch import nn
+
+from pipeline import config
+from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
+from pipeline.errors import one_line_errors
+from pipeline.plots import save_figure
+
+NAME = "classification"
+FIGURE = config.figure_path(NAME)
+POINTS_PER_CLASS = 100
+CENTRE = 2.0
+HIDDEN = 10
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    accuracy: float  # on the 200 training points
+    held_out_accuracy: float  # on 200 fresh points from the same clouds
+    loss: float  # final cross-entropy on the training points
+    figure: Path
+
+
+def make_clouds(generator: torch.Generator, n: int = POINTS_PER_CLASS):
+    """Class 0 around (2, 2), class 1 around (-2, -2); drawn on the CPU from `generator`."""
+    ones = torch.ones(n, 2)
+    points = torch.cat(
+        [
+            torch.normal(CENTRE * ones, 1.0, generator=generator),
+            torch.normal(-CENTRE * ones, 1.0, generator=generator),
+        ]
+    )
+    labels = torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
+    return points, labels
+
+
+def make_net() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(2, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2))
+
+
+def fit_classifier(
+    seed: int = 0,
+    device: str = "auto",
+    out: Path | None = None,
+    steps: int = 100,
+    lr: float = 0.02,
+) -> ClassificationResult:
+    """Full-batch SGD on cross-entropy, as in the tutorial; plot points coloured by prediction."""
+    target = resolve_device(device)
+    seed_everything(seed)
+    generator = torch.Generator().manual_seed(seed)
+    points, labels = make_clouds(generator)
+    fresh_points, fresh_labels = make_clouds(generator)
+    x, y = points.to(target), labels.to(target)
+    net = make_net().to(target)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = net(x)
+        loss = nn.functional.cross_entropy(logits, y).item()
+        predicted = logits.argmax(1)
+        accuracy = (predicted == y).float().mean().item()
+        fresh_predicted = net(fresh_points.to(target)).argmax(1).cpu()
+        held_out_accuracy = (fresh_predicted == fresh_labels).float().mean().item()
+    path = out or FIGURE
+    figure = plot_predictions(net, points, predicted.cpu(), accuracy, path)
+    return ClassificationResult(accuracy, held_out_accuracy, loss, figure)
+
+
+def plot_predictions(
+    net: nn.Module, points: torch.Tensor, predicted: torch.Tensor, accuracy: float, path: Path
+) -> Path:
+    """Points coloured by predicted class over the net's probability of class 1."""
+    device = next(net.parameters()).device
+    grid = torch.linspace(-6, 6, 200)
+    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
+    with torch.no_grad():
+        flat = torch.stack([gx.ravel(), gy.ravel()], dim=1).to(device)
+        probability = net(flat).softmax(1)[:, 1].reshape(gx.shape).cpu()
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    ax.contourf(gx, gy, probability, levels=20, cmap="RdBu_r", alpha=0.3)
+    ax.contour(gx, gy, probability, levels=[0.5], colors="k", linewidths=1)
+    ax.scatter(points[:, 0], points[:, 1], c=predicted, cmap="RdBu_r", s=14, edgecolors="k")
+    ax.set(xlabel="x₁", ylabel="x₂", title=f"2-10-2 net, accuracy {accuracy:.1%}")
+    ax.set_aspect("equal")
+    return save_figure(fig, path)
+
+
+@one_line_errors
+def classification_command(
+    seed: Annotated[int, typer.Option(help="Seed of the clouds and initialisation.")] = 0,
+    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
+    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+    steps: Annotated[int, typer.Option(min=1, help="Full-batch SGD steps.")] = 100,
+) -> None:
+    """Separate two Gaussian clouds with a 2-10-2 net; plot the points by predicted class."""
+    result = fit_classifier(seed, device, out, steps)
+    typer.echo(
+        f"classification: 2-10-2 net separates the two clouds with accuracy "
+        f"{result.accuracy:.1%} ({result.held_out_accuracy:.1%} on 200 fresh points, "
+        f"cross-entropy {result.loss:.4f}) -> {result.figure}"
+    )

@@ -1,0 +1,138 @@
+"""The 1-D "painter" GAN (Morvan Zhou's tutorial): a generator learns to draw parabolas.
+
+Real "paintings" are curves a*x^2 + (a - 1) at 15 points of x in [-1, 1], with a uniform in
+[1, 2], so every real curve lies between the lower bound x^2 (a = 1) and the upper bound
+2x^2 + 1 (a = 2). The generator turns 5 random numbers into 15 values; the discriminator tells
+them from real curves. A generated curve counts as inside the band when every one of its 15
+points lies within [x^2 - 0.1, 2x^2 + 1 + 0.1]: the 0.1 tolerance forgives the small wiggles
+a 15-output generator always keeps, while a curve of the wrong shape or level still fails.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from matplotlib.figure import Figure
+from torch import nn
+
+from pipeline import config
+from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
+from pipeline.errors import one_line_errors
+from pipeline.plots import save_figure
+
+NAME = "gan"
+FIGURE = config.figure_path(NAME)
+N_IDEAS = 5  # random numbers the generator starts from
+N_POINTS = 15  # points per curve
+HIDDEN = 128
+BAND_TOLERANCE = 0.1
+EVAL_CURVES = 1_000
+
+
+@dataclass(frozen=True)
+class GanResult:
+    inside_share: float  # share of EVAL_CURVES generated curves inside the band (with tolerance)
+    real_score: float  # mean discriminator probability "real" on real curves, last step
+    fake_score: float  # the same on generated curves
+    figure: Path
+
+
+def curve_x(device: torch.device | None = None) -> torch.Tensor:
+    return torch.linspace(-1, 1, N_POINTS, device=device)
+
+
+def band(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lower (x^2) and upper (2x^2 + 1) bounds of the real curves."""
+    return x.pow(2), 2 * x.pow(2) + 1
+
+
+def real_curves(n: int, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    a = 1 + torch.rand(n, 1, generator=generator)
+    return a.to(x.device) * x.pow(2) + (a.to(x.device) - 1)
+
+
+def inside_band(curves: torch.Tensor, x: torch.Tensor, tolerance: float = BAND_TOLERANCE):
+    """One bool per curve: every point within the band widened by `tolerance`."""
+    lower, upper = band(x)
+    return ((curves >= lower - tolerance) & (curves <= upper + tolerance)).all(dim=1)
+
+
+def make_generator() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(N_IDEAS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, N_POINTS))
+
+
+def make_discriminator() -> nn.Sequential:
+    """Returns logits: the sigmoid lives in BCEWithLogits, which is stabler than log(sigmoid)."""
+    return nn.Sequential(nn.Linear(N_POINTS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+
+
+def train_gan(
+    seed: int = 0,
+    device: str = "auto",
+    out: Path | None = None,
+    steps: int = 5_000,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+) -> GanResult:
+    """Alternate one discriminator and one generator Adam step per batch; sample and plot."""
+    target = resolve_device(device)
+    seed_everything(seed)
+    rng = torch.Generator().manual_seed(seed)
+    x = curve_x(target)
+    painter, critic = make_generator().to(target), make_discriminator().to(target)
+    painter_opt = torch.optim.Adam(painter.parameters(), lr=lr)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=lr)
+    real_label = torch.ones(batch_size, 1, device=target)
+    fake_label = torch.zeros(batch_size, 1, device=target)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    for _ in range(steps):
+        real = real_curves(batch_size, x, rng)
+        fake = painter(torch.randn(batch_size, N_IDEAS, generator=rng).to(target))
+        real_logits, fake_logits = critic(real), critic(fake.detach())
+        critic_loss = bce(real_logits, real_label) + bce(fake_logits, fake_label)
+        critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        critic_opt.step()
+        painter_loss = bce(critic(fake), real_label)
+        painter_opt.zero_grad(set_to_none=True)
+        painter_loss.backward()
+        painter_opt.step()
+    with torch.no_grad():
+        samples = painter(torch.randn(EVAL_CURVES, N_IDEAS, generator=rng).to(target))
+        inside_share = inside_band(samples, x).float().mean().item()
+        real_score = real_logits.sigmoid().mean().item()
+        fake_score = fake_logits.sigmoid().mean().item()
+    figure = plot_curves(x.cpu(), samples[:20].cpu(), inside_share, out or FIGURE)
+    return GanResult(inside_share, real_score, fake_score, figure)
+
+
+def plot_curves(x: torch.Tensor, curves: torch.Tensor, inside_share: float, path: Path) -> Path:
+    lower, upper = band(x)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.fill_between(x, lower, upper, color="0.9", label="band of real curves")
+    ax.plot(x, upper, "C3", lw=2, label="upper bound 2x² + 1")
+    ax.plot(x, lower, "C0", lw=2, label="lower bound x²")
+    for index, curve in enumerate(curves):
+        ax.plot(x, curve, color="C2", lw=0.8, alpha=0.7, label="generated" if index == 0 else None)
+    ax.set(xlabel="x", ylabel="y", title=f"GAN painter: {inside_share:.0%} of curves in the band")
+    ax.legend(loc="upper center", fontsize=8)
+    return save_figure(fig, path)
+
+
+@one_line_errors
+def gan_command(
+    seed: Annotated[int, typer.Option(help="Seed of the curves, noise and initialisation.")] = 0,
+    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
+    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+    steps: Annotated[int, typer.Option(min=1, help="Discriminator + generator steps.")] = 5_000,
+) -> None:
+    """Train the painter GAN; plot generated curves between the bounds of the real ones."""
+    result = train_gan(seed, device, out, steps)
+    typer.echo(
+        f"gan: {result.inside_share:.1%} of {EVAL_CURVES:,} generated curves lie inside the "
+        f"band x^2..2x^2+1 (±{BAND_TOLERANCE}); discriminator says real {result.real_score:.2f}"
+        f" on real, {result.fake_score:.2f} on generated -> {result.figure}"
+    )

