@@ -18,7 +18,7 @@ RUN := $(or $(MODEL),$(if $(filter fast,$(RECIPE)),fastnet,$(RECIPE)))
 CHECKPOINT := models/$(RUN).pt
 
 .DEFAULT_GOAL := help
-.PHONY: help install data prepare train evaluate predict all best submit test bench baselines lint clean distclean
+.PHONY: help install data prepare train evaluate predict all best crossval submit test bench baselines lint clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ all: predict ## install -> download -> prepare -> train -> predict
 best: prepare ## Train the `best` recipe as a MEMBERS-model ensemble and predict with TTA (GPU)
 	$(PIPELINE) ensemble --recipe best --members $(MEMBERS) --device $(DEVICE) --seed $(SEED)
 	$(PIPELINE) predict --checkpoint 'models/best-*.pt' --tta --device $(DEVICE)
+
+SPLITS ?= 3
+crossval: data ## Score the best recipe's ensemble as mean and spread over SPLITS validation splits
+	$(PIPELINE) crossval --splits $(SPLITS) --members $(MEMBERS) --device $(DEVICE) --seed $(SEED)
 
 submit: ## Check submissions/submission.csv and send it to Kaggle (never run by other targets)
 	$(PIPELINE) submit --file submissions/submission.csv

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from pipeline import config
 from pipeline.baselines import app as baselines_app
 from pipeline.bench import format_report, run_bench
+from pipeline.crossval import cross_validate, format_summary
 from pipeline.device import DEVICE_CHOICES
 from pipeline.download import Source, download
 from pipeline.errors import PipelineError, fail, one_line_errors
@@ -158,14 +159,14 @@ def _train_options(
 
 
 RecipeOpt = Annotated[Recipe, typer.Option(help="Named settings; options below override.")]
-ModelOpt = Annotated[ModelName | None, typer.Option(help="Architecture [recipe's].")]
-EpochsOpt = Annotated[int | None, typer.Option(min=1, help="Epochs [recipe's].")]
-BatchOpt = Annotated[int | None, typer.Option(min=1, help="Global batch size [recipe's].")]
-LrOpt = Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate [recipe's].")]
-OptimizerOpt = Annotated[Optimizer | None, typer.Option(help="Optimizer [recipe's].")]
-DecayOpt = Annotated[float | None, typer.Option(min=0.0, help="Weight decay [recipe's].")]
-ScheduleOpt = Annotated[Schedule | None, typer.Option(help="LR schedule [recipe's].")]
-SmoothOpt = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="[recipe's]")]
+ModelOpt = Annotated[ModelName | None, typer.Option(help="Architecture (recipe's).")]
+EpochsOpt = Annotated[int | None, typer.Option(min=1, help="Epochs (recipe's).")]
+BatchOpt = Annotated[int | None, typer.Option(min=1, help="Global batch size (recipe's).")]
+LrOpt = Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate (recipe's).")]
+OptimizerOpt = Annotated[Optimizer | None, typer.Option(help="Optimizer (recipe's).")]
+DecayOpt = Annotated[float | None, typer.Option(min=0.0, help="Weight decay (recipe's).")]
+ScheduleOpt = Annotated[Schedule | None, typer.Option(help="LR schedule (recipe's).")]
+SmoothOpt = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="(recipe's)")]
 AugmentOpt = Annotated[
     bool | None, typer.Option("--augment/--no-augment", help="Per-sample random affine.")
 ]
@@ -173,7 +174,10 @@ ElasticOpt = Annotated[bool | None, typer.Option(help="Add elastic distortion to
 SeedOpt = Annotated[int, typer.Option(help="Seed of initialisation, order, augmentation.")]
 DeviceOpt = Annotated[Device, typer.Option(help="auto = CUDA, then MPS, then CPU.")]
 DataOpt = Annotated[DataSource, typer.Option(help="Cached tensors, or the PNG folders.")]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile (falls back).")]
+CompileOpt = Annotated[
+    bool | None,
+    typer.Option("--compile/--no-compile", help="torch.compile, CUDA graphs on GPU (recipe's)."),
+]
 StepsOpt = Annotated[int | None, typer.Option(min=1, help="Stop after N steps (smoke runs).")]
 ProcessedOpt = Annotated[Path, typer.Option(help="Prepared data.")]
 
@@ -195,9 +199,9 @@ def train_command(
     device: DeviceOpt = Device.auto,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
     data: DataOpt = DataSource.tensors,
-    out: Annotated[Path | None, typer.Option(help="Checkpoint [models/<model>.pt].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint (models/<model>.pt).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from <out>.last.pt.")] = False,
-    compile_model: CompileOpt = False,
+    compile_model: CompileOpt = None,
     max_steps: StepsOpt = None,
     force: Annotated[
         bool, typer.Option(help="Retrain even if this run already finished.")
@@ -263,6 +267,7 @@ def ensemble_command(
     device: DeviceOpt = Device.auto,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
     out_dir: Annotated[Path, typer.Option(help="Folder for <name>-<k>.pt.")] = config.MODELS_DIR,
+    compile_model: CompileOpt = None,
     max_steps: StepsOpt = None,
 ) -> None:
     """Train an ensemble: K members with different seeds (spread over torchrun's processes)."""
@@ -281,11 +286,53 @@ def ensemble_command(
         seed,
         device,
         DataSource.tensors,
-        False,
+        compile_model,
         max_steps,
     )
     for result in train_ensemble(cfg, members, processed_dir, out_dir, log=tqdm.write):
         typer.echo(f"ensemble: {result.checkpoint} val_acc {result.best_accuracy:.2%}")
+
+
+@one_line_errors
+def crossval_command(
+    splits: Annotated[int, typer.Option(min=1, help="Validation splits (seeds 0..N-1).")] = 3,
+    members: Annotated[int, typer.Option(min=1, help="Ensemble members per split.")] = 5,
+    recipe: RecipeOpt = Recipe.best,
+    model: ModelOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    augment: AugmentOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    compile_model: CompileOpt = None,
+    raw_dir: Annotated[Path, typer.Option(help="Folder with the raw CSVs.")] = config.RAW_DIR,
+    work_dir: Annotated[
+        Path, typer.Option(help="Per-split data and checkpoints.")
+    ] = config.MODELS_DIR / "crossval",
+    max_steps: StepsOpt = None,
+) -> None:
+    """Score a recipe's ensemble (alone, averaged, with TTA) as mean and spread over splits."""
+    cfg = _train_options(
+        recipe,
+        model,
+        epochs,
+        batch_size,
+        lr,
+        None,
+        None,
+        None,
+        None,
+        augment,
+        None,
+        seed,
+        device,
+        DataSource.tensors,
+        compile_model,
+        max_steps,
+    )
+    result = cross_validate(cfg, members, list(range(splits)), raw_dir, work_dir, log=tqdm.write)
+    typer.echo(format_summary(result))
 
 
 # ------------------------------------------------------------------------------- evaluate
@@ -378,6 +425,11 @@ def bench_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     fast_recipe: Annotated[bool, typer.Option(help="Also time the fast recipe to 99%.")] = True,
     ddp: Annotated[bool, typer.Option(help="Also time 1 vs 2 processes under torchrun.")] = True,
+    compile_model: CompileOpt = None,
+    best_batch_sizes: Annotated[
+        str, typer.Option(help="Batch sizes to time the best recipe's net at (recipe's).")
+    ] = "",
+    best_net: Annotated[bool, typer.Option(help="Time the best recipe's net.")] = True,
 ) -> None:
     """Print speed figures, each against a baseline measured in the same run."""
     names = [name.strip() for name in models.split(",") if name.strip()]
@@ -394,6 +446,9 @@ def bench_command(
         fast_recipe,
         ddp,
         log=lambda message: typer.echo(message, err=True),
+        compile_model=compile_model,
+        best_batch_sizes=[int(b) for b in best_batch_sizes.split(",") if b.strip()],
+        best_net=best_net,
     )
     typer.echo(format_report(report))
 
@@ -402,6 +457,7 @@ app.command("download")(download_command)
 app.command("prepare")(prepare_command)
 app.command("train")(train_command)
 app.command("ensemble")(ensemble_command)
+app.command("crossval")(crossval_command)
 app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)
 app.command("submit")(submit_command)

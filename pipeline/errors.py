@@ -9,8 +9,10 @@ class PipelineError(Exception):
     """A problem the user can fix (bad file, missing input, wrong option); never a bug.
 
     The message names the file and the problem on one line; the CLI prints it without a
-    traceback.
+    traceback, and the process exits with `exit_code`.
     """
+
+    exit_code = 1
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -20,13 +22,13 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def one_line_errors(command):
-    """Decorate a typer command: a PipelineError becomes one stderr line and exit code 1."""
+    """Decorate a typer command: a PipelineError becomes one stderr line and its exit code."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except PipelineError as exc:
-            raise fail(str(exc)) from None
+            raise fail(str(exc), exc.exit_code) from None
 
     return wrapper

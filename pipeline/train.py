@@ -67,18 +67,30 @@ class TrainConfig:
 
 # Named recipes: overrides of TrainConfig's defaults. `fast` is the defaults themselves:
 # >= 99% validation accuracy in about a minute on a 2-core CPU (4 epochs of FastNet with label
-# smoothing). `best` is the competition recipe: an augmented DeepCNN for many epochs.
+# smoothing). `best` is the competition recipe: an ensemble member (DeepCNN) trained for many
+# epochs on per-sample augmented digits; `pipeline ensemble` and `make best` train several.
 RECIPES: dict[str, dict[str, Any]] = {
     "fast": {},
-    "best": dict(model="deepcnn", epochs=30, lr=3e-3, augment=True),
+    "best": dict(model="deepcnn", epochs=40, batch_size=256, lr=4e-3, augment=True),
+}
+
+# On a CUDA GPU small batches leave the GPU waiting on Python and kernel launches, so the
+# recipes capture the step in CUDA graphs (torch.compile, mode reduce-overhead), and `fast`
+# takes batches 4x larger, a higher peak learning rate and one epoch more (measured on an H100:
+# 4 epochs at batch 512 missed 99.0% for one seed in three; 5 epochs reached it for all three).
+GPU_RECIPES: dict[str, dict[str, Any]] = {
+    "fast": dict(epochs=5, batch_size=512, lr=8e-3, compile=True),
+    "best": dict(compile=True),
 }
 
 
 def recipe_config(recipe: str = "fast", **overrides: Any) -> TrainConfig:
-    """A recipe's settings with every non-None override applied on top."""
+    """A recipe's settings (its GPU variant on CUDA) with every non-None override on top."""
     if recipe not in RECIPES:
         raise PipelineError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
     settings = {**RECIPES[recipe], "recipe": recipe}
+    if resolve_device(overrides.get("device") or "auto").type == "cuda":
+        settings.update(GPU_RECIPES.get(recipe, {}))
     settings.update({k: v for k, v in overrides.items() if v is not None})
     cfg = TrainConfig(**settings)
     check_config(cfg)
@@ -157,7 +169,11 @@ def load_training_data(cfg: TrainConfig, processed_dir: Path, device: torch.devi
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on weights only: decaying BatchNorm scales and biases only hurts."""
+    """Weight decay on weights only: decaying BatchNorm scales and biases only hurts.
+
+    On CUDA the fused Adam/AdamW kernels update every parameter in one launch.
+    """
+    fused = next(model.parameters()).device.type == "cuda"
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     groups = [
@@ -167,8 +183,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=cfg.lr, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
@@ -180,6 +196,17 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
     if cfg.schedule == "cosine" and total_steps >= 8:
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def compile_for(model: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile; on CUDA with CUDA graphs (one replay per step instead of ~100 launches).
+
+    Where compiling fails (no compiler, an unsupported op) the model runs eagerly instead.
+    """
+    import torch._dynamo as dynamo
+
+    dynamo.config.suppress_errors = True
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
 def augment_config(cfg: TrainConfig) -> augment.AugmentConfig:
@@ -203,7 +230,11 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(PipelineError):
+    """SIGINT/SIGTERM stopped training after a resumable state was saved; exit code 130."""
+
+    exit_code = 130
+
     def __init__(self, checkpoint: Path, epoch: int, step: int, signum: int):
         self.checkpoint, self.epoch, self.step, self.signum = checkpoint, epoch, step, signum
         name = signal.Signals(signum).name
@@ -455,6 +486,8 @@ def _train(
 ) -> TrainResult:
     say = log if (log and ranks.is_main) else (lambda message: None)
     seed_everything(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     train_data, val_data = load_training_data(cfg, processed_dir, device)
     if len(train_data) < cfg.batch_size:
         raise PipelineError(
@@ -487,10 +520,7 @@ def _train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if cfg.compile:
-        import torch._dynamo as dynamo
-
-        dynamo.config.suppress_errors = True  # fall back to eager if compiling fails
-        step_model = torch.compile(step_model)
+        step_model = compile_for(step_model, device)
 
     def save_last(finished: bool = False) -> None:
         if ranks.is_main:
@@ -525,7 +555,13 @@ def _train(
                 disable=None if (progress and ranks.is_main) else True,
             )
             timer.start()
-            batches = index_batches(len(train_data), cfg.batch_size, state.order, drop_last=True)
+            batches = index_batches(
+                len(train_data),
+                cfg.batch_size,
+                state.order,
+                drop_last=True,
+                device=device if cfg.data == "tensors" else None,  # one copy per epoch
+            )
             for step, indices in enumerate(batches):
                 if step < start_step:
                     continue

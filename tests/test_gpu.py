@@ -13,9 +13,11 @@ pytestmark = [
 
 
 @pytest.mark.parametrize("compile_model", [False, True])
-def test_cuda_training_with_bf16_and_compile(processed_dir, tmp_path, compile_model):
+def test_cuda_training_with_bf16_and_compile(kaggle_processed_dir, tmp_path, compile_model):
     cfg = recipe_config("best", epochs=1, max_steps=30, device="cuda", compile=compile_model)
-    result = train(cfg, processed_dir, tmp_path / "gpu.pt", progress=False, figures_dir=tmp_path)
+    result = train(
+        cfg, kaggle_processed_dir, tmp_path / "gpu.pt", progress=False, figures_dir=tmp_path
+    )
     assert result.history and result.images_per_second > 0
     loaded = load_checkpoint(result.checkpoint, "cpu")  # saved from the uncompiled module
     assert next(loaded.model.parameters()).device.type == "cpu"
