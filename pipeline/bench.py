@@ -79,7 +79,7 @@ class TutorialCsvDigits(Dataset):
         return len(self.frame)
 
     def __getitem__(self, index: int):
-        image = self.frame.iloc[index, 1:].to_numpy(dtype=np.uint8).reshape(28, 28, 1)
+        image = self.frame.iloc[index, 1:].to_numpy(dtype=np.uint8, copy=True).reshape(28, 28, 1)
         return self.transform(image), int(self.frame.iloc[index, 0])
 
 

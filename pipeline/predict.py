@@ -37,7 +37,7 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def inference_model(model: nn.Module) -> nn.Module:
-    """An eval-mode copy with BatchNorm folded into the convolutions (2x faster on CPU).
+    """An eval-mode copy with BatchNorm folded into the convolutions, in channels_last.
 
     Falls back to the model itself if torch.fx cannot trace it.
     """
@@ -45,9 +45,12 @@ def inference_model(model: nn.Module) -> nn.Module:
 
     model = model.eval()
     try:
-        return fuse(model)
+        model = fuse(model)
     except Exception:
-        return model
+        pass
+    # Checkpoints load contiguous; with a 1-channel input only channels_last weights make the
+    # whole net run channels_last, where CPU pooling is several times faster.
+    return model.to(memory_format=torch.channels_last)
 
 
 @torch.inference_mode()

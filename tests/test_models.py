@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.models import MODELS, build_model
+from pipeline.models import MODELS, build_model, resolved_arch_args
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -42,3 +42,10 @@ def test_arch_args_are_applied_and_unknown_names_refused():
     assert build_model("fastnet", widths=[8, 16, 32]).classifier[1].in_features == 32 * 3 * 3
     with pytest.raises(ValueError, match="unknown model"):
         build_model("resnet9000")
+
+
+def test_checkpoints_record_every_architecture_argument_so_default_changes_cannot_break_them():
+    resolved = resolved_arch_args("fastnet", {"dropout": 0.2})
+    assert resolved == {"widths": [16, 32, 64], "dropout": 0.2}
+    model = build_model("fastnet", **resolved_arch_args("fastnet", {"widths": (8, 16, 32)}))
+    assert model.classifier[1].in_features == 32 * 3 * 3
