@@ -254,6 +254,24 @@ def train_command(
         )
 
 
+def _ensemble_options(
+    recipe, model, epochs, batch_size, lr, augment, seed, device, compile_model, max_steps
+) -> TrainConfig:
+    """The options ensemble and crossval expose; the recipe sets the rest."""
+    return recipe_config(
+        _value(recipe),
+        model=_value(model),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        augment=augment,
+        seed=seed,
+        device=_value(device),
+        compile=compile_model,
+        max_steps=max_steps,
+    )
+
+
 @one_line_errors
 def ensemble_command(
     members: Annotated[int, typer.Option(min=1, help="Models to train (seeds seed..).")] = 5,
@@ -271,23 +289,8 @@ def ensemble_command(
     max_steps: StepsOpt = None,
 ) -> None:
     """Train an ensemble: K members with different seeds (spread over torchrun's processes)."""
-    cfg = _train_options(
-        recipe,
-        model,
-        epochs,
-        batch_size,
-        lr,
-        None,
-        None,
-        None,
-        None,
-        augment,
-        None,
-        seed,
-        device,
-        DataSource.tensors,
-        compile_model,
-        max_steps,
+    cfg = _ensemble_options(
+        recipe, model, epochs, batch_size, lr, augment, seed, device, compile_model, max_steps
     )
     for result in train_ensemble(cfg, members, processed_dir, out_dir, log=tqdm.write):
         typer.echo(f"ensemble: {result.checkpoint} val_acc {result.best_accuracy:.2%}")
@@ -313,23 +316,8 @@ def crossval_command(
     max_steps: StepsOpt = None,
 ) -> None:
     """Score a recipe's ensemble (alone, averaged, with TTA) as mean and spread over splits."""
-    cfg = _train_options(
-        recipe,
-        model,
-        epochs,
-        batch_size,
-        lr,
-        None,
-        None,
-        None,
-        None,
-        augment,
-        None,
-        seed,
-        device,
-        DataSource.tensors,
-        compile_model,
-        max_steps,
+    cfg = _ensemble_options(
+        recipe, model, epochs, batch_size, lr, augment, seed, device, compile_model, max_steps
     )
     result = cross_validate(cfg, members, list(range(splits)), raw_dir, work_dir, log=tqdm.write)
     typer.echo(format_summary(result))
