@@ -109,6 +109,21 @@ def test_recipes_are_wired():
         recipe_config(optimizer="lbfgs")
 
 
+def test_on_cuda_the_recipes_take_their_gpu_settings_and_options_still_win(monkeypatch):
+    import pipeline.train as train_module
+
+    monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device("cuda"))
+    fast = recipe_config("fast", device="cuda")
+    assert (fast.batch_size, fast.epochs, fast.compile) == (512, 5, True)
+    assert fast.arch_args == {"widths": [24, 48, 96]}
+    assert recipe_config("best", device="cuda").compile is True
+    overridden = recipe_config("fast", device="cuda", batch_size=64, compile=False)
+    assert (overridden.batch_size, overridden.compile) == (64, False)
+    monkeypatch.undo()
+    cpu = recipe_config("fast", device="cpu")
+    assert (cpu.batch_size, cpu.compile, cpu.arch_args) == (128, False, {})
+
+
 def test_ensemble_members_get_their_own_seed_and_file(processed_dir, tmp_path):
     results = train_ensemble(
         _cfg(max_steps=5), 2, processed_dir, tmp_path, name="ens", progress=False
