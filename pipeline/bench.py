@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch._dynamo
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
@@ -142,7 +141,9 @@ def project_images_per_second(
     model = build_model(model_name).to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
     if compile_model:
-        torch._dynamo.reset()  # a fresh compile per batch size, as a real run would have
+        import torch._dynamo as dynamo  # heavy: only when compiling
+
+        dynamo.reset()  # a fresh compile per batch size, as a real run would have
     step_model = compile_for(model, device) if compile_model else model
     scheduler = make_scheduler(optimizer, cfg, warmup + steps)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -405,10 +406,9 @@ def format_report(report: BenchReport) -> str:
         warm = f"; warm-up run {f['warmup_s']:.1f} s" if f["warmup_s"] else ""
         lines += [
             "",
-            f"fast recipe (batch {f['batch_size']}{', compiled' if f['compiled'] else ''}): val "
-            f"accuracy "
-            f"{f['val_accuracy']:.2%} after {f['train_seconds']:.2f} s of training; 99.0% "
-            f"after {to_99}{warm}; curve {f['curve']}",
+            f"fast recipe (batch {f['batch_size']}{', compiled' if f['compiled'] else ''}): "
+            f"val accuracy {f['val_accuracy']:.2%} after {f['train_seconds']:.2f} s of "
+            f"training; 99.0% after {to_99}{warm}; curve {f['curve']}",
         ]
     if report.ddp:
         d = report.ddp

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from pipeline import config
 from pipeline.checkpoints import load_checkpoint
 from pipeline.datasets import TensorDigits
@@ -64,12 +66,10 @@ def score_split(checkpoints: list[Path], processed_dir: Path, device: str) -> tu
     def accuracy(probs) -> float:
         return float((probs.argmax(1) == labels).float().mean())
 
-    members = [accuracy(ensemble_probabilities([m], data)) for m in models]
-    return (
-        members,
-        accuracy(ensemble_probabilities(models, data)),
-        accuracy(ensemble_probabilities(models, data, tta=True)),
-    )
+    member_probs = [ensemble_probabilities([m], data) for m in models]
+    ensemble = torch.stack(member_probs).mean(0)  # what ensemble_probabilities computes
+    tta = ensemble_probabilities(models, data, tta=True)
+    return [accuracy(p) for p in member_probs], accuracy(ensemble), accuracy(tta)
 
 
 def cross_validate(

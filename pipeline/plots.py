@@ -8,12 +8,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from pipeline.files import atomic_path
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
+def new_figure(**kwargs):
+    """A matplotlib Figure; matplotlib (0.4 s to import) loads only when a figure is drawn."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -22,7 +28,7 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(9, 3.5))
+    fig = new_figure(figsize=(9, 3.5))
     loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     loss_ax.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
@@ -37,7 +43,7 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Pat
 def plot_confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> Path:
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig = Figure(figsize=(6.5, 5.5))
+    fig = new_figure(figsize=(6.5, 5.5))
     ax = fig.subplots()
     ConfusionMatrixDisplay(matrix).plot(ax=ax, colorbar=False, values_format="d")
     ax.set_title(title)
@@ -55,7 +61,7 @@ def plot_mistakes(
 ) -> Path:
     """A grid of misclassified digits, most confident first: 'row id: true -> predicted (p)'."""
     rows = max(1, -(-len(images) // columns))
-    fig = Figure(figsize=(columns * 1.3, rows * 1.5))
+    fig = new_figure(figsize=(columns * 1.3, rows * 1.5))
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.axis("off")

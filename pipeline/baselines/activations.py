@@ -13,12 +13,11 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 import typer
-from matplotlib.figure import Figure
 
 from pipeline import config
 from pipeline.device import DEVICE_CHOICES, resolve_device
 from pipeline.errors import one_line_errors
-from pipeline.plots import save_figure
+from pipeline.plots import new_figure, save_figure
 
 NAME = "activations"
 FIGURE = config.figure_path(NAME)
@@ -93,7 +92,7 @@ def draw_activations(
 
 
 def plot_activations(x: torch.Tensor, values: dict[str, torch.Tensor], path: Path) -> Path:
-    fig = Figure(figsize=(9, 5.5))
+    fig = new_figure(figsize=(9, 5.5))
     axes = fig.subplots(2, 3).ravel()
     for ax, (name, y) in zip(axes, values.items(), strict=True):
         ax.plot(x, y, "C3", lw=2)

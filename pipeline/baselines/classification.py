@@ -10,13 +10,12 @@ from typing import Annotated
 
 import torch
 import typer
-from matplotlib.figure import Figure
 from torch import nn
 
 from pipeline import config
 from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
 from pipeline.errors import one_line_errors
-from pipeline.plots import save_figure
+from pipeline.plots import new_figure, save_figure
 
 NAME = "classification"
 FIGURE = config.figure_path(NAME)
@@ -93,7 +92,7 @@ def plot_predictions(
     with torch.no_grad():
         flat = torch.stack([gx.ravel(), gy.ravel()], dim=1).to(device)
         probability = net(flat).softmax(1)[:, 1].reshape(gx.shape).cpu()
-    fig = Figure(figsize=(5.5, 5))
+    fig = new_figure(figsize=(5.5, 5))
     ax = fig.subplots()
     ax.contourf(gx, gy, probability, levels=20, cmap="RdBu_r", alpha=0.3)
     ax.contour(gx, gy, probability, levels=[0.5], colors="k", linewidths=1)

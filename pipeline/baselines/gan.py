@@ -14,13 +14,12 @@ from typing import Annotated
 
 import torch
 import typer
-from matplotlib.figure import Figure
 from torch import nn
 
 from pipeline import config
 from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
 from pipeline.errors import one_line_errors
-from pipeline.plots import save_figure
+from pipeline.plots import new_figure, save_figure
 
 NAME = "gan"
 FIGURE = config.figure_path(NAME)
@@ -110,7 +109,7 @@ def train_gan(
 
 def plot_curves(x: torch.Tensor, curves: torch.Tensor, inside_share: float, path: Path) -> Path:
     lower, upper = band(x)
-    fig = Figure(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.fill_between(x, lower, upper, color="0.9", label="band of real curves")
     ax.plot(x, upper, "C3", lw=2, label="upper bound 2x² + 1")

@@ -13,12 +13,11 @@ from typing import Annotated
 
 import torch
 import typer
-from matplotlib.figure import Figure
 
 from pipeline import config
 from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
 from pipeline.errors import one_line_errors
-from pipeline.plots import save_figure
+from pipeline.plots import new_figure, save_figure
 
 NAME = "linear"
 FIGURE = config.figure_path(NAME)
@@ -93,7 +92,7 @@ def fit_linear(
 
 
 def plot_line(w: float, b: float, path: Path) -> Path:
-    fig = Figure(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.scatter(X, Y, label="data")
     ends = torch.tensor([min(X), max(X)])

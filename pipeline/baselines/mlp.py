@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 import typer
-from matplotlib.figure import Figure
 from torch import nn
 
 from pipeline import config
@@ -26,7 +25,7 @@ from pipeline.datasets import index_batches, normalize
 from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
 from pipeline.download import sample_csv_path
 from pipeline.errors import PipelineError, one_line_errors
-from pipeline.plots import save_figure
+from pipeline.plots import new_figure, save_figure
 from pipeline.prepare import load_split
 
 NAME = "mlp"
@@ -173,7 +172,7 @@ def compare_batch_sizes(
 
 def plot_losses(runs: list[BatchSizeRun], n_images: int, path: Path) -> Path:
     """Each run's loss against epochs, averaged over windows of ~1/20 epoch to tame the noise."""
-    fig = Figure(figsize=(7, 4))
+    fig = new_figure(figsize=(7, 4))
     ax = fig.subplots()
     for run in runs:
         steps_per_epoch = -(-n_images // run.batch_size)

@@ -12,14 +12,13 @@ from typing import Annotated
 
 import torch
 import typer
-from matplotlib.figure import Figure
 from torch import nn
 
 from pipeline import config
 from pipeline.baselines.regression import make_net, make_parabola, shuffled_batches
 from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
 from pipeline.errors import PipelineError, one_line_errors
-from pipeline.plots import save_figure
+from pipeline.plots import new_figure, save_figure
 
 NAME = "optimizers"
 FIGURE = config.figure_path(NAME)
@@ -100,7 +99,7 @@ def compare_optimizers(
 
 
 def plot_losses(step_losses: dict[str, list[float]], lr: float, batch_size: int, path: Path):
-    fig = Figure(figsize=(7, 4))
+    fig = new_figure(figsize=(7, 4))
     ax = fig.subplots()
     for name, values in step_losses.items():
         ax.plot(values, lw=1, label=name)

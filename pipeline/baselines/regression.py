@@ -10,13 +10,12 @@ from typing import Annotated
 
 import torch
 import typer
-from matplotlib.figure import Figure
 from torch import nn
 
 from pipeline import config
 from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
 from pipeline.errors import one_line_errors
-from pipeline.plots import save_figure
+from pipeline.plots import new_figure, save_figure
 
 NAME = "regression"
 FIGURE = config.figure_path(NAME)
@@ -87,7 +86,7 @@ def fit_regression(
 
 
 def plot_fit(data: Parabola, fitted: torch.Tensor, path: Path) -> Path:
-    fig = Figure(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.scatter(data.x, data.y, s=4, alpha=0.4, label="data: x² + noise")
     ax.plot(data.x, data.clean, "k--", lw=1, label="x²")
