@@ -16,6 +16,19 @@ from pipeline.train import recipe_config, train
 TRAIN = [sys.executable, "-m", "pipeline", "train", "--model", "cnn", "--device", "cpu"]
 
 
+# `torchrun --standalone --nproc-per-node 2 -m pipeline`, through this interpreter
+TORCHRUN_TWO = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc-per-node",
+    "2",
+    "-m",
+    "pipeline",
+]
+
+
 def _env():
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     if sys.platform.startswith("linux"):
@@ -79,17 +92,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(process
         str(processed_dir),
     ]
     ddp_out = tmp_path / "ddp.pt"
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "pipeline",
-        "train",
-    ]
+    launch = [*TORCHRUN_TWO, "train"]
     ddp = subprocess.run(
         [*launch, "--model", "cnn", "--device", "cpu", *options, "--out", str(ddp_out)],
         env=_env(),
@@ -119,17 +122,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(process
 
 @pytest.mark.slow
 def test_ensemble_members_spread_one_per_process(processed_dir, tmp_path):
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "pipeline",
-        "ensemble",
-    ]
+    launch = [*TORCHRUN_TWO, "ensemble"]
     result = subprocess.run(
         [
             *launch,

@@ -8,14 +8,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 import typer
 
 from pipeline import config
-from pipeline.device import DEVICE_CHOICES, resolve_device
+from pipeline.baselines.options import DeviceOption, FigureOption
+from pipeline.device import resolve_device
 from pipeline.errors import one_line_errors
 from pipeline.plots import new_figure, save_figure
 
@@ -105,8 +105,8 @@ def plot_activations(x: torch.Tensor, values: dict[str, torch.Tensor], path: Pat
 
 @one_line_errors
 def activations_command(
-    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
-    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+    device: DeviceOption = "auto",
+    out: FigureOption = FIGURE,
 ) -> None:
     """Plot ReLU, sigmoid, tanh, softplus, GELU and SiLU over [-5, 5]."""
     result = draw_activations(device, out)

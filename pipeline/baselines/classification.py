@@ -13,7 +13,8 @@ import typer
 from torch import nn
 
 from pipeline import config
-from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
+from pipeline.baselines.options import DeviceOption, FigureOption
+from pipeline.device import resolve_device, seed_everything
 from pipeline.errors import one_line_errors
 from pipeline.plots import new_figure, save_figure
 
@@ -105,8 +106,8 @@ def plot_predictions(
 @one_line_errors
 def classification_command(
     seed: Annotated[int, typer.Option(help="Seed of the clouds and initialisation.")] = 0,
-    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
-    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+    device: DeviceOption = "auto",
+    out: FigureOption = FIGURE,
     steps: Annotated[int, typer.Option(min=1, help="Full-batch SGD steps.")] = 100,
 ) -> None:
     """Separate two Gaussian clouds with a 2-10-2 net; plot the points by predicted class."""

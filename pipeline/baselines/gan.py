@@ -17,7 +17,8 @@ import typer
 from torch import nn
 
 from pipeline import config
-from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
+from pipeline.baselines.options import DeviceOption, FigureOption
+from pipeline.device import resolve_device, seed_everything
 from pipeline.errors import one_line_errors
 from pipeline.plots import new_figure, save_figure
 
@@ -124,8 +125,8 @@ def plot_curves(x: torch.Tensor, curves: torch.Tensor, inside_share: float, path
 @one_line_errors
 def gan_command(
     seed: Annotated[int, typer.Option(help="Seed of the curves, noise and initialisation.")] = 0,
-    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
-    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+    device: DeviceOption = "auto",
+    out: FigureOption = FIGURE,
     steps: Annotated[int, typer.Option(min=1, help="Discriminator + generator steps.")] = 5_000,
 ) -> None:
     """Train the painter GAN; plot generated curves between the bounds of the real ones."""

@@ -15,7 +15,8 @@ import torch
 import typer
 
 from pipeline import config
-from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
+from pipeline.baselines.options import DeviceOption, FigureOption
+from pipeline.device import resolve_device, seed_everything
 from pipeline.errors import one_line_errors
 from pipeline.plots import new_figure, save_figure
 
@@ -105,8 +106,8 @@ def plot_line(w: float, b: float, path: Path) -> Path:
 @one_line_errors
 def linear_command(
     seed: Annotated[int, typer.Option(help="Seed of the starting w and b.")] = 0,
-    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
-    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+    device: DeviceOption = "auto",
+    out: FigureOption = FIGURE,
     epochs: Annotated[int, typer.Option(min=1, help="Full-batch steps.")] = 3_000,
     lr: Annotated[float, typer.Option(min=0.0, help="Diverges above ~0.023.")] = 0.02,
 ) -> None:

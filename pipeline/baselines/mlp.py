@@ -21,8 +21,9 @@ import typer
 from torch import nn
 
 from pipeline import config
+from pipeline.baselines.options import DeviceOption, FigureOption
 from pipeline.datasets import index_batches, normalize
-from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
+from pipeline.device import resolve_device, seed_everything
 from pipeline.download import sample_csv_path
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.plots import new_figure, save_figure
@@ -218,8 +219,8 @@ def mlp_command(
     limit: Annotated[int, typer.Option(min=1, help="Training images used.")] = 10_000,
     lr: Annotated[float, typer.Option(min=0.0, help="SGD learning rate.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the subset, initialisation, order.")] = 0,
-    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
-    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+    device: DeviceOption = "auto",
+    out: FigureOption = FIGURE,
 ) -> None:
     """Train a 784-200-10 MLP with hand-written SGD per batch size; compare loss and speed."""
     result = compare_batch_sizes(

@@ -15,8 +15,9 @@ import typer
 from torch import nn
 
 from pipeline import config
+from pipeline.baselines.options import DeviceOption, FigureOption
 from pipeline.baselines.regression import make_net, make_parabola, shuffled_batches
-from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
+from pipeline.device import resolve_device, seed_everything
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.plots import new_figure, save_figure
 
@@ -127,8 +128,8 @@ def optimizers_command(
         str, typer.Option(help=f"Comma-separated subset of {','.join(OPTIMIZERS)}.")
     ] = ",".join(DEFAULT_OPTIMIZERS),
     seed: Annotated[int, typer.Option(help="Seed of the noise, initialisation and order.")] = 0,
-    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
-    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+    device: DeviceOption = "auto",
+    out: FigureOption = FIGURE,
     epochs: Annotated[int, typer.Option(min=1)] = 12,
 ) -> None:
     """Compare optimizers on the same net, data and batches; plot the loss of every step."""

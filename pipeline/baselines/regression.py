@@ -13,7 +13,8 @@ import typer
 from torch import nn
 
 from pipeline import config
-from pipeline.device import DEVICE_CHOICES, resolve_device, seed_everything
+from pipeline.baselines.options import DeviceOption, FigureOption
+from pipeline.device import resolve_device, seed_everything
 from pipeline.errors import one_line_errors
 from pipeline.plots import new_figure, save_figure
 
@@ -99,8 +100,8 @@ def plot_fit(data: Parabola, fitted: torch.Tensor, path: Path) -> Path:
 @one_line_errors
 def regression_command(
     seed: Annotated[int, typer.Option(help="Seed of the noise, initialisation and order.")] = 0,
-    device: Annotated[str, typer.Option(help="|".join(DEVICE_CHOICES))] = "auto",
-    out: Annotated[Path, typer.Option(help="Figure to write.")] = FIGURE,
+    device: DeviceOption = "auto",
+    out: FigureOption = FIGURE,
     epochs: Annotated[int, typer.Option(min=1)] = 100,
 ) -> None:
     """Fit y = x^2 + noise with a 1-20-1 ReLU net; plot the data and the fitted curve."""
