@@ -39,9 +39,8 @@ class DigitSplit:
 
 @dataclass(frozen=True)
 class ParsedCsv:
-    pixels: np.ndarray  # uint8 [N, 784]
+    pixels: np.ndarray  # uint8 [N, 784], column-major as pandas builds it; read-only
     labels: np.ndarray | None  # int64 [N]
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -102,20 +101,17 @@ def read_digits_csv(path: Path, has_labels: bool, limit_rows: int | None = None)
 
     pandas' C parser with `dtype=uint8` rejects anything that is not an integer 0-255, and
     `na_filter=False` skips missing-value detection (an empty cell then fails as a non-integer),
-    which makes it about 20% faster. The fingerprint is hashed in a thread meanwhile: hashlib
-    releases the GIL.
+    which makes it about 20% faster. pandas >= 3.1 already spreads one file over every core, so
+    nothing else should run beside it: the fingerprint is hashed later, by `prepare`.
     """
     if not path.is_file():
         raise PipelineError(f"{path}: no such file (run `pipeline download` first)")
     header = config.TRAIN_HEADER if has_labels else config.TEST_HEADER
     _check_header(path, header)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(file_sha256, path)
-        try:
-            frame = pd.read_csv(path, dtype=np.uint8, na_filter=False, nrows=limit_rows)
-        except (ValueError, pd.errors.ParserError, OverflowError):
-            raise PipelineError(f"{path}: {_diagnose(path, header)}") from None
-        fingerprint = digest.result()
+    try:
+        frame = pd.read_csv(path, dtype=np.uint8, na_filter=False, nrows=limit_rows)
+    except (ValueError, pd.errors.ParserError, OverflowError):
+        raise PipelineError(f"{path}: {_diagnose(path, header)}") from None
     # Extra values on the first data row make pandas infer an index instead of failing.
     if not isinstance(frame.index, pd.RangeIndex) or frame.shape[1] != len(header):
         raise PipelineError(f"{path}: {_diagnose(path, header)}")
@@ -131,7 +127,7 @@ def read_digits_csv(path: Path, has_labels: bool, limit_rows: int | None = None)
                 f"{path}: line {bad[0] + 2}: label {labels[bad[0]]} is not a digit 0-9"
             )
         table = table[:, 1:]
-    return ParsedCsv(np.ascontiguousarray(table), labels, fingerprint)
+    return ParsedCsv(table, labels)
 
 
 def read_test_labels(path: Path, n_test: int, limited: bool = False) -> np.ndarray:
@@ -169,6 +165,7 @@ def split_train_val(
 
 
 def _to_split(pixels: np.ndarray, labels: np.ndarray | None, rows: np.ndarray) -> DigitSplit:
+    """Gather the rows; the gather also turns pandas' column-major pixels into row-major images."""
     side = config.IMAGE_SIDE
     images = torch.from_numpy(pixels[rows]).reshape(-1, 1, side, side)
     return DigitSplit(
@@ -285,30 +282,34 @@ def prepare(
     if fmt not in FORMATS:
         raise PipelineError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     labels_path = raw_dir / config.TEST_LABELS_CSV
+    fingerprints = None
     if not force and _outputs_exist(processed_dir, fmt) and (raw_dir / config.TRAIN_CSV).is_file():
+        fingerprints = fingerprint_sources(raw_dir)
         meta = read_meta(processed_dir)
-        wanted = _meta(fingerprint_sources(raw_dir), val_fraction, seed, fmt, limit_rows)
+        wanted = _meta(fingerprints, val_fraction, seed, fmt, limit_rows)
         if meta is not None and all(meta.get(k) == v for k, v in wanted.items() if k != "format"):
             if meta.get("format") in (fmt, "both"):
                 return PrepareResult(processed_dir, True, meta["counts"], labels_path.is_file())
 
     train_csv = read_digits_csv(raw_dir / config.TRAIN_CSV, True, limit_rows)
     test_csv = read_digits_csv(raw_dir / config.TEST_CSV, False, limit_rows)
-    fingerprints = {config.TRAIN_CSV: train_csv.sha256, config.TEST_CSV: test_csv.sha256}
-    test_labels = None
-    if labels_path.is_file():
-        test_labels = read_test_labels(labels_path, len(test_csv.pixels), limit_rows is not None)
-        fingerprints[config.TEST_LABELS_CSV] = file_sha256(labels_path)
-
-    try:
-        train_rows, val_rows = split_train_val(train_csv.labels, val_fraction, seed)
-    except PipelineError as exc:
-        raise PipelineError(f"{raw_dir / config.TRAIN_CSV}: {exc}") from None
-    splits = {
-        "train": _to_split(train_csv.pixels, train_csv.labels, train_rows),
-        "val": _to_split(train_csv.pixels, train_csv.labels, val_rows),
-        "test": _to_split(test_csv.pixels, test_labels, np.arange(len(test_csv.pixels))),
-    }
+    # The split is mostly single-threaded (and imports scikit-learn), so a core is free to hash.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.submit(fingerprint_sources, raw_dir) if fingerprints is None else None
+        test_labels = None
+        if labels_path.is_file():
+            limited = limit_rows is not None
+            test_labels = read_test_labels(labels_path, len(test_csv.pixels), limited)
+        try:
+            train_rows, val_rows = split_train_val(train_csv.labels, val_fraction, seed)
+        except PipelineError as exc:
+            raise PipelineError(f"{raw_dir / config.TRAIN_CSV}: {exc}") from None
+        splits = {
+            "train": _to_split(train_csv.pixels, train_csv.labels, train_rows),
+            "val": _to_split(train_csv.pixels, train_csv.labels, val_rows),
+            "test": _to_split(test_csv.pixels, test_labels, np.arange(len(test_csv.pixels))),
+        }
+        fingerprints = fingerprints if hashing is None else hashing.result()
     processed_dir.mkdir(parents=True, exist_ok=True)
     if fmt in ("tensors", "both"):
         for name, split in splits.items():

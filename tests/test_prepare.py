@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipeline import config
 from pipeline.errors import PipelineError
+from pipeline.files import file_sha256
 from pipeline.prepare import (
     data_fingerprint,
     load_split,
@@ -47,8 +48,16 @@ def test_prepare_writes_uint8_tensors_and_metadata(raw_dir, tmp_path):
     row = int(val.ids[3]) - 1
     assert val.labels[3] == source.loc[row, "label"]
     assert val.images[3].flatten().tolist() == source.iloc[row, 1:].tolist()
+    for split in (train, val):
+        assert split.images.is_contiguous()
+        expected = source.iloc[split.ids.numpy() - 1, 1:].to_numpy()
+        np.testing.assert_array_equal(split.images.reshape(len(split), -1).numpy(), expected)
+    test_source = pd.read_csv(raw_dir / config.TEST_CSV).to_numpy()
+    np.testing.assert_array_equal(test.images.reshape(len(test), -1).numpy(), test_source)
     meta = json.loads((out / config.META_JSON).read_text())
-    assert set(meta["sources"]) == {"train.csv", "test.csv", "test_labels.csv"}
+    assert meta["sources"] == {
+        name: file_sha256(raw_dir / name) for name in ("train.csv", "test.csv", "test_labels.csv")
+    }
     assert meta["seed"] == 0 and meta["counts"]["val"] == 400
 
 
