@@ -381,7 +381,8 @@ def run_bench(
 def format_report(report: BenchReport) -> str:
     lines = [
         f"device: {report.device}  (torch {torch.__version__}, {torch.get_num_threads()} threads)",
-        f"parse train.csv + test.csv      {report.parse_csvs_s:6.2f} s  (median of 3)",
+        f"parse train.csv + test.csv      {report.parse_csvs_s:6.2f} s  (median of 3, "
+        f"pandas {pd.__version__})",
         f"prepare (parse, split, save)    {report.prepare_s:6.2f} s",
         f"load cached tensors             {report.load_cache_s:6.2f} s",
         "",

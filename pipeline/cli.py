@@ -18,7 +18,7 @@ from pipeline.bench import format_report, run_bench
 from pipeline.crossval import cross_validate, format_summary
 from pipeline.device import DEVICE_CHOICES
 from pipeline.download import Source, download
-from pipeline.errors import PipelineError, fail, one_line_errors
+from pipeline.errors import PipelineError, fail, one_line_errors, positive_ints
 from pipeline.evaluate import evaluate, score_submission
 from pipeline.models import MODELS
 from pipeline.predict import predict
@@ -435,7 +435,7 @@ def bench_command(
         ddp,
         log=lambda message: typer.echo(message, err=True),
         compile_model=compile_model,
-        best_batch_sizes=[int(b) for b in best_batch_sizes.split(",") if b.strip()],
+        best_batch_sizes=positive_ints(best_batch_sizes, "--best-batch-sizes", allow_empty=True),
         best_net=best_net,
     )
     typer.echo(format_report(report))

@@ -15,6 +15,17 @@ class PipelineError(Exception):
     exit_code = 1
 
 
+def positive_ints(text: str, option: str, allow_empty: bool = False) -> list[int]:
+    """Parse a comma-separated option such as `16,64,256`, or raise a one-line error."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = None
+    if values is None or (not values and not allow_empty) or any(v < 1 for v in values):
+        raise PipelineError(f"{option} {text}: expected positive integers such as 16,64,256")
+    return values
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `error: message` on stderr; raise the returned Exit to end with `code`."""
     typer.echo(f"error: {message}", err=True)

@@ -181,3 +181,12 @@ def test_submit_with_a_faked_client(tmp_path, monkeypatch, reply):
     result = invoke("submit", "--file", sub, "--message", "cli test")
     assert result.exit_code == 0 and reply in result.stdout
     assert calls == [(str(sub), "cli test", "digit-recognizer")]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [("--models", "mlp,resnet", "unknown resnet"), ("--best-batch-sizes", "64,x", "64,x")],
+)
+def test_bench_refuses_bad_options_in_one_line(processed_dir, option, value, fragment):
+    result = runner.invoke(app, ["bench", "--processed-dir", str(processed_dir), option, value])
+    assert_one_line_error(result, option, fragment)

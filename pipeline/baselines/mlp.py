@@ -25,7 +25,7 @@ from pipeline.baselines.options import DeviceOption, FigureOption
 from pipeline.datasets import index_batches, normalize
 from pipeline.device import resolve_device, seed_everything
 from pipeline.download import sample_csv_path
-from pipeline.errors import PipelineError, one_line_errors
+from pipeline.errors import PipelineError, one_line_errors, positive_ints
 from pipeline.plots import new_figure, save_figure
 from pipeline.prepare import load_split
 
@@ -198,13 +198,7 @@ def format_table(result: MlpResult) -> str:
 
 
 def parse_batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise PipelineError(f"--batch-sizes {text}: expected positive integers such as 16,64,256")
-    return sizes
+    return positive_ints(text, "--batch-sizes")
 
 
 @one_line_errors
