@@ -18,7 +18,7 @@ class AugmentConfig:
     degrees: float = 10.0
     scale: tuple[float, float] = (0.9, 1.1)
     shift: float = 0.1  # fraction of the image side: 0.1 of 28 px is about 3 px
-    elastic_alpha: float = 0.0  # displacement strength in pixels; 0 turns elastic off
+    elastic_alpha: float = 0.0  # largest displacement per axis in pixels; 0 turns elastic off
     elastic_sigma: float = 4.0
 
 

@@ -212,8 +212,14 @@ def compile_for(model: nn.Module, device: torch.device) -> nn.Module:
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
+# Elastic strength: the largest displacement per axis, in pixels; the mean is about 0.4 of it.
+# 8 px (mean 3.4 px) cost the best recipe a whole point on an H100 (98.5% against 99.65% on
+# the same 5 splits); 2 px keeps the mean near the ~1 px of Simard et al.
+ELASTIC_MAX_SHIFT_PX = 2.0
+
+
 def augment_config(cfg: TrainConfig) -> augment.AugmentConfig:
-    return augment.AugmentConfig(elastic_alpha=8.0 if cfg.elastic else 0.0)
+    return augment.AugmentConfig(elastic_alpha=ELASTIC_MAX_SHIFT_PX if cfg.elastic else 0.0)
 
 
 # ---------------------------------------------------------------- state, signals, timing
