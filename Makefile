@@ -18,20 +18,20 @@ RUN := $(or $(MODEL),$(if $(filter fast,$(RECIPE)),fastnet,$(RECIPE)))
 CHECKPOINT := models/$(RUN).pt
 
 .DEFAULT_GOAL := help
-.PHONY: help install data prepare train evaluate predict all best crossval submit test bench baselines lint clean distclean
+.PHONY: help install data prepare train evaluate predict all best crossval submit test test-all serve bench baselines lint clean distclean
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed ## Create .venv and install the package, its extras and test tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,kaggle,sample]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,kaggle,sample,serve,browser]'
 	touch $@
 
-data: install ## Raw CSVs: already there -> ZIP / data/raw zip -> Kaggle API -> offline sample
+data: install ## Raw CSVs: ZIP= wins; Kaggle CSVs already there are kept; else zip / Kaggle API / offline sample
 	$(PIPELINE) download $(if $(ZIP),--zip $(ZIP))
 
 prepare: data ## Validate and parse the CSVs into uint8 tensors with a train/val split
@@ -60,8 +60,17 @@ crossval: data ## Score the best recipe's ensemble as mean and spread over SPLIT
 submit: ## Check submissions/submission.csv and send it to Kaggle (never run by other targets)
 	$(PIPELINE) submit --file submissions/submission.csv
 
-test: install ## Run the test suite (installs what it needs first)
+# `make test` leaves out the tests marked slow (about 3 minutes on 2 cores); CI=true, as
+# .ci/run sets it, and `make test-all` run every test.
+SLOW := $(if $(filter true,$(CI)),,-m "not slow")
+test: install ## Run the test suite without the slow tests (installs what it needs first)
+	$(BIN)/python -m pytest $(SLOW)
+
+test-all: install ## Run every test, the slow ones too (what CI runs)
 	$(BIN)/python -m pytest
+
+serve: train ## Serve the draw-a-digit page and JSON API on CHECKPOINT at http://127.0.0.1:8000/
+	$(PIPELINE) serve --checkpoint $(CHECKPOINT) --device $(DEVICE)
 
 bench: prepare ## Print speed figures (CSV parse, load, train/predict images/s, vs the tutorial loop)
 	$(PIPELINE) bench --device $(DEVICE)

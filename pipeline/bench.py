@@ -7,6 +7,10 @@
   step), for the same model and batch size; prediction images/s over the test set.
 - Seconds of training until the fast recipe passes 99.0% validation accuracy.
 - Optionally one process against two gloo/nccl DDP processes under torchrun.
+- End to end: `pipeline prepare`, `train --model cnn --epochs 1 --batch-size 50` and `predict`
+  as three processes, wall clock including start-up, against the tutorial's single script
+  (`pipeline.baselines.tutorial`) doing the same work on the same CSVs; each command's time
+  split into start-up and imports, load, work and write (`pipeline.timings`).
 """
 
 import json
@@ -20,35 +24,33 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
-from pipeline import config
-from pipeline.datasets import TensorDigits
-from pipeline.device import resolve_device, seed_everything
+from pipeline import config, timings
+from pipeline.baselines.tutorial import (
+    RESULT_LINE,
+    TUTORIAL_BATCH,
+    tutorial_frame,
+    tutorial_images_per_second,
+)
+from pipeline.datasets import TensorDigits, load_split, read_meta
+from pipeline.device import resolve_device, seed_everything, synchronize
+from pipeline.distributed import Ranks
+from pipeline.errors import PipelineError
+from pipeline.inference import inference_model, predict_logits
 from pipeline.models import build_model
-from pipeline.predict import inference_model, predict_logits
-from pipeline.prepare import load_split, prepare, read_digits_csv
+from pipeline.prepare import prepare, read_digits_csv
+from pipeline.recipes import recipe_config
+from pipeline.submission import read_submission
 from pipeline.train import (
-    Ranks,
     batch_inputs,
     compile_for,
     make_optimizer,
     make_scheduler,
-    recipe_config,
     train,
     train_step,
 )
-
-TUTORIAL_BATCH = 50
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_seconds(work: Callable[[], object], repeats: int = 3) -> float:
@@ -58,60 +60,6 @@ def median_seconds(work: Callable[[], object], repeats: int = 3) -> float:
         work()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-class TutorialCsvDigits(Dataset):
-    """The per-image Dataset of the PyTorch/Kaggle tutorials: one DataFrame row per item."""
-
-    def __init__(self, frame: pd.DataFrame):
-        from torchvision import transforms  # the tutorial's transforms, imported only here
-
-        self.frame = frame
-        self.transform = transforms.Compose(
-            [
-                transforms.ToTensor(),
-                transforms.Normalize((config.PIXEL_MEAN,), (config.PIXEL_STD,)),
-            ]
-        )
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    def __getitem__(self, index: int):
-        image = self.frame.iloc[index, 1:].to_numpy(dtype=np.uint8, copy=True).reshape(28, 28, 1)
-        return self.transform(image), int(self.frame.iloc[index, 0])
-
-
-def tutorial_frame(split) -> pd.DataFrame:
-    """The split as the tutorial holds it: train.csv's columns in a DataFrame."""
-    frame = pd.DataFrame(split.images.flatten(1).numpy(), columns=config.TEST_HEADER)
-    frame.insert(0, "label", split.labels.numpy())
-    return frame
-
-
-def tutorial_images_per_second(
-    model_name: str, frame: pd.DataFrame, device: torch.device, steps: int, warmup: int = 3
-) -> float:
-    """Images/s of the tutorial's loop: per-image Dataset, DataLoader, `.item()` each step."""
-    seed_everything(0)
-    model = build_model(model_name).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(TutorialCsvDigits(frame), batch_size=TUTORIAL_BATCH, shuffle=True)
-    model.train()
-    running_loss, start = 0.0, 0.0
-    for step, (images, labels) in enumerate(loader):
-        if step == warmup:
-            _sync(device)
-            start = time.perf_counter()
-        if step == warmup + steps:
-            break
-        images, labels = images.to(device), labels.to(device)
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        running_loss += loss.item()
-    return steps * TUTORIAL_BATCH / (time.perf_counter() - start)
 
 
 def project_images_per_second(
@@ -151,7 +99,7 @@ def project_images_per_second(
     n_batches = len(train_data) // batch_size
 
     def run(first: int, count: int) -> float:
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for step in range(first, first + count):
             at = (step % n_batches) * batch_size
@@ -159,7 +107,7 @@ def project_images_per_second(
                 train_data, order[at : at + batch_size], cfg, Ranks(), device, generator
             )
             train_step(step_model, optimizer, scheduler, x, labels, cfg)
-        _sync(device)
+        synchronize(device)
         return time.perf_counter() - start
 
     warm = run(0, warmup)
@@ -191,6 +139,7 @@ class BenchReport:
     best_net: list[dict] = field(default_factory=list)
     fast_recipe: dict | None = None
     ddp: dict | None = None
+    end_to_end: "EndToEnd | None" = None
 
 
 def bench_models(
@@ -269,7 +218,6 @@ def bench_fast_recipe(
                 processed_dir,
                 Path(tmp) / "warmup.pt",
                 progress=False,
-                figures_dir=Path(tmp),
                 force=True,
             )
             warmup_s = time.perf_counter() - start
@@ -279,7 +227,6 @@ def bench_fast_recipe(
             processed_dir,
             Path(tmp) / "fast.pt",
             progress=False,
-            figures_dir=Path(tmp),
             force=True,
         )
     return {
@@ -347,6 +294,8 @@ def run_bench(
     compile_model: bool | None = None,
     best_batch_sizes: list[int] | None = None,
     best_net: bool = True,
+    end_to_end: bool = True,
+    end_to_end_repeats: int = 1,
 ) -> BenchReport:
     """Measure everything `make bench` prints; processed_dir must already be prepared."""
     target = resolve_device(device)
@@ -375,7 +324,151 @@ def run_bench(
     if ddp:
         log("one process against two under torchrun ...")
         report.ddp = bench_ddp(processed_dir, target.type, models[0], steps)
+    if end_to_end:
+        log("prepare, train and predict as processes against the tutorial's script ...")
+        report.end_to_end = bench_end_to_end(raw_dir, end_to_end_repeats)
     return report
+
+
+# ------------------------------------------------------------------ end to end, as processes
+
+PHASES = (timings.IMPORT, "load", "work", "write")
+E2E_DEVICE = "cpu"  # the tutorial's setting; the recipes' GPU variants do not apply
+
+
+@dataclass
+class ProcessTiming:
+    """One command run as its own process: wall clock from spawn to exit, and its phases."""
+
+    name: str
+    wall_s: float
+    phases: dict[str, float]  # import (process start to first phase), load, work, write
+
+    @property
+    def other_s(self) -> float:
+        """Wall time outside the phases: spawning, interpreter exit, gaps between phases."""
+        return self.wall_s - sum(self.phases.values())
+
+
+@dataclass
+class EndToEnd:
+    commands: list[ProcessTiming]  # ours: prepare, train, predict
+    tutorial: ProcessTiming
+    val_accuracy: float  # ours: the trained checkpoint's
+    tutorial_val_accuracy: float
+    agreement: float  # share of test digits both submissions label alike
+    repeats: int
+
+    @property
+    def ours_s(self) -> float:
+        return sum(c.wall_s for c in self.commands)
+
+    @property
+    def ratio(self) -> float:
+        """How many times faster our three commands are than the tutorial's script."""
+        return self.tutorial.wall_s / self.ours_s
+
+
+def run_timed(name: str, args: list[str], timings_path: Path) -> tuple[ProcessTiming, str]:
+    """Run `python -m <args>` with PIPELINE_TIMINGS set; its timing and its stdout."""
+    env = dict(os.environ, **{timings.ENV_VAR: str(timings_path)})
+    timings_path.unlink(missing_ok=True)
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=3600
+    )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PipelineError(f"bench: `{' '.join(args)}` exited {done.returncode}: {last}")
+    phases = json.loads(timings_path.read_text())
+    return ProcessTiming(name, wall, {k: phases.get(k, 0.0) for k in PHASES}), done.stdout
+
+
+def _median_run(runs: list[ProcessTiming]) -> ProcessTiming:
+    return sorted(runs, key=lambda run: run.wall_s)[len(runs) // 2]
+
+
+def bench_end_to_end(
+    raw_dir: Path, repeats: int = 1, work_dir: Path | None = None, seed: int = 0
+) -> EndToEnd:
+    """Our three commands against the tutorial's script on raw_dir's CSVs, `repeats` times.
+
+    Each figure is the median run's; the two sides alternate which goes first. Everything is
+    written under `work_dir` (a temporary folder by default).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(work_dir or tmp)
+        processed, checkpoint = work / "processed", work / "cnn.pt"
+        ours_csv, tutorial_csv = work / "submission.csv", work / "tutorial.csv"
+        clock = work / "timings.json"
+        commands = {
+            "prepare": ["pipeline", "prepare", "--raw-dir", str(raw_dir),
+                        "--processed-dir", str(processed), "--seed", str(seed), "--force"],
+            "train": ["pipeline", "train", "--model", "cnn", "--epochs", "1",
+                      "--batch-size", str(TUTORIAL_BATCH), "--device", E2E_DEVICE,
+                      "--seed", str(seed), "--processed-dir", str(processed),
+                      "--out", str(checkpoint), "--force"],
+            "predict": ["pipeline", "predict", "--checkpoint", str(checkpoint),
+                        "--processed-dir", str(processed), "--out", str(ours_csv),
+                        "--device", E2E_DEVICE],
+        }  # fmt: skip
+        tutorial_args = ["pipeline.baselines.tutorial", "--raw-dir", str(raw_dir),
+                         "--out", str(tutorial_csv), "--device", E2E_DEVICE,
+                         "--seed", str(seed)]  # fmt: skip
+        ours: dict[str, list[ProcessTiming]] = {name: [] for name in commands}
+        tutorial: list[ProcessTiming] = []
+        tutorial_out = ""
+
+        def run_ours() -> None:
+            for name, args in commands.items():
+                ours[name].append(run_timed(name, args, clock)[0])
+
+        def run_tutorial() -> None:
+            nonlocal tutorial_out
+            timing, tutorial_out = run_timed("tutorial", tutorial_args, clock)
+            tutorial.append(timing)
+
+        for repeat in range(repeats):
+            for side in (run_ours, run_tutorial) if repeat % 2 == 0 else (run_tutorial, run_ours):
+                side()
+        found = RESULT_LINE.search(tutorial_out)
+        if found is None:
+            raise PipelineError(f"bench: the tutorial script printed no result: {tutorial_out}")
+        n_test = read_meta(processed)["counts"]["test"]
+        ours_labels = read_submission(ours_csv, n_test)["Label"].to_numpy()
+        tutorial_labels = read_submission(tutorial_csv, n_test)["Label"].to_numpy()
+        sidecar = json.loads(config.sidecar_path(checkpoint).read_text())
+        return EndToEnd(
+            commands=[_median_run(runs) for runs in ours.values()],
+            tutorial=_median_run(tutorial),
+            val_accuracy=sidecar["val_accuracy"],
+            tutorial_val_accuracy=float(found.group(1)) / 100,
+            agreement=float((ours_labels == tutorial_labels).mean()),
+            repeats=repeats,
+        )
+
+
+def format_end_to_end(e2e: EndToEnd) -> list[str]:
+    def row(timing: ProcessTiming, label: str) -> str:
+        phases = " ".join(f"{timing.phases[k]:6.2f}" for k in PHASES)
+        return f"{label:18} {timing.wall_s:7.2f} {phases} {timing.other_s:6.2f}"
+
+    return [
+        "",
+        f"end to end on {E2E_DEVICE} (cnn, batch {TUTORIAL_BATCH}, 1 epoch; each command a "
+        f"process, wall clock, median of {e2e.repeats}):",
+        f"{'seconds':18} {'wall':>7} {'import':>6} {'load':>6} {'work':>6} {'write':>6} "
+        f"{'other':>6}",
+        *(row(c, f"pipeline {c.name}") for c in e2e.commands),
+        f"{'ours, 3 commands':18} {e2e.ours_s:7.2f}  val accuracy {e2e.val_accuracy:.2%}",
+        row(e2e.tutorial, "tutorial script") + f"  val accuracy {e2e.tutorial_val_accuracy:.2%}",
+        f"ours {e2e.ratio:.2f}x faster than the tutorial ({e2e.tutorial.wall_s:.2f} s / "
+        f"{e2e.ours_s:.2f} s; target 1.50x); submissions agree on {e2e.agreement:.1%} of "
+        "test digits",
+        "(import: process start to first phase, incl. argument parsing; other: spawn, exit "
+        "and gaps)",
+    ]
 
 
 def format_report(report: BenchReport) -> str:
@@ -417,4 +510,6 @@ def format_report(report: BenchReport) -> str:
             f"torchrun {d['model']}: 1 process {d['one_process']:,.0f} img/s, "
             f"2 processes {d['two_processes']:,.0f} img/s ({d['ratio']:.2f}x)"
         ]
+    if report.end_to_end:
+        lines += format_end_to_end(report.end_to_end)
     return "\n".join(lines)

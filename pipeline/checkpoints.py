@@ -5,6 +5,8 @@ reads it and never unpickles code. Writes go through a temp file and a rename, s
 write leaves the previous checkpoint, never half of a new one.
 """
 
+import io
+import pickle
 import platform
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -71,13 +73,19 @@ def read_payload(path: Path, device: torch.device | str = "cpu") -> dict[str, An
     if not path.is_file():
         raise PipelineError(f"{path}: no such checkpoint (run `pipeline train` first)")
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        if "Unsupported global" in str(exc):  # code objects that weights_only refuses
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" in str(exc).lower():  # a class or function to call: code
             raise PipelineError(
-                f"{path}: refused, it holds Python objects beyond tensors and plain values "
-                "(only weights_only=True files are loaded)"
+                f"{path}: refused for unsafe content: it holds Python objects beyond tensors "
+                "and plain values, and only weights_only=True files are loaded"
             ) from None
+        raise PipelineError(f"{path}: not a readable checkpoint (truncated or corrupt)") from None
+    except Exception as exc:
         raise PipelineError(
             f"{path}: not a readable checkpoint (truncated or corrupt: {type(exc).__name__})"
         ) from None
@@ -85,10 +93,23 @@ def read_payload(path: Path, device: torch.device | str = "cpu") -> dict[str, An
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise PipelineError(f"{path}: not a checkpoint written by `pipeline train`")
     if meta.get("version") != VERSION:
-        raise PipelineError(f"{path}: checkpoint version {meta.get('version')} != {VERSION}")
-    if meta.get("model") not in MODELS or not isinstance(payload.get("state_dict"), dict):
+        raise PipelineError(f"{path}: checkpoint version {meta.get('version')!r} != {VERSION}")
+    if not isinstance(meta.get("model"), str) or meta["model"] not in MODELS:
         raise PipelineError(f"{path}: unknown architecture {meta.get('model')!r}")
+    if not isinstance(meta.get("arch_args", {}), dict):
+        raise PipelineError(f"{path}: its arch_args are not a mapping")
+    state_dict = payload.get("state_dict")
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise PipelineError(f"{path}: its state_dict is not a mapping of tensors")
     return payload
+
+
+def all_finite(model: nn.Module) -> bool:
+    """No NaN or inf in any parameter or buffer (a diverged run writes such weights)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
@@ -101,4 +122,6 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     except (RuntimeError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:120]
         raise PipelineError(f"{path}: weights do not fit {meta['model']!r} ({first})") from None
+    if not all_finite(model):
+        raise PipelineError(f"{path}: its weights hold NaN or infinite values (a diverged run)")
     return Checkpoint(model.to(device).eval(), meta, payload.get("training_state"))

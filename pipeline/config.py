@@ -14,6 +14,11 @@ PROCESSED_DIR = DATA_DIR / "processed"
 MODELS_DIR = ROOT / "models"
 SUBMISSIONS_DIR = ROOT / "submissions"
 FIGURES_DIR = ROOT / "reports" / "figures"
+# `pipeline crossval`: each split's prepared data and its ensemble's checkpoints.
+CROSSVAL_DATA_DIR = PROCESSED_DIR / "crossval"
+CROSSVAL_MODELS_DIR = MODELS_DIR / "crossval"
+# The web page `pipeline serve` ships inside the package.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 # The competition zip as the team shares it beside the checkout (never committed).
 SHARED_KAGGLE_ZIP = ROOT.parent / "shared" / "kaggle" / "digit-recognizer.zip"
@@ -38,6 +43,7 @@ META_JSON = "meta.json"
 IMAGES_DIR = "images"
 
 DEFAULT_SUBMISSION = SUBMISSIONS_DIR / "submission.csv"
+DEFAULT_CHECKPOINT = MODELS_DIR / "fastnet.pt"  # what the default (fast) recipe trains
 
 # The digit format, fixed by the competition.
 IMAGE_SIDE = 28
@@ -65,6 +71,15 @@ def checkpoint_path(model_name: str, models_dir: Path = MODELS_DIR) -> Path:
     return models_dir / f"{model_name}.pt"
 
 
+def member_checkpoint_path(name: str, member: int, models_dir: Path = MODELS_DIR) -> Path:
+    """Ensemble member `member` (0-based) of the ensemble called `name`."""
+    return models_dir / f"{name}-{member}.pt"
+
+
+def crossval_split_dir(base: Path, split_seed: int) -> Path:
+    return base / f"split-{split_seed}"
+
+
 def sidecar_path(checkpoint: Path) -> Path:
     """The JSON twin of a checkpoint: same metadata, readable without torch."""
     return checkpoint.with_suffix(".json")
@@ -79,5 +94,17 @@ def last_checkpoint_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.last.pt")
 
 
+def curves_path(checkpoint: Path) -> Path:
+    """The training-curves figure of a run, beside its checkpoint and named after it."""
+    return checkpoint.with_name(f"{checkpoint.stem}.curves.png")
+
+
 def figure_path(name: str, figures_dir: Path = FIGURES_DIR) -> Path:
     return figures_dir / f"{name}.png"
+
+
+def evaluation_figure_path(
+    checkpoint: Path, split: str, kind: str, figures_dir: Path = FIGURES_DIR
+) -> Path:
+    """`<checkpoint stem>_<split>_<kind>.png`: kind is `confusion` or `mistakes`."""
+    return figure_path(f"{checkpoint.stem}_{split}_{kind}", figures_dir)

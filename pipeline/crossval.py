@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 from pipeline import config
-from pipeline.checkpoints import load_checkpoint
-from pipeline.datasets import TensorDigits
+from pipeline.datasets import TensorDigits, load_split
 from pipeline.device import resolve_device
+from pipeline.ensemble import train_ensemble
 from pipeline.errors import PipelineError
-from pipeline.predict import ensemble_probabilities, inference_model
-from pipeline.prepare import load_split, prepare
-from pipeline.train import TrainConfig, train_ensemble
+from pipeline.inference import accuracy, ensemble_probabilities, load_for_inference
+from pipeline.prepare import prepare
+from pipeline.recipes import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -34,42 +34,39 @@ class SplitScore:
     seconds: float  # wall time for this split: prepare, train every member, score
 
 
+def mean_and_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 @dataclass(frozen=True)
 class CrossValidation:
     config: TrainConfig
     members: int
     splits: list[SplitScore]
 
-    def _spread(self, values: list[float]) -> tuple[float, float]:
-        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
     @property
     def ensemble(self) -> tuple[float, float]:
-        return self._spread([s.ensemble_accuracy for s in self.splits])
+        return mean_and_sd([s.ensemble_accuracy for s in self.splits])
 
     @property
     def tta(self) -> tuple[float, float]:
-        return self._spread([s.tta_accuracy for s in self.splits])
+        return mean_and_sd([s.tta_accuracy for s in self.splits])
 
     @property
     def member(self) -> tuple[float, float]:
-        return self._spread([a for s in self.splits for a in s.member_accuracies])
+        return mean_and_sd([a for s in self.splits for a in s.member_accuracies])
 
 
 def score_split(checkpoints: list[Path], processed_dir: Path, device: str) -> tuple:
     """(member accuracies, ensemble accuracy, ensemble+TTA accuracy) on processed_dir's val."""
     target = resolve_device(device)
-    models = [inference_model(load_checkpoint(p, target).model) for p in checkpoints]
+    models = [loaded.model for loaded in load_for_inference(checkpoints, target)]
     data = TensorDigits.from_split(load_split(processed_dir, "val")).to(target)
-    labels = data.labels.cpu()
-
-    def accuracy(probs) -> float:
-        return float((probs.argmax(1) == labels).float().mean())
-
     member_probs = [ensemble_probabilities([m], data) for m in models]
     ensemble = torch.stack(member_probs).mean(0)  # what ensemble_probabilities computes
     tta = ensemble_probabilities(models, data, tta=True)
-    return [accuracy(p) for p in member_probs], accuracy(ensemble), accuracy(tta)
+    scores = [accuracy(p, data.labels) for p in member_probs]
+    return scores, accuracy(ensemble, data.labels), accuracy(tta, data.labels)
 
 
 def cross_validate(
@@ -77,36 +74,31 @@ def cross_validate(
     members: int,
     split_seeds: list[int],
     raw_dir: Path = config.RAW_DIR,
-    work_dir: Path = config.MODELS_DIR / "crossval",
+    models_dir: Path = config.CROSSVAL_MODELS_DIR,
+    processed_dir: Path = config.CROSSVAL_DATA_DIR,
     val_fraction: float = 0.1,
     log: Callable[[str], None] = lambda message: None,
     progress: bool = True,
 ) -> CrossValidation:
-    """Train and score `members` models of `cfg` on each split; split k uses seed k."""
+    """Train and score `members` models of `cfg` on each split; split k uses seed k.
+
+    Split k's data goes to `<processed_dir>/split-k/`, its members to `<models_dir>/split-k/`.
+    """
     if not split_seeds:
         raise PipelineError("--splits must be at least 1")
     scores = []
     for split_seed in split_seeds:
         start = time.perf_counter()
-        split_dir = work_dir / f"split-{split_seed}"
-        prepare(raw_dir, split_dir / "data", val_fraction=val_fraction, seed=split_seed)
+        data_dir = config.crossval_split_dir(processed_dir, split_seed)
+        prepare(raw_dir, data_dir, val_fraction=val_fraction, seed=split_seed)
         log(f"split {split_seed}: training {members} member(s)")
-        results = train_ensemble(
-            cfg,
-            members,
-            split_dir / "data",
-            split_dir,
-            log=log,
-            progress=progress,
-        )
+        members_dir = config.crossval_split_dir(models_dir, split_seed)
+        results = train_ensemble(cfg, members, data_dir, members_dir, log=log, progress=progress)
         checkpoints = [r.checkpoint for r in results]
-        member_acc, ensemble_acc, tta_acc = score_split(
-            checkpoints, split_dir / "data", cfg.device
-        )
-        n_val = len(load_split(split_dir / "data", "val").labels)
-        score = SplitScore(
-            split_seed, n_val, member_acc, ensemble_acc, tta_acc, time.perf_counter() - start
-        )
+        member_acc, ensemble_acc, tta_acc = score_split(checkpoints, data_dir, cfg.device)
+        n_val = len(load_split(data_dir, "val"))
+        seconds = time.perf_counter() - start
+        score = SplitScore(split_seed, n_val, member_acc, ensemble_acc, tta_acc, seconds)
         log(format_split(score))
         scores.append(score)
     return CrossValidation(cfg, members, scores)

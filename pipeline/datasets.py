@@ -1,12 +1,22 @@
-"""Datasets over the prepared digits, and the one batch iterator train/evaluate/predict share.
+"""The processed-data format: what `prepare` writes and every later stage reads.
 
-Images stay uint8 until they reach the training device (`normalize` runs there). Both datasets
-answer `get_batch(indices)` (also exposed as `__getitems__`, so a `DataLoader` fetches a whole
-batch with one call when given `collate_fn=keep_batch`); the tensor-backed one does it with a
-single indexing op, the PNG-backed one decodes file by file, as the original tutorial did.
+`data/processed/{train,val,test}.pt` each hold `images` uint8[N,1,28,28], `labels` int64[N]
+(None for Kaggle's hidden test labels) and `ids`, the 1-based row in the source CSV (Kaggle's
+ImageId for test). `meta.json` is written last and records the source fingerprints, the split
+options and the sha256 of every file beside it, so a folder whose files do not all belong to
+its meta (an interrupted `prepare`, a truncated file) is never taken for current data.
+
+Images stay uint8 until they reach the training device. Both datasets answer
+`get_batch(indices)` (also `__getitems__`, so a `DataLoader` given `collate_fn=keep_batch`
+fetches a whole batch in one call); the tensor-backed one does it with one indexing op, the
+PNG-backed one decodes file by file, as the original tutorial did.
 """
 
+import hashlib
+import io
+import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +26,147 @@ from torch.utils.data import Dataset
 
 from pipeline import config
 from pipeline.errors import PipelineError
-from pipeline.prepare import DigitSplit, load_split
+from pipeline.files import atomic_path, file_sha256, sha256_text
 
+META_VERSION = 2
+META_KEYS = (
+    "version",
+    "sources",
+    "val_fraction",
+    "seed",
+    "format",
+    "limit_rows",
+    "counts",
+    "files",
+)
 Batch = tuple[torch.Tensor, torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class DigitSplit:
+    images: torch.Tensor  # uint8 [N, 1, 28, 28], 0 = background, 255 = ink
+    labels: torch.Tensor | None  # int64 [N], None where the labels are hidden
+    ids: torch.Tensor  # int64 [N], 1-based row in the source CSV
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+# ---------------------------------------------------------------- meta.json and fingerprints
+
+
+def read_meta(processed_dir: Path) -> dict:
+    """meta.json as `prepare` wrote it, or a one-line error saying to run `prepare`."""
+    path = processed_dir / config.META_JSON
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such file (run `pipeline prepare` first)") from None
+    except (OSError, ValueError) as exc:
+        raise PipelineError(
+            f"{path}: unreadable ({type(exc).__name__}); run `pipeline prepare`"
+        ) from None
+    missing = [key for key in META_KEYS if key not in meta] if isinstance(meta, dict) else None
+    if missing is None or meta.get("version") != META_VERSION or missing:
+        raise PipelineError(
+            f"{path}: not the meta.json of this version of `pipeline prepare`; run it again"
+        )
+    return meta
+
+
+def data_fingerprint(meta: dict) -> str:
+    """Identifies the prepared data (source CSVs and split), recorded in every checkpoint."""
+    keys = ("sources", "val_fraction", "seed", "limit_rows")
+    return sha256_text(json.dumps({k: meta.get(k) for k in keys}, sort_keys=True))
+
+
+def processed_fingerprint(processed_dir: Path) -> str:
+    return data_fingerprint(read_meta(processed_dir))
+
+
+def images_digest(root: Path) -> str:
+    """A fingerprint of a PNG tree: every file's relative path and size."""
+    listing = sorted(
+        f"{p.relative_to(root).as_posix()}:{p.stat().st_size}" for p in root.rglob("*.png")
+    )
+    return sha256_text("\n".join(listing))
+
+
+def stale_files(processed_dir: Path, meta: dict) -> list[str]:
+    """Files meta.json lists that are missing or differ from what it recorded."""
+    stale = []
+    for name, recorded in meta["files"].items():
+        path = processed_dir / name
+        if name == config.IMAGES_DIR:
+            current = images_digest(path) if path.is_dir() else None
+        else:
+            current = file_sha256(path) if path.is_file() else None
+        if current != recorded:
+            stale.append(name)
+    return stale
+
+
+# ---------------------------------------------------------------- the split files
+
+
+def save_split(split: DigitSplit, path: Path) -> str:
+    """Write one split atomically; returns the sha256 meta.json records for it."""
+    buffer = io.BytesIO()
+    torch.save({"images": split.images, "labels": split.labels, "ids": split.ids}, buffer)
+    data = buffer.getvalue()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _valid_split(payload) -> bool:
+    if not isinstance(payload, dict):
+        return False
+    images, labels, ids = payload.get("images"), payload.get("labels"), payload.get("ids")
+    side = config.IMAGE_SIDE
+    return (
+        isinstance(images, torch.Tensor)
+        and images.dtype == torch.uint8
+        and images.dim() == 4
+        and tuple(images.shape[1:]) == (1, side, side)
+        and isinstance(ids, torch.Tensor)
+        and ids.dtype == torch.int64
+        and ids.shape == (len(images),)
+        and (
+            labels is None
+            or (
+                isinstance(labels, torch.Tensor)
+                and labels.dtype == torch.int64
+                and labels.shape == ids.shape
+                and (len(labels) == 0 or 0 <= int(labels.min()) <= int(labels.max()) <= 9)
+            )
+        )
+    )
+
+
+def load_split(processed_dir: Path, name: str) -> DigitSplit:
+    """Load one cached split, checking it is the file meta.json recorded and well-formed."""
+    path = config.split_path(processed_dir, name)
+    meta = read_meta(processed_dir)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such file (run `pipeline prepare` first)") from None
+    if hashlib.sha256(data).hexdigest() != meta["files"].get(path.name):
+        raise PipelineError(
+            f"{path}: does not match {config.META_JSON} (changed or from an interrupted "
+            "`pipeline prepare`); run `pipeline prepare --force`"
+        )
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PipelineError(f"{path}: not a readable tensor file ({type(exc).__name__})") from None
+    if not _valid_split(payload):
+        raise PipelineError(f"{path}: not a split written by `pipeline prepare`; run it again")
+    return DigitSplit(payload["images"], payload["labels"], payload["ids"])
+
+
+# ---------------------------------------------------------------- on the device
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -38,6 +186,9 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 def keep_batch(batch: Batch) -> Batch:
     """A `collate_fn` for datasets whose `__getitems__` already returns a stacked batch."""
     return batch
+
+
+# ---------------------------------------------------------------- the two Datasets
 
 
 class TensorDigits(Dataset):
@@ -109,6 +260,14 @@ class PngDigits(Dataset):
         return images, None if self.labels is None else self.labels[indices]
 
     __getitems__ = get_batch
+
+
+def load_train_val(processed_dir: Path, source: str, device: torch.device):
+    """Training and validation sets; cached tensors move to the device once, up front."""
+    if source == "images":
+        return PngDigits.load(processed_dir, "train"), PngDigits.load(processed_dir, "val")
+    train = TensorDigits.load(processed_dir, "train").to(device)
+    return train, TensorDigits.load(processed_dir, "val").to(device)
 
 
 def index_batches(

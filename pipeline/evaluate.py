@@ -8,41 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from pipeline import config, plots
-from pipeline.checkpoints import load_checkpoint
-from pipeline.datasets import TensorDigits
+from pipeline.choices import Split
+from pipeline.datasets import TensorDigits, load_split
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
-from pipeline.predict import inference_model, predict_logits, read_submission
-from pipeline.prepare import load_split
-
-
-@dataclass(frozen=True)
-class Metrics:
-    accuracy: float
-    loss: float
-    predictions: torch.Tensor  # int64 [N], on the CPU
-    confidences: torch.Tensor  # float [N]: softmax probability of the predicted class
-
-
-def evaluate_model(model: nn.Module, data, batch_size: int = 256, tta: bool = False) -> Metrics:
-    """Accuracy and mean cross-entropy of `model` on a labelled dataset."""
-    if data.labels is None:
-        raise PipelineError("cannot evaluate on unlabelled data")
-    logits = predict_logits(model, data, batch_size, tta)
-    labels = data.labels.to(logits.device)
-    probs = logits.softmax(1)
-    confidences, predictions = probs.max(1)
-    return Metrics(
-        accuracy=(predictions == labels).float().mean().item(),
-        loss=F.cross_entropy(logits, labels).item(),
-        predictions=predictions.cpu(),
-        confidences=confidences.cpu(),
-    )
+from pipeline.inference import Metrics, load_for_inference, score
+from pipeline.submission import read_submission
 
 
 @dataclass(frozen=True)
@@ -67,25 +40,24 @@ def evaluate(
     """Score a checkpoint on a labelled split and draw its confusion matrix and mistakes."""
     from sklearn.metrics import classification_report, confusion_matrix  # slow import
 
+    split = Split(split).value  # only a split name: never a path that leads elsewhere
     target = resolve_device(device)
-    model = inference_model(load_checkpoint(checkpoint, target).model)
+    (loaded,) = load_for_inference([checkpoint], target)
     digits = load_split(processed_dir, split)
     if digits.labels is None:
         raise PipelineError(
             f"{config.split_path(processed_dir, split)}: labels are hidden (Kaggle's test set); "
             "evaluate on val, or submit to Kaggle for a test score"
         )
-    metrics = evaluate_model(model, TensorDigits.from_split(digits).to(target), tta=tta)
-    truth = digits.labels.numpy()
-    predicted = metrics.predictions.numpy()
+    metrics = score(loaded.model, TensorDigits.from_split(digits).to(target), tta=tta)
+    truth, predicted = digits.labels.numpy(), metrics.predictions.numpy()
     report = classification_report(truth, predicted, digits=4, zero_division=0)
     matrix = confusion_matrix(truth, predicted, labels=np.arange(config.N_CLASSES))
-    stem = f"{checkpoint.stem}_{split}"
-    confusion_png = config.figure_path(f"{stem}_confusion", figures_dir)
+    confusion_png = config.evaluation_figure_path(checkpoint, split, "confusion", figures_dir)
     plots.plot_confusion_matrix(matrix, confusion_png, f"{checkpoint.name} on {split}")
     wrong = np.flatnonzero(predicted != truth)
     worst = wrong[np.argsort(-metrics.confidences.numpy()[wrong])][:gallery_size]
-    mistakes_png = config.figure_path(f"{stem}_mistakes", figures_dir)
+    mistakes_png = config.evaluation_figure_path(checkpoint, split, "mistakes", figures_dir)
     plots.plot_mistakes(
         digits.images[worst, 0].numpy(),
         truth[worst],

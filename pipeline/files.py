@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -26,9 +28,31 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def check_writable(path: Path, option: str = "--out") -> None:
+    """Fail before any work if `path` cannot be written (a folder, a file in the way, a
+    read-only place), without creating anything."""
+    if path.is_dir():
+        raise PipelineError(f"{option} {path}: is a folder; give a file name")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PipelineError(f"{option} {path}: cannot write there ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PipelineError(f"{option} {path}: cannot write there ({existing} is read-only)")
+
+
 def write_json(data: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv_rows(rows: list[dict[str, float]], path: Path) -> None:
+    """A CSV of numbers with the first row's keys as header (training metrics)."""
+    columns = list(rows[0])
+    lines = [",".join(columns)] + [",".join(f"{row[c]:.6g}" for c in columns) for row in rows]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 def sha256_text(text: str) -> str:

@@ -6,7 +6,6 @@ records `name` and `arch_args` can rebuild itself.
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -138,14 +137,6 @@ class DeepCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a checkpoint records to rebuild a model: a registry name and its arguments."""
-
-    name: str
-    arch_args: dict = field(default_factory=dict)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

@@ -26,8 +26,11 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
-    epochs = [row["epoch"] for row in history]
+def training_curves_figure(history: Sequence[dict[str, float]]):
+    """Loss (train and validation) and validation accuracy per epoch, on whole-epoch ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [int(row["epoch"]) for row in history]
     fig = new_figure(figsize=(9, 3.5))
     loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
@@ -37,7 +40,13 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Pat
     acc_ax.plot(epochs, [100 * r["val_accuracy"] for r in history], "o-", color="C2")
     acc_ax.set(xlabel="epoch", ylabel="%", title="validation accuracy")
     acc_ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
+    return save_figure(training_curves_figure(history), path)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> Path:

@@ -1,13 +1,12 @@
 """Stage 2: validate and parse the raw CSVs, split train/validation, cache uint8 tensors.
 
-`data/processed/{train,val,test}.pt` each hold `images` uint8[N,1,28,28], `labels` int64[N]
-(None for Kaggle's hidden test labels) and `ids`, the 1-based row in the source CSV (which is
-Kaggle's ImageId for test). `meta.json` records the source fingerprints and the split options,
-so a cache that no longer matches its CSVs is rebuilt. `--format images` also writes PNGs.
+Writes the processed-data format `pipeline.datasets` describes (and reads): three split files,
+PNGs with `--format images`, and `meta.json` last. An existing cache is reused only when its
+meta matches the sources and options and every file still matches its recorded sha256.
 """
 
 import csv
-import json
+import math
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -20,21 +19,18 @@ import torch
 from PIL import Image
 
 from pipeline import config
+from pipeline.choices import CacheFormat
+from pipeline.datasets import (
+    META_VERSION,
+    DigitSplit,
+    images_digest,
+    read_meta,
+    save_split,
+    stale_files,
+)
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, file_sha256, sha256_text, write_json
-
-FORMATS = ("tensors", "images", "both")
-META_VERSION = 1
-
-
-@dataclass(frozen=True)
-class DigitSplit:
-    images: torch.Tensor  # uint8 [N, 1, 28, 28], 0 = background, 255 = ink
-    labels: torch.Tensor | None  # int64 [N], None where the labels are hidden
-    ids: torch.Tensor  # int64 [N], 1-based row in the source CSV
-
-    def __len__(self) -> int:
-        return len(self.ids)
+from pipeline.files import file_sha256, write_json
+from pipeline.timings import phase
 
 
 @dataclass(frozen=True)
@@ -66,8 +62,10 @@ def _diagnose(path: Path, header: list[str]) -> str:
                     value = float(cell)
                 except ValueError:
                     return f"line {line_no}, column {name}: {cell.strip()[:20]!r} is not a number"
-                if value != int(value) or not 0 <= value <= 255:
-                    return f"line {line_no}, column {name}: {cell.strip()} is not an integer 0-255"
+                allowed = "a digit 0-9" if name == "label" else "an integer 0-255"
+                top = 9 if name == "label" else 255
+                if not math.isfinite(value) or value != int(value) or not 0 <= value <= top:
+                    return f"line {line_no}, column {name}: {cell.strip()[:20]} is not {allowed}"
     return "could not be parsed as integer pixels"
 
 
@@ -147,14 +145,21 @@ def read_test_labels(path: Path, n_test: int, limited: bool = False) -> np.ndarr
     return frame["Label"].to_numpy()[:n_test]
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    if not 0.0 < val_fraction < 1.0:
+        raise PipelineError(
+            f"--val-fraction {val_fraction}: must be more than 0 and less than 1 "
+            "(both splits need digits)"
+        )
+
+
 def split_train_val(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split: the same seed gives the same rows on every machine."""
     from sklearn.model_selection import train_test_split  # ~1 s of imports: only when splitting
 
-    if not 0.0 < val_fraction < 1.0:
-        raise PipelineError(f"--val-fraction {val_fraction}: must be between 0 and 1")
+    check_val_fraction(val_fraction)
     try:
         train_idx, val_idx = train_test_split(
             np.arange(len(labels)), test_size=val_fraction, stratify=labels, random_state=seed
@@ -175,39 +180,6 @@ def _to_split(pixels: np.ndarray, labels: np.ndarray | None, rows: np.ndarray) -
     )
 
 
-def save_split(split: DigitSplit, path: Path) -> None:
-    payload = {"images": split.images, "labels": split.labels, "ids": split.ids}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_split(processed_dir: Path, name: str) -> DigitSplit:
-    """Load one cached split, checking it is what `prepare` writes."""
-    path = config.split_path(processed_dir, name)
-    if not path.is_file():
-        raise PipelineError(f"{path}: no such file (run `pipeline prepare` first)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PipelineError(f"{path}: not a readable tensor file ({type(exc).__name__})") from None
-    images = payload.get("images") if isinstance(payload, dict) else None
-    ids = payload.get("ids") if isinstance(payload, dict) else None
-    labels = payload.get("labels") if isinstance(payload, dict) else None
-    side = config.IMAGE_SIDE
-    valid = (
-        isinstance(images, torch.Tensor)
-        and images.dtype == torch.uint8
-        and images.dim() == 4
-        and tuple(images.shape[1:]) == (1, side, side)
-        and isinstance(ids, torch.Tensor)
-        and ids.shape == (len(images),)
-        and (labels is None or (isinstance(labels, torch.Tensor) and labels.shape == ids.shape))
-    )
-    if not valid:
-        raise PipelineError(f"{path}: not a split written by `pipeline prepare`; run it again")
-    return DigitSplit(images, labels, ids)
-
-
 def _write_pngs(splits: dict[str, DigitSplit], target: Path) -> None:
     """images/<split>/<label>/<id>.png for labelled splits, images/test/<id>.png for test."""
     jobs: list[tuple[np.ndarray, Path]] = []
@@ -223,46 +195,32 @@ def _write_pngs(splits: dict[str, DigitSplit], target: Path) -> None:
         list(pool.map(lambda job: Image.fromarray(job[0], mode="L").save(job[1]), jobs))
 
 
-def _meta(
-    fingerprints: dict[str, str], val_fraction: float, seed: int, fmt: str, limit: int | None
-) -> dict:
+def fingerprint_sources(raw_dir: Path) -> dict[str, str]:
+    names = [config.TRAIN_CSV, config.TEST_CSV, config.TEST_LABELS_CSV]
+    return {n: file_sha256(raw_dir / n) for n in names if (raw_dir / n).is_file()}
+
+
+def _options(sources: dict[str, str], val_fraction: float, seed: int, limit: int | None) -> dict:
     return {
         "version": META_VERSION,
-        "sources": fingerprints,
+        "sources": sources,
         "val_fraction": val_fraction,
         "seed": seed,
-        "format": fmt,
         "limit_rows": limit,
     }
 
 
-def read_meta(processed_dir: Path) -> dict | None:
+def current_cache(processed_dir: Path, options: dict, fmt: str) -> dict | None:
+    """The meta of a cache built from these sources with these options, if every file checks."""
     try:
-        return json.loads((processed_dir / config.META_JSON).read_text())
-    except (OSError, ValueError):
+        meta = read_meta(processed_dir)
+    except PipelineError:
         return None
-
-
-def data_fingerprint(processed_dir: Path) -> str:
-    """Identifies the prepared data (source CSVs and split), recorded in every checkpoint."""
-    meta = read_meta(processed_dir)
-    if meta is None:
-        raise PipelineError(
-            f"{processed_dir / config.META_JSON}: missing or unreadable (run `pipeline prepare`)"
-        )
-    keys = ("sources", "val_fraction", "seed", "limit_rows")
-    return sha256_text(json.dumps({k: meta.get(k) for k in keys}, sort_keys=True))
-
-
-def _outputs_exist(processed_dir: Path, fmt: str) -> bool:
-    tensors = all(config.split_path(processed_dir, s).is_file() for s in config.SPLITS)
-    images = config.images_dir(processed_dir).is_dir()
-    return {"tensors": tensors, "images": images, "both": tensors and images}[fmt]
-
-
-def fingerprint_sources(raw_dir: Path) -> dict[str, str]:
-    names = [config.TRAIN_CSV, config.TEST_CSV, config.TEST_LABELS_CSV]
-    return {n: file_sha256(raw_dir / n) for n in names if (raw_dir / n).is_file()}
+    wanted = {"tensors": {"tensors", "both"}, "images": {"images", "both"}, "both": {"both"}}
+    same = all(meta.get(k) == v for k, v in options.items())
+    if not same or meta["format"] not in wanted[fmt] or stale_files(processed_dir, meta):
+        return None
+    return meta
 
 
 def prepare(
@@ -276,26 +234,26 @@ def prepare(
 ) -> PrepareResult:
     """Parse train.csv and test.csv, split, and write the cache; skip if it is current.
 
-    Everything is validated before anything is written, and each file is replaced atomically,
-    so a bad input leaves the previous cache untouched.
+    Everything is validated before anything is written. meta.json goes first and comes back
+    last, listing each file's sha256, so an interrupted run leaves a folder that is never
+    taken as current (and that every reader refuses) until a later run completes it.
     """
-    if fmt not in FORMATS:
-        raise PipelineError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    fmt = CacheFormat(fmt).value
+    check_val_fraction(val_fraction)
     labels_path = raw_dir / config.TEST_LABELS_CSV
-    fingerprints = None
-    if not force and _outputs_exist(processed_dir, fmt) and (raw_dir / config.TRAIN_CSV).is_file():
-        fingerprints = fingerprint_sources(raw_dir)
-        meta = read_meta(processed_dir)
-        wanted = _meta(fingerprints, val_fraction, seed, fmt, limit_rows)
-        if meta is not None and all(meta.get(k) == v for k, v in wanted.items() if k != "format"):
-            if meta.get("format") in (fmt, "both"):
-                return PrepareResult(processed_dir, True, meta["counts"], labels_path.is_file())
+    sources = None
+    if not force and (raw_dir / config.TRAIN_CSV).is_file():
+        sources = fingerprint_sources(raw_dir)
+        options = _options(sources, val_fraction, seed, limit_rows)
+        if (meta := current_cache(processed_dir, options, fmt)) is not None:
+            return PrepareResult(processed_dir, True, meta["counts"], labels_path.is_file())
 
-    train_csv = read_digits_csv(raw_dir / config.TRAIN_CSV, True, limit_rows)
-    test_csv = read_digits_csv(raw_dir / config.TEST_CSV, False, limit_rows)
+    with phase("load"):
+        train_csv = read_digits_csv(raw_dir / config.TRAIN_CSV, True, limit_rows)
+        test_csv = read_digits_csv(raw_dir / config.TEST_CSV, False, limit_rows)
     # The split is mostly single-threaded (and imports scikit-learn), so a core is free to hash.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        hashing = pool.submit(fingerprint_sources, raw_dir) if fingerprints is None else None
+    with phase("work"), ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.submit(fingerprint_sources, raw_dir) if sources is None else None
         test_labels = None
         if labels_path.is_file():
             limited = limit_rows is not None
@@ -309,18 +267,24 @@ def prepare(
             "val": _to_split(train_csv.pixels, train_csv.labels, val_rows),
             "test": _to_split(test_csv.pixels, test_labels, np.arange(len(test_csv.pixels))),
         }
-        fingerprints = fingerprints if hashing is None else hashing.result()
-    processed_dir.mkdir(parents=True, exist_ok=True)
-    if fmt in ("tensors", "both"):
-        for name, split in splits.items():
-            save_split(split, config.split_path(processed_dir, name))
-    if fmt in ("images", "both"):
-        target = config.images_dir(processed_dir)
-        with tempfile.TemporaryDirectory(dir=processed_dir, prefix=".images-") as tmp:
-            _write_pngs(splits, Path(tmp) / config.IMAGES_DIR)
-            shutil.rmtree(target, ignore_errors=True)
-            (Path(tmp) / config.IMAGES_DIR).replace(target)
-    counts = {name: len(split) for name, split in splits.items()}
-    meta = _meta(fingerprints, val_fraction, seed, fmt, limit_rows) | {"counts": counts}
-    write_json(meta, processed_dir / config.META_JSON)
+        sources = sources if hashing is None else hashing.result()
+    with phase("write"):
+        processed_dir.mkdir(parents=True, exist_ok=True)
+        (processed_dir / config.META_JSON).unlink(missing_ok=True)
+        files = {}
+        if fmt in ("tensors", "both"):
+            for name, split in splits.items():
+                path = config.split_path(processed_dir, name)
+                files[path.name] = save_split(split, path)
+        if fmt in ("images", "both"):
+            target = config.images_dir(processed_dir)
+            with tempfile.TemporaryDirectory(dir=processed_dir, prefix=".images-") as tmp:
+                _write_pngs(splits, Path(tmp) / config.IMAGES_DIR)
+                shutil.rmtree(target, ignore_errors=True)
+                (Path(tmp) / config.IMAGES_DIR).replace(target)
+            files[config.IMAGES_DIR] = images_digest(target)
+        counts = {name: len(split) for name, split in splits.items()}
+        meta = _options(sources, val_fraction, seed, limit_rows)
+        meta |= {"format": fmt, "counts": counts, "files": files}
+        write_json(meta, processed_dir / config.META_JSON)
     return PrepareResult(processed_dir, False, counts, test_labels is not None)

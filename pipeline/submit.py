@@ -1,15 +1,11 @@
-"""Stage 6: send a submission to Kaggle, after checking it locally against Kaggle's rules.
-
-Kaggle reports a malformed file only after the upload (as an ERROR status), so a bad file is
-refused here before any network call.
-"""
+"""Stage 6: send a submission to Kaggle, after checking it locally against Kaggle's rules."""
 
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import config, kaggle_api
 from pipeline.errors import PipelineError
-from pipeline.predict import read_submission
+from pipeline.submission import read_submission
 
 UPLOAD_FAILED = "Could not submit to competition"
 
@@ -25,11 +21,13 @@ def submit(
     `connect` replaces the real client (tests); it is looked up late so it can be patched.
     """
     read_submission(file, n_rows=config.KAGGLE_TEST_ROWS)
-    api = (connect or kaggle_api.connect)()
     try:
+        api = (connect or kaggle_api.connect)()
         response = api.competition_submit(str(file), message, competition, quiet=True)
-    except Exception as exc:
-        raise kaggle_api.explain(exc, competition) from None
+    except PipelineError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise kaggle_api.explain(exc, competition, action="submit", path=file) from None
     reply = str(getattr(response, "message", "") or "")
     if reply == UPLOAD_FAILED:
         raise PipelineError(f"{file}: the upload to Kaggle failed; check the network and retry")

@@ -6,13 +6,52 @@ network; the Kaggle zip beside the checkout gives the real thing where it exists
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline import config
 from pipeline.download import write_offline_sample
 from pipeline.prepare import prepare
+
+# Small nets on a busy 2-core machine run many times faster on one thread than on two; the
+# CLI processes the tests start inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
+OUTPUT_DIRS = (config.DATA_DIR, config.MODELS_DIR, config.SUBMISSIONS_DIR, config.ROOT / "reports")
+
+
+def _repository_state() -> dict[str, object]:
+    """Every file under the output folders (ignored by git) and git's view of the rest."""
+    files = {
+        str(path.relative_to(config.ROOT)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for folder in OUTPUT_DIRS
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=config.ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return {"files": files, "git status": status}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_is_left_untouched():
+    """Tests write under tmp_path only: the run fails if it changed the working tree."""
+    before = _repository_state()
+    yield
+    after = _repository_state()
+    old, new = before["files"], after["files"]
+    changed = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+    assert not changed, f"the test run wrote into the repository: {changed}"
+    assert after["git status"] == before["git status"], after["git status"]
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +74,14 @@ def raw_dir(sample_raw_dir, tmp_path) -> Path:
 def sample_processed_dir(sample_raw_dir, tmp_path_factory) -> Path:
     """Read-only: the sample prepared as tensors (3,600 train / 400 val / 1,000 test)."""
     processed = tmp_path_factory.mktemp("sample_processed")
+    prepare(sample_raw_dir, processed, fmt="tensors", seed=0)
+    return processed
+
+
+@pytest.fixture(scope="session")
+def sample_png_dir(sample_raw_dir, tmp_path_factory) -> Path:
+    """Read-only: the sample prepared as tensors and PNG folders, the same split."""
+    processed = tmp_path_factory.mktemp("sample_png")
     prepare(sample_raw_dir, processed, fmt="both", seed=0)
     return processed
 

@@ -95,5 +95,59 @@ def test_a_killed_write_never_leaves_a_loadable_partial_checkpoint(tmp_path):
     assert path.exists(), "the writer never finished a single checkpoint"
     leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     for leftover in leftovers:  # a killed write leaves only a temp file, never read as valid
-        with pytest.raises(PipelineError):
-            read_payload(leftover.with_name("absent.pt"))
+        if leftover.stat().st_size < path.stat().st_size:  # cut short by the kill
+            with pytest.raises(PipelineError):
+                read_payload(leftover)
+
+
+class Evil:
+    """Unpickling this would run a shell command; weights_only must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("this line must never be printed",))
+
+
+def test_code_in_a_checkpoint_is_refused_as_unsafe_not_as_corrupt(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"meta": {"format": "digit-recognizer-checkpoint"}, "payload": Evil()}, path)
+    with pytest.raises(PipelineError, match="refused for unsafe content") as error:
+        load_checkpoint(path)
+    assert "corrupt" not in str(error.value)
+    assert "never be printed" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "meta_change, problem",
+    [
+        ({"model": ["cnn"]}, "unknown architecture"),
+        ({"model": {"name": "cnn"}}, "unknown architecture"),
+        ({"arch_args": [1, 2]}, "arch_args are not a mapping"),
+        ({"version": "1"}, "checkpoint version"),
+    ],
+)
+def test_tampered_metadata_is_one_line(tmp_path, meta_change, problem):
+    _, path = _saved(tmp_path, "cnn")
+    payload = torch.load(path, weights_only=True)
+    payload["meta"].update(meta_change)
+    torch.save(payload, path)
+    with pytest.raises(PipelineError, match=problem):
+        load_checkpoint(path)
+
+
+def test_a_state_dict_of_non_tensors_is_refused(tmp_path):
+    _, path = _saved(tmp_path, "cnn")
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = {"weight": [1.0, 2.0]}
+    torch.save(payload, path)
+    with pytest.raises(PipelineError, match="state_dict is not a mapping of tensors"):
+        load_checkpoint(path)
+
+
+def test_nan_weights_are_refused_instead_of_predicting_zeros(tmp_path):
+    model = build_model("mlp")
+    with torch.no_grad():
+        model.net[1].weight[0, 0] = float("nan")
+    path = tmp_path / "diverged.pt"
+    save_checkpoint(path, model, {"model": "mlp", "arch_args": {}})
+    with pytest.raises(PipelineError, match="NaN or infinite"):
+        load_checkpoint(path)

@@ -49,7 +49,7 @@ def test_download_bad_zip_is_one_line(tmp_path):
 
 def test_bad_choice_is_a_usage_error():
     result = invoke("download", "--source", "ftp")
-    assert result.exit_code == 2 and "Invalid value" in result.stderr
+    assert result.exit_code == 2 and "invalid value for '--source'" in result.stderr
 
 
 def test_prepare_then_skip(raw_dir, tmp_path):
@@ -105,10 +105,20 @@ def test_train_evaluate_predict(processed_dir, tmp_path):
     assert "up to date" in again.stdout
 
     evaluated = invoke(
-        "evaluate", "--checkpoint", ckpt, "--processed-dir", processed_dir, "--device", "cpu"
+        "evaluate",
+        "--checkpoint",
+        ckpt,
+        "--processed-dir",
+        processed_dir,
+        "--device",
+        "cpu",
+        "--figures-dir",
+        tmp_path / "figures",
     )
     assert evaluated.exit_code == 0, evaluated.output
     assert "precision" in evaluated.stdout and "val accuracy" in evaluated.stdout
+    assert (tmp_path / "figures" / "cnn_val_confusion.png").stat().st_size > 0
+    assert "train: curves " + str(tmp_path / "cnn.curves.png") in trained.stdout
 
     sub = tmp_path / "sub.csv"
     predicted = invoke(
@@ -133,10 +143,22 @@ def test_train_evaluate_predict(processed_dir, tmp_path):
 def test_corrupt_checkpoint_is_one_line(processed_dir, tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"\x80\x02 definitely not torch")
-    for command in ("evaluate", "predict"):
-        result = invoke(command, "--checkpoint", broken, "--processed-dir", processed_dir)
-        assert_one_line_error(result, str(broken))
-    assert not config.DEFAULT_SUBMISSION.with_name("never.csv").exists()
+    out = tmp_path / "out"
+    result = invoke(
+        "evaluate", "--checkpoint", broken, "--processed-dir", processed_dir, "--figures-dir", out
+    )
+    assert_one_line_error(result, str(broken))
+    result = invoke(
+        "predict",
+        "--checkpoint",
+        broken,
+        "--processed-dir",
+        processed_dir,
+        "--out",
+        out / "sub.csv",
+    )
+    assert_one_line_error(result, str(broken))
+    assert not out.exists()  # neither figures nor a submission were written
 
 
 def test_predict_without_any_matching_checkpoint(processed_dir, tmp_path):
@@ -185,8 +207,107 @@ def test_submit_with_a_faked_client(tmp_path, monkeypatch, reply):
 
 @pytest.mark.parametrize(
     ("option", "value", "fragment"),
-    [("--models", "mlp,resnet", "unknown resnet"), ("--best-batch-sizes", "64,x", "64,x")],
+    [("--models", "mlp,resnet", "mlp,resnet"), ("--best-batch-sizes", "64,x", "64,x")],
 )
 def test_bench_refuses_bad_options_in_one_line(processed_dir, option, value, fragment):
     result = runner.invoke(app, ["bench", "--processed-dir", str(processed_dir), option, value])
     assert_one_line_error(result, option, fragment)
+
+
+def _help_text(*command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+COMMANDS = [
+    "download",
+    "prepare",
+    "train",
+    "ensemble",
+    "crossval",
+    "evaluate",
+    "predict",
+    "submit",
+    "bench",
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_says_what_it_does(command):
+    """typer shows an option's help on its line; no python types leak into the help."""
+    import re
+
+    text = _help_text(command)
+    assert "<bool>" not in text and "list[" not in text and "Path]" not in text, text
+    options = re.findall(r"^\s+(--[a-z-]+(?:/--[a-z-]+)?)(.*)$", text, flags=re.M)
+    assert options, text
+    for name, rest in options:
+        if name != "--help":
+            assert re.search(r"[A-Za-z]{3,}", rest.split("[default")[0].replace("PATH", "")), (
+                f"{command} {name} has no description: {rest!r}"
+            )
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--model", "resnet"], "'resnet' is not one of"),
+        (["train", "--seed", "-1"], "'--seed': Input should be greater than or equal to 0"),
+        (["download", "--seed", "-1"], "'--seed': Input should be greater than or equal to 0"),
+        (["evaluate", "--split", "../x/train"], "'../x/train' is not one of"),
+        (["prepare", "--limit-rows", "0"], "greater than or equal to 1"),
+        (["predict", "--no-such-option"], "no such option: --no-such-option"),
+    ],
+)
+def test_usage_errors_are_one_line(args, fragment):
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error") or line.startswith("error")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+    assert not any(char in result.stderr for char in "╭╰│"), result.stderr  # no box
+
+
+def test_help_and_usage_errors_import_nothing_heavy():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from pipeline.cli import app\n"
+        "runner = CliRunner()\n"
+        "for args in (['--help'], ['train', '--help'], ['predict', '--help'],\n"
+        "             ['baselines', '--help'], ['train', '--model', 'resnet']):\n"
+        "    runner.invoke(app, args)\n"
+        "heavy = [m for m in ('torch', 'pandas', 'sklearn', 'matplotlib') if m in sys.modules]\n"
+        "print(','.join(heavy) or 'none')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.strip() == "none", result.stdout + result.stderr
+
+
+def test_prepare_into_a_file_is_one_line(raw_dir, tmp_path):
+    blocker = tmp_path / "processed"
+    blocker.write_text("a file where a folder belongs")
+    result = invoke("prepare", "--raw-dir", raw_dir, "--processed-dir", blocker)
+    assert_one_line_error(result, str(blocker))
+
+
+def test_train_resume_with_other_options_is_one_line(processed_dir, tmp_path):
+    base = ["train", "--model", "cnn", "--max-steps", "3", "--device", "cpu"]
+    base += ["--processed-dir", processed_dir, "--out", tmp_path / "m.pt"]
+    assert invoke(*base).exit_code == 0
+    assert invoke(*base[:-2], "--resume", "--out", tmp_path / "m.pt").exit_code == 0
+    changed = invoke(
+        "train",
+        "--resume",
+        "--out",
+        tmp_path / "m.pt",
+        "--epochs",
+        "9",
+        "--processed-dir",
+        processed_dir,
+    )
+    assert_one_line_error(changed, "epochs 9 (saved 4) differ")

@@ -3,8 +3,14 @@
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.datasets import PngDigits, TensorDigits, index_batches, keep_batch, normalize
-from pipeline.prepare import load_split
+from pipeline.datasets import (
+    PngDigits,
+    TensorDigits,
+    index_batches,
+    keep_batch,
+    load_split,
+    normalize,
+)
 
 
 def test_tensor_dataset_batches_by_index(processed_dir):
@@ -38,15 +44,15 @@ def test_per_item_dataloader_with_default_collate(processed_dir):
     assert images.shape == (8, 1, 28, 28) and torch.equal(labels, data.labels[:8])
 
 
-def test_png_dataset_matches_tensors(processed_dir):
-    tensors = load_split(processed_dir, "val")
-    pngs = PngDigits.load(processed_dir, "val")
+def test_png_dataset_matches_tensors(sample_png_dir):
+    tensors = load_split(sample_png_dir, "val")
+    pngs = PngDigits.load(sample_png_dir, "val")
     assert len(pngs) == len(tensors)
     order = torch.argsort(tensors.ids)  # PngDigits sorts by id
     images, labels = pngs.get_batch([0, 1, 2])
     assert torch.equal(images, tensors.images[order[:3]])
     assert torch.equal(labels, tensors.labels[order[:3]])
-    test = PngDigits.load(processed_dir, "test")
+    test = PngDigits.load(sample_png_dir, "test")
     assert test.labels is None and test[0][0].shape == (1, 28, 28)
 
 

@@ -1,15 +1,23 @@
 """Every download source: competition zip, Kaggle API (faked at its boundary), offline sample."""
 
+import builtins
+import errno
+import os
+import re
+import struct
 import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from pipeline import config, kaggle_api
-from pipeline.download import Source, download, extract_competition_zip
+from pipeline.choices import RawSource
+from pipeline.download import download, extract_competition_zip
 from pipeline.errors import PipelineError
-from pipeline.submit import submit
+
+CREDENTIALS = "KAGGLE_USERNAME/KAGGLE_KEY"
 
 
 def _zip_of(raw_dir, path, members=config.COMPETITION_FILES):
@@ -19,8 +27,62 @@ def _zip_of(raw_dir, path, members=config.COMPETITION_FILES):
     return path
 
 
+def _kaggle_like_zip(raw_dir, path, rows=300, compression=zipfile.ZIP_STORED):
+    """A competition zip of real digits that is not the sample: each CSV's first `rows` rows."""
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name in config.COMPETITION_FILES:
+            lines = (raw_dir / name).read_text().splitlines(keepends=True)
+            archive.writestr(name, "".join(lines[: rows + 1]))
+    return path
+
+
+def _member_bytes(zip_path, name):
+    with zipfile.ZipFile(zip_path) as archive:
+        return archive.read(name)
+
+
+def _snapshot(folder):
+    """Every entry under `folder` with its bytes, to show a failure changed nothing."""
+    if not folder.exists():
+        return None
+    if folder.is_file():
+        return folder.read_bytes()
+    return {
+        str(p.relative_to(folder)): p.read_bytes() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _patch_headers(zip_path, flag_bits=0, compress_type=None):
+    """Set flag bits / the compression method of every member, in local and central headers.
+
+    zipfile cannot write encrypted or exotic members, so a real zip is patched the way such
+    a member would look (stored CSV text never contains the header signatures).
+    """
+    data = bytearray(zip_path.read_bytes())
+    for signature, flags_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        start = data.find(signature)
+        while start != -1:
+            (flags,) = struct.unpack_from("<H", data, start + flags_at)
+            struct.pack_into("<H", data, start + flags_at, flags | flag_bits)
+            if compress_type is not None:
+                struct.pack_into("<H", data, start + method_at, compress_type)
+            start = data.find(signature, start + 4)
+    zip_path.write_bytes(data)
+
+
+def _damage_member(zip_path, name, offset, value):
+    """Overwrite one byte of a member's compressed data (`offset` from its start)."""
+    with zipfile.ZipFile(zip_path) as archive:
+        info = archive.getinfo(name)
+    data = bytearray(zip_path.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    data[info.header_offset + 30 + name_len + extra_len + offset] = value
+    zip_path.write_bytes(data)
+
+
 def test_offline_sample_is_kaggle_shaped_and_stratified(tmp_path):
-    result = download(Source.sample, tmp_path, seed=0)
+    result = download(RawSource.sample, tmp_path, seed=0)
     assert result.is_sample and not result.skipped
     train = pd.read_csv(tmp_path / config.TRAIN_CSV)
     test = pd.read_csv(tmp_path / config.TEST_CSV)
@@ -39,8 +101,8 @@ def test_offline_sample_is_kaggle_shaped_and_stratified(tmp_path):
 def test_zip_source_extracts_and_drops_sample_answers(raw_dir, tmp_path):
     archive = _zip_of(raw_dir, tmp_path / "digit-recognizer.zip")
     target = tmp_path / "target"
-    download(Source.sample, target)
-    result = download(Source.zip, target, zip_path=archive)
+    download(RawSource.sample, target)
+    result = download(RawSource.zip, target, zip_path=archive)
     assert not result.is_sample and not (target / config.TEST_LABELS_CSV).exists()
     assert (target / config.TRAIN_CSV).read_bytes() == (raw_dir / config.TRAIN_CSV).read_bytes()
 
@@ -60,13 +122,170 @@ def test_bad_zips_are_refused(raw_dir, tmp_path):
 
 def test_auto_keeps_existing_csvs_then_prefers_a_local_zip(raw_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(kaggle_api, "credential_source", lambda: None)
-    assert download(Source.auto, raw_dir).skipped
+    assert download(RawSource.auto, raw_dir).skipped
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     _zip_of(raw_dir, fresh / config.COMPETITION_ZIP)
-    assert download(Source.auto, fresh).source is Source.zip
+    assert download(RawSource.auto, fresh).source is RawSource.zip
     empty = tmp_path / "empty"
-    assert download(Source.auto, empty).source is Source.sample
+    assert download(RawSource.auto, empty).source is RawSource.sample
+
+
+def _encrypted(path):
+    _patch_headers(path, flag_bits=0x1)
+
+
+def _method_99(path):
+    _patch_headers(path, compress_type=99)
+
+
+def _bad_deflate_stream(path):
+    _damage_member(path, config.TRAIN_CSV, 0, 0xFF)  # BTYPE 11: "invalid block type"
+
+
+def _bad_crc(path):
+    _damage_member(path, config.TRAIN_CSV, 10, ord("X"))
+
+
+@pytest.mark.parametrize(
+    "compression, spoil, problem",
+    [
+        (zipfile.ZIP_STORED, _encrypted, "train.csv is encrypted (password-protected zips are"),
+        (zipfile.ZIP_STORED, _method_99, "train.csv uses compression method 99, which Python's"),
+        (zipfile.ZIP_DEFLATED, _bad_deflate_stream, "train.csv is damaged (error: Error -3"),
+        (zipfile.ZIP_STORED, _bad_crc, "train.csv is damaged (BadZipFile: Bad CRC-32"),
+    ],
+)
+def test_unreadable_zip_members_are_one_line_and_change_nothing(
+    compression, spoil, problem, raw_dir, tmp_path
+):
+    archive = _kaggle_like_zip(
+        raw_dir, tmp_path / "digit-recognizer.zip", rows=50, compression=compression
+    )
+    spoil(archive)
+    before = _snapshot(raw_dir)
+    with pytest.raises(PipelineError) as caught:
+        download(RawSource.zip, raw_dir, zip_path=archive)
+    message = str(caught.value)
+    assert message.startswith(f"{archive}: {problem}") and "\n" not in message
+    assert _snapshot(raw_dir) == before  # the sample intact, no partial file, no temp folder
+
+
+@pytest.mark.parametrize("source", [RawSource.zip, RawSource.kaggle, RawSource.sample])
+@pytest.mark.parametrize(
+    "target_name, problem",
+    [("a_file", "exists but is not a folder"), ("a_file/raw", "Not a directory")],
+)
+def test_a_raw_dir_that_cannot_be_a_folder_is_one_line(
+    source, target_name, problem, raw_dir, tmp_path
+):
+    zip_path = _kaggle_like_zip(raw_dir, tmp_path / "served.zip", rows=20)
+    (tmp_path / "a_file").write_text("not a folder")
+    target = tmp_path / target_name
+    before = _snapshot(tmp_path)
+    fake = FakeKaggle(zip_source=zip_path)
+    with pytest.raises(PipelineError, match=f"^{re.escape(f'{target}: {problem}')}$"):
+        download(source, target, zip_path=zip_path, connect=lambda: fake)
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_names_the_file_and_leaves_raw_dir_as_it_was(raw_dir, tmp_path, monkeypatch):
+    archive = _kaggle_like_zip(raw_dir, tmp_path / "digit-recognizer.zip", rows=50)
+    before = _snapshot(raw_dir)
+
+    def full_disk_open(path, mode="r", *args, **kwargs):  # the kernel's own ENOSPC
+        return builtins.open("/dev/full" if "w" in mode else path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("pipeline.download.open", full_disk_open, raising=False)
+    with pytest.raises(PipelineError) as caught:
+        download(RawSource.auto, raw_dir, zip_path=archive)
+    assert str(caught.value) == f"{raw_dir / config.TRAIN_CSV}: No space left on device"
+    assert _snapshot(raw_dir) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_raw_dir_is_one_line(raw_dir, tmp_path):
+    archive = _kaggle_like_zip(raw_dir, tmp_path / "digit-recognizer.zip", rows=50)
+    raw_dir.chmod(0o555)
+    try:
+        with pytest.raises(PipelineError, match=re.escape(f"{raw_dir}: Permission denied")):
+            download(RawSource.zip, raw_dir, zip_path=archive)
+    finally:
+        raw_dir.chmod(0o755)
+    assert (raw_dir / config.TEST_LABELS_CSV).is_file()
+
+
+def test_an_explicit_zip_replaces_the_offline_sample(raw_dir, tmp_path, monkeypatch):
+    """`make all` fell back to the sample; `make all ZIP=...` must then use the zip."""
+    monkeypatch.setattr(kaggle_api, "credential_source", lambda: None)
+    archive = _kaggle_like_zip(raw_dir, tmp_path / "digit-recognizer.zip")
+    result = download(RawSource.auto, raw_dir, zip_path=archive)
+    assert result.source is RawSource.zip and not result.skipped and not result.is_sample
+    assert result.detail == f"extracted {archive}, replacing the offline sample"
+    assert not (raw_dir / config.TEST_LABELS_CSV).exists()
+    for name in config.COMPETITION_FILES:
+        assert (raw_dir / name).read_bytes() == _member_bytes(archive, name)
+
+
+def test_an_explicit_zip_replaces_kaggle_csvs_unless_they_are_its_own(raw_dir, tmp_path):
+    target = tmp_path / "target"
+    extract_competition_zip(_kaggle_like_zip(raw_dir, tmp_path / "old.zip", rows=100), target)
+    newer = _kaggle_like_zip(raw_dir, tmp_path / "new.zip", rows=200)
+    first = download(RawSource.auto, target, zip_path=newer)
+    assert (first.source, first.skipped, first.detail) == (
+        RawSource.zip,
+        False,
+        f"extracted {newer}",
+    )
+    assert (target / config.TRAIN_CSV).read_bytes() == _member_bytes(newer, config.TRAIN_CSV)
+    again = download(RawSource.auto, target, zip_path=newer)  # `make all ZIP=...` run twice
+    assert again.skipped and again.detail == f"{target} already holds the CSVs of {newer}"
+    assert not download(RawSource.auto, target, zip_path=newer, force=True).skipped
+
+
+def test_a_missing_explicit_zip_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    monkeypatch.setattr(kaggle_api, "credential_source", lambda: None)
+    with pytest.raises(PipelineError, match=re.escape(f"{tmp_path / 'typo.zip'}: no such file")):
+        download(RawSource.auto, tmp_path / "raw", zip_path=tmp_path / "typo.zip")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_credentials_that_appear_later_replace_the_offline_sample(raw_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(kaggle_api, "credential_source", lambda: CREDENTIALS)
+    fake = FakeKaggle(zip_source=_kaggle_like_zip(raw_dir, tmp_path / "served.zip"))
+    result = download(RawSource.auto, raw_dir, connect=lambda: fake)
+    assert result.source is RawSource.kaggle and not result.skipped and not result.is_sample
+    zip_path = raw_dir / config.COMPETITION_ZIP
+    assert result.detail == f"downloaded {zip_path} from Kaggle, replacing the offline sample"
+    assert not (raw_dir / config.TEST_LABELS_CSV).exists()
+    assert (raw_dir / config.TEST_CSV).read_bytes() == _member_bytes(zip_path, config.TEST_CSV)
+    # Kaggle's CSVs are then kept: no second download.
+    again = download(RawSource.auto, raw_dir, connect=lambda: FakeKaggle(error=AssertionError()))
+    assert again.skipped and again.detail == f"{raw_dir} already holds Kaggle's CSVs"
+
+
+def test_a_failed_kaggle_fetch_keeps_the_offline_sample(raw_dir, monkeypatch):
+    monkeypatch.setattr(kaggle_api, "credential_source", lambda: CREDENTIALS)
+    before = _snapshot(raw_dir)
+    with pytest.raises(PipelineError, match="HTTP 403"):
+        download(RawSource.auto, raw_dir, connect=lambda: FakeKaggle(error=_http_error(403)))
+    assert _snapshot(raw_dir) == before
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_out_of_numpys_range_is_one_line(seed, tmp_path):
+    with pytest.raises(PipelineError, match=rf"^--seed {seed}: expected an integer from 0 to "):
+        download(RawSource.sample, tmp_path / "raw", seed=seed)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_check_seed_accepts_numpys_whole_range():
+    from pipeline.download import check_seed
+
+    assert check_seed(0) == 0 and check_seed(2**32 - 1) == 2**32 - 1
+    with pytest.raises(PipelineError, match="^--split-seed -5: "):
+        check_seed(-5, option="--split-seed")
 
 
 class FakeKaggle:
@@ -97,8 +316,8 @@ def _http_error(status):
 def test_kaggle_source_downloads_keeps_and_extracts_the_zip(raw_dir, tmp_path):
     fake = FakeKaggle(zip_source=_zip_of(raw_dir, tmp_path / "served.zip"))
     target = tmp_path / "target"
-    result = download(Source.kaggle, target, connect=lambda: fake)
-    assert fake.calls == [("download", "digit-recognizer")] and result.source is Source.kaggle
+    result = download(RawSource.kaggle, target, connect=lambda: fake)
+    assert fake.calls == [("download", "digit-recognizer")] and result.source is RawSource.kaggle
     assert (target / config.COMPETITION_ZIP).is_file() and (target / config.TEST_CSV).is_file()
 
 
@@ -112,8 +331,71 @@ def test_kaggle_source_downloads_keeps_and_extracts_the_zip(raw_dir, tmp_path):
 )
 def test_kaggle_failures_explain_what_to_do(error, advice, tmp_path):
     with pytest.raises(PipelineError, match=advice.replace(".", r"\.")):
-        download(Source.kaggle, tmp_path, connect=lambda: FakeKaggle(error=error))
+        download(RawSource.kaggle, tmp_path, connect=lambda: FakeKaggle(error=error))
     assert not any(tmp_path.iterdir())
+
+
+def _requests_http_error(status, text):
+    requests = pytest.importorskip("requests")
+    response = requests.Response()
+    response.status_code = status
+    return requests.HTTPError(text, response=response)
+
+
+def _requests_connection_error():
+    requests = pytest.importorskip("requests")
+    return requests.ConnectionError(
+        "HTTPSConnectionPool(host='www.kaggle.com', port=443): Max retries exceeded with url:"
+        " /api/v1/competitions/data/download-all/digit-recognizer (Caused by NameResolution"
+        "Error(\"<urllib3.connection.HTTPSConnection>: Failed to resolve 'www.kaggle.com'\"))"
+    )
+
+
+@pytest.mark.parametrize(
+    "make_error, start",
+    [
+        (
+            _requests_connection_error,
+            "cannot reach kaggle.com (ConnectionError): check the network and retry "
+            "`pipeline download`; or download digit-recognizer.zip by hand from "
+            "https://www.kaggle.com/competitions/digit-recognizer/data",
+        ),
+        (
+            lambda: _requests_http_error(403, "403 Client Error: Forbidden for url: ..."),
+            "Kaggle refused access to 'digit-recognizer' (HTTP 403): accept the competition rules",
+        ),
+        (
+            lambda: _requests_http_error(503, "<html>\n<body>\nService Unavailable\n</body>"),
+            "Kaggle answered HTTP 503 for 'digit-recognizer' during download: <html> <body>",
+        ),
+        (
+            lambda: OSError(errno.ENOSPC, "No space left on device"),
+            "{zip}: No space left on device",
+        ),
+        (
+            lambda: ValueError("Downloaded file size (1) does not match\nexpected size (2)"),
+            "the kaggle package failed during download: ValueError: Downloaded file size (1) "
+            "does not match expected size (2)",
+        ),
+        (lambda: SystemExit(1), "the kaggle package gave up during download (exit code 1)"),
+    ],
+)
+@pytest.mark.parametrize("failing", ["connect", "download"])
+def test_whatever_the_kaggle_package_raises_is_one_line(make_error, start, failing, raw_dir):
+    error = make_error()
+
+    def connect():  # KaggleApi.authenticate() calls the network for a token, and may exit
+        if failing == "connect":
+            raise error
+        return FakeKaggle(error=error)
+
+    before = _snapshot(raw_dir)
+    with pytest.raises(PipelineError) as caught:
+        download(RawSource.kaggle, raw_dir, connect=connect)
+    message = str(caught.value)
+    assert message.startswith(start.format(zip=raw_dir / config.COMPETITION_ZIP)), message
+    assert "\n" not in message
+    assert _snapshot(raw_dir) == before
 
 
 def test_missing_credentials_are_reported_before_importing_kaggle(tmp_path, monkeypatch):
@@ -134,6 +416,8 @@ def _valid_submission(path, rows=config.KAGGLE_TEST_ROWS):
 
 
 def test_submit_refuses_a_bad_file_before_any_network_call(tmp_path):
+    from pipeline.submit import submit  # here: submit imports predict, download tests need not
+
     def no_network():
         raise AssertionError("connect() must not be called for a bad file")
 
@@ -143,6 +427,8 @@ def test_submit_refuses_a_bad_file_before_any_network_call(tmp_path):
 
 
 def test_submit_sends_a_valid_file(tmp_path):
+    from pipeline.submit import submit
+
     fake = FakeKaggle()
     good = _valid_submission(tmp_path / "submission.csv")
     reply = submit(good, "my run", connect=lambda: fake)

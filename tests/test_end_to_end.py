@@ -7,8 +7,10 @@ from typer.testing import CliRunner
 from pipeline import config, kaggle_api
 from pipeline.cli import app
 from pipeline.evaluate import evaluate
-from pipeline.predict import predict, read_submission
-from pipeline.train import recipe_config, train
+from pipeline.predict import predict
+from pipeline.recipes import recipe_config
+from pipeline.submission import read_submission
+from pipeline.train import train
 
 runner = CliRunner()
 
@@ -51,7 +53,6 @@ def test_fast_recipe_on_kaggle_data_reaches_99_percent_and_a_valid_submission(
         kaggle_processed_dir,
         tmp_path / "fastnet.pt",
         progress=False,
-        figures_dir=tmp_path,
     )
     assert result.best_accuracy >= 0.99, result.history  # 4,200 validation digits
     sub = tmp_path / "submission.csv"
@@ -59,7 +60,7 @@ def test_fast_recipe_on_kaggle_data_reaches_99_percent_and_a_valid_submission(
     frame = read_submission(sub)  # Kaggle's rules: header, 28,000 rows, ids 1..28000, digits
     assert predicted.rows == len(frame) == config.KAGGLE_TEST_ROWS
     assert min(predicted.label_counts.values()) > 2000  # every digit is predicted plausibly
-    report = evaluate(result.checkpoint, kaggle_processed_dir, device="cpu", figures_dir=tmp_path)
+    report = evaluate(result.checkpoint, kaggle_processed_dir, device="cpu")
     assert report.metrics.accuracy == pytest.approx(result.best_accuracy, abs=1e-6)
     assert report.confusion_png.stat().st_size > 10_000
     labels = pd.read_csv(sub)["Label"]

@@ -8,14 +8,8 @@ from torch import nn
 from pipeline import config
 from pipeline.datasets import TensorDigits
 from pipeline.errors import PipelineError
-from pipeline.predict import (
-    check_submission,
-    ensemble_probabilities,
-    predict_logits,
-    read_submission,
-    tta_views,
-    write_submission,
-)
+from pipeline.inference import ensemble_probabilities, predict_logits, tta_views
+from pipeline.submission import check_submission, read_submission, write_submission
 
 
 class FixedLogits(nn.Module):

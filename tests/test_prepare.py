@@ -1,6 +1,10 @@
 """Parsing, validation, splitting and caching of the Kaggle CSVs."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -9,15 +13,10 @@ import torch
 from PIL import Image
 
 from pipeline import config
+from pipeline.datasets import load_split, processed_fingerprint
 from pipeline.errors import PipelineError
 from pipeline.files import file_sha256
-from pipeline.prepare import (
-    data_fingerprint,
-    load_split,
-    prepare,
-    read_digits_csv,
-    split_train_val,
-)
+from pipeline.prepare import prepare, read_digits_csv, split_train_val
 
 
 def test_parses_pixels_row_major_as_uint8(raw_dir):
@@ -83,14 +82,14 @@ def test_same_seed_same_split_across_runs(raw_dir, tmp_path):
 def test_cache_is_reused_then_rebuilt_when_the_csv_changes(raw_dir, tmp_path):
     out = tmp_path / "processed"
     assert not prepare(raw_dir, out).skipped
-    before = data_fingerprint(out)
+    before = processed_fingerprint(out)
     assert prepare(raw_dir, out).skipped
     assert not prepare(raw_dir, out, seed=1).skipped  # other split options: rebuild
     frame = pd.read_csv(raw_dir / config.TRAIN_CSV).iloc[:3000]
     frame.to_csv(raw_dir / config.TRAIN_CSV, index=False)
     result = prepare(raw_dir, out, seed=0)
     assert not result.skipped and result.counts["train"] + result.counts["val"] == 3000
-    assert data_fingerprint(out) != before
+    assert processed_fingerprint(out) != before
 
 
 def test_limit_rows_reads_a_prefix(raw_dir, tmp_path):
@@ -163,7 +162,118 @@ def test_a_bad_input_leaves_the_previous_cache_untouched(raw_dir, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
-def test_a_foreign_tensor_file_is_refused(processed_dir):
+def _replace_split(processed_dir, name, payload):
+    """Swap a split file and record its hash in meta.json, as a tampering user could."""
+    path = config.split_path(processed_dir, name)
+    torch.save(payload, path)
+    meta_path = processed_dir / config.META_JSON
+    meta = json.loads(meta_path.read_text())
+    meta["files"][path.name] = file_sha256(path)
+    meta_path.write_text(json.dumps(meta))
+
+
+def test_a_changed_split_file_is_refused_against_meta(processed_dir):
     torch.save({"images": torch.zeros(3, 784)}, config.split_path(processed_dir, "val"))
+    with pytest.raises(PipelineError, match="val.pt: does not match meta.json"):
+        load_split(processed_dir, "val")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"images": torch.zeros(3, 784)},
+        {"images": torch.zeros(3, 1, 28, 28), "labels": None, "ids": torch.arange(3)},
+        {
+            "images": torch.zeros(3, 1, 28, 28, dtype=torch.uint8),
+            "ids": torch.arange(3),
+            "labels": torch.tensor([1, 2, 10]),
+        },
+        {
+            "images": torch.zeros(3, 1, 28, 28, dtype=torch.uint8),
+            "ids": torch.arange(3),
+            "labels": torch.tensor([1.0, 2.0, 3.0]),
+        },
+        [1, 2, 3],
+    ],
+    ids=["flat images", "float images", "label 10", "float labels", "a list"],
+)
+def test_a_foreign_split_is_refused_even_when_meta_lists_it(change, processed_dir):
+    _replace_split(processed_dir, "val", change)
     with pytest.raises(PipelineError, match="val.pt: not a split written by"):
         load_split(processed_dir, "val")
+
+
+def _disjoint_or_refused(processed_dir):
+    """Either the splits load and share no row, or loading refuses in one line."""
+    try:
+        train, val = load_split(processed_dir, "train"), load_split(processed_dir, "val")
+    except PipelineError:
+        return "refused"
+    assert not set(train.ids.tolist()) & set(val.ids.tolist()), "validation rows leaked"
+    return "disjoint"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_prepare_leaves_nothing_taken_as_current(signum, raw_dir, tmp_path):
+    """prepare --seed 1 over a seed-0 cache, stopped while it writes its PNGs: the tensors are
+    already seed 1's, so the folder must never pass for the seed-0 cache afterwards."""
+    out = tmp_path / "processed"
+    prepare(raw_dir, out, fmt="both", seed=0)
+    command = [sys.executable, "-m", "pipeline", "prepare", "--raw-dir", str(raw_dir)]
+    command += ["--processed-dir", str(out), "--format", "both", "--seed", "1"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".images-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "prepare ended before it was interrupted"
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 143), stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temp files left"
+    assert _disjoint_or_refused(out) == "refused"  # meta.json went first: nothing current
+    again = prepare(raw_dir, out, fmt="both", seed=0)
+    assert not again.skipped
+    assert _disjoint_or_refused(out) == "disjoint"
+
+
+def test_a_truncated_split_file_is_rebuilt_not_called_up_to_date(raw_dir, tmp_path):
+    out = tmp_path / "processed"
+    prepare(raw_dir, out)
+    train_pt = config.split_path(out, "train")
+    train_pt.write_bytes(train_pt.read_bytes()[:1000])
+    with pytest.raises(PipelineError, match="train.pt: does not match meta.json"):
+        load_split(out, "train")
+    assert not prepare(raw_dir, out).skipped
+    assert len(load_split(out, "train")) == 3600
+    assert prepare(raw_dir, out).skipped
+
+
+@pytest.mark.parametrize(
+    "meta", ["[1, 2]", "{}", '{"version": 2}', "not json"], ids=["list", "empty", "keys", "text"]
+)
+def test_a_damaged_meta_json_is_one_line_and_rebuilt(meta, raw_dir, tmp_path):
+    out = tmp_path / "processed"
+    prepare(raw_dir, out)
+    (out / config.META_JSON).write_text(meta)
+    with pytest.raises(PipelineError, match="meta.json"):
+        load_split(out, "val")
+    assert not prepare(raw_dir, out).skipped
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_val_fraction_must_leave_digits_on_both_sides(fraction, raw_dir, tmp_path):
+    with pytest.raises(PipelineError) as error:
+        prepare(raw_dir, tmp_path / "p", val_fraction=fraction)
+    assert str(error.value).startswith(f"--val-fraction {fraction}: must be more than 0")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1e400"])
+@pytest.mark.parametrize("column", ["label", "pixel5"])
+def test_non_finite_cells_are_one_line(bad, column, raw_dir, tmp_path):
+    cells = ["3"] + ["0"] * 784
+    cells[config.TRAIN_HEADER.index(column)] = bad
+    (raw_dir / config.TRAIN_CSV).write_text(TRAIN_HEADER + "\n" + ",".join(cells) + "\n")
+    with pytest.raises(PipelineError, match=f"line 2, column {column}: {bad} is not"):
+        prepare(raw_dir, tmp_path / "p")

@@ -11,7 +11,8 @@ import torch
 
 from pipeline import config
 from pipeline.checkpoints import read_payload
-from pipeline.train import recipe_config, train
+from pipeline.recipes import recipe_config
+from pipeline.train import train
 
 TRAIN = [sys.executable, "-m", "pipeline", "train", "--model", "cnn", "--device", "cpu"]
 
@@ -73,7 +74,7 @@ def test_signal_then_resume_gives_the_uninterrupted_weights(signum, processed_di
     )
     assert resumed.returncode == 0, resumed.stderr
     cfg = recipe_config("fast", model="cnn", epochs=2, batch_size=32, device="cpu")
-    whole = train(cfg, processed_dir, tmp_path / "whole.pt", progress=False, figures_dir=tmp_path)
+    whole = train(cfg, processed_dir, tmp_path / "whole.pt", progress=False)
     expected, got = _weights(whole.last_checkpoint), _weights(last)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 

@@ -9,15 +9,12 @@ import torch
 
 from pipeline import config
 from pipeline.checkpoints import load_checkpoint, read_payload
+from pipeline.ensemble import train_ensemble
 from pipeline.errors import PipelineError
-from pipeline.train import (
-    RECIPES,
-    TrainingInterrupted,
-    member_path,
-    recipe_config,
-    train,
-    train_ensemble,
-)
+from pipeline.prepare import prepare
+from pipeline.recipes import RECIPES, recipe_config
+from pipeline.run_state import TrainingInterrupted
+from pipeline.train import train
 
 
 def _cfg(**changes):
@@ -35,7 +32,6 @@ def test_the_fast_recipe_learns_real_digits(processed_dir, tmp_path):
         processed_dir,
         tmp_path / "m.pt",
         progress=False,
-        figures_dir=tmp_path,
     )
     assert result.best_accuracy >= 0.93, result.history  # 3,600 digits: 95.75% on torch 2.14
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -43,22 +39,17 @@ def test_the_fast_recipe_learns_real_digits(processed_dir, tmp_path):
     assert saved.meta["model"] == "fastnet" and saved.meta["val_accuracy"] == result.best_accuracy
     assert saved.meta["train_config"]["epochs"] == 4 and saved.meta["seed"] == 0
     assert config.metrics_path(result.checkpoint).read_text().startswith("epoch,train_loss")
-    assert (tmp_path / "m_curves.png").stat().st_size > 10_000
+    assert (tmp_path / "m.curves.png").stat().st_size > 10_000
 
 
 def test_same_seed_same_weights_other_seed_other_weights(processed_dir, tmp_path):
-    a = train(
-        _cfg(max_steps=15), processed_dir, tmp_path / "a.pt", progress=False, figures_dir=tmp_path
-    )
-    b = train(
-        _cfg(max_steps=15), processed_dir, tmp_path / "b.pt", progress=False, figures_dir=tmp_path
-    )
+    a = train(_cfg(max_steps=15), processed_dir, tmp_path / "a.pt", progress=False)
+    b = train(_cfg(max_steps=15), processed_dir, tmp_path / "b.pt", progress=False)
     c = train(
         _cfg(max_steps=15, seed=1),
         processed_dir,
         tmp_path / "c.pt",
         progress=False,
-        figures_dir=tmp_path,
     )
     wa, wb, wc = (_weights(r.checkpoint) for r in (a, b, c))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -67,33 +58,28 @@ def test_same_seed_same_weights_other_seed_other_weights(processed_dir, tmp_path
 
 def test_augmented_training_is_reproducible_too(processed_dir, tmp_path):
     cfg = _cfg(max_steps=8, augment=True, elastic=True)
-    a = train(cfg, processed_dir, tmp_path / "a.pt", progress=False, figures_dir=tmp_path)
-    b = train(cfg, processed_dir, tmp_path / "b.pt", progress=False, figures_dir=tmp_path)
+    a = train(cfg, processed_dir, tmp_path / "a.pt", progress=False)
+    b = train(cfg, processed_dir, tmp_path / "b.pt", progress=False)
     wa, wb = _weights(a.checkpoint), _weights(b.checkpoint)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_a_finished_run_is_skipped_unless_forced(processed_dir, tmp_path):
     out = tmp_path / "m.pt"
-    first = train(_cfg(max_steps=5), processed_dir, out, progress=False, figures_dir=tmp_path)
-    again = train(_cfg(max_steps=5), processed_dir, out, progress=False, figures_dir=tmp_path)
+    first = train(_cfg(max_steps=5), processed_dir, out, progress=False)
+    again = train(_cfg(max_steps=5), processed_dir, out, progress=False)
     assert not first.skipped and again.skipped
     assert again.best_accuracy == first.best_accuracy
-    assert not train(
-        _cfg(max_steps=6), processed_dir, out, progress=False, figures_dir=tmp_path
-    ).skipped
-    assert not train(
-        _cfg(max_steps=6), processed_dir, out, progress=False, figures_dir=tmp_path, force=True
-    ).skipped
+    assert not train(_cfg(max_steps=6), processed_dir, out, progress=False).skipped
+    assert not train(_cfg(max_steps=6), processed_dir, out, progress=False, force=True).skipped
 
 
-def test_training_from_png_folders(processed_dir, tmp_path):
+def test_training_from_png_folders(sample_png_dir, tmp_path):
     result = train(
-        _cfg(data="images", max_steps=10),
-        processed_dir,
+        _cfg(data_source="images", max_steps=10),
+        sample_png_dir,
         tmp_path / "png.pt",
         progress=False,
-        figures_dir=tmp_path,
     )
     assert result.history and 0.0 < result.best_accuracy <= 1.0
 
@@ -110,9 +96,9 @@ def test_recipes_are_wired():
 
 
 def test_on_cuda_the_recipes_take_their_gpu_settings_and_options_still_win(monkeypatch):
-    import pipeline.train as train_module
+    import pipeline.device
 
-    monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(pipeline.device, "resolve_device", lambda name: torch.device("cuda"))
     fast = recipe_config("fast", device="cuda")
     assert (fast.batch_size, fast.epochs, fast.compile) == (512, 5, True)
     assert fast.arch_args == {"widths": [24, 48, 96]}
@@ -128,13 +114,14 @@ def test_ensemble_members_get_their_own_seed_and_file(processed_dir, tmp_path):
     results = train_ensemble(
         _cfg(max_steps=5), 2, processed_dir, tmp_path, name="ens", progress=False
     )
-    assert [r.checkpoint for r in results] == [member_path(tmp_path, "ens", k) for k in (0, 1)]
+    expected = [config.member_checkpoint_path("ens", k, tmp_path) for k in (0, 1)]
+    assert [r.checkpoint for r in results] == expected
     assert [load_checkpoint(r.checkpoint).meta["seed"] for r in results] == [0, 1]
 
 
 def test_interrupt_then_resume_matches_an_uninterrupted_run(processed_dir, tmp_path):
     cfg = _cfg(epochs=2, batch_size=32)
-    whole = train(cfg, processed_dir, tmp_path / "whole.pt", progress=False, figures_dir=tmp_path)
+    whole = train(cfg, processed_dir, tmp_path / "whole.pt", progress=False)
 
     def interrupt_when_epoch_one_is_saved():
         last = config.last_checkpoint_path(tmp_path / "cut.pt")
@@ -144,12 +131,10 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(processed_dir, tmp_p
 
     threading.Thread(target=interrupt_when_epoch_one_is_saved, daemon=True).start()
     with pytest.raises(TrainingInterrupted) as stopped:
-        train(cfg, processed_dir, tmp_path / "cut.pt", progress=False, figures_dir=tmp_path)
+        train(cfg, processed_dir, tmp_path / "cut.pt", progress=False)
     loop = read_payload(stopped.value.checkpoint)["training_state"]["loop"]
     assert loop["epoch"] == 1 and 0 < loop["step"] < 3600 // 32  # stopped mid-epoch 2
-    resumed = train(
-        cfg, processed_dir, tmp_path / "cut.pt", resume=True, progress=False, figures_dir=tmp_path
-    )
+    resumed = train(cfg, processed_dir, tmp_path / "cut.pt", resume=True, progress=False)
     final_whole = read_payload(whole.last_checkpoint)["state_dict"]
     final_resumed = read_payload(resumed.last_checkpoint)["state_dict"]
     assert all(torch.equal(final_whole[k], final_resumed[k]) for k in final_whole)
@@ -162,3 +147,129 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(processed_dir, tmp_p
 def test_resume_without_saved_state_is_a_clear_error(processed_dir, tmp_path):
     with pytest.raises(PipelineError, match="no such checkpoint"):
         train(_cfg(), processed_dir, tmp_path / "never.pt", resume=True, progress=False)
+
+
+def test_resume_refuses_other_prepared_data(raw_dir, tmp_path):
+    """A re-prepare with another seed moves validation rows into train: resuming would leak."""
+    processed = tmp_path / "processed"
+    prepare(raw_dir, processed, seed=0)
+    out = tmp_path / "run.pt"
+    train(_cfg(max_steps=3), processed, out, progress=False)
+    for other in (dict(seed=1), dict(seed=0, limit_rows=2000)):
+        prepare(raw_dir, processed, **other)
+        with pytest.raises(PipelineError, match="trained on other prepared data"):
+            train(_cfg(max_steps=3), processed, out, resume=True, progress=False)
+    prepare(raw_dir, processed, seed=0)
+    resumed = train(_cfg(max_steps=3), processed, out, resume=True, progress=False)
+    assert resumed.checkpoint == out
+
+
+@pytest.mark.parametrize(
+    "change", [dict(lr=1e-3), dict(epochs=2), dict(model="lenet"), dict(augment=True)]
+)
+def test_resume_refuses_options_that_make_another_run(change, processed_dir, tmp_path):
+    out = tmp_path / "run.pt"
+    train(_cfg(max_steps=3), processed_dir, out, progress=False)
+    name = next(iter(change))
+    with pytest.raises(PipelineError, match=f"{name} .* differ"):
+        train(_cfg(max_steps=3, **change), processed_dir, out, resume=True, progress=False)
+
+
+def test_resume_may_change_the_device_only(processed_dir, tmp_path):
+    out = tmp_path / "run.pt"
+    train(_cfg(max_steps=3, device="cpu"), processed_dir, out, progress=False)
+    resumed = train(_cfg(max_steps=3, device="auto"), processed_dir, out, resume=True)
+    assert resumed.config.device == "auto"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda ts: ts.pop("optimizer"),
+        lambda ts: ts["loop"].pop("epoch"),
+        lambda ts: ts["loop"].update(epoch="one"),
+        lambda ts: ts["rng"].update(shuffle=[1, 2]),
+        lambda ts: ts.update(loop=[0, 0]),
+    ],
+    ids=["no optimizer", "no epoch", "epoch text", "rng list", "loop list"],
+)
+def test_a_tampered_resumable_state_is_one_line(damage, processed_dir, tmp_path):
+    out = tmp_path / "run.pt"
+    train(_cfg(max_steps=3), processed_dir, out, progress=False)
+    last = config.last_checkpoint_path(out)
+    payload = torch.load(last, weights_only=True)
+    damage(payload["training_state"])
+    torch.save(payload, last)
+    with pytest.raises(PipelineError, match="training state is damaged"):
+        train(_cfg(max_steps=3), processed_dir, out, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan"), -1.0, 0.0])
+def test_a_learning_rate_that_cannot_train_is_refused_up_front(lr):
+    with pytest.raises(PipelineError, match="--lr"):
+        _cfg(lr=lr)
+
+
+def test_a_diverging_run_stops_with_one_line_and_saves_nothing(processed_dir, tmp_path):
+    out = tmp_path / "diverged.pt"
+    with pytest.raises(PipelineError, match="diverged|NaN or infinite"):
+        train(_cfg(lr=1e30, optimizer="sgd", max_steps=20), processed_dir, out, progress=False)
+    assert not out.exists()
+
+
+def test_out_that_is_a_folder_fails_before_any_training(processed_dir, tmp_path):
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(PipelineError, match="is a folder"):
+        train(_cfg(max_steps=3), processed_dir, tmp_path / "folder.pt", progress=False)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(PipelineError, match="cannot write there"):
+        train(_cfg(max_steps=3), processed_dir, blocked / "m.pt", progress=False)
+
+
+def test_the_curves_figure_is_named_after_the_checkpoint_beside_it(processed_dir, tmp_path):
+    a = train(_cfg(max_steps=3), processed_dir, tmp_path / "a" / "fastnet.pt", progress=False)
+    b = train(_cfg(max_steps=3), processed_dir, tmp_path / "b" / "fastnet.pt", progress=False)
+    assert a.curves == tmp_path / "a" / "fastnet.curves.png" and a.curves.stat().st_size
+    assert b.curves == tmp_path / "b" / "fastnet.curves.png" and a.curves != b.curves
+
+
+def test_training_curves_tick_whole_epochs_only():
+    from pipeline.plots import training_curves_figure
+
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "val_accuracy": 0.9 + e / 100}
+        for e in (1, 2, 3)
+    ]
+    figure = training_curves_figure(history)
+    figure.canvas.draw()
+    for ax in figure.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_progress_off_a_terminal_prints_lines_with_the_step_and_loss(monkeypatch):
+    from pipeline import progress
+
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.0)
+    lines = []
+    bar = progress.EpochProgress("epoch 1/2", total=3, initial=0, enabled=True, log=lines.append)
+    for _ in range(3):
+        bar.step(lambda: 0.25)
+    bar.close()
+    assert lines == [f"epoch 1/2: step {k}/3  loss 0.2500" for k in (1, 2, 3)]
+
+
+def test_the_bar_counts_only_the_steps_max_steps_allows(processed_dir, tmp_path, monkeypatch):
+    from pipeline import progress
+
+    totals = []
+    real = progress.EpochProgress.__init__
+
+    def spy(self, description, total, initial, enabled, log):
+        totals.append(total)
+        real(self, description, total, initial, enabled, log)
+
+    monkeypatch.setattr(progress.EpochProgress, "__init__", spy)
+    train(_cfg(max_steps=7), processed_dir, tmp_path / "m.pt", log=print)
+    assert totals == [7]

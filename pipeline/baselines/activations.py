@@ -11,16 +11,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import typer
 
-from pipeline import config
-from pipeline.baselines.options import DeviceOption, FigureOption
 from pipeline.device import resolve_device
-from pipeline.errors import one_line_errors
 from pipeline.plots import new_figure, save_figure
-
-NAME = "activations"
-FIGURE = config.figure_path(NAME)
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +70,7 @@ class ActivationsResult:
 
 
 def draw_activations(
-    device: str = "auto", out: Path | None = None, points: int = 201, limit: float = 5.0
+    out: Path, device: str = "auto", points: int = 201, limit: float = 5.0
 ) -> ActivationsResult:
     """Evaluate every activation on `points` evenly spaced x in [-limit, limit] and plot them."""
     x = torch.linspace(-limit, limit, points, device=resolve_device(device))
@@ -85,7 +78,7 @@ def draw_activations(
     deviation = {
         name: (values[name] - BUILT_INS[name](x).cpu()).abs().max().item() for name in values
     }
-    figure = plot_activations(x.cpu(), values, out or FIGURE)
+    figure = plot_activations(x.cpu(), values, out)
     return ActivationsResult(
         x.cpu().tolist(), {name: v.tolist() for name, v in values.items()}, deviation, figure
     )
@@ -101,18 +94,3 @@ def plot_activations(x: torch.Tensor, values: dict[str, torch.Tensor], path: Pat
         ax.set(title=name, xlabel="x")
         ax.grid(alpha=0.3)
     return save_figure(fig, path)
-
-
-@one_line_errors
-def activations_command(
-    device: DeviceOption = "auto",
-    out: FigureOption = FIGURE,
-) -> None:
-    """Plot ReLU, sigmoid, tanh, softplus, GELU and SiLU over [-5, 5]."""
-    result = draw_activations(device, out)
-    worst = max(result.deviation, key=result.deviation.__getitem__)
-    typer.echo(
-        f"activations: {', '.join(result.values)} from their formulas over [-5, 5] differ "
-        f"from torch's built-ins by at most {result.deviation[worst]:.1e} ({worst}) "
-        f"-> {result.figure}"
-    )

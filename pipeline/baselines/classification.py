@@ -6,20 +6,13 @@ diagonal that separates them, so even the best possible boundary misplaces ~0.2%
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import torch
-import typer
 from torch import nn
 
-from pipeline import config
-from pipeline.baselines.options import DeviceOption, FigureOption
 from pipeline.device import resolve_device, seed_everything
-from pipeline.errors import one_line_errors
 from pipeline.plots import new_figure, save_figure
 
-NAME = "classification"
-FIGURE = config.figure_path(NAME)
 POINTS_PER_CLASS = 100
 CENTRE = 2.0
 HIDDEN = 10
@@ -51,9 +44,9 @@ def make_net() -> nn.Sequential:
 
 
 def fit_classifier(
+    out: Path,
     seed: int = 0,
     device: str = "auto",
-    out: Path | None = None,
     steps: int = 100,
     lr: float = 0.02,
 ) -> ClassificationResult:
@@ -78,8 +71,7 @@ def fit_classifier(
         accuracy = (predicted == y).float().mean().item()
         fresh_predicted = net(fresh_points.to(target)).argmax(1).cpu()
         held_out_accuracy = (fresh_predicted == fresh_labels).float().mean().item()
-    path = out or FIGURE
-    figure = plot_predictions(net, points, predicted.cpu(), accuracy, path)
+    figure = plot_predictions(net, points, predicted.cpu(), accuracy, out)
     return ClassificationResult(accuracy, held_out_accuracy, loss, figure)
 
 
@@ -101,19 +93,3 @@ def plot_predictions(
     ax.set(xlabel="x₁", ylabel="x₂", title=f"2-10-2 net, accuracy {accuracy:.1%}")
     ax.set_aspect("equal")
     return save_figure(fig, path)
-
-
-@one_line_errors
-def classification_command(
-    seed: Annotated[int, typer.Option(help="Seed of the clouds and initialisation.")] = 0,
-    device: DeviceOption = "auto",
-    out: FigureOption = FIGURE,
-    steps: Annotated[int, typer.Option(min=1, help="Full-batch SGD steps.")] = 100,
-) -> None:
-    """Separate two Gaussian clouds with a 2-10-2 net; plot the points by predicted class."""
-    result = fit_classifier(seed, device, out, steps)
-    typer.echo(
-        f"classification: 2-10-2 net separates the two clouds with accuracy "
-        f"{result.accuracy:.1%} ({result.held_out_accuracy:.1%} on 200 fresh points, "
-        f"cross-entropy {result.loss:.4f}) -> {result.figure}"
-    )

@@ -10,20 +10,13 @@ a 15-output generator always keeps, while a curve of the wrong shape or level st
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import torch
-import typer
 from torch import nn
 
-from pipeline import config
-from pipeline.baselines.options import DeviceOption, FigureOption
 from pipeline.device import resolve_device, seed_everything
-from pipeline.errors import one_line_errors
 from pipeline.plots import new_figure, save_figure
 
-NAME = "gan"
-FIGURE = config.figure_path(NAME)
 N_IDEAS = 5  # random numbers the generator starts from
 N_POINTS = 15  # points per curve
 HIDDEN = 128
@@ -69,9 +62,9 @@ def make_discriminator() -> nn.Sequential:
 
 
 def train_gan(
+    out: Path,
     seed: int = 0,
     device: str = "auto",
-    out: Path | None = None,
     steps: int = 5_000,
     batch_size: int = 64,
     lr: float = 1e-4,
@@ -104,7 +97,7 @@ def train_gan(
         inside_share = inside_band(samples, x).float().mean().item()
         real_score = real_logits.sigmoid().mean().item()
         fake_score = fake_logits.sigmoid().mean().item()
-    figure = plot_curves(x.cpu(), samples[:20].cpu(), inside_share, out or FIGURE)
+    figure = plot_curves(x.cpu(), samples[:20].cpu(), inside_share, out)
     return GanResult(inside_share, real_score, fake_score, figure)
 
 
@@ -120,19 +113,3 @@ def plot_curves(x: torch.Tensor, curves: torch.Tensor, inside_share: float, path
     ax.set(xlabel="x", ylabel="y", title=f"GAN painter: {inside_share:.0%} of curves in the band")
     ax.legend(loc="upper center", fontsize=8)
     return save_figure(fig, path)
-
-
-@one_line_errors
-def gan_command(
-    seed: Annotated[int, typer.Option(help="Seed of the curves, noise and initialisation.")] = 0,
-    device: DeviceOption = "auto",
-    out: FigureOption = FIGURE,
-    steps: Annotated[int, typer.Option(min=1, help="Discriminator + generator steps.")] = 5_000,
-) -> None:
-    """Train the painter GAN; plot generated curves between the bounds of the real ones."""
-    result = train_gan(seed, device, out, steps)
-    typer.echo(
-        f"gan: {result.inside_share:.1%} of {EVAL_CURVES:,} generated curves lie inside the "
-        f"band x^2..2x^2+1 (±{BAND_TOLERANCE}); discriminator says real {result.real_score:.2f}"
-        f" on real, {result.fake_score:.2f} on generated -> {result.figure}"
-    )

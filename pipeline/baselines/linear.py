@@ -9,19 +9,11 @@ must stay below 2 / (largest curvature) ~ 0.023 and the slow direction needs tho
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import torch
-import typer
 
-from pipeline import config
-from pipeline.baselines.options import DeviceOption, FigureOption
 from pipeline.device import resolve_device, seed_everything
-from pipeline.errors import one_line_errors
 from pipeline.plots import new_figure, save_figure
-
-NAME = "linear"
-FIGURE = config.figure_path(NAME)
 
 # The tutorial's 15 points (pytorch-tutorial's linear_regression).
 X = (3.3, 4.4, 5.5, 6.71, 6.93, 4.168, 9.779, 6.182, 7.59, 2.167, 7.042, 10.791, 5.313, 7.997, 3.1)
@@ -63,9 +55,9 @@ def least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
 
 
 def fit_linear(
+    out: Path,
     seed: int = 0,
     device: str = "auto",
-    out: Path | None = None,
     epochs: int = 3_000,
     lr: float = 0.02,
 ) -> LinearResult:
@@ -88,7 +80,7 @@ def fit_linear(
         b.grad = None
         losses.append(loss.detach())
     exact_w, exact_b = least_squares(x, y)
-    figure = plot_line(w.item(), b.item(), out or FIGURE)
+    figure = plot_line(w.item(), b.item(), out)
     return LinearResult(w.item(), b.item(), exact_w, exact_b, torch.stack(losses).tolist(), figure)
 
 
@@ -101,20 +93,3 @@ def plot_line(w: float, b: float, path: Path) -> Path:
     ax.set(xlabel="x", ylabel="y", title="linear regression by hand")
     ax.legend()
     return save_figure(fig, path)
-
-
-@one_line_errors
-def linear_command(
-    seed: Annotated[int, typer.Option(help="Seed of the starting w and b.")] = 0,
-    device: DeviceOption = "auto",
-    out: FigureOption = FIGURE,
-    epochs: Annotated[int, typer.Option(min=1, help="Full-batch steps.")] = 3_000,
-    lr: Annotated[float, typer.Option(min=0.0, help="Diverges above ~0.023.")] = 0.02,
-) -> None:
-    """Fit y = w x + b with autograd and a hand-written gradient step; plot the line."""
-    result = fit_linear(seed, device, out, epochs, lr)
-    typer.echo(
-        f"linear: learned y = {result.w:.4f} x + {result.b:.4f} (least squares "
-        f"{result.exact_w:.4f} x + {result.exact_b:.4f}), MSE {result.losses[-1]:.4f} "
-        f"-> {result.figure}"
-    )

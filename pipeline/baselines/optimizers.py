@@ -8,24 +8,17 @@ import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import torch
-import typer
 from torch import nn
 
-from pipeline import config
-from pipeline.baselines.options import DeviceOption, FigureOption
 from pipeline.baselines.regression import make_net, make_parabola, shuffled_batches
 from pipeline.device import resolve_device, seed_everything
-from pipeline.errors import PipelineError, one_line_errors
 from pipeline.plots import new_figure, save_figure
-
-NAME = "optimizers"
-FIGURE = config.figure_path(NAME)
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
 
+# The names are also in `cli.OPTIMIZER_NAMES` (light, for --help); a test keeps them equal.
 OPTIMIZERS: dict[str, OptimizerFactory] = {
     "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
     "momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.8),
@@ -33,7 +26,6 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99)),
     "adagrad": lambda params, lr: torch.optim.Adagrad(params, lr=lr),
 }
-DEFAULT_OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
 
 
 @dataclass(frozen=True)
@@ -45,25 +37,15 @@ class OptimizersResult:
     figure: Path
 
 
-def parse_optimizers(names: str) -> list[str]:
-    chosen = [name.strip().lower() for name in names.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in OPTIMIZERS]
-    if unknown or not chosen:
-        raise PipelineError(
-            f"--optimizers {names}: expected a comma-separated subset of {', '.join(OPTIMIZERS)}"
-        )
-    return list(dict.fromkeys(chosen))
-
-
 def rank_by_loss(final_losses: dict[str, float]) -> list[str]:
     return sorted(final_losses, key=final_losses.__getitem__)
 
 
 def compare_optimizers(
-    names: Sequence[str] = DEFAULT_OPTIMIZERS,
+    out: Path,
+    names: Sequence[str],
     seed: int = 0,
     device: str = "auto",
-    out: Path | None = None,
     epochs: int = 12,
     batch_size: int = 32,
     lr: float = 0.01,
@@ -93,7 +75,7 @@ def compare_optimizers(
             name: nn.functional.mse_loss(net(x), y).item() for name, net in nets.items()
         }
     step_losses = {name: torch.stack(values).tolist() for name, values in losses.items()}
-    figure = plot_losses(step_losses, lr, batch_size, out or FIGURE)
+    figure = plot_losses(step_losses, lr, batch_size, out)
     return OptimizersResult(
         initial_loss, step_losses, final_losses, rank_by_loss(final_losses), figure
     )
@@ -120,18 +102,3 @@ def format_summary(result: OptimizersResult) -> str:
         f"optimizers: final MSE {finals} (from {result.initial_loss:.4f}); "
         f"ranking {' < '.join(result.ranking)} -> {result.figure}"
     )
-
-
-@one_line_errors
-def optimizers_command(
-    optimizers: Annotated[
-        str, typer.Option(help=f"Comma-separated subset of {','.join(OPTIMIZERS)}.")
-    ] = ",".join(DEFAULT_OPTIMIZERS),
-    seed: Annotated[int, typer.Option(help="Seed of the noise, initialisation and order.")] = 0,
-    device: DeviceOption = "auto",
-    out: FigureOption = FIGURE,
-    epochs: Annotated[int, typer.Option(min=1)] = 12,
-) -> None:
-    """Compare optimizers on the same net, data and batches; plot the loss of every step."""
-    result = compare_optimizers(parse_optimizers(optimizers), seed, device, out, epochs)
-    typer.echo(format_summary(result))

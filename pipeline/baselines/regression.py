@@ -6,20 +6,13 @@ an MSE near 0.01 on the data and near 0 against the noiseless parabola.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import torch
-import typer
 from torch import nn
 
-from pipeline import config
-from pipeline.baselines.options import DeviceOption, FigureOption
 from pipeline.device import resolve_device, seed_everything
-from pipeline.errors import one_line_errors
 from pipeline.plots import new_figure, save_figure
 
-NAME = "regression"
-FIGURE = config.figure_path(NAME)
 N_POINTS = 1_000
 NOISE_STD = 0.1
 HIDDEN = 20
@@ -56,9 +49,9 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> lis
 
 
 def fit_regression(
+    out: Path,
     seed: int = 0,
     device: str = "auto",
-    out: Path | None = None,
     epochs: int = 100,
     batch_size: int = 32,
     lr: float = 0.01,
@@ -82,7 +75,7 @@ def fit_regression(
         fitted = net(x).cpu()
     mse = nn.functional.mse_loss(fitted, data.y).item()
     clean_mse = nn.functional.mse_loss(fitted, data.clean).item()
-    figure = plot_fit(data, fitted, out or FIGURE)
+    figure = plot_fit(data, fitted, out)
     return RegressionResult(mse, clean_mse, NOISE_STD**2, figure)
 
 
@@ -95,19 +88,3 @@ def plot_fit(data: Parabola, fitted: torch.Tensor, path: Path) -> Path:
     ax.set(xlabel="x", ylabel="y", title="regression")
     ax.legend()
     return save_figure(fig, path)
-
-
-@one_line_errors
-def regression_command(
-    seed: Annotated[int, typer.Option(help="Seed of the noise, initialisation and order.")] = 0,
-    device: DeviceOption = "auto",
-    out: FigureOption = FIGURE,
-    epochs: Annotated[int, typer.Option(min=1)] = 100,
-) -> None:
-    """Fit y = x^2 + noise with a 1-20-1 ReLU net; plot the data and the fitted curve."""
-    result = fit_regression(seed, device, out, epochs)
-    typer.echo(
-        f"regression: 1-20-1 ReLU net learned y = x^2 with MSE {result.mse:.4f} on the noisy "
-        f"data (noise floor {result.noise_variance:.4f}) and {result.clean_mse:.4f} against "
-        f"the noiseless curve -> {result.figure}"
-    )

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+# Elastic strength: the largest displacement per axis, in pixels; the mean is about 0.4 of it.
+# 8 px (mean 3.4 px) cost the best recipe a whole point on an H100 (98.5% against 99.65% on
+# the same 5 splits); 2 px keeps the mean near the ~1 px of Simard et al.
+ELASTIC_MAX_SHIFT_PX = 2.0
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -79,6 +84,6 @@ def apply(images: torch.Tensor, params: AugmentDraw) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Convenience for one process: draw for this batch and apply."""
-    return apply(images, draw(len(images), images.shape[-1], cfg, generator, images.device))
+def training_augmentation(elastic: bool) -> AugmentConfig:
+    """The augmentation `--augment` turns on in training (`--elastic` adds the elastic field)."""
+    return AugmentConfig(elastic_alpha=ELASTIC_MAX_SHIFT_PX if elastic else 0.0)

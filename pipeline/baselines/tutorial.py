@@ -1,0 +1,191 @@
+"""The tutorial's way of training, kept as the baseline `pipeline bench` measures against.
+
+The PyTorch/Kaggle tutorials hold train.csv in a DataFrame, read one row per item through a
+per-image `Dataset` with `ToTensor` + `Normalize`, batch with `DataLoader(batch_size=50)` and
+call `.item()` on the loss every step. `run_tutorial` is the tutorial's whole single script
+(CSV in, submission out, in one process), which `pipeline bench` runs beside our three
+commands:
+
+    python -m pipeline.baselines.tutorial --raw-dir data/raw --out /tmp/tutorial.csv
+"""
+
+import argparse
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline import config
+from pipeline.device import resolve_device, seed_everything, synchronize
+from pipeline.models import build_model
+from pipeline.timings import phase, write_requested
+
+TUTORIAL_BATCH = 50
+
+
+class TutorialCsvDigits(Dataset):
+    """The per-image Dataset of the PyTorch/Kaggle tutorials: one DataFrame row per item.
+
+    A train.csv frame (label first) gives (image, label) items; a test.csv frame, images only.
+    """
+
+    def __init__(self, frame: pd.DataFrame):
+        from torchvision import transforms  # the tutorial's transforms, imported only here
+
+        self.frame = frame
+        self.labelled = frame.columns[0] == "label"
+        self.transform = transforms.Compose(
+            [
+                transforms.ToTensor(),
+                transforms.Normalize((config.PIXEL_MEAN,), (config.PIXEL_STD,)),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, index: int):
+        pixels = self.frame.iloc[index, 1:] if self.labelled else self.frame.iloc[index]
+        image = self.transform(pixels.to_numpy(dtype=np.uint8, copy=True).reshape(28, 28, 1))
+        return (image, int(self.frame.iloc[index, 0])) if self.labelled else image
+
+
+def tutorial_frame(split) -> pd.DataFrame:
+    """The split as the tutorial holds it: train.csv's columns in a DataFrame."""
+    frame = pd.DataFrame(split.images.flatten(1).numpy(), columns=config.TEST_HEADER)
+    frame.insert(0, "label", split.labels.numpy())
+    return frame
+
+
+def tutorial_images_per_second(
+    model_name: str, frame: pd.DataFrame, device: torch.device, steps: int, warmup: int = 3
+) -> float:
+    """Images/s of the tutorial's loop: per-image Dataset, DataLoader, `.item()` each step."""
+    seed_everything(0)
+    model = build_model(model_name).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TutorialCsvDigits(frame), batch_size=TUTORIAL_BATCH, shuffle=True)
+    model.train()
+    running_loss, start = 0.0, 0.0
+    for step, (images, labels) in enumerate(loader):
+        if step == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        if step == warmup + steps:
+            break
+        images, labels = images.to(device), labels.to(device)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()
+    return steps * TUTORIAL_BATCH / (time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------ the tutorial's whole script
+
+
+@dataclass(frozen=True)
+class TutorialResult:
+    val_accuracy: float
+    val_rows: int
+    test_rows: int
+    submission: Path
+    seconds: float  # from reading the CSVs to the written submission
+
+
+def tutorial_split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tutorial's stratified 90/10 split of train.csv's rows: the rows `pipeline prepare
+    --seed SEED` holds out (scikit-learn draws the same permutation from the same labels)."""
+    from sklearn.model_selection import train_test_split
+
+    train_part, val_part = train_test_split(
+        frame, test_size=0.1, stratify=frame["label"], random_state=seed
+    )
+    return train_part, val_part
+
+
+RESULT_LINE = re.compile(r"^tutorial: val_acc (\d+\.\d+)% .* in (\d+\.\d+) s")
+
+
+def run_tutorial(
+    raw_dir: Path, out: Path, seed: int = 0, device: str = "cpu", epochs: int = 1
+) -> TutorialResult:
+    """The tutorial's single script, as one function: train.csv -> CNN -> submission CSV.
+
+    Reads train.csv and test.csv with pandas (default dtypes), holds out the same stratified
+    10% as `pipeline prepare --seed SEED`, trains the tutorial CNN with Adam (lr 1e-3) over a
+    per-image Dataset in batches of 50 (`.item()` every step), scores the held-out rows and
+    writes ImageId,Label for test.csv with pandas. Timed in load, work and write phases.
+    """
+    from sklearn.model_selection import train_test_split  # noqa: F401 (the script's imports)
+
+    target = resolve_device(device)
+    start = time.perf_counter()
+    with phase("load"):
+        train_frame = pd.read_csv(raw_dir / config.TRAIN_CSV)
+        test_frame = pd.read_csv(raw_dir / config.TEST_CSV)
+        train_part, val_part = tutorial_split(train_frame, seed)
+    with phase("work"):
+        seed_everything(seed)
+        model = build_model("cnn").to(target)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loader = DataLoader(TutorialCsvDigits(train_part), batch_size=TUTORIAL_BATCH, shuffle=True)
+        for _ in range(epochs):
+            model.train()
+            running_loss = 0.0
+            for images, labels in loader:
+                images, labels = images.to(target), labels.to(target)
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(images), labels)
+                loss.backward()
+                optimizer.step()
+                running_loss += loss.item()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for images, labels in DataLoader(TutorialCsvDigits(val_part), TUTORIAL_BATCH):
+                correct += (model(images.to(target)).argmax(1).cpu() == labels).sum().item()
+            predictions = []
+            for images in DataLoader(TutorialCsvDigits(test_frame), TUTORIAL_BATCH):
+                predictions.append(model(images.to(target)).argmax(1).cpu())
+    with phase("write"):
+        labels = torch.cat(predictions).numpy()
+        submission = pd.DataFrame({"ImageId": np.arange(1, len(labels) + 1), "Label": labels})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        submission.to_csv(out, index=False)
+    seconds = time.perf_counter() - start
+    return TutorialResult(correct / len(val_part), len(val_part), len(labels), out, seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipeline.baselines.tutorial --raw-dir data/raw --out tutorial.csv`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.baselines.tutorial",
+        description="The tutorial's single script: read the CSVs, train the CNN for one epoch "
+        "in batches of 50, score the validation split, write a submission.",
+    )
+    parser.add_argument("--raw-dir", type=Path, default=config.RAW_DIR, help="train/test.csv")
+    parser.add_argument("--out", type=Path, required=True, help="Submission CSV to write.")
+    parser.add_argument("--seed", type=int, default=0, help="Split and weights seed.")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps.")
+    parser.add_argument("--epochs", type=int, default=1, help="Passes over the training rows.")
+    args = parser.parse_args(argv)
+    try:
+        result = run_tutorial(args.raw_dir, args.out, args.seed, args.device, args.epochs)
+    finally:
+        write_requested()
+    print(
+        f"tutorial: val_acc {result.val_accuracy:.2%} ({result.val_rows:,} digits); "
+        f"{result.test_rows:,} labels -> {result.submission} in {result.seconds:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

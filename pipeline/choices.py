@@ -1,0 +1,77 @@
+"""The named choices of the command line, in one light module.
+
+Each is a `StrEnum`, so typer shows `<a|b|c>` in `--help` and rejects other values as a usage
+error, and the stages compare them with plain strings. Importing this module costs nothing,
+which keeps `pipeline --help` instant (torch loads only inside the command that needs it).
+"""
+
+from enum import StrEnum
+
+
+class ModelName(StrEnum):
+    cnn = "cnn"
+    lenet = "lenet"
+    mlp = "mlp"
+    fastnet = "fastnet"
+    deepcnn = "deepcnn"
+
+
+class Recipe(StrEnum):
+    fast = "fast"
+    best = "best"
+
+
+class Optimizer(StrEnum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class Schedule(StrEnum):
+    onecycle = "onecycle"
+    cosine = "cosine"
+    constant = "constant"
+
+
+class DataSource(StrEnum):
+    """What training reads: the cached uint8 tensors, or the PNG folders."""
+
+    tensors = "tensors"
+    images = "images"
+
+
+class CacheFormat(StrEnum):
+    """What `prepare` writes."""
+
+    tensors = "tensors"
+    images = "images"
+    both = "both"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class RawSource(StrEnum):
+    """Where `download` takes the raw CSVs from."""
+
+    auto = "auto"
+    kaggle = "kaggle"
+    zip = "zip"
+    sample = "sample"
+
+
+class Split(StrEnum):
+    """The labelled splits `evaluate` can score (test has labels only in the offline sample)."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+def plain(value):
+    """An enum member as its plain value: checkpoints must hold plain `str` for weights_only."""
+    return value.value if isinstance(value, StrEnum) else value

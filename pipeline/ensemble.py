@@ -1,0 +1,42 @@
+"""Ensembles: several members of one recipe with seeds seed, seed+1, ...; one file per member.
+
+Under torchrun the members are spread over the processes (member k on rank k % world), each
+process training whole models on its own device, so no process group is needed.
+"""
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from pipeline import config
+from pipeline.distributed import ranks_from_env, single_process
+from pipeline.recipes import TrainConfig
+from pipeline.run_state import TrainResult
+from pipeline.train import train
+
+
+def train_ensemble(
+    cfg: TrainConfig,
+    members: int,
+    processed_dir: Path = config.PROCESSED_DIR,
+    models_dir: Path = config.MODELS_DIR,
+    name: str | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = True,
+) -> list[TrainResult]:
+    """Train this rank's share of `members` into `<models_dir>/<name>-<k>.pt`."""
+    ranks = ranks_from_env()
+    name = name or cfg.recipe or cfg.model
+    results = []
+    for member in range(ranks.rank, members, ranks.world):
+        member_cfg = replace(cfg, seed=cfg.seed + member)
+        if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
+            member_cfg = replace(member_cfg, device=f"cuda:{ranks.local_rank}")
+        if log:
+            log(f"member {member + 1}/{members} (seed {member_cfg.seed})")
+        out = config.member_checkpoint_path(name, member, models_dir)
+        with single_process():
+            results.append(train(member_cfg, processed_dir, out, log=log, progress=progress))
+    return results

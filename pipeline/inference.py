@@ -1,0 +1,138 @@
+"""Running trained models: load them for inference, logits in batches, TTA, ensembles, metrics.
+
+Every stage that reads a model's answers (validation in `train`, `evaluate`, `predict`,
+`crossval`, `serve`) goes through here, so they all see the same normalisation and views.
+"""
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline import augmentation, config
+from pipeline.checkpoints import load_checkpoint
+from pipeline.datasets import TensorDigits, index_batches, standardize, to_unit
+from pipeline.errors import PipelineError
+
+# Test-time views: identity and one-pixel shifts (in grid_sample's [-1, 1] coordinates).
+PIXEL = 2 / config.IMAGE_SIDE
+TTA_SHIFTS = [(0.0, 0.0), (PIXEL, 0.0), (-PIXEL, 0.0), (0.0, PIXEL), (0.0, -PIXEL)]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    path: Path
+    model: nn.Module  # eval mode, BatchNorm folded, channels_last, on its device
+    meta: dict
+
+
+def expand_checkpoints(patterns: list[Path]) -> list[Path]:
+    """Plain paths as given; quoted globs such as 'models/best-*.pt' expanded, sorted."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        if glob.has_magic(str(pattern)):
+            matches = sorted(glob.glob(str(pattern)))
+            if not matches:
+                raise PipelineError(f"{pattern}: no checkpoint matches")
+            paths += [Path(m) for m in matches]
+        else:
+            paths.append(pattern)
+    if not paths:
+        raise PipelineError("give at least one --checkpoint")
+    return paths
+
+
+def inference_model(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with BatchNorm folded into the convolutions, in channels_last.
+
+    Falls back to the model itself if torch.fx cannot trace it.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    model = model.eval()
+    try:
+        model = fuse(model)
+    except Exception:
+        pass
+    # Checkpoints load contiguous; with a 1-channel input only channels_last weights make the
+    # whole net run channels_last, where CPU pooling is several times faster.
+    return model.to(memory_format=torch.channels_last)
+
+
+def load_for_inference(checkpoints: list[Path], device: torch.device) -> list[LoadedModel]:
+    """Each checkpoint loaded once, checked, and made ready for fast inference."""
+    loaded = []
+    for path in checkpoints:
+        checkpoint = load_checkpoint(path, device)
+        loaded.append(LoadedModel(path, inference_model(checkpoint.model), checkpoint.meta))
+    return loaded
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The image batch under each TTA shift; x is float in [0, 1]."""
+    views = []
+    for dx, dy in TTA_SHIFTS:
+        theta = torch.tensor([[1.0, 0.0, dx], [0.0, 1.0, dy]], device=x.device)
+        shift = augmentation.AugmentDraw(theta.expand(len(x), 2, 3), None)
+        views.append(augmentation.apply(x, shift))
+    return views
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, data: TensorDigits, batch_size: int = 256, tta: bool = False
+) -> torch.Tensor:
+    """Logits [N,10] in dataset order (mean logits over views with `tta`), on model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for idx in index_batches(len(data), batch_size):
+        images, _ = data.get_batch(idx)
+        x = to_unit(images.to(device, non_blocking=True))
+        views = tta_views(x) if tta else [x]
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            logits = [
+                model(standardize(v).contiguous(memory_format=torch.channels_last)) for v in views
+            ]
+        outputs.append(torch.stack(logits).float().mean(0))
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+def ensemble_probabilities(
+    models: list[nn.Module], data: TensorDigits, batch_size: int = 256, tta: bool = False
+) -> torch.Tensor:
+    """Mean of each model's softmax probabilities: [N, 10] on the CPU."""
+    probs = [predict_logits(m, data, batch_size, tta).softmax(1).cpu() for m in models]
+    return torch.stack(probs).mean(0)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    accuracy: float
+    loss: float
+    predictions: torch.Tensor  # int64 [N], on the CPU
+    confidences: torch.Tensor  # float [N]: softmax probability of the predicted class
+
+
+def score(model: nn.Module, data: TensorDigits, batch_size: int = 256, tta: bool = False):
+    """Accuracy and mean cross-entropy of `model` on a labelled dataset."""
+    if data.labels is None:
+        raise PipelineError("cannot score unlabelled data")
+    logits = predict_logits(model, data, batch_size, tta)
+    labels = data.labels.to(logits.device)
+    confidences, predictions = logits.softmax(1).max(1)
+    return Metrics(
+        accuracy=(predictions == labels).float().mean().item(),
+        loss=F.cross_entropy(logits, labels).item(),
+        predictions=predictions.cpu(),
+        confidences=confidences.cpu(),
+    )
+
+
+def accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((probabilities.argmax(1) == labels.to(probabilities.device)).float().mean())

@@ -1,0 +1,279 @@
+"""A run's saved state: the loop's state, stop signals, resuming, and skipping finished runs.
+
+`<out>.last.pt` holds the model, optimizer, scheduler, this module's `TrainState` and every RNG
+state. A resume continues only the same run (the same config, give or take the device) on the
+same prepared data; anything else is refused in one line instead of training on silently.
+"""
+
+import signal
+import threading
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.checkpoints import read_payload, save_checkpoint
+from pipeline.distributed import Ranks, max_over_ranks
+from pipeline.errors import PipelineError
+from pipeline.recipes import TrainConfig
+
+# Options a resumed run may change without becoming another run.
+MAY_CHANGE_ON_RESUME = ("device",)
+
+
+@dataclass
+class TrainState:
+    """Everything beyond the model/optimizer/scheduler that a resumed run must restore."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps finished within the current epoch
+    order: torch.Tensor | None = None  # this epoch's shuffled indices, drawn at its start
+    loss_sum: float = 0.0  # this epoch's summed batch losses so far
+    train_seconds: float = 0.0
+    seconds_to_target: float | None = None
+    best_accuracy: float = -1.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class TrainingInterrupted(PipelineError):
+    """SIGINT/SIGTERM stopped training after a resumable state was saved; exit code 130."""
+
+    exit_code = 130
+
+    def __init__(self, checkpoint: Path, epoch: int, step: int, signum: int):
+        self.checkpoint, self.epoch, self.step, self.signum = checkpoint, epoch, step, signum
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at epoch {epoch + 1}, step {step}: state saved to {checkpoint}")
+
+
+class StopSignals:
+    """Turn the first SIGINT/SIGTERM into a flag the loop checks between steps.
+
+    A second Ctrl-C interrupts at once (KeyboardInterrupt), as Python normally does.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, ranks: Ranks, device: torch.device) -> bool:
+        """True on every rank as soon as any rank got a signal, so all stop at the same step."""
+        self.signum = max_over_ranks(self.signum or 0, ranks, device) or None
+        return self.signum is not None
+
+
+def rng_state(shuffle_gen: torch.Generator, augment_gen: torch.Generator) -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "shuffle": shuffle_gen.get_state(),
+        "augment": augment_gen.get_state(),
+    }
+    if torch.cuda.is_available() and augment_gen.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(augment_gen.device)
+    return state
+
+
+def restore_rng(state: dict, shuffle_gen: torch.Generator, augment_gen: torch.Generator):
+    torch.set_rng_state(state["torch"])
+    shuffle_gen.set_state(state["shuffle"])
+    augment_gen.set_state(state["augment"])
+    if "cuda" in state and augment_gen.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], augment_gen.device)
+
+
+def run_meta(
+    cfg: TrainConfig, state: TrainState, data_fingerprint: str, finished: bool | None = None
+) -> dict:
+    """What a checkpoint records about its run beside the weights; with `finished`, the
+    resumable file's extras too (its val_accuracy is then the best so far)."""
+    from pipeline.models import resolved_arch_args
+
+    meta = {
+        "data_fingerprint": data_fingerprint,
+        "model": cfg.model,
+        "arch_args": resolved_arch_args(cfg.model, cfg.arch_args),
+        "train_config": asdict(cfg),
+        "seed": cfg.seed,
+        "epochs_trained": state.epoch,
+        "val_accuracy": state.best_accuracy,
+        "history": state.history,
+    }
+    if finished is not None:
+        meta |= {
+            "finished": finished,
+            "train_seconds": state.train_seconds,
+            "seconds_to_target": state.seconds_to_target,
+            "images_per_second": images_per_second(state.history),
+        }
+    return meta
+
+
+def save_resumable(
+    path: Path,
+    meta: dict,
+    state: TrainState,
+    model,
+    optimizer,
+    scheduler,
+    shuffle_gen,
+    augment_gen,
+) -> None:
+    """`<out>.last.pt`: the weights with everything a resume restores, written atomically."""
+    training_state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "loop": asdict(state),
+        "rng": rng_state(shuffle_gen, augment_gen),
+    }
+    save_checkpoint(path, model, meta, training_state, sidecar=False)
+
+
+def images_per_second(history: list[dict[str, float]]) -> float:
+    images = sum(r["images_per_second"] * r["epoch_seconds"] for r in history)
+    seconds = sum(r["epoch_seconds"] for r in history)
+    return images / seconds if seconds else 0.0
+
+
+def saved_config(meta: dict, path: Path) -> TrainConfig:
+    """The TrainConfig a checkpoint records, or a one-line error if it records none."""
+    saved = meta.get("train_config")
+    known = {f.name for f in fields(TrainConfig)}
+    if not isinstance(saved, dict) or not set(saved) <= known:
+        raise PipelineError(f"{path}: its train_config is missing or not this version's")
+    try:
+        return TrainConfig(**saved)
+    except TypeError:
+        raise PipelineError(f"{path}: its train_config is not this version's") from None
+
+
+def config_for_resume(out: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The saved run's config with the options given on the command line on top."""
+    from pipeline import config
+
+    last = config.last_checkpoint_path(out)
+    saved = saved_config(read_payload(last)["meta"], last)
+    return replace(saved, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _check_training_state(payload: dict, last: Path) -> dict:
+    ts = payload.get("training_state")
+    if ts is None:
+        raise PipelineError(f"{last}: holds no training state to resume from")
+    loop_names = {f.name for f in fields(TrainState)}
+    valid = (
+        isinstance(ts, dict)
+        and all(isinstance(ts.get(k), dict) for k in ("optimizer", "scheduler", "loop", "rng"))
+        and set(ts["loop"]) == loop_names
+        and all(
+            isinstance(ts["rng"].get(k), torch.Tensor) for k in ("torch", "shuffle", "augment")
+        )
+        and isinstance(ts["loop"]["epoch"], int)
+        and isinstance(ts["loop"]["step"], int)
+        and isinstance(ts["loop"]["history"], list)
+        and (ts["loop"]["order"] is None or isinstance(ts["loop"]["order"], torch.Tensor))
+    )
+    if not valid:
+        raise PipelineError(f"{last}: its training state is damaged or not this version's")
+    return ts
+
+
+def resume_payload(last: Path, cfg: TrainConfig, data_fingerprint: str) -> dict:
+    """The saved state of this very run on this very data, or a one-line refusal."""
+    payload = read_payload(last)
+    meta = payload["meta"]
+    saved = saved_config(meta, last)
+    ours, theirs = asdict(cfg), asdict(saved)
+    changed = [k for k in ours if k not in MAY_CHANGE_ON_RESUME and ours[k] != theirs[k]]
+    if changed:
+        differences = ", ".join(f"{k} {ours[k]!r} (saved {theirs[k]!r})" for k in changed)
+        raise PipelineError(
+            f"{last}: --resume continues the same run, but {differences} differ; "
+            "drop those options, or train afresh with --force"
+        )
+    if meta.get("data_fingerprint") != data_fingerprint:
+        raise PipelineError(
+            f"{last}: was trained on other prepared data (other sources, split or "
+            "--limit-rows); prepare that data again, or train afresh with --force"
+        )
+    _check_training_state(payload, last)
+    return payload
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path  # best weights by validation accuracy
+    last_checkpoint: Path  # resumable state after the final epoch
+    curves: Path | None  # the training-curves figure
+    config: TrainConfig
+    best_accuracy: float
+    final_accuracy: float
+    history: list[dict[str, float]]
+    train_seconds: float  # device time in training steps, validation excluded
+    seconds_to_target: float | None  # training seconds until val accuracy >= 99.0%
+    images_per_second: float
+    skipped: bool = False  # an identical finished run was already there
+
+    @classmethod
+    def of(cls, state: TrainState, cfg: TrainConfig, out: Path, curves: Path | None):
+        from pipeline import config
+
+        history = state.history
+        return cls(
+            checkpoint=out,
+            last_checkpoint=config.last_checkpoint_path(out),
+            curves=curves,
+            config=cfg,
+            best_accuracy=state.best_accuracy,
+            final_accuracy=history[-1]["val_accuracy"] if history else float("nan"),
+            history=history,
+            train_seconds=state.train_seconds,
+            seconds_to_target=state.seconds_to_target,
+            images_per_second=images_per_second(history),
+        )
+
+
+def finished_run(cfg: TrainConfig, out: Path, data_fingerprint: str) -> TrainResult | None:
+    """The result of an earlier, finished run of exactly this config on exactly this data."""
+    from pipeline import config
+
+    last = config.last_checkpoint_path(out)
+    try:
+        saved = read_payload(last)["meta"]
+        best = read_payload(out)["meta"]
+        same = saved.get("train_config") == asdict(cfg)
+        if not (same and saved.get("data_fingerprint") == data_fingerprint):
+            return None
+        if not saved.get("finished"):
+            return None
+        history = saved["history"]
+        return TrainResult(
+            checkpoint=out,
+            last_checkpoint=last,
+            curves=config.curves_path(out) if config.curves_path(out).is_file() else None,
+            config=cfg,
+            best_accuracy=float(best["val_accuracy"]),
+            final_accuracy=float(history[-1]["val_accuracy"]),
+            history=history,
+            train_seconds=float(saved["train_seconds"]),
+            seconds_to_target=saved.get("seconds_to_target"),
+            images_per_second=float(saved["images_per_second"]),
+            skipped=True,
+        )
+    except (PipelineError, KeyError, IndexError, TypeError, ValueError):
+        return None

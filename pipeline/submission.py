@@ -1,0 +1,77 @@
+"""The submission file: Kaggle's rules for it, reading it strictly, and writing it atomically.
+
+Kaggle reports a malformed file only after the upload (as an ERROR status), so `predict`
+checks what it writes and `submit` checks what it sends, with the same rules: the exact header
+`ImageId,Label`, ImageId 1..N once each, integer labels 0-9, two fields on every line.
+"""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import config
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
+
+
+def check_submission(frame: pd.DataFrame, n_rows: int, name: str) -> None:
+    """Kaggle's rules for this competition: exact header, ids 1..n once each, digit labels."""
+    if list(frame.columns) != config.SUBMISSION_HEADER:
+        raise PipelineError(
+            f"{name}: header must be ImageId,Label, found {','.join(map(str, frame.columns))}"
+        )
+    if len(frame) != n_rows:
+        raise PipelineError(f"{name}: has {len(frame)} rows, Kaggle expects {n_rows}")
+    for column in config.SUBMISSION_HEADER:
+        if frame[column].isna().any() or not pd.api.types.is_integer_dtype(frame[column]):
+            raise PipelineError(f"{name}: column {column} must hold integers only")
+    if not np.array_equal(np.sort(frame["ImageId"].to_numpy()), np.arange(1, n_rows + 1)):
+        raise PipelineError(f"{name}: ImageId must be 1..{n_rows}, each exactly once")
+    if not frame["Label"].between(0, 9).all():
+        raise PipelineError(f"{name}: Label must be a digit 0-9")
+
+
+def _parse_rows(path: Path) -> pd.DataFrame:
+    """Every line as exactly two integers under the exact header, or a one-line error."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise PipelineError(f"{path}: not a readable CSV file (it is empty)")
+        if header != config.SUBMISSION_HEADER:
+            found = ",".join(header)[:40]
+            raise PipelineError(f"{path}: header must be ImageId,Label, found {found}")
+        rows = []
+        for line_no, row in enumerate(reader, start=2):
+            if len(row) != 2:
+                raise PipelineError(f"{path}: line {line_no} has {len(row)} fields, expected 2")
+            try:
+                rows.append((int(row[0]), int(row[1])))
+            except ValueError:
+                raise PipelineError(
+                    f"{path}: line {line_no}: {','.join(row)[:30]!r} is not two integers"
+                ) from None
+    return pd.DataFrame(rows, columns=config.SUBMISSION_HEADER, dtype=np.int64)
+
+
+def read_submission(path: Path, n_rows: int = config.KAGGLE_TEST_ROWS) -> pd.DataFrame:
+    """Read and check a submission file; raises a one-line PipelineError on any problem."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such file (run `pipeline predict` first)")
+    try:
+        frame = _parse_rows(path)
+    except (UnicodeDecodeError, csv.Error):
+        raise PipelineError(f"{path}: not a readable CSV file") from None
+    check_submission(frame, n_rows, str(path))
+    return frame
+
+
+def write_submission(labels, image_ids, path: Path) -> pd.DataFrame:
+    """ImageId,Label rows for `labels` (tensors or arrays), checked, written atomically."""
+    frame = pd.DataFrame({"ImageId": np.asarray(image_ids), "Label": np.asarray(labels)})
+    check_submission(frame, len(frame), str(path))
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame

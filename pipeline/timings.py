@@ -1,0 +1,77 @@
+"""Where a command's wall time goes: start-up and imports, then its load, work and write phases.
+
+Stages wrap their parts in `phase("load")`, `phase("work")`, `phase("write")`; the seconds add
+up per name in this process. A phase inside another is taken out of the outer one, so the
+phases never overlap and their sum never exceeds the wall time. `pipeline bench` sets
+`PIPELINE_TIMINGS=<path>` for the commands it runs, and `write_requested()` (called by the
+CLI on the way out) writes the phases there as JSON, with "import": the seconds from the
+process's start (as the kernel records it, to 10 ms) to the first phase. Light on purpose:
+importing it costs nothing, and without the variable nothing is written.
+"""
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ENV_VAR = "PIPELINE_TIMINGS"
+IMPORT = "import"
+
+PHASES: dict[str, float] = {}
+_open: list[list] = []  # [name, start] of the phases entered and not yet left, innermost last
+_first_phase_age: list[float] = []  # process age when the first phase began
+
+
+def process_age() -> float | None:
+    """Seconds since this process started, from /proc (Linux); None where that is missing."""
+    try:
+        with open("/proc/self/stat", "rb") as handle:
+            stat = handle.read()
+        start_ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])  # field 22: starttime
+        now = time.clock_gettime(time.CLOCK_BOOTTIME)
+        return now - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Add the block's wall seconds to PHASES[name], less the time spent in inner phases."""
+    now = time.perf_counter()
+    if not _first_phase_age:
+        _first_phase_age.append(process_age() or 0.0)
+    if _open:
+        outer = _open[-1]
+        PHASES[outer[0]] = PHASES.get(outer[0], 0.0) + now - outer[1]
+    entry = [name, now]
+    _open.append(entry)
+    try:
+        yield
+    finally:
+        now = time.perf_counter()
+        PHASES[name] = PHASES.get(name, 0.0) + now - entry[1]
+        _open.pop()
+        if _open:
+            _open[-1][1] = now
+
+
+def recorded() -> dict[str, float]:
+    """The phases so far, with "import" first when the process's start is known."""
+    figures = {IMPORT: _first_phase_age[0]} if _first_phase_age and _first_phase_age[0] else {}
+    return figures | PHASES
+
+
+def write_requested() -> None:
+    """Write `recorded()` as JSON to $PIPELINE_TIMINGS, atomically; nothing if it is unset."""
+    target = os.environ.get(ENV_VAR)
+    if not target:
+        return
+    path = Path(target)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(recorded(), indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
