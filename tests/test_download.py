@@ -416,7 +416,7 @@ def _valid_submission(path, rows=config.KAGGLE_TEST_ROWS):
 
 
 def test_submit_refuses_a_bad_file_before_any_network_call(tmp_path):
-    from pipeline.submit import submit  # here: submit imports predict, download tests need not
+    from pipeline.submit import submit
 
     def no_network():
         raise AssertionError("connect() must not be called for a bad file")
@@ -436,3 +436,22 @@ def test_submit_sends_a_valid_file(tmp_path):
     assert fake.calls == [("submit", str(good), "my run", "digit-recognizer")]
     with pytest.raises(PipelineError, match="HTTP 403"):
         submit(good, connect=lambda: FakeKaggle(error=_http_error(403)))
+
+
+def test_submit_without_network_advises_about_submitting_not_downloading(tmp_path):
+    from pipeline.submit import submit
+
+    good = _valid_submission(tmp_path / "submission.csv")
+    offline = FakeKaggle(error=ConnectionError("[Errno -3] Temporary failure in name resolution"))
+    with pytest.raises(PipelineError) as error:
+        submit(good, connect=lambda: offline)
+    message = str(error.value)
+    assert "retry `pipeline submit`" in message and "\n" not in message
+    assert "https://www.kaggle.com/competitions/digit-recognizer/submit" in message
+    assert "download" not in message and "--zip" not in message
+
+    def refused_credentials():
+        raise SystemExit(1)  # what KaggleApi.authenticate() does with bad credentials
+
+    with pytest.raises(PipelineError, match="submit"):
+        submit(good, connect=refused_credentials)

@@ -98,3 +98,39 @@ def test_unreadable_submissions_are_refused(tmp_path):
     with pytest.raises(PipelineError, match="not a readable CSV"):
         read_submission(tmp_path / "empty.csv")
     assert config.KAGGLE_TEST_ROWS == 28_000
+
+
+def _kaggle_rows(n=5):
+    return ["ImageId,Label", *(f"{i},{i % 10}" for i in range(1, n + 1))]
+
+
+@pytest.mark.parametrize(
+    "lines, problem",
+    [
+        (["ImageId,Label", *(f"7,{i},{i % 10}" for i in range(1, 6))], "line 2 has 3 fields"),
+        (_kaggle_rows()[:3] + ["3,4,"] + _kaggle_rows()[4:], "line 4 has 3 fields"),
+        (_kaggle_rows()[:2] + ["2"] + _kaggle_rows()[3:], "line 3 has 1 fields"),
+        (_kaggle_rows()[:2] + ["2,x"] + _kaggle_rows()[3:], "line 3: '2,x' is not two integers"),
+        (_kaggle_rows()[:2] + ["2,1.0"] + _kaggle_rows()[3:], "is not two integers"),
+        (["imageid,label"] + _kaggle_rows()[1:], "header must be ImageId,Label"),
+    ],
+)
+def test_submissions_are_read_strictly(tmp_path, lines, problem):
+    """pandas would take a leading extra field as the index and pass `7,1,0` rows."""
+    path = tmp_path / "sub.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PipelineError, match=problem):
+        read_submission(path, n_rows=5)
+
+
+def test_a_strictly_valid_submission_reads_back(tmp_path):
+    path = tmp_path / "sub.csv"
+    path.write_text("\n".join(_kaggle_rows()) + "\n")
+    frame = read_submission(path, n_rows=5)
+    assert frame["ImageId"].tolist() == [1, 2, 3, 4, 5] and frame["Label"].tolist() == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
