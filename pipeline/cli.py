@@ -270,6 +270,16 @@ def train_command(
         typer.echo(f"train: curves {result.curves}, metrics {config.metrics_path(out)}")
 
 
+# The training options `ensemble` and `crossval` share; the recipe sets the rest.
+ENSEMBLE_OPTIONS = "model epochs batch_size lr augment seed device max_steps".split()
+
+
+def ensemble_config(recipe, compile_model, **options):
+    """The TrainConfig of `ensemble` and `crossval`: the options they share, by name."""
+    shared = {name: options[name] for name in ENSEMBLE_OPTIONS}
+    return train_config(recipe, compile=compile_model, **shared)
+
+
 def ensemble_command(
     members: Annotated[int, typer.Option(min=1, help="Models to train (seeds seed..).")] = 5,
     recipe: RecipeOpt = Recipe.best,
@@ -292,18 +302,7 @@ def ensemble_command(
 
     from pipeline.ensemble import train_ensemble
 
-    cfg = train_config(
-        recipe,
-        model=model,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        augment=augment,
-        seed=seed,
-        device=device,
-        compile=compile_model,
-        max_steps=max_steps,
-    )
+    cfg = ensemble_config(**locals())
     for result in train_ensemble(cfg, members, processed_dir, out_dir, log=tqdm.write):
         typer.echo(f"ensemble: {result.checkpoint} val_acc {result.best_accuracy:.2%}")
 
@@ -334,18 +333,7 @@ def crossval_command(
 
     from pipeline.crossval import cross_validate, format_summary
 
-    cfg = train_config(
-        recipe,
-        model=model,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        augment=augment,
-        seed=seed,
-        device=device,
-        compile=compile_model,
-        max_steps=max_steps,
-    )
+    cfg = ensemble_config(**locals())
     seeds = list(range(splits))
     result = cross_validate(cfg, members, seeds, raw_dir, work_dir, processed_dir, log=tqdm.write)
     typer.echo(format_summary(result))
