@@ -431,6 +431,26 @@ def submit_command(
     typer.echo(f"submit: {reply}. See `kaggle competitions submissions {competition}`.")
 
 
+# ------------------------------------------------------------------------------- serve
+
+
+def serve_command(
+    checkpoints: CheckpointsOpt = [config.DEFAULT_CHECKPOINT],  # noqa: B006
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; other machines need 0.0.0.0.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0 picks a free one).")
+    ] = 8000,
+    device: DeviceOpt = Device.auto,
+) -> None:
+    """Serve a draw-a-digit page and a JSON API on the checkpoint(s) until Ctrl-C."""
+    from pipeline.inference import expand_checkpoints
+    from pipeline.serve import serve
+
+    serve(expand_checkpoints(checkpoints), host, port, plain(device))
+
+
 # ------------------------------------------------------------------------------- bench
 
 
@@ -492,6 +512,7 @@ app.command("crossval")(crossval_command)
 app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)
 app.command("submit")(submit_command)
+app.command("serve")(serve_command)
 app.command("bench")(bench_command)
 app.add_typer(baselines_app, name="baselines")
 

@@ -94,6 +94,17 @@ def processed_dir(sample_processed_dir, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fast_checkpoint(sample_processed_dir, tmp_path_factory) -> Path:
+    """Read-only: the fast recipe trained on the sample (95-96% val), once per session."""
+    from pipeline.recipes import recipe_config
+    from pipeline.train import train
+
+    out = tmp_path_factory.mktemp("fast_model") / "fastnet.pt"
+    train(recipe_config("fast", device="cpu"), sample_processed_dir, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def kaggle_zip() -> Path:
     """The real competition zip; its absence skips locally but fails under CI=true.
 

@@ -1,0 +1,232 @@
+"""MNIST-style preprocessing: any drawing, photo or scan of one digit -> a uint8 28x28 digit.
+
+MNIST digits are light ink on black, the ink's bounding box scaled to fit 20x20 with its
+aspect kept (anti-aliased), then placed in the 28x28 field so that the ink's centre of mass
+sits at the centre. A model trained on them misreads a digit that is small, off-centre,
+dark-on-light or drawn with a thin pen; `digitize` makes any such image look like MNIST first.
+The server applies it to every uploaded image (the page's canvas included).
+
+Plain functions over NumPy arrays and Pillow images; no torch, nothing read or written on disk.
+"""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+SIDE = 28  # the field, as in MNIST and Kaggle's CSVs
+BOX = 20  # the ink's bounding box is scaled to fit BOX x BOX inside the field
+# Where MNIST puts the ink's centre of mass: the middle of the field, in pixel-centre
+# coordinates (pixel i covers [i, i+1), so the middle of 28 pixels is 14.0, i.e. index 13.5).
+CENTRE = SIDE / 2
+INK_THRESHOLD = 0.2  # fraction of the strongest ink that counts for the bounding box
+# MNIST strokes are about 2-3 pixels wide in the 20-pixel box; thinner ones are thickened.
+MIN_STROKE = 2.0
+# MNIST's ink is saturated: about half of a digit's inked pixels are at full strength (52% on
+# the prepared digits). Resizing softens strokes, so the median inked pixel is brought to 255.
+SATURATED = 0.5
+
+# Uploads: what is decoded at all. A 5000x5000 scan passes; a decompression bomb (a small file
+# that decodes to gigabytes) is refused from its header, before any pixel is decoded.
+FORMATS = ("PNG", "JPEG")
+MAX_IMAGE_PIXELS = 25_000_000
+WORK_SIDE = 560  # large photos are reduced to about this size before the digit is located
+WORK_BOX = 8 * BOX  # a larger ink crop is averaged down to this before thickening and fitting
+
+
+class ImageError(ValueError):
+    """An upload that is not a usable image of a digit; the message is one sentence."""
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode PNG or JPEG bytes into a Pillow image, or raise ImageError.
+
+    The size is checked from the header before decoding, against `max_pixels` (Pillow's own
+    process-wide MAX_IMAGE_PIXELS guard stays as it is, so nothing global changes).
+    """
+    if not data:
+        raise ImageError("The file is empty; send a PNG or JPEG image.")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError:
+        raise ImageError(f"The image has more than {max_pixels:,} pixels.") from None
+    except Exception:
+        raise ImageError("The file is not a PNG or JPEG image.") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"The image is {width}x{height} pixels; at most {max_pixels:,} pixels are accepted."
+        )
+    if width < 1 or height < 1:
+        raise ImageError("The image has no pixels.")
+    if image.format == "JPEG":  # decode at a reduced scale: far faster for large photos
+        image.draft("L", (WORK_SIDE, WORK_SIDE))
+    try:
+        image.load()
+    except Exception:
+        raise ImageError("The image could not be decoded (it is truncated or corrupt).") from None
+    return image
+
+
+def ink_array(image: Image.Image) -> np.ndarray:
+    """float32 [H, W] in [0, 1]: 1 where the ink is strongest, 0 on the background.
+
+    Transparent images take their ink from the alpha channel (strokes on a transparent
+    background, whatever their colour). Opaque ones take it from the luminance, inverted when
+    the border is light (dark ink on paper), with the background level subtracted and the
+    strongest ink stretched to 1, so faint pencil and grey backgrounds work too.
+    """
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
+        if alpha.min() < 255:
+            return _stretch(alpha / 255.0)
+        image = rgba.convert("RGB")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        gray = np.asarray(image.convert("F"), dtype=np.float32)
+        low, high = float(gray.min()), float(gray.max())
+        gray = (gray - low) / (high - low) if high > low else np.zeros_like(gray)
+    else:
+        gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return ink_from_gray(gray)
+
+
+def ink_from_gray(gray: np.ndarray) -> np.ndarray:
+    """Grey levels in [0, 1], either polarity -> ink in [0, 1] (light on dark, background 0)."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = float(np.median(border))
+    if background > 0.5:  # dark ink on light paper
+        gray, background = 1.0 - gray, 1.0 - background
+    return _stretch(np.clip(gray - background, 0.0, None))
+
+
+def _stretch(ink: np.ndarray) -> np.ndarray:
+    peak = float(ink.max())
+    return (ink / peak).astype(np.float32) if peak > 0 else ink.astype(np.float32)
+
+
+def ink_box(ink: np.ndarray, threshold: float = INK_THRESHOLD) -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right), ends exclusive, of pixels above `threshold`; None if blank."""
+    rows = np.flatnonzero((ink > threshold).any(axis=1))
+    cols = np.flatnonzero((ink > threshold).any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def stroke_width(ink: np.ndarray, threshold: float = 0.5) -> float:
+    """Rough stroke width in pixels: twice the inked area over the outline's pixel count.
+
+    A stroke of length L and width w has area wL and about 2L outline pixels (those with a
+    blank 4-neighbour); a one-pixel line reads as 2, which is close enough to decide thickening.
+    """
+    mask = ink > threshold
+    area = int(mask.sum())
+    if area == 0:
+        return 0.0
+    padded = np.pad(mask, 1)
+    inside = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return 2.0 * area / (area - int(inside.sum()))
+
+
+def dilate(ink: np.ndarray, radius: int) -> np.ndarray:
+    """Grey-level dilation by a (2r+1)-square, the array grown by r on every side."""
+    grown = np.pad(ink, radius)
+    for axis in (0, 1):  # a square is a row of 2r+1 followed by a column of 2r+1
+        padded = np.pad(grown, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)])
+        length = grown.shape[axis]
+        for k in range(2 * radius + 1):  # running maximum: one array of memory
+            np.maximum(grown, padded.take(range(k, k + length), axis=axis), out=grown)
+    return grown
+
+
+def center_of_mass(ink: np.ndarray) -> tuple[float, float]:
+    """(row, col) of the ink's centre of mass, in pixel indices."""
+    total = float(ink.sum())
+    rows, cols = np.indices(ink.shape)
+    return float((rows * ink).sum() / total), float((cols * ink).sum() / total)
+
+
+def fit_box(ink: np.ndarray, box: int = BOX) -> np.ndarray:
+    """Crop to the ink's bounding box and scale it so its longer side is `box` pixels.
+
+    Shrinking averages whole source pixels (Pillow's reducing_gap + LANCZOS), which is the
+    anti-aliasing MNIST's digits have; tiny digits are enlarged with the same filter. A large
+    crop is first averaged down to WORK_BOX pixels, so the work is bounded whatever the image;
+    strokes that would end up thinner than MIN_STROKE pixels are then thickened.
+    """
+    top, left, bottom, right = ink_box(ink)
+    crop = ink[top:bottom, left:right]
+    if max(crop.shape) > WORK_BOX:
+        crop = _stretch(_resize(crop, WORK_BOX / max(crop.shape), Image.BOX))
+    scale = box / max(crop.shape)
+    width_after = stroke_width(crop) * scale
+    if 0 < width_after < MIN_STROKE:  # a thin pen on a large canvas: thicken before shrinking
+        radius = int(round((MIN_STROKE - width_after) / scale / 2))
+        if radius >= 1:
+            crop = dilate(crop, radius)
+            scale = box / max(crop.shape)
+    return np.clip(_resize(crop, scale, Image.LANCZOS), 0.0, 1.0)
+
+
+def _resize(ink: np.ndarray, scale: float, method: int) -> np.ndarray:
+    height, width = ink.shape
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = Image.fromarray(ink).resize(size, method, reducing_gap=2.0)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def place_by_mass(patch: np.ndarray, side: int = SIDE) -> np.ndarray:
+    """Paste `patch` into a side x side field so its centre of mass lands on the centre."""
+    field = np.zeros((side, side), dtype=np.float32)
+    row, col = center_of_mass(patch)
+    height, width = patch.shape
+    top = int(round(CENTRE - row))
+    left = int(round(CENTRE - col))
+    # Keep the whole patch inside the field (a lopsided digit may not centre exactly).
+    top = min(max(top, 0), side - height)
+    left = min(max(left, 0), side - width)
+    field[top : top + height, left : left + width] = patch
+    return field
+
+
+def saturate(ink: np.ndarray, fraction: float = SATURATED) -> np.ndarray:
+    """Scale ink so that `fraction` of the inked pixels (above INK_THRESHOLD) reach 1."""
+    inked = ink[ink > INK_THRESHOLD]
+    if inked.size == 0:
+        return ink
+    level = float(np.quantile(inked, 1.0 - fraction))
+    return np.clip(ink / level, 0.0, 1.0) if level > 0 else ink
+
+
+def to_uint8(ink: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(ink * 255.0), 0, 255).astype(np.uint8)
+
+
+def digitize_ink(ink: np.ndarray) -> np.ndarray:
+    """Ink in [0, 1] of any size -> uint8 [28, 28] MNIST-style digit (all zeros when blank)."""
+    if ink_box(ink) is None:
+        return np.zeros((SIDE, SIDE), dtype=np.uint8)
+    return to_uint8(place_by_mass(saturate(fit_box(ink))))
+
+
+def digitize(image: Image.Image | np.ndarray) -> np.ndarray:
+    """A Pillow image, or a uint8 grey array (either polarity), -> uint8 [28, 28] digit.
+
+    Light-on-dark output, as in MNIST and Kaggle's CSVs; all zeros when there is no ink.
+    """
+    if isinstance(image, np.ndarray):
+        gray = np.asarray(image, dtype=np.float32) / 255.0
+        return digitize_ink(ink_from_gray(gray))
+    if max(image.size) > 2 * WORK_SIDE:  # locating and scaling need no more detail than this
+        image = image.copy()
+        image.thumbnail((WORK_SIDE, WORK_SIDE), Image.BOX)
+    return digitize_ink(ink_array(image))
+
+
+def digitize_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 [28, 28] digit; ImageError for a bad file or a blank image."""
+    digit = digitize(decode_image(data, max_pixels))
+    if not digit.any():
+        raise ImageError("The image is blank: no digit was found in it.")
+    return digit
