@@ -72,7 +72,7 @@ test-all: install ## Run every test, the slow ones too (what CI runs)
 serve: train ## Serve the draw-a-digit page and JSON API on CHECKPOINT at http://127.0.0.1:8000/
 	$(PIPELINE) serve --checkpoint $(CHECKPOINT) --device $(DEVICE)
 
-bench: prepare ## Print speed figures (CSV parse, load, train/predict images/s, vs the tutorial loop)
+bench: train ## Speed figures against baselines run beside them: parse, loops, end to end, serve load
 	$(PIPELINE) bench --device $(DEVICE)
 
 baselines: install ## Run the seven tutorial baselines; figures in reports/figures/

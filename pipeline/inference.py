@@ -15,6 +15,7 @@ from torch import nn
 from pipeline import augmentation, config
 from pipeline.checkpoints import load_checkpoint
 from pipeline.datasets import TensorDigits, index_batches, standardize, to_unit
+from pipeline.device import use_free_cores
 from pipeline.errors import PipelineError
 
 # Test-time views: identity and one-pixel shifts (in grid_sample's [-1, 1] coordinates).
@@ -63,7 +64,13 @@ def inference_model(model: nn.Module) -> nn.Module:
 
 
 def load_for_inference(checkpoints: list[Path], device: torch.device) -> list[LoadedModel]:
-    """Each checkpoint loaded once, checked, and made ready for fast inference."""
+    """Each checkpoint loaded once, checked, and made ready for fast inference.
+
+    On the CPU torch gets one thread per core other processes leave free: inference does not
+    need the bit-for-bit repeatability that keeps training on a fixed count.
+    """
+    if device.type == "cpu":
+        use_free_cores()
     loaded = []
     for path in checkpoints:
         checkpoint = load_checkpoint(path, device)

@@ -71,7 +71,11 @@ def recipe_config(recipe: str = "fast", **overrides: Any) -> TrainConfig:
         raise PipelineError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
     settings = {**RECIPES[recipe], "recipe": recipe}
     if resolve_device(plain(overrides.get("device")) or "auto").type == "cuda":
-        settings.update(GPU_RECIPES.get(recipe, {}))
+        gpu = dict(GPU_RECIPES.get(recipe, {}))
+        own_model = settings.get("model", TrainConfig.model)
+        if plain(overrides.get("model")) not in (None, own_model):
+            gpu.pop("arch_args", None)  # the recipe's widths are its own model's, not another's
+        settings.update(gpu)
     settings.update({k: plain(v) for k, v in overrides.items() if v is not None})
     cfg = TrainConfig(**settings)
     check_config(cfg)

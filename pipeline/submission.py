@@ -7,33 +7,42 @@ checks what it writes and `submit` checks what it sends, with the same rules: th
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pipeline import config
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 
+if TYPE_CHECKING:
+    import pandas as pd  # imported where a DataFrame is made: `predict` never needs pandas
 
-def check_submission(frame: pd.DataFrame, n_rows: int, name: str) -> None:
+
+def check_columns(image_ids: np.ndarray, labels: np.ndarray, n_rows: int, name: str) -> None:
+    """The rules on the values: n_rows rows, integer ImageId 1..n once each, digit labels."""
+    if len(image_ids) != n_rows:
+        raise PipelineError(f"{name}: has {len(image_ids)} rows, Kaggle expects {n_rows}")
+    for column, values in zip(config.SUBMISSION_HEADER, (image_ids, labels), strict=True):
+        if values.dtype.kind not in "iu":
+            raise PipelineError(f"{name}: column {column} must hold integers only")
+    if not np.array_equal(np.sort(image_ids), np.arange(1, n_rows + 1)):
+        raise PipelineError(f"{name}: ImageId must be 1..{n_rows}, each exactly once")
+    if not ((labels >= 0) & (labels <= 9)).all():
+        raise PipelineError(f"{name}: Label must be a digit 0-9")
+
+
+def check_submission(frame: "pd.DataFrame", n_rows: int, name: str) -> None:
     """Kaggle's rules for this competition: exact header, ids 1..n once each, digit labels."""
     if list(frame.columns) != config.SUBMISSION_HEADER:
         raise PipelineError(
             f"{name}: header must be ImageId,Label, found {','.join(map(str, frame.columns))}"
         )
-    if len(frame) != n_rows:
-        raise PipelineError(f"{name}: has {len(frame)} rows, Kaggle expects {n_rows}")
-    for column in config.SUBMISSION_HEADER:
-        if frame[column].isna().any() or not pd.api.types.is_integer_dtype(frame[column]):
-            raise PipelineError(f"{name}: column {column} must hold integers only")
-    if not np.array_equal(np.sort(frame["ImageId"].to_numpy()), np.arange(1, n_rows + 1)):
-        raise PipelineError(f"{name}: ImageId must be 1..{n_rows}, each exactly once")
-    if not frame["Label"].between(0, 9).all():
-        raise PipelineError(f"{name}: Label must be a digit 0-9")
+    columns = [frame[column].to_numpy() for column in config.SUBMISSION_HEADER]
+    check_columns(*columns, n_rows, name)
 
 
-def _parse_rows(path: Path) -> pd.DataFrame:
+def _parse_rows(path: Path) -> "pd.DataFrame":
     """Every line as exactly two integers under the exact header, or a one-line error."""
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
@@ -53,10 +62,12 @@ def _parse_rows(path: Path) -> pd.DataFrame:
                 raise PipelineError(
                     f"{path}: line {line_no}: {','.join(row)[:30]!r} is not two integers"
                 ) from None
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=config.SUBMISSION_HEADER, dtype=np.int64)
 
 
-def read_submission(path: Path, n_rows: int = config.KAGGLE_TEST_ROWS) -> pd.DataFrame:
+def read_submission(path: Path, n_rows: int = config.KAGGLE_TEST_ROWS) -> "pd.DataFrame":
     """Read and check a submission file; raises a one-line PipelineError on any problem."""
     if not path.is_file():
         raise PipelineError(f"{path}: no such file (run `pipeline predict` first)")
@@ -68,10 +79,14 @@ def read_submission(path: Path, n_rows: int = config.KAGGLE_TEST_ROWS) -> pd.Dat
     return frame
 
 
-def write_submission(labels, image_ids, path: Path) -> pd.DataFrame:
-    """ImageId,Label rows for `labels` (tensors or arrays), checked, written atomically."""
-    frame = pd.DataFrame({"ImageId": np.asarray(image_ids), "Label": np.asarray(labels)})
-    check_submission(frame, len(frame), str(path))
+def write_submission(labels, image_ids, path: Path) -> None:
+    """ImageId,Label rows for `labels` (tensors or arrays), checked, written atomically.
+
+    Written as text, byte for byte what pandas' `to_csv(index=False)` writes, without
+    importing pandas (0.1-0.3 s of every `predict`).
+    """
+    image_ids, labels = np.asarray(image_ids), np.asarray(labels)
+    check_columns(image_ids, labels, len(image_ids), str(path))
+    rows = map("{},{}\n".format, image_ids.tolist(), labels.tolist())
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return frame
+        tmp.write_text(",".join(config.SUBMISSION_HEADER) + "\n" + "".join(rows))

@@ -1,17 +1,44 @@
-"""`pipeline bench`: every figure it prints is measured, and its ratios follow from its figures."""
+"""`pipeline bench`: every figure it prints is measured, and its ratios follow from its figures.
 
+Also what the end-to-end section stands on: the tutorial's single script, the phase timings
+the commands report, and the thread count that keeps a busy machine from stalling torch.
+"""
+
+import json
+import os
 import re
+import subprocess
+import sys
+import time
+from dataclasses import replace
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from pipeline.bench import bench_ddp
+from pipeline import bench, config, device, timings
+from pipeline.baselines.tutorial import tutorial_split
+from pipeline.bench import (
+    EndToEnd,
+    ProcessTiming,
+    bench_ddp,
+    bench_end_to_end,
+    format_end_to_end,
+)
 from pipeline.cli import app
+from pipeline.datasets import load_split
+from pipeline.errors import PipelineError
+from pipeline.prepare import split_train_val
+from pipeline.submission import read_submission
 
 runner = CliRunner()
 
 NUMBER = r"([\d,]+(?:\.\d+)?)"
 MODEL_ROW = re.compile(r"^(\w+)" + rf"\s+{NUMBER}" * 4 + rf"\s+{NUMBER}x\s+{NUMBER}\s")
+# "pipeline train  3.62  1.35  0.01  0.67  0.54  1.05": wall, import, load, work, write, other
+PROCESS_ROW = re.compile(r"^(pipeline \w+|tutorial script)" + r"\s+(-?\d+\.\d+)" * 6)
 
 
 def number(text: str) -> float:
@@ -32,6 +59,8 @@ def test_bench_prints_measured_figures_and_consistent_ratios(sample_raw_dir, pro
             "--best-batch-sizes", "16",
             "--no-fast-recipe",
             "--no-ddp",
+            "--no-end-to-end",
+            "--no-serve",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -46,7 +75,169 @@ def test_bench_prints_measured_figures_and_consistent_ratios(sample_raw_dir, pro
         assert ratio == pytest.approx(ours_at_50 / tutorial_at_50, abs=0.02)
     best = re.search(r"best recipe's net \(deepcnn, augmentation on, batch 16\): ([\d,]+)", out)
     assert best and number(best.group(1)) > 0
-    assert "fast recipe" not in out and "torchrun" not in out
+    assert "fast recipe" not in out and "torchrun" not in out and "end to end" not in out
+
+
+def check_end_to_end_section(out: str) -> None:
+    """Each process's wall time is measured and splits into its phases; totals and ratio add up."""
+    rows = {
+        m[1]: list(map(float, m.groups()[1:]))
+        for m in map(PROCESS_ROW.match, out.splitlines())
+        if m
+    }
+    assert set(rows) == {
+        "pipeline prepare",
+        "pipeline train",
+        "pipeline predict",
+        "tutorial script",
+    }
+    for name, (wall, imports, load, work, write, other) in rows.items():
+        assert wall > 0 and imports > 0 and work > 0 and min(load, write) >= 0, name
+        assert imports + load + work + write < wall + 0.05, name  # phases never overlap
+        assert wall == pytest.approx(imports + load + work + write + other, abs=0.03), name
+    ours = re.search(r"^ours, 3 commands\s+(\d+\.\d+)\s+val accuracy (\d+\.\d+)%", out, re.M)
+    walls = [rows[f"pipeline {name}"][0] for name in ("prepare", "train", "predict")]
+    assert ours and float(ours[1]) == pytest.approx(sum(walls), abs=0.02)
+    tutorial_accuracy = re.search(r"^tutorial script .* val accuracy (\d+\.\d+)%", out, re.M)
+    assert 80 < float(ours[2]) <= 100 and tutorial_accuracy and 80 < float(tutorial_accuracy[1])
+    ratio = re.search(r"(\d+\.\d+)x as fast \((\d+\.\d+) s / (\d+\.\d+) s;", out)
+    assert ratio and float(ratio[3]) == float(ours[1])
+    assert float(ratio[2]) == rows["tutorial script"][0]
+    assert float(ratio[1]) == pytest.approx(float(ratio[2]) / float(ratio[3]), abs=0.006)
+    agree = re.search(r"submissions agree on (\d+\.\d+)%", out)
+    assert agree and 80 < float(agree[1]) <= 100
+
+
+@pytest.mark.slow  # four processes and the tutorial's per-image loop: about 15 s
+def test_end_to_end_runs_our_three_commands_and_the_tutorial_script(sample_raw_dir, tmp_path):
+    e2e = bench_end_to_end(sample_raw_dir, work_dir=tmp_path)
+    assert [c.name for c in e2e.commands] == ["prepare", "train", "predict"]
+    for csv in ("submission.csv", "tutorial.csv"):  # both valid, one label per test digit
+        assert len(read_submission(tmp_path / csv, n_rows=1000)) == 1000
+    check_end_to_end_section("\n".join(format_end_to_end(e2e)))
+
+
+@pytest.mark.parametrize("option", ["--end-to-end", "--no-end-to-end"])
+def test_the_end_to_end_section_is_an_option(option, sample_raw_dir, processed_dir, monkeypatch):
+    timing = ProcessTiming("x", 2.0, {"import": 1.0, "load": 0.2, "work": 0.5, "write": 0.1})
+    ours = [replace(timing, name=name) for name in ("prepare", "train", "predict")]
+    canned = EndToEnd(ours, replace(timing, name="tutorial", wall_s=9.0), 0.98, 0.97, 0.99, 1)
+    monkeypatch.setattr(bench, "bench_end_to_end", lambda raw_dir, repeats: canned)
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "--raw-dir", str(sample_raw_dir),
+            "--processed-dir", str(processed_dir),
+            "--device", "cpu",
+            "--models", "mlp",
+            "--steps", "5",
+            "--best-batch-sizes", "8",
+            "--no-fast-recipe",
+            "--no-ddp",
+            "--no-serve",
+            option,
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    if option == "--end-to-end":
+        check_end_to_end_section(result.stdout)
+        assert "1.50x as fast (9.00 s / 6.00 s;" in result.stdout
+    else:
+        assert "end to end" not in result.stdout
+
+
+# ------------------------------------------------------------------ the tutorial's script
+
+
+def test_the_tutorial_holds_out_the_rows_prepare_holds_out(sample_raw_dir, processed_dir):
+    frame = pd.read_csv(sample_raw_dir / config.TRAIN_CSV)
+    train_part, val_part = tutorial_split(frame, seed=0)
+    for part, name in ((train_part, "train"), (val_part, "val")):
+        ids = np.sort(part.index.to_numpy()) + 1  # prepare's ids are 1-based CSV rows
+        assert np.array_equal(ids, load_split(processed_dir, name).ids.numpy()), name
+        assert np.array_equal(part["label"].sort_index(), load_split(processed_dir, name).labels)
+
+
+def test_prepare_draws_scikit_learns_stratified_split_without_importing_it():
+    """`prepare` holds out exactly the rows of the tutorial's `train_test_split`, errors too."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        n, k = int(rng.integers(20, 2000)), int(rng.integers(2, 11))
+        labels = rng.choice(k, size=n, p=rng.dirichlet(np.full(k, rng.uniform(0.3, 5))))
+        fraction = float(rng.choice([0.1, 0.25, 1 / 3, 0.5, 0.05, 0.9, rng.uniform(0.01, 0.99)]))
+        seed = int(rng.integers(0, 2**32))
+        try:
+            expected = train_test_split(
+                np.arange(n), test_size=fraction, stratify=labels, random_state=seed
+            )
+        except ValueError:  # a digit with one row, or too few rows for every digit
+            with pytest.raises(PipelineError, match="cannot stratify"):
+                split_train_val(labels, fraction, seed)
+            continue
+        got = split_train_val(labels, fraction, seed)
+        for rows, sklearn_rows in zip(got, expected, strict=True):
+            assert np.array_equal(rows, np.sort(sklearn_rows)), (n, k, fraction, seed)
+
+
+# ------------------------------------------------------------------ phase timings
+
+
+def test_phases_add_up_without_overlapping(monkeypatch):
+    monkeypatch.setattr(timings, "PHASES", {})
+    with timings.phase("work"):
+        time.sleep(0.02)
+        with timings.phase("write"):  # taken out of the enclosing "work"
+            time.sleep(0.03)
+        time.sleep(0.02)
+    with timings.phase("write"):
+        time.sleep(0.01)
+    assert timings.PHASES["work"] == pytest.approx(0.04, abs=0.015)
+    assert timings.PHASES["write"] == pytest.approx(0.04, abs=0.015)
+
+
+def test_a_command_writes_its_phases_where_pipeline_timings_says(processed_dir, tmp_path):
+    path = tmp_path / "timings.json"
+    command = [sys.executable, "-m", "pipeline", "prepare", "--raw-dir", str(tmp_path / "none"),
+               "--processed-dir", str(tmp_path / "processed")]  # fmt: skip
+    done = subprocess.run(
+        command, env=dict(os.environ, PIPELINE_TIMINGS=str(path)), capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "no such file" in done.stderr  # a failed run reports too
+    figures = json.loads(path.read_text())
+    assert 0 < figures["import"] < 60 and figures["load"] >= 0
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left beside it
+
+
+# ------------------------------------------------------------------ threads on a busy machine
+
+
+def test_torch_gets_the_cores_other_processes_leave_free(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(device, "_THREADS", {})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)  # torch's default on this pretend 4-core machine
+        for busy, threads in [(3, 1), (9, 1), (1, 3), (0, 4)]:
+            monkeypatch.setattr(device, "busy_cores_elsewhere", lambda busy=busy: busy)
+            assert device.use_free_cores() == threads == torch.get_num_threads(), busy
+        torch.set_num_threads(2)  # the caller's own choice is kept
+        assert device.use_free_cores() == 2 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_process_spinning_on_a_core_is_seen_as_busy():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert device.busy_cores_elsewhere() >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 @pytest.mark.slow
@@ -54,3 +245,39 @@ def test_bench_ddp_compares_one_and_two_torchrun_processes(processed_dir):
     figures = bench_ddp(processed_dir, "cpu", "mlp", steps=5)
     assert figures["one_process"] > 0 and figures["two_processes"] > 0
     assert figures["ratio"] == pytest.approx(figures["two_processes"] / figures["one_process"])
+
+
+SERVE_LINE = re.compile(
+    r"pipeline serve under load \(cpu, 127.0.0.1\): 2,000 requests, 8 clients: "
+    r"p50 (\d+\.\d) ms, p95 (\d+\.\d) ms, p99 (\d+\.\d) ms, ([\d,]+) requests/s, (\d+) errors"
+)
+
+
+def _bench_serve_only(sample_raw_dir, processed_dir, checkpoint):
+    return runner.invoke(
+        app,
+        [
+            "bench", "--raw-dir", str(sample_raw_dir), "--processed-dir", str(processed_dir),
+            "--device", "cpu", "--models", "mlp", "--steps", "5", "--best-batch-sizes", "8",
+            "--no-fast-recipe", "--no-ddp", "--no-end-to-end", "--no-best-net",
+            "--serve-checkpoint", str(checkpoint),
+        ],
+    )  # fmt: skip
+
+
+def test_the_serve_load_test_says_when_there_is_no_model(sample_raw_dir, processed_dir, tmp_path):
+    result = _bench_serve_only(sample_raw_dir, processed_dir, tmp_path / "none.pt")
+    assert result.exit_code == 0, result.output
+    assert f"skipped: {tmp_path / 'none.pt'} does not exist" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_serve_load_test_prints_ordered_percentiles(
+    sample_raw_dir, processed_dir, fast_checkpoint
+):
+    result = _bench_serve_only(sample_raw_dir, processed_dir, fast_checkpoint)
+    assert result.exit_code == 0, result.output
+    line = SERVE_LINE.search(result.stdout)
+    assert line, result.stdout
+    p50, p95, p99, per_second, errors = (number(g) for g in line.groups())
+    assert 0 < p50 <= p95 <= p99 and per_second > 0 and errors == 0

@@ -11,6 +11,7 @@ from pipeline import config
 from pipeline.checkpoints import load_checkpoint, read_payload
 from pipeline.ensemble import train_ensemble
 from pipeline.errors import PipelineError
+from pipeline.models import build_model
 from pipeline.prepare import prepare
 from pipeline.recipes import RECIPES, recipe_config
 from pipeline.run_state import TrainingInterrupted
@@ -105,6 +106,9 @@ def test_on_cuda_the_recipes_take_their_gpu_settings_and_options_still_win(monke
     assert recipe_config("best", device="cuda").compile is True
     overridden = recipe_config("fast", device="cuda", batch_size=64, compile=False)
     assert (overridden.batch_size, overridden.compile) == (64, False)
+    other_model = recipe_config("fast", device="cuda", model="cnn")
+    assert other_model.arch_args == {} and other_model.batch_size == 512
+    build_model(other_model.model, **other_model.arch_args)  # the widths were FastNet's only
     monkeypatch.undo()
     cpu = recipe_config("fast", device="cpu")
     assert (cpu.batch_size, cpu.compile, cpu.arch_args) == (128, False, {})
