@@ -6,6 +6,7 @@ network; the Kaggle zip beside the checkout gives the real thing where it exists
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -52,6 +53,13 @@ def repository_is_left_untouched():
     changed = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
     assert not changed, f"the test run wrote into the repository: {changed}"
     assert after["git status"] == before["git status"], after["git status"]
+
+
+@pytest.fixture
+def sigint_as_at_a_terminal():
+    """A `preexec_fn` for child processes that a test Ctrl-Cs: a run started as a background
+    job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    return lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

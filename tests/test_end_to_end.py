@@ -60,7 +60,9 @@ def test_fast_recipe_on_kaggle_data_reaches_99_percent_and_a_valid_submission(
     frame = read_submission(sub)  # Kaggle's rules: header, 28,000 rows, ids 1..28000, digits
     assert predicted.rows == len(frame) == config.KAGGLE_TEST_ROWS
     assert min(predicted.label_counts.values()) > 2000  # every digit is predicted plausibly
-    report = evaluate(result.checkpoint, kaggle_processed_dir, device="cpu")
+    report = evaluate(
+        result.checkpoint, kaggle_processed_dir, device="cpu", figures_dir=tmp_path / "figures"
+    )
     assert report.metrics.accuracy == pytest.approx(result.best_accuracy, abs=1e-6)
     assert report.confusion_png.stat().st_size > 10_000
     labels = pd.read_csv(sub)["Label"]

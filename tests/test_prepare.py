@@ -214,14 +214,18 @@ def _disjoint_or_refused(processed_dir):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_prepare_leaves_nothing_taken_as_current(signum, raw_dir, tmp_path):
+def test_an_interrupted_prepare_leaves_nothing_taken_as_current(
+    signum, raw_dir, tmp_path, sigint_as_at_a_terminal
+):
     """prepare --seed 1 over a seed-0 cache, stopped while it writes its PNGs: the tensors are
     already seed 1's, so the folder must never pass for the seed-0 cache afterwards."""
     out = tmp_path / "processed"
     prepare(raw_dir, out, fmt="both", seed=0)
     command = [sys.executable, "-m", "pipeline", "prepare", "--raw-dir", str(raw_dir)]
     command += ["--processed-dir", str(out), "--format", "both", "--seed", "1"]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_at_a_terminal
+    )
     deadline = time.monotonic() + 60
     while not list(out.glob(".images-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
