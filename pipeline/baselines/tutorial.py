@@ -63,6 +63,16 @@ def tutorial_frame(split) -> pd.DataFrame:
     return frame
 
 
+def tutorial_step(model, optimizer, images, labels, device) -> float:
+    """The tutorial's step: copy the batch, zero, forward, backward, update, `.item()` the loss."""
+    images, labels = images.to(device), labels.to(device)
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def tutorial_images_per_second(
     model_name: str, frame: pd.DataFrame, device: torch.device, steps: int, warmup: int = 3
 ) -> float:
@@ -79,12 +89,7 @@ def tutorial_images_per_second(
             start = time.perf_counter()
         if step == warmup + steps:
             break
-        images, labels = images.to(device), labels.to(device)
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        running_loss += loss.item()
+        running_loss += tutorial_step(model, optimizer, images, labels, device)
     return steps * TUTORIAL_BATCH / (time.perf_counter() - start)
 
 
@@ -143,12 +148,7 @@ def run_tutorial(
             model.train()
             running_loss = 0.0
             for images, labels in loader:
-                images, labels = images.to(target), labels.to(target)
-                optimizer.zero_grad()
-                loss = F.cross_entropy(model(images), labels)
-                loss.backward()
-                optimizer.step()
-                running_loss += loss.item()
+                running_loss += tutorial_step(model, optimizer, images, labels, target)
         model.eval()
         correct = 0
         with torch.no_grad():
