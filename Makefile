@@ -23,12 +23,28 @@ CHECKPOINT := models/$(RUN).pt
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
+# What `make install` puts in .venv; the browser test's Playwright comes only with `make test`.
+EXTRAS ?= dev,kaggle,sample,serve,track,export
+# Extra pip arguments, and an index for torch alone: TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# installs the CPU-only build, a fraction of the ~6 GB PyPI's CUDA build takes.
+PIP_ARGS ?=
+TORCH_INDEX ?=
+PIP := $(BIN)/python -m pip install --progress-bar on $(PIP_ARGS)
+
 install: $(VENV)/.installed ## Create .venv and install the package, its extras and test tools
 
 $(VENV)/.installed: pyproject.toml
+	@echo "Installing into $(VENV): several minutes and ~6 GB (PyPI's torch brings CUDA); for a" \
+		"CPU-only torch, far smaller: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,kaggle,sample,serve,browser]'
+	$(PIP) --upgrade pip
+	$(if $(TORCH_INDEX),$(PIP) --index-url $(TORCH_INDEX) torch torchvision)
+	$(PIP) -e '.[$(EXTRAS)]'
+	touch $@
+
+# The browser test drives Chromium through Playwright, which only the tests need.
+$(VENV)/.installed-browser: $(VENV)/.installed
+	$(PIP) -e '.[browser]'
 	touch $@
 
 data: install ## Raw CSVs: ZIP= wins; Kaggle CSVs already there are kept; else zip / Kaggle API / offline sample
@@ -48,6 +64,7 @@ predict: train ## Write submissions/submission.csv with the trained model
 	$(PIPELINE) predict --checkpoint $(CHECKPOINT) --device $(DEVICE)
 
 all: predict ## install -> download -> prepare -> train -> predict
+	@$(PIPELINE) provenance
 
 best: prepare ## Train the `best` recipe as a MEMBERS-model ensemble and predict with TTA (GPU)
 	$(PIPELINE) ensemble --recipe best --members $(MEMBERS) --device $(DEVICE) --seed $(SEED)
@@ -60,13 +77,13 @@ crossval: data ## Score the best recipe's ensemble as mean and spread over SPLIT
 submit: ## Check submissions/submission.csv and send it to Kaggle (never run by other targets)
 	$(PIPELINE) submit --file submissions/submission.csv
 
-# `make test` leaves out the tests marked slow (about 3 minutes on 2 cores); CI=true, as
-# .ci/run sets it, and `make test-all` run every test.
+# `make test` leaves out the tests marked slow; CI=true, as .ci/run sets it, and
+# `make test-all` run every test.
 SLOW := $(if $(filter true,$(CI)),,-m "not slow")
-test: install ## Run the test suite without the slow tests (installs what it needs first)
+test: $(VENV)/.installed-browser ## Run the test suite without the slow tests (installs what it needs first)
 	$(BIN)/python -m pytest $(SLOW)
 
-test-all: install ## Run every test, the slow ones too (what CI runs)
+test-all: $(VENV)/.installed-browser ## Run every test, the slow ones too (what CI runs)
 	$(BIN)/python -m pytest
 
 serve: train ## Serve the draw-a-digit page and JSON API on CHECKPOINT at http://127.0.0.1:8000/

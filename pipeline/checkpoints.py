@@ -6,6 +6,7 @@ write leaves the previous checkpoint, never half of a new one.
 """
 
 import io
+import math
 import pickle
 import platform
 from dataclasses import dataclass
@@ -98,6 +99,9 @@ def read_payload(path: Path, device: torch.device | str = "cpu") -> dict[str, An
         raise PipelineError(f"{path}: unknown architecture {meta.get('model')!r}")
     if not isinstance(meta.get("arch_args", {}), dict):
         raise PipelineError(f"{path}: its arch_args are not a mapping")
+    temperature = meta.get("temperature", 1.0)  # absent in checkpoints from before calibration
+    if type(temperature) not in (int, float) or not 0 < temperature < math.inf:
+        raise PipelineError(f"{path}: its temperature {temperature!r} is not a positive number")
     state_dict = payload.get("state_dict")
     if not isinstance(state_dict, dict) or not all(
         isinstance(v, torch.Tensor) for v in state_dict.values()

@@ -20,7 +20,7 @@ CROSSVAL_MODELS_DIR = MODELS_DIR / "crossval"
 # The web page `pipeline serve` ships inside the package.
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
-# The competition zip as the team shares it beside the checkout (never committed).
+# The competition zip beside the checkout, where CI and the Kaggle tests look (never committed).
 SHARED_KAGGLE_ZIP = ROOT.parent / "shared" / "kaggle" / "digit-recognizer.zip"
 
 COMPETITION = "digit-recognizer"

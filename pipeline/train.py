@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline import augmentation, config, datasets, distributed, plots, run_state
+from pipeline import augmentation, calibration, config, datasets, distributed, plots, run_state
 from pipeline.checkpoints import all_finite, save_checkpoint
 from pipeline.device import DeviceTimer, seed_everything
 from pipeline.distributed import Ranks, process_group, ranks_from_env, training_device
@@ -298,6 +298,9 @@ def train(
                     raise run_state.TrainingInterrupted(last, *where)
                 end_epoch(run, seconds, start_step, say)
         distributed.wait_for_all(ranks)
+    if ranks.is_main and out.is_file():
+        with phase("work"):  # the best weights' temperature, for calibrated probabilities
+            calibration.calibrate_checkpoint(out, run.val_set, device)
     curves = None
     if ranks.is_main and run.state.history:
         with phase("write"):

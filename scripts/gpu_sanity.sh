@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# On the GPU machine (the `device` tool), from the repository root, with the competition zip
-# copied to .kaggle/ (git-ignored) and carried: GPU tests, the fast recipe, predict and bench.
-# Logs go to $OUT (the tool brings that folder back); keep them under reports/h100/.
+# On a GPU machine, from the repository root, with the competition zip copied to .kaggle/
+# (git-ignored): GPU tests, the fast recipe, predict and bench. Logs go to the folder $OUT names;
+# keep them under reports/h100/.
 set -o pipefail
+: "${OUT:?set OUT to the folder for the logs}"
 export PYTHONUNBUFFERED=1 DIGITS_KAGGLE_ZIP=$PWD/.kaggle/digit-recognizer.zip
 python3 -m pip install -q --no-deps --no-build-isolation -e . > /dev/null 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.log"
