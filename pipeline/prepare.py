@@ -107,8 +107,11 @@ def read_digits_csv(path: Path, has_labels: bool, limit_rows: int | None = None)
     header = config.TRAIN_HEADER if has_labels else config.TEST_HEADER
     _check_header(path, header)
     try:
-        frame = pd.read_csv(path, dtype=np.uint8, na_filter=False, nrows=limit_rows)
-    except (ValueError, pd.errors.ParserError, OverflowError):
+        # A non-finite cell ("inf", "1e400") parses as a float whose cast to uint8 is invalid:
+        # make that cast fail here (and be diagnosed) instead of warning and failing later.
+        with np.errstate(invalid="raise"):
+            frame = pd.read_csv(path, dtype=np.uint8, na_filter=False, nrows=limit_rows)
+    except (ValueError, pd.errors.ParserError, OverflowError, FloatingPointError):
         raise PipelineError(f"{path}: {_diagnose(path, header)}") from None
     # Extra values on the first data row make pandas infer an index instead of failing.
     if not isinstance(frame.index, pd.RangeIndex) or frame.shape[1] != len(header):
