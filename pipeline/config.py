@@ -60,7 +60,7 @@ PIXEL_STD = 0.3081
 
 
 def split_path(processed_dir: Path, split: str) -> Path:
-    return processed_dir / f"{split}.pt"
+    return processed_dir / f"{split}.npz"
 
 
 def images_dir(processed_dir: Path) -> Path:

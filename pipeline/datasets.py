@@ -1,10 +1,7 @@
-"""The processed-data format: what `prepare` writes and every later stage reads.
+"""The processed data as torch tensors and Datasets: what train, evaluate and predict read.
 
-`data/processed/{train,val,test}.pt` each hold `images` uint8[N,1,28,28], `labels` int64[N]
-(None for Kaggle's hidden test labels) and `ids`, the 1-based row in the source CSV (Kaggle's
-ImageId for test). `meta.json` is written last and records the source fingerprints, the split
-options and the sha256 of every file beside it, so a folder whose files do not all belong to
-its meta (an interrupted `prepare`, a truncated file) is never taken for current data.
+`pipeline.processed` owns the files (NumPy `.npz` splits checked against `meta.json`);
+`load_split` turns a checked split into tensors without a copy (`torch.from_numpy`).
 
 Images stay uint8 until they reach the training device. Both datasets answer
 `get_batch(indices)` (also `__getitems__`, so a `DataLoader` given `collate_fn=keep_batch`
@@ -12,9 +9,6 @@ fetches a whole batch in one call); the tensor-backed one does it with one index
 PNG-backed one decodes file by file, as the original tutorial did.
 """
 
-import hashlib
-import io
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +20,12 @@ from torch.utils.data import Dataset
 
 from pipeline import config
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, file_sha256, sha256_text
-
-META_VERSION = 2
-META_KEYS = (
-    "version",
-    "sources",
-    "val_fraction",
-    "seed",
-    "format",
-    "limit_rows",
-    "counts",
-    "files",
+from pipeline.processed import (  # noqa: F401  (re-exported: the stages read them from here)
+    load_split_arrays,
+    processed_fingerprint,
+    read_meta,
 )
+
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 
 
@@ -52,118 +39,11 @@ class DigitSplit:
         return len(self.ids)
 
 
-# ---------------------------------------------------------------- meta.json and fingerprints
-
-
-def read_meta(processed_dir: Path) -> dict:
-    """meta.json as `prepare` wrote it, or a one-line error saying to run `prepare`."""
-    path = processed_dir / config.META_JSON
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: no such file (run `pipeline prepare` first)") from None
-    except (OSError, ValueError) as exc:
-        raise PipelineError(
-            f"{path}: unreadable ({type(exc).__name__}); run `pipeline prepare`"
-        ) from None
-    missing = [key for key in META_KEYS if key not in meta] if isinstance(meta, dict) else None
-    if missing is None or meta.get("version") != META_VERSION or missing:
-        raise PipelineError(
-            f"{path}: not the meta.json of this version of `pipeline prepare`; run it again"
-        )
-    return meta
-
-
-def data_fingerprint(meta: dict) -> str:
-    """Identifies the prepared data (source CSVs and split), recorded in every checkpoint."""
-    keys = ("sources", "val_fraction", "seed", "limit_rows")
-    return sha256_text(json.dumps({k: meta.get(k) for k in keys}, sort_keys=True))
-
-
-def processed_fingerprint(processed_dir: Path) -> str:
-    return data_fingerprint(read_meta(processed_dir))
-
-
-def images_digest(root: Path) -> str:
-    """A fingerprint of a PNG tree: every file's relative path and size."""
-    listing = sorted(
-        f"{p.relative_to(root).as_posix()}:{p.stat().st_size}" for p in root.rglob("*.png")
-    )
-    return sha256_text("\n".join(listing))
-
-
-def stale_files(processed_dir: Path, meta: dict) -> list[str]:
-    """Files meta.json lists that are missing or differ from what it recorded."""
-    stale = []
-    for name, recorded in meta["files"].items():
-        path = processed_dir / name
-        if name == config.IMAGES_DIR:
-            current = images_digest(path) if path.is_dir() else None
-        else:
-            current = file_sha256(path) if path.is_file() else None
-        if current != recorded:
-            stale.append(name)
-    return stale
-
-
-# ---------------------------------------------------------------- the split files
-
-
-def save_split(split: DigitSplit, path: Path) -> str:
-    """Write one split atomically; returns the sha256 meta.json records for it."""
-    buffer = io.BytesIO()
-    torch.save({"images": split.images, "labels": split.labels, "ids": split.ids}, buffer)
-    data = buffer.getvalue()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _valid_split(payload) -> bool:
-    if not isinstance(payload, dict):
-        return False
-    images, labels, ids = payload.get("images"), payload.get("labels"), payload.get("ids")
-    side = config.IMAGE_SIDE
-    return (
-        isinstance(images, torch.Tensor)
-        and images.dtype == torch.uint8
-        and images.dim() == 4
-        and tuple(images.shape[1:]) == (1, side, side)
-        and isinstance(ids, torch.Tensor)
-        and ids.dtype == torch.int64
-        and ids.shape == (len(images),)
-        and (
-            labels is None
-            or (
-                isinstance(labels, torch.Tensor)
-                and labels.dtype == torch.int64
-                and labels.shape == ids.shape
-                and (len(labels) == 0 or 0 <= int(labels.min()) <= int(labels.max()) <= 9)
-            )
-        )
-    )
-
-
 def load_split(processed_dir: Path, name: str) -> DigitSplit:
-    """Load one cached split, checking it is the file meta.json recorded and well-formed."""
-    path = config.split_path(processed_dir, name)
-    meta = read_meta(processed_dir)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: no such file (run `pipeline prepare` first)") from None
-    if hashlib.sha256(data).hexdigest() != meta["files"].get(path.name):
-        raise PipelineError(
-            f"{path}: does not match {config.META_JSON} (changed or from an interrupted "
-            "`pipeline prepare`); run `pipeline prepare --force`"
-        )
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PipelineError(f"{path}: not a readable tensor file ({type(exc).__name__})") from None
-    if not _valid_split(payload):
-        raise PipelineError(f"{path}: not a split written by `pipeline prepare`; run it again")
-    return DigitSplit(payload["images"], payload["labels"], payload["ids"])
+    """One cached split as tensors, checked against meta.json and for shape, dtype and range."""
+    arrays = load_split_arrays(processed_dir, name)
+    labels = None if arrays.labels is None else torch.from_numpy(arrays.labels)
+    return DigitSplit(torch.from_numpy(arrays.images), labels, torch.from_numpy(arrays.ids))
 
 
 # ---------------------------------------------------------------- on the device

@@ -36,7 +36,7 @@ def predict(
     device: str = "auto",
     tta: bool = False,
 ) -> PredictResult:
-    """Load the checkpoints, label processed test.pt, write the submission CSV."""
+    """Load the checkpoints, label the processed test split, write the submission CSV."""
     check_writable(out)
     target = resolve_device(device)
     with phase("load"):

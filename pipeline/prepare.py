@@ -1,6 +1,6 @@
-"""Stage 2: validate and parse the raw CSVs, split train/validation, cache uint8 tensors.
+"""Stage 2: validate and parse the raw CSVs, split train/validation, cache uint8 arrays.
 
-Writes the processed-data format `pipeline.datasets` describes (and reads): three split files,
+Writes the processed-data format `pipeline.processed` describes: three NumPy split files,
 PNGs with `--format images`, and `meta.json` last. An existing cache is reused only when its
 meta matches the sources and options and every file still matches its recorded sha256.
 """
@@ -15,21 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from pipeline import config
 from pipeline.choices import CacheFormat
-from pipeline.datasets import (
+from pipeline.errors import PipelineError
+from pipeline.files import file_sha256, write_json
+from pipeline.processed import (
     META_VERSION,
-    DigitSplit,
+    SplitArrays,
     images_digest,
     read_meta,
     save_split,
     stale_files,
 )
-from pipeline.errors import PipelineError
-from pipeline.files import file_sha256, write_json
 from pipeline.timings import phase
 
 
@@ -211,18 +210,17 @@ def split_train_val(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def _to_split(pixels: np.ndarray, labels: np.ndarray | None, rows: np.ndarray) -> DigitSplit:
+def _to_split(pixels: np.ndarray, labels: np.ndarray | None, rows: np.ndarray) -> SplitArrays:
     """Gather the rows; the gather also turns pandas' column-major pixels into row-major images."""
     side = config.IMAGE_SIDE
-    images = torch.from_numpy(pixels[rows]).reshape(-1, 1, side, side)
-    return DigitSplit(
-        images=images,
-        labels=None if labels is None else torch.from_numpy(labels[rows]),
-        ids=torch.from_numpy(rows + 1),
+    return SplitArrays(
+        images=np.ascontiguousarray(pixels[rows]).reshape(-1, 1, side, side),
+        labels=None if labels is None else labels[rows],
+        ids=(rows + 1).astype(np.int64),
     )
 
 
-def _write_pngs(splits: dict[str, DigitSplit], target: Path) -> None:
+def _write_pngs(splits: dict[str, SplitArrays], target: Path) -> None:
     """images/<split>/<label>/<id>.png for labelled splits, images/test/<id>.png for test."""
     jobs: list[tuple[np.ndarray, Path]] = []
     for name, split in splits.items():
@@ -230,7 +228,7 @@ def _write_pngs(splits: dict[str, DigitSplit], target: Path) -> None:
             folder = target / name
             if name != "test" and split.labels is not None:
                 folder = folder / str(int(split.labels[index]))
-            jobs.append((split.images[index, 0].numpy(), folder / f"{image_id}.png"))
+            jobs.append((split.images[index, 0], folder / f"{image_id}.png"))
     for folder in {path.parent for _, path in jobs}:
         folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor() as pool:  # zlib releases the GIL, so threads scale

@@ -292,7 +292,8 @@ def test_mlp_falls_back_to_the_offline_sample(tmp_path):
 
 def copy_splits(source, target, with_meta: bool):
     target.mkdir()
-    names = ["train.pt", "val.pt"] + ([config.META_JSON] if with_meta else [])
+    names = [config.split_path(source, split).name for split in ("train", "val")]
+    names += [config.META_JSON] if with_meta else []
     for name in names:
         shutil.copy(source / name, target / name)
     return target
@@ -315,10 +316,10 @@ def test_mlp_reads_prepared_digits_only_under_a_valid_meta(sample_processed_dir,
 
 def test_mlp_refuses_prepared_digits_that_do_not_match_their_meta(sample_processed_dir, tmp_path):
     tampered = copy_splits(sample_processed_dir, tmp_path / "tampered", with_meta=True)
-    with open(tampered / "train.pt", "ab") as file:
+    with open(config.split_path(tampered, "train"), "ab") as file:
         file.write(b"\0")
     assert mlp.has_prepared_digits(tampered)
-    with pytest.raises(PipelineError, match="train.pt: does not match"):
+    with pytest.raises(PipelineError, match="train.npz: does not match"):
         mlp.load_digits(tampered, seed=0)
 
 
