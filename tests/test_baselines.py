@@ -386,3 +386,22 @@ def test_activations_match_torch_at_sample_points(tmp_path):
     assert result.values["sigmoid"][at[0.0]] == pytest.approx(0.5)
     assert result.values["softplus"][at[0.0]] == pytest.approx(math.log(2))
     assert_png(result.figure)
+
+
+@pytest.mark.slow  # a process with two loader workers training the CNN on 4,000 digits
+def test_the_lean_tutorial_script_learns_from_every_row_and_writes_a_submission(
+    sample_raw_dir, tmp_path
+):
+    from pipeline.baselines.tutorial_lean import RESULT_LINE
+    from pipeline.submission import read_submission
+
+    out = tmp_path / "lean.csv"
+    command = [sys.executable, "-m", "pipeline.baselines.tutorial_lean"]
+    command += ["--raw-dir", str(sample_raw_dir), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    found = RESULT_LINE.search(done.stdout)
+    assert found and found[1] == "4,000", done.stdout  # all of train.csv, no hold-out
+    predicted = read_submission(out, 1_000)["Label"].to_numpy()
+    answers = (sample_raw_dir / config.TEST_LABELS_CSV).read_text().splitlines()[1:]
+    truth = [int(line.split(",")[1]) for line in answers]
+    assert (predicted == truth).mean() > 0.8  # one epoch of the CNN on 4,000 real digits
