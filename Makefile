@@ -64,7 +64,6 @@ predict: train ## Write submissions/submission.csv with the trained model
 	$(PIPELINE) predict --checkpoint $(CHECKPOINT) --device $(DEVICE)
 
 all: predict ## install -> download -> prepare -> train -> predict
-	@$(PIPELINE) provenance
 
 best: prepare ## Train the `best` recipe as a MEMBERS-model ensemble and predict with TTA (GPU)
 	$(PIPELINE) ensemble --recipe best --members $(MEMBERS) --device $(DEVICE) --seed $(SEED)

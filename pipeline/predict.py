@@ -26,6 +26,7 @@ class PredictResult:
     rows: int
     label_counts: dict[int, int]
     seconds: float  # inference only: loading and writing excluded
+    from_sample: bool  # the test digits are the offline sample's, not Kaggle's
 
 
 def predict(
@@ -50,4 +51,6 @@ def predict(
     with phase("write"):
         write_submission(labels.numpy(), split.ids.numpy(), out)
     counts = torch.bincount(labels, minlength=config.N_CLASSES).tolist()
-    return PredictResult(out, len(labels), dict(enumerate(counts)), seconds)
+    # Only the offline sample ships answers for its test digits (Kaggle's are hidden).
+    from_sample = split.labels is not None
+    return PredictResult(out, len(labels), dict(enumerate(counts)), seconds, from_sample)
