@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import config
+from pipeline.bench.timings import phase
 from pipeline.choices import CacheFormat
 from pipeline.errors import PipelineError
 from pipeline.files import file_sha256, write_json
@@ -29,7 +30,6 @@ from pipeline.processed import (
     save_split,
     stale_files,
 )
-from pipeline.timings import phase
 
 
 @dataclass(frozen=True)
