@@ -15,8 +15,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.checkpoints import load_checkpoint, save_checkpoint
-
 # A fitted temperature outside this range means the fit failed (e.g. a constant model).
 TEMPERATURE_RANGE = (0.05, 20.0)
 
@@ -81,6 +79,7 @@ def calibrate_checkpoint(path: Path, val_set, device: torch.device | str = "cpu"
     Rewrites the checkpoint and its JSON sidecar atomically with `"temperature"` added; the
     weights are unchanged. Returns the temperature.
     """
+    from pipeline.checkpoints import load_checkpoint, save_checkpoint
     from pipeline.inference import predict_logits
 
     checkpoint = load_checkpoint(path, device)

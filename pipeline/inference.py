@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import augmentation, config
+from pipeline.calibration import calibrated_probabilities
 from pipeline.checkpoints import load_checkpoint
 from pipeline.datasets import TensorDigits, index_batches, standardize, to_unit
 from pipeline.device import use_free_cores
@@ -111,10 +112,18 @@ def predict_logits(
 
 
 def ensemble_probabilities(
-    models: list[nn.Module], data: TensorDigits, batch_size: int = 256, tta: bool = False
+    models: list[nn.Module],
+    data: TensorDigits,
+    batch_size: int = 256,
+    tta: bool = False,
+    temperatures: list[float] | None = None,
 ) -> torch.Tensor:
-    """Mean of each model's softmax probabilities: [N, 10] on the CPU."""
-    probs = [predict_logits(m, data, batch_size, tta).softmax(1).cpu() for m in models]
+    """Mean of each model's softmax(logits / temperature) (1.0 each by default): [N, 10], CPU."""
+    temperatures = temperatures or [1.0] * len(models)
+    probs = [
+        calibrated_probabilities(predict_logits(m, data, batch_size, tta), t).cpu()
+        for m, t in zip(models, temperatures, strict=True)
+    ]
     return torch.stack(probs).mean(0)
 
 

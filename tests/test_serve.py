@@ -125,6 +125,7 @@ def test_health_model_page_and_docs(client, fast_checkpoint):
             "path": str(fast_checkpoint),
             "model": "fastnet",
             "val_accuracy": pytest.approx(meta["val_accuracy"]),
+            "temperature": pytest.approx(meta["temperature"]),
         }
     ]
     page = client.get("/")
@@ -135,6 +136,24 @@ def test_health_model_page_and_docs(client, fast_checkpoint):
     body = schema["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
     assert client.get("/docs").status_code == 200  # FastAPI's Swagger UI page
+
+
+def test_served_probabilities_are_the_checkpoints_calibrated_ones(
+    models, fast_checkpoint, known_digits
+):
+    """softmax(logits / the stored temperature): clean digits read near certain, not ~92%."""
+    from pipeline.calibration import calibrated_probabilities
+    from pipeline.inference import load_for_inference, predict_logits
+
+    loaded = load_for_inference([fast_checkpoint], torch.device("cpu"))[0]
+    temperature = loaded.meta["temperature"]
+    digits, labels = known_digits
+    logits = predict_logits(loaded.model, TensorDigits(torch.from_numpy(digits[:, None])))
+    served = models.predict(digits[:, None])
+    assert np.allclose(served, calibrated_probabilities(logits, temperature).numpy(), atol=1e-5)
+    assert (served.argmax(1) == labels).all()
+    raw_top = logits.softmax(1).max(1).values.numpy()
+    assert np.median(served.max(1)) > 0.99 > np.median(raw_top)
 
 
 def test_an_ensemble_from_a_glob(fast_checkpoint, known_digits, models, tmp_path):

@@ -40,7 +40,10 @@ STATIC_FILES = {  # name -> media type; read once into memory by create_app
 
 class Prediction(BaseModel):
     label: int = Field(ge=0, le=9, description="The most probable digit.")
-    probabilities: list[float] = Field(description="P(digit) for 0..9, the ensemble's mean.")
+    probabilities: list[float] = Field(
+        description="P(digit) for 0..9: each checkpoint's calibrated softmax "
+        "(logits / its temperature), averaged over the ensemble."
+    )
     input: list[int] = Field(description="The 784 pixels (0-255, row order) the model saw.")
 
 

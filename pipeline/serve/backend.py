@@ -18,6 +18,7 @@ class CheckpointInfo:
     path: str
     model: str | None  # the architecture's name
     val_accuracy: float | None
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature); see calibration
 
 
 class Backend(Protocol):

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipeline import config
+from pipeline.calibration import temperature_of
 from pipeline.datasets import TensorDigits
 from pipeline.device import resolve_device
 from pipeline.inference import ensemble_probabilities, expand_checkpoints, load_for_inference
@@ -28,10 +29,13 @@ class TorchBackend:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, 1, 28, 28] -> float32 [N, 10], the mean of the models' probabilities."""
+        """uint8 [N, 1, 28, 28] -> float32 [N, 10], the mean of the models' calibrated
+        probabilities (each checkpoint's softmax(logits / temperature))."""
         digits = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+        temperatures = [info.temperature for info in self.checkpoints]
         with self.lock, torch.inference_mode():  # one request at a time on the same modules
-            probs = ensemble_probabilities(self.models, TensorDigits(digits), len(digits))
+            data = TensorDigits(digits)
+            probs = ensemble_probabilities(self.models, data, len(digits), False, temperatures)
         return probs.numpy()
 
 
@@ -55,6 +59,7 @@ def load_models(checkpoints: list[Path], device: str = "auto") -> TorchBackend:
                 path=str(each.path),
                 model=each.meta.get("model"),
                 val_accuracy=each.meta.get("val_accuracy"),
+                temperature=temperature_of(each.meta),
             )
             for each in loaded
         ],
