@@ -135,6 +135,9 @@ def test_train_evaluate_predict(processed_dir, tmp_path):
         "cpu",
     )
     assert predicted.exit_code == 0 and "1,000 labels from 2 model(s)" in predicted.stdout
+    # the sample's digits: said again as the last line, where `make all` ends
+    last = predicted.stderr.strip().splitlines()[-1]
+    assert "this submission is from 5,000 sample digits, not Kaggle's" in last
     assert len(pd.read_csv(sub)) == 1000
     scored = invoke("evaluate", "--submission", sub, "--processed-dir", processed_dir)
     assert scored.exit_code == 0 and "on the offline sample's answers" in scored.stdout

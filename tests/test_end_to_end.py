@@ -59,6 +59,7 @@ def test_fast_recipe_on_kaggle_data_reaches_99_percent_and_a_valid_submission(
     predicted = predict([result.checkpoint], kaggle_processed_dir, sub, device="cpu")
     frame = read_submission(sub)  # Kaggle's rules: header, 28,000 rows, ids 1..28000, digits
     assert predicted.rows == len(frame) == config.KAGGLE_TEST_ROWS
+    assert not predicted.from_sample  # Kaggle's hidden test labels: no sample warning
     assert min(predicted.label_counts.values()) > 2000  # every digit is predicted plausibly
     report = evaluate(
         result.checkpoint, kaggle_processed_dir, device="cpu", figures_dir=tmp_path / "figures"

@@ -61,6 +61,12 @@ def predict_command(
         f"predict: {result.rows:,} labels from {len(paths)} model(s) in {result.seconds:.2f} s"
         f" -> {result.path}"
     )
+    if result.from_sample:  # the last line `make all` prints, after pip's and torch's output
+        typer.echo(
+            "WARNING: this submission is from 5,000 sample digits, not Kaggle's: for smoke runs "
+            "only. Get the real data with `pipeline download --zip PATH` or Kaggle credentials.",
+            err=True,
+        )
 
 
 def submit_command(
