@@ -35,7 +35,7 @@ runner = CliRunner()
 NUMBER = r"([\d,]+(?:\.\d+)?)"
 MODEL_ROW = re.compile(r"^(\w+)" + rf"\s+{NUMBER}" * 4 + rf"\s+{NUMBER}x\s+{NUMBER}\s")
 # "pipeline train  3.62  1.35  0.01  0.67  0.54  1.05": wall, import, load, work, write, other
-PROCESS_ROW = re.compile(r"^(pipeline \w+|tutorial script)" + r"\s+(-?\d+\.\d+)" * 6)
+PROCESS_ROW = re.compile(r"^(pipeline \w+|tutorial script|lean tutorial)" + r"\s+(-?\d+\.\d+)" * 6)
 
 
 def number(text: str) -> float:
@@ -87,6 +87,7 @@ def check_end_to_end_section(out: str) -> None:
         "pipeline train",
         "pipeline predict",
         "tutorial script",
+        "lean tutorial",
     }
     for name, (wall, imports, load, work, write, other) in rows.items():
         assert wall > 0 and imports > 0 and work > 0 and min(load, write) >= 0, name
@@ -103,13 +104,20 @@ def check_end_to_end_section(out: str) -> None:
     assert float(ratio[1]) == pytest.approx(float(ratio[2]) / float(ratio[3]), abs=0.006)
     agree = re.search(r"submissions agree on (\d+\.\d+)%", out)
     assert agree and 80 < float(agree[1]) <= 100
+    lean = re.search(
+        r"vs the lean tutorial: (\d+\.\d+)x as fast \((\d+\.\d+) s / (\d+\.\d+) s;", out
+    )
+    assert lean and float(lean[2]) == rows["lean tutorial"][0] and lean[3] == ours[1]
+    assert float(lean[1]) == pytest.approx(float(lean[2]) / float(lean[3]), abs=0.006)
+    lean_agree = re.search(r"lean tutorial: .* agree on (\d+\.\d+)%", out)
+    assert lean_agree and 80 < float(lean_agree[1]) <= 100
 
 
 @pytest.mark.slow  # four processes and the tutorial's per-image loop: about 15 s
 def test_end_to_end_runs_our_three_commands_and_the_tutorial_script(sample_raw_dir, tmp_path):
     e2e = bench_end_to_end(sample_raw_dir, work_dir=tmp_path)
     assert [c.name for c in e2e.commands] == ["prepare", "train", "predict"]
-    for csv in ("submission.csv", "tutorial.csv"):  # both valid, one label per test digit
+    for csv in ("submission.csv", "tutorial.csv", "lean.csv"):  # valid, a label per test digit
         assert len(read_submission(tmp_path / csv, n_rows=1000)) == 1000
     check_end_to_end_section("\n".join(format_end_to_end(e2e)))
 
@@ -118,7 +126,8 @@ def test_end_to_end_runs_our_three_commands_and_the_tutorial_script(sample_raw_d
 def test_the_end_to_end_section_is_an_option(option, sample_raw_dir, processed_dir, monkeypatch):
     timing = ProcessTiming("x", 2.0, {"import": 1.0, "load": 0.2, "work": 0.5, "write": 0.1})
     ours = [replace(timing, name=name) for name in ("prepare", "train", "predict")]
-    canned = EndToEnd(ours, replace(timing, name="tutorial", wall_s=9.0), 0.98, 0.97, 0.99, 1)
+    tutorial, lean = (replace(timing, name=name, wall_s=9.0) for name in ("tutorial", "lean"))
+    canned = EndToEnd(ours, tutorial, 0.98, 0.97, 0.99, 1, replace(lean, wall_s=12.0), 0.98)
     monkeypatch.setattr(run, "bench_end_to_end", lambda raw_dir, repeats: canned)
     result = runner.invoke(
         app,
@@ -139,7 +148,8 @@ def test_the_end_to_end_section_is_an_option(option, sample_raw_dir, processed_d
     assert result.exit_code == 0, result.output
     if option == "--end-to-end":
         check_end_to_end_section(result.stdout)
-        assert "1.50x as fast (9.00 s / 6.00 s;" in result.stdout
+        assert "tutorial: 1.50x as fast (9.00 s / 6.00 s;" in result.stdout
+        assert "lean tutorial: 2.00x as fast (12.00 s / 6.00 s;" in result.stdout
     else:
         assert "end to end" not in result.stdout
 

@@ -1,9 +1,12 @@
-"""End to end, as processes: our `prepare`, `train` and `predict` against the tutorial's script.
+"""End to end, as processes: our `prepare`, `train` and `predict` against two tutorial scripts.
 
 `pipeline prepare`, `train --model cnn --epochs 1 --batch-size 50` and `predict` run as three
 processes, wall clock including start-up, against the tutorial's single script
-(`pipeline.baselines.tutorial`) doing the same work on the same CSVs; each command's time is
-split into start-up and imports, load, work and write (`pipeline.bench.timings`).
+(`pipeline.baselines.tutorial`, DataFrame rows one by one) doing the same work on the same
+CSVs, and against a lean version of the same flow (`pipeline.baselines.tutorial_lean`: arrays
+in memory, a per-image Dataset, `DataLoader(batch_size=50, num_workers=2)`, every train.csv
+row); each command's time is split into start-up and imports, load, work and write
+(`pipeline.bench.timings`).
 """
 
 import json
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import config
+from pipeline.baselines import tutorial_lean
 from pipeline.baselines.tutorial import RESULT_LINE, TUTORIAL_BATCH
 from pipeline.bench import timings
 from pipeline.datasets import read_meta
@@ -49,6 +53,8 @@ class EndToEnd:
     tutorial_val_accuracy: float
     agreement: float  # share of test digits both submissions label alike
     repeats: int
+    lean: ProcessTiming | None = None  # the lean tutorial script (trains on every row)
+    lean_agreement: float | None = None
 
     @property
     def ours_s(self) -> float:
@@ -58,6 +64,11 @@ class EndToEnd:
     def ratio(self) -> float:
         """How many times faster our three commands are than the tutorial's script."""
         return self.tutorial.wall_s / self.ours_s
+
+    @property
+    def lean_ratio(self) -> float | None:
+        """How many times faster our three commands are than the lean tutorial script."""
+        return None if self.lean is None else self.lean.wall_s / self.ours_s
 
 
 def run_timed(name: str, args: list[str], timings_path: Path) -> tuple[ProcessTiming, str]:
@@ -99,10 +110,11 @@ def our_commands(raw_dir: Path, work: Path, seed: int) -> dict[str, list[str]]:
 def bench_end_to_end(
     raw_dir: Path, repeats: int = 1, work_dir: Path | None = None, seed: int = 0
 ) -> EndToEnd:
-    """Our three commands against the tutorial's script on raw_dir's CSVs, `repeats` times.
+    """Our three commands against the tutorial's script and the lean one on raw_dir's CSVs,
+    `repeats` times.
 
-    Each figure is the median run's; the two sides alternate which goes first. Everything is
-    written under `work_dir` (a temporary folder by default).
+    Each figure is the median run's; the sides take turns going first. Everything is written
+    under `work_dir` (a temporary folder by default).
     """
     with nullcontext(work_dir) if work_dir else tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -111,9 +123,14 @@ def bench_end_to_end(
         tutorial_args = ["pipeline.baselines.tutorial", "--raw-dir", str(raw_dir),
                          "--out", str(tutorial_csv), "--device", E2E_DEVICE,
                          "--seed", str(seed)]  # fmt: skip
+        lean_csv = work / "lean.csv"
+        lean_args = ["pipeline.baselines.tutorial_lean", "--raw-dir", str(raw_dir),
+                     "--out", str(lean_csv), "--device", E2E_DEVICE,
+                     "--seed", str(seed)]  # fmt: skip
         ours: dict[str, list[ProcessTiming]] = {name: [] for name in commands}
         tutorial: list[ProcessTiming] = []
-        tutorial_out = ""
+        lean: list[ProcessTiming] = []
+        tutorial_out = lean_out = ""
 
         def run_ours() -> None:
             for name, args in commands.items():
@@ -124,15 +141,24 @@ def bench_end_to_end(
             timing, tutorial_out = run_timed("tutorial", tutorial_args, clock)
             tutorial.append(timing)
 
+        def run_lean() -> None:
+            nonlocal lean_out
+            timing, lean_out = run_timed("lean", lean_args, clock)
+            lean.append(timing)
+
+        sides = [run_ours, run_tutorial, run_lean]
         for repeat in range(repeats):
-            for side in (run_ours, run_tutorial) if repeat % 2 == 0 else (run_tutorial, run_ours):
+            for side in sides[repeat % 3 :] + sides[: repeat % 3]:
                 side()
         found = RESULT_LINE.search(tutorial_out)
         if found is None:
             raise PipelineError(f"bench: the tutorial script printed no result: {tutorial_out}")
+        if tutorial_lean.RESULT_LINE.search(lean_out) is None:
+            raise PipelineError(f"bench: the lean tutorial printed no result: {lean_out}")
         n_test = read_meta(work / "processed")["counts"]["test"]
         ours_labels = read_submission(work / "submission.csv", n_test)["Label"].to_numpy()
         tutorial_labels = read_submission(tutorial_csv, n_test)["Label"].to_numpy()
+        lean_labels = read_submission(lean_csv, n_test)["Label"].to_numpy()
         sidecar = json.loads(config.sidecar_path(work / "cnn.pt").read_text())
         return EndToEnd(
             commands=[_median_run(runs) for runs in ours.values()],
@@ -141,4 +167,6 @@ def bench_end_to_end(
             tutorial_val_accuracy=float(found.group(1)) / 100,
             agreement=float((ours_labels == tutorial_labels).mean()),
             repeats=repeats,
+            lean=_median_run(lean),
+            lean_agreement=float((ours_labels == lean_labels).mean()),
         )
