@@ -1,8 +1,9 @@
 """The page in a real browser: headless Chromium (Debian's package) driven by Playwright.
 
 A live `serve` runs as a child process on a free loopback port; the test draws a "1" and a
-"0" with mouse events on the canvas, uploads a PNG of a real validation digit, checks what the
-page shows, and checks that the page fetched nothing but its own server. Without Chromium or
+"0" with mouse events on the canvas, uploads a PNG of a real validation digit (holding its
+request back to see the page's waiting state), checks what the page shows, and checks that the
+page fetched nothing but its own server. Without Chromium or
 Playwright it skips, except under CI=true, where their absence fails.
 """
 
@@ -118,9 +119,32 @@ def test_draw_upload_and_screenshot(browser, server, sample_processed_dir, tmp_p
     digit, label = val.images[first, 0].numpy(), int(val.labels[first])  # one it reads right
     upload = tmp_path / "digit.png"
     Image.fromarray(255 - digit).resize((140, 140), Image.LANCZOS).save(upload)  # ink on paper
+    held = []  # the prediction request, held back so the page's waiting state can be seen
+
+    def hold(route) -> None:
+        held.append(route)
+
+    page.route("**/api/predict", hold)
     page.set_input_files("#upload", str(upload))
+    page.wait_for_function("document.body.dataset.state === 'busy'", timeout=15_000)
+    for _ in range(100):  # the request reaches the route once the picture is read
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the page sent no prediction request"
+    assert page.locator("#label").inner_text() == "\u2026"  # the 0 drawn before is gone
+    assert page.locator("#status").inner_text().startswith("Reading")
+    spinner = "getComputedStyle(document.getElementById('status'), '::before').animationName"
+    assert page.evaluate(spinner) == "spin"
+    assert page.locator("#clear").is_disabled() and page.locator("#upload").is_disabled()
+    assert page.locator("#result").get_attribute("aria-busy") == "true"
+    held[0].continue_()
+    page.unroute("**/api/predict", hold)
     _wait_idle(page)
     assert page.locator("#label").inner_text() == str(label)
+    assert page.locator("#clear").is_enabled() and page.locator("#upload").is_enabled()
+    assert page.locator("#result").get_attribute("aria-busy") == "false"
+    assert page.evaluate(spinner) == "none"
 
     screenshot = tmp_path / "serve-screenshot.png"
     page.screenshot(path=str(screenshot))

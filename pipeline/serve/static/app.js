@@ -1,6 +1,8 @@
 // The page: draw on #pad (pointer events: mouse, pen, touch) or upload an image; each change
-// is sent to POST api/predict, one request at a time (the latest drawing wins). Plain script,
-// no libraries; every URL is relative to the page, so nothing is fetched from elsewhere.
+// is sent to POST api/predict, one request at a time (the latest drawing wins). While an answer
+// is on its way the page says so: a spinner and "Reading", Clear and Upload wait, and the last
+// answer is greyed out (a new picture clears it). Plain script, no libraries; every URL is
+// relative to the page, so nothing is fetched from elsewhere.
 "use strict";
 
 const pad = document.getElementById("pad");
@@ -9,6 +11,9 @@ const seen = document.getElementById("seen").getContext("2d");
 const labelOut = document.getElementById("label");
 const statusLine = document.getElementById("status");
 const bars = document.getElementById("bars");
+const result = document.getElementById("result");
+const clearButton = document.getElementById("clear");
+const uploadInput = document.getElementById("upload");
 const BRUSH = 22; // px on the 280 px pad: strokes about as thick as MNIST's after scaling
 
 // ---------------------------------------------------------------- the probability chart
@@ -40,8 +45,8 @@ function showResult(result) {
   statusLine.textContent = `A ${result.label}, with probability ${best}%.`;
 }
 
-function clearResult(message) {
-  labelOut.textContent = "?";
+function clearResult(message, label = "?") {
+  labelOut.textContent = label;
   barFill.forEach((fill) => { fill.style.width = "0"; });
   barText.forEach((text) => { text.textContent = "\u2013"; });
   bars.querySelectorAll(".top").forEach((item) => item.classList.remove("top"));
@@ -54,9 +59,19 @@ function clearResult(message) {
 let pending = null; // what to send next: "pad" or a File
 let busy = false;
 
+// "loading" (asking which model answers), "busy" (a prediction on its way) or "idle".
+function setState(state) {
+  document.body.dataset.state = state;
+  const waiting = state === "busy";
+  clearButton.disabled = uploadInput.disabled = waiting;
+  result.setAttribute("aria-busy", String(waiting));
+  if (waiting) statusLine.textContent = "Reading\u2026";
+}
+
 function request(source) {
   pending = source;
-  document.body.dataset.state = "busy";
+  if (source !== "pad") clearResult("Reading\u2026", "\u2026"); // a new picture: no old answer
+  setState("busy");
   pump();
 }
 
@@ -75,7 +90,7 @@ async function pump() {
       busy = false;
     }
   }
-  document.body.dataset.state = "idle";
+  setState("idle");
 }
 
 function padImage() {
@@ -161,19 +176,20 @@ function stopDrawing(event) {
 pad.addEventListener("pointerup", stopDrawing);
 pad.addEventListener("pointercancel", stopDrawing);
 
-document.getElementById("clear").addEventListener("click", () => {
+clearButton.addEventListener("click", () => {
   resetPad();
   pending = null;
   clearResult("Draw one digit, as large as you like, anywhere on the square.");
-  if (!busy) document.body.dataset.state = "idle";
+  if (!busy) setState("idle");
 });
 
 // ----------------------------------------------------------------------- upload
-document.getElementById("upload").addEventListener("change", async (event) => {
+uploadInput.addEventListener("change", async (event) => {
   const file = event.target.files[0];
   event.target.value = ""; // the same file can be chosen again
   if (!file) return;
-  document.body.dataset.state = "busy"; // from now, not only once the preview is drawn
+  clearResult("Reading\u2026", "\u2026");
+  setState("busy"); // from now, not only once the preview is drawn
   resetPad();
   try { // show it on the pad, fitted; the server gets the original file
     const picture = await createImageBitmap(file);
@@ -208,5 +224,5 @@ async function describeModel() {
 resetPad();
 clearResult(statusLine.textContent);
 describeModel().finally(() => {
-  if (!busy && pending === null) document.body.dataset.state = "idle";
+  if (!busy && pending === null) setState("idle");
 });
