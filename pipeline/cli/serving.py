@@ -64,7 +64,8 @@ def bench_command(
         bool,
         typer.Option(
             help="Also time prepare, train (cnn, batch 50, 1 epoch) and predict as processes "
-            "against the tutorial's single script on the same CSVs."
+            "against the tutorial's single script and its lean version (arrays, "
+            "DataLoader with 2 workers) on the same CSVs."
         ),
     ] = True,
     serve: Annotated[
