@@ -8,6 +8,7 @@ is summed on the device and read once per epoch. The same code runs one process 
 """
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,15 +61,41 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def compile_for(model: nn.Module, device: torch.device) -> nn.Module:
+class CompiledOrEager:
+    """Call a torch.compile'd module; if compiling fails on its first call, run eagerly.
+
+    Compiling happens on the first call, so that is where a missing compiler or an unsupported
+    op shows. The fallback is local to this model (torch's process-global
+    `torch._dynamo.config.suppress_errors` stays as it is); once a call has succeeded, errors
+    are the model's own and propagate.
+    """
+
+    def __init__(self, compiled: Callable, eager: nn.Module):
+        self.compiled, self.eager, self.succeeded = compiled, eager, False
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                out = self.compiled(*args, **kwargs)
+            except Exception as exc:
+                if self.succeeded:
+                    raise
+                reason = " ".join(str(exc).split())[:200]
+                warnings.warn(f"torch.compile failed, running eagerly: {reason}", stacklevel=2)
+                self.compiled = None
+            else:
+                self.succeeded = True
+                return out
+        return self.eager(*args, **kwargs)
+
+
+def compile_for(model: nn.Module, device: torch.device, backend: str | Callable = "inductor"):
     """torch.compile; on CUDA with CUDA graphs (one replay per step instead of ~100 launches).
 
     Where compiling fails (no compiler, an unsupported op) the model runs eagerly instead.
     """
-    import torch._dynamo as dynamo
-
-    dynamo.config.suppress_errors = True
-    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
+    mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+    return CompiledOrEager(torch.compile(model, mode=mode, backend=backend), model)
 
 
 def batch_inputs(dataset, indices, cfg: TrainConfig, ranks: Ranks, device, augment_gen):
@@ -109,7 +136,7 @@ class Run:
     train_set: datasets.TensorDigits | datasets.PngDigits
     val_set: datasets.TensorDigits | datasets.PngDigits
     model: nn.Module  # the plain module: checkpoints save its state_dict
-    step_model: nn.Module  # what the step calls: DDP- and/or compile-wrapped
+    step_model: nn.Module | CompiledOrEager  # what the step calls: DDP- and/or compiled
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     shuffle_gen: torch.Generator
@@ -251,7 +278,7 @@ def new_run(
         scheduler.load_state_dict(saved["scheduler"])
         state = run_state.TrainState(**saved["loop"])
         run_state.restore_rng(saved["rng"], shuffle_gen, augment_gen)
-    step_model: nn.Module = model
+    step_model: nn.Module | CompiledOrEager = model
     if ranks.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         step_model = DistributedDataParallel(model, device_ids=ids)
