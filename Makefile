@@ -18,7 +18,7 @@ RUN := $(or $(MODEL),$(if $(filter fast,$(RECIPE)),fastnet,$(RECIPE)))
 CHECKPOINT := models/$(RUN).pt
 
 .DEFAULT_GOAL := help
-.PHONY: help install data prepare train evaluate predict all best crossval submit test test-all serve bench baselines lint clean distclean
+.PHONY: help install data prepare train evaluate predict all best crossval submit test test-all serve export bench baselines lint clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ install: $(VENV)/.installed ## Create .venv and install the package, its extras 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,kaggle,sample,serve,browser]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,kaggle,sample,serve,export,browser]'
 	touch $@
 
 data: install ## Raw CSVs: ZIP= wins; Kaggle CSVs already there are kept; else zip / Kaggle API / offline sample
@@ -71,6 +71,9 @@ test-all: install ## Run every test, the slow ones too (what CI runs)
 
 serve: train ## Serve the draw-a-digit page and JSON API on CHECKPOINT at http://127.0.0.1:8000/
 	$(PIPELINE) serve --checkpoint $(CHECKPOINT) --device $(DEVICE)
+
+export: train ## Export CHECKPOINT to models/<name>.onnx (one graph, checked against torch first)
+	$(PIPELINE) export --checkpoint $(CHECKPOINT)
 
 bench: train ## Speed figures against baselines run beside them: parse, loops, end to end, serve load
 	$(PIPELINE) bench --device $(DEVICE)

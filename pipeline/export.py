@@ -172,6 +172,16 @@ def _export_graph(graph: ProbabilityGraph, paths: list[Path]):
         raise PipelineError(f"{names}: cannot be exported to ONNX ({first})") from None
 
 
+def default_out(checkpoints: list[Path], models_dir: Path = config.MODELS_DIR) -> Path:
+    """models/<name>.onnx: the checkpoint's stem, or a glob's fixed part ('best-*.pt' -> best)."""
+    if len(checkpoints) == 1:
+        stem = Path(checkpoints[0]).stem
+        name = stem.split("*")[0].split("?")[0].split("[")[0].rstrip("-_.") or "ensemble"
+    else:
+        name = "ensemble"
+    return config.onnx_path(name, models_dir)
+
+
 def export_onnx(
     checkpoints: list[Path],
     out: Path,

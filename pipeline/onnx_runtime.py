@@ -197,3 +197,35 @@ def default_threads() -> int | None:
     """ONNX Runtime's default, unless OMP_NUM_THREADS asks for a count (as for torch)."""
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def onnx_only(paths: list[Path], device: str = "auto", tta: bool = False) -> bool:
+    """True when every model is an `.onnx` file, False when none is; one-line error otherwise.
+
+    Mixing is refused: a graph already averages its own members, so weighing it against
+    checkpoints would be a guess. ONNX files run on ONNX Runtime's CPU provider, and TTA's
+    shifted views are a torch feature.
+    """
+    kinds = {is_onnx(path) for path in paths}
+    if kinds != {True}:
+        if True in kinds:
+            raise PipelineError(
+                "give either checkpoints (.pt) or exported graphs (.onnx), not both"
+            )
+        return False
+    if str(device) not in ("auto", "cpu"):
+        raise PipelineError(f"--device {device}: .onnx files run on the CPU; use auto or cpu")
+    if tta:
+        raise PipelineError(
+            "--tta needs checkpoints (.pt): an .onnx graph reads the digits as given"
+        )
+    return True
+
+
+def load_onnx_models(paths: list[Path], threads: int | None = None) -> list[OnnxModel]:
+    return [load_onnx(path, threads) for path in paths]
+
+
+def mean_probabilities(models: list[OnnxModel], images: np.ndarray) -> np.ndarray:
+    """The graphs' mean probabilities [N, 10] for uint8 [N, 1, 28, 28] digits."""
+    return np.mean([model.probabilities(images) for model in models], axis=0, dtype=np.float32)

@@ -1,14 +1,16 @@
 """Stage 5: label the test digits with one checkpoint or an ensemble; write submission.csv.
 
 Several checkpoints average their softmax probabilities; `--tta` also averages over a few
-small fixed shifts of each image. The file is checked against Kaggle's rules before it is
-written (atomically), with the same checks `submit` runs.
+small fixed shifts of each image. Exported `.onnx` graphs run on ONNX Runtime instead (the
+test split is a torch file, so torch is still imported). The file is checked against Kaggle's
+rules before it is written (atomically), with the same checks `submit` runs.
 """
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline import config
@@ -16,6 +18,7 @@ from pipeline.datasets import TensorDigits, load_split
 from pipeline.device import resolve_device
 from pipeline.files import check_writable
 from pipeline.inference import ensemble_probabilities, load_for_inference
+from pipeline.onnx_runtime import default_threads, load_onnx_models, mean_probabilities, onnx_only
 from pipeline.submission import write_submission
 from pipeline.timings import phase
 
@@ -38,6 +41,8 @@ def predict(
 ) -> PredictResult:
     """Load the checkpoints, label processed test.pt, write the submission CSV."""
     check_writable(out)
+    if onnx_only(checkpoints, device, tta):
+        return _predict_onnx(checkpoints, processed_dir, out)
     target = resolve_device(device)
     with phase("load"):
         models = [loaded.model for loaded in load_for_inference(checkpoints, target)]
@@ -50,4 +55,19 @@ def predict(
     with phase("write"):
         write_submission(labels.numpy(), split.ids.numpy(), out)
     counts = torch.bincount(labels, minlength=config.N_CLASSES).tolist()
+    return PredictResult(out, len(labels), dict(enumerate(counts)), seconds)
+
+
+def _predict_onnx(graphs: list[Path], processed_dir: Path, out: Path) -> PredictResult:
+    """`predict` with exported graphs on ONNX Runtime (the split file still needs torch)."""
+    with phase("load"):
+        models = load_onnx_models(graphs, default_threads())
+        split = load_split(processed_dir, "test")
+    start = time.perf_counter()
+    with phase("work"):
+        labels = mean_probabilities(models, split.images.numpy()).argmax(1)
+    seconds = time.perf_counter() - start
+    with phase("write"):
+        write_submission(labels, split.ids.numpy(), out)
+    counts = np.bincount(labels, minlength=config.N_CLASSES).tolist()
     return PredictResult(out, len(labels), dict(enumerate(counts)), seconds)

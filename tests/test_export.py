@@ -143,3 +143,22 @@ def test_bad_checkpoints_get_one_line_and_no_file(
     with pytest.raises(PipelineError, match="no such checkpoint"):
         export_onnx([tmp_path / "absent.pt"], out, sample_processed_dir)
     assert not out.exists()
+
+
+def test_predict_on_the_onnx_file_writes_the_same_submission(
+    fast_onnx, fast_checkpoint, sample_processed_dir, tmp_path
+):
+    from pipeline.predict import predict
+
+    by_torch = predict(
+        [fast_checkpoint], sample_processed_dir, tmp_path / "torch.csv", device="cpu"
+    )
+    by_onnx = predict([fast_onnx.path], sample_processed_dir, tmp_path / "onnx.csv", device="cpu")
+    assert by_onnx.rows == by_torch.rows == 1000
+    assert (tmp_path / "onnx.csv").read_bytes() == (tmp_path / "torch.csv").read_bytes()
+    assert by_onnx.label_counts == by_torch.label_counts
+    with pytest.raises(PipelineError, match=r"either checkpoints \(.pt\) or exported graphs"):
+        predict([fast_onnx.path, fast_checkpoint], sample_processed_dir, tmp_path / "x.csv")
+    with pytest.raises(PipelineError, match="--tta needs checkpoints"):
+        predict([fast_onnx.path], sample_processed_dir, tmp_path / "x.csv", tta=True)
+    assert not (tmp_path / "x.csv").exists()
