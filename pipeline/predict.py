@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from pipeline import config
+from pipeline.bench.timings import phase
 from pipeline.datasets import TensorDigits, load_split
 from pipeline.device import resolve_device
 from pipeline.files import check_writable
 from pipeline.inference import ensemble_probabilities, load_for_inference
 from pipeline.onnx_runtime import default_threads, load_onnx_models, mean_probabilities, onnx_only
 from pipeline.submission import write_submission
-from pipeline.timings import phase
 
 
 @dataclass(frozen=True)
