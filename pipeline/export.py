@@ -33,8 +33,8 @@ from pipeline import __version__, config
 from pipeline.checkpoints import load_checkpoint
 from pipeline.datasets import TensorDigits, load_split, processed_fingerprint
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, check_writable
-from pipeline.inference import expand_checkpoints, inference_model, predict_logits
+from pipeline.files import atomic_path, check_writable, expand_checkpoints
+from pipeline.inference import inference_model, predict_logits
 from pipeline.onnx_runtime import FORMAT, FORMAT_VERSION, INPUT, OUTPUT, is_onnx, open_onnx
 
 PARITY_DIGITS = 1_000  # validation digits the ONNX graph must reproduce before it is written
@@ -217,7 +217,7 @@ def export_onnx(
 
     # Run the graph as a user will, from its bytes through our own loader, before writing.
     model = open_onnx(_with_props(proto, paths, metas, None), out)
-    answer = model.probabilities(images.numpy())
+    answer = model.predict(images.numpy())
     diff = float(np.abs(answer - reference).max())
     if not diff < TOLERANCE or not np.array_equal(answer.argmax(1), reference.argmax(1)):
         raise PipelineError(
@@ -229,7 +229,7 @@ def export_onnx(
         processed_fingerprint(processed_dir)
     }
     if len(paths) > 1 and same_data and val.labels is not None:
-        predicted = model.probabilities(val.images.numpy()).argmax(1)
+        predicted = model.predict(val.images.numpy()).argmax(1)
         ensemble_accuracy = float((predicted == val.labels.numpy()).mean())
     data = _with_props(proto, paths, metas, ensemble_accuracy)
     with atomic_path(out) as tmp:

@@ -57,7 +57,7 @@ class OnnxModel:
     def val_accuracy(self) -> float | None:
         return self.meta.get("val_accuracy")
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, 1, 28, 28] digits (0 = background) -> float32 [N, 10], in batches."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE:
@@ -182,7 +182,7 @@ def open_onnx(data: bytes, path: Path, threads: int | None = None) -> OnnxModel:
     _check_meta(path, meta)
     model = OnnxModel(path, session, meta)
     try:
-        blank = model.probabilities(np.zeros((1, *INPUT_SHAPE), np.uint8))
+        blank = model.predict(np.zeros((1, *INPUT_SHAPE), np.uint8))
     except Exception as exc:
         reason = " ".join(str(exc).split())[:120]
         raise PipelineError(f"{path}: the graph fails on a blank digit ({reason})") from None
@@ -228,4 +228,4 @@ def load_onnx_models(paths: list[Path], threads: int | None = None) -> list[Onnx
 
 def mean_probabilities(models: list[OnnxModel], images: np.ndarray) -> np.ndarray:
     """The graphs' mean probabilities [N, 10] for uint8 [N, 1, 28, 28] digits."""
-    return np.mean([model.probabilities(images) for model in models], axis=0, dtype=np.float32)
+    return np.mean([model.predict(images) for model in models], axis=0, dtype=np.float32)

@@ -140,6 +140,24 @@ def kaggle_processed_dir(kaggle_zip, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def no_torch() -> str:
+    """Python to run first in a child process: any import of torch there fails, and at exit
+    the child prints `torch-check: attempts=[...] loaded=...` (what tried, what got in)."""
+    return (
+        "import atexit, sys\n"
+        "attempts = []\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            attempts.append(name)\n"
+        "            raise ImportError(f'torch is blocked here, yet {name} was imported')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "atexit.register(lambda: print(f'torch-check: attempts={attempts} '\n"
+        "                              f'loaded={\"torch\" in sys.modules}', flush=True))\n"
+    )
+
+
+@pytest.fixture(scope="session")
 def linear_onnx(sample_processed_dir, tmp_path_factory):
     """Write a small hand-built ONNX digit reader; `linear_onnx(path, **changes)` -> path.
 

@@ -48,7 +48,7 @@ def test_onnx_runtime_matches_torch_on_1000_real_digits(
 ):
     images = load_split(sample_processed_dir, "test").images  # 1,000 real digits
     assert len(images) == 1000
-    onnx_probs = load_onnx(fast_onnx.path).probabilities(images.numpy())
+    onnx_probs = load_onnx(fast_onnx.path).predict(images.numpy())
     torch_probs = torch_probabilities(fast_checkpoint, images)
     diff = float(np.abs(onnx_probs - torch_probs).max())
     record_property("max_abs_diff", diff)
@@ -99,7 +99,7 @@ def test_temperature_and_ensembles_go_into_the_graph(
     cold = with_meta(fast_checkpoint, tmp_path / "member-1.pt", temperature=0.5)
     result = export_onnx([tmp_path / "member-*.pt"], tmp_path / "pair.onnx", sample_processed_dir)
     assert result.members == 2
-    probs = load_onnx(result.path).probabilities(images.numpy())
+    probs = load_onnx(result.path).predict(images.numpy())
     expected = (torch_probabilities(hot, images, 2.5) + torch_probabilities(cold, images, 0.5)) / 2
     assert np.abs(probs - expected).max() < 1e-4
     assert np.abs(probs - torch_probabilities(fast_checkpoint, images)).max() > 0.01
