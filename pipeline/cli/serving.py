@@ -91,7 +91,8 @@ def bench_command(
         bool,
         typer.Option(
             help="Also load `pipeline serve` of --serve-checkpoint with 2,000 API requests "
-            "from 8 clients on 127.0.0.1: latency percentiles, requests/s, errors."
+            "from 8 clients on 127.0.0.1: latency percentiles, requests/s, errors, server "
+            "memory; then the same on it exported to ONNX (ONNX Runtime, no torch)."
         ),
     ] = True,
     serve_checkpoint: Annotated[
