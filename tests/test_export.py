@@ -1,7 +1,7 @@
 """`pipeline export`: parity with torch on real digits, dynamic batches, metadata, bad input.
 
-The exporter takes a few seconds per graph (torch.export, then ONNX Script), so everything
-that exports is marked slow and shares one exported fastnet per session.
+The exporter takes a few seconds per graph (torch.export, then ONNX Script), so every test
+that exports is marked slow, and they share one exported fastnet per session.
 """
 
 import io
@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
-from pipeline import __version__, models
+from pipeline import __version__, config, models
 from pipeline.checkpoints import save_checkpoint
+from pipeline.cli import app
 from pipeline.datasets import TensorDigits, load_split
 from pipeline.errors import PipelineError
-from pipeline.export import PARITY_DIGITS, TOLERANCE, export_onnx
+from pipeline.export import PARITY_DIGITS, TOLERANCE, default_out, export_onnx
 from pipeline.inference import load_for_inference, predict_logits
 from pipeline.onnx_runtime import load_onnx
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +43,7 @@ def with_meta(checkpoint, path, **changes):
     return path
 
 
+@pytest.mark.slow
 def test_onnx_runtime_matches_torch_on_1000_real_digits(
     fast_onnx, fast_checkpoint, sample_processed_dir, record_property
 ):
@@ -60,6 +61,7 @@ def test_onnx_runtime_matches_torch_on_1000_real_digits(
     assert fast_onnx.max_abs_diff < TOLERANCE
 
 
+@pytest.mark.slow
 def test_dynamic_batch_sizes_1_and_1000(fast_onnx, sample_processed_dir):
     model = load_onnx(fast_onnx.path)
     shapes = {i.name: i.shape for i in model.session.get_inputs()}
@@ -74,6 +76,7 @@ def test_dynamic_batch_sizes_1_and_1000(fast_onnx, sample_processed_dir):
     assert np.abs(singles - thousand[:20]).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_the_metadata_describes_the_checkpoint(fast_onnx, fast_checkpoint):
     meta = json.loads(fast_checkpoint.with_suffix(".json").read_text())
     model = load_onnx(fast_onnx.path)
@@ -91,6 +94,7 @@ def test_the_metadata_describes_the_checkpoint(fast_onnx, fast_checkpoint):
     assert 50_000 < fast_onnx.bytes < 400_000  # fastnet's ~33k weights as float32, and the graph
 
 
+@pytest.mark.slow
 def test_temperature_and_ensembles_go_into_the_graph(
     fast_checkpoint, sample_processed_dir, tmp_path
 ):
@@ -122,6 +126,7 @@ class DataDependent(nn.Module):
         return -self.linear(x.flatten(1))
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_get_one_line_and_no_file(
     fast_checkpoint, sample_processed_dir, tmp_path, monkeypatch
 ):
@@ -145,6 +150,7 @@ def test_bad_checkpoints_get_one_line_and_no_file(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_predict_on_the_onnx_file_writes_the_same_submission(
     fast_onnx, fast_checkpoint, sample_processed_dir, tmp_path
 ):
@@ -162,3 +168,58 @@ def test_predict_on_the_onnx_file_writes_the_same_submission(
     with pytest.raises(PipelineError, match="--tta needs checkpoints"):
         predict([fast_onnx.path], sample_processed_dir, tmp_path / "x.csv", tta=True)
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_the_default_out_is_models_name_onnx(tmp_path):
+    assert default_out([tmp_path / "fastnet.pt"]) == config.MODELS_DIR / "fastnet.onnx"
+    assert default_out([tmp_path / "best-*.pt"]) == config.MODELS_DIR / "best.onnx"
+    assert (
+        default_out([tmp_path / "a.pt", tmp_path / "b.pt"]) == config.MODELS_DIR / "ensemble.onnx"
+    )
+
+
+def test_export_refuses_a_bad_out_and_a_missing_checkpoint_in_one_line(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        ["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx")],
+    )
+    assert result.exit_code == 1 and result.stdout == ""
+    assert (
+        result.stderr.strip()
+        == f"error: {tmp_path / 'none.pt'}: no such checkpoint (run `pipeline train` first)"
+    )
+    result = runner.invoke(app, ["export", "--out", str(tmp_path / "x.csv")])
+    assert result.exit_code == 1
+    assert (
+        result.stderr.strip()
+        == f"error: --out {tmp_path / 'x.csv'}: give a file name ending in .onnx"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_export_and_predict_commands(fast_checkpoint, sample_processed_dir, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "graphs" / "fast.onnx"
+    args = ["--checkpoint", str(fast_checkpoint), "--processed-dir", str(sample_processed_dir)]
+    result = runner.invoke(app, ["export", *args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    size = out.stat().st_size
+    assert result.stdout.strip() == (
+        f"export: 1 model(s) -> {out} ({size:,} bytes); ONNX Runtime matches torch on 400 "
+        f"validation digits (max |dp| {float(result.stdout.split('|dp| ')[1][:7]):.1e})"
+    )
+    result = runner.invoke(
+        app,
+        ["predict", "--checkpoint", str(out), "--processed-dir", str(sample_processed_dir),
+         "--out", str(tmp_path / "onnx.csv")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "1,000 labels from 1 model(s)" in result.stdout
+    result = runner.invoke(
+        app,
+        ["predict", *args, "--out", str(tmp_path / "torch.csv")],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "onnx.csv").read_text() == (tmp_path / "torch.csv").read_text()
