@@ -18,7 +18,7 @@ RUN := $(or $(MODEL),$(if $(filter fast,$(RECIPE)),fastnet,$(RECIPE)))
 CHECKPOINT := models/$(RUN).pt
 
 .DEFAULT_GOAL := help
-.PHONY: help install data prepare train evaluate predict all best crossval submit test test-all serve bench baselines lint clean distclean
+.PHONY: help install data prepare train evaluate predict all best crossval submit test test-all serve export bench baselines lint clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ test-all: $(VENV)/.installed-browser ## Run every test, the slow ones too (what 
 
 serve: train ## Serve the draw-a-digit page and JSON API on CHECKPOINT at http://127.0.0.1:8000/
 	$(PIPELINE) serve --checkpoint $(CHECKPOINT) --device $(DEVICE)
+
+export: train ## Export CHECKPOINT to models/<name>.onnx (one graph, checked against torch first)
+	$(PIPELINE) export --checkpoint $(CHECKPOINT)
 
 bench: train ## Speed figures against baselines run beside them: parse, loops, end to end, serve load
 	$(PIPELINE) bench --device $(DEVICE)

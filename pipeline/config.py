@@ -85,6 +85,11 @@ def sidecar_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".json")
 
 
+def onnx_path(name: str, models_dir: Path = MODELS_DIR) -> Path:
+    """Where `pipeline export` writes the graph of the checkpoint (or ensemble) `name`."""
+    return models_dir / f"{name}.onnx"
+
+
 def metrics_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.metrics.csv")
 

@@ -1,6 +1,7 @@
-"""Atomic writes and fingerprints shared by every stage that produces files."""
+"""Atomic writes, fingerprints and checkpoint globs, shared by every stage (torch-free)."""
 
 import csv
+import glob
 import hashlib
 import json
 import os
@@ -63,3 +64,19 @@ def sha256_text(text: str) -> str:
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def expand_checkpoints(patterns: list[Path]) -> list[Path]:
+    """Plain paths as given; quoted globs such as 'models/best-*.pt' expanded, sorted."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        if glob.has_magic(str(pattern)):
+            matches = sorted(glob.glob(str(pattern)))
+            if not matches:
+                raise PipelineError(f"{pattern}: no checkpoint matches")
+            paths += [Path(m) for m in matches]
+        else:
+            paths.append(pattern)
+    if not paths:
+        raise PipelineError("give at least one --checkpoint")
+    return paths

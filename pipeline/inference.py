@@ -4,7 +4,6 @@ Every stage that reads a model's answers (validation in `train`, `evaluate`, `pr
 `crossval`, `serve`) goes through here, so they all see the same normalisation and views.
 """
 
-import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,22 +28,6 @@ class LoadedModel:
     path: Path
     model: nn.Module  # eval mode, BatchNorm folded, channels_last, on its device
     meta: dict
-
-
-def expand_checkpoints(patterns: list[Path]) -> list[Path]:
-    """Plain paths as given; quoted globs such as 'models/best-*.pt' expanded, sorted."""
-    paths: list[Path] = []
-    for pattern in patterns:
-        if glob.has_magic(str(pattern)):
-            matches = sorted(glob.glob(str(pattern)))
-            if not matches:
-                raise PipelineError(f"{pattern}: no checkpoint matches")
-            paths += [Path(m) for m in matches]
-        else:
-            paths.append(pattern)
-    if not paths:
-        raise PipelineError("give at least one --checkpoint")
-    return paths
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:

@@ -85,7 +85,8 @@ CheckpointsOpt = Annotated[
     typer.Option(
         "--checkpoint",
         metavar="PATH",
-        help="Checkpoint; repeat it (or quote a glob) to average an ensemble.",
+        help="Checkpoint (.pt) or exported graph (.onnx); repeat it (or quote a glob) to "
+        "average an ensemble.",
     ),
 ]
 TtaOpt = Annotated[bool, typer.Option(help="Average over the image and four 1-px shifts.")]

@@ -162,3 +162,96 @@ def kaggle_processed_dir(kaggle_zip, tmp_path_factory) -> Path:
     processed = tmp_path_factory.mktemp("kaggle_processed")
     prepare(raw, processed, seed=0)
     return processed
+
+
+@pytest.fixture(scope="session")
+def no_torch() -> str:
+    """Python to run first in a child process: any import of torch there fails, and at exit
+    the child prints `torch-check: attempts=[...] loaded=...` (what tried, what got in)."""
+    return (
+        "import atexit, sys\n"
+        "attempts = []\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            attempts.append(name)\n"
+        "            raise ImportError(f'torch is blocked here, yet {name} was imported')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "atexit.register(lambda: print(f'torch-check: attempts={attempts} '\n"
+        "                              f'loaded={\"torch\" in sys.modules}', flush=True))\n"
+    )
+
+
+@pytest.fixture(scope="session")
+def linear_onnx(sample_processed_dir, tmp_path_factory):
+    """Write a small hand-built ONNX digit reader; `linear_onnx(path, **changes)` -> path.
+
+    A linear classifier fitted by least squares on the sample's training digits (about 85%
+    on its test digits), built with onnx.helper in well under a second: input `images` uint8
+    [N,1,28,28], output `probabilities` [N,10], the metadata `pipeline export` writes. The
+    changes make the foreign graphs the loader must refuse: `input_name`, `input_type`,
+    `input_shape`, `output_name`, `props` (None for none).
+    """
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pipeline.datasets import load_split
+
+    train = load_split(sample_processed_dir, "train")
+    x = train.images.flatten(1).numpy().astype(np.float64) / 255.0
+    x = np.hstack([x, np.ones((len(x), 1))])
+    targets = np.eye(config.N_CLASSES)[train.labels.numpy()]
+    solution = np.linalg.solve(x.T @ x + 1.0 * np.eye(x.shape[1]), x.T @ targets) * 8.0
+    weights, bias = solution[:-1].astype(np.float32), solution[-1].astype(np.float32)
+    props = {
+        "format": "digit-recognizer-onnx",
+        "format_version": "1",
+        "pipeline_version": "0.1.0",
+        "model": "linear",
+        "arch_args": "{}",
+        "val_accuracy": "0.85",
+        "members": json.dumps([{"checkpoint": "linear.pt", "model": "linear"}]),
+    }
+
+    def write(
+        path: Path,
+        input_name: str = "images",
+        input_type: int = TensorProto.UINT8,
+        input_shape: tuple = ("batch", 1, 28, 28),
+        output_name: str = "probabilities",
+        props: dict | None = props,
+    ) -> Path:
+        nodes = [
+            helper.make_node("Cast", [input_name], ["pixels"], to=TensorProto.FLOAT),
+            helper.make_node("Div", ["pixels", "scale"], ["unit"]),
+            helper.make_node("Reshape", ["unit", "flat_shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "weights"], ["scores"]),
+            helper.make_node("Add", ["scores", "bias"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], [output_name], axis=-1),
+        ]
+        constants = {
+            "scale": np.array(255.0, np.float32),
+            "flat_shape": np.array([-1, config.N_PIXELS], np.int64),
+            "weights": weights,
+            "bias": bias,
+        }
+        graph = helper.make_graph(
+            nodes,
+            "linear",
+            [helper.make_tensor_value_info(input_name, input_type, list(input_shape))],
+            [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", 10])],
+            [numpy_helper.from_array(value, name) for name, value in constants.items()],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 9
+        if props is not None:
+            helper.set_model_props(model, props)
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save_model(model, path)
+        return path
+
+    write.weights, write.bias = weights, bias
+    return write

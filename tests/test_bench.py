@@ -261,6 +261,7 @@ SERVE_LINE = re.compile(
     r"pipeline serve under load \(cpu, 127.0.0.1\): 2,000 requests, 8 clients: "
     r"p50 (\d+\.\d) ms, p95 (\d+\.\d) ms, p99 (\d+\.\d) ms, ([\d,]+) requests/s, (\d+) errors"
 )
+MEMORY = re.compile(r"server memory ([\d,]+) MB after loading, ([\d,]+) MB peak")
 
 
 def _bench_serve_only(sample_raw_dir, processed_dir, checkpoint):
@@ -285,3 +286,15 @@ def test_the_serve_load_test_prints_ordered_percentiles(
     assert line, result.stdout
     p50, p95, p99, per_second, errors = (number(g) for g in line.groups())
     assert 0 < p50 <= p95 <= p99 and per_second > 0 and errors == 0
+    # The same load on the checkpoint exported to ONNX, and both servers' memory.
+    rows = result.stdout.splitlines()
+    torch_row = next(row for row in rows if row.startswith("pipeline serve under load"))
+    onnx_row = next(row for row in rows if row.startswith("the same, exported to ONNX"))
+    assert "2,000 requests, 8 clients: p50 " in onnx_row and " 0 errors" in onnx_row, onnx_row
+    memory = [MEMORY.search(row) for row in (torch_row, onnx_row)]
+    assert all(memory), result.stdout
+    (torch_rss, torch_peak), (onnx_rss, onnx_peak) = (
+        [number(g) for g in found.groups()] for found in memory
+    )
+    assert 20 < torch_rss <= torch_peak and 20 < onnx_rss <= onnx_peak
+    assert onnx_rss < torch_rss  # torch alone holds hundreds of MB

@@ -11,9 +11,16 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    pid: int  # the server process, for its memory figures
 
 
 @contextmanager
@@ -24,6 +31,15 @@ def running_server(
 
     Raises PipelineError with the child's last output line if it does not start in `timeout` s.
     """
+    with running_server_process(checkpoints, device, host, timeout) as server:
+        yield server.url
+
+
+@contextmanager
+def running_server_process(
+    checkpoints: list[Path], device: str = "cpu", host: str = "127.0.0.1", timeout: float = 120
+) -> Iterator[LiveServer]:
+    """`running_server`, yielding the child's pid with its URL."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     child = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "serve", "--host", host, "--port", "0"]
@@ -51,7 +67,8 @@ def running_server(
         if not started.wait(timeout) or child.poll() is not None:
             last = next((line for line in reversed(lines) if line.strip()), "no output")
             raise PipelineError(f"the server did not start: {last}")
-        yield next(line for line in lines if line.startswith("serve: http")).split()[1]
+        url = next(line for line in lines if line.startswith("serve: http")).split()[1]
+        yield LiveServer(url, child.pid)
     finally:
         if child.poll() is None:
             child.send_signal(signal.SIGINT)  # as Ctrl-C does
@@ -61,3 +78,13 @@ def running_server(
                 child.kill()
                 child.wait()
         reader.join(5)
+
+
+def memory_mb(pid: int) -> tuple[float, float] | None:
+    """(resident now, resident peak) of process `pid` in MB, from /proc (Linux; else None)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
+        return None

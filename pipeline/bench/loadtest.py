@@ -10,7 +10,7 @@ import http.client
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,6 +30,8 @@ class LoadResult:
     errors: int  # non-200 answers, wrong labels for the digit sent, and failed connections
     seconds: float
     latencies_ms: np.ndarray  # one per request that got an answer, in completion order
+    rss_mb: float | None = None  # the server's resident memory once its models are loaded
+    peak_rss_mb: float | None = None  # ... and its peak, at the end of the load test
 
     @property
     def requests_per_second(self) -> float:
@@ -44,6 +46,12 @@ class LoadResult:
             f"p50 {self.percentile(50):.1f} ms, p95 {self.percentile(95):.1f} ms, "
             f"p99 {self.percentile(99):.1f} ms, {self.requests_per_second:,.0f} requests/s, "
             f"{self.errors} errors"
+            + (
+                f"; server memory {self.rss_mb:,.0f} MB after loading, "
+                f"{self.peak_rss_mb:,.0f} MB peak"
+                if self.rss_mb is not None and self.peak_rss_mb is not None
+                else ""
+            )
         )
 
 
@@ -145,12 +153,19 @@ def run_load_test(
     requests: int = REQUESTS,
     clients: int = CLIENTS,
 ) -> LoadResult:
-    """Start a server on the checkpoints, load it with validation digits, stop it."""
-    from pipeline.bench.live_server import running_server
+    """Start a server on the checkpoints (or `.onnx` graphs), load it with validation digits,
+    stop it. The server's resident memory is read once it has loaded (before any request)
+    and its peak once the load is over."""
+    from pipeline.bench.live_server import memory_mb, running_server_process
 
     if requests < 1 or clients < 1:
         raise PipelineError("--requests and --clients must be positive")
     bodies = digit_bodies(processed_dir)
-    with running_server(checkpoints, device) as url:
-        labels = expected_labels(url, bodies)  # also warms the server up, untimed
-        return load_test(url, bodies, labels, requests, clients)
+    with running_server_process(checkpoints, device) as server:
+        loaded = memory_mb(server.pid)
+        labels = expected_labels(server.url, bodies)  # also warms the server up, untimed
+        result = load_test(server.url, bodies, labels, requests, clients)
+        end = memory_mb(server.pid)
+    if loaded is None or end is None:
+        return result
+    return replace(result, rss_mb=loaded[0], peak_rss_mb=end[1])

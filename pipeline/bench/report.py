@@ -85,4 +85,6 @@ def format_report(report: BenchReport) -> str:
         lines += format_end_to_end(report.end_to_end)
     if report.serve:
         lines += ["", f"pipeline serve under load (cpu, 127.0.0.1): {report.serve}"]
+    if report.serve_onnx:
+        lines += [f"the same, exported to ONNX (onnxruntime, no torch): {report.serve_onnx}"]
     return "\n".join(lines)

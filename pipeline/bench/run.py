@@ -55,6 +55,7 @@ class BenchReport:
     ddp: DdpBench | None = None
     end_to_end: EndToEnd | None = None
     serve: str | None = None  # the load test's summary line, or why it did not run
+    serve_onnx: str | None = None  # the same on the checkpoint exported to ONNX
 
 
 def bench_data(options: BenchOptions, device: str) -> BenchReport:
@@ -77,6 +78,24 @@ def bench_serve(checkpoint: Path, processed_dir: Path) -> str:
     if not checkpoint.is_file():
         return f"skipped: {checkpoint} does not exist (run `make train` first)"
     return run_load_test([checkpoint], processed_dir, device="cpu").summary()
+
+
+def bench_serve_onnx(checkpoint: Path, processed_dir: Path) -> str:
+    """The same load test on `checkpoint` exported to ONNX (served by ONNX Runtime, no torch)."""
+    if not checkpoint.is_file():
+        return f"skipped: {checkpoint} does not exist (run `make train` first)"
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        return f"skipped: {exc.name} is not installed (the export and serve extras)"
+    from pipeline.export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = export_onnx([checkpoint], Path(tmp) / f"{checkpoint.stem}.onnx", processed_dir)
+        result = run_load_test([graph.path], processed_dir, device="cpu")
+    return f"{result.summary()}; {graph.bytes / 1024:,.0f} KB .onnx"
 
 
 def run_bench(
@@ -107,4 +126,6 @@ def run_bench(
     if options.serve_checkpoint is not None:
         log(f"load test of `pipeline serve` on {options.serve_checkpoint} (127.0.0.1 only) ...")
         report.serve = bench_serve(options.serve_checkpoint, processed)
+        log("the same load test on the checkpoint exported to ONNX (ONNX Runtime, no torch) ...")
+        report.serve_onnx = bench_serve_onnx(options.serve_checkpoint, processed)
     return report

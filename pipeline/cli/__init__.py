@@ -2,7 +2,7 @@
 
 - `errors`: the root group that turns every error into one `error:` line and an exit code.
 - `data`: download, prepare. `training`: train, ensemble, crossval (one `Overrides` built from
-  their options). `results`: evaluate, predict, submit. `serving`: serve, bench.
+  their options). `results`: evaluate, predict, submit. `serving`: serve, export, bench.
 
 Nothing heavy is imported before the command line is parsed: each command imports its stage
 (and so torch, pandas, scikit-learn) inside its body, so `--help` and usage errors answer at
@@ -28,7 +28,7 @@ from pipeline.cli.errors import (
     raise_terminated,
 )
 from pipeline.cli.results import evaluate_command, predict_command, submit_command
-from pipeline.cli.serving import bench_command, serve_command
+from pipeline.cli.serving import bench_command, export_command, serve_command
 from pipeline.cli.training import crossval_command, ensemble_command, train_command
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)
 app.command("submit")(submit_command)
 app.command("serve")(serve_command)
+app.command("export")(export_command)
 app.command("bench")(bench_command)
 app.add_typer(baselines_app, name="baselines")
 

@@ -52,7 +52,7 @@ def predict_command(
     tta: TtaOpt = False,
 ) -> None:
     """Label test.csv's digits and write ImageId,Label (probabilities averaged over models)."""
-    from pipeline.inference import expand_checkpoints
+    from pipeline.files import expand_checkpoints
     from pipeline.predict import predict
 
     paths = expand_checkpoints(checkpoints)

@@ -1,4 +1,5 @@
-"""`pipeline serve` and `pipeline bench`: the page and API, and the speed figures."""
+"""`pipeline serve`, `pipeline export` and `pipeline bench`: the page and API, the portable
+ONNX file, and the speed figures."""
 
 from pathlib import Path
 from typing import Annotated
@@ -29,10 +30,29 @@ def serve_command(
     device: DeviceOpt = Device.auto,
 ) -> None:
     """Serve a draw-a-digit page and a JSON API on the checkpoint(s) until Ctrl-C."""
-    from pipeline.inference import expand_checkpoints
+    from pipeline.files import expand_checkpoints
     from pipeline.serve.server import serve
 
     serve(expand_checkpoints(checkpoints), host, port, plain(device))
+
+
+def export_command(
+    checkpoints: CheckpointsOpt = [config.DEFAULT_CHECKPOINT],  # noqa: B006
+    out: Annotated[
+        Path | None,
+        typer.Option(help="ONNX file to write [default: models/<checkpoint name>.onnx]."),
+    ] = None,
+    processed_dir: ProcessedOpt = config.PROCESSED_DIR,
+) -> None:
+    """Export the checkpoint(s) as one ONNX graph, checked against torch before it is written."""
+    from pipeline.export import default_out, export_onnx
+
+    result = export_onnx(checkpoints, out or default_out(checkpoints), processed_dir)
+    typer.echo(
+        f"export: {result.members} model(s) -> {result.path} ({result.bytes:,} bytes); "
+        f"ONNX Runtime matches torch on {result.digits_compared:,} validation digits "
+        f"(max |dp| {result.max_abs_diff:.1e})"
+    )
 
 
 def model_names(text: str) -> tuple[str, ...]:
@@ -72,7 +92,8 @@ def bench_command(
         bool,
         typer.Option(
             help="Also load `pipeline serve` of --serve-checkpoint with 2,000 API requests "
-            "from 8 clients on 127.0.0.1: latency percentiles, requests/s, errors."
+            "from 8 clients on 127.0.0.1: latency percentiles, requests/s, errors, server "
+            "memory; then the same on it exported to ONNX (ONNX Runtime, no torch)."
         ),
     ] = True,
     serve_checkpoint: Annotated[

@@ -6,6 +6,7 @@
 - `limits`: the body-size limit, enforced before anything is parsed.
 - `digitize`: MNIST-style preprocessing of uploaded images (NumPy and Pillow only).
 - `torch_backend`: checkpoints loaded with torch; the only module here that imports torch.
+- `onnx_backend`: exported `.onnx` graphs on ONNX Runtime; a server on them never loads torch.
 - `server`: binding the socket and running uvicorn until Ctrl-C (`serve`).
 - `static/`: the page's HTML, script and CSS.
 

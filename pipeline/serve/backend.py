@@ -1,7 +1,7 @@
 """What the app needs from a model backend: probabilities for digits, and what to show.
 
-The app never imports torch: a backend (today `torch_backend`; an ONNX Runtime one can sit
-beside it) loads the checkpoints and answers `predict`. Plain NumPy in and out.
+The app never imports torch: a backend (`torch_backend` for checkpoints, `onnx_backend` for
+exported graphs) loads the checkpoints and answers `predict`. Plain NumPy in and out.
 """
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""`serve`: load the checkpoints, bind the socket, run uvicorn until Ctrl-C.
+"""`serve`: load the checkpoints (or `.onnx` graphs), bind the socket, run uvicorn until Ctrl-C.
 
 Models load and the port is bound before anything listens, so a bad checkpoint or a busy port
 is a one-line PipelineError, not a traceback from inside uvicorn.
@@ -47,6 +47,21 @@ class AnnouncingServer(uvicorn.Server):
                 self.ready()
 
 
+def load_backend(checkpoints: list[Path], device: str = "auto"):
+    """ONNX Runtime for `.onnx` files (torch is never imported), else torch for checkpoints."""
+    from pipeline.files import expand_checkpoints
+    from pipeline.onnx_runtime import onnx_only
+
+    paths = expand_checkpoints(list(checkpoints))
+    if onnx_only(paths, device):
+        from pipeline.serve.onnx_backend import load_models
+
+        return load_models(paths)
+    from pipeline.serve.torch_backend import load_models  # torch: only once we serve
+
+    return load_models(paths, device)
+
+
 def serve(
     checkpoints: list[Path],
     host: str = "127.0.0.1",
@@ -59,9 +74,7 @@ def serve(
     Prints `serve: <url> (...)` once listening and calls `ready(url)`; Ctrl-C (SIGINT) or
     SIGTERM finishes open requests and returns.
     """
-    from pipeline.serve.torch_backend import load_models  # torch: only once we serve
-
-    backend = load_models(checkpoints, device)
+    backend = load_backend(checkpoints, device)
     app = create_app(backend)
     sock = bind(host, port)
     url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}/"

@@ -15,7 +15,8 @@ from pipeline import config
 from pipeline.calibration import temperature_of
 from pipeline.datasets import TensorDigits
 from pipeline.device import resolve_device
-from pipeline.inference import ensemble_probabilities, expand_checkpoints, load_for_inference
+from pipeline.files import expand_checkpoints
+from pipeline.inference import ensemble_probabilities, load_for_inference
 from pipeline.serve.backend import CheckpointInfo
 
 
