@@ -261,6 +261,7 @@ def train(
     log: Callable[[str], None] | None = None,
     progress: bool = True,
     force: bool = False,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
 ) -> run_state.TrainResult:
     """Train `cfg` on processed_dir's train split, validating on val after every epoch.
 
@@ -269,6 +270,8 @@ def train(
     saved run, refusing a different config or different data. SIGINT/SIGTERM save a resumable
     state and raise TrainingInterrupted. Under torchrun (WORLD_SIZE > 1) trains one model
     with DDP. A finished run of the same config on the same data is returned as is unless `force`.
+    `on_epoch_end(record)` sees each epoch's metrics on rank 0 (tracking, tuning); what it
+    raises (a pruned trial) ends the run with the resumable state of that epoch saved.
     """
     check_config(cfg)
     out = out or config.checkpoint_path(cfg.model)
@@ -297,6 +300,8 @@ def train(
                     where = run.state.epoch, run.state.step, stop.signum
                     raise run_state.TrainingInterrupted(last, *where)
                 end_epoch(run, seconds, start_step, say)
+                if on_epoch_end is not None and ranks.is_main:
+                    on_epoch_end(run.state.history[-1])
         distributed.wait_for_all(ranks)
     curves = None
     if ranks.is_main and run.state.history:
