@@ -256,7 +256,8 @@ def finished_run(cfg: TrainConfig, out: Path, data_fingerprint: str) -> TrainRes
     try:
         saved = read_payload(last)["meta"]
         best = read_payload(out)["meta"]
-        same = saved.get("train_config") == asdict(cfg)
+        # defaults fill options newer than the checkpoint, so an upgrade does not retrain
+        same = asdict(saved_config(saved, last)) == asdict(cfg)
         if not (same and saved.get("data_fingerprint") == data_fingerprint):
             return None
         if not saved.get("finished"):

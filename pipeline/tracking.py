@@ -239,6 +239,10 @@ class TrackedRun:
 
         self.session.submit(call)
 
+    def id(self) -> str | None:
+        """The run's id, once the store has made the run (None if the store failed)."""
+        return self.run_id.result()
+
     def child(self, name: str, command: str, params: dict, tags: dict | None = None):
         return self.session.start_run(name, command, params, tags, parent=self)
 
@@ -324,12 +328,13 @@ class NoRun:
 NO_RUN = NoRun()
 
 
-def tracked_train(train: Callable, run, cfg, out: Path, **kwargs):
+def tracked_train(train: Callable, run, cfg, out: Path, on_epoch_end=None, **kwargs):
     """Call `train(cfg, out=out, on_epoch_end=..., **kwargs)` as the tracked run `run`: metrics
-    per epoch, summary and kept checkpoint at the end, KILLED/FAILED if it stops early, and no
-    record at all for a finished identical run that train skipped."""
+    per epoch (`on_epoch_end` replaces run.log_epoch and must call it), summary and kept
+    checkpoint at the end, KILLED/FAILED if it stops early, and no record at all for a
+    finished identical run that train skipped."""
     try:
-        result = train(cfg, out=out, on_epoch_end=run.log_epoch, **kwargs)
+        result = train(cfg, out=out, on_epoch_end=on_epoch_end or run.log_epoch, **kwargs)
     except BaseException as exc:
         run.end(stop_status(exc))
         raise

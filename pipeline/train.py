@@ -78,7 +78,7 @@ def batch_inputs(dataset, indices, cfg: TrainConfig, ranks: Ranks, device, augme
     images, labels = dataset.get_batch(indices[lo:hi])
     x = datasets.to_unit(images.to(device, non_blocking=True))
     if cfg.augment:
-        settings = augmentation.training_augmentation(cfg.elastic)
+        settings = augmentation.training_augmentation(cfg.elastic, cfg.augment_strength)
         params = augmentation.draw(len(indices), x.shape[-1], settings, augment_gen, device)
         x = augmentation.apply(x, params.rows(lo, hi))
     x = datasets.standardize(x)
