@@ -16,7 +16,7 @@ from pipeline.datasets import TensorDigits, load_split
 from pipeline.device import resolve_device
 from pipeline.files import check_writable
 from pipeline.inference import ensemble_probabilities, load_for_inference
-from pipeline.submission import write_submission
+from pipeline.submission import write_source_record, write_submission
 from pipeline.timings import phase
 
 
@@ -36,8 +36,10 @@ def predict(
     device: str = "auto",
     tta: bool = False,
 ) -> PredictResult:
-    """Load the checkpoints, label processed test.pt, write the submission CSV."""
+    """Load the checkpoints, label processed test.pt, write the submission CSV and, last, its
+    `<stem>.source.json`: the checkpoints (by sha256) that wrote it, for `submit` to credit."""
     check_writable(out)
+    config.submission_source_path(out).unlink(missing_ok=True)  # never beside another file
     target = resolve_device(device)
     with phase("load"):
         models = [loaded.model for loaded in load_for_inference(checkpoints, target)]
@@ -49,5 +51,6 @@ def predict(
     seconds = time.perf_counter() - start
     with phase("write"):
         write_submission(labels.numpy(), split.ids.numpy(), out)
+        write_source_record(out, checkpoints, tta)
     counts = torch.bincount(labels, minlength=config.N_CLASSES).tolist()
     return PredictResult(out, len(labels), dict(enumerate(counts)), seconds)
