@@ -27,7 +27,7 @@ TUNE_DB = EXPERIMENTS_DIR / "optuna.db"
 TUNE_DIR = EXPERIMENTS_DIR / "tune"
 TRACKING_EXPERIMENT = "digit-recognizer"  # the MLflow experiment every run goes to
 # The web page `pipeline serve` ships inside the package.
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "serve" / "static"
 
 # The competition zip as the team shares it beside the checkout (never committed).
 SHARED_KAGGLE_ZIP = ROOT.parent / "shared" / "kaggle" / "digit-recognizer.zip"
