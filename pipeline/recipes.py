@@ -65,12 +65,14 @@ class Overrides:
     schedule: str | None = None
     label_smoothing: float | None = None
     augment: bool | None = None
+    augment_strength: float | None = None
     elastic: bool | None = None
     seed: int | None = None
     device: str | None = None
     data_source: str | None = None
     compile: bool | None = None
     max_steps: int | None = None
+    width: int | None = None  # sets arch_args: see models.width_args
 
     def given(self) -> dict[str, Any]:
         """The settings that were given (not None), by TrainConfig field name."""

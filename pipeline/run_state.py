@@ -172,7 +172,12 @@ def config_for_resume(out: Path, overrides: dict[str, Any]) -> TrainConfig:
 
     last = config.last_checkpoint_path(out)
     saved = saved_config(read_payload(last)["meta"], last)
-    return replace(saved, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if (width := given.pop("width", None)) is not None:
+        from pipeline.models import width_args
+
+        given["arch_args"] = width_args(given.get("model", saved.model), width)
+    return replace(saved, **given)
 
 
 def run_config(
