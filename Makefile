@@ -70,7 +70,7 @@ TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/experiments/mlfl
 UI_PORT ?= 5000
 ui: install ## Open the MLflow UI on the tracked runs at http://127.0.0.1:UI_PORT/ (5000)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) \
-		--host 127.0.0.1 --port $(UI_PORT)
+		--host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 submit: ## Check submissions/submission.csv and send it to Kaggle (never run by other targets)
 	$(PIPELINE) submit --file submissions/submission.csv
