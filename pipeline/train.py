@@ -8,6 +8,7 @@ is summed on the device and read once per epoch. The same code runs one process 
 """
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,15 +61,41 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def compile_for(model: nn.Module, device: torch.device) -> nn.Module:
+class CompiledOrEager:
+    """Call a torch.compile'd module; if compiling fails on its first call, run eagerly.
+
+    Compiling happens on the first call, so that is where a missing compiler or an unsupported
+    op shows. The fallback is local to this model (torch's process-global
+    `torch._dynamo.config.suppress_errors` stays as it is); once a call has succeeded, errors
+    are the model's own and propagate.
+    """
+
+    def __init__(self, compiled: Callable, eager: nn.Module):
+        self.compiled, self.eager, self.succeeded = compiled, eager, False
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                out = self.compiled(*args, **kwargs)
+            except Exception as exc:
+                if self.succeeded:
+                    raise
+                reason = " ".join(str(exc).split())[:200]
+                warnings.warn(f"torch.compile failed, running eagerly: {reason}", stacklevel=2)
+                self.compiled = None
+            else:
+                self.succeeded = True
+                return out
+        return self.eager(*args, **kwargs)
+
+
+def compile_for(model: nn.Module, device: torch.device, backend: str | Callable = "inductor"):
     """torch.compile; on CUDA with CUDA graphs (one replay per step instead of ~100 launches).
 
     Where compiling fails (no compiler, an unsupported op) the model runs eagerly instead.
     """
-    import torch._dynamo as dynamo
-
-    dynamo.config.suppress_errors = True
-    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
+    mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+    return CompiledOrEager(torch.compile(model, mode=mode, backend=backend), model)
 
 
 def batch_inputs(dataset, indices, cfg: TrainConfig, ranks: Ranks, device, augment_gen):
@@ -109,7 +136,7 @@ class Run:
     train_set: datasets.TensorDigits | datasets.PngDigits
     val_set: datasets.TensorDigits | datasets.PngDigits
     model: nn.Module  # the plain module: checkpoints save its state_dict
-    step_model: nn.Module  # what the step calls: DDP- and/or compile-wrapped
+    step_model: nn.Module | CompiledOrEager  # what the step calls: DDP- and/or compiled
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     shuffle_gen: torch.Generator
@@ -152,8 +179,11 @@ def train_one_epoch(run: Run, stop: run_state.StopSignals, log: Callable | None)
         loss_sum += train_step(run.step_model, run.optimizer, run.scheduler, x, labels, cfg)
         state.step = step + 1
         progress.step(lambda total=loss_sum: total.item() / state.step)
-        if stop.requested(run.ranks, run.device) or run.steps_done >= run.total_steps:
+        if stop.requested(run.ranks, run.device, run.steps_done):
             break
+        if run.steps_done >= run.total_steps:
+            break
+    stop.requested(run.ranks, run.device)  # every rank leaves the epoch knowing of a stop
     seconds = timer.seconds()
     progress.close()
     state.loss_sum = float(loss_sum)
@@ -251,7 +281,7 @@ def new_run(
         scheduler.load_state_dict(saved["scheduler"])
         state = run_state.TrainState(**saved["loop"])
         run_state.restore_rng(saved["rng"], shuffle_gen, augment_gen)
-    step_model: nn.Module = model
+    step_model: nn.Module | CompiledOrEager = model
     if ranks.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         step_model = DistributedDataParallel(model, device_ids=ids)
@@ -271,6 +301,7 @@ def train(
     log: Callable[[str], None] | None = None,
     progress: bool = True,
     force: bool = False,
+    stop: run_state.StopSignals | None = None,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
 ) -> run_state.TrainResult:
     """Train `cfg` on processed_dir's train split, validating on val after every epoch.
@@ -280,6 +311,7 @@ def train(
     saved run, refusing a different config or different data. SIGINT/SIGTERM save a resumable
     state and raise TrainingInterrupted. Under torchrun (WORLD_SIZE > 1) trains one model
     with DDP. A finished run of the same config on the same data is returned as is unless `force`.
+    `stop` replaces the signal handlers' StopSignals (tests stop at a chosen step with it).
     `on_epoch_end(record)` sees each epoch's metrics on rank 0 (tracking, tuning); what it
     raises (a pruned trial) ends the run with the resumable state of that epoch saved.
     """
@@ -300,7 +332,7 @@ def train(
         run = start_run(cfg, processed_dir, out, payload, ranks, device, fingerprint)
         if payload is not None:
             say(f"resumed {last} at epoch {run.state.epoch + 1}, step {run.state.step}")
-        with run_state.StopSignals() as stop, phase("work"):
+        with stop or run_state.StopSignals() as stop, phase("work"):
             while run.state.epoch < cfg.epochs and run.steps_done < run.total_steps:
                 start_step = run.state.step
                 seconds = train_one_epoch(run, stop, log if progress else None)

@@ -64,7 +64,7 @@ def run_timed(name: str, args: list[str], timings_path: Path) -> tuple[ProcessTi
     """Run `python -m <args>` with PIPELINE_TIMINGS set; its timing and its stdout."""
     env = dict(os.environ, **{timings.ENV_VAR: str(timings_path)})
     timings_path.unlink(missing_ok=True)
-    start = time.perf_counter()
+    spawned, start = time.time(), time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=3600
     )
@@ -73,6 +73,7 @@ def run_timed(name: str, args: list[str], timings_path: Path) -> tuple[ProcessTi
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise PipelineError(f"bench: `{' '.join(args)}` exited {done.returncode}: {last}")
     phases = json.loads(timings_path.read_text())
+    phases[timings.IMPORT] = phases.get(timings.FIRST_PHASE_AT, spawned) - spawned
     return ProcessTiming(name, wall, {k: phases.get(k, 0.0) for k in PHASES}), done.stdout
 
 
