@@ -13,12 +13,13 @@ DEVICE ?= auto
 SEED ?= 0
 ZIP ?=
 MEMBERS ?= 5
+RUN_ID ?=
 # The same name `pipeline train` picks: the model's, so `pipeline predict` finds it unaided.
 RUN := $(or $(MODEL),$(if $(filter fast,$(RECIPE)),fastnet,$(RECIPE)))
 CHECKPOINT := models/$(RUN).pt
 
 .DEFAULT_GOAL := help
-.PHONY: help install data prepare train evaluate predict all best crossval submit test test-all serve export bench baselines lint clean distclean
+.PHONY: help install data prepare train evaluate predict all best crossval tune ui submit test test-all serve export bench baselines lint clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -73,6 +74,20 @@ SPLITS ?= 3
 crossval: data ## Score the best recipe's ensemble as mean and spread over SPLITS validation splits
 	$(PIPELINE) crossval --splits $(SPLITS) --members $(MEMBERS) --device $(DEVICE) --seed $(SEED)
 
+# `make tune`: a small budget by default (whichever ends first); the study resumes by name.
+TRIALS ?= 8
+TIMEOUT ?= 600
+STUDY ?= tune
+tune: prepare ## Search lr, weight decay, epochs, width, batch size, augmentation with Optuna (TRIALS, TIMEOUT s, STUDY)
+	$(PIPELINE) tune --trials $(TRIALS) --timeout $(TIMEOUT) --study $(STUDY) --device $(DEVICE) --seed $(SEED)
+
+# The tracking store: experiments/mlflow.db unless MLFLOW_TRACKING_URI names another.
+TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/experiments/mlflow.db)
+UI_PORT ?= 5000
+ui: install ## Open the MLflow UI on the tracked runs at http://127.0.0.1:UI_PORT/ (5000)
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) \
+		--host 127.0.0.1 --port $(UI_PORT) --workers 1
+
 submit: ## Check submissions/submission.csv and send it to Kaggle (never run by other targets)
 	$(PIPELINE) submit --file submissions/submission.csv
 
@@ -85,8 +100,16 @@ test: $(VENV)/.installed-browser ## Run the test suite without the slow tests (i
 test-all: $(VENV)/.installed-browser ## Run every test, the slow ones too (what CI runs)
 	$(BIN)/python -m pytest
 
-serve: train ## Serve the draw-a-digit page and JSON API on CHECKPOINT at http://127.0.0.1:8000/
+# serve never retrains a checkpoint that is there (another run may have written it on purpose):
+# it trains only a missing one, and says so.
+serve: install ## Serve CHECKPOINT (or RUN_ID=<run id>) at http://127.0.0.1:8000/; trains it only if missing
+ifeq ($(RUN_ID),)
+	@test -f $(CHECKPOINT) || { echo "make serve: $(CHECKPOINT) is missing, training it first"; \
+		$(MAKE) --no-print-directory train; }
 	$(PIPELINE) serve --checkpoint $(CHECKPOINT) --device $(DEVICE)
+else
+	$(PIPELINE) serve --run $(RUN_ID) --device $(DEVICE)
+endif
 
 export: train ## Export CHECKPOINT to models/<name>.onnx (one graph, checked against torch first)
 	$(PIPELINE) export --checkpoint $(CHECKPOINT)
@@ -102,9 +125,9 @@ lint: install ## ruff format check and lint
 	$(BIN)/ruff format --check pipeline tests
 	$(BIN)/ruff check pipeline tests
 
-clean: ## Remove processed data, models, submissions and figures (keeps raw data and .venv)
+clean: ## Remove processed data, models, submissions and figures (keeps raw data, experiments/, .venv)
 	find data/processed models submissions reports/figures -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
 
-distclean: clean ## Also remove the raw data and the virtual environment
-	find data/raw -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+distclean: clean ## Also remove the raw data, the tracked experiments and the virtual environment
+	find data/raw experiments -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
 	rm -rf $(VENV)

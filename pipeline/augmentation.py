@@ -84,6 +84,14 @@ def apply(images: torch.Tensor, params: AugmentDraw) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def training_augmentation(elastic: bool) -> AugmentConfig:
-    """The augmentation `--augment` turns on in training (`--elastic` adds the elastic field)."""
-    return AugmentConfig(elastic_alpha=ELASTIC_MAX_SHIFT_PX if elastic else 0.0)
+def training_augmentation(elastic: bool, strength: float = 1.0) -> AugmentConfig:
+    """The augmentation `--augment` turns on in training (`--elastic` adds the elastic field);
+    `--augment-strength` scales rotation, zoom and shift together (1: 10 degrees, 10%, 10%)."""
+    base = AugmentConfig()
+    zoom = (base.scale[1] - base.scale[0]) / 2 * strength
+    return AugmentConfig(
+        degrees=base.degrees * strength,
+        scale=(1 - zoom, 1 + zoom),
+        shift=base.shift * strength,
+        elastic_alpha=ELASTIC_MAX_SHIFT_PX if elastic else 0.0,
+    )

@@ -86,6 +86,13 @@ class Split(StrEnum):
     test = "test"
 
 
+class RunSort(StrEnum):
+    """How `pipeline runs` orders the table."""
+
+    start = "start"  # newest first
+    val_acc = "val_acc"  # best first
+
+
 def plain(value):
     """An enum member as its plain value: checkpoints must hold plain `str` for weights_only."""
     return value.value if isinstance(value, StrEnum) else value

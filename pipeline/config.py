@@ -17,6 +17,15 @@ FIGURES_DIR = ROOT / "reports" / "figures"
 # `pipeline crossval`: each split's prepared data and its ensemble's checkpoints.
 CROSSVAL_DATA_DIR = PROCESSED_DIR / "crossval"
 CROSSVAL_MODELS_DIR = MODELS_DIR / "crossval"
+# Experiment tracking (MLflow) and tuning (Optuna): their SQLite stores, each tracked run's kept
+# checkpoint (`<RUNS_DIR>/<run id>/`) and the tuning trials' working files. `make clean` keeps
+# them: they are the record of what was tried. MLFLOW_TRACKING_URI overrides the MLflow store.
+EXPERIMENTS_DIR = ROOT / "experiments"
+TRACKING_DB = EXPERIMENTS_DIR / "mlflow.db"
+RUNS_DIR = EXPERIMENTS_DIR / "runs"
+TUNE_DB = EXPERIMENTS_DIR / "optuna.db"
+TUNE_DIR = EXPERIMENTS_DIR / "tune"
+TRACKING_EXPERIMENT = "digit-recognizer"  # the MLflow experiment every run goes to
 # The web page `pipeline serve` ships inside the package.
 STATIC_DIR = Path(__file__).resolve().parent / "serve" / "static"
 
@@ -102,6 +111,16 @@ def last_checkpoint_path(checkpoint: Path) -> Path:
 def curves_path(checkpoint: Path) -> Path:
     """The training-curves figure of a run, beside its checkpoint and named after it."""
     return checkpoint.with_name(f"{checkpoint.stem}.curves.png")
+
+
+def submission_source_path(submission: Path) -> Path:
+    """What `predict` records beside a submission: the checkpoints (and runs) that wrote it."""
+    return submission.with_name(f"{submission.stem}.source.json")
+
+
+def run_dir(run_id: str, runs_dir: Path = RUNS_DIR) -> Path:
+    """Where a tracked run's finished checkpoint and sidecar are kept."""
+    return runs_dir / run_id
 
 
 def figure_path(name: str, figures_dir: Path = FIGURES_DIR) -> Path:

@@ -22,6 +22,7 @@ from pipeline.errors import PipelineError
 from pipeline.inference import accuracy, ensemble_probabilities, load_for_inference
 from pipeline.prepare import prepare
 from pipeline.recipes import TrainConfig
+from pipeline.tracking import NO_RUN
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,12 @@ def cross_validate(
     val_fraction: float = 0.1,
     log: Callable[[str], None] = lambda message: None,
     progress: bool = True,
+    parent=NO_RUN,
 ) -> CrossValidation:
     """Train and score `members` models of `cfg` on each split; split k uses seed k.
 
-    Split k's data goes to `<processed_dir>/split-k/`, its members to `<models_dir>/split-k/`.
+    Split k's data goes to `<processed_dir>/split-k/`, its members to `<models_dir>/split-k/`;
+    every member is a tracked run under `parent`, which gets each split's scores (step = k).
     """
     if not split_seeds:
         raise PipelineError("--splits must be at least 1")
@@ -93,7 +96,10 @@ def cross_validate(
         prepare(raw_dir, data_dir, val_fraction=val_fraction, seed=split_seed)
         log(f"split {split_seed}: training {members} member(s)")
         members_dir = config.crossval_split_dir(models_dir, split_seed)
-        results = train_ensemble(cfg, members, data_dir, members_dir, log=log, progress=progress)
+        results = train_ensemble(
+            cfg, members, data_dir, members_dir, log=log, progress=progress, parent=parent,
+            tags={"split": split_seed},
+        )  # fmt: skip
         checkpoints = [r.checkpoint for r in results]
         member_acc, ensemble_acc, tta_acc = score_split(checkpoints, data_dir, cfg.device)
         n_val = len(load_split(data_dir, "val"))
@@ -101,7 +107,13 @@ def cross_validate(
         score = SplitScore(split_seed, n_val, member_acc, ensemble_acc, tta_acc, seconds)
         log(format_split(score))
         scores.append(score)
-    return CrossValidation(cfg, members, scores)
+        split_metrics = {"ensemble_acc": ensemble_acc, "tta_acc": tta_acc}
+        parent.log_metrics(split_metrics | {"member_acc": statistics.mean(member_acc)}, split_seed)
+    result = CrossValidation(cfg, members, scores)
+    (ensemble_mean, ensemble_sd), (tta_mean, tta_sd) = result.ensemble, result.tta
+    summary = dict(ensemble_acc_mean=ensemble_mean, ensemble_acc_sd=ensemble_sd)
+    parent.log_metrics(summary | dict(tta_acc_mean=tta_mean, tta_acc_sd=tta_sd))
+    return result
 
 
 def format_split(score: SplitScore) -> str:

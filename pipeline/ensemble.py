@@ -14,6 +14,7 @@ from pipeline import config
 from pipeline.distributed import ranks_from_env, single_process
 from pipeline.recipes import TrainConfig
 from pipeline.run_state import TrainResult
+from pipeline.tracking import NO_RUN, tracked_train, train_params
 from pipeline.train import train
 
 
@@ -25,8 +26,11 @@ def train_ensemble(
     name: str | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = True,
+    parent=NO_RUN,
+    tags: dict | None = None,
 ) -> list[TrainResult]:
-    """Train this rank's share of `members` into `<models_dir>/<name>-<k>.pt`."""
+    """Train this rank's share of `members` into `<models_dir>/<name>-<k>.pt`, each member a
+    tracked run under `parent` (tagged `member` and `tags`)."""
     ranks = ranks_from_env()
     name = name or cfg.recipe or cfg.model
     results = []
@@ -37,6 +41,17 @@ def train_ensemble(
         if log:
             log(f"member {member + 1}/{members} (seed {member_cfg.seed})")
         out = config.member_checkpoint_path(name, member, models_dir)
+        member_tags = {"member": member, **(tags or {})}
+        run = parent.child(out.stem, "ensemble", train_params(member_cfg), member_tags)
         with single_process():
-            results.append(train(member_cfg, processed_dir, out, log=log, progress=progress))
+            result = tracked_train(
+                train,
+                run,
+                member_cfg,
+                out,
+                processed_dir=processed_dir,
+                log=log,
+                progress=progress,
+            )
+        results.append(result)
     return results

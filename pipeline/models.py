@@ -159,6 +159,26 @@ def resolved_arch_args(name: str, arch_args: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
 
 
+# How `--width W` sizes each model: its first layer's width, doubling stage by stage.
+WIDTHS: dict[str, Callable[[int], dict]] = {
+    "cnn": lambda w: {"channels": [w, 2 * w]},
+    "mlp": lambda w: {"hidden": w},
+    "fastnet": lambda w: {"widths": [w, 2 * w, 4 * w]},
+    "deepcnn": lambda w: {"widths": [w, 2 * w, 4 * w]},
+}
+
+
+def width_args(name: str, width: int) -> dict:
+    """The arch_args `--width` gives model `name`, or a one-line error (LeNet-5 is fixed)."""
+    from pipeline.errors import PipelineError
+
+    if name not in WIDTHS:
+        raise PipelineError(f"--width: {name} has fixed widths; use it with {', '.join(WIDTHS)}")
+    if not 1 <= width <= 1024:
+        raise PipelineError(f"--width {width}: must be 1 to 1024")
+    return WIDTHS[name](width)
+
+
 def build_model(name: str, **arch_args) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")

@@ -59,6 +59,32 @@ AugmentOpt = Annotated[
     bool | None,
     typer.Option("--augment/--no-augment", help="Random rotation, scale and shift per image."),
 ]
+AugmentStrengthOpt = Annotated[
+    float | None,
+    typer.Option(help="Scale --augment's rotation (10 deg), zoom and shift (10%): >0 to 3 (1)."),
+]
+WidthOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1, max=1024, help="First layer's width, doubling per stage (fastnet 16: 16-32-64)."
+    ),
+]
+TrackOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--track/--no-track",
+        help="Record the run in MLflow (experiments/mlflow.db or MLFLOW_TRACKING_URI); "
+        "default on unless PIPELINE_TRACK=0.",
+    ),
+]
+RunOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run",
+        metavar="RUN_ID",
+        help="A tracked run's kept checkpoint(s) instead of --checkpoint (see `pipeline runs`).",
+    ),
+]
 ElasticOpt = Annotated[
     bool | None,
     typer.Option("--elastic/--no-elastic", help="Add elastic distortion (2 px) to --augment."),

@@ -16,7 +16,7 @@ from pipeline import config
 from pipeline.bench.timings import phase
 from pipeline.files import check_writable
 from pipeline.onnx_runtime import default_threads, load_onnx_models, mean_probabilities, onnx_only
-from pipeline.submission import write_submission
+from pipeline.submission import write_source_record, write_submission
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,10 @@ def predict(
     device: str = "auto",
     tta: bool = False,
 ) -> PredictResult:
-    """Load the checkpoints, label the processed test split, write the submission CSV."""
+    """Load the checkpoints, label the processed test split, write the submission CSV and, last,
+    its `<stem>.source.json`: the checkpoints (by sha256) that wrote it, for `submit` to credit."""
     check_writable(out)
+    config.submission_source_path(out).unlink(missing_ok=True)  # never beside another file
     if onnx_only(checkpoints, device, tta):
         return _predict_onnx(checkpoints, processed_dir, out)
     import torch
@@ -57,6 +59,7 @@ def predict(
     seconds = time.perf_counter() - start
     with phase("write"):
         write_submission(labels.numpy(), split.ids.numpy(), out)
+        write_source_record(out, checkpoints, tta)
     counts = torch.bincount(labels, minlength=config.N_CLASSES).tolist()
     # Only the offline sample ships answers for its test digits (Kaggle's are hidden).
     from_sample = split.labels is not None
@@ -76,6 +79,7 @@ def _predict_onnx(graphs: list[Path], processed_dir: Path, out: Path) -> Predict
     seconds = time.perf_counter() - start
     with phase("write"):
         write_submission(labels, split.ids, out)
+        write_source_record(out, graphs, tta=False)
     counts = np.bincount(labels, minlength=config.N_CLASSES).tolist()
     from_sample = split.labels is not None
     return PredictResult(out, len(labels), dict(enumerate(counts)), seconds, from_sample)

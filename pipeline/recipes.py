@@ -37,6 +37,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     label_smoothing: float = 0.1
     augment: bool = False
+    augment_strength: float = 1.0  # scales --augment's rotation, zoom and shift
     elastic: bool = False
     seed: int = 0
     device: str = "auto"
@@ -64,12 +65,14 @@ class Overrides:
     schedule: str | None = None
     label_smoothing: float | None = None
     augment: bool | None = None
+    augment_strength: float | None = None
     elastic: bool | None = None
     seed: int | None = None
     device: str | None = None
     data_source: str | None = None
     compile: bool | None = None
     max_steps: int | None = None
+    width: int | None = None  # sets arch_args: see models.width_args
 
     def given(self) -> dict[str, Any]:
         """The settings that were given (not None), by TrainConfig field name."""
@@ -98,9 +101,15 @@ GPU_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# The most --augment-strength may scale the transforms by (3: 30 degrees, 30% zoom and shift).
+MAX_AUGMENT_STRENGTH = 3.0
+
+
 def recipe_config(recipe: str = "fast", **overrides: Any) -> TrainConfig:
-    """A recipe's settings (its GPU variant on CUDA) with every non-None override on top."""
+    """A recipe's settings (its GPU variant on CUDA) with every non-None override on top;
+    `width` sets the model's widths (see `models.width_args`)."""
     from pipeline.device import resolve_device  # imports torch: only once a run is set up
+    from pipeline.models import width_args
 
     recipe = plain(recipe)
     if recipe not in RECIPES:
@@ -112,7 +121,10 @@ def recipe_config(recipe: str = "fast", **overrides: Any) -> TrainConfig:
         if plain(overrides.get("model")) not in (None, own_model):
             gpu.pop("arch_args", None)  # the recipe's widths are its own model's, not another's
         settings.update(gpu)
+    width = overrides.pop("width", None)
     settings.update({k: plain(v) for k, v in overrides.items() if v is not None})
+    if width is not None:
+        settings["arch_args"] = width_args(settings.get("model", TrainConfig.model), width)
     cfg = TrainConfig(**settings)
     check_config(cfg)
     return cfg
@@ -146,6 +158,13 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.label_smoothing < 1:
         raise PipelineError(
             "--lr must be positive, --weight-decay not negative, --label-smoothing in [0, 1)"
+        )
+    if not (
+        math.isfinite(cfg.augment_strength) and 0 < cfg.augment_strength <= MAX_AUGMENT_STRENGTH
+    ):
+        raise PipelineError(
+            f"--augment-strength {cfg.augment_strength}: must be above 0 and at most "
+            f"{MAX_AUGMENT_STRENGTH:g}"
         )
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise PipelineError(f"--max-steps {cfg.max_steps}: must be positive")

@@ -183,7 +183,12 @@ def config_for_resume(out: Path, overrides: dict[str, Any]) -> TrainConfig:
 
     last = config.last_checkpoint_path(out)
     saved = saved_config(read_payload(last)["meta"], last)
-    return replace(saved, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if (width := given.pop("width", None)) is not None:
+        from pipeline.models import width_args
+
+        given["arch_args"] = width_args(given.get("model", saved.model), width)
+    return replace(saved, **given)
 
 
 def run_config(
@@ -290,7 +295,8 @@ def finished_run(cfg: TrainConfig, out: Path, data_fingerprint: str) -> TrainRes
     try:
         saved = read_payload(last)["meta"]
         best = read_payload(out)["meta"]
-        same = saved.get("train_config") == asdict(cfg)
+        # defaults fill options newer than the checkpoint, so an upgrade does not retrain
+        same = asdict(saved_config(saved, last)) == asdict(cfg)
         if not (same and saved.get("data_fingerprint") == data_fingerprint):
             return None
         if not saved.get("finished"):

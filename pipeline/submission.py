@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline import config
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, file_sha256, write_json
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where a DataFrame is made: `predict` never needs pandas
@@ -90,3 +90,11 @@ def write_submission(labels, image_ids, path: Path) -> None:
     rows = map("{},{}\n".format, image_ids.tolist(), labels.tolist())
     with atomic_path(path) as tmp:
         tmp.write_text(",".join(config.SUBMISSION_HEADER) + "\n" + "".join(rows))
+
+
+def write_source_record(submission: Path, checkpoints: list[Path], tta: bool) -> None:
+    """`<stem>.source.json` beside a submission just written: its sha256 and the checkpoints
+    (path and sha256) that labelled it, so `submit` can credit their tracked runs."""
+    models = [{"path": str(p.resolve()), "sha256": file_sha256(p)} for p in checkpoints]
+    record = {"submission_sha256": file_sha256(submission), "checkpoints": models, "tta": tta}
+    write_json(record, config.submission_source_path(submission))

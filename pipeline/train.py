@@ -105,7 +105,7 @@ def batch_inputs(dataset, indices, cfg: TrainConfig, ranks: Ranks, device, augme
     images, labels = dataset.get_batch(indices[lo:hi])
     x = datasets.to_unit(images.to(device, non_blocking=True))
     if cfg.augment:
-        settings = augmentation.training_augmentation(cfg.elastic)
+        settings = augmentation.training_augmentation(cfg.elastic, cfg.augment_strength)
         params = augmentation.draw(len(indices), x.shape[-1], settings, augment_gen, device)
         x = augmentation.apply(x, params.rows(lo, hi))
     x = datasets.standardize(x)
@@ -302,6 +302,7 @@ def train(
     progress: bool = True,
     force: bool = False,
     stop: run_state.StopSignals | None = None,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
 ) -> run_state.TrainResult:
     """Train `cfg` on processed_dir's train split, validating on val after every epoch.
 
@@ -311,6 +312,8 @@ def train(
     state and raise TrainingInterrupted. Under torchrun (WORLD_SIZE > 1) trains one model
     with DDP. A finished run of the same config on the same data is returned as is unless `force`.
     `stop` replaces the signal handlers' StopSignals (tests stop at a chosen step with it).
+    `on_epoch_end(record)` sees each epoch's metrics on rank 0 (tracking, tuning); what it
+    raises (a pruned trial) ends the run with the resumable state of that epoch saved.
     """
     check_config(cfg)
     out = out or config.checkpoint_path(cfg.model)
@@ -339,6 +342,8 @@ def train(
                     where = run.state.epoch, run.state.step, stop.signum
                     raise run_state.TrainingInterrupted(last, *where)
                 end_epoch(run, seconds, start_step, say)
+                if on_epoch_end is not None and ranks.is_main:
+                    on_epoch_end(run.state.history[-1])
         distributed.wait_for_all(ranks)
     if ranks.is_main and out.is_file():
         with phase("work"):  # the best weights' temperature, for calibrated probabilities

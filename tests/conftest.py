@@ -44,7 +44,13 @@ def require(module: str, extra: str = "serve") -> None:
         skip_or_fail(f"{module} is not installed: pip install -e '.[{extra}]' (make install does)")
 
 
-OUTPUT_DIRS = (config.DATA_DIR, config.MODELS_DIR, config.SUBMISSIONS_DIR, config.ROOT / "reports")
+OUTPUT_DIRS = (
+    config.DATA_DIR,
+    config.MODELS_DIR,
+    config.SUBMISSIONS_DIR,
+    config.ROOT / "reports",
+    config.EXPERIMENTS_DIR,
+)
 
 
 def _repository_state() -> dict[str, object]:
@@ -75,6 +81,44 @@ def repository_is_left_untouched():
     changed = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
     assert not changed, f"the test run wrote into the repository: {changed}"
     assert after["git status"] == before["git status"], after["git status"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracking_off_and_away(tmp_path_factory):
+    """Tracking is off unless a test turns it on (PIPELINE_TRACK=1), and any store it opens is
+    in tmp, never experiments/: the CLI processes tests start inherit both."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    saved = {name: os.environ.get(name) for name in ("PIPELINE_TRACK", "MLFLOW_TRACKING_URI")}
+    os.environ["PIPELINE_TRACK"] = "0"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def empty_tracking_store(tmp_path_factory) -> Path:
+    """Read-only: a SQLite store with MLflow's tables made once (its migrations take seconds)."""
+    from pipeline import tracking
+
+    db = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    tracking.open_client(f"sqlite:///{db}")
+    return db
+
+
+@pytest.fixture
+def tracking_store(empty_tracking_store, tmp_path, monkeypatch) -> str:
+    """Tracking on, into a fresh store (a copy of the empty one) under this test's tmp_path."""
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copyfile(empty_tracking_store, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("PIPELINE_TRACK", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 @pytest.fixture

@@ -2,9 +2,11 @@
 
 import builtins
 import errno
+import json
 import os
 import re
 import struct
+import time
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -291,8 +293,9 @@ def test_check_seed_accepts_numpys_whole_range():
 class FakeKaggle:
     """Stands in for KaggleApi at the boundary: records calls, can fail like the real one."""
 
-    def __init__(self, zip_source=None, error=None):
+    def __init__(self, zip_source=None, error=None, scoring=()):
         self.zip_source, self.error, self.calls = zip_source, error, []
+        self.scoring = list(scoring)  # what each listing shows of submission 1: (status, score)
 
     def competition_download_files(self, competition, path=None, force=False, quiet=True):
         self.calls.append(("download", competition))
@@ -305,6 +308,15 @@ class FakeKaggle:
         if self.error:
             raise self.error
         return SimpleNamespace(message="Successfully submitted to Digit Recognizer", ref=1)
+
+    def competition_submissions(self, competition):
+        """Newest first, as Kaggle lists them: ours (ref 1) and an older one."""
+        self.calls.append(("submissions", competition))
+        status, score = self.scoring.pop(0) if len(self.scoring) > 1 else self.scoring[0]
+        older = SimpleNamespace(ref=0, description="old", status="COMPLETE", public_score="0.9")
+        ours = SimpleNamespace(ref=1, description="mine", status=status, public_score=score,
+                               error_description="Submission must have 28000 rows")  # fmt: skip
+        return [ours, older]
 
 
 def _http_error(status):
@@ -455,3 +467,84 @@ def test_submit_without_network_advises_about_submitting_not_downloading(tmp_pat
 
     with pytest.raises(PipelineError, match="submit"):
         submit(good, connect=refused_credentials)
+
+
+@pytest.mark.parametrize(
+    ("scoring", "wait", "expected", "sleeps"),
+    [
+        (
+            [("PENDING", ""), ("PENDING", ""), ("COMPLETE", "0.99123")],
+            30,
+            ("complete", "0.99123"),
+            2,
+        ),
+        (
+            [("PENDING", ""), ("ERROR", "")],
+            30,
+            ("error: Submission must have 28000 rows", None),
+            1,
+        ),
+        ([("PENDING", "")], 0.35, ("pending", None), None),  # never scored: gives up in time
+    ],
+)
+def test_submit_waits_a_bounded_time_for_the_public_score(
+    tmp_path, scoring, wait, expected, sleeps
+):
+    from pipeline.submit import submit_and_record
+
+    slept = []
+    fake = FakeKaggle(scoring=scoring)
+    good = _valid_submission(tmp_path / "submission.csv")
+    start = time.monotonic()
+    done = submit_and_record(good, "mine", connect=lambda: fake, wait=wait, interval=0.1,
+                             sleep=lambda s: slept.append(s) or time.sleep(s))  # fmt: skip
+    assert (done.status, done.public_score) == expected
+    if sleeps is None:
+        assert slept and sum(slept) <= wait and time.monotonic() - start < wait + 5
+    else:
+        assert len(slept) == sleeps
+    assert done.reply.startswith("Successfully submitted") and done.runs == []
+
+
+@pytest.mark.slow  # MLflow's store
+def test_submit_credits_the_run_whose_checkpoint_made_the_file(
+    tracking_store, fast_checkpoint, sample_processed_dir, tmp_path
+):
+    from pipeline import tracking
+    from pipeline.predict import predict
+    from pipeline.runs import run_checkpoints
+    from pipeline.submission import write_source_record
+    from pipeline.submit import submit_and_record
+
+    session = tracking.Session()
+    run = session.start_run("fastnet", "train", {"model": "fastnet"})
+    run.keep_checkpoint(fast_checkpoint)
+    run.end()
+    other = session.start_run("other", "train", {"model": "mlp"})
+    other.end()
+    assert session.close() is None
+    (kept,) = run_checkpoints(run.id())
+    # predict records which checkpoints wrote a submission (here the sample's 1,000 digits)
+    small = tmp_path / "small.csv"
+    predict([kept], sample_processed_dir, small, device="cpu")
+    record = json.loads(config.submission_source_path(small).read_text())
+    assert [c["path"] for c in record["checkpoints"]] == [str(kept)] and record["tta"] is False
+    # a Kaggle-sized file labelled by that checkpoint, with the record predict writes
+    good = _valid_submission(tmp_path / "submission.csv")
+    write_source_record(good, [kept], tta=False)
+    fake = FakeKaggle(scoring=[("COMPLETE", "0.98765")])
+    done = submit_and_record(good, "mine", connect=lambda: fake, wait=5, interval=0.01)
+    assert done.runs == [run.id()] and done.public_score == "0.98765" and done.warning is None
+    client, _ = tracking.open_client()
+    credited = client.get_run(run.id()).data
+    assert credited.metrics["public_score"] == pytest.approx(0.98765)
+    assert credited.tags["kaggle_public_score"] == "0.98765"
+    assert (
+        credited.tags["kaggle_submission_ref"] == "1"
+        and credited.tags["kaggle_status"] == "complete"
+    )
+    assert "public_score" not in client.get_run(other.id()).data.metrics
+    # a file edited after predict wrote it credits nobody
+    good.write_text(good.read_text().replace("\n1,7\n", "\n1,1\n"))
+    again = submit_and_record(good, "mine", connect=lambda: fake, wait=0)
+    assert again.runs == [] and again.status == "pending"

@@ -2,7 +2,8 @@
 
 - `errors`: the root group that turns every error into one `error:` line and an exit code.
 - `data`: download, prepare. `training`: train, ensemble, crossval (one `Overrides` built from
-  their options). `results`: evaluate, predict, submit. `serving`: serve, export, bench.
+  their options). `experiments`: tune, runs. `results`: evaluate, predict, submit. `serving`:
+  serve, export, bench.
 
 Nothing heavy is imported before the command line is parsed: each command imports its stage
 (and so torch, pandas, scikit-learn) inside its body, so `--help` and usage errors answer at
@@ -27,6 +28,7 @@ from pipeline.cli.errors import (
     Terminated,
     raise_terminated,
 )
+from pipeline.cli.experiments import runs_command, tune_command
 from pipeline.cli.results import evaluate_command, predict_command, submit_command
 from pipeline.cli.serving import bench_command, export_command, serve_command
 from pipeline.cli.training import crossval_command, ensemble_command, train_command
@@ -44,6 +46,8 @@ app.command("prepare")(prepare_command)
 app.command("train")(train_command)
 app.command("ensemble")(ensemble_command)
 app.command("crossval")(crossval_command)
+app.command("tune")(tune_command)
+app.command("runs")(runs_command)
 app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)
 app.command("submit")(submit_command)

@@ -7,7 +7,29 @@ import typer
 
 from pipeline import config
 from pipeline.choices import Device, Split, plain
-from pipeline.options import CheckpointOpt, CheckpointsOpt, DeviceOpt, ProcessedOpt, TtaOpt
+from pipeline.options import (
+    CheckpointOpt,
+    CheckpointsOpt,
+    DeviceOpt,
+    ProcessedOpt,
+    RunOpt,
+    TrackOpt,
+    TtaOpt,
+)
+
+
+def run_checkpoints(run_id: str, one: bool = False) -> list[Path]:
+    """`--run RUN_ID` as checkpoint paths (one model only where `one`), or a one-line error."""
+    from pipeline.errors import PipelineError
+    from pipeline.runs import run_checkpoints as kept
+
+    paths = kept(run_id)
+    if one and len(paths) > 1:
+        raise PipelineError(
+            f"--run {run_id}: is an ensemble of {len(paths)} models; this command takes one "
+            "(give one member's run id, as `pipeline runs` lists them)"
+        )
+    return paths
 
 
 def evaluate_command(
@@ -24,10 +46,13 @@ def evaluate_command(
     submission: Annotated[
         Path | None, typer.Option(help="Score this submission against the sample's answers.")
     ] = None,
+    run: RunOpt = None,
 ) -> None:
     """Validation accuracy, per-class report, confusion-matrix and mistakes PNGs."""
     from pipeline.evaluate import evaluate, score_submission
 
+    if run is not None:
+        (checkpoint,) = run_checkpoints(run, one=True)
     if submission is not None:
         score = score_submission(submission, processed_dir)
         typer.echo(f"evaluate: {submission} scores {score:.2%} on the offline sample's answers")
@@ -50,12 +75,14 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Digits per forward pass.")] = 256,
     device: DeviceOpt = Device.auto,
     tta: TtaOpt = False,
+    run: RunOpt = None,
 ) -> None:
-    """Label test.csv's digits and write ImageId,Label (probabilities averaged over models)."""
+    """Label test.csv's digits and write ImageId,Label (probabilities averaged over models),
+    and beside it `<name>.source.json`: which checkpoints wrote it, for `submit` to credit."""
     from pipeline.files import expand_checkpoints
     from pipeline.predict import predict
 
-    paths = expand_checkpoints(checkpoints)
+    paths = run_checkpoints(run) if run is not None else expand_checkpoints(checkpoints)
     result = predict(paths, processed_dir, out, batch_size, plain(device), tta)
     typer.echo(
         f"predict: {result.rows:,} labels from {len(paths)} model(s) in {result.seconds:.2f} s"
@@ -77,9 +104,26 @@ def submit_command(
     competition: Annotated[
         str, typer.Option(help="Kaggle competition slug.")
     ] = config.COMPETITION,
+    wait: Annotated[
+        float, typer.Option(min=0, max=600, help="Seconds to wait for the public score (0: none).")
+    ] = 60,
+    track: TrackOpt = None,
 ) -> None:
-    """Check the file against Kaggle's rules, then submit it through the kaggle package."""
-    from pipeline.submit import submit
+    """Check the file against Kaggle's rules, submit it through the kaggle package, wait a
+    little for the public score and record it on the tracked runs whose models made the file."""
+    from pipeline import tracking
+    from pipeline.submit import submit_and_record
 
-    reply = submit(file, message, competition)
-    typer.echo(f"submit: {reply}. See `kaggle competitions submissions {competition}`.")
+    done = submit_and_record(file, message, competition, wait=wait, track=tracking.wanted(track))
+    typer.echo(f"submit: {done.reply}.")
+    see = f"see `kaggle competitions submissions {competition}`"
+    if done.status == "complete":
+        typer.echo(f"submit: public score {done.public_score or '(not published)'}")
+    elif done.status == "pending":
+        typer.echo(f"submit: not scored within {wait:g} s; {see}")
+    else:
+        typer.echo(f"submit: {done.status}; {see}")
+    if done.runs:
+        typer.echo(f"submit: recorded on run(s) {', '.join(done.runs)}")
+    if done.warning:
+        typer.echo(f"warning: {done.warning}", err=True)

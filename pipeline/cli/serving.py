@@ -15,6 +15,7 @@ from pipeline.options import (
     DeviceOpt,
     ProcessedOpt,
     RawOpt,
+    RunOpt,
     positive_ints,
 )
 
@@ -28,12 +29,15 @@ def serve_command(
         int, typer.Option(min=0, max=65535, help="Port to listen on (0 picks a free one).")
     ] = 8000,
     device: DeviceOpt = Device.auto,
+    run: RunOpt = None,
 ) -> None:
     """Serve a draw-a-digit page and a JSON API on the checkpoint(s) until Ctrl-C."""
+    from pipeline.cli.results import run_checkpoints
     from pipeline.files import expand_checkpoints
     from pipeline.serve.server import serve
 
-    serve(expand_checkpoints(checkpoints), host, port, plain(device))
+    paths = run_checkpoints(run) if run is not None else expand_checkpoints(checkpoints)
+    serve(paths, host, port, plain(device))
 
 
 def export_command(

@@ -14,6 +14,7 @@ from pipeline.choices import DataSource, Device, ModelName, Optimizer, Recipe, S
 from pipeline.cli.errors import error_line
 from pipeline.options import (
     AugmentOpt,
+    AugmentStrengthOpt,
     BatchOpt,
     CompileOpt,
     DataSourceOpt,
@@ -31,7 +32,9 @@ from pipeline.options import (
     SeedOpt,
     SmoothOpt,
     StepsOpt,
+    TrackOpt,
     TrainSeedOpt,
+    WidthOpt,
 )
 from pipeline.recipes import Overrides
 
@@ -52,6 +55,8 @@ def overrides(
     data_source: DataSource | None = None,
     compile_model: bool | None = None,
     max_steps: int | None = None,
+    augment_strength: float | None = None,
+    width: int | None = None,
 ) -> Overrides:
     """The training settings typer parsed, as plain values (None: not given)."""
     return Overrides(
@@ -70,7 +75,19 @@ def overrides(
         data_source=plain(data_source),
         compile=compile_model,
         max_steps=max_steps,
+        augment_strength=augment_strength,
+        width=width,
     )
+
+
+def warn(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def tracked_as(run) -> str | None:
+    """`<command>: tracked as run <id>` once the store has it (None with tracking off)."""
+    run_id = run.id()
+    return f"tracked as run {run_id} (`pipeline runs` lists it)" if run_id else None
 
 
 def train_command(
@@ -100,14 +117,20 @@ def train_command(
     force: Annotated[
         bool, typer.Option(help="Retrain even if this run already finished.")
     ] = False,
+    augment_strength: AugmentStrengthOpt = None,
+    width: WidthOpt = None,
+    track: TrackOpt = None,
 ) -> None:
     """Train one model; keep the best (by validation accuracy) and the last, resumable state.
 
-    Under `torchrun --nproc-per-node N -m pipeline train ...` it trains one model with
-    DistributedDataParallel (gloo on CPU, nccl on GPU).
+    Tracked in MLflow unless --no-track: params, per-epoch metrics, and a copy of the finished
+    checkpoint that a later run writing the same --out cannot replace. Under `torchrun
+    --nproc-per-node N -m pipeline train ...` it trains one model with DistributedDataParallel
+    (gloo on CPU, nccl on GPU).
     """
     from tqdm import tqdm
 
+    from pipeline import tracking
     from pipeline.distributed import ranks_from_env
     from pipeline.run_state import TrainingInterrupted, run_config
     from pipeline.train import train
@@ -115,16 +138,28 @@ def train_command(
     settings = overrides(
         model, epochs, batch_size, lr, optimizer, weight_decay, schedule, label_smoothing,
         augment, elastic, seed, device, data_source, compile_model, max_steps,
+        augment_strength, width,
     )  # fmt: skip
     cfg, out = run_config(plain(recipe), settings, out, resume)
+    is_main = ranks_from_env().is_main
+    params = tracking.train_params(cfg) | ({"width": width} if width else {})
+    tags = {"out": out.resolve(), "resumed": resume}
     try:
-        result = train(cfg, processed_dir, out, resume=resume, log=tqdm.write, force=force)
+        with tracking.command_run(
+            tracking.wanted(track) and is_main, out.stem, "train", params, tags, warn
+        ) as run:
+            result = tracking.tracked_train(
+                train, run, cfg, out, processed_dir=processed_dir, resume=resume,
+                log=tqdm.write, force=force,
+            )  # fmt: skip
     except TrainingInterrupted as stopped:
         hint = f"pipeline train --resume --out {out}"
         message = f"interrupted: {stopped}; continue with `{hint}`"
         raise error_line(message, stopped.exit_code) from None
-    if ranks_from_env().is_main and (summary := train_summary(result)):
+    if is_main and (summary := train_summary(result)):
         typer.echo(summary)
+    if is_main and not result.skipped and (said := tracked_as(run)):
+        typer.echo(f"train: {said}")
 
 
 def train_summary(result) -> str:
@@ -165,10 +200,14 @@ def ensemble_command(
     ] = config.MODELS_DIR,
     compile_model: CompileOpt = None,
     max_steps: StepsOpt = None,
+    track: TrackOpt = None,
 ) -> None:
-    """Train an ensemble: K members with different seeds (spread over torchrun's processes)."""
+    """Train an ensemble: K members with different seeds (spread over torchrun's processes);
+    tracked as one run with a child run per member unless --no-track."""
     from tqdm import tqdm
 
+    from pipeline import tracking
+    from pipeline.distributed import ranks_from_env
     from pipeline.ensemble import train_ensemble
     from pipeline.recipes import recipe_config
 
@@ -177,8 +216,19 @@ def ensemble_command(
         compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
     cfg = recipe_config(plain(recipe) or "fast", **settings.given())
-    for result in train_ensemble(cfg, members, processed_dir, out_dir, log=tqdm.write):
+    name = cfg.recipe or cfg.model
+    params = tracking.train_params(cfg) | {"members": members}
+    on = tracking.wanted(track) and ranks_from_env().is_main
+    with tracking.command_run(on, name, "ensemble", params, warn=warn) as parent:
+        results = train_ensemble(
+            cfg, members, processed_dir, out_dir, log=tqdm.write, parent=parent
+        )
+        accuracies = [result.best_accuracy for result in results]
+        parent.log_metrics({"member_acc_mean": sum(accuracies) / len(accuracies)})
+    for result in results:
         typer.echo(f"ensemble: {result.checkpoint} val_acc {result.best_accuracy:.2%}")
+    if said := tracked_as(parent):
+        typer.echo(f"ensemble: {said}; `--run` on it means all its members")
 
 
 def crossval_command(
@@ -201,10 +251,13 @@ def crossval_command(
         Path, typer.Option(help="Folder for each split's prepared data.")
     ] = config.CROSSVAL_DATA_DIR,
     max_steps: StepsOpt = None,
+    track: TrackOpt = None,
 ) -> None:
-    """Score a recipe's ensemble (alone, averaged, with TTA) as mean and spread over splits."""
+    """Score a recipe's ensemble (alone, averaged, with TTA) as mean and spread over splits;
+    tracked as one run with every member a child run unless --no-track."""
     from tqdm import tqdm
 
+    from pipeline import tracking
     from pipeline.crossval import cross_validate, format_summary
     from pipeline.recipes import recipe_config
 
@@ -214,5 +267,12 @@ def crossval_command(
     )  # fmt: skip
     cfg = recipe_config(plain(recipe) or "fast", **settings.given())
     seeds = list(range(splits))
-    result = cross_validate(cfg, members, seeds, raw_dir, work_dir, processed_dir, log=tqdm.write)
+    params = tracking.train_params(cfg) | {"members": members, "splits": splits}
+    name = f"crossval {cfg.recipe or cfg.model}"
+    with tracking.command_run(tracking.wanted(track), name, "crossval", params, warn=warn) as run:
+        result = cross_validate(
+            cfg, members, seeds, raw_dir, work_dir, processed_dir, log=tqdm.write, parent=run
+        )
     typer.echo(format_summary(result))
+    if said := tracked_as(run):
+        typer.echo(f"crossval: {said}")

@@ -1,0 +1,73 @@
+"""`pipeline tune` and `pipeline runs`: searching training options, and what was tried."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline import config
+from pipeline.choices import Device, ModelName, RunSort, plain
+from pipeline.cli.training import tracked_as, warn
+from pipeline.options import DeviceOpt, ProcessedOpt, SeedOpt, TrackOpt
+
+
+def tune_command(
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="Trials to run now (the study keeps earlier ones).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="Stop starting trials after S seconds.")
+    ] = None,
+    study: Annotated[
+        str, typer.Option(help="Study name: an existing one resumes (same space, same data).")
+    ] = "tune",
+    model: Annotated[ModelName, typer.Option(help="Architecture to tune.")] = ModelName.fastnet,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Most epochs a trial may take.")] = 4,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    processed_dir: ProcessedOpt = config.PROCESSED_DIR,
+    work_dir: Annotated[
+        Path, typer.Option(help="Folder for the trials' checkpoints, <study>/trial-<n>.pt.")
+    ] = config.TUNE_DIR,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna's study store URL (sqlite:///<experiments>/optuna.db)."),
+    ] = None,
+    track: TrackOpt = None,
+) -> None:
+    """Search lr, weight decay, epochs, width, batch size and augmentation with Optuna (TPE),
+    pruning trials that fall behind per epoch; print the best as a `pipeline train` command."""
+    from pipeline import tracking
+    from pipeline.errors import PipelineError
+    from pipeline.tune import SearchSpace, tune
+
+    if trials is None and timeout is None:
+        raise PipelineError("give --trials N, --timeout S or both")
+    space = SearchSpace(model=plain(model), epochs=(1, max_epochs))
+    params = {"trials": trials, "timeout": timeout, "study": study, "seed": seed}
+    with tracking.command_run(tracking.wanted(track), study, "tune", params, warn=warn) as run:
+        result = tune(
+            study, trials, timeout, space, processed_dir, work_dir, storage, seed=seed,
+            device=plain(device), parent=run, log=typer.echo,
+        )  # fmt: skip
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.states.items()))
+    typer.echo(
+        f"tune: study {result.study} ({counts}); best trial {result.best_trial} "
+        f"val_acc {result.best_value:.2%}"
+    )
+    if said := tracked_as(run):
+        typer.echo(f"tune: {said}; `--run` on it means its best trial's model")
+    typer.echo(f"reproduce: {result.command}")
+
+
+def runs_command(
+    sort: Annotated[
+        RunSort, typer.Option(help="start: newest first; val_acc: best first.")
+    ] = RunSort.start,
+    limit: Annotated[int | None, typer.Option(min=1, help="Show at most N runs.")] = None,
+) -> None:
+    """The tracked runs: id, command, model, recipe, epochs, val accuracy, training seconds,
+    start, status, parent run and kept checkpoint (`--run RUN_ID` takes the id or 6+ chars)."""
+    from pipeline.runs import format_table, list_runs
+
+    typer.echo(format_table(list_runs(plain(sort), limit)))

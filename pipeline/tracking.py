@@ -1,0 +1,389 @@
+"""Experiment tracking with MLflow, as a side channel: a stage works the same with it off.
+
+On by default for train, ensemble, crossval and tune; `--no-track` or `PIPELINE_TRACK=0` turn it
+off. The store is `experiments/mlflow.db` (SQLite) unless `MLFLOW_TRACKING_URI` names another.
+Each run records its options as params (the command line's names), the data fingerprint and git
+commit as tags, val_acc/val_loss per epoch (step = epoch) and its training seconds, and keeps a
+copy of its finished checkpoint in `<store>/runs/<run id>/`, named by its `checkpoint` tag, so a
+later run writing the same `--out` loses nothing.
+
+MLflow takes seconds to import and to open a SQLite store, so the store is checked up front
+with the standard library (a bad store is one line before any work), and everything MLflow does
+runs in one background thread, in order, while the stage works; `close` waits for it.
+"""
+
+import json
+import logging
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pipeline import config
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path, file_sha256
+
+SWITCH = "PIPELINE_TRACK"  # 0/false/no/off turn tracking off where --no-track is not given
+OFF = ("0", "false", "no", "off")
+# Command-line names of the TrainConfig fields whose option is spelled differently.
+CLI_NAMES = {"data_source": "data"}
+# Per-epoch record keys (train's history) -> the metric names runs are compared by.
+EPOCH_METRICS = {
+    "val_accuracy": "val_acc",
+    "val_loss": "val_loss",
+    "train_loss": "train_loss",
+    "lr": "lr",
+    "epoch_seconds": "epoch_seconds",
+}
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def wanted(flag: bool | None = None) -> bool:
+    """--track/--no-track when given, else PIPELINE_TRACK, else on."""
+    if flag is not None:
+        return flag
+    return os.environ.get(SWITCH, "1").strip().lower() not in OFF
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{config.TRACKING_DB}"
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def runs_dir(uri: str) -> Path:
+    """Where runs' checkpoints are kept: beside a SQLite or file store, else experiments/runs."""
+    if (db := _sqlite_file(uri)) is not None:
+        return db.resolve().parent / "runs"
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path).resolve() / "runs"
+    return config.RUNS_DIR
+
+
+def check_store(uri: str) -> None:
+    """A one-line error for a store that cannot work, found in milliseconds without MLflow."""
+    hint = "fix MLFLOW_TRACKING_URI, or run with --no-track (PIPELINE_TRACK=0)"
+    if (db := _sqlite_file(uri)) is not None:
+        where = db.parent if db.parent != Path("") else Path(".")
+        existing = where
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise PipelineError(f"tracking store {db}: its folder cannot be written; {hint}")
+        if db.is_dir():
+            raise PipelineError(f"tracking store {db}: is a folder, not a SQLite file; {hint}")
+        if db.is_file() and db.stat().st_size > 0:
+            try:
+                with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+                    rows = connection.execute("SELECT name FROM sqlite_master").fetchall()
+            except sqlite3.DatabaseError as exc:
+                message = f"tracking store {db}: corrupt or not SQLite ({exc}); {hint}"
+                raise PipelineError(message) from None
+            tables = {row[0] for row in rows}
+            if tables and not {"alembic_version", "runs"} <= tables:
+                raise PipelineError(f"tracking store {db}: a SQLite file but not MLflow's; {hint}")
+        return
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname or "", port), timeout=3).close()
+        except OSError as exc:
+            raise PipelineError(f"tracking store {uri}: unreachable ({exc}); {hint}") from None
+    elif parsed.scheme in ("", "file"):
+        path = Path(parsed.path)
+        if path.exists() and not path.is_dir():
+            raise PipelineError(f"tracking store {uri}: not a folder; {hint}")
+
+
+def git_commit() -> str:
+    """The checkout's commit, `-dirty` when tracked files changed; `unknown` outside git."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=config.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def train_params(cfg) -> dict[str, Any]:
+    """A TrainConfig as params under the command line's names (arch_args as JSON)."""
+    params = {}
+    for name, value in asdict(cfg).items():
+        params[CLI_NAMES.get(name, name)] = json.dumps(value) if isinstance(value, dict) else value
+    return params
+
+
+def _client(uri: str):
+    """An MlflowClient on `uri`, quiet, with the digit experiment's id (created on first use)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(config.TRACKING_EXPERIMENT)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    location = runs_dir(uri).as_uri()
+    return client, client.create_experiment(config.TRACKING_EXPERIMENT, location)
+
+
+def open_client(uri: str | None = None):
+    """(MlflowClient, experiment id) for reading runs, or a one-line error for a bad store."""
+    uri = uri or tracking_uri()
+    check_store(uri)
+    try:
+        return _client(uri)
+    except ImportError as exc:
+        raise PipelineError(
+            f"mlflow is not installed ({exc}): pip install -e '.[track]'"
+        ) from None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise PipelineError(f"tracking store {uri}: {type(exc).__name__}: {first}") from None
+
+
+class Session:
+    """The MLflow side of one command: a single background thread doing every store call, in
+    the order they were asked for; the first failure stops the rest and `close` reports it."""
+
+    def __init__(self, uri: str | None = None):
+        self.uri = uri or tracking_uri()
+        check_store(self.uri)
+        self.runs_dir = runs_dir(self.uri)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tracking")
+        self._failure: str | None = None
+        self._store = self._pool.submit(_client, self.uri)
+        self._commit = self._pool.submit(git_commit)
+
+    def submit(self, work: Callable, *args) -> Future:
+        def guarded():
+            if self._failure is not None:
+                return None
+            try:
+                client, experiment = self._store.result()
+                return work(client, experiment, *args)
+            except Exception as exc:
+                text = " ".join(str(exc).split())[:200]
+                self._failure = f"{type(exc).__name__}: {text}"
+                return None
+
+        return self._pool.submit(guarded)
+
+    def start_run(
+        self, name: str, command: str, params: dict, tags: dict | None = None, parent=None
+    ) -> "TrackedRun":
+        def create(client, experiment):
+            run_tags = {
+                "command": command,
+                "git_commit": self._commit.result(),
+                "mlflow.source.git.commit": self._commit.result(),
+                "mlflow.source.name": f"pipeline {command}",
+                **{k: str(v) for k, v in (tags or {}).items()},
+            }
+            if parent is not None:
+                run_tags[PARENT_TAG] = parent.run_id.result()
+            run = client.create_run(experiment, tags=run_tags, run_name=name)
+            run_id = run.info.run_id
+            from mlflow.entities import Param
+
+            logged = [Param(k, str(v)) for k, v in params.items()]
+            for start in range(0, len(logged), 100):  # log_batch takes at most 100 params
+                client.log_batch(run_id, params=logged[start : start + 100])
+            return run_id
+
+        return TrackedRun(self, self.submit(create))
+
+    def close(self) -> str | None:
+        """Wait for every store call; the failure, if one happened, as a warning sentence."""
+        self._pool.shutdown(wait=True)
+        if self._failure is None:
+            return None
+        return f"tracking failed ({self._failure}); this command's runs were not all recorded"
+
+
+class TrackedRun:
+    """One MLflow run; every method queues work on the session's thread and returns at once."""
+
+    def __init__(self, session: Session, run_id: Future):
+        self.session, self.run_id = session, run_id
+        self.ended = False
+
+    def _on_run(self, work: Callable, *args) -> None:
+        def call(client, experiment):
+            run_id = self.run_id.result()
+            if run_id is not None:
+                work(client, run_id, *args)
+
+        self.session.submit(call)
+
+    def id(self) -> str | None:
+        """The run's id, once the store has made the run (None if the store failed)."""
+        return self.run_id.result()
+
+    def child(self, name: str, command: str, params: dict, tags: dict | None = None):
+        return self.session.start_run(name, command, params, tags, parent=self)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from_now = int(time.time() * 1000)
+
+        def log(client, run_id):
+            from mlflow.entities import Metric
+
+            batch = [Metric(k, float(v), from_now, step) for k, v in metrics.items()]
+            client.log_batch(run_id, metrics=batch)
+
+        self._on_run(log)
+
+    def log_epoch(self, record: dict[str, float]) -> None:
+        """train's per-epoch record as one batch of metrics at step = epoch."""
+        names = {EPOCH_METRICS[k]: v for k, v in record.items() if k in EPOCH_METRICS}
+        self.log_metrics(names, step=int(record["epoch"]))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        def tag(client, run_id):
+            from mlflow.entities import RunTag
+
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+        self._on_run(tag)
+
+    def keep_checkpoint(self, checkpoint: Path) -> None:
+        """Copy the finished checkpoint (and its JSON sidecar) into the run's own folder now,
+        and tag the run with the copy's path, its sha256 and the data fingerprint."""
+
+        def keep(client, experiment):
+            run_id = self.run_id.result()
+            if run_id is None:
+                return
+            from mlflow.entities import RunTag
+
+            folder = config.run_dir(run_id, self.session.runs_dir)
+            kept = folder / checkpoint.name
+            for source in (checkpoint, config.sidecar_path(checkpoint)):
+                if source.is_file():
+                    with atomic_path(folder / source.name) as tmp:
+                        shutil.copyfile(source, tmp)
+            tags = {"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)}
+            sidecar = config.sidecar_path(kept)
+            if sidecar.is_file():
+                meta = json.loads(sidecar.read_text())
+                tags["data_fingerprint"] = meta.get("data_fingerprint", "unknown")
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+        # the copy must be taken before anything may rewrite the file: wait for it
+        self.session.submit(keep).result()
+
+    def finish_training(self, result) -> None:
+        """A finished `train` run: its summary metrics and its kept checkpoint."""
+        summary = {"best_val_acc": result.best_accuracy, "train_seconds": result.train_seconds}
+        summary["images_per_second"] = result.images_per_second
+        if result.seconds_to_target is not None:
+            summary["seconds_to_99"] = result.seconds_to_target
+        self.log_metrics(summary, step=len(result.history))
+        self.keep_checkpoint(result.checkpoint)
+        self.end()
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.ended = True
+        self._on_run(lambda client, run_id: client.set_terminated(run_id, status))
+
+    def delete(self) -> None:
+        self.ended = True
+        self._on_run(lambda client, run_id: client.delete_run(run_id))
+
+
+class NoRun:
+    """What stages get with tracking off: every call does nothing."""
+
+    def child(self, *args, **kwargs) -> "NoRun":
+        return self
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+NO_RUN = NoRun()
+
+
+def tracked_train(train: Callable, run, cfg, out: Path, on_epoch_end=None, **kwargs):
+    """Call `train(cfg, out=out, on_epoch_end=..., **kwargs)` as the tracked run `run`: metrics
+    per epoch (`on_epoch_end` replaces run.log_epoch and must call it), summary and kept
+    checkpoint at the end, KILLED/FAILED if it stops early, and no record at all for a
+    finished identical run that train skipped."""
+    try:
+        result = train(cfg, out=out, on_epoch_end=on_epoch_end or run.log_epoch, **kwargs)
+    except BaseException as exc:
+        run.end(stop_status(exc))
+        raise
+    if result.skipped:
+        run.delete()
+    else:
+        run.finish_training(result)
+    return result
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def stop_status(exc: BaseException) -> str:
+    """KILLED for a run stopped on purpose (Ctrl-C, SIGTERM, a pruned trial), else FAILED."""
+    stopped = ("TrainingInterrupted", "TrialPruned", "Terminated")
+    return (
+        "KILLED"
+        if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ in stopped
+        else "FAILED"
+    )
+
+
+@contextmanager
+def command_run(
+    track: bool,
+    name: str,
+    command: str,
+    params: dict,
+    tags: dict | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Iterator[TrackedRun | NoRun]:
+    """The tracked run of one command (NO_RUN when `track` is false): ended FINISHED, FAILED
+    or KILLED as the block ends; a store that failed midway is one warning, never an error."""
+    if not track:
+        yield NO_RUN
+        return
+    session = Session()
+    run = session.start_run(name, command, params, tags)
+    try:
+        yield run
+    except BaseException as exc:
+        if not run.ended:
+            run.end(stop_status(exc))
+        raise
+    else:
+        if not run.ended:
+            run.end()
+    finally:
+        if (warning := session.close()) is not None:
+            (warn or _stderr)(f"warning: {warning}")

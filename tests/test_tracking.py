@@ -1,0 +1,168 @@
+"""MLflow tracking as a side channel: what a run records, kept checkpoints, and bad stores.
+
+Every store here lives under tmp_path (the `tracking_store` fixture); MLflow's import and
+SQLite store make the recording tests seconds long, so they are marked slow.
+"""
+
+import json
+import os
+import sqlite3
+
+import pytest
+
+from pipeline import config, tracking
+from pipeline.checkpoints import read_payload
+from pipeline.errors import PipelineError
+from pipeline.recipes import recipe_config
+from pipeline.train import train
+
+TINY = dict(device="cpu", arch_args={"widths": [4, 8, 8]}, batch_size=256)
+
+
+def runs_of(uri):
+    client, experiment = tracking.open_client(uri)
+    return client, client.search_runs([experiment], order_by=["attributes.start_time ASC"])
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "expected"),
+    [(None, None, True), (None, "0", False), (None, "off", False), (True, "0", True),
+     (False, None, False), (None, "1", True)],
+)  # fmt: skip
+def test_tracking_is_on_unless_turned_off(monkeypatch, flag, env, expected):
+    monkeypatch.delenv(tracking.SWITCH, raising=False)
+    if env is not None:
+        monkeypatch.setenv(tracking.SWITCH, env)
+    assert tracking.wanted(flag) is expected
+
+
+def test_the_default_store_is_the_projects_and_the_ecosystem_variable_overrides(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.tracking_uri() == f"sqlite:///{config.TRACKING_DB}"
+    assert tracking.runs_dir(tracking.tracking_uri()) == config.RUNS_DIR
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/m.db")
+    assert tracking.tracking_uri() == "sqlite:////elsewhere/m.db"
+
+
+def test_params_use_the_command_lines_names():
+    cfg = recipe_config("fast", device="cpu", epochs=2)
+    params = tracking.train_params(cfg)
+    for name in ("epochs", "lr", "model", "recipe", "batch_size", "seed", "weight_decay"):
+        assert name in params
+    assert params["data"] == "tensors" and "data_source" not in params
+    assert params["epochs"] == 2 and json.loads(params["arch_args"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [(b"this is not a database, just text" * 40, "corrupt or not SQLite"), (None, "not MLflow's")],
+)
+def test_a_bad_store_is_one_line_before_any_work(tmp_path, content, fragment):
+    db = tmp_path / "m.db"
+    if content is None:
+        with sqlite3.connect(db) as connection:
+            connection.execute("CREATE TABLE songs (title TEXT)")
+    else:
+        db.write_bytes(content)
+    with pytest.raises(PipelineError, match=fragment) as caught:
+        tracking.Session(f"sqlite:///{db}")
+    assert str(db) in str(caught.value) and "--no-track" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_unreachable_server_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(PipelineError, match="unreachable"):
+        tracking.check_store(f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_a_store_in_a_read_only_folder_is_one_line(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(PipelineError, match="cannot be written"):
+            tracking.check_store(f"sqlite:///{folder / 'm.db'}")
+    finally:
+        folder.chmod(0o700)
+
+
+@pytest.mark.slow
+def test_two_runs_to_one_out_are_both_recorded_with_both_checkpoints(
+    tracking_store, sample_processed_dir, tmp_path
+):
+    out = tmp_path / "models" / "fastnet.pt"
+    for epochs in (1, 2):
+        cfg = recipe_config("fast", epochs=epochs, **TINY)
+        with tracking.command_run(True, out.stem, "train", tracking.train_params(cfg)) as run:
+            tracking.tracked_train(train, run, cfg, out, processed_dir=sample_processed_dir)
+    client, runs = runs_of(tracking_store)
+    assert [r.data.params["epochs"] for r in runs] == ["1", "2"]
+    kept = [read_payload(config.Path(r.data.tags["checkpoint"])) for r in runs]
+    assert [p["meta"]["epochs_trained"] for p in kept] == [1, 2]  # the first was not overwritten
+    assert len({r.data.tags["checkpoint_sha256"] for r in runs}) == 2
+    for run, payload in zip(runs, kept, strict=True):
+        assert run.info.status == "FINISHED"
+        assert run.data.params["model"] == "fastnet" and run.data.params["recipe"] == "fast"
+        assert run.data.params["batch_size"] == "256" and run.data.params["lr"] == "0.004"
+        assert run.data.tags["data_fingerprint"] == payload["meta"]["data_fingerprint"]
+        assert len(run.data.tags["git_commit"]) >= 7 and run.data.tags["command"] == "train"
+        history = payload["meta"]["history"]
+        val_acc = client.get_metric_history(run.info.run_id, "val_acc")
+        val_loss = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [(m.step, m.value) for m in val_acc] == [
+            (r["epoch"], pytest.approx(r["val_accuracy"])) for r in history
+        ]
+        assert [m.step for m in val_loss] == [r["epoch"] for r in history]
+        assert run.data.metrics["train_seconds"] > 0
+        assert run.data.metrics["best_val_acc"] == pytest.approx(payload["meta"]["val_accuracy"])
+        folder = config.run_dir(run.info.run_id, tracking.runs_dir(tracking_store))
+        assert config.sidecar_path(folder / "fastnet.pt").is_file()
+
+
+@pytest.mark.slow
+def test_a_skipped_identical_run_leaves_no_record_and_a_failed_one_is_marked(
+    tracking_store, sample_processed_dir, tmp_path
+):
+    out = tmp_path / "m.pt"
+    cfg = recipe_config("fast", epochs=1, **TINY)
+    for _ in range(2):  # the second finds the finished run and trains nothing
+        with tracking.command_run(True, "m", "train", tracking.train_params(cfg)) as run:
+            tracking.tracked_train(train, run, cfg, out, processed_dir=sample_processed_dir)
+    with pytest.raises(PipelineError):
+        with tracking.command_run(True, "m", "train", {}) as run:
+            tracking.tracked_train(train, run, cfg, out, processed_dir=tmp_path / "nothing")
+    _, runs = runs_of(tracking_store)
+    assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
+
+
+@pytest.mark.slow
+def test_ensemble_members_are_children_of_the_ensembles_run(
+    tracking_store, sample_processed_dir, tmp_path
+):
+    from pipeline.ensemble import train_ensemble
+
+    cfg = recipe_config("fast", epochs=1, **TINY)
+    with tracking.command_run(True, "fast", "ensemble", {"members": 2}) as parent:
+        train_ensemble(cfg, 2, sample_processed_dir, tmp_path, parent=parent, progress=False)
+    _, runs = runs_of(tracking_store)
+    top = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
+    members = [r for r in runs if tracking.PARENT_TAG in r.data.tags]
+    assert len(top) == 1 and top[0].data.params == {"members": "2"}
+    assert {r.data.tags[tracking.PARENT_TAG] for r in members} == {top[0].info.run_id}
+    assert sorted(r.data.params["seed"] for r in members) == ["0", "1"]
+    assert all(config.Path(r.data.tags["checkpoint"]).is_file() for r in members)
+
+
+def test_tracking_off_opens_no_store(tmp_path, monkeypatch, sample_processed_dir):
+    uri = f"sqlite:///{tmp_path / 'never' / 'm.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with tracking.command_run(tracking.wanted(False), "x", "train", {}) as run:
+        run.log_epoch({"epoch": 1, "val_accuracy": 0.5})
+        assert run is tracking.NO_RUN
+    assert not (tmp_path / "never").exists()

@@ -1,0 +1,67 @@
+"""`pipeline tune`: Optuna trials as tracked runs, pruning, resuming a study, refusing another."""
+
+import pytest
+
+from pipeline import runs, tracking
+from pipeline.checkpoints import read_payload
+from pipeline.errors import PipelineError
+from pipeline.tune import SearchSpace, train_command, tune
+
+# Tiny trials: 4-8-16 FastNets, 2 epochs of 14 batches on the 3,600 sample digits.
+SPACE = SearchSpace(lr=(1e-6, 2e-2), epochs=(2, 2), widths=(4,), batch_sizes=(256,))
+GOOD = dict(lr=4e-3, weight_decay=5e-4, epochs=2, width=4, batch_size=256, augment=False)
+
+
+@pytest.mark.slow  # trains tiny models and opens MLflow and Optuna stores
+def test_three_trials_one_pruned_a_resumed_study_and_another_space_refused(
+    tracking_store, sample_processed_dir, tmp_path
+):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    common = dict(
+        space=SPACE, processed_dir=sample_processed_dir, work_dir=tmp_path / "tune",
+        storage=storage, device="cpu", study_name="tiny",
+    )  # fmt: skip
+    session = tracking.Session()
+    parent = session.start_run("tiny", "tune", {"trials": 2})
+    first = tune(trials=2, enqueue=(GOOD, GOOD | {"weight_decay": 1e-5}), parent=parent, **common)
+    assert first.states == {"COMPLETE": 2}
+    # resumed by name: a learning rate too small to learn is pruned after epoch 2 (the median
+    # of the first two trials there is far above it); it never becomes the best
+    lines = []
+    again = tune(
+        trials=1, enqueue=(GOOD | {"lr": 1e-6},), parent=parent, log=lines.append, **common
+    )
+    parent.end()
+    assert session.close() is None
+    assert again.states == {"COMPLETE": 2, "PRUNED": 1}
+    assert lines == [f"trial 2: pruned at epoch 2 {lines[0].split('epoch 2 ')[1]}"]
+    assert again.best_trial in (0, 1) and again.best_value > 0.5
+    assert again.command.startswith("pipeline train --model fastnet --epochs 2 --batch-size 256")
+    assert "--width 4 --no-augment --seed 0 --device cpu" in again.command
+
+    rows = runs.list_runs(uri=tracking_store)
+    trials = {r.name: r for r in rows if r.command == "tune" and r.parent}
+    assert sorted(trials) == ["trial-0", "trial-1", "trial-2"]
+    assert {r.parent for r in trials.values()} == {parent.id()}
+    assert [trials[f"trial-{n}"].status for n in range(3)] == ["FINISHED", "FINISHED", "KILLED"]
+    best_kept = runs.run_checkpoints(parent.id(), tracking_store)
+    assert best_kept == [runs.Path(trials[f"trial-{again.best_trial}"].checkpoint)]
+    assert read_payload(best_kept[0])["meta"]["val_accuracy"] == pytest.approx(again.best_value)
+
+    with pytest.raises(PipelineError, match="another search space") as caught:
+        tune(trials=1, **(common | {"space": SearchSpace(widths=(8,))}))
+    assert "\n" not in str(caught.value)
+
+
+def test_the_reproducing_command_names_every_sampled_option():
+    options = dict(GOOD, augment=True, augment_strength=0.5, lr=0.0012345678901234)
+    command = train_command(options, "fastnet", 3, {})
+    assert command == (
+        "pipeline train --model fastnet --epochs 2 --batch-size 256 --lr 0.0012345678901234 "
+        "--weight-decay 0.0005 --width 4 --augment --augment-strength 0.5 --seed 3"
+    )
+
+
+def test_neither_trials_nor_timeout_is_one_line(sample_processed_dir):
+    with pytest.raises(PipelineError, match="--trials N, --timeout S"):
+        tune(trials=None, timeout=None, processed_dir=sample_processed_dir)
