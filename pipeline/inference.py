@@ -5,6 +5,8 @@ Every stage that reads a model's answers (validation in `train`, `evaluate`, `pr
 """
 
 import glob
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,10 @@ PIXEL = 2 / config.IMAGE_SIDE
 TTA_SHIFTS = [(0.0, 0.0), (PIXEL, 0.0), (-PIXEL, 0.0), (0.0, PIXEL), (0.0, -PIXEL)]
 
 
+# The checkpoint each loaded model came from, to name it in errors about its outputs.
+SOURCES: "weakref.WeakKeyDictionary[nn.Module, Path]" = weakref.WeakKeyDictionary()
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     path: Path
@@ -30,20 +36,42 @@ class LoadedModel:
     meta: dict
 
 
-def expand_checkpoints(patterns: list[Path]) -> list[Path]:
-    """Plain paths as given; quoted globs such as 'models/best-*.pt' expanded, sorted."""
+def expand_checkpoints(
+    patterns: list[Path], log: Callable[[str], None] | None = None
+) -> list[Path]:
+    """Plain paths as given; quoted globs such as 'models/best-*.pt' expanded, sorted, to
+    checkpoints only: resume states (`*.last.pt`) and files that are not `.pt` are skipped,
+    and a file named twice counts once. `log` gets one line per glob saying what it matched.
+    """
     paths: list[Path] = []
     for pattern in patterns:
         if glob.has_magic(str(pattern)):
-            matches = sorted(glob.glob(str(pattern)))
-            if not matches:
-                raise PipelineError(f"{pattern}: no checkpoint matches")
-            paths += [Path(m) for m in matches]
+            matches = [Path(m) for m in sorted(glob.glob(str(pattern)))]
+            chosen = [m for m in matches if is_checkpoint_name(m)]
+            skipped = len(matches) - len(chosen)
+            if not chosen:
+                found = f" (only {skipped} resume state(s) or other files)" if skipped else ""
+                raise PipelineError(f"{pattern}: no checkpoint matches{found}")
+            if log:
+                names = ", ".join(m.name for m in chosen)
+                extra = f"; skipped {skipped} resume state(s) and other files" if skipped else ""
+                log(f"{pattern}: {len(chosen)} checkpoint(s): {names}{extra}")
+            paths += chosen
         else:
             paths.append(pattern)
     if not paths:
         raise PipelineError("give at least one --checkpoint")
-    return paths
+    unique, seen = [], set()
+    for path in paths:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    return unique
+
+
+def is_checkpoint_name(path: Path) -> bool:
+    """What a glob may pick: `.pt` files that are not resume states (config names both)."""
+    return path.suffix == config.CHECKPOINT_SUFFIX and not config.is_resume_state(path)
 
 
 def inference_model(model: nn.Module) -> nn.Module:
@@ -74,8 +102,23 @@ def load_for_inference(checkpoints: list[Path], device: torch.device) -> list[Lo
     loaded = []
     for path in checkpoints:
         checkpoint = load_checkpoint(path, device)
-        loaded.append(LoadedModel(path, inference_model(checkpoint.model), checkpoint.meta))
+        model = inference_model(checkpoint.model)
+        SOURCES[model] = path
+        loaded.append(LoadedModel(path, model, checkpoint.meta))
     return loaded
+
+
+def check_finite(logits: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """`logits`, or a one-line error naming the model's checkpoint if any is NaN or infinite:
+    finite weights can still overflow, and argmax would silently label every digit 0."""
+    if not bool(torch.isfinite(logits).all()):
+        source = SOURCES.get(model)
+        what = f"{source}: its" if source is not None else "the model's"
+        raise PipelineError(
+            f"{what} outputs are NaN or infinite on these digits (its weights overflow float "
+            "arithmetic); retrain it or pick another checkpoint"
+        )
+    return logits
 
 
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
@@ -107,7 +150,7 @@ def predict_logits(
             ]
         outputs.append(torch.stack(logits).float().mean(0))
     model.train(was_training)
-    return torch.cat(outputs)
+    return check_finite(torch.cat(outputs), model)
 
 
 def ensemble_probabilities(
