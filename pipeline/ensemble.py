@@ -12,9 +12,25 @@ import torch
 
 from pipeline import config
 from pipeline.distributed import ranks_from_env, single_process
+from pipeline.errors import PipelineError
 from pipeline.recipes import TrainConfig
 from pipeline.run_state import TrainResult
 from pipeline.train import train
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeding range
+
+
+def check_member_seeds(seed: int, members: int) -> None:
+    """Every member's seed (seed .. seed + members - 1) must be usable, checked before the
+    first member trains rather than when a later one fails on a seed nobody typed."""
+    if members < 1:
+        raise PipelineError(f"--members {members}: must be at least 1")
+    last = seed + members - 1
+    if seed < 0 or last > MAX_SEED:
+        raise PipelineError(
+            f"--seed {seed} with --members {members}: member seeds run to {last}, past the "
+            f"largest seed {MAX_SEED}; use --seed {MAX_SEED - members + 1} or lower"
+        )
 
 
 def train_ensemble(
@@ -27,6 +43,7 @@ def train_ensemble(
     progress: bool = True,
 ) -> list[TrainResult]:
     """Train this rank's share of `members` into `<models_dir>/<name>-<k>.pt`."""
+    check_member_seeds(cfg.seed, members)
     ranks = ranks_from_env()
     name = name or cfg.recipe or cfg.model
     results = []

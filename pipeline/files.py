@@ -1,8 +1,18 @@
-"""Atomic writes and fingerprints shared by every stage that produces files."""
+"""Atomic writes, fingerprints, run locks and the clean-up of dead runs' temporary files.
 
+Every temporary file or folder a stage makes beside its outputs carries the writing process's
+id in its name, so a later run can tell a SIGKILLed run's leftovers (removed) from a live
+run's work in progress (left alone).
+"""
+
+import contextvars
+import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,22 +20,153 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 
+# `.<name>.<pid>.tmp` (atomic_path) and `.<prefix>-<pid>-<random>` (temp_dir): nothing else.
+TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp$")
+TEMP_DIR = re.compile(r"^\.(?P<prefix>[a-z]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+$")
+
+# The renames a `written_together` block holds back until all its files are written.
+_pending: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar(
+    "pending_renames", default=None
+)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (one we may not signal counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid != 0
+    return True
+
+
+def remove_dead_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete the temp files and folders of dead processes in `folder`; return what went.
+
+    Only names of exactly our own patterns count, and only when the process id in the name
+    no longer runs: a live run's work in progress is never touched. With `name`, only the
+    temp files of that one output.
+    """
+    removed = []
+    try:
+        entries = list(folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        return removed
+    for entry in entries:
+        match = TEMP_FILE.match(entry.name) or TEMP_DIR.match(entry.name)
+        if match is None or process_alive(int(match["pid"])):
+            continue
+        if name is not None and match.groupdict().get("name") != name:
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                if TEMP_DIR.match(entry.name):
+                    shutil.rmtree(entry)
+                    removed.append(entry)
+            elif TEMP_FILE.match(entry.name):
+                entry.unlink()
+                removed.append(entry)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            message = f"{entry}: cannot remove a dead run's temp file ({exc.strerror})"
+            raise PipelineError(message) from None
+    return removed
+
+
+def temp_dir(folder: Path, prefix: str) -> tempfile.TemporaryDirectory:
+    """A temp folder `.<prefix>-<pid>-<random>` in `folder` (same file system, so its
+    contents move into place by renaming); a dead run's ones are removed first."""
+    remove_dead_temps(folder)
+    return tempfile.TemporaryDirectory(
+        dir=folder, prefix=f".{prefix}-{os.getpid()}-", ignore_cleanup_errors=True
+    )
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it over `path` only if the block succeeds.
 
-    A crash, kill or exception leaves either the old file or the new one, never half a file.
+    A crash, kill or exception leaves either the old file or the new one, never half a file;
+    an OS error (a full disk) is one line naming `path`. Inside `written_together` the rename
+    waits for the whole set. A killed run's temp file for `path` is removed first.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temps(path.parent, path.name)
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot be written ({exc.strerror or exc})") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pending = _pending.get()
+    keep = False
     try:
         yield tmp
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
-        os.replace(tmp, path)
+        if pending is None:
+            os.replace(tmp, path)
+        else:
+            pending.append((tmp, path))
+            keep = True
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot be written ({exc.strerror or exc})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if not keep:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def written_together() -> Iterator[None]:
+    """Files written by `atomic_path` inside the block replace their old versions together,
+    after every one of them is written: a failure (a full disk) leaves all the old ones."""
+    if _pending.get() is not None:  # already inside a set
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _pending.set(pending)
+    try:
+        yield
+        try:
+            for tmp, path in pending:
+                os.replace(tmp, path)
+        except OSError as exc:
+            raise PipelineError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    finally:
+        _pending.reset(token)
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` for the block, or fail at once in one line.
+
+    `flock` is released by the kernel when the holder dies, so a killed run never blocks the
+    next one; the lock file itself stays (removing it would race with a new holder).
+    """
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise PipelineError(f"{lock_file}: cannot take the lock ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 16, 0).decode(errors="replace").strip() or "unknown"
+            raise PipelineError(
+                f"another run is writing {out} (pid {holder}); wait for it or stop it"
+            ) from None
+        try:  # fixed width, written in place: no new block needed on a full disk
+            os.pwrite(fd, f"{os.getpid():<15}\n".encode(), 0)
+        except OSError:
+            pass  # the pid is only for the message; a full disk must not stop the lock
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_writable(path: Path, option: str = "--out") -> None:
