@@ -11,13 +11,12 @@ from pathlib import Path
 import torch
 
 from pipeline import config
+from pipeline.choices import MAX_SEED
 from pipeline.distributed import ranks_from_env, single_process
 from pipeline.errors import PipelineError
 from pipeline.recipes import TrainConfig
 from pipeline.run_state import TrainResult
 from pipeline.train import train
-
-MAX_SEED = 2**32 - 1  # numpy's and torch's seeding range
 
 
 def check_member_seeds(seed: int, members: int) -> None:

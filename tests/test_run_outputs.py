@@ -75,6 +75,7 @@ def test_predict_averages_each_member_once(sample_processed_dir, tmp_path):
     args = ["predict", "--checkpoint", str(folder / "best-*.pt"), "--out", str(out)]
     result = CliRunner().invoke(app, [*args, "--processed-dir", str(sample_processed_dir)])
     assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"predict: {folder / 'best-*.pt'}: 3 checkpoint(s): ")
     assert "from 3 model(s)" in result.output
 
 
