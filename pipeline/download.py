@@ -20,7 +20,7 @@ import pandas as pd
 from pipeline import config, kaggle_api
 from pipeline.choices import RawSource, check_seed
 from pipeline.errors import PipelineError
-from pipeline.files import temp_dir
+from pipeline.files import remove_dead_temps, temp_dir
 
 
 @dataclass(frozen=True)
@@ -346,6 +346,7 @@ def download(
     `force`). `seed` is the offline sample's split, checked for every source.
     """
     check_seed(seed)
+    remove_dead_temps(raw_dir)  # a killed run's staging folders, whatever this run does
     source = RawSource(source)
     if (
         zip_path is not None

@@ -40,33 +40,29 @@ def expand_checkpoints(
     patterns: list[Path], log: Callable[[str], None] | None = None
 ) -> list[Path]:
     """Plain paths as given; quoted globs such as 'models/best-*.pt' expanded, sorted, to
-    checkpoints only: resume states (`*.last.pt`) and files that are not `.pt` are skipped,
-    and a file named twice counts once. `log` gets one line per glob saying what it matched.
+    checkpoints only: resume states (`*.last.pt`), files that are not `.pt` and files already
+    named before are skipped. `log` gets one line per glob saying what it matched.
     """
     paths: list[Path] = []
     for pattern in patterns:
         if glob.has_magic(str(pattern)):
             matches = [Path(m) for m in sorted(glob.glob(str(pattern)))]
-            chosen = [m for m in matches if is_checkpoint_name(m)]
+            taken = {p.resolve() for p in paths}
+            chosen = [m for m in matches if is_checkpoint_name(m) and m.resolve() not in taken]
             skipped = len(matches) - len(chosen)
             if not chosen:
-                found = f" (only {skipped} resume state(s) or other files)" if skipped else ""
-                raise PipelineError(f"{pattern}: no checkpoint matches{found}")
+                found = f" (only {skipped} resume states, other files or ones given before)"
+                raise PipelineError(f"{pattern}: no checkpoint matches{found if skipped else ''}")
             if log:
                 names = ", ".join(m.name for m in chosen)
-                extra = f"; skipped {skipped} resume state(s) and other files" if skipped else ""
-                log(f"{pattern}: {len(chosen)} checkpoint(s): {names}{extra}")
+                extra = f"; skipped {skipped} resume states, other files or ones given before"
+                log(f"{pattern}: {len(chosen)} checkpoint(s): {names}{extra if skipped else ''}")
             paths += chosen
         else:
             paths.append(pattern)
     if not paths:
         raise PipelineError("give at least one --checkpoint")
-    unique, seen = [], set()
-    for path in paths:
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
-            unique.append(path)
-    return unique
+    return paths
 
 
 def is_checkpoint_name(path: Path) -> bool:

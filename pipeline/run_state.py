@@ -257,24 +257,13 @@ def run_config(
 
 
 def _check_training_state(payload: dict, last: Path) -> dict:
+    """The state's parts are there; `state_schema` checks them whole once the run is built."""
+    from pipeline.state_schema import check_layout
+
     ts = payload.get("training_state")
     if ts is None:
         raise PipelineError(f"{last}: holds no training state to resume from")
-    loop_names = {f.name for f in fields(TrainState)}
-    valid = (
-        isinstance(ts, dict)
-        and all(isinstance(ts.get(k), dict) for k in ("optimizer", "scheduler", "loop", "rng"))
-        and set(ts["loop"]) == loop_names
-        and all(
-            isinstance(ts["rng"].get(k), torch.Tensor) for k in ("torch", "shuffle", "augment")
-        )
-        and isinstance(ts["loop"]["epoch"], int)
-        and isinstance(ts["loop"]["step"], int)
-        and isinstance(ts["loop"]["history"], list)
-        and (ts["loop"]["order"] is None or isinstance(ts["loop"]["order"], torch.Tensor))
-    )
-    if not valid:
-        raise PipelineError(f"{last}: its training state is damaged or not this version's")
+    check_layout(ts, last)
     return ts
 
 

@@ -94,7 +94,8 @@ def check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, steps_done: in
     reference = optimizer.state_dict()
     if not isinstance(saved, dict) or set(saved) != set(reference):
         raise Damaged("optimizer is not an optimizer state")
-    like(saved["param_groups"], reference["param_groups"], "optimizer", MOVING_GROUP_KEYS)
+    groups = reference["param_groups"]
+    like(saved["param_groups"], groups, "optimizer.param_groups", MOVING_GROUP_KEYS)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     keys = PARAM_STATE_KEYS.get(type(optimizer))
     state = saved["state"]
@@ -176,9 +177,10 @@ def check_loop(saved: Any, loop_fields: set[str], bounds: dict[str, int]) -> Non
     try:
         loop = LoopState.model_validate(saved)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        error = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in error["loc"])
-        raise Damaged(f"loop.{where}: {error['msg'][:60].lower()}") from None
+        problem = error["msg"].removeprefix("Value error, ")[:80]
+        raise Damaged(f"loop.{where}: {problem[:1].lower()}{problem[1:]}") from None
     spe, n = bounds["steps_per_epoch"], bounds["train_images"]
     if not 0 <= loop.epoch <= bounds["epochs"] or not 0 <= loop.step <= spe:
         raise Damaged(f"loop is at epoch {loop.epoch}, step {loop.step}: outside this run")
@@ -199,6 +201,25 @@ def check_loop(saved: Any, loop_fields: set[str], bounds: dict[str, int]) -> Non
         raise Damaged(f"loop.order is not an order of the {n} training images")
     if not (loop.best_accuracy == -1 or 0 <= loop.best_accuracy <= 1):
         raise Damaged(f"loop.best_accuracy {loop.best_accuracy} is not an accuracy")
+
+
+PARTS = ("optimizer", "scheduler", "loop", "rng")
+
+
+def _damaged(last: Path, exc: Damaged) -> PipelineError:
+    return PipelineError(
+        f"{last}: its training state is damaged or not this version's ({exc}); "
+        "train afresh with --force"
+    )
+
+
+def check_layout(ts: Any, last: Path) -> None:
+    """The parts every resume state has, checked before its run is built."""
+    if not isinstance(ts, dict):
+        raise _damaged(last, Damaged("it is not a mapping"))
+    bad = [part for part in PARTS if not isinstance(ts.get(part), dict)]
+    if bad:
+        raise _damaged(last, Damaged(f"{', '.join(bad)}: missing or not a mapping"))
 
 
 def check_training_state(
@@ -227,7 +248,4 @@ def check_training_state(
         check_scheduler(ts.get("scheduler"), scheduler, steps)
         check_rng(ts.get("rng"), generators)
     except Damaged as exc:
-        raise PipelineError(
-            f"{last}: its training state is damaged or not this version's ({exc}); "
-            "train afresh with --force"
-        ) from None
+        raise _damaged(last, exc) from None

@@ -57,13 +57,15 @@ def test_a_glob_selects_checkpoints_not_resume_states_and_says_so(tmp_path):
     assert paths == [folder / f"best-{k}.pt" for k in range(3)]
     assert said == [
         f"{folder / 'best-*.pt'}: 3 checkpoint(s): best-0.pt, best-1.pt, best-2.pt; "
-        "skipped 3 resume state(s) and other files"
+        "skipped 3 resume states, other files or ones given before"
     ]
 
 
 def test_a_glob_of_resume_states_only_and_a_file_named_twice(tmp_path):
     folder = _members(tmp_path / "models", k=2)
-    with pytest.raises(PipelineError, match=r"no checkpoint matches \(only 2 resume state"):
+    with pytest.raises(
+        PipelineError, match=r"no checkpoint matches \(only 2 resume states, other files"
+    ):
         expand_checkpoints([folder / "*.last.pt"])
     twice = expand_checkpoints([folder / "best-0.pt", folder / "best-*.pt"])
     assert twice == [folder / "best-0.pt", folder / "best-1.pt"]
@@ -123,6 +125,7 @@ def test_a_second_run_to_the_same_out_is_refused_until_the_first_dies(
         holder.wait()
     result = train(_cfg(), sample_processed_dir, out, progress=False)
     assert result.checkpoint == out and out.is_file()
+    assert not config.lock_path(out).exists()  # released and removed with the run
 
 
 @pytest.mark.slow
