@@ -9,6 +9,7 @@ import io
 import math
 import pickle
 import platform
+import zipfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,8 +20,8 @@ from torch import nn
 
 from pipeline import config
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, write_json
-from pipeline.models import MODELS, build_model
+from pipeline.files import atomic_path, write_json, written_together
+from pipeline.models import MODELS, arch_args_problem, build_model
 
 FORMAT = "digit-recognizer-checkpoint"
 VERSION = 1
@@ -63,10 +64,22 @@ def save_checkpoint(
     payload = {"meta": meta, "state_dict": model.state_dict()}
     if training_state is not None:
         payload["training_state"] = training_state
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    if sidecar:
-        write_json(meta, config.sidecar_path(path))
+    buffer = io.BytesIO()  # torch's own file writer turns a full disk into a RuntimeError
+    torch.save(payload, buffer)
+    with written_together():  # the weights and their sidecar: both new or both old
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+        if sidecar:
+            write_json(meta, config.sidecar_path(path))
+
+
+def _failed_crc(data: bytes) -> str | None:
+    """The first record whose CRC-32 does not match (torch.load does not check them)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError):
+        return None  # not a zip at all: torch.load says what it is
 
 
 def read_payload(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -77,6 +90,11 @@ def read_payload(path: Path, device: torch.device | str = "cpu") -> dict[str, An
         data = path.read_bytes()
     except OSError as exc:
         raise PipelineError(f"{path}: cannot be read ({exc.strerror})") from None
+    if failed := _failed_crc(data):
+        raise PipelineError(
+            f"{path}: not a readable checkpoint (corrupt: {failed} fails its CRC check, so "
+            "bytes changed after it was written)"
+        )
     try:
         payload = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -102,6 +120,8 @@ def read_payload(path: Path, device: torch.device | str = "cpu") -> dict[str, An
     temperature = meta.get("temperature", 1.0)  # absent in checkpoints from before calibration
     if type(temperature) not in (int, float) or not 0 < temperature < math.inf:
         raise PipelineError(f"{path}: its temperature {temperature!r} is not a positive number")
+    if problem := arch_args_problem(meta["model"], meta.get("arch_args", {})):
+        raise PipelineError(f"{path}: its arch_args are out of bounds: {problem}")
     state_dict = payload.get("state_dict")
     if not isinstance(state_dict, dict) or not all(
         isinstance(v, torch.Tensor) for v in state_dict.values()

@@ -103,9 +103,23 @@ def metrics_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.metrics.csv")
 
 
+CHECKPOINT_SUFFIX = ".pt"
+ONNX_SUFFIX = ".onnx"
+RESUME_SUFFIX = ".last.pt"  # never a checkpoint to predict with: see `is_resume_state`
+
+
 def last_checkpoint_path(checkpoint: Path) -> Path:
     """The resumable end-of-epoch (or interrupted) state that sits beside the best weights."""
-    return checkpoint.with_name(f"{checkpoint.stem}.last.pt")
+    return checkpoint.with_name(f"{checkpoint.stem}{RESUME_SUFFIX}")
+
+
+def is_resume_state(path: Path) -> bool:
+    return path.name.endswith(RESUME_SUFFIX)
+
+
+def lock_path(checkpoint: Path) -> Path:
+    """The hidden file a `train` run to `checkpoint` holds locked while it writes its files."""
+    return checkpoint.with_name(f".{checkpoint.name}.lock")
 
 
 def curves_path(checkpoint: Path) -> Path:
@@ -121,6 +135,17 @@ def submission_source_path(submission: Path) -> Path:
 def run_dir(run_id: str, runs_dir: Path = RUNS_DIR) -> Path:
     """Where a tracked run's finished checkpoint and sidecar are kept."""
     return runs_dir / run_id
+
+
+def run_files(checkpoint: Path) -> dict[str, Path]:
+    """Every file a `train --out checkpoint` run writes, by what it is."""
+    return {
+        "checkpoint": checkpoint,
+        "sidecar": sidecar_path(checkpoint),
+        "resume state": last_checkpoint_path(checkpoint),
+        "metrics": metrics_path(checkpoint),
+        "curves": curves_path(checkpoint),
+    }
 
 
 def figure_path(name: str, figures_dir: Path = FIGURES_DIR) -> Path:

@@ -17,7 +17,7 @@ import torch
 from pipeline import config
 from pipeline.datasets import TensorDigits, load_split
 from pipeline.device import resolve_device
-from pipeline.ensemble import train_ensemble
+from pipeline.ensemble import check_member_seeds, train_ensemble
 from pipeline.errors import PipelineError
 from pipeline.inference import accuracy, ensemble_probabilities, load_for_inference
 from pipeline.prepare import prepare
@@ -89,6 +89,7 @@ def cross_validate(
     """
     if not split_seeds:
         raise PipelineError("--splits must be at least 1")
+    check_member_seeds(cfg.seed, members)
     scores = []
     for split_seed in split_seeds:
         start = time.perf_counter()

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline import config, kaggle_api
 from pipeline.choices import RawSource, check_seed
 from pipeline.errors import PipelineError
+from pipeline.files import remove_dead_temps, temp_dir
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class DownloadResult:
 
 SAMPLE_TEST_ROWS = 1_000
 ZIP_ENCRYPTED = 0x1  # general-purpose flag bit 0 of a zip member
+# Untrusted zips: Kaggle's train.csv is 77 MB and inflates 8.8 times (test.csv 8.9, the sample
+# submission 3.8); these bounds leave 2.6x and 11x of room.
+MAX_MEMBER_BYTES = 200_000_000
+MAX_RATIO = 100
 
 
 def raw_files_present(raw_dir: Path) -> bool:
@@ -68,7 +73,7 @@ def _staging_dir(raw_dir: Path, prefix: str) -> tempfile.TemporaryDirectory:
     """A temp folder inside `raw_dir` (same file system, so moves are renames)."""
     _make_folder(raw_dir)
     with os_errors_name(raw_dir):
-        return tempfile.TemporaryDirectory(dir=raw_dir, prefix=prefix, ignore_cleanup_errors=True)
+        return temp_dir(raw_dir, prefix)  # a killed run's staging folders go first
 
 
 def write_all_or_none(
@@ -80,7 +85,7 @@ def write_all_or_none(
     member, a full disk), `raw_dir` keeps what it held and the temp folder is removed; an
     OSError becomes one line naming the file in `raw_dir` it was for.
     """
-    with _staging_dir(raw_dir, ".download-") as tmp:
+    with _staging_dir(raw_dir, "download") as tmp:
         for name, write in writers.items():
             with os_errors_name(raw_dir / name):
                 write(Path(tmp) / name)
@@ -92,11 +97,58 @@ def write_all_or_none(
                 (raw_dir / name).unlink(missing_ok=True)
 
 
+def pick_members(archive: zipfile.ZipFile, zip_path: Path) -> tuple[dict, list[str]]:
+    """Each of Kaggle's file names to exactly one zip member, and notes on what was skipped.
+
+    Kaggle ships the three CSVs at the top level; a copy elsewhere (`__MACOSX/train.csv`, a
+    folder of an earlier download) is ignored and noted. Without a top-level file, a single
+    copy in one folder is taken; two copies, or two entries of one name, are refused.
+    """
+    chosen, notes = {}, []
+    for name in config.COMPETITION_FILES:
+        copies = [
+            info
+            for info in archive.infolist()
+            if not info.is_dir() and PurePosixPath(info.filename).name == name
+        ]
+        top = [info for info in copies if info.filename == name]
+        if not copies:
+            continue
+        if len(top) > 1 or (not top and len(copies) > 1):
+            listed = ", ".join(info.filename for info in copies[:4])
+            raise PipelineError(
+                f"{zip_path}: holds {len(copies)} files named {name} ({listed}) and cannot "
+                f"tell which is Kaggle's; keep one, at the top level"
+            )
+        chosen[name] = top[0] if top else copies[0]
+        ignored = [info.filename for info in copies if info is not chosen[name]]
+        if ignored:
+            notes.append(f"took the top-level {name}, ignored {', '.join(ignored[:3])}")
+    return chosen, notes
+
+
+def check_member_size(info: zipfile.ZipInfo, zip_path: Path) -> None:
+    """Refuse, from the zip's directory and before inflating anything, a member that claims
+    more than MAX_MEMBER_BYTES or inflates more than MAX_RATIO times (a zip bomb)."""
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise PipelineError(
+            f"{zip_path}: {info.filename} inflates to {info.file_size:,} bytes, more than the "
+            f"{MAX_MEMBER_BYTES:,} allowed (Kaggle's train.csv is 77 MB)"
+        )
+    ratio = info.file_size / max(info.compress_size, 1)
+    if ratio > MAX_RATIO and info.file_size > 1 << 20:  # tiny files may pack better: harmless
+        raise PipelineError(
+            f"{zip_path}: {info.filename} inflates {ratio:,.0f} times "
+            f"({info.compress_size:,} to {info.file_size:,} bytes), more than the "
+            f"{MAX_RATIO}x allowed: a zip bomb, not a CSV"
+        )
+
+
 def _competition_members(
     archive: zipfile.ZipFile, zip_path: Path, raw_dir: Path
-) -> dict[str, zipfile.ZipInfo]:
+) -> tuple[dict[str, zipfile.ZipInfo], list[str]]:
     """The zip's three CSVs, each checked to be readable here, before anything is written."""
-    members = {Path(info.filename).name: info for info in archive.infolist()}
+    members, notes = pick_members(archive, zip_path)
     missing = [name for name in config.COMPETITION_FILES if name not in members]
     if missing:
         raise PipelineError(
@@ -110,6 +162,7 @@ def _competition_members(
                 f"{zip_path}: {name} is encrypted (password-protected zips are not "
                 f"supported); {by_hand}"
             )
+        check_member_size(info, zip_path)
         try:
             archive.open(info).close()  # checks the compression method and the local header
         except (NotImplementedError, RuntimeError) as exc:
@@ -117,13 +170,18 @@ def _competition_members(
                 f"{zip_path}: {name} uses compression method {info.compress_type}, which "
                 f"Python's zipfile cannot read ({exc}); {by_hand}"
             ) from None
-    return {name: members[name] for name in config.COMPETITION_FILES}
+    return members, notes
 
 
 def _copy_member(
     archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_path: Path, target: Path
 ) -> None:
-    """Decompress one member into `target`; a damaged member is a PipelineError naming it."""
+    """Decompress one member into `target`; a damaged member is a PipelineError naming it.
+
+    The size limits hold while inflating too, whatever the zip's directory claimed.
+    """
+    limit = min(info.file_size, MAX_MEMBER_BYTES)
+    written = 0
     with archive.open(info) as src, open(target, "wb") as dst:
         while True:
             try:
@@ -134,11 +192,19 @@ def _copy_member(
                 ) from None
             if not chunk:
                 return
+            written += len(chunk)
+            if written > limit:
+                raise PipelineError(
+                    f"{zip_path}: {info.filename} inflates past {limit:,} bytes, more than "
+                    "its directory declares or the limit allows"
+                )
             dst.write(chunk)
 
 
-def extract_competition_zip(zip_path: Path, raw_dir: Path) -> None:
+def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
     """Extract train.csv, test.csv and sample_submission.csv; replace them all or none.
+
+    Returns notes on members it skipped (copies outside the top level).
 
     Deletes test_labels.csv (the offline sample's marker) once Kaggle's files are in. An
     encrypted, unsupported or damaged member, or an OS error (full disk, read-only or missing
@@ -150,7 +216,7 @@ def extract_competition_zip(zip_path: Path, raw_dir: Path) -> None:
         with os_errors_name(zip_path):
             archive = zipfile.ZipFile(zip_path)
         with archive:
-            members = _competition_members(archive, zip_path, raw_dir)
+            members, notes = _competition_members(archive, zip_path, raw_dir)
             writers = {
                 name: functools.partial(_copy_member, archive, info, zip_path)
                 for name, info in members.items()
@@ -158,13 +224,14 @@ def extract_competition_zip(zip_path: Path, raw_dir: Path) -> None:
             write_all_or_none(raw_dir, writers, drop=(config.TEST_LABELS_CSV,))
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
         raise PipelineError(f"{zip_path}: not a readable zip file ({exc})") from None
+    return notes
 
 
 def holds_zip_csvs(raw_dir: Path, zip_path: Path) -> bool:
     """Whether raw_dir's three CSVs are the zip's, byte for byte (same size and CRC-32)."""
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            members = {Path(info.filename).name: info for info in archive.infolist()}
+            members, _ = pick_members(archive, zip_path)
             for name in config.COMPETITION_FILES:
                 path, info = raw_dir / name, members.get(name)
                 if info is None or not path.is_file() or path.stat().st_size != info.file_size:
@@ -175,7 +242,7 @@ def holds_zip_csvs(raw_dir: Path, zip_path: Path) -> bool:
                         crc = zlib.crc32(chunk, crc)
                 if crc != info.CRC:
                     return False
-    except (OSError, zipfile.BadZipFile, EOFError, zipfile.LargeZipFile):
+    except (OSError, PipelineError, zipfile.BadZipFile, EOFError, zipfile.LargeZipFile):
         return False  # extraction will say what is wrong with it
     return True
 
@@ -195,7 +262,7 @@ def download_from_kaggle(
         raise
     except (Exception, SystemExit) as exc:  # authenticate() may call the network, or exit
         raise kaggle_api.explain(exc, config.COMPETITION, "download", zip_path) from None
-    with _staging_dir(raw_dir, ".kaggle-") as tmp:
+    with _staging_dir(raw_dir, "kaggle") as tmp:
         try:
             api.competition_download_files(config.COMPETITION, path=tmp, force=True, quiet=True)
         except (Exception, SystemExit) as exc:
@@ -287,6 +354,7 @@ def download(
     `force`). `seed` is the offline sample's split, checked for every source.
     """
     check_seed(seed)
+    remove_dead_temps(raw_dir)  # a killed run's staging folders, whatever this run does
     source = RawSource(source)
     if (
         zip_path is not None
@@ -320,8 +388,8 @@ def download(
             return DownloadResult(
                 source, raw_dir, True, False, f"{raw_dir} already holds the CSVs of {zip_path}"
             )
-        extract_competition_zip(zip_path, raw_dir)
-        detail = f"extracted {zip_path}"
+        notes = extract_competition_zip(zip_path, raw_dir)
+        detail = f"extracted {zip_path}" + "".join(f" ({note})" for note in notes)
     elif source is RawSource.kaggle:
         detail = f"downloaded {download_from_kaggle(raw_dir, connect)} from Kaggle"
     else:

@@ -11,11 +11,26 @@ from pathlib import Path
 import torch
 
 from pipeline import config
+from pipeline.choices import MAX_SEED
 from pipeline.distributed import ranks_from_env, single_process
+from pipeline.errors import PipelineError
 from pipeline.recipes import TrainConfig
 from pipeline.run_state import TrainResult
 from pipeline.tracking import NO_RUN, tracked_train, train_params
 from pipeline.train import train
+
+
+def check_member_seeds(seed: int, members: int) -> None:
+    """Every member's seed (seed .. seed + members - 1) must be usable, checked before the
+    first member trains rather than when a later one fails on a seed nobody typed."""
+    if members < 1:
+        raise PipelineError(f"--members {members}: must be at least 1")
+    last = seed + members - 1
+    if seed < 0 or last > MAX_SEED:
+        raise PipelineError(
+            f"--seed {seed} with --members {members}: member seeds run to {last}, past the "
+            f"largest seed {MAX_SEED}; use --seed {MAX_SEED - members + 1} or lower"
+        )
 
 
 def train_ensemble(
@@ -31,6 +46,7 @@ def train_ensemble(
 ) -> list[TrainResult]:
     """Train this rank's share of `members` into `<models_dir>/<name>-<k>.pt`, each member a
     tracked run under `parent` (tagged `member` and `tags`)."""
+    check_member_seeds(cfg.seed, members)
     ranks = ranks_from_env()
     name = name or cfg.recipe or cfg.model
     results = []

@@ -4,6 +4,7 @@ Every stage that reads a model's answers (validation in `train`, `evaluate`, `pr
 `crossval`, `serve`) goes through here, so they all see the same normalisation and views.
 """
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from pipeline.errors import PipelineError
 # Test-time views: identity and one-pixel shifts (in grid_sample's [-1, 1] coordinates).
 PIXEL = 2 / config.IMAGE_SIDE
 TTA_SHIFTS = [(0.0, 0.0), (PIXEL, 0.0), (-PIXEL, 0.0), (0.0, PIXEL), (0.0, -PIXEL)]
+
+
+# The checkpoint each loaded model came from, to name it in errors about its outputs.
+SOURCES: "weakref.WeakKeyDictionary[nn.Module, Path]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,23 @@ def load_for_inference(checkpoints: list[Path], device: torch.device) -> list[Lo
     loaded = []
     for path in checkpoints:
         checkpoint = load_checkpoint(path, device)
-        loaded.append(LoadedModel(path, inference_model(checkpoint.model), checkpoint.meta))
+        model = inference_model(checkpoint.model)
+        SOURCES[model] = path
+        loaded.append(LoadedModel(path, model, checkpoint.meta))
     return loaded
+
+
+def check_finite(logits: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """`logits`, or a one-line error naming the model's checkpoint if any is NaN or infinite:
+    finite weights can still overflow, and argmax would silently label every digit 0."""
+    if not bool(torch.isfinite(logits).all()):
+        source = SOURCES.get(model)
+        what = f"{source}: its" if source is not None else "the model's"
+        raise PipelineError(
+            f"{what} outputs are NaN or infinite on these digits (its weights overflow float "
+            "arithmetic); retrain it or pick another checkpoint"
+        )
+    return logits
 
 
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
@@ -100,7 +120,7 @@ def predict_logits(
             ]
         outputs.append(torch.stack(logits).float().mean(0))
     model.train(was_training)
-    return torch.cat(outputs)
+    return check_finite(torch.cat(outputs), model)
 
 
 def ensemble_probabilities(

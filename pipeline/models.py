@@ -179,6 +179,44 @@ def width_args(name: str, width: int) -> dict:
     return WIDTHS[name](width)
 
 
+# Bounds on what a checkpoint or config may ask a model to be, checked before allocating:
+# the widest recipe uses 128 channels and 2.4 M parameters.
+MAX_WIDTH = 2048
+MAX_PARAMETERS = 50_000_000
+
+
+def arch_args_problem(name: str, arch_args: dict) -> str | None:
+    """What is wrong with `arch_args` for model `name` (None if nothing): unknown names,
+    wrong types, sizes out of bounds, or more than MAX_PARAMETERS parameters, counted on
+    torch's meta device so that nothing is allocated."""
+    parameters = inspect.signature(MODELS[name]).parameters
+    for key, value in arch_args.items():
+        if key not in parameters:
+            return f"{key!r} is not an argument of {name!r}"
+        default = parameters[key].default
+        if isinstance(default, tuple):
+            if not isinstance(value, list | tuple) or not 1 <= len(value) <= 4:
+                return f"{key} must be a list of 1 to 4 sizes"
+            if isinstance(default[0], int) and not all(
+                type(v) is int and 1 <= v <= MAX_WIDTH for v in value
+            ):
+                return f"{key} {list(value)!r:.60} must be whole numbers 1 to {MAX_WIDTH}"
+        elif isinstance(default, float):
+            if type(value) not in (int, float) or not 0 <= value < 1:
+                return f"{key} {value!r:.20} must be a number in [0, 1)"
+        elif isinstance(default, int):
+            if type(value) is not int or not 1 <= value <= MAX_WIDTH * 4:
+                return f"{key} {value!r:.20} must be a whole number 1 to {MAX_WIDTH * 4}"
+    try:
+        with torch.device("meta"):
+            size = sum(p.numel() for p in build_model(name, **arch_args).parameters())
+    except (TypeError, ValueError, RuntimeError) as exc:
+        return f"they do not build a {name!r} ({str(exc)[:60]})"
+    if size > MAX_PARAMETERS:
+        return f"they ask for {size:,} parameters (at most {MAX_PARAMETERS:,})"
+    return None
+
+
 def build_model(name: str, **arch_args) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")

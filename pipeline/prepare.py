@@ -8,7 +8,6 @@ meta matches the sources and options and every file still matches its recorded s
 import csv
 import math
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pipeline import config
 from pipeline.bench.timings import phase
 from pipeline.choices import CacheFormat
 from pipeline.errors import PipelineError
-from pipeline.files import file_sha256, write_json
+from pipeline.files import file_sha256, remove_dead_temps, temp_dir, write_json
 from pipeline.processed import (
     META_VERSION,
     SplitArrays,
@@ -284,6 +283,7 @@ def prepare(
     """
     fmt = CacheFormat(fmt).value
     check_val_fraction(val_fraction)
+    remove_dead_temps(processed_dir)  # what a killed run left: its temp files and PNG folder
     labels_path = raw_dir / config.TEST_LABELS_CSV
     sources = None
     if not force and (raw_dir / config.TRAIN_CSV).is_file():
@@ -322,7 +322,7 @@ def prepare(
                 files[path.name] = save_split(split, path)
         if fmt in ("images", "both"):
             target = config.images_dir(processed_dir)
-            with tempfile.TemporaryDirectory(dir=processed_dir, prefix=".images-") as tmp:
+            with temp_dir(processed_dir, "images") as tmp:
                 _write_pngs(splits, Path(tmp) / config.IMAGES_DIR)
                 shutil.rmtree(target, ignore_errors=True)
                 (Path(tmp) / config.IMAGES_DIR).replace(target)

@@ -15,24 +15,40 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from pipeline import config
+from pipeline.choices import CacheFormat
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, file_sha256, sha256_text
 
 META_VERSION = 3  # 3: NumPy .npz splits (2 held torch .pt files)
-META_KEYS = (
-    "version",
-    "sources",
-    "val_fraction",
-    "seed",
-    "format",
-    "limit_rows",
-    "counts",
-    "files",
-)
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Count = Annotated[int, Field(ge=1)]
+
+
+class SplitCounts(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    train: Count
+    val: Count
+    test: Count
+
+
+class Meta(BaseModel):
+    """meta.json, whole: every field `prepare` writes, of the type it writes, nothing else."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    version: Literal[META_VERSION]
+    sources: dict[Literal[config.TRAIN_CSV, config.TEST_CSV, config.TEST_LABELS_CSV], Sha256]
+    val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
+    format: Literal[tuple(f.value for f in CacheFormat)]
+    limit_rows: Count | None
+    counts: SplitCounts
+    files: dict[Literal[*(f"{s}.npz" for s in config.SPLITS), config.IMAGES_DIR], Sha256]
 
 
 @dataclass(frozen=True)
@@ -49,22 +65,30 @@ class SplitArrays:
 
 
 def read_meta(processed_dir: Path) -> dict:
-    """meta.json as `prepare` wrote it, or a one-line error saying to run `prepare`."""
+    """meta.json as `prepare` wrote it (checked whole against `Meta`), or a one-line error
+    naming the file and the first field that is wrong."""
     path = processed_dir / config.META_JSON
     try:
-        meta = json.loads(path.read_text())
+        text = path.read_bytes()
     except FileNotFoundError:
         raise PipelineError(f"{path}: no such file (run `pipeline prepare` first)") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise PipelineError(
-            f"{path}: unreadable ({type(exc).__name__}); run `pipeline prepare`"
+            f"{path}: unreadable ({exc.strerror}); run `pipeline prepare`"
         ) from None
-    missing = [key for key in META_KEYS if key not in meta] if isinstance(meta, dict) else None
-    if missing is None or meta.get("version") != META_VERSION or missing:
+    try:
+        return Meta.model_validate_json(text).model_dump()
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "(the document)"
+        problem = " ".join(error["msg"].split())[:80]
+        if error["type"] == "json_invalid":
+            problem = problem.removeprefix("Invalid JSON: ")
+            where, problem = "(the document)", f"not valid JSON ({problem})"
         raise PipelineError(
-            f"{path}: not the meta.json of this version of `pipeline prepare`; run it again"
-        )
-    return meta
+            f"{path}: field {where}: {problem[:1].lower()}{problem[1:]}; run "
+            "`pipeline prepare --force`"
+        ) from None
 
 
 def data_fingerprint(meta: dict) -> str:
@@ -158,4 +182,22 @@ def load_split_arrays(processed_dir: Path, name: str) -> SplitArrays:
         valid = False
     if not valid:
         raise PipelineError(f"{path}: not a split written by `pipeline prepare`; run it again")
-    return SplitArrays(arrays["images"], arrays.get("labels"), arrays["ids"])
+    split = SplitArrays(arrays["images"], arrays.get("labels"), arrays["ids"])
+    check_split(split, name, meta["counts"].get(name), path)
+    return split
+
+
+def check_split(split: SplitArrays, name: str, count: int | None, path: Path) -> None:
+    """A split holds the digits meta.json counted, at least one, labelled unless it is test."""
+    if len(split) == 0:
+        raise PipelineError(f"{path}: the {name} split holds no digits; run `pipeline prepare`")
+    if count is not None and len(split) != count:
+        raise PipelineError(
+            f"{path}: holds {len(split)} digits, {config.META_JSON} counts {count}; "
+            "run `pipeline prepare --force`"
+        )
+    if split.labels is None and name != "test":
+        raise PipelineError(
+            f"{path}: the {name} split has no labels (only Kaggle's test digits may lack "
+            "them); run `pipeline prepare --force`"
+        )

@@ -145,6 +145,12 @@ def check_config(cfg: TrainConfig) -> None:
             )
     if cfg.recipe is not None and cfg.recipe not in {r.value for r in Recipe}:
         raise PipelineError(f"--recipe {cfg.recipe}: expected one of {', '.join(Recipe)}")
+    from pipeline.models import arch_args_problem  # imports torch: once a run is set up
+
+    if not isinstance(cfg.arch_args, dict):
+        raise PipelineError(f"arch_args {cfg.arch_args!r:.40}: must be a mapping")
+    if problem := arch_args_problem(cfg.model, cfg.arch_args):
+        raise PipelineError(f"arch_args of {cfg.model}: {problem}")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise PipelineError("--epochs and --batch-size must be positive")
     numbers = {

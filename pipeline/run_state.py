@@ -7,6 +7,8 @@ same prepared data; anything else is refused in one line instead of training on 
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import torch
 from pipeline.checkpoints import read_payload, save_checkpoint
 from pipeline.distributed import Ranks, max_over_ranks
 from pipeline.errors import PipelineError
+from pipeline.files import remove_dead_temps, run_lock
 from pipeline.recipes import Overrides, TrainConfig, recipe_config
 
 # Options a resumed run may change without becoming another run.
@@ -93,6 +96,39 @@ class StopSignals:
         return self.signum is not None
 
 
+def check_out(out: Path) -> None:
+    """Refuse, before any training, an --out whose run files would overwrite each other or
+    be taken for something else (`m.json` is its own sidecar; `m.last.pt` a resume state)."""
+    from pipeline import config
+
+    if out.suffix != config.CHECKPOINT_SUFFIX or config.is_resume_state(out):
+        raise PipelineError(
+            f"--out {out}: a checkpoint's name must end in {config.CHECKPOINT_SUFFIX} and not in "
+            f"{config.RESUME_SUFFIX} (its sidecar, resume state, metrics and curves are named "
+            "after it)"
+        )
+    seen: dict[Path, str] = {}
+    for what, path in config.run_files(out).items():
+        if path in seen:
+            raise PipelineError(f"--out {out}: its {what} would overwrite its {seen[path]}")
+        seen[path] = what
+
+
+@contextmanager
+def writing(out: Path, ranks: Ranks) -> Iterator[None]:
+    """Hold `out`'s lock while a run writes its files (rank 0 writes them all), after
+    removing the temp files a killed run left for them."""
+    from pipeline import config
+
+    if not ranks.is_main:
+        yield
+        return
+    with run_lock(out, config.lock_path(out)):
+        for path in config.run_files(out).values():
+            remove_dead_temps(path.parent, path.name)
+        yield
+
+
 def rng_state(shuffle_gen: torch.Generator, augment_gen: torch.Generator) -> dict:
     state = {
         "torch": torch.get_rng_state(),
@@ -110,6 +146,32 @@ def restore_rng(state: dict, shuffle_gen: torch.Generator, augment_gen: torch.Ge
     augment_gen.set_state(state["augment"])
     if "cuda" in state and augment_gen.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], augment_gen.device)
+
+
+def restore(payload: dict, last: Path, run_parts: tuple, bounds: dict[str, int]) -> TrainState:
+    """Check a resume state whole against this run, then load it into the run's parts
+    (model, optimizer, scheduler, shuffle and augment generators); its loop state returned."""
+    from pipeline.state_schema import check_training_state
+
+    model, optimizer, scheduler, shuffle_gen, augment_gen = run_parts
+    saved = payload["training_state"]
+    generators = {
+        "torch": torch.get_rng_state(),
+        "shuffle": shuffle_gen.get_state(),
+        "augment": augment_gen.get_state(),
+    }
+    check_training_state(
+        saved, last, payload["state_dict"], model, optimizer, scheduler, generators, bounds
+    )
+    try:
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        restore_rng(saved["rng"], shuffle_gen, augment_gen)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{last}: its saved state does not fit this run ({first})") from None
+    return TrainState(**saved["loop"])
 
 
 def run_meta(
@@ -211,24 +273,13 @@ def run_config(
 
 
 def _check_training_state(payload: dict, last: Path) -> dict:
+    """The state's parts are there; `state_schema` checks them whole once the run is built."""
+    from pipeline.state_schema import check_layout
+
     ts = payload.get("training_state")
     if ts is None:
         raise PipelineError(f"{last}: holds no training state to resume from")
-    loop_names = {f.name for f in fields(TrainState)}
-    valid = (
-        isinstance(ts, dict)
-        and all(isinstance(ts.get(k), dict) for k in ("optimizer", "scheduler", "loop", "rng"))
-        and set(ts["loop"]) == loop_names
-        and all(
-            isinstance(ts["rng"].get(k), torch.Tensor) for k in ("torch", "shuffle", "augment")
-        )
-        and isinstance(ts["loop"]["epoch"], int)
-        and isinstance(ts["loop"]["step"], int)
-        and isinstance(ts["loop"]["history"], list)
-        and (ts["loop"]["order"] is None or isinstance(ts["loop"]["order"], torch.Tensor))
-    )
-    if not valid:
-        raise PipelineError(f"{last}: its training state is damaged or not this version's")
+    check_layout(ts, last)
     return ts
 
 

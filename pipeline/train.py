@@ -24,7 +24,7 @@ from pipeline.checkpoints import all_finite, save_checkpoint
 from pipeline.device import DeviceTimer, seed_everything
 from pipeline.distributed import Ranks, process_group, ranks_from_env, training_device
 from pipeline.errors import PipelineError
-from pipeline.files import check_writable, write_csv_rows
+from pipeline.files import check_writable, write_csv_rows, written_together
 from pipeline.inference import score
 from pipeline.models import build_model
 from pipeline.progress import EpochProgress
@@ -229,7 +229,7 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
         f"val_loss {metrics.loss:.4f}  val_acc {metrics.accuracy:.2%}  "
         f"{seconds:.1f} s  {record['images_per_second']:,.0f} img/s"
     )
-    with phase("write"):
+    with phase("write"), written_together():  # best, sidecar, metrics, resume state: all or none
         if run.ranks.is_main:
             if metrics.accuracy > state.best_accuracy:
                 if not all_finite(run.model):
@@ -275,12 +275,12 @@ def new_run(
     augment_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     state = run_state.TrainState()
     if payload is not None:
-        saved = payload["training_state"]
-        model.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = run_state.TrainState(**saved["loop"])
-        run_state.restore_rng(saved["rng"], shuffle_gen, augment_gen)
+        parts = model, optimizer, scheduler, shuffle_gen, augment_gen
+        bounds = dict(
+            epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, total_steps=int(total_steps),
+            train_images=len(train_set),
+        )  # fmt: skip
+        state = run_state.restore(payload, config.last_checkpoint_path(out), parts, bounds)
     step_model: nn.Module | CompiledOrEager = model
     if ranks.world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -314,10 +314,22 @@ def train(
     `stop` replaces the signal handlers' StopSignals (tests stop at a chosen step with it).
     `on_epoch_end(record)` sees each epoch's metrics on rank 0 (tracking, tuning); what it
     raises (a pruned trial) ends the run with the resumable state of that epoch saved.
+    Another run writing the same `out` is refused: the whole run holds `out`'s lock.
     """
     check_config(cfg)
     out = out or config.checkpoint_path(cfg.model)
     check_writable(out)
+    run_state.check_out(out)
+    with run_state.writing(out, ranks_from_env()):
+        return train_locked(
+            cfg, processed_dir, out, resume, log, progress, force, stop, on_epoch_end
+        )
+
+
+def train_locked(
+    cfg, processed_dir, out, resume, log, progress, force, stop, on_epoch_end
+) -> run_state.TrainResult:
+    """`train` once its `out` is checked and locked."""
     last = config.last_checkpoint_path(out)
     fingerprint = datasets.processed_fingerprint(processed_dir)
     payload = run_state.resume_payload(last, cfg, fingerprint) if resume else None

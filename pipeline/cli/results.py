@@ -82,7 +82,11 @@ def predict_command(
     from pipeline.files import expand_checkpoints
     from pipeline.predict import predict
 
-    paths = run_checkpoints(run) if run is not None else expand_checkpoints(checkpoints)
+    paths = (
+        run_checkpoints(run)
+        if run is not None
+        else expand_checkpoints(checkpoints, log=lambda line: typer.echo(f"predict: {line}"))
+    )
     result = predict(paths, processed_dir, out, batch_size, plain(device), tta)
     typer.echo(
         f"predict: {result.rows:,} labels from {len(paths)} model(s) in {result.seconds:.2f} s"

@@ -36,7 +36,11 @@ def serve_command(
     from pipeline.files import expand_checkpoints
     from pipeline.serve.server import serve
 
-    paths = run_checkpoints(run) if run is not None else expand_checkpoints(checkpoints)
+    paths = (
+        run_checkpoints(run)
+        if run is not None
+        else expand_checkpoints(checkpoints, log=lambda line: typer.echo(f"serve: {line}"))
+    )
     serve(paths, host, port, plain(device))
 
 

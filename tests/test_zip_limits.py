@@ -1,0 +1,151 @@
+"""Untrusted zips: the member Kaggle ships at the top level is the one taken, copies elsewhere
+are noted or refused, and no member may inflate past the size and ratio bounds."""
+
+import re
+import struct
+import zipfile
+from contextlib import nullcontext
+
+import pytest
+
+from pipeline import config, download
+from pipeline.choices import RawSource
+from pipeline.download import extract_competition_zip
+from pipeline.errors import PipelineError
+
+
+def _csvs(raw_dir, rows=40):
+    """The sample's three CSVs cut to `rows` rows, as name -> text."""
+    texts = {}
+    for name in config.COMPETITION_FILES:
+        lines = (raw_dir / name).read_text().splitlines(keepends=True)
+        texts[name] = "".join(lines[: rows + 1])
+    return texts
+
+
+def _zip(path, members, compression=zipfile.ZIP_DEFLATED):
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, text in members:
+            archive.writestr(name, text)
+    return path
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _set_declared_size(zip_path, name, size):
+    """Make the zip's central directory claim `size` inflated bytes for member `name`."""
+    data = bytearray(zip_path.read_bytes())
+    start = data.find(b"PK\x01\x02")
+    while start != -1:
+        (name_len,) = struct.unpack_from("<H", data, start + 28)
+        if data[start + 46 : start + 46 + name_len].decode() == name:
+            struct.pack_into("<I", data, start + 24, size)
+        start = data.find(b"PK\x01\x02", start + 4)
+    zip_path.write_bytes(data)
+
+
+def test_a_copy_outside_the_top_level_is_ignored_and_said(raw_dir, tmp_path):
+    texts = _csvs(raw_dir)
+    junk = "label,pixel0\n9,9\n"  # what macOS or an old folder might add
+    archive = _zip(
+        tmp_path / "digit-recognizer.zip",
+        [*texts.items(), ("__MACOSX/train.csv", junk)],
+    )
+    result = download.download(RawSource.zip, raw_dir, zip_path=archive)
+    assert (raw_dir / config.TRAIN_CSV).read_text() == texts[config.TRAIN_CSV]
+    assert "took the top-level train.csv, ignored __MACOSX/train.csv" in result.detail
+
+
+def test_a_zip_of_one_folder_still_works(raw_dir, tmp_path):
+    texts = _csvs(raw_dir)
+    archive = _zip(tmp_path / "z.zip", [(f"digits/{n}", t) for n, t in texts.items()])
+    extract_competition_zip(archive, raw_dir)
+    assert (raw_dir / config.TEST_CSV).read_text() == texts[config.TEST_CSV]
+
+
+@pytest.mark.parametrize(
+    "extra_names, problem",
+    [
+        (
+            ["a/train.csv", "b/train.csv"],
+            "holds 2 files named train.csv (a/train.csv, b/train.csv)",
+        ),
+        (["train.csv", "train.csv"], "holds 2 files named train.csv (train.csv, train.csv)"),
+    ],
+    ids=["two folders", "two top-level entries"],
+)
+def test_ambiguous_copies_are_refused_in_one_line(extra_names, problem, raw_dir, tmp_path):
+    texts = _csvs(raw_dir)
+    members = [(n, t) for n, t in texts.items() if n != config.TRAIN_CSV]
+    members += [(name, texts[config.TRAIN_CSV]) for name in extra_names]
+    duplicate = extra_names[0] == extra_names[1]
+    with pytest.warns(UserWarning, match="Duplicate") if duplicate else nullcontext():
+        archive = _zip(tmp_path / "z.zip", members)
+    before = _snapshot(raw_dir)
+    with pytest.raises(PipelineError) as caught:
+        download.download(RawSource.zip, raw_dir, zip_path=archive)
+    assert str(caught.value).startswith(f"{archive}: {problem}")
+    assert "\n" not in str(caught.value)
+    assert _snapshot(raw_dir) == before
+
+
+def test_a_zip_bomb_is_refused_from_its_directory_before_inflating(raw_dir, tmp_path):
+    texts = _csvs(raw_dir)
+    bomb = config.TRAIN_CSV, ",".join(config.TRAIN_HEADER) + "\n" + "0," * 3_000_000
+    archive = _zip(tmp_path / "bomb.zip", [bomb, *list(texts.items())[1:]])
+    with zipfile.ZipFile(archive) as opened:
+        info = opened.getinfo(config.TRAIN_CSV)
+    assert info.file_size > download.MAX_RATIO * info.compress_size  # deflate packs it 1000:1
+    before = _snapshot(raw_dir)
+    with pytest.raises(
+        PipelineError, match=rf"train.csv inflates [0-9,]+ times .* {download.MAX_RATIO}x"
+    ):
+        download.download(RawSource.zip, raw_dir, zip_path=archive)
+    assert _snapshot(raw_dir) == before
+
+
+def test_a_member_declaring_more_than_the_limit_is_refused(raw_dir, tmp_path):
+    archive = _zip(tmp_path / "big.zip", _csvs(raw_dir).items(), zipfile.ZIP_STORED)
+    _set_declared_size(archive, config.TEST_CSV, 300_000_000)
+    before = _snapshot(raw_dir)
+    expected = (
+        f"test.csv inflates to 300,000,000 bytes, more than the {download.MAX_MEMBER_BYTES:,}"
+    )
+    with pytest.raises(PipelineError, match=re.escape(expected)):
+        download.download(RawSource.zip, raw_dir, zip_path=archive)
+    assert _snapshot(raw_dir) == before
+
+
+def test_a_member_lying_about_its_size_is_one_line_and_writes_nothing(raw_dir, tmp_path):
+    archive = _zip(tmp_path / "liar.zip", _csvs(raw_dir, rows=100).items())
+    _set_declared_size(archive, config.TRAIN_CSV, 1000)  # really about 160 KB
+    before = _snapshot(raw_dir)
+    with pytest.raises(PipelineError, match="train.csv is damaged|train.csv inflates past"):
+        download.download(RawSource.zip, raw_dir, zip_path=archive)
+    assert _snapshot(raw_dir) == before
+
+
+def test_the_limit_holds_while_inflating_whatever_the_directory_said(
+    raw_dir, tmp_path, monkeypatch
+):
+    archive = _zip(tmp_path / "z.zip", _csvs(raw_dir, rows=100).items())
+    monkeypatch.setattr(download, "MAX_MEMBER_BYTES", 50_000)
+    target = tmp_path / "out.csv"
+    with zipfile.ZipFile(archive) as opened:
+        info = opened.getinfo(config.TRAIN_CSV)
+        assert info.file_size > 50_000
+        with pytest.raises(PipelineError, match="train.csv inflates past 50,000 bytes"):
+            download._copy_member(opened, info, archive, target)
+    assert target.stat().st_size <= 50_000
+
+
+def test_kaggles_real_zip_is_within_the_bounds_with_room(kaggle_zip):
+    with zipfile.ZipFile(kaggle_zip) as archive:
+        members, notes = download.pick_members(archive, kaggle_zip)
+    assert set(members) == set(config.COMPETITION_FILES) and notes == []
+    for info in members.values():
+        download.check_member_size(info, kaggle_zip)
+        assert info.file_size * 2 < download.MAX_MEMBER_BYTES
+        assert info.file_size < download.MAX_RATIO / 10 * info.compress_size
