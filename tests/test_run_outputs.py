@@ -18,7 +18,7 @@ from pipeline.cli import app
 from pipeline.crossval import cross_validate
 from pipeline.ensemble import train_ensemble
 from pipeline.errors import PipelineError
-from pipeline.inference import expand_checkpoints
+from pipeline.files import expand_checkpoints
 from pipeline.models import build_model
 from pipeline.prepare import prepare
 from pipeline.recipes import recipe_config
