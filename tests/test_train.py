@@ -130,13 +130,14 @@ class StopAtStep(StopSignals):
 
 
 def test_interrupt_then_resume_matches_an_uninterrupted_run(processed_dir, tmp_path):
-    cfg = _cfg(epochs=2, batch_size=32)
-    whole = train(cfg, processed_dir, tmp_path / "whole.pt", progress=False)
     steps_per_epoch = 3600 // 32
+    cfg = _cfg(epochs=2, batch_size=32, max_steps=steps_per_epoch + 20)  # into epoch 2
+    whole = train(cfg, processed_dir, tmp_path / "whole.pt", progress=False)
     with pytest.raises(TrainingInterrupted) as stopped:
         train(cfg, processed_dir, tmp_path / "cut.pt", progress=False, stop=StopAtStep(120))
     loop = read_payload(stopped.value.checkpoint)["training_state"]["loop"]
     assert (loop["epoch"], loop["step"]) == (1, 120 - steps_per_epoch)  # mid-epoch 2
+    assert len(whole.history) == 2
     resumed = train(cfg, processed_dir, tmp_path / "cut.pt", resume=True, progress=False)
     final_whole = read_payload(whole.last_checkpoint)["state_dict"]
     final_resumed = read_payload(resumed.last_checkpoint)["state_dict"]

@@ -40,6 +40,7 @@ from pipeline.recipes import Overrides
 
 
 def overrides(
+    *,
     model: ModelName | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -136,9 +137,11 @@ def train_command(
     from pipeline.train import train
 
     settings = overrides(
-        model, epochs, batch_size, lr, optimizer, weight_decay, schedule, label_smoothing,
-        augment, elastic, seed, device, data_source, compile_model, max_steps,
-        augment_strength, width,
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
+        augment=augment, elastic=elastic, seed=seed, device=device, data_source=data_source,
+        compile_model=compile_model, max_steps=max_steps, augment_strength=augment_strength,
+        width=width,
     )  # fmt: skip
     cfg, out = run_config(plain(recipe), settings, out, resume)
     is_main = ranks_from_env().is_main
@@ -212,8 +215,8 @@ def ensemble_command(
     from pipeline.recipes import recipe_config
 
     settings = overrides(
-        model, epochs, batch_size, lr, augment=augment, seed=seed, device=device,
-        compile_model=compile_model, max_steps=max_steps,
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
+        device=device, compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
     cfg = recipe_config(plain(recipe) or "fast", **settings.given())
     name = cfg.recipe or cfg.model
@@ -262,8 +265,8 @@ def crossval_command(
     from pipeline.recipes import recipe_config
 
     settings = overrides(
-        model, epochs, batch_size, lr, augment=augment, seed=seed, device=device,
-        compile_model=compile_model, max_steps=max_steps,
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
+        device=device, compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
     cfg = recipe_config(plain(recipe) or "fast", **settings.given())
     seeds = list(range(splits))
