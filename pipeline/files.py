@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.exits import raise_if_stopped
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it over `path` only if the block succeeds.
 
-    A crash, kill or exception leaves either the old file or the new one, never half a file.
+    A crash, kill or exception leaves either the old file or the new one, never half a file;
+    a command a signal stopped publishes nothing, even where the exception got lost.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -23,6 +25,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
+        raise_if_stopped()
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

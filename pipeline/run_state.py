@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from pipeline import exits
 from pipeline.checkpoints import read_payload, save_checkpoint
 from pipeline.distributed import Ranks, max_over_ranks
 from pipeline.errors import PipelineError
@@ -37,12 +38,11 @@ class TrainState:
 
 
 class TrainingInterrupted(PipelineError):
-    """SIGINT/SIGTERM stopped training after a resumable state was saved; exit code 130."""
-
-    exit_code = 130
+    """SIGINT/SIGTERM stopped training after a resumable state was saved; exit 130/143."""
 
     def __init__(self, checkpoint: Path, epoch: int, step: int, signum: int):
         self.checkpoint, self.epoch, self.step, self.signum = checkpoint, epoch, step, signum
+        self.exit_code = exits.exit_code(signum)
         name = signal.Signals(signum).name
         super().__init__(f"{name} at epoch {epoch + 1}, step {step}: state saved to {checkpoint}")
 
@@ -50,7 +50,9 @@ class TrainingInterrupted(PipelineError):
 class StopSignals:
     """Turn the first SIGINT/SIGTERM into a flag the loop checks between steps.
 
-    A second Ctrl-C interrupts at once (KeyboardInterrupt), as Python normally does.
+    A second signal interrupts at once (exits.Stopped, a KeyboardInterrupt), as Python does
+    on Ctrl-C; one that came before training started (its exception lost in an import) stops
+    it before the first step.
     """
 
     def __init__(self) -> None:
@@ -59,10 +61,11 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            exits.stop(signum)
         self.signum = signum
 
     def __enter__(self) -> "StopSignals":
+        exits.raise_if_stopped()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -71,6 +74,8 @@ class StopSignals:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self.signum is not None:  # the state is saved: the process ends by this signal
+            exits.note(self.signum)
 
     def requested(self, ranks: Ranks, device: torch.device) -> bool:
         """True on every rank as soon as any rank got a signal, so all stop at the same step."""
