@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from pipeline import config
+from pipeline.bench.timings import phase
 from pipeline.choices import CacheFormat
 from pipeline.datasets import (
     META_VERSION,
@@ -30,7 +31,6 @@ from pipeline.datasets import (
 )
 from pipeline.errors import PipelineError
 from pipeline.files import file_sha256, write_json
-from pipeline.timings import phase
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import augmentation, config, datasets, distributed, plots, run_state
+from pipeline.bench.timings import phase
 from pipeline.checkpoints import all_finite, save_checkpoint
 from pipeline.device import DeviceTimer, seed_everything
 from pipeline.distributed import Ranks, process_group, ranks_from_env, training_device
@@ -27,7 +28,6 @@ from pipeline.inference import score
 from pipeline.models import build_model
 from pipeline.progress import EpochProgress
 from pipeline.recipes import TARGET_ACCURACY, TrainConfig, check_config
-from pipeline.timings import phase
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -193,7 +193,7 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
     state.history.append(record)
     if state.seconds_to_target is None and metrics.accuracy >= TARGET_ACCURACY:
         state.seconds_to_target = state.train_seconds
-    state.epoch, state.step, state.order, state.loss_sum = state.epoch + 1, 0, None, 0.0
+    state.next_epoch()
     log(
         f"epoch {record['epoch']:>3}/{run.cfg.epochs}  loss {record['train_loss']:.4f}  "
         f"val_loss {metrics.loss:.4f}  val_acc {metrics.accuracy:.2%}  "
@@ -214,12 +214,22 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
 
 
 def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, fingerprint) -> Run:
-    """Load the data to the device, build model, optimiser and schedule; restore a resume."""
+    """Load the data to the device, then set the run up (`new_run`)."""
+    with phase("load"):
+        train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
+    return new_run(cfg, train_set, val_set, ranks, device, out, fingerprint, payload)
+
+
+def new_run(
+    cfg, train_set, val_set, ranks, device, out: Path, fingerprint: str = "", payload=None
+) -> Run:
+    """Build model, optimiser and schedule over loaded data; restore a resume's `payload`.
+
+    `pipeline bench` times the training step through this and `train_one_epoch` too.
+    """
     seed_everything(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-    with phase("load"):
-        train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
     if len(train_set) < cfg.batch_size:
         raise PipelineError(
             f"--batch-size {cfg.batch_size} exceeds the {len(train_set)} training images"
