@@ -21,7 +21,7 @@ import sys
 from typing import NoReturn
 
 _stopped: int | None = None  # the first SIGINT/SIGTERM received
-_said = False  # whether the one error line was printed
+_said = False  # whether an error line was printed
 _exit_code: int | None = None  # set by finish(): the code the process ends with
 
 
@@ -99,10 +99,8 @@ def raise_if_stopped() -> None:
 
 
 def say(message: str) -> None:
-    """Print the command's one `error: ...` line on stderr; any later one is dropped."""
+    """Print the command's `error: ...` line on stderr (finish() then adds no other)."""
     global _said
-    if _said:
-        return
     _said = True
     try:
         sys.stderr.write(f"error: {message}\n")
@@ -130,7 +128,8 @@ def finish(code: int | str | None) -> NoReturn:
     if code is not None and not isinstance(code, int):
         say(str(code))
     if _stopped is not None:
-        say(stop_message(_stopped))
+        if not _said:
+            say(stop_message(_stopped))
         _exit_code = exit_code(_stopped)
     sys.exit(_exit_code)
 
