@@ -245,8 +245,10 @@ def test_bench_ddp_compares_one_and_two_torchrun_processes(processed_dir):
 
 
 SERVE_LINE = re.compile(
-    r"pipeline serve under load \(cpu, 127.0.0.1\): 2,000 requests, 8 clients: "
-    r"p50 (\d+\.\d) ms, p95 (\d+\.\d) ms, p99 (\d+\.\d) ms, ([\d,]+) requests/s, (\d+) errors"
+    r"  (small JSON digits: 2,000|5000x5000 PNG uploads: 32) requests, 8 clients: "
+    r"p50 (\d+\.\d) ms, p95 (\d+\.\d) ms, p99 (\d+\.\d) ms, ([\d,]+) requests/s, (\d+) errors, "
+    r"(\d+) busy \(503\); /api/health p50 (\d+\.\d) ms, p99 (\d+\.\d) ms, max (\d+\.\d) ms "
+    r"over (\d+) probes; server peak memory ([\d,]+) MB"
 )
 
 
@@ -274,7 +276,12 @@ def test_the_serve_load_test_prints_ordered_percentiles(
 ):
     result = _bench_serve_only(sample_raw_dir, processed_dir, fast_checkpoint)
     assert result.exit_code == 0, result.output
-    line = SERVE_LINE.search(result.stdout)
-    assert line, result.stdout
-    p50, p95, p99, per_second, errors = (number(g) for g in line.groups())
-    assert 0 < p50 <= p95 <= p99 and per_second > 0 and errors == 0
+    assert "pipeline serve under load (cpu, 127.0.0.1):" in result.stdout
+    small, uploads = SERVE_LINE.findall(result.stdout)
+    for figures in (small, uploads):
+        p50, p95, p99, per_second, errors, busy, h50, h99, hmax, probes, peak = (
+            number(g) for g in figures[1:]
+        )
+        assert 0 < p50 <= p95 <= p99 and per_second > 0 and errors == 0, figures
+        assert 0 < h50 <= h99 <= hmax and probes > 0 and peak > 0, figures
+    assert number(uploads[-1]) >= number(small[-1])  # VmHWM only grows

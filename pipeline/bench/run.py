@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline import config
 from pipeline.bench.end_to_end import EndToEnd, bench_end_to_end
-from pipeline.bench.loadtest import run_load_test
+from pipeline.bench.loadtest import REQUESTS
 from pipeline.bench.models import (
     BestNetBench,
     ModelBench,
@@ -54,7 +54,7 @@ class BenchReport:
     fast_recipe: FastRecipeBench | None = None
     ddp: DdpBench | None = None
     end_to_end: EndToEnd | None = None
-    serve: str | None = None  # the load test's summary line, or why it did not run
+    serve: str | None = None  # the load tests' summary lines, or why they did not run
 
 
 def bench_data(options: BenchOptions, device: str) -> BenchReport:
@@ -73,10 +73,14 @@ def bench_data(options: BenchOptions, device: str) -> BenchReport:
 
 
 def bench_serve(checkpoint: Path, processed_dir: Path) -> str:
-    """2,000 API requests from 8 clients to a live `pipeline serve` on the CPU, on loopback."""
+    """2,000 small API requests, then 32 25-megapixel PNG uploads, from 8 clients to one live
+    `pipeline serve` on the CPU, on loopback: latencies, /api/health during each, peak memory."""
+    from pipeline.bench.uploads import run_upload_bench
+
     if not checkpoint.is_file():
         return f"skipped: {checkpoint} does not exist (run `make train` first)"
-    return run_load_test([checkpoint], processed_dir, device="cpu").summary()
+    runs = run_upload_bench([checkpoint], processed_dir, requests=REQUESTS)
+    return "\n".join(run.summary() for run in runs)
 
 
 def run_bench(
