@@ -89,7 +89,10 @@ def _commands(raw_dir, processed_dir, fast_checkpoint, tmp_path):
 
 @pytest.mark.parametrize(
     "command, signum, offset",
-    [("prepare", signal.SIGTERM, 0.0), ("predict", signal.SIGINT, 0.05)],
+    [
+        ("prepare", signal.SIGTERM, 0.0),  # inside the import of typer
+        pytest.param("predict", signal.SIGINT, 0.05, marks=pytest.mark.slow),
+    ],
 )
 def test_a_signal_while_the_command_starts_is_one_line(
     command, signum, offset, raw_dir, processed_dir, fast_checkpoint, tmp_path,
@@ -117,7 +120,7 @@ def test_a_signal_at_any_moment_is_one_line_and_no_output(
         _assert_stopped(returncode, stderr, signum, output)
 
 
-@pytest.mark.parametrize("second_after", [0.0, 0.05])
+@pytest.mark.parametrize("second_after", [0.0, pytest.param(0.05, marks=pytest.mark.slow)])
 def test_a_second_ctrl_c_during_cleanup_adds_no_traceback(
     second_after, raw_dir, tmp_path, sigint_as_at_a_terminal
 ):
