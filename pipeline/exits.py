@@ -20,6 +20,7 @@ import signal
 import sys
 from typing import NoReturn
 
+_installed = False  # only a `pipeline` process notes signals: a library caller is left alone
 _stopped: int | None = None  # the first SIGINT/SIGTERM received
 _said = False  # whether an error line was printed
 _exit_code: int | None = None  # set by finish(): the code the process ends with
@@ -52,6 +53,8 @@ def install() -> None:
     Called first thing by `pipeline.__main__`: the atexit callback registered here runs last,
     after every callback a library registers once imported.
     """
+    global _installed
+    _installed = True
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _handle)
     if sys.unraisablehook is not _unraisable:
@@ -73,16 +76,14 @@ _previous_unraisablehook = sys.unraisablehook
 
 def stop(signum: int) -> NoReturn:
     """Stop now, as the first signal does (training's handler on a second Ctrl-C)."""
-    global _stopped
-    if _stopped is None:
-        _stopped = signum
-    raise Stopped(_stopped)
+    note(signum)
+    raise Stopped(_stopped or signum)
 
 
 def note(signum: int) -> None:
-    """Record a signal some other handler took care of (uvicorn's, training's first)."""
+    """Record a signal some other handler took care of (in a `pipeline` process only)."""
     global _stopped
-    if _stopped is None:
+    if _stopped is None and _installed:
         _stopped = signum
 
 

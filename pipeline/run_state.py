@@ -78,8 +78,6 @@ class StopSignals:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        if self.signum is not None:  # the state is saved: the process ends by this signal
-            exits.note(self.signum)
 
     def requested(self, ranks: Ranks, device: torch.device) -> bool:
         """True on every rank as soon as any rank got a signal, so all stop at the same step."""

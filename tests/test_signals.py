@@ -163,3 +163,22 @@ def test_pipeline_alone_prints_the_help_and_exits_2():
     assert (
         "Commands:" in alone.stderr and "prepare" in alone.stderr and "Error" not in alone.stderr
     )
+
+
+def test_a_library_caller_is_not_left_stopped(tmp_path):
+    """Training's handler in-process (a test, a notebook): two Ctrl-Cs stop the loop, then
+    interrupt; the process is not marked stopped afterwards, so later writes still publish."""
+    import os
+
+    from pipeline.files import write_json
+    from pipeline.run_state import StopSignals
+
+    with pytest.raises(exits.Stopped), StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.signum == signal.SIGINT  # first: a flag the loop reads
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # second: interrupts at once
+    assert exits.stopped() is None
+    write_json({"ok": True}, tmp_path / "after.json")
+    assert (tmp_path / "after.json").exists()
