@@ -1,11 +1,23 @@
-"""`python -m pipeline ...`, which is also how torchrun starts it: `torchrun -m pipeline train`."""
+"""`python -m pipeline ...` and the `pipeline` script; torchrun starts it as `-m pipeline` too.
 
-import sys
+The signal handlers go in before anything else is imported, so a Ctrl-C or SIGTERM while
+typer, torch or pandas load ends like one at any later moment (pipeline.exits).
+"""
 
-try:
-    from pipeline.cli import main
-except KeyboardInterrupt:  # Ctrl-C before the command line is even parsed
-    sys.stderr.write("error: interrupted\n")
-    sys.exit(130)
+from pipeline import exits
 
-main()
+
+def main() -> None:
+    exits.install()
+    code: int | str | None = 0
+    try:
+        from pipeline.cli import run
+
+        code = run()
+    except exits.Stopped:  # before the command line is even parsed: finish() says so
+        pass
+    exits.finish(code)
+
+
+if __name__ == "__main__":
+    main()

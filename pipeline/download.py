@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline import config, kaggle_api
 from pipeline.choices import RawSource, check_seed
 from pipeline.errors import PipelineError
+from pipeline.exits import raise_if_stopped
 from pipeline.files import remove_dead_temps, temp_dir
 
 
@@ -89,6 +90,7 @@ def write_all_or_none(
         for name, write in writers.items():
             with os_errors_name(raw_dir / name):
                 write(Path(tmp) / name)
+        raise_if_stopped()
         for name in writers:
             with os_errors_name(raw_dir / name):
                 (Path(tmp) / name).replace(raw_dir / name)

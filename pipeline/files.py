@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline import config
 from pipeline.errors import PipelineError
+from pipeline.exits import raise_if_stopped
 
 # `.<name>.<pid>.tmp` (atomic_path) and `.<prefix>-<pid>-<random>` (temp_dir): nothing else.
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp$")
@@ -96,7 +97,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
     A crash, kill or exception leaves either the old file or the new one, never half a file;
     an OS error (a full disk) is one line naming `path`. Inside `written_together` the rename
-    waits for the whole set. A killed run's temp file for `path` is removed first.
+    waits for the whole set. A killed run's temp file for `path` is removed first; a command a
+    signal stopped publishes nothing, even where the exception got lost.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +112,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
+        raise_if_stopped()
         if pending is None:
             os.replace(tmp, path)
         else:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pipeline import exits
 from pipeline.checkpoints import read_payload, save_checkpoint
 from pipeline.distributed import Ranks, max_over_ranks
 from pipeline.errors import PipelineError
@@ -44,12 +45,11 @@ class TrainState:
 
 
 class TrainingInterrupted(PipelineError):
-    """SIGINT/SIGTERM stopped training after a resumable state was saved; exit code 130."""
-
-    exit_code = 130
+    """SIGINT/SIGTERM stopped training after a resumable state was saved; exit 130/143."""
 
     def __init__(self, checkpoint: Path, epoch: int, step: int, signum: int):
         self.checkpoint, self.epoch, self.step, self.signum = checkpoint, epoch, step, signum
+        self.exit_code = exits.exit_code(signum)
         name = signal.Signals(signum).name
         super().__init__(f"{name} at epoch {epoch + 1}, step {step}: state saved to {checkpoint}")
 
@@ -57,7 +57,9 @@ class TrainingInterrupted(PipelineError):
 class StopSignals:
     """Turn the first SIGINT/SIGTERM into a flag the loop checks between steps.
 
-    A second Ctrl-C interrupts at once (KeyboardInterrupt), as Python normally does.
+    A second signal interrupts at once (exits.Stopped, a KeyboardInterrupt), as Python does
+    on Ctrl-C; one that came before training started (its exception lost in an import) stops
+    it before the first step.
     """
 
     # Under torchrun the ranks agree on a stop with an all_reduce, which waits for the device:
@@ -70,10 +72,11 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            exits.stop(signum)
         self.signum = signum
 
     def __enter__(self) -> "StopSignals":
+        exits.raise_if_stopped()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -69,7 +69,8 @@ def server(browser, fast_checkpoint):
 
 def _wait_idle(page) -> None:
     """Until the page has no request in flight and nothing left to send."""
-    page.wait_for_function("document.body.dataset.state === 'idle'", timeout=15_000)
+    # A selector, not wait_for_function: the page's CSP forbids eval, which that one needs.
+    page.locator("body[data-state='idle']").wait_for(timeout=15_000)
 
 
 def _draw(page, points: list[tuple[float, float]]) -> None:
@@ -89,6 +90,8 @@ def test_draw_upload_and_screenshot(browser, server, sample_processed_dir, tmp_p
     elsewhere, failures = [], []
     page.on("request", lambda r: r.url.startswith((server, "data:")) or elsewhere.append(r.url))
     page.on("response", lambda r: r.status < 400 or failures.append(f"{r.status} {r.url}"))
+    blocked = []  # the page must satisfy its own Content-Security-Policy
+    page.on("console", lambda m: "Content Security Policy" in m.text and blocked.append(m.text))
     page.goto(server)
     _wait_idle(page)
     assert "fastnet.pt" in page.locator("#model").inner_text()
@@ -151,5 +154,5 @@ def test_draw_upload_and_screenshot(browser, server, sample_processed_dir, tmp_p
     page.screenshot(path=str(screenshot))
     assert screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")
-    assert elsewhere == [] and failures == []
+    assert elsewhere == [] and failures == [] and blocked == []
     page.close()

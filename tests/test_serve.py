@@ -41,7 +41,10 @@ def client(models):
 
     from pipeline.serve.app import create_app
 
-    with TestClient(create_app(models), raise_server_exceptions=False) as test_client:
+    app = create_app(models)  # bound to loopback: the Host must be a loopback name
+    with TestClient(
+        app, base_url="http://127.0.0.1", raise_server_exceptions=False
+    ) as test_client:
         yield test_client
 
 
@@ -112,7 +115,7 @@ def test_health_model_page_and_docs(client, fast_checkpoint):
     assert info["checkpoints"] == [
         {
             "name": "fastnet.pt",
-            "path": str(fast_checkpoint),
+            "path": "fastnet.pt",  # outside the project: the name alone
             "model": "fastnet",
             "val_accuracy": pytest.approx(meta["val_accuracy"]),
             "temperature": pytest.approx(meta["temperature"]),

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +25,20 @@ class LiveServer:
 
 @contextmanager
 def running_server(
-    checkpoints: list[Path], device: str = "cpu", host: str = "127.0.0.1", timeout: float = 120
+    checkpoints: list[Path],
+    device: str = "cpu",
+    host: str = "127.0.0.1",
+    timeout: float = 120,
+    started: Callable[[int], None] | None = None,
 ) -> Iterator[str]:
     """Run `pipeline serve` in a child process on a free port; yield its URL; Ctrl-C it on exit.
 
-    Raises PipelineError with the child's last output line if it does not start in `timeout` s.
+    `started(pid)` is called with the child's process id (to read its memory). Raises
+    PipelineError with the child's last output line if it does not start in `timeout` s.
     """
     with running_server_process(checkpoints, device, host, timeout) as server:
+        if started is not None:
+            started(server.pid)
         yield server.url
 
 
@@ -52,19 +59,19 @@ def running_server_process(
         env=env,
     )
     lines: list[str] = []
-    started = threading.Event()
+    listening = threading.Event()
 
     def read() -> None:  # drain the child's output so it never blocks on a full pipe
         for line in child.stdout:
             lines.append(line.rstrip())
             if line.startswith("serve: http"):
-                started.set()
-        started.set()
+                listening.set()
+        listening.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        if not started.wait(timeout) or child.poll() is not None:
+        if not listening.wait(timeout) or child.poll() is not None:
             last = next((line for line in reversed(lines) if line.strip()), "no output")
             raise PipelineError(f"the server did not start: {last}")
         url = next(line for line in lines if line.startswith("serve: http")).split()[1]

@@ -63,7 +63,7 @@ def digit_bodies(processed_dir: Path, count: int = 200) -> list[bytes]:
     return [json.dumps({"pixels": row}).encode() for row in images.flatten(1).tolist()]
 
 
-def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
+def connection_to(url: str, timeout: float) -> http.client.HTTPConnection:
     parts = urlsplit(url)
     if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
         raise PipelineError(f"{url}: the load test only targets a loopback address")
@@ -82,7 +82,7 @@ def expected_labels(url: str, bodies: list[bytes], timeout: float = 10.0) -> lis
     Under load every answer must repeat these labels: an error is a changed or failed answer,
     never a digit the model simply gets wrong.
     """
-    connection = _connection(url, timeout)
+    connection = connection_to(url, timeout)
     labels = []
     try:
         for body in bodies:
@@ -111,7 +111,7 @@ def load_test(
     start_line = threading.Barrier(clients + 1)
 
     def client() -> None:
-        connection = _connection(url, timeout)
+        connection = connection_to(url, timeout)
         mine, failed = [], 0
         start_line.wait()
         while True:
@@ -128,7 +128,7 @@ def load_test(
             except (OSError, http.client.HTTPException, ValueError, KeyError):
                 ok = False
                 connection.close()
-                connection = _connection(url, timeout)
+                connection = connection_to(url, timeout)
             failed += not ok
         connection.close()
         with take:

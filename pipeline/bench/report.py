@@ -84,7 +84,9 @@ def format_report(report: BenchReport) -> str:
     if report.end_to_end:
         lines += format_end_to_end(report.end_to_end)
     if report.serve:
-        lines += ["", f"pipeline serve under load (cpu, 127.0.0.1): {report.serve}"]
+        lines += ["", "pipeline serve under load (cpu, 127.0.0.1):"]
+        lines += [f"  {line}" for line in report.serve.splitlines()]
     if report.serve_onnx:
-        lines += [f"the same, exported to ONNX (onnxruntime, no torch): {report.serve_onnx}"]
+        lines += ["", "the same model on torch and exported to ONNX (onnxruntime, no torch):"]
+        lines += [f"  {line}" for line in report.serve_onnx.splitlines()]
     return "\n".join(lines)

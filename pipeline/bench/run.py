@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline import config
 from pipeline.bench.end_to_end import EndToEnd, bench_end_to_end
-from pipeline.bench.loadtest import run_load_test
+from pipeline.bench.loadtest import REQUESTS, run_load_test
 from pipeline.bench.models import (
     BestNetBench,
     ModelBench,
@@ -54,8 +54,8 @@ class BenchReport:
     fast_recipe: FastRecipeBench | None = None
     ddp: DdpBench | None = None
     end_to_end: EndToEnd | None = None
-    serve: str | None = None  # the load test's summary line, or why it did not run
-    serve_onnx: str | None = None  # the same on the checkpoint exported to ONNX
+    serve: str | None = None  # the load tests' summary lines, or why they did not run
+    serve_onnx: str | None = None  # torch against ONNX Runtime under the same small load test
 
 
 def bench_data(options: BenchOptions, device: str) -> BenchReport:
@@ -74,14 +74,19 @@ def bench_data(options: BenchOptions, device: str) -> BenchReport:
 
 
 def bench_serve(checkpoint: Path, processed_dir: Path) -> str:
-    """2,000 API requests from 8 clients to a live `pipeline serve` on the CPU, on loopback."""
+    """2,000 small API requests, then 32 25-megapixel PNG uploads, from 8 clients to one live
+    `pipeline serve` on the CPU, on loopback: latencies, /api/health during each, peak memory."""
+    from pipeline.bench.uploads import run_upload_bench
+
     if not checkpoint.is_file():
         return f"skipped: {checkpoint} does not exist (run `make train` first)"
-    return run_load_test([checkpoint], processed_dir, device="cpu").summary()
+    runs = run_upload_bench([checkpoint], processed_dir, requests=REQUESTS)
+    return "\n".join(run.summary() for run in runs)
 
 
 def bench_serve_onnx(checkpoint: Path, processed_dir: Path) -> str:
-    """The same load test on `checkpoint` exported to ONNX (served by ONNX Runtime, no torch)."""
+    """The same small-request load test on `checkpoint` served by torch, then exported to ONNX
+    and served by ONNX Runtime (no torch): latencies and the server's resident memory."""
     if not checkpoint.is_file():
         return f"skipped: {checkpoint} does not exist (run `make train` first)"
     try:
@@ -92,10 +97,14 @@ def bench_serve_onnx(checkpoint: Path, processed_dir: Path) -> str:
         return f"skipped: {exc.name} is not installed (the export and serve extras)"
     from pipeline.export import export_onnx
 
+    by_torch = run_load_test([checkpoint], processed_dir, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         graph = export_onnx([checkpoint], Path(tmp) / f"{checkpoint.stem}.onnx", processed_dir)
-        result = run_load_test([graph.path], processed_dir, device="cpu")
-    return f"{result.summary()}; {graph.bytes / 1024:,.0f} KB .onnx"
+        by_onnx = run_load_test([graph.path], processed_dir, device="cpu")
+    return (
+        f"torch ({checkpoint.name}): {by_torch.summary()}\n"
+        f"onnxruntime ({graph.bytes / 1024:,.0f} KB .onnx): {by_onnx.summary()}"
+    )
 
 
 def run_bench(

@@ -10,24 +10,12 @@ Nothing heavy is imported before the command line is parsed: each command import
 once.
 """
 
-import atexit
-import os
-import signal
-import sys
-from typing import NoReturn
-
 import typer
 
 from pipeline.baselines import app as baselines_app
 from pipeline.bench import timings
 from pipeline.cli.data import download_command, prepare_command
-from pipeline.cli.errors import (
-    INTERRUPTED,
-    TERMINATED,
-    OneLineErrors,
-    Terminated,
-    raise_terminated,
-)
+from pipeline.cli.errors import OneLineErrors
 from pipeline.cli.experiments import runs_command, tune_command
 from pipeline.cli.results import evaluate_command, predict_command, submit_command
 from pipeline.cli.serving import bench_command, export_command, serve_command
@@ -36,7 +24,6 @@ from pipeline.cli.training import crossval_command, ensemble_command, train_comm
 app = typer.Typer(
     cls=OneLineErrors,
     help="Kaggle Digit Recognizer: download -> prepare -> train -> evaluate -> predict -> submit.",
-    no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -57,40 +44,20 @@ app.command("bench")(bench_command)
 app.add_typer(baselines_app, name="baselines")
 
 
-def exit_now(code: int | str | None) -> NoReturn:
-    """Exit as `sys.exit(code)` would, without tearing down every module torch loaded.
-
-    The atexit handlers still run and the standard streams are flushed; what is skipped
-    (garbage-collecting and freeing the interpreter's objects one by one) took 0.3-0.6 s
-    of every command (issue 11). Files are all closed by then: each stage writes through
-    `with` blocks.
-    """
-    if code is not None and not isinstance(code, int):
-        print(code, file=sys.stderr)
-        code = 1
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing left to say there
-            pass
-    os._exit(code or 0)
-
-
-def main() -> None:
-    """The `pipeline` script: SIGTERM and a Ctrl-C during start-up end in one line, too."""
-    signal.signal(signal.SIGTERM, raise_terminated)
-    code: int | str | None = 0
+def run() -> int | str | None:
+    """Run the command line and return its exit code; `pipeline.__main__` ends the process
+    (pipeline.exits: a signal's code and line, atexit callbacks, no slow teardown)."""
     try:
         app()
     except SystemExit as exc:
-        code = exc.code
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        code = INTERRUPTED
-    except Terminated:
-        typer.echo("error: terminated", err=True)
-        code = TERMINATED
+        return exc.code
     finally:
         timings.write_requested()  # only under `pipeline bench` (PIPELINE_TIMINGS=<path>)
-    exit_now(code)
+    return 0
+
+
+def main() -> None:
+    """The `pipeline` script of an install made while it pointed here; now pipeline.__main__."""
+    from pipeline.__main__ import main as entry
+
+    entry()

@@ -2,30 +2,22 @@
 
 A PipelineError, an OS error, Ctrl-C or SIGTERM inside any command becomes one line on stderr
 and a non-zero exit, with no traceback; so does a usage error (typer's message, made one line).
+Signals are pipeline.exits' story: its handler raises exits.Stopped, a KeyboardInterrupt.
 """
 
+import signal
 import sys
 
 import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from pipeline import exits
 from pipeline.errors import PipelineError
-
-INTERRUPTED = 130  # the shell's code for SIGINT (128 + 2)
-TERMINATED = 143  # and for SIGTERM (128 + 15)
-
-
-class Terminated(BaseException):
-    """SIGTERM as an exception, so `finally` blocks remove temporary files as Ctrl-C does."""
-
-
-def raise_terminated(signum, frame) -> None:
-    raise Terminated
 
 
 def error_line(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    exits.say(message)
     return typer.Exit(code)
 
 
@@ -48,23 +40,19 @@ class OneLineErrors(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        args = sys.argv[1:] if args is None else list(args)
+        if not args:  # `pipeline` alone: the help on stderr and exit 2, as a usage error
+            ctx = self.make_context(prog_name or "pipeline", [], resilient_parsing=True)
+            typer.echo(ctx.get_help(), err=True)
+            sys.exit(2)
+        # A Ctrl-C while the root parses (pydantic loads lazily then) ends in typer's silent
+        # Exit(130): exits.finish says the line, from the signal it noted.
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except TyperException as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":  # `pipeline` alone: the help
-                exc.show()
-            else:
-                typer.echo(usage_error_line(exc), err=True)
+            typer.echo(usage_error_line(exc), err=True)
             sys.exit(exc.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
-
-    def make_context(self, *args, **kwargs):
-        # Parsing the root's options lazily imports pydantic (typer's coercion): a Ctrl-C
-        # then would otherwise end in typer's silent Exit(130).
-        try:
-            return super().make_context(*args, **kwargs)
-        except KeyboardInterrupt:
-            raise error_line("interrupted", INTERRUPTED) from None
 
     def invoke(self, ctx):
         try:
@@ -73,9 +61,6 @@ class OneLineErrors(TyperGroup):
             raise error_line(str(exc), exc.exit_code) from None
         except OSError as exc:
             raise error_line(os_error_message(exc), 1) from None
-        except KeyboardInterrupt:
-            message = "interrupted; nothing half-written was left behind"
-            raise error_line(message, INTERRUPTED) from None
-        except Terminated:
-            message = "terminated; nothing half-written was left behind"
-            raise error_line(message, TERMINATED) from None
+        except KeyboardInterrupt as exc:  # exits.Stopped: SIGINT or SIGTERM
+            signum = getattr(exc, "signum", signal.SIGINT)
+            raise error_line(exits.stop_message(signum), exits.exit_code(signum)) from None

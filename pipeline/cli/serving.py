@@ -99,9 +99,10 @@ def bench_command(
     serve: Annotated[
         bool,
         typer.Option(
-            help="Also load `pipeline serve` of --serve-checkpoint with 2,000 API requests "
-            "from 8 clients on 127.0.0.1: latency percentiles, requests/s, errors, server "
-            "memory; then the same on it exported to ONNX (ONNX Runtime, no torch)."
+            help="Also load `pipeline serve` of --serve-checkpoint with 2,000 API requests, "
+            "then 32 25-megapixel PNG uploads, from 8 clients on 127.0.0.1: latency "
+            "percentiles, requests/s, errors, /api/health during each, peak server memory; "
+            "then torch against the model exported to ONNX (ONNX Runtime, no torch)."
         ),
     ] = True,
     serve_checkpoint: Annotated[

@@ -3,7 +3,8 @@
 - `app`: the FastAPI app over any backend (`backend.Backend`): routes, response schemas and
   the mapping of every error to a 4xx with one sentence.
 - `requests`: what a request may hold: the JSON schema, multipart uploads, their messages.
-- `limits`: the body-size limit, enforced before anything is parsed.
+- `limits`: what a request may cost: body size and deadline, decodes at once, memory.
+- `guard`: who may ask: Host names, same-origin POSTs, security headers.
 - `digitize`: MNIST-style preprocessing of uploaded images (NumPy and Pillow only).
 - `torch_backend`: checkpoints loaded with torch; the only module here that imports torch.
 - `onnx_backend`: exported `.onnx` graphs on ONNX Runtime; a server on them never loads torch.

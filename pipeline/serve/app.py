@@ -10,17 +10,26 @@ page loads Swagger UI's script and CSS from a CDN, so offline it shows an empty 
 /openapi.json still answers; the app's own page at / loads nothing from outside.
 """
 
+import asyncio
+
+import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from pipeline import config
+from pipeline.errors import PipelineError
 from pipeline.serve.backend import Backend, CheckpointInfo
-from pipeline.serve.digitize import MAX_IMAGE_PIXELS, ImageError, digitize_bytes
-from pipeline.serve.limits import MAX_BODY_BYTES, BodyLimit
+from pipeline.serve.digitize import (
+    MAX_DECODED_BYTES,
+    MAX_IMAGE_PIXELS,
+    ImageError,
+    digitize_bytes,
+)
+from pipeline.serve.guard import RequestGuard
+from pipeline.serve.limits import MAX_BODY_BYTES, BodyLimit, Busy, DecodeSlots
 from pipeline.serve.requests import (
     USAGE,
     BadRequest,
@@ -52,6 +61,7 @@ class ModelInfo(BaseModel):
     device: str
     max_body_bytes: int
     max_image_pixels: int
+    max_decoded_bytes: int
 
 
 class Problem(BaseModel):
@@ -80,14 +90,16 @@ PREDICT_BODY = {
         },
     }
 }
-ERRORS = {status: {"model": Problem} for status in (400, 413, 415, 422)}
+ERRORS = {status: {"model": Problem} for status in (400, 403, 408, 413, 415, 422, 503)}
+# 503, not 500: the request was fine and the server keeps serving; the model is at fault.
+NON_FINITE = "The model produced non-finite outputs for this input; the server keeps serving."
 PREDICT_DESCRIPTION = (
     'Send JSON `{"pixels": [...]}` with 784 integers 0-255 in Kaggle\'s row order '
     "(light ink on black, taken as is), or a multipart form whose field `file` holds a "
     "PNG or JPEG image of one digit in any colours, size and position (preprocessed "
     f"MNIST-style). Bodies over {MAX_BODY_BYTES:,} bytes or images over "
-    f"{MAX_IMAGE_PIXELS:,} pixels are refused. Errors answer 4xx with a one-sentence "
-    "`detail`."
+    f"{MAX_IMAGE_PIXELS:,} pixels or {MAX_DECODED_BYTES // 2**20} MB decoded are refused. "
+    "Errors answer 4xx (503 when busy or when the model fails) with a one-sentence `detail`."
 )
 
 
@@ -120,21 +132,33 @@ def add_error_handlers(app: FastAPI) -> None:
         message = messages.get(exc.status_code) or f"{str(exc.detail).rstrip('.')}."
         return JSONResponse({"detail": message}, exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "2"})
+
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
         return _problem(500, "The server failed on this request; its log has the details.")
 
 
-def create_app(backend: Backend) -> FastAPI:
-    """The ASGI app over an already-loaded backend: the page at /, the API under /api/."""
+def create_app(backend: Backend, loopback_only: bool = True) -> FastAPI:
+    """The ASGI app over an already-loaded backend: the page at /, the API under /api/.
+
+    `loopback_only` (the server listens on 127.0.0.1 or ::1): Host names other than
+    localhost's are refused. Setting `app.state.stopping` (shutdown) answers bodies still
+    arriving with 503.
+    """
     app = FastAPI(
         title="Digit Recognizer",
         summary="Draw a digit, or send one, and read what the trained model says.",
         version="1",
         redoc_url=None,
     )
-    app.add_middleware(BodyLimit)
+    app.state.stopping = asyncio.Event()
+    app.add_middleware(BodyLimit, stopping=app.state.stopping)
+    app.add_middleware(RequestGuard, loopback_only=loopback_only)  # added last: runs first
     add_error_handlers(app)
+    decodes = DecodeSlots()
     files = static_files()
 
     @app.get("/", include_in_schema=False)
@@ -158,6 +182,7 @@ def create_app(backend: Backend) -> FastAPI:
             device=backend.device,
             max_body_bytes=MAX_BODY_BYTES,
             max_image_pixels=MAX_IMAGE_PIXELS,
+            max_decoded_bytes=MAX_DECODED_BYTES,
         )
 
     @app.post(
@@ -175,14 +200,19 @@ def create_app(backend: Backend) -> FastAPI:
         if media_type(request) == "multipart/form-data":
             data = await upload_bytes(request, body)
             try:
-                digit = await run_in_threadpool(digitize_bytes, data)
+                digit = await decodes.run(digitize_bytes, data)
             except ImageError as exc:
                 raise BadRequest(422, str(exc)) from None
         else:
             digit = parse_pixels(body, media_type(request))
         # Inference runs on the event loop: well under a millisecond for these models, less
         # than a hop to a worker thread costs; the backend's lock guards its modules.
-        probs = backend.predict(digit[None, None])[0]
+        try:
+            probs = backend.predict(digit[None, None])[0]
+        except PipelineError:  # inference refuses non-finite outputs
+            raise BadRequest(503, NON_FINITE) from None
+        if not np.isfinite(probs).all():  # a backend that does not check
+            raise BadRequest(503, NON_FINITE)
         answer = {
             "label": int(probs.argmax()),
             "probabilities": probs.tolist(),

@@ -5,9 +5,12 @@ exported graphs) loads the checkpoints and answers `predict`. Plain NumPy in and
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from pipeline import config
 
 
 @dataclass(frozen=True)
@@ -15,7 +18,7 @@ class CheckpointInfo:
     """One checkpoint that answers, as /api/model shows it."""
 
     name: str
-    path: str
+    path: str  # see `shown_path`: never absolute
     model: str | None  # the architecture's name
     val_accuracy: float | None
     temperature: float = 1.0  # probabilities are softmax(logits / temperature); see calibration
@@ -30,3 +33,12 @@ class Backend(Protocol):
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, 1, 28, 28] MNIST-style digits -> float32 [N, 10] probabilities."""
         ...
+
+
+def shown_path(path: Path) -> str:
+    """A checkpoint's path as /api/model shows it: relative to the project inside it (such as
+    `models/best-0.pt`), else the file name alone, so no absolute path leaves the server."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(config.ROOT):
+        return str(resolved.relative_to(config.ROOT))
+    return path.name

@@ -33,6 +33,11 @@ SATURATED = 0.5
 # that decodes to gigabytes) is refused from its header, before any pixel is decoded.
 FORMATS = ("PNG", "JPEG")
 MAX_IMAGE_PIXELS = 25_000_000
+# And what the decoded pixels may take: a 16-bit RGBA PNG of 5000x5000 is 48 KB of file and
+# 100 MB decoded. 64 MB lets through a 16-megapixel colour PNG or a 25-megapixel grey one;
+# JPEG photos decode at a reduced scale (`draft`), so their size is counted after it.
+MAX_DECODED_BYTES = 64 * 1024 * 1024
+ONE_BYTE_MODES = ("1", "L", "P")  # Pillow keeps 2 bytes a pixel for I;16*, 4 for the rest
 WORK_SIDE = 560  # large photos are reduced to about this size before the digit is located
 WORK_BOX = 8 * BOX  # a larger ink crop is averaged down to this before thickening and fitting
 
@@ -67,11 +72,23 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
         raise ImageError("The image has no pixels.")
     if image.format == "JPEG":  # decode at a reduced scale: far faster for large photos
         image.draft("L", (WORK_SIDE, WORK_SIDE))
+    size = decoded_bytes(image.mode, image.size)
+    if size > MAX_DECODED_BYTES:
+        raise ImageError(
+            f"The image is {width}x{height} {image.mode} pixels, {size / 2**20:.0f} MB once "
+            f"decoded; at most {MAX_DECODED_BYTES // 2**20} MB are accepted."
+        )
     try:
         image.load()
     except Exception:
         raise ImageError("The image could not be decoded (it is truncated or corrupt).") from None
     return image
+
+
+def decoded_bytes(mode: str, size: tuple[int, int]) -> int:
+    """The memory Pillow allocates to hold an image of `mode` and `size` (RGB as RGBX)."""
+    per_pixel = 1 if mode in ONE_BYTE_MODES else 2 if mode.startswith("I;16") else 4
+    return size[0] * size[1] * per_pixel
 
 
 def ink_array(image: Image.Image) -> np.ndarray:
@@ -218,7 +235,11 @@ def digitize(image: Image.Image | np.ndarray) -> np.ndarray:
 
 def digitize_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 [28, 28] digit; ImageError for a bad file or a blank image."""
-    digit = digitize(decode_image(data, max_pixels))
+    image = decode_image(data, max_pixels)
+    if max(image.size) > 2 * WORK_SIDE:  # in place: the full-size pixels are freed at once
+        image.thumbnail((WORK_SIDE, WORK_SIDE), Image.BOX)
+    digit = digitize(image)
+    del image
     if not digit.any():
         raise ImageError("The image is blank: no digit was found in it.")
     return digit

@@ -1,17 +1,23 @@
 """`serve`: load the checkpoints (or `.onnx` graphs), bind the socket, run uvicorn until Ctrl-C.
 
 Models load and the port is bound before anything listens, so a bad checkpoint or a busy port
-is a one-line PipelineError, not a traceback from inside uvicorn.
+is a one-line PipelineError, not a traceback from inside uvicorn. Ctrl-C or SIGTERM stops it
+within a few seconds whatever the clients do: requests still sending their body get 503 at
+once, others get GRACEFUL_SHUTDOWN_S; headers have a deadline, idle connections a keep-alive
+timeout (all in `limits`).
 """
 
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
 
 from pipeline.errors import PipelineError
+from pipeline.serve import limits
 from pipeline.serve.app import create_app
+from pipeline.serve.guard import network_warning
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -32,12 +38,46 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def header_deadline_protocol() -> type:
+    """uvicorn's h11 protocol with a deadline on each request's headers: uvicorn has none, so a
+    client that connected and sent half a request line held its connection for ever.
+
+    Relies on uvicorn's `H11Protocol.cycle`, `loop` and `on_response_complete`; a test pins it.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._headers_within(limits.HEADER_TIMEOUT_S)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._headers_within(limits.HEADER_TIMEOUT_S)
+
+        def _headers_within(self, seconds: float) -> None:
+            waiting_after = self.cycle  # a new request replaces it once its headers are in
+
+            def expire() -> None:
+                if self.cycle is waiting_after and not self.transport.is_closing():
+                    self.transport.close()
+
+            self.loop.call_later(seconds, expire)
+
+    return HeaderDeadline
+
+
 class AnnouncingServer(uvicorn.Server):
-    """uvicorn's server that prints `line` (and calls `ready`) once it is listening."""
+    """uvicorn's server that prints `line` (and calls `ready`) once it is listening, and tells
+    the app when it starts shutting down (`app.state.stopping`)."""
 
     def __init__(self, config: uvicorn.Config, line: str, ready: Callable[[], None] | None):
         super().__init__(config)
         self.line, self.ready = line, ready
+
+    async def shutdown(self, sockets=None) -> None:
+        self.config.app.state.stopping.set()  # requests still waiting for a body: 503 now
+        await super().shutdown(sockets)
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
@@ -72,15 +112,27 @@ def serve(
     """Load the checkpoints, then serve the page and API on host:port until Ctrl-C.
 
     Prints `serve: <url> (...)` once listening and calls `ready(url)`; Ctrl-C (SIGINT) or
-    SIGTERM finishes open requests and returns.
+    SIGTERM stops it within a few seconds and returns. A --host other machines can reach gets
+    a warning on stderr; a loopback one has foreign Host names refused (`guard`).
     """
     backend = load_backend(checkpoints, device)
-    app = create_app(backend)
+    warning = network_warning(host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    app = create_app(backend, loopback_only=warning is None)
     sock = bind(host, port)
     url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}/"
     names = ", ".join(info.name for info in backend.checkpoints)
     server = AnnouncingServer(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"),
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            http=header_deadline_protocol(),
+            timeout_keep_alive=limits.KEEP_ALIVE_S,
+            timeout_graceful_shutdown=limits.GRACEFUL_SHUTDOWN_S,
+        ),
         line=f"serve: {url} ({names} on {backend.device}); Ctrl-C stops",
         ready=(lambda: ready(url)) if ready else None,
     )

@@ -17,7 +17,7 @@ from pipeline.datasets import TensorDigits
 from pipeline.device import resolve_device
 from pipeline.files import expand_checkpoints
 from pipeline.inference import ensemble_probabilities, load_for_inference
-from pipeline.serve.backend import CheckpointInfo
+from pipeline.serve.backend import CheckpointInfo, shown_path
 
 
 @dataclass
@@ -57,7 +57,7 @@ def load_models(checkpoints: list[Path], device: str = "auto") -> TorchBackend:
         checkpoints=[
             CheckpointInfo(
                 name=each.path.name,
-                path=str(each.path),
+                path=shown_path(each.path),
                 model=each.meta.get("model"),
                 val_accuracy=each.meta.get("val_accuracy"),
                 temperature=temperature_of(each.meta),
