@@ -350,13 +350,14 @@ def _stderr(message: str) -> None:
 
 
 def stop_status(exc: BaseException) -> str:
-    """KILLED for a run stopped on purpose (Ctrl-C, SIGTERM, a pruned trial), else FAILED."""
-    stopped = ("TrainingInterrupted", "TrialPruned", "Terminated")
-    return (
-        "KILLED"
-        if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ in stopped
-        else "FAILED"
-    )
+    """KILLED for a run stopped on purpose (Ctrl-C, SIGTERM, a pruned trial), else FAILED.
+
+    SIGTERM arrives as `exits.Stopped`, a KeyboardInterrupt; optuna is matched by name so
+    that tracking never imports it."""
+    from pipeline.run_state import TrainingInterrupted
+
+    on_purpose = isinstance(exc, KeyboardInterrupt | TrainingInterrupted)
+    return "KILLED" if on_purpose or type(exc).__name__ == "TrialPruned" else "FAILED"
 
 
 @contextmanager

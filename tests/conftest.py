@@ -211,9 +211,10 @@ def kaggle_processed_dir(kaggle_zip, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def no_torch() -> str:
     """Python to run first in a child process: any import of torch there fails, and at exit
-    the child prints `torch-check: attempts=[...] loaded=...` (what tried, what got in)."""
+    the child prints `torch-check: attempts=[...] loaded=...` (what tried, what got in).
+    The CLI ends through `os._exit` in its last atexit callback, so the check runs there too."""
     return (
-        "import atexit, sys\n"
+        "import atexit, os, sys\n"
         "attempts = []\n"
         "class NoTorch:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
@@ -221,8 +222,15 @@ def no_torch() -> str:
         "            attempts.append(name)\n"
         "            raise ImportError(f'torch is blocked here, yet {name} was imported')\n"
         "sys.meta_path.insert(0, NoTorch())\n"
-        "atexit.register(lambda: print(f'torch-check: attempts={attempts} '\n"
-        "                              f'loaded={\"torch\" in sys.modules}', flush=True))\n"
+        "checked = []\n"
+        "def torch_check():\n"
+        "    if not checked:\n"
+        "        checked.append(True)\n"
+        "        print(f'torch-check: attempts={attempts} '\n"
+        "              f'loaded={\"torch\" in sys.modules}', flush=True)\n"
+        "atexit.register(torch_check)\n"
+        "real_exit = os._exit\n"
+        "os._exit = lambda code: (torch_check(), real_exit(code))\n"
     )
 
 

@@ -83,14 +83,13 @@ def test_a_write_stopped_half_way_keeps_the_previous_checkpoint(tmp_path, monkey
     """The fast twin of the SIGKILL test below: the stop is injected mid-write."""
     model, path = _saved(tmp_path, "mlp")
     before = path.read_bytes()
-    real_save = torch.save
+    real_write = Path.write_bytes
 
-    def half_then_interrupt(payload, target):
-        real_save(payload, target)
-        Path(target).write_bytes(Path(target).read_bytes()[:10_000])
+    def half_then_interrupt(target, data):
+        real_write(target, bytes(data)[:10_000])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", half_then_interrupt)
+    monkeypatch.setattr(Path, "write_bytes", half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, build_model("mlp"), {"model": "mlp", "arch_args": {}})
     monkeypatch.undo()

@@ -314,27 +314,3 @@ def test_train_resume_with_other_options_is_one_line(processed_dir, tmp_path):
         processed_dir,
     )
     assert_one_line_error(changed, "epochs 9 (saved 4) differ")
-
-
-@pytest.mark.parametrize("delay", [0.3, 0.8])
-def test_ctrl_c_while_a_command_starts_is_one_line(
-    processed_dir, tmp_path, delay, sigint_as_at_a_terminal
-):
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    command = [sys.executable, "-m", "pipeline", "train", "--processed-dir", str(processed_dir)]
-    proc = subprocess.Popen(
-        [*command, "--out", str(tmp_path / "m.pt")],
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=sigint_as_at_a_terminal,
-    )
-    time.sleep(delay)  # inside the imports of torch and the stages
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("error: interrupted")
-    assert not (tmp_path / "m.pt").exists()

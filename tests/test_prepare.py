@@ -14,9 +14,9 @@ from PIL import Image
 
 from pipeline import config
 from pipeline import prepare as prepare_module
-from pipeline.cli.errors import Terminated
 from pipeline.datasets import load_split, processed_fingerprint
 from pipeline.errors import PipelineError
+from pipeline.exits import Stopped
 from pipeline.files import file_sha256
 from pipeline.prepare import prepare, read_digits_csv, split_train_val
 
@@ -248,12 +248,14 @@ def _disjoint_or_refused(processed_dir):
 ROWS = 400  # per CSV: every digit still on both sides of the split, few PNGs to write
 
 
-@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, Terminated])
+@pytest.mark.parametrize(
+    "interrupt", [KeyboardInterrupt(), Stopped(signal.SIGTERM)], ids=["sigint", "sigterm"]
+)
 def test_a_prepare_stopped_while_writing_pngs_leaves_nothing_taken_as_current(
     interrupt, raw_dir, tmp_path, monkeypatch
 ):
     """As below, with the stop injected half-way through the PNGs instead of a timed signal
-    (Terminated is what the CLI's SIGTERM handler raises), on the first 400 rows."""
+    (Stopped(SIGTERM) is what the CLI's SIGTERM handler raises), on the first 400 rows."""
     out = tmp_path / "processed"
     prepare(raw_dir, out, fmt="both", seed=0, limit_rows=ROWS)
     write_pngs = prepare_module._write_pngs
@@ -263,7 +265,7 @@ def test_a_prepare_stopped_while_writing_pngs_leaves_nothing_taken_as_current(
         raise interrupt
 
     monkeypatch.setattr(prepare_module, "_write_pngs", stopped_half_way)
-    with pytest.raises(interrupt):
+    with pytest.raises(type(interrupt)):
         prepare(raw_dir, out, fmt="both", seed=1, limit_rows=ROWS)
     monkeypatch.undo()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temp files left"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.errors import PipelineError
 from pipeline.serve.digitize import MAX_DECODED_BYTES, decoded_bytes
 
 fastapi = pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[serve]'")
@@ -192,7 +193,8 @@ def test_model_info_reveals_no_absolute_path(client, fast_checkpoint):
 
 
 def test_non_finite_outputs_are_a_503_and_the_server_keeps_serving(fast_checkpoint, tmp_path):
-    """Weights large enough to overflow: a 503 sentence, never a 500 or a label."""
+    """Weights large enough to overflow: refused at start-up in one line (the warm-up digit
+    already overflows); a model that overflows only later gives a 503 sentence, never a 500."""
     from fastapi.testclient import TestClient
 
     from pipeline.checkpoints import read_payload
@@ -202,7 +204,13 @@ def test_non_finite_outputs_are_a_503_and_the_server_keeps_serving(fast_checkpoi
                              for k, v in payload["state_dict"].items()}  # fmt: skip
     broken = tmp_path / "broken.pt"
     torch.save(payload, broken)
-    app = create_app(load_models([broken], "cpu"))
+    with pytest.raises(PipelineError, match="broken.pt: its outputs are NaN or infinite"):
+        load_models([broken], "cpu")
+    backend = load_models([fast_checkpoint], "cpu")
+    with torch.no_grad():  # overflows from now on, after the warm-up passed
+        for parameter in backend.models[0].parameters():
+            parameter.mul_(1e30)
+    app = create_app(backend)
     with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as client:
         digit = {"pixels": [0] * 392 + [255] * 392}
         for _ in range(2):

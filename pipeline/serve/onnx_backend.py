@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline import config
 from pipeline.onnx_runtime import OnnxModel, load_onnx_models, mean_probabilities
-from pipeline.serve.backend import CheckpointInfo
+from pipeline.serve.backend import CheckpointInfo, shown_path
 
 DEVICE = "cpu (onnxruntime)"
 
@@ -30,6 +30,17 @@ class OnnxBackend:
         return mean_probabilities(self.models, images)
 
 
+def graph_temperature(meta: dict) -> float:
+    """The calibration temperature baked into a one-member graph, as /api/model shows it (an
+    ensemble's members each carry their own inside the graph: 1.0 stands for "see members")."""
+    members = meta.get("members")
+    if isinstance(members, list) and len(members) == 1 and isinstance(members[0], dict):
+        value = members[0].get("temperature", 1.0)
+        if type(value) in (int, float) and value > 0:
+            return float(value)
+    return 1.0
+
+
 def load_models(paths: list[Path]) -> OnnxBackend:
     """Open and check every graph (one-line PipelineError if one is not ours), warmed up."""
     models = load_onnx_models(paths, threads=1)
@@ -38,9 +49,10 @@ def load_models(paths: list[Path]) -> OnnxBackend:
         [
             CheckpointInfo(
                 name=model.path.name,
-                path=str(model.path),
+                path=shown_path(model.path),
                 model=model.model,
                 val_accuracy=model.val_accuracy,
+                temperature=graph_temperature(model.meta),
             )
             for model in models
         ],
