@@ -14,6 +14,7 @@ class ModelName(StrEnum):
     mlp = "mlp"
     fastnet = "fastnet"
     deepcnn = "deepcnn"
+    nopool = "nopool"
 
 
 class Recipe(StrEnum):

@@ -89,9 +89,12 @@ def metrics_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.metrics.csv")
 
 
+LAST_SUFFIX = ".last.pt"
+
+
 def last_checkpoint_path(checkpoint: Path) -> Path:
     """The resumable end-of-epoch (or interrupted) state that sits beside the best weights."""
-    return checkpoint.with_name(f"{checkpoint.stem}.last.pt")
+    return checkpoint.with_name(f"{checkpoint.stem}{LAST_SUFFIX}")
 
 
 def curves_path(checkpoint: Path) -> Path:

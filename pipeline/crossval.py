@@ -17,7 +17,7 @@ import torch
 from pipeline import config
 from pipeline.datasets import TensorDigits, load_split
 from pipeline.device import resolve_device
-from pipeline.ensemble import train_ensemble
+from pipeline.ensemble import train_ensemble, train_members
 from pipeline.errors import PipelineError
 from pipeline.inference import accuracy, ensemble_probabilities, load_for_inference
 from pipeline.prepare import prepare
@@ -70,7 +70,7 @@ def score_split(checkpoints: list[Path], processed_dir: Path, device: str) -> tu
 
 
 def cross_validate(
-    cfg: TrainConfig,
+    cfg: TrainConfig | list[TrainConfig],
     members: int,
     split_seeds: list[int],
     raw_dir: Path = config.RAW_DIR,
@@ -82,8 +82,13 @@ def cross_validate(
 ) -> CrossValidation:
     """Train and score `members` models of `cfg` on each split; split k uses seed k.
 
+    `cfg` is one config (members differ in seed) or the list of member configs of a
+    heterogeneous ensemble such as `best` (trained on each split's train digits, unbagged).
     Split k's data goes to `<processed_dir>/split-k/`, its members to `<models_dir>/split-k/`.
     """
+    configs = cfg if isinstance(cfg, list) else None
+    cfg = configs[0] if configs else cfg
+    members = len(configs) if configs else members
     if not split_seeds:
         raise PipelineError("--splits must be at least 1")
     scores = []
@@ -93,7 +98,12 @@ def cross_validate(
         prepare(raw_dir, data_dir, val_fraction=val_fraction, seed=split_seed)
         log(f"split {split_seed}: training {members} member(s)")
         members_dir = config.crossval_split_dir(models_dir, split_seed)
-        results = train_ensemble(cfg, members, data_dir, members_dir, log=log, progress=progress)
+        if configs:
+            results = train_members(configs, data_dir, members_dir, log=log, progress=progress)
+        else:
+            results = train_ensemble(
+                cfg, members, data_dir, members_dir, log=log, progress=progress
+            )
         checkpoints = [r.checkpoint for r in results]
         member_acc, ensemble_acc, tta_acc = score_split(checkpoints, data_dir, cfg.device)
         n_val = len(load_split(data_dir, "val"))

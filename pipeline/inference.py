@@ -31,11 +31,15 @@ class LoadedModel:
 
 
 def expand_checkpoints(patterns: list[Path]) -> list[Path]:
-    """Plain paths as given; quoted globs such as 'models/best-*.pt' expanded, sorted."""
+    """Plain paths as given; quoted globs such as 'models/best-*.pt' expanded, sorted.
+
+    A glob leaves out the resumable `<name>.last.pt` files beside the members' weights.
+    """
     paths: list[Path] = []
     for pattern in patterns:
         if glob.has_magic(str(pattern)):
-            matches = sorted(glob.glob(str(pattern)))
+            found = glob.glob(str(pattern))
+            matches = sorted(m for m in found if not m.endswith(config.LAST_SUFFIX))
             if not matches:
                 raise PipelineError(f"{pattern}: no checkpoint matches")
             paths += [Path(m) for m in matches]

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from pipeline import augmentation, config, datasets, distributed, plots, run_state
+from pipeline import augmentation, bagging, config, datasets, distributed, plots, run_state
 from pipeline.checkpoints import all_finite, save_checkpoint
 from pipeline.device import DeviceTimer, seed_everything
 from pipeline.distributed import Ranks, process_group, ranks_from_env, training_device
@@ -119,10 +120,21 @@ class Run:
     total_steps: int
     out: Path
     data_fingerprint: str
+    ema: AveragedModel | None = None  # the weights' moving average, when cfg.ema
+    bag: dict | None = None  # a bagged member's bag record (pipeline.bagging)
 
     @property
     def steps_done(self) -> int:
         return self.state.epoch * self.steps_per_epoch + self.state.step
+
+    @property
+    def kept_model(self) -> nn.Module:
+        """The weights validated and saved: the moving average if there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+    def meta(self, finished: bool | None = None) -> dict:
+        meta = run_state.run_meta(self.cfg, self.state, self.data_fingerprint, finished)
+        return meta if self.bag is None else meta | {"bag": self.bag}
 
 
 def train_one_epoch(run: Run, stop: run_state.StopSignals, log: Callable | None) -> float:
@@ -150,6 +162,8 @@ def train_one_epoch(run: Run, stop: run_state.StopSignals, log: Callable | None)
             run.train_set, indices, cfg, run.ranks, run.device, run.augment_gen
         )
         loss_sum += train_step(run.step_model, run.optimizer, run.scheduler, x, labels, cfg)
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
         state.step = step + 1
         progress.step(lambda total=loss_sum: total.item() / state.step)
         if stop.requested(run.ranks, run.device) or run.steps_done >= run.total_steps:
@@ -168,16 +182,16 @@ def train_one_epoch(run: Run, stop: run_state.StopSignals, log: Callable | None)
 def save_last(run: Run, finished: bool = False) -> None:
     """The resumable state, written atomically beside the best weights (rank 0 only)."""
     if run.ranks.is_main:
-        meta = run_state.run_meta(run.cfg, run.state, run.data_fingerprint, finished=finished)
         optimisation = run.optimizer, run.scheduler, run.shuffle_gen, run.augment_gen
         path = config.last_checkpoint_path(run.out)
-        run_state.save_resumable(path, meta, run.state, run.model, *optimisation)
+        meta = run.meta(finished=finished)
+        run_state.save_resumable(path, meta, run.state, run.model, *optimisation, run.ema)
 
 
 def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], None]) -> None:
     """Validate, record the epoch, keep the best weights and write the resumable state."""
     state = run.state
-    metrics = score(run.model, run.val_set)
+    metrics = score(run.kept_model, run.val_set)
     images = (state.step - start_step) * run.cfg.batch_size
     state.train_seconds += seconds
     record = {
@@ -201,14 +215,15 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
     )
     with phase("write"):
         if run.ranks.is_main:
-            if metrics.accuracy > state.best_accuracy:
-                if not all_finite(run.model):
+            # A bagged member keeps its last weights: choosing by its out-of-bag digits
+            # would make them a worse estimate of unseen digits.
+            if metrics.accuracy > state.best_accuracy or run.bag is not None:
+                if not all_finite(run.kept_model):
                     raise PipelineError(
                         f"{run.out}: the weights became NaN or infinite; lower --lr"
                     )
                 state.best_accuracy = metrics.accuracy
-                meta = run_state.run_meta(run.cfg, state, run.data_fingerprint)
-                save_checkpoint(run.out, run.model, meta)
+                save_checkpoint(run.out, run.kept_model, run.meta())
             write_csv_rows(state.history, config.metrics_path(run.out))
         save_last(run, finished=state.epoch >= run.cfg.epochs or run.steps_done >= run.total_steps)
 
@@ -218,8 +233,12 @@ def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, finge
     seed_everything(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    bag = None
     with phase("load"):
-        train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
+        if cfg.folds is None:
+            train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
+        else:
+            train_set, val_set, bag = bagged_sets(cfg, processed_dir, fingerprint, device)
     if len(train_set) < cfg.batch_size:
         raise PipelineError(
             f"--batch-size {cfg.batch_size} exceeds the {len(train_set)} training images"
@@ -234,9 +253,14 @@ def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, finge
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     augment_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     state = run_state.TrainState()
+    ema = None
+    if cfg.ema is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     if payload is not None:
         saved = payload["training_state"]
         model.load_state_dict(payload["state_dict"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = run_state.TrainState(**saved["loop"])
@@ -250,7 +274,17 @@ def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, finge
     return Run(
         cfg, ranks, device, train_set, val_set, model, step_model, optimizer, scheduler,
         shuffle_gen, augment_gen, state, steps_per_epoch, int(total_steps), out, fingerprint,
+        ema, bag,
     )  # fmt: skip
+
+
+def bagged_sets(cfg: TrainConfig, processed_dir: Path, fingerprint: str, device):
+    """A bagged member's training digits, its out-of-bag digits and the bag's record."""
+    digits = bagging.labelled_digits(processed_dir)
+    bag = bagging.member_bag(digits.labels, cfg.folds, cfg.fold, cfg.fold_seed)
+    train_set = datasets.TensorDigits(digits.images[bag.train], digits.labels[bag.train])
+    oob_set = datasets.TensorDigits(digits.images[bag.oob], digits.labels[bag.oob])
+    return train_set.to(device), oob_set.to(device), bag.record(fingerprint)
 
 
 def train(
@@ -274,7 +308,10 @@ def train(
     out = out or config.checkpoint_path(cfg.model)
     check_writable(out)
     last = config.last_checkpoint_path(out)
-    fingerprint = datasets.processed_fingerprint(processed_dir)
+    if cfg.folds is None:
+        fingerprint = datasets.processed_fingerprint(processed_dir)
+    else:  # every labelled digit, whatever the prepared split
+        fingerprint = bagging.labelled_fingerprint(processed_dir)
     payload = run_state.resume_payload(last, cfg, fingerprint) if resume else None
     if not (resume or force) and (done := run_state.finished_run(cfg, out, fingerprint)):
         return done
