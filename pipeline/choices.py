@@ -1,4 +1,4 @@
-"""The named choices of the command line, in one light module.
+"""The named choices of the command line and the seed range, in one light module.
 
 Each is a `StrEnum`, so typer shows `<a|b|c>` in `--help` and rejects other values as a usage
 error, and the stages compare them with plain strings. Importing this module costs nothing,
@@ -6,6 +6,20 @@ which keeps `pipeline --help` instant (torch loads only inside the command that 
 """
 
 from enum import StrEnum
+
+from pipeline.errors import PipelineError
+
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit unsigned
+
+
+def check_seed(seed: int, option: str = "--seed") -> int:
+    """`seed` if numpy can seed with it (0..2**32-1), else a one-line PipelineError.
+
+    The one definition of a valid seed: typer's bounds on --seed use MAX_SEED too.
+    """
+    if not 0 <= seed <= MAX_SEED:
+        raise PipelineError(f"{option} {seed}: expected an integer from 0 to {MAX_SEED}")
+    return seed
 
 
 class ModelName(StrEnum):

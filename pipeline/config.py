@@ -18,7 +18,7 @@ FIGURES_DIR = ROOT / "reports" / "figures"
 CROSSVAL_DATA_DIR = PROCESSED_DIR / "crossval"
 CROSSVAL_MODELS_DIR = MODELS_DIR / "crossval"
 # The web page `pipeline serve` ships inside the package.
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "serve" / "static"
 
 # The competition zip as the team shares it beside the checkout (never committed).
 SHARED_KAGGLE_ZIP = ROOT.parent / "shared" / "kaggle" / "digit-recognizer.zip"

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import config, kaggle_api
-from pipeline.choices import RawSource
+from pipeline.choices import RawSource, check_seed
 from pipeline.errors import PipelineError
 
 
@@ -32,15 +32,7 @@ class DownloadResult:
 
 
 SAMPLE_TEST_ROWS = 1_000
-MAX_SEED = 2**32 - 1  # numpy's and sklearn's random_state range
 ZIP_ENCRYPTED = 0x1  # general-purpose flag bit 0 of a zip member
-
-
-def check_seed(seed: int, option: str = "--seed") -> int:
-    """`seed` if numpy can seed with it (0..2**32-1), else a one-line PipelineError."""
-    if not 0 <= seed <= MAX_SEED:
-        raise PipelineError(f"{option} {seed}: expected an integer from 0 to {MAX_SEED}")
-    return seed
 
 
 def raw_files_present(raw_dir: Path) -> bool:

@@ -1,5 +1,6 @@
 """Atomic writes and fingerprints shared by every stage that produces files."""
 
+import csv
 import hashlib
 import json
 import os
@@ -49,10 +50,10 @@ def write_json(data: Any, path: Path) -> None:
 
 def write_csv_rows(rows: list[dict[str, float]], path: Path) -> None:
     """A CSV of numbers with the first row's keys as header (training metrics)."""
-    columns = list(rows[0])
-    lines = [",".join(columns)] + [",".join(f"{row[c]:.6g}" for c in columns) for row in rows]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def sha256_text(text: str) -> str:

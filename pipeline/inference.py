@@ -50,18 +50,27 @@ def expand_checkpoints(patterns: list[Path]) -> list[Path]:
     return paths
 
 
-def inference_model(model: nn.Module) -> nn.Module:
-    """An eval-mode copy with BatchNorm folded into the convolutions, in channels_last.
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that follows a Conv2d in a Sequential into that conv (in place).
 
-    Falls back to the model itself if torch.fx cannot trace it.
+    Eval mode only: the conv takes the BatchNorm's running statistics and affine parameters
+    (`torch.nn.utils.fuse_conv_bn_eval`) and the BatchNorm becomes an Identity. Every model
+    here puts its BatchNorms right after a conv inside an nn.Sequential (`models.conv_bn`).
     """
-    from torch.fx.experimental.optimization import fuse
+    for child in module.children():
+        fold_batchnorm(child)
+    if isinstance(module, nn.Sequential):
+        for i in range(len(module) - 1):
+            conv, bn = module[i], module[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                module[i] = nn.utils.fuse_conv_bn_eval(conv, bn)
+                module[i + 1] = nn.Identity()
+    return module
 
-    model = model.eval()
-    try:
-        model = fuse(model)
-    except Exception:
-        pass
+
+def inference_model(model: nn.Module) -> nn.Module:
+    """The model in eval mode with BatchNorm folded into the convolutions, in channels_last."""
+    model = fold_batchnorm(model.eval())
     # Checkpoints load contiguous; with a 1-channel input only channels_last weights make the
     # whole net run channels_last, where CPU pooling is several times faster.
     return model.to(memory_format=torch.channels_last)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pipeline.choices import (
+    MAX_SEED,
     DataSource,
     Device,
     ModelName,
@@ -18,8 +19,6 @@ from pipeline.choices import (
     Schedule,
 )
 from pipeline.errors import PipelineError
-
-MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit unsigned
 
 
 def positive_ints(text: str, option: str, allow_empty: bool = False) -> list[int]:
@@ -78,3 +77,15 @@ CompileOpt = Annotated[
     ),
 ]
 StepsOpt = Annotated[int | None, typer.Option(min=1, help="Stop after N steps (smoke runs).")]
+
+# Models to use.
+CheckpointOpt = Annotated[Path, typer.Option(help="Checkpoint to use.")]
+CheckpointsOpt = Annotated[
+    list[Path],
+    typer.Option(
+        "--checkpoint",
+        metavar="PATH",
+        help="Checkpoint; repeat it (or quote a glob) to average an ensemble.",
+    ),
+]
+TtaOpt = Annotated[bool, typer.Option(help="Average over the image and four 1-px shifts.")]

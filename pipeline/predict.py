@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from pipeline import config
+from pipeline.bench.timings import phase
 from pipeline.datasets import TensorDigits, load_split
 from pipeline.device import resolve_device
 from pipeline.files import check_writable
 from pipeline.inference import ensemble_probabilities, load_for_inference
 from pipeline.submission import write_submission
-from pipeline.timings import phase
 
 
 @dataclass(frozen=True)

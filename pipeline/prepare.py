@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from pipeline import config
+from pipeline.bench.timings import phase
 from pipeline.choices import CacheFormat
 from pipeline.datasets import (
     META_VERSION,
@@ -30,7 +31,6 @@ from pipeline.datasets import (
 )
 from pipeline.errors import PipelineError
 from pipeline.files import file_sha256, write_json
-from pipeline.timings import phase
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,11 @@ def check_val_fraction(val_fraction: float) -> None:
 
 def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
     """scikit-learn's `_approximate_mode`: how many of `draws` each class gets, ties broken
-    at random in the same order, so `rng` is left in the same state."""
+    at random in the same order, so `rng` is left in the same state.
+
+    Kept as a port: scikit-learn's is private, and importing it cost 0.7 s of every `prepare`;
+    tests/test_bench.py pins `split_train_val` to the public `train_test_split(stratify=)`.
+    """
     continuous = counts / counts.sum() * draws
     floored = np.floor(continuous)
     need_to_add = int(draws - floored.sum())

@@ -5,10 +5,18 @@ when the run resolves to CUDA. The whole config is stored in every checkpoint.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline.choices import DataSource, ModelName, Optimizer, Recipe, Schedule, plain
+from pipeline.choices import (
+    DataSource,
+    ModelName,
+    Optimizer,
+    Recipe,
+    Schedule,
+    check_seed,
+    plain,
+)
 from pipeline.errors import PipelineError
 
 # What `seconds_to_target` in a run's result measures the time to.
@@ -47,6 +55,34 @@ class TrainConfig:
     folds: int | None = None
     fold: int = 0
     fold_seed: int = 0
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Settings given on the command line over a recipe, as plain values.
+
+    None keeps the recipe's value (or, with --resume, the saved run's).
+    """
+
+    model: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    label_smoothing: float | None = None
+    augment: bool | None = None
+    elastic: bool | None = None
+    seed: int | None = None
+    device: str | None = None
+    data_source: str | None = None
+    compile: bool | None = None
+    max_steps: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The settings that were given (not None), by TrainConfig field name."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
 
 
 # Named recipes: overrides of TrainConfig's defaults. `fast` is the defaults themselves:
@@ -195,8 +231,7 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise PipelineError(f"--max-steps {cfg.max_steps}: must be positive")
-    if not 0 <= cfg.seed < 2**32:
-        raise PipelineError(f"--seed {cfg.seed}: must be an integer 0 to {2**32 - 1}")
+    check_seed(cfg.seed)
     if cfg.ema is not None and not 0 < cfg.ema < 1:
         raise PipelineError(f"--ema {cfg.ema}: the decay must be between 0 and 1")
     if cfg.folds is not None:

@@ -16,7 +16,7 @@ import torch
 from pipeline.checkpoints import read_payload, save_checkpoint
 from pipeline.distributed import Ranks, max_over_ranks
 from pipeline.errors import PipelineError
-from pipeline.recipes import TrainConfig
+from pipeline.recipes import Overrides, TrainConfig, recipe_config
 
 # Options a resumed run may change without becoming another run.
 MAY_CHANGE_ON_RESUME = ("device",)
@@ -34,6 +34,10 @@ class TrainState:
     seconds_to_target: float | None = None
     best_accuracy: float = -1.0
     history: list[dict[str, float]] = field(default_factory=list)
+
+    def next_epoch(self) -> None:
+        """The current epoch is over: the next starts at step 0 with a fresh order."""
+        self.epoch, self.step, self.order, self.loss_sum = self.epoch + 1, 0, None, 0.0
 
 
 class TrainingInterrupted(PipelineError):
@@ -188,6 +192,25 @@ def config_for_resume(out: Path, overrides: dict[str, Any]) -> TrainConfig:
     last = config.last_checkpoint_path(out)
     saved = saved_config(read_payload(last)["meta"], last)
     return replace(saved, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def run_config(
+    recipe: str | None, overrides: Overrides, out: Path | None, resume: bool
+) -> tuple[TrainConfig, Path]:
+    """The config of a `train` run and its checkpoint path (the model's name by default).
+
+    The recipe (fast if None) with the given overrides on top; with `resume`, the saved
+    run's config with the same overrides (and the recipe, if named) on top instead, so that
+    `resume_payload` refuses only what was asked to change.
+    """
+    from pipeline import config
+
+    given = overrides.given()
+    cfg = recipe_config(recipe or "fast", **given)
+    out = out or config.checkpoint_path(cfg.model)
+    if resume:
+        cfg = config_for_resume(out, given | ({"recipe": recipe} if recipe else {}))
+    return cfg, out
 
 
 def _check_training_state(payload: dict, last: Path) -> dict:

@@ -8,6 +8,7 @@ is summed on the device and read once per epoch. The same code runs one process 
 """
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline import augmentation, bagging, config, datasets, distributed, plots, run_state
+from pipeline.bench.timings import phase
 from pipeline.checkpoints import all_finite, save_checkpoint
 from pipeline.device import DeviceTimer, seed_everything
 from pipeline.distributed import Ranks, process_group, ranks_from_env, training_device
@@ -28,7 +30,6 @@ from pipeline.inference import score
 from pipeline.models import build_model
 from pipeline.progress import EpochProgress
 from pipeline.recipes import TARGET_ACCURACY, TrainConfig, check_config
-from pipeline.timings import phase
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -61,15 +62,41 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def compile_for(model: nn.Module, device: torch.device) -> nn.Module:
+class CompiledOrEager:
+    """Call a torch.compile'd module; if compiling fails on its first call, run eagerly.
+
+    Compiling happens on the first call, so that is where a missing compiler or an unsupported
+    op shows. The fallback is local to this model (torch's process-global
+    `torch._dynamo.config.suppress_errors` stays as it is); once a call has succeeded, errors
+    are the model's own and propagate.
+    """
+
+    def __init__(self, compiled: Callable, eager: nn.Module):
+        self.compiled, self.eager, self.succeeded = compiled, eager, False
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                out = self.compiled(*args, **kwargs)
+            except Exception as exc:
+                if self.succeeded:
+                    raise
+                reason = " ".join(str(exc).split())[:200]
+                warnings.warn(f"torch.compile failed, running eagerly: {reason}", stacklevel=2)
+                self.compiled = None
+            else:
+                self.succeeded = True
+                return out
+        return self.eager(*args, **kwargs)
+
+
+def compile_for(model: nn.Module, device: torch.device, backend: str | Callable = "inductor"):
     """torch.compile; on CUDA with CUDA graphs (one replay per step instead of ~100 launches).
 
     Where compiling fails (no compiler, an unsupported op) the model runs eagerly instead.
     """
-    import torch._dynamo as dynamo
-
-    dynamo.config.suppress_errors = True
-    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
+    mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+    return CompiledOrEager(torch.compile(model, mode=mode, backend=backend), model)
 
 
 def batch_inputs(dataset, indices, cfg: TrainConfig, ranks: Ranks, device, augment_gen):
@@ -110,7 +137,7 @@ class Run:
     train_set: datasets.TensorDigits | datasets.PngDigits
     val_set: datasets.TensorDigits | datasets.PngDigits
     model: nn.Module  # the plain module: checkpoints save its state_dict
-    step_model: nn.Module  # what the step calls: DDP- and/or compile-wrapped
+    step_model: nn.Module | CompiledOrEager  # what the step calls: DDP- and/or compiled
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     shuffle_gen: torch.Generator
@@ -207,7 +234,7 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
     state.history.append(record)
     if state.seconds_to_target is None and metrics.accuracy >= TARGET_ACCURACY:
         state.seconds_to_target = state.train_seconds
-    state.epoch, state.step, state.order, state.loss_sum = state.epoch + 1, 0, None, 0.0
+    state.next_epoch()
     log(
         f"epoch {record['epoch']:>3}/{run.cfg.epochs}  loss {record['train_loss']:.4f}  "
         f"val_loss {metrics.loss:.4f}  val_acc {metrics.accuracy:.2%}  "
@@ -229,16 +256,28 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
 
 
 def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, fingerprint) -> Run:
-    """Load the data to the device, build model, optimiser and schedule; restore a resume."""
-    seed_everything(cfg.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    """Load the data to the device, then set the run up (`new_run`)."""
     bag = None
     with phase("load"):
         if cfg.folds is None:
             train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
         else:
             train_set, val_set, bag = bagged_sets(cfg, processed_dir, fingerprint, device)
+    run = new_run(cfg, train_set, val_set, ranks, device, out, fingerprint, payload)
+    run.bag = bag
+    return run
+
+
+def new_run(
+    cfg, train_set, val_set, ranks, device, out: Path, fingerprint: str = "", payload=None
+) -> Run:
+    """Build model, optimiser and schedule over loaded data; restore a resume's `payload`.
+
+    `pipeline bench` times the training step through this and `train_one_epoch` too.
+    """
+    seed_everything(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     if len(train_set) < cfg.batch_size:
         raise PipelineError(
             f"--batch-size {cfg.batch_size} exceeds the {len(train_set)} training images"
@@ -265,7 +304,7 @@ def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, finge
         scheduler.load_state_dict(saved["scheduler"])
         state = run_state.TrainState(**saved["loop"])
         run_state.restore_rng(saved["rng"], shuffle_gen, augment_gen)
-    step_model: nn.Module = model
+    step_model: nn.Module | CompiledOrEager = model
     if ranks.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         step_model = DistributedDataParallel(model, device_ids=ids)
@@ -274,7 +313,7 @@ def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, finge
     return Run(
         cfg, ranks, device, train_set, val_set, model, step_model, optimizer, scheduler,
         shuffle_gen, augment_gen, state, steps_per_epoch, int(total_steps), out, fingerprint,
-        ema, bag,
+        ema,
     )  # fmt: skip
 
 

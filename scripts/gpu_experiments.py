@@ -14,7 +14,9 @@ import argparse
 import time
 from dataclasses import replace
 
-from pipeline import bench, config
+from pipeline import config
+from pipeline.bench.models import bench_best_net
+from pipeline.bench.training import bench_fast_recipe
 from pipeline.crossval import cross_validate, format_summary
 from pipeline.device import resolve_device
 from pipeline.recipes import recipe_config
@@ -34,11 +36,11 @@ def main() -> None:
     device = resolve_device(args.device)
     if args.part == "throughput":
         for batch in map(int, args.batch_sizes.split(",")):
-            rows = bench.bench_best_net(config.PROCESSED_DIR, device, [batch], steps=60)
+            rows = bench_best_net(config.PROCESSED_DIR, device, [batch], steps=60)
             print("THROUGHPUT", rows, flush=True)
     elif args.part == "fast":
         for seed in map(int, args.seeds.split(",")):
-            result = bench.bench_fast_recipe(config.PROCESSED_DIR, device, seed=seed)
+            result = bench_fast_recipe(config.PROCESSED_DIR, device, seed=seed)
             print("FAST", result, flush=True)
     else:
         cfg = recipe_config("best", device=args.device, max_steps=args.max_steps)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.bench.loadtest import digit_bodies, expected_labels
 from pipeline.datasets import TensorDigits
-from pipeline.loadtest import digit_bodies, expected_labels
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -59,7 +59,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(browser, fast_checkpoint):
-    from pipeline.serve import running_server
+    from pipeline.bench.live_server import running_server
 
     with running_server([fast_checkpoint], device="cpu") as url:
         yield url

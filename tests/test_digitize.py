@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from pipeline.datasets import TensorDigits
-from pipeline.digitize import (
+from pipeline.serve.digitize import (
     SIDE,
     ImageError,
     center_of_mass,
@@ -86,7 +86,7 @@ def test_polarity_position_and_size_do_not_matter():
 def test_thin_strokes_are_thickened_to_mnist_width(monkeypatch):
     thin = digitize(_drawn_seven(width=2))  # a 2 px pen on a 280 px canvas: 0.2 px at 20 px
     assert 1.8 <= stroke_width(thin / 255.0) <= 3.5 and thin.max() == 255
-    monkeypatch.setattr("pipeline.digitize.MIN_STROKE", 0.0)
+    monkeypatch.setattr("pipeline.serve.digitize.MIN_STROKE", 0.0)
     unthickened = digitize(_drawn_seven(width=2))
     assert (thin > 127).sum() > 2 * (unthickened > 127).sum()  # one-pixel hairline without
 
@@ -163,7 +163,7 @@ def _plain_resize(canvas: np.ndarray) -> np.ndarray:
 def test_digitize_keeps_accuracy_on_pasted_real_digits(
     fast_checkpoint, sample_processed_dir, record_property
 ):
-    from pipeline.serve import load_models
+    from pipeline.serve.torch_backend import load_models
 
     torch.set_num_threads(1)
     models = load_models([fast_checkpoint], "cpu")
@@ -173,7 +173,7 @@ def test_digitize_keeps_accuracy_on_pasted_real_digits(
     canvases = [_paste(digit, rng) for digit in digits]
 
     def accuracy(images) -> float:
-        return float((models.probabilities(np.stack(images)).argmax(1) == labels).mean())
+        return float((models.predict(np.stack(images)[:, None]).argmax(1) == labels).mean())
 
     original = accuracy(digits)
     preprocessed = accuracy([digitize(canvas) for canvas in canvases])

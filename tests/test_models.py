@@ -49,3 +49,46 @@ def test_checkpoints_record_every_architecture_argument_so_default_changes_canno
     assert resolved == {"widths": [16, 32, 64], "dropout": 0.2}
     model = build_model("fastnet", **resolved_arch_args("fastnet", {"widths": (8, 16, 32)}))
     assert model.classifier[1].in_features == 32 * 3 * 3
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_inference_models_fold_batchnorm_and_keep_their_logits(name):
+    from pipeline.inference import inference_model
+
+    torch.manual_seed(0)
+    model = build_model(name).train()
+    with torch.no_grad():
+        for _ in range(3):  # running statistics and affine parameters other than the defaults
+            model(torch.randn(16, 1, 28, 28) * 2 + 0.5)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        folded = inference_model(model)
+        got = folded(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(expected, got, atol=1e-4), (expected - got).abs().max()
+
+
+@pytest.mark.slow  # importing torch._dynamo takes about 20 s on a busy 2-core machine
+def test_a_failing_compile_runs_eagerly_without_touching_dynamos_global_config():
+    import torch._dynamo  # only to read its process-global flag
+
+    from pipeline.train import compile_for
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    torch.manual_seed(0)
+    model = build_model("mlp")
+    x = torch.randn(2, 1, 28, 28)
+    before = torch._dynamo.config.suppress_errors
+    step_model = compile_for(model, torch.device("cpu"), backend=broken_backend)
+    with pytest.warns(UserWarning, match="torch.compile failed, running eagerly: .*no C\\+\\+"):
+        out = step_model(x)
+    assert torch.equal(out, model(x))
+    assert torch.equal(step_model(x), model(x))  # and eagerly from then on, without a warning
+    assert torch._dynamo.config.suppress_errors == before

@@ -38,7 +38,7 @@ def _require(module: str) -> None:
 @pytest.fixture(scope="module")
 def models(fast_checkpoint):
     _require("fastapi")
-    from pipeline.serve import load_models
+    from pipeline.serve.torch_backend import load_models
 
     torch.set_num_threads(1)
     return load_models([fast_checkpoint], "cpu")
@@ -49,7 +49,7 @@ def client(models):
     _require("httpx2")
     from fastapi.testclient import TestClient
 
-    from pipeline.serve import create_app
+    from pipeline.serve.app import create_app
 
     with TestClient(create_app(models), raise_server_exceptions=False) as test_client:
         yield test_client
@@ -60,7 +60,7 @@ def known_digits(models, sample_processed_dir):
     """30 validation digits the model labels right as they are: (uint8 [30,28,28], labels)."""
     val = TensorDigits.load(sample_processed_dir, "val")
     digits, labels = val.images[:60, 0].numpy(), val.labels[:60].numpy()
-    right = models.probabilities(digits).argmax(1) == labels
+    right = models.predict(digits[:, None]).argmax(1) == labels
     return digits[right][:30], labels[right][:30]
 
 
@@ -82,7 +82,7 @@ def _one_sentence(response) -> str:
 
 def test_pixels_are_predicted_as_is(client, models, known_digits):
     digits, labels = known_digits
-    expected = models.probabilities(digits)
+    expected = models.predict(digits[:, None])
     for digit, label, probs in zip(digits, labels, expected, strict=True):
         response = client.post("/api/predict", json={"pixels": digit.ravel().tolist()})
         assert response.status_code == 200
@@ -138,14 +138,16 @@ def test_health_model_page_and_docs(client, fast_checkpoint):
 
 
 def test_an_ensemble_from_a_glob(fast_checkpoint, known_digits, models, tmp_path):
-    from pipeline.serve import load_models
+    from pipeline.serve.torch_backend import load_models
 
     for member in range(2):  # two copies: their mean must equal the single model
         (tmp_path / f"member-{member}.pt").write_bytes(fast_checkpoint.read_bytes())
     ensemble = load_models([tmp_path / "member-*.pt"], "cpu")
-    assert [info["name"] for info in ensemble.checkpoints] == ["member-0.pt", "member-1.pt"]
+    assert [info.name for info in ensemble.checkpoints] == ["member-0.pt", "member-1.pt"]
     digits, _ = known_digits
-    assert np.allclose(ensemble.probabilities(digits), models.probabilities(digits), atol=1e-6)
+    assert np.allclose(
+        ensemble.predict(digits[:, None]), models.predict(digits[:, None]), atol=1e-6
+    )
 
 
 def test_the_page_fetches_nothing_from_outside(client):
@@ -319,7 +321,7 @@ def test_uploads_stay_in_memory(client, monkeypatch):
 
 def test_serve_refuses_bad_checkpoints_and_busy_ports(tmp_path, fast_checkpoint):
     _require("uvicorn")
-    from pipeline.serve import serve
+    from pipeline.serve.server import serve
 
     with pytest.raises(PipelineError, match="no such checkpoint"):
         serve([tmp_path / "missing.pt"], port=0, device="cpu")
@@ -338,10 +340,10 @@ def test_serve_refuses_bad_checkpoints_and_busy_ports(tmp_path, fast_checkpoint)
 @pytest.mark.slow
 def test_serve_answers_over_http_and_stops_on_ctrl_c(fast_checkpoint, sample_processed_dir):
     _require("uvicorn")
-    from pipeline.loadtest import digit_bodies, expected_labels
+    from pipeline.bench.loadtest import digit_bodies, expected_labels
 
     code = (
-        "import sys; from pathlib import Path; from pipeline.serve import serve; "
+        "import sys; from pathlib import Path; from pipeline.serve.server import serve; "
         "serve([Path(sys.argv[1])], port=0, device='cpu')"
     )
     child = subprocess.Popen(
@@ -367,7 +369,7 @@ def test_serve_answers_over_http_and_stops_on_ctrl_c(fast_checkpoint, sample_pro
 @pytest.mark.slow
 def test_load_test_is_bounded_and_counts_errors(fast_checkpoint, sample_processed_dir):
     _require("uvicorn")
-    from pipeline.loadtest import run_load_test
+    from pipeline.bench.loadtest import run_load_test
 
     result = run_load_test([fast_checkpoint], sample_processed_dir, "cpu", requests=300, clients=4)
     assert result.requests == 300 and result.errors == 0 and len(result.latencies_ms) == 300

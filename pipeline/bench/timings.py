@@ -4,9 +4,10 @@ Stages wrap their parts in `phase("load")`, `phase("work")`, `phase("write")`; t
 up per name in this process. A phase inside another is taken out of the outer one, so the
 phases never overlap and their sum never exceeds the wall time. `pipeline bench` sets
 `PIPELINE_TIMINGS=<path>` for the commands it runs, and `write_requested()` (called by the
-CLI on the way out) writes the phases there as JSON, with "import": the seconds from the
-process's start (as the kernel records it, to 10 ms) to the first phase. Light on purpose:
-importing it costs nothing, and without the variable nothing is written.
+CLI on the way out) writes the phases there as JSON, with FIRST_PHASE_AT: the wall-clock time
+(`time.time()`) the first phase began, from which the bench, which noted when it spawned the
+process, takes the start-up and imports. Light on purpose: importing it costs nothing, and
+without the variable nothing is written.
 """
 
 import json
@@ -17,31 +18,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ENV_VAR = "PIPELINE_TIMINGS"
-IMPORT = "import"
+IMPORT = "import"  # the bench's name for spawn, start-up and imports: up to the first phase
+FIRST_PHASE_AT = "first_phase_at"
 
 PHASES: dict[str, float] = {}
 _open: list[list] = []  # [name, start] of the phases entered and not yet left, innermost last
-_first_phase_age: list[float] = []  # process age when the first phase began
-
-
-def process_age() -> float | None:
-    """Seconds since this process started, from /proc (Linux); None where that is missing."""
-    try:
-        with open("/proc/self/stat", "rb") as handle:
-            stat = handle.read()
-        start_ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])  # field 22: starttime
-        now = time.clock_gettime(time.CLOCK_BOOTTIME)
-        return now - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
+_first_phase_at: list[float] = []  # time.time() when the first phase began
 
 
 @contextmanager
 def phase(name: str) -> Iterator[None]:
     """Add the block's wall seconds to PHASES[name], less the time spent in inner phases."""
+    if not _first_phase_at:
+        _first_phase_at.append(time.time())
     now = time.perf_counter()
-    if not _first_phase_age:
-        _first_phase_age.append(process_age() or 0.0)
     if _open:
         outer = _open[-1]
         PHASES[outer[0]] = PHASES.get(outer[0], 0.0) + now - outer[1]
@@ -58,9 +48,8 @@ def phase(name: str) -> Iterator[None]:
 
 
 def recorded() -> dict[str, float]:
-    """The phases so far, with "import" first when the process's start is known."""
-    figures = {IMPORT: _first_phase_age[0]} if _first_phase_age and _first_phase_age[0] else {}
-    return figures | PHASES
+    """The phases so far, with FIRST_PHASE_AT first once a phase has begun."""
+    return ({FIRST_PHASE_AT: _first_phase_at[0]} if _first_phase_at else {}) | PHASES
 
 
 def write_requested() -> None:

@@ -1,6 +1,6 @@
 """A bounded load benchmark for `pipeline serve`: N requests from C concurrent clients.
 
-A live server runs in a child process on a free loopback port (`serve.running_server`); C
+A live server runs in a child process on a free loopback port (`live_server`); C
 client threads, each with its own keep-alive connection (`http.client`), POST real validation
 digits as JSON `{"pixels": [...]}` to /api/predict until N requests have been sent in all, then
 the server is stopped. Nothing leaves 127.0.0.1 and the run always ends by itself.
@@ -146,7 +146,7 @@ def run_load_test(
     clients: int = CLIENTS,
 ) -> LoadResult:
     """Start a server on the checkpoints, load it with validation digits, stop it."""
-    from pipeline.serve import running_server
+    from pipeline.bench.live_server import running_server
 
     if requests < 1 or clients < 1:
         raise PipelineError("--requests and --clients must be positive")

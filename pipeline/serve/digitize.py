@@ -6,13 +6,16 @@ sits at the centre. A model trained on them misreads a digit that is small, off-
 dark-on-light or drawn with a thin pen; `digitize` makes any such image look like MNIST first.
 The server applies it to every uploaded image (the page's canvas included).
 
-Plain functions over NumPy arrays and Pillow images; no torch, nothing read or written on disk.
+Plain functions over NumPy arrays and Pillow images (scipy.ndimage for the centre of mass,
+erosion and dilation); no torch, nothing read or written on disk.
 """
 
 import io
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
+from scipy.ndimage import center_of_mass
 
 SIDE = 28  # the field, as in MNIST and Kaggle's CSVs
 BOX = 20  # the ink's bounding box is scaled to fit BOX x BOX inside the field
@@ -32,6 +35,9 @@ FORMATS = ("PNG", "JPEG")
 MAX_IMAGE_PIXELS = 25_000_000
 WORK_SIDE = 560  # large photos are reduced to about this size before the digit is located
 WORK_BOX = 8 * BOX  # a larger ink crop is averaged down to this before thickening and fitting
+
+
+FOUR_NEIGHBOURS = ndimage.generate_binary_structure(2, 1)  # a pixel and its 4 neighbours
 
 
 class ImageError(ValueError):
@@ -107,11 +113,11 @@ def _stretch(ink: np.ndarray) -> np.ndarray:
 
 def ink_box(ink: np.ndarray, threshold: float = INK_THRESHOLD) -> tuple[int, int, int, int] | None:
     """(top, left, bottom, right), ends exclusive, of pixels above `threshold`; None if blank."""
-    rows = np.flatnonzero((ink > threshold).any(axis=1))
-    cols = np.flatnonzero((ink > threshold).any(axis=0))
-    if rows.size == 0:
+    box = Image.fromarray((ink > threshold).astype(np.uint8)).getbbox()
+    if box is None:
         return None
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+    left, top, right, bottom = box
+    return top, left, bottom, right
 
 
 def stroke_width(ink: np.ndarray, threshold: float = 0.5) -> float:
@@ -124,27 +130,13 @@ def stroke_width(ink: np.ndarray, threshold: float = 0.5) -> float:
     area = int(mask.sum())
     if area == 0:
         return 0.0
-    padded = np.pad(mask, 1)
-    inside = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    inside = ndimage.binary_erosion(mask, structure=FOUR_NEIGHBOURS, border_value=0)
     return 2.0 * area / (area - int(inside.sum()))
 
 
 def dilate(ink: np.ndarray, radius: int) -> np.ndarray:
     """Grey-level dilation by a (2r+1)-square, the array grown by r on every side."""
-    grown = np.pad(ink, radius)
-    for axis in (0, 1):  # a square is a row of 2r+1 followed by a column of 2r+1
-        padded = np.pad(grown, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)])
-        length = grown.shape[axis]
-        for k in range(2 * radius + 1):  # running maximum: one array of memory
-            np.maximum(grown, padded.take(range(k, k + length), axis=axis), out=grown)
-    return grown
-
-
-def center_of_mass(ink: np.ndarray) -> tuple[float, float]:
-    """(row, col) of the ink's centre of mass, in pixel indices."""
-    total = float(ink.sum())
-    rows, cols = np.indices(ink.shape)
-    return float((rows * ink).sum() / total), float((cols * ink).sum() / total)
+    return ndimage.grey_dilation(np.pad(ink, radius), size=2 * radius + 1, mode="constant")
 
 
 def fit_box(ink: np.ndarray, box: int = BOX) -> np.ndarray:

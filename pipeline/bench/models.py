@@ -1,0 +1,151 @@
+"""Per model: training images/s of our step against the tutorial's loop, and prediction speed.
+
+Our step is the one `pipeline train` runs (`train.new_run` + `train.train_one_epoch`: uint8
+tensors on the device, batches cut by index, normalised on the device, channels_last); the
+tutorial's loop is a per-image Dataset over the CSV rows with ToTensor + Normalize,
+DataLoader(batch_size=50) and `.item()` every step, for the same model and batch size.
+"""
+
+import statistics
+import timeit
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from pipeline import run_state
+from pipeline.baselines.tutorial import TUTORIAL_BATCH, tutorial_frame, tutorial_images_per_second
+from pipeline.datasets import TensorDigits, load_split
+from pipeline.distributed import Ranks
+from pipeline.inference import inference_model, predict_logits
+from pipeline.models import build_model
+from pipeline.recipes import recipe_config
+from pipeline.train import new_run, train_one_epoch
+
+
+def median_seconds(work: Callable[[], object], repeats: int = 3) -> float:
+    """The median wall time of `repeats` calls of `work`."""
+    return statistics.median(timeit.repeat(work, number=1, repeat=repeats))
+
+
+def project_images_per_second(
+    model_name: str,
+    train_data: TensorDigits,
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+    warmup: int = 3,
+    augment: bool = False,
+    compile_model: bool = False,
+) -> tuple[float, float]:
+    """(images/s, warm-up seconds) of `pipeline train`'s step on device-resident tensors.
+
+    The warm-up steps absorb cuDNN's kernel search and, with `compile_model`, compilation.
+    The model has its default width (not a GPU recipe's), at a constant learning rate.
+    """
+    steps_per_epoch = max(1, len(train_data) // batch_size)
+    cfg = recipe_config(
+        model=model_name,
+        batch_size=batch_size,
+        schedule="constant",
+        augment=augment,
+        device=str(device),
+        epochs=-(-(warmup + steps) // steps_per_epoch),
+        max_steps=warmup + steps,
+    )
+    cfg = replace(cfg, arch_args={}, compile=compile_model)
+    if compile_model:
+        import torch._dynamo as dynamo  # heavy: only when compiling
+
+        dynamo.reset()  # a fresh compile per batch size, as a real run would have
+    run = new_run(cfg, train_data, train_data, Ranks(), device, out=Path("bench.pt"))
+    never = run_state.StopSignals()  # not entered: no signal handler, nothing stops the steps
+
+    def timed_steps(count: int) -> float:
+        run.total_steps = run.steps_done + count
+        seconds = 0.0
+        while run.steps_done < run.total_steps:
+            seconds += train_one_epoch(run, never, log=None)
+            if run.state.step >= run.steps_per_epoch:
+                run.state.next_epoch()
+        return seconds
+
+    warm = timed_steps(warmup)
+    return steps * batch_size / timed_steps(steps), warm
+
+
+@dataclass(frozen=True)
+class ModelBench:
+    model: str
+    train_images_per_s: float
+    warmup_s: float
+    tutorial_images_per_s: float  # same model, batch 50
+    project_images_per_s_at_50: float
+    predict_images_per_s: float
+    predict_test_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.project_images_per_s_at_50 / self.tutorial_images_per_s
+
+
+def bench_models(
+    processed_dir: Path, device: torch.device, models: list[str], steps: int, batch_size: int
+) -> list[ModelBench]:
+    train_split = load_split(processed_dir, "train")
+    frame = tutorial_frame(train_split)
+    train_data = TensorDigits.from_split(train_split).to(device)
+    test_data = TensorDigits.load(processed_dir, "test").to(device)
+    results = []
+    for name in models:
+        per_s, warm = project_images_per_second(name, train_data, device, batch_size, steps)
+        at_50, _ = project_images_per_second(name, train_data, device, TUTORIAL_BATCH, steps)
+        tutorial = tutorial_images_per_second(name, frame, device, steps)
+        model = inference_model(build_model(name).to(device).to(memory_format=torch.channels_last))
+        predict_logits(model, test_data)  # warm-up
+        predict_s = median_seconds(lambda m=model: predict_logits(m, test_data).argmax(1).cpu())
+        results.append(
+            ModelBench(name, per_s, warm, tutorial, at_50, len(test_data) / predict_s, predict_s)
+        )
+    return results
+
+
+@dataclass(frozen=True)
+class BestNetBench:
+    """Training speed of the best recipe's net, augmentation on, at one batch size."""
+
+    model: str
+    batch_size: int
+    compiled: bool
+    images_per_second: float
+    warmup_s: float
+
+
+def bench_best_net(
+    processed_dir: Path,
+    device: torch.device,
+    batch_sizes: list[int] | None,
+    steps: int,
+    compile_model: bool | None = None,
+) -> list[BestNetBench]:
+    """Training images/s of the best recipe's net with its augmentation on, per batch size.
+
+    Defaults (batch size, compiling) are the recipe's on this device.
+    """
+    cfg = recipe_config("best", device=str(device), compile=compile_model)
+    train_data = TensorDigits.load(processed_dir, "train").to(device)
+    rows = []
+    for batch_size in batch_sizes or [cfg.batch_size]:
+        per_s, warm = project_images_per_second(
+            cfg.model,
+            train_data,
+            device,
+            batch_size,
+            steps,
+            warmup=10 if cfg.compile else 3,
+            augment=True,
+            compile_model=cfg.compile,
+        )
+        rows.append(BestNetBench(cfg.model, batch_size, cfg.compile, per_s, warm))
+    return rows

@@ -1,0 +1,75 @@
+"""`pipeline bench`'s report as text: one line or table per section of a `BenchReport`."""
+
+import pandas as pd
+import torch
+
+from pipeline.baselines.tutorial import TUTORIAL_BATCH
+from pipeline.bench.end_to_end import E2E_DEVICE, PHASES, EndToEnd, ProcessTiming
+from pipeline.bench.run import BenchReport
+
+
+def format_end_to_end(e2e: EndToEnd) -> list[str]:
+    def row(timing: ProcessTiming, label: str) -> str:
+        phases = " ".join(f"{timing.phases[k]:6.2f}" for k in PHASES)
+        return f"{label:18} {timing.wall_s:7.2f} {phases} {timing.other_s:6.2f}"
+
+    return [
+        "",
+        f"end to end on {E2E_DEVICE} (cnn, batch {TUTORIAL_BATCH}, 1 epoch; each command a "
+        f"process, wall clock, median of {e2e.repeats}):",
+        f"{'seconds':18} {'wall':>7} {'import':>6} {'load':>6} {'work':>6} {'write':>6} "
+        f"{'other':>6}",
+        *(row(c, f"pipeline {c.name}") for c in e2e.commands),
+        f"{'ours, 3 commands':18} {e2e.ours_s:7.2f}  val accuracy {e2e.val_accuracy:.2%}",
+        row(e2e.tutorial, "tutorial script") + f"  val accuracy {e2e.tutorial_val_accuracy:.2%}",
+        f"ours vs the tutorial: {e2e.ratio:.2f}x as fast ({e2e.tutorial.wall_s:.2f} s / "
+        f"{e2e.ours_s:.2f} s; target >= 1.50x); the submissions agree on {e2e.agreement:.1%} "
+        "of the test digits",
+        "(import: from the process's start to its first phase; load, work, write: the "
+        "stage's phases, imports made inside them included; other: spawn, exit and the "
+        "untimed gaps between phases)",
+    ]
+
+
+def format_report(report: BenchReport) -> str:
+    lines = [
+        f"device: {report.device}  (torch {torch.__version__}, {torch.get_num_threads()} threads)",
+        f"parse train.csv + test.csv      {report.parse_csvs_s:6.2f} s  (median of 3, "
+        f"pandas {pd.__version__})",
+        f"prepare (parse, split, save)    {report.prepare_s:6.2f} s",
+        f"load cached tensors             {report.load_cache_s:6.2f} s",
+        "",
+        f"{'model':8} {'train img/s':>12} {'warm-up s':>10} {'ours@50':>9} {'tutorial@50':>12} "
+        f"{'ratio':>6} {'predict img/s':>14} {'28k test s':>10}",
+    ]
+    for m in report.models:
+        lines.append(
+            f"{m.model:8} {m.train_images_per_s:12,.0f} {m.warmup_s:10.2f} "
+            f"{m.project_images_per_s_at_50:9,.0f} {m.tutorial_images_per_s:12,.0f} "
+            f"{m.speedup:5.2f}x {m.predict_images_per_s:14,.0f} {m.predict_test_s:10.2f}"
+        )
+    for b in report.best_net:
+        lines.append(
+            f"best recipe's net ({b.model}, augmentation on, batch {b.batch_size}"
+            f"{', compiled' if b.compiled else ''}): {b.images_per_second:,.0f} "
+            f"img/s (warm-up {b.warmup_s:.1f} s)"
+        )
+    if f := report.fast_recipe:
+        to_99 = "not reached" if f.seconds_to_99 is None else f"{f.seconds_to_99:.2f} s"
+        warm = f"; warm-up run {f.warmup_s:.1f} s" if f.warmup_s else ""
+        lines += [
+            "",
+            f"fast recipe (batch {f.batch_size}{', compiled' if f.compiled else ''}): "
+            f"val accuracy {f.val_accuracy:.2%} after {f.train_seconds:.2f} s of "
+            f"training; 99.0% after {to_99}{warm}; curve {f.curve}",
+        ]
+    if d := report.ddp:
+        lines += [
+            f"torchrun {d.model}: 1 process {d.one_process:,.0f} img/s, "
+            f"2 processes {d.two_processes:,.0f} img/s ({d.ratio:.2f}x)"
+        ]
+    if report.end_to_end:
+        lines += format_end_to_end(report.end_to_end)
+    if report.serve:
+        lines += ["", f"pipeline serve under load (cpu, 127.0.0.1): {report.serve}"]
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""What `pipeline bench` runs: `BenchOptions` in, every section measured, `BenchReport` out."""
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import config
+from pipeline.bench.end_to_end import EndToEnd, bench_end_to_end
+from pipeline.bench.loadtest import run_load_test
+from pipeline.bench.models import (
+    BestNetBench,
+    ModelBench,
+    bench_best_net,
+    bench_models,
+    median_seconds,
+)
+from pipeline.bench.training import DdpBench, FastRecipeBench, bench_ddp, bench_fast_recipe
+from pipeline.datasets import load_split
+from pipeline.device import resolve_device
+from pipeline.prepare import prepare, read_digits_csv
+
+ALL_MODELS = ("fastnet", "cnn", "lenet", "mlp", "deepcnn")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure, and where the data is; `processed_dir` must already be prepared."""
+
+    raw_dir: Path = config.RAW_DIR
+    processed_dir: Path = config.PROCESSED_DIR
+    device: str = "auto"
+    models: tuple[str, ...] = ALL_MODELS
+    steps: int = 40  # timed steps per loop
+    batch_size: int = 128  # of our loop in the per-model table
+    best_net: bool = True
+    best_batch_sizes: tuple[int, ...] = ()  # empty: the best recipe's own
+    compile_model: bool | None = None  # None: the recipe's choice on this device
+    fast_recipe: bool = True
+    ddp: bool = True
+    end_to_end: bool = True
+    end_to_end_repeats: int = 1
+    serve_checkpoint: Path | None = None  # None: no load test of `pipeline serve`
+
+
+@dataclass
+class BenchReport:
+    device: str
+    parse_csvs_s: float
+    prepare_s: float
+    load_cache_s: float
+    models: list[ModelBench] = field(default_factory=list)
+    best_net: list[BestNetBench] = field(default_factory=list)
+    fast_recipe: FastRecipeBench | None = None
+    ddp: DdpBench | None = None
+    end_to_end: EndToEnd | None = None
+    serve: str | None = None  # the load test's summary line, or why it did not run
+
+
+def bench_data(options: BenchOptions, device: str) -> BenchReport:
+    """The data section: parsing the CSVs, a whole `prepare`, loading the cached tensors."""
+    raw, processed = options.raw_dir, options.processed_dir
+    parse = median_seconds(
+        lambda: (
+            read_digits_csv(raw / config.TRAIN_CSV, True),
+            read_digits_csv(raw / config.TEST_CSV, False),
+        )
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_s = median_seconds(lambda: prepare(raw, Path(tmp), force=True), repeats=1)
+    load = median_seconds(lambda: [load_split(processed, s) for s in config.SPLITS])
+    return BenchReport(device, parse, prepare_s, load)
+
+
+def bench_serve(checkpoint: Path, processed_dir: Path) -> str:
+    """2,000 API requests from 8 clients to a live `pipeline serve` on the CPU, on loopback."""
+    if not checkpoint.is_file():
+        return f"skipped: {checkpoint} does not exist (run `make train` first)"
+    return run_load_test([checkpoint], processed_dir, device="cpu").summary()
+
+
+def run_bench(
+    options: BenchOptions, log: Callable[[str], None] = lambda message: None
+) -> BenchReport:
+    """Measure everything `make bench` prints, section by section as `options` asks."""
+    target = resolve_device(options.device)
+    processed, models = options.processed_dir, list(options.models)
+    log("parsing the CSVs ...")
+    report = bench_data(options, str(target))
+    log("timing training and prediction per model ...")
+    report.models = bench_models(processed, target, models, options.steps, options.batch_size)
+    if options.best_net:
+        log("timing the best recipe's net with augmentation ...")
+        sizes = list(options.best_batch_sizes) or None
+        report.best_net = bench_best_net(
+            processed, target, sizes, options.steps, options.compile_model
+        )
+    if options.fast_recipe:
+        log("training the fast recipe to 99% ...")
+        report.fast_recipe = bench_fast_recipe(processed, target, options.compile_model)
+    if options.ddp:
+        log("one process against two under torchrun ...")
+        report.ddp = bench_ddp(processed, target.type, models[0], options.steps)
+    if options.end_to_end:
+        log("prepare, train and predict as processes against the tutorial's script ...")
+        report.end_to_end = bench_end_to_end(options.raw_dir, options.end_to_end_repeats)
+    if options.serve_checkpoint is not None:
+        log(f"load test of `pipeline serve` on {options.serve_checkpoint} (127.0.0.1 only) ...")
+        report.serve = bench_serve(options.serve_checkpoint, processed)
+    return report

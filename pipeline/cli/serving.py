@@ -1,0 +1,103 @@
+"""`pipeline serve` and `pipeline bench`: the page and API, and the speed figures."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline import config
+from pipeline.choices import Device, ModelName, plain
+from pipeline.errors import PipelineError
+from pipeline.options import (
+    CheckpointsOpt,
+    CompileOpt,
+    DeviceOpt,
+    ProcessedOpt,
+    RawOpt,
+    positive_ints,
+)
+
+
+def serve_command(
+    checkpoints: CheckpointsOpt = [config.DEFAULT_CHECKPOINT],  # noqa: B006
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; other machines need 0.0.0.0.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0 picks a free one).")
+    ] = 8000,
+    device: DeviceOpt = Device.auto,
+) -> None:
+    """Serve a draw-a-digit page and a JSON API on the checkpoint(s) until Ctrl-C."""
+    from pipeline.inference import expand_checkpoints
+    from pipeline.serve.server import serve
+
+    serve(expand_checkpoints(checkpoints), host, port, plain(device))
+
+
+def model_names(text: str) -> tuple[str, ...]:
+    """`--models fastnet,cnn` as known model names, or a one-line PipelineError."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in {m.value for m in ModelName}]
+    if unknown or not names:
+        raise PipelineError(f"--models {text}: expected names from {', '.join(ModelName)}")
+    return names
+
+
+def bench_command(
+    raw_dir: RawOpt = config.RAW_DIR,
+    processed_dir: ProcessedOpt = config.PROCESSED_DIR,
+    device: DeviceOpt = Device.auto,
+    models: Annotated[
+        str, typer.Option(help="Comma-separated models to time.")
+    ] = "fastnet,cnn,lenet,mlp,deepcnn",
+    steps: Annotated[int, typer.Option(min=5, help="Timed steps per loop.")] = 40,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size of our loop.")] = 128,
+    fast_recipe: Annotated[bool, typer.Option(help="Also time the fast recipe to 99%.")] = True,
+    ddp: Annotated[bool, typer.Option(help="Also time 1 vs 2 processes under torchrun.")] = True,
+    compile_model: CompileOpt = None,
+    best_batch_sizes: Annotated[
+        str, typer.Option(help="Batch sizes to time the best recipe's net at (recipe's).")
+    ] = "",
+    best_net: Annotated[bool, typer.Option(help="Time the best recipe's net.")] = True,
+    end_to_end: Annotated[
+        bool,
+        typer.Option(
+            help="Also time prepare, train (cnn, batch 50, 1 epoch) and predict as processes "
+            "against the tutorial's single script on the same CSVs."
+        ),
+    ] = True,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            help="Also load `pipeline serve` of --serve-checkpoint with 2,000 API requests "
+            "from 8 clients on 127.0.0.1: latency percentiles, requests/s, errors."
+        ),
+    ] = True,
+    serve_checkpoint: Annotated[
+        Path, typer.Option(help="Checkpoint the load test serves.")
+    ] = config.DEFAULT_CHECKPOINT,
+) -> None:
+    """Print speed figures, each against a baseline measured in the same run."""
+    from pipeline.bench.report import format_report
+    from pipeline.bench.run import BenchOptions, run_bench
+
+    options = BenchOptions(
+        raw_dir=raw_dir,
+        processed_dir=processed_dir,
+        device=plain(device),
+        models=model_names(models),
+        steps=steps,
+        batch_size=batch_size,
+        best_net=best_net,
+        best_batch_sizes=tuple(
+            positive_ints(best_batch_sizes, "--best-batch-sizes", allow_empty=True)
+        ),
+        compile_model=compile_model,
+        fast_recipe=fast_recipe,
+        ddp=ddp,
+        end_to_end=end_to_end,
+        serve_checkpoint=serve_checkpoint if serve else None,
+    )
+    report = run_bench(options, log=lambda message: typer.echo(message, err=True))
+    typer.echo(format_report(report))

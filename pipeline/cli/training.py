@@ -1,0 +1,218 @@
+"""`pipeline train`, `ensemble` and `crossval`: the training commands.
+
+Their options become one `recipes.Overrides` in `overrides` (enums made plain there, the seed's
+range bounded by typer with `choices.MAX_SEED`), and the stage takes it from there.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline import config
+from pipeline.choices import DataSource, Device, ModelName, Optimizer, Recipe, Schedule, plain
+from pipeline.cli.errors import error_line
+from pipeline.options import (
+    AugmentOpt,
+    BatchOpt,
+    CompileOpt,
+    DataSourceOpt,
+    DecayOpt,
+    DeviceOpt,
+    ElasticOpt,
+    EpochsOpt,
+    LrOpt,
+    ModelOpt,
+    OptimizerOpt,
+    ProcessedOpt,
+    RawOpt,
+    RecipeOpt,
+    ScheduleOpt,
+    SeedOpt,
+    SmoothOpt,
+    StepsOpt,
+    TrainSeedOpt,
+)
+from pipeline.recipes import Overrides
+
+
+def overrides(
+    model: ModelName | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    optimizer: Optimizer | None = None,
+    weight_decay: float | None = None,
+    schedule: Schedule | None = None,
+    label_smoothing: float | None = None,
+    augment: bool | None = None,
+    elastic: bool | None = None,
+    seed: int | None = None,
+    device: Device | None = None,
+    data_source: DataSource | None = None,
+    compile_model: bool | None = None,
+    max_steps: int | None = None,
+) -> Overrides:
+    """The training settings typer parsed, as plain values (None: not given)."""
+    return Overrides(
+        model=plain(model),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=plain(optimizer),
+        weight_decay=weight_decay,
+        schedule=plain(schedule),
+        label_smoothing=label_smoothing,
+        augment=augment,
+        elastic=elastic,
+        seed=seed,
+        device=plain(device),
+        data_source=plain(data_source),
+        compile=compile_model,
+        max_steps=max_steps,
+    )
+
+
+def train_command(
+    recipe: RecipeOpt = None,
+    model: ModelOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimizerOpt = None,
+    weight_decay: DecayOpt = None,
+    schedule: ScheduleOpt = None,
+    label_smoothing: SmoothOpt = None,
+    augment: AugmentOpt = None,
+    elastic: ElasticOpt = None,
+    seed: TrainSeedOpt = None,
+    device: DeviceOpt = Device.auto,
+    processed_dir: ProcessedOpt = config.PROCESSED_DIR,
+    data_source: DataSourceOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Checkpoint to write (models/<model>.pt).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the interrupted run saved in <out>.last.pt.")
+    ] = False,
+    compile_model: CompileOpt = None,
+    max_steps: StepsOpt = None,
+    force: Annotated[
+        bool, typer.Option(help="Retrain even if this run already finished.")
+    ] = False,
+) -> None:
+    """Train one model; keep the best (by validation accuracy) and the last, resumable state.
+
+    Under `torchrun --nproc-per-node N -m pipeline train ...` it trains one model with
+    DistributedDataParallel (gloo on CPU, nccl on GPU).
+    """
+    from tqdm import tqdm
+
+    from pipeline.distributed import ranks_from_env
+    from pipeline.run_state import TrainingInterrupted, run_config
+    from pipeline.train import train
+
+    settings = overrides(
+        model, epochs, batch_size, lr, optimizer, weight_decay, schedule, label_smoothing,
+        augment, elastic, seed, device, data_source, compile_model, max_steps,
+    )  # fmt: skip
+    cfg, out = run_config(plain(recipe), settings, out, resume)
+    try:
+        result = train(cfg, processed_dir, out, resume=resume, log=tqdm.write, force=force)
+    except TrainingInterrupted as stopped:
+        hint = f"pipeline train --resume --out {out}"
+        message = f"interrupted: {stopped}; continue with `{hint}`"
+        raise error_line(message, stopped.exit_code) from None
+    if ranks_from_env().is_main and (summary := train_summary(result)):
+        typer.echo(summary)
+
+
+def train_summary(result) -> str:
+    """What `train` says at the end: where the weights went, how good and how fast."""
+    lines = []
+    if result.skipped:
+        lines.append(
+            f"train: {result.checkpoint} is up to date (same config and data; --force "
+            f"retrains), val_acc {result.best_accuracy:.2%}"
+        )
+    elif result.history:
+        to_target = result.seconds_to_target
+        lines.append(
+            f"train: {result.checkpoint} val_acc {result.best_accuracy:.2%} (final "
+            f"{result.final_accuracy:.2%}) in {result.train_seconds:.1f} s of training, "
+            f"{result.images_per_second:,.0f} img/s"
+            + (f", 99% after {to_target:.1f} s" if to_target is not None else "")
+        )
+    if result.curves is not None:
+        metrics = config.metrics_path(result.checkpoint)
+        lines.append(f"train: curves {result.curves}, metrics {metrics}")
+    return "\n".join(lines)
+
+
+def ensemble_command(
+    members: Annotated[int, typer.Option(min=1, help="Models to train (seeds seed..).")] = 5,
+    recipe: RecipeOpt = Recipe.best,
+    model: ModelOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    augment: AugmentOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    processed_dir: ProcessedOpt = config.PROCESSED_DIR,
+    out_dir: Annotated[
+        Path, typer.Option(help="Folder for the members, <recipe>-<k>.pt.")
+    ] = config.MODELS_DIR,
+    compile_model: CompileOpt = None,
+    max_steps: StepsOpt = None,
+) -> None:
+    """Train an ensemble: K members with different seeds (spread over torchrun's processes)."""
+    from tqdm import tqdm
+
+    from pipeline.ensemble import train_ensemble
+    from pipeline.recipes import recipe_config
+
+    settings = overrides(
+        model, epochs, batch_size, lr, augment=augment, seed=seed, device=device,
+        compile_model=compile_model, max_steps=max_steps,
+    )  # fmt: skip
+    cfg = recipe_config(plain(recipe) or "fast", **settings.given())
+    for result in train_ensemble(cfg, members, processed_dir, out_dir, log=tqdm.write):
+        typer.echo(f"ensemble: {result.checkpoint} val_acc {result.best_accuracy:.2%}")
+
+
+def crossval_command(
+    splits: Annotated[int, typer.Option(min=1, help="Validation splits (seeds 0..N-1).")] = 3,
+    members: Annotated[int, typer.Option(min=1, help="Ensemble members per split.")] = 5,
+    recipe: RecipeOpt = Recipe.best,
+    model: ModelOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    augment: AugmentOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    compile_model: CompileOpt = None,
+    raw_dir: RawOpt = config.RAW_DIR,
+    work_dir: Annotated[
+        Path, typer.Option(help="Folder for each split's members.")
+    ] = config.CROSSVAL_MODELS_DIR,
+    processed_dir: Annotated[
+        Path, typer.Option(help="Folder for each split's prepared data.")
+    ] = config.CROSSVAL_DATA_DIR,
+    max_steps: StepsOpt = None,
+) -> None:
+    """Score a recipe's ensemble (alone, averaged, with TTA) as mean and spread over splits."""
+    from tqdm import tqdm
+
+    from pipeline.crossval import cross_validate, format_summary
+    from pipeline.recipes import recipe_config
+
+    settings = overrides(
+        model, epochs, batch_size, lr, augment=augment, seed=seed, device=device,
+        compile_model=compile_model, max_steps=max_steps,
+    )  # fmt: skip
+    cfg = recipe_config(plain(recipe) or "fast", **settings.given())
+    seeds = list(range(splits))
+    result = cross_validate(cfg, members, seeds, raw_dir, work_dir, processed_dir, log=tqdm.write)
+    typer.echo(format_summary(result))

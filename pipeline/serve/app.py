@@ -1,0 +1,190 @@
+"""The FastAPI app of `pipeline serve`: the page at /, the JSON API under /api/.
+
+`create_app(backend)` works over any `backend.Backend`, so the app itself needs only FastAPI,
+NumPy and Pillow. Every uploaded image goes through `digitize` (MNIST-style centring and
+scaling) before the model sees it; JSON pixels are taken as they are (see `requests`). Every
+error answers 4xx (never a 500 for a request's fault) with a one-sentence `detail`.
+
+The API is documented by FastAPI at /docs (Swagger UI) from /openapi.json. FastAPI's /docs
+page loads Swagger UI's script and CSS from a CDN, so offline it shows an empty page while
+/openapi.json still answers; the app's own page at / loads nothing from outside.
+"""
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from pipeline import config
+from pipeline.serve.backend import Backend, CheckpointInfo
+from pipeline.serve.digitize import MAX_IMAGE_PIXELS, ImageError, digitize_bytes
+from pipeline.serve.limits import MAX_BODY_BYTES, BodyLimit
+from pipeline.serve.requests import (
+    USAGE,
+    BadRequest,
+    PixelsRequest,
+    media_type,
+    parse_pixels,
+    upload_bytes,
+    validation_message,
+)
+
+STATIC_FILES = {  # name -> media type; read once into memory by create_app
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+
+
+class Prediction(BaseModel):
+    label: int = Field(ge=0, le=9, description="The most probable digit.")
+    probabilities: list[float] = Field(description="P(digit) for 0..9, the ensemble's mean.")
+    input: list[int] = Field(description="The 784 pixels (0-255, row order) the model saw.")
+
+
+class ModelInfo(BaseModel):
+    checkpoints: list[CheckpointInfo]
+    device: str
+    max_body_bytes: int
+    max_image_pixels: int
+
+
+class Problem(BaseModel):
+    detail: str = Field(description="What was wrong with the request, in one sentence.")
+
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": PixelsRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A PNG or JPEG drawing, photo or scan of one digit "
+                            "(preprocessed MNIST-style before the model sees it).",
+                        }
+                    },
+                }
+            },
+        },
+    }
+}
+ERRORS = {status: {"model": Problem} for status in (400, 413, 415, 422)}
+PREDICT_DESCRIPTION = (
+    'Send JSON `{"pixels": [...]}` with 784 integers 0-255 in Kaggle\'s row order '
+    "(light ink on black, taken as is), or a multipart form whose field `file` holds a "
+    "PNG or JPEG image of one digit in any colours, size and position (preprocessed "
+    f"MNIST-style). Bodies over {MAX_BODY_BYTES:,} bytes or images over "
+    f"{MAX_IMAGE_PIXELS:,} pixels are refused. Errors answer 4xx with a one-sentence "
+    "`detail`."
+)
+
+
+def _problem(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+def static_files() -> dict[str, bytes]:
+    """The page's three files from the package, read once."""
+    return {name: (config.STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error, the request's or ours, as a JSON `detail` of one sentence."""
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        return _problem(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _problem(*validation_message(list(exc.errors())))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        messages = {
+            404: f"There is nothing at {request.url.path[:80]}; the API is under /api/.",
+            405: f"{request.method[:10]} is not allowed on {request.url.path[:80]}.",
+        }
+        message = messages.get(exc.status_code) or f"{str(exc.detail).rstrip('.')}."
+        return JSONResponse({"detail": message}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        return _problem(500, "The server failed on this request; its log has the details.")
+
+
+def create_app(backend: Backend) -> FastAPI:
+    """The ASGI app over an already-loaded backend: the page at /, the API under /api/."""
+    app = FastAPI(
+        title="Digit Recognizer",
+        summary="Draw a digit, or send one, and read what the trained model says.",
+        version="1",
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimit)
+    add_error_handlers(app)
+    files = static_files()
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(files["index.html"])
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name not in files or name == "index.html":
+            raise HTTPException(404)
+        return Response(files[name], media_type=STATIC_FILES[name])
+
+    @app.get("/api/health", summary="Is the server up?")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/model", summary="The checkpoints that answer")
+    async def model() -> ModelInfo:
+        return ModelInfo(
+            checkpoints=backend.checkpoints,
+            device=backend.device,
+            max_body_bytes=MAX_BODY_BYTES,
+            max_image_pixels=MAX_IMAGE_PIXELS,
+        )
+
+    @app.post(
+        "/api/predict",
+        summary="Label one digit",
+        description=PREDICT_DESCRIPTION,
+        openapi_extra=PREDICT_BODY,
+        response_model=Prediction,
+        responses=ERRORS,
+    )
+    async def predict(request: Request) -> JSONResponse:
+        body = await request.body()
+        if not body:
+            raise BadRequest(400, f"The body is empty; {USAGE}.")
+        if media_type(request) == "multipart/form-data":
+            data = await upload_bytes(request, body)
+            try:
+                digit = await run_in_threadpool(digitize_bytes, data)
+            except ImageError as exc:
+                raise BadRequest(422, str(exc)) from None
+        else:
+            digit = parse_pixels(body, media_type(request))
+        # Inference runs on the event loop: well under a millisecond for these models, less
+        # than a hop to a worker thread costs; the backend's lock guards its modules.
+        probs = backend.predict(digit[None, None])[0]
+        answer = {
+            "label": int(probs.argmax()),
+            "probabilities": probs.tolist(),
+            "input": digit.ravel().tolist(),
+        }
+        return JSONResponse(answer)  # already the Prediction schema: skip re-validating it
+
+    return app
