@@ -17,7 +17,7 @@ import torch
 from pipeline import config
 from pipeline.datasets import TensorDigits, load_split
 from pipeline.device import resolve_device
-from pipeline.ensemble import train_ensemble, train_members
+from pipeline.ensemble import describe, train_ensemble, train_members
 from pipeline.errors import PipelineError
 from pipeline.inference import accuracy, ensemble_probabilities, load_for_inference
 from pipeline.prepare import prepare
@@ -43,6 +43,7 @@ class CrossValidation:
     config: TrainConfig
     members: int
     splits: list[SplitScore]
+    nets: str = ""  # the members' nets and epochs, when they differ (`best`)
 
     @property
     def ensemble(self) -> tuple[float, float]:
@@ -111,7 +112,10 @@ def cross_validate(
         score = SplitScore(split_seed, n_val, member_acc, ensemble_acc, tta_acc, seconds)
         log(format_split(score))
         scores.append(score)
-    return CrossValidation(cfg, members, scores)
+    nets = ""
+    if configs:
+        nets = ", ".join(f"{describe(c)} x{c.epochs} epochs" for c in configs)
+    return CrossValidation(cfg, members, scores, nets)
 
 
 def format_split(score: SplitScore) -> str:
@@ -128,10 +132,11 @@ def format_summary(result: CrossValidation) -> str:
         return f"{name:14} mean {spread[0]:.3%}  sd {spread[1]:.3%}"
 
     n = len(result.splits)
+    nets = result.nets or f"{result.config.model}, {result.config.epochs} epochs"
     return "\n".join(
         [
-            f"crossval: recipe {result.config.recipe or 'custom'} ({result.config.model}, "
-            f"{result.config.epochs} epochs), {result.members} member(s) x {n} split(s)",
+            f"crossval: recipe {result.config.recipe or 'custom'} ({nets}), "
+            f"{result.members} member(s) x {n} split(s)",
             line("single model", result.member),
             line("ensemble", result.ensemble),
             line("ensemble+TTA", result.tta),

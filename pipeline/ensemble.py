@@ -183,7 +183,10 @@ def train_members(
         cpu = all(device_kind(cfg.device) == "cpu" for cfg in configs)
         jobs = (os.cpu_count() or 1) if cpu else 1
     total = sum(n for n, _ in images.values())
-    bar = tqdm(total=total, unit="img", unit_scale=True, desc=name, disable=not progress)
+    # On a terminal only (disable=None): elsewhere the member lines carry the time left.
+    bar = tqdm(
+        total=total, unit="img", unit_scale=True, desc=name, disable=None if progress else True
+    )
     clock = Progress(total, time.perf_counter())
     try:
         runner = _run_in_processes if jobs > 1 or not pending else _run_here

@@ -86,7 +86,7 @@ def test_best_ensemble_is_sized_per_device(monkeypatch):
 def test_a_bagged_member_never_trains_on_its_out_of_bag_digits(
     processed_dir, tmp_path, monkeypatch
 ):
-    cfg = best_members(1, device="cpu", epochs=1, max_steps=6, batch_size=64)[0]
+    cfg = best_members(1, device="cpu", epochs=1, max_steps=4, batch_size=64)[0]
     digits = bagging.labelled_digits(processed_dir)
     bag = member_bag(digits.labels, cfg.folds, cfg.fold, cfg.fold_seed)
     out_of_bag = {bytes(image.numpy()) for image in digits.images[bag.oob]}
@@ -104,7 +104,7 @@ def test_a_bagged_member_never_trains_on_its_out_of_bag_digits(
     monkeypatch.setattr(datasets.TensorDigits, "get_batch", spy)
     result = train(cfg, processed_dir, tmp_path / "m.pt", progress=False)
     monkeypatch.undo()
-    assert len(drawn) == 6 * 64 and set(drawn) <= in_bag
+    assert len(drawn) == 4 * 64 and set(drawn) <= in_bag
     meta = torch.load(tmp_path / "m.pt", weights_only=True)["meta"]
     assert meta["bag"]["oob_rows"] == len(bag.oob) == 800 and result.history
     fingerprint = bagging.labelled_fingerprint(processed_dir)

@@ -81,3 +81,49 @@ def test_ctrl_c_keeps_finished_members_and_the_rerun_continues(
     expected, got = read_payload(whole.checkpoint), read_payload(models / "best-1.pt")
     assert expected["state_dict"].keys() == got["state_dict"].keys()
     assert all(torch.equal(v, got["state_dict"][k]) for k, v in expected["state_dict"].items())
+
+
+@pytest.mark.slow
+def test_ensemble_command_trains_bagged_members_and_prints_the_out_of_bag_estimate(
+    processed_dir, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    options = ["--members", "2", "--epochs", "1", "--max-steps", "3", "--device", "cpu"]
+    where = ["--processed-dir", str(processed_dir), "--out-dir", str(tmp_path)]
+    reply = CliRunner().invoke(app, ["ensemble", *options, "--jobs", "1", *where])
+    assert reply.exit_code == 0, reply.output
+    lines = reply.output.splitlines()
+    assert lines[0].startswith("ensemble: best, 2 members on cpu (1 at once)")
+    assert lines[1].startswith("member 1/2 fastnet (1 epochs, fold 0 held out): ")
+    assert lines[2].startswith("member 2/2 fastnet(kernel=5) (1 epochs, fold 1 held out): ")
+    assert "out-of-bag accuracy" in lines[1] and "on 800 digits" in lines[1]
+    assert "out-of-bag accuracy" in lines[-1] and "on 1,600 of 4,000 labelled digits" in lines[-1]
+    assert "(1.0 voters per digit" in lines[-1]
+    assert sorted(p.name for p in tmp_path.glob("best-?.pt")) == ["best-0.pt", "best-1.pt"]
+    again = CliRunner().invoke(app, ["ensemble", *options, "--jobs", "1", *where])
+    assert again.exit_code == 0 and again.output.count("(kept: trained earlier)") == 2
+
+
+@pytest.mark.slow
+def test_crossval_of_best_trains_its_differing_members_on_each_split(sample_raw_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    reply = CliRunner().invoke(
+        app,
+        [
+            "crossval", "--splits", "1", "--members", "2", "--epochs", "1", "--max-steps", "5",
+            "--device", "cpu", "--raw-dir", str(sample_raw_dir),
+            "--work-dir", str(tmp_path / "models"), "--processed-dir", str(tmp_path / "data"),
+        ],
+    )  # fmt: skip
+    assert reply.exit_code == 0, reply.output
+    assert "crossval: recipe best (fastnet x1 epochs, fastnet(kernel=5) x1 epochs)" in reply.output
+    members = sorted(p.name for p in (tmp_path / "models" / "split-0").glob("best-?.pt"))
+    assert members == ["best-0.pt", "best-1.pt"]
+    meta = torch.load(tmp_path / "models" / "split-0" / "best-1.pt", weights_only=True)["meta"]
+    assert "bag" not in meta and meta["train_config"]["folds"] is None  # the split's train set

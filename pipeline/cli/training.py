@@ -149,8 +149,20 @@ def train_summary(result) -> str:
     return "\n".join(lines)
 
 
+MembersOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="Members: best's table for the device (cycled), else seeds seed.. (5)."
+    ),
+]
+JobsOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Members trained at once (one per core on a CPU, 1 on a GPU)."),
+]
+
+
 def ensemble_command(
-    members: Annotated[int, typer.Option(min=1, help="Models to train (seeds seed..).")] = 5,
+    members: MembersOpt = None,
     recipe: RecipeOpt = Recipe.best,
     model: ModelOpt = None,
     epochs: EpochsOpt = None,
@@ -165,8 +177,15 @@ def ensemble_command(
     ] = config.MODELS_DIR,
     compile_model: CompileOpt = None,
     max_steps: StepsOpt = None,
+    jobs: JobsOpt = None,
 ) -> None:
-    """Train an ensemble: K members with different seeds (spread over torchrun's processes)."""
+    """Train an ensemble. `best`: the device's differing members, each on its own bag of all
+    labelled digits, then the out-of-bag accuracy. Other recipes: K seeds (spread over
+    torchrun's processes).
+
+    Ctrl-C keeps the finished members (and the state of those in flight); the same command
+    continues from there.
+    """
     from tqdm import tqdm
 
     from pipeline.ensemble import train_ensemble
@@ -176,14 +195,48 @@ def ensemble_command(
         model, epochs, batch_size, lr, augment=augment, seed=seed, device=device,
         compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
+    if plain(recipe) == Recipe.best:
+        best_ensemble(members, seed, settings, processed_dir, out_dir, jobs)
+        return
     cfg = recipe_config(plain(recipe) or "fast", **settings.given())
-    for result in train_ensemble(cfg, members, processed_dir, out_dir, log=tqdm.write):
+    for result in train_ensemble(cfg, members or 5, processed_dir, out_dir, log=tqdm.write):
         typer.echo(f"ensemble: {result.checkpoint} val_acc {result.best_accuracy:.2%}")
+
+
+def best_ensemble(members, seed, settings, processed_dir, out_dir, jobs) -> None:
+    """Train the best members (bagged), then print the ensemble's out-of-bag accuracy."""
+    import time
+
+    from tqdm import tqdm
+
+    from pipeline.bagging import format_oob, score_out_of_bag
+    from pipeline.ensemble import EnsembleInterrupted, train_members
+    from pipeline.recipes import best_members
+
+    start = time.perf_counter()
+    given = {k: v for k, v in settings.given().items() if k != "seed"}
+    configs = best_members(members, seed, bagged=True, **given)
+    folds = configs[0].folds
+    typer.echo(
+        f"ensemble: best, {len(configs)} members on {configs[0].device} ({jobs or 'one per core'}"
+        f" at once), each trained on all labelled digits but 1 of {folds} folds"
+    )
+    try:
+        results = train_members(configs, processed_dir, out_dir, "best", jobs, log=tqdm.write)
+    except EnsembleInterrupted as stopped:
+        raise error_line(str(stopped), stopped.exit_code) from None
+    checkpoints = [r.checkpoint for r in results]
+    estimate, _ = score_out_of_bag(checkpoints, processed_dir, settings.device or "auto")
+    minutes = (time.perf_counter() - start) / 60
+    typer.echo(
+        f"ensemble: {len(results)} members in {out_dir}/best-*.pt ({minutes:.1f} min); "
+        + format_oob(estimate)
+    )
 
 
 def crossval_command(
     splits: Annotated[int, typer.Option(min=1, help="Validation splits (seeds 0..N-1).")] = 3,
-    members: Annotated[int, typer.Option(min=1, help="Ensemble members per split.")] = 5,
+    members: MembersOpt = None,
     recipe: RecipeOpt = Recipe.best,
     model: ModelOpt = None,
     epochs: EpochsOpt = None,
@@ -206,13 +259,18 @@ def crossval_command(
     from tqdm import tqdm
 
     from pipeline.crossval import cross_validate, format_summary
-    from pipeline.recipes import recipe_config
+    from pipeline.recipes import best_members, recipe_config
 
     settings = overrides(
         model, epochs, batch_size, lr, augment=augment, seed=seed, device=device,
         compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
-    cfg = recipe_config(plain(recipe) or "fast", **settings.given())
+    if plain(recipe) == Recipe.best:  # the differing members, each on the split's train digits
+        given = {k: v for k, v in settings.given().items() if k != "seed"}
+        cfg = best_members(members, seed, bagged=False, **given)
+    else:
+        cfg = recipe_config(plain(recipe) or "fast", **settings.given())
     seeds = list(range(splits))
+    members = members or 5
     result = cross_validate(cfg, members, seeds, raw_dir, work_dir, processed_dir, log=tqdm.write)
     typer.echo(format_summary(result))
