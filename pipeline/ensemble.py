@@ -239,7 +239,20 @@ def _advance(k: int, line: str, configs, images, bar, clock) -> None:
 
 
 def _run_here(configs, outs, pending, images, processed_dir, jobs, results, bar, clock, log):
-    """One member after another in this process (a GPU, or a single core)."""
+    """One member after another in this process (a GPU, or a single core).
+
+    With one torch thread, as in a worker process: a CPU member's weights do not depend on
+    how many were trained at once.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train_each(configs, outs, pending, images, processed_dir, results, bar, clock, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_each(configs, outs, pending, images, processed_dir, results, bar, clock, log):
     n = len(configs)
     for k, resume in pending:
         cfg, start = configs[k], time.perf_counter()

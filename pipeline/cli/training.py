@@ -210,9 +210,16 @@ def best_ensemble(members, seed, settings, processed_dir, out_dir, jobs) -> None
     from tqdm import tqdm
 
     from pipeline.bagging import format_oob, score_out_of_bag
+    from pipeline.distributed import ranks_from_env
     from pipeline.ensemble import EnsembleInterrupted, train_members
     from pipeline.recipes import best_members
 
+    if ranks_from_env().world > 1:
+        raise error_line(
+            "the best ensemble runs its members one per core (or GPU) itself: start it without "
+            "torchrun",
+            2,
+        )
     start = time.perf_counter()
     given = {k: v for k, v in settings.given().items() if k != "seed"}
     configs = best_members(members, seed, bagged=True, **given)
