@@ -212,7 +212,7 @@ def best_ensemble(members, seed, settings, processed_dir, out_dir, jobs) -> None
     from pipeline.bagging import format_oob, score_out_of_bag
     from pipeline.distributed import ranks_from_env
     from pipeline.ensemble import EnsembleInterrupted, train_members
-    from pipeline.recipes import best_members
+    from pipeline.recipes import best_members, device_kind
 
     if ranks_from_env().world > 1:
         raise error_line(
@@ -225,7 +225,8 @@ def best_ensemble(members, seed, settings, processed_dir, out_dir, jobs) -> None
     configs = best_members(members, seed, bagged=True, **given)
     folds = configs[0].folds
     typer.echo(
-        f"ensemble: best, {len(configs)} members on {configs[0].device} ({jobs or 'one per core'}"
+        f"ensemble: best, {len(configs)} members on {device_kind(configs[0].device)} "
+        f"({jobs or 'one per core'}"
         f" at once), each trained on all labelled digits but 1 of {folds} folds"
     )
     try:
