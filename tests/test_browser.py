@@ -7,7 +7,6 @@ Playwright it skips, except under CI=true, where their absence fails.
 """
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ from PIL import Image
 
 from pipeline.bench.loadtest import digit_bodies, expected_labels
 from pipeline.datasets import TensorDigits
+
+from conftest import skip_or_fail, under_ci
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -41,14 +42,14 @@ def _missing() -> str | None:
 
 
 MISSING = _missing()
-if MISSING and os.environ.get("CI") != "true":  # skip before any fixture trains a model
+if MISSING and not under_ci():  # skip before any fixture trains a model
     pytest.skip(MISSING, allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def browser():
     if MISSING:
-        pytest.fail(MISSING + " (CI=true requires it)")
+        skip_or_fail(MISSING)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

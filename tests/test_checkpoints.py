@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,6 +79,26 @@ while True:
 """
 
 
+def test_a_write_stopped_half_way_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """The fast twin of the SIGKILL test below: the stop is injected mid-write."""
+    model, path = _saved(tmp_path, "mlp")
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def half_then_interrupt(payload, target):
+        real_save(payload, target)
+        Path(target).write_bytes(Path(target).read_bytes()[:10_000])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, build_model("mlp"), {"model": "mlp", "arch_args": {}})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and load_checkpoint(path).meta["val_accuracy"] == 0.5
+    assert {p.name for p in tmp_path.iterdir()} == {path.name, config.sidecar_path(path).name}
+
+
+@pytest.mark.slow  # three processes each importing torch, killed at timed moments
 def test_a_killed_write_never_leaves_a_loadable_partial_checkpoint(tmp_path):
     path = tmp_path / "live.pt"
     for delay in (0.3, 0.7, 1.1):

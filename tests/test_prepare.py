@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 from pipeline import config
+from pipeline import prepare as prepare_module
+from pipeline.cli.errors import Terminated
 from pipeline.datasets import load_split, processed_fingerprint
 from pipeline.errors import PipelineError
 from pipeline.files import file_sha256
@@ -213,6 +215,35 @@ def _disjoint_or_refused(processed_dir):
     return "disjoint"
 
 
+ROWS = 400  # per CSV: every digit still on both sides of the split, few PNGs to write
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, Terminated])
+def test_a_prepare_stopped_while_writing_pngs_leaves_nothing_taken_as_current(
+    interrupt, raw_dir, tmp_path, monkeypatch
+):
+    """As below, with the stop injected half-way through the PNGs instead of a timed signal
+    (Terminated is what the CLI's SIGTERM handler raises), on the first 400 rows."""
+    out = tmp_path / "processed"
+    prepare(raw_dir, out, fmt="both", seed=0, limit_rows=ROWS)
+    write_pngs = prepare_module._write_pngs
+
+    def stopped_half_way(splits, target):
+        write_pngs({"val": splits["val"]}, target)
+        raise interrupt
+
+    monkeypatch.setattr(prepare_module, "_write_pngs", stopped_half_way)
+    with pytest.raises(interrupt):
+        prepare(raw_dir, out, fmt="both", seed=1, limit_rows=ROWS)
+    monkeypatch.undo()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temp files left"
+    assert _disjoint_or_refused(out) == "refused"  # meta.json went first: nothing current
+    again = prepare(raw_dir, out, fmt="both", seed=0, limit_rows=ROWS)
+    assert not again.skipped
+    assert _disjoint_or_refused(out) == "disjoint"
+
+
+@pytest.mark.slow  # real signals to a real process: the injected test above is the fast twin
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_prepare_leaves_nothing_taken_as_current(
     signum, raw_dir, tmp_path, sigint_as_at_a_terminal

@@ -7,7 +7,6 @@ with one sentence and the server keeps answering; a seeded fuzz run never gets a
 import functools
 import io
 import json
-import os
 import re
 import signal
 import socket
@@ -23,21 +22,12 @@ from PIL import Image
 from pipeline.datasets import TensorDigits
 from pipeline.errors import PipelineError
 
-
-def _require(module: str) -> None:
-    """Skip without the serve extra; under CI=true its absence fails instead."""
-    try:
-        __import__(module)
-    except ImportError:
-        reason = f"{module} is not installed: pip install -e '.[serve]' (make install does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + " (CI=true requires it)")
-        pytest.skip(reason)
+from conftest import require
 
 
 @pytest.fixture(scope="module")
 def models(fast_checkpoint):
-    _require("fastapi")
+    require("fastapi")
     from pipeline.serve.torch_backend import load_models
 
     torch.set_num_threads(1)
@@ -46,7 +36,7 @@ def models(fast_checkpoint):
 
 @pytest.fixture(scope="module")
 def client(models):
-    _require("httpx2")
+    require("httpx2")
     from fastapi.testclient import TestClient
 
     from pipeline.serve.app import create_app
@@ -320,7 +310,7 @@ def test_uploads_stay_in_memory(client, monkeypatch):
 
 
 def test_serve_refuses_bad_checkpoints_and_busy_ports(tmp_path, fast_checkpoint):
-    _require("uvicorn")
+    require("uvicorn")
     from pipeline.serve.server import serve
 
     with pytest.raises(PipelineError, match="no such checkpoint"):
@@ -339,7 +329,7 @@ def test_serve_refuses_bad_checkpoints_and_busy_ports(tmp_path, fast_checkpoint)
 
 @pytest.mark.slow
 def test_serve_answers_over_http_and_stops_on_ctrl_c(fast_checkpoint, sample_processed_dir):
-    _require("uvicorn")
+    require("uvicorn")
     from pipeline.bench.loadtest import digit_bodies, expected_labels
 
     code = (
@@ -368,7 +358,7 @@ def test_serve_answers_over_http_and_stops_on_ctrl_c(fast_checkpoint, sample_pro
 
 @pytest.mark.slow
 def test_load_test_is_bounded_and_counts_errors(fast_checkpoint, sample_processed_dir):
-    _require("uvicorn")
+    require("uvicorn")
     from pipeline.bench.loadtest import run_load_test
 
     result = run_load_test([fast_checkpoint], sample_processed_dir, "cpu", requests=300, clients=4)

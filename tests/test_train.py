@@ -1,8 +1,6 @@
 """Training learns, is reproducible on CPU, skips finished runs, and resumes exactly."""
 
-import os
 import signal
-import threading
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ from pipeline.errors import PipelineError
 from pipeline.models import build_model
 from pipeline.prepare import prepare
 from pipeline.recipes import RECIPES, recipe_config
-from pipeline.run_state import TrainingInterrupted
+from pipeline.run_state import StopSignals, TrainingInterrupted
 from pipeline.train import train
 
 
@@ -27,20 +25,15 @@ def _weights(path):
     return load_checkpoint(path).model.state_dict()
 
 
-def test_the_fast_recipe_learns_real_digits(processed_dir, tmp_path):
-    result = train(
-        recipe_config("fast", device="cpu"),
-        processed_dir,
-        tmp_path / "m.pt",
-        progress=False,
-    )
+def test_the_fast_recipe_learns_real_digits(fast_run):
+    result = fast_run  # the session's one run of the fast recipe on the sample (conftest)
     assert result.best_accuracy >= 0.93, result.history  # 3,600 digits: 95.75% on torch 2.14
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     saved = load_checkpoint(result.checkpoint)
     assert saved.meta["model"] == "fastnet" and saved.meta["val_accuracy"] == result.best_accuracy
     assert saved.meta["train_config"]["epochs"] == 4 and saved.meta["seed"] == 0
     assert config.metrics_path(result.checkpoint).read_text().startswith("epoch,train_loss")
-    assert (tmp_path / "m.curves.png").stat().st_size > 10_000
+    assert config.curves_path(result.checkpoint).stat().st_size > 10_000
 
 
 def test_same_seed_same_weights_other_seed_other_weights(processed_dir, tmp_path):
@@ -124,21 +117,28 @@ def test_ensemble_members_get_their_own_seed_and_file(processed_dir, tmp_path):
     assert [load_checkpoint(r.checkpoint).meta["seed"] for r in results] == [0, 1]
 
 
+class StopAtStep(StopSignals):
+    """A Ctrl-C that lands right after global step `at`, without a real signal's timing."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def requested(self, ranks, device, step=None) -> bool:
+        if step is not None and step >= self.at:
+            self.signum = signal.SIGINT
+        return super().requested(ranks, device, step)
+
+
 def test_interrupt_then_resume_matches_an_uninterrupted_run(processed_dir, tmp_path):
-    cfg = _cfg(epochs=2, batch_size=32)
+    steps_per_epoch = 3600 // 32
+    cfg = _cfg(epochs=2, batch_size=32, max_steps=steps_per_epoch + 20)  # into epoch 2
     whole = train(cfg, processed_dir, tmp_path / "whole.pt", progress=False)
-
-    def interrupt_when_epoch_one_is_saved():
-        last = config.last_checkpoint_path(tmp_path / "cut.pt")
-        while not last.exists():
-            threading.Event().wait(0.005)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt_when_epoch_one_is_saved, daemon=True).start()
     with pytest.raises(TrainingInterrupted) as stopped:
-        train(cfg, processed_dir, tmp_path / "cut.pt", progress=False)
+        train(cfg, processed_dir, tmp_path / "cut.pt", progress=False, stop=StopAtStep(120))
     loop = read_payload(stopped.value.checkpoint)["training_state"]["loop"]
-    assert loop["epoch"] == 1 and 0 < loop["step"] < 3600 // 32  # stopped mid-epoch 2
+    assert (loop["epoch"], loop["step"]) == (1, 120 - steps_per_epoch)  # mid-epoch 2
+    assert len(whole.history) == 2
     resumed = train(cfg, processed_dir, tmp_path / "cut.pt", resume=True, progress=False)
     final_whole = read_payload(whole.last_checkpoint)["state_dict"]
     final_resumed = read_payload(resumed.last_checkpoint)["state_dict"]
@@ -278,3 +278,23 @@ def test_the_bar_counts_only_the_steps_max_steps_allows(processed_dir, tmp_path,
     monkeypatch.setattr(progress.EpochProgress, "__init__", spy)
     train(_cfg(max_steps=7), processed_dir, tmp_path / "m.pt", log=print)
     assert totals == [7]
+
+
+def test_under_ddp_the_ranks_agree_on_a_stop_every_n_steps_and_at_epoch_end(monkeypatch):
+    from pipeline import run_state
+    from pipeline.distributed import Ranks
+
+    collectives = []
+
+    def all_reduce_max(value, ranks, device):  # what the other rank holds: no signal
+        collectives.append(value)
+        return value
+
+    monkeypatch.setattr(run_state, "max_over_ranks", all_reduce_max)
+    stop, cpu, every = StopSignals(), torch.device("cpu"), StopSignals.DDP_CHECK_EVERY
+    stop.signum = signal.SIGTERM  # arrived on this rank at step 1
+    answers = [stop.requested(Ranks(0, 2), cpu, step) for step in range(1, 2 * every + 1)]
+    assert [step for step, yes in enumerate(answers, 1) if yes] == [every, 2 * every]
+    assert len(collectives) == 2  # no all_reduce (and no device sync) in between
+    assert stop.requested(Ranks(0, 2), cpu) and len(collectives) == 3  # the epoch's end
+    assert all(stop.requested(Ranks(), cpu, step) for step in (1, 2, 3))  # one process: always

