@@ -12,7 +12,7 @@ EPOCHS ?=
 DEVICE ?= auto
 SEED ?= 0
 ZIP ?=
-MEMBERS ?= 5
+MEMBERS ?=
 RUN_ID ?=
 # The same name `pipeline train` picks: the model's, so `pipeline predict` finds it unaided.
 RUN := $(or $(MODEL),$(if $(filter fast,$(RECIPE)),fastnet,$(RECIPE)))
@@ -66,13 +66,13 @@ predict: train ## Write submissions/submission.csv with the trained model
 
 all: predict ## install -> download -> prepare -> train -> predict
 
-best: prepare ## Train the `best` recipe as a MEMBERS-model ensemble and predict with TTA (GPU)
-	$(PIPELINE) ensemble --recipe best --members $(MEMBERS) --device $(DEVICE) --seed $(SEED)
-	$(PIPELINE) predict --checkpoint 'models/best-*.pt' --tta --device $(DEVICE)
+best: prepare ## The `best` ensemble on all labelled digits (bagged; out-of-bag estimate), then predict
+	$(PIPELINE) ensemble --recipe best $(if $(MEMBERS),--members $(MEMBERS)) --device $(DEVICE) --seed $(SEED)
+	$(PIPELINE) predict --checkpoint 'models/best-*.pt' --device $(DEVICE)
 
 SPLITS ?= 3
 crossval: data ## Score the best recipe's ensemble as mean and spread over SPLITS validation splits
-	$(PIPELINE) crossval --splits $(SPLITS) --members $(MEMBERS) --device $(DEVICE) --seed $(SEED)
+	$(PIPELINE) crossval --splits $(SPLITS) $(if $(MEMBERS),--members $(MEMBERS)) --device $(DEVICE) --seed $(SEED)
 
 # `make tune`: a small budget by default (whichever ends first); the study resumes by name.
 TRIALS ?= 8

@@ -28,6 +28,7 @@ class ModelName(StrEnum):
     mlp = "mlp"
     fastnet = "fastnet"
     deepcnn = "deepcnn"
+    nopool = "nopool"
 
 
 class Recipe(StrEnum):

@@ -17,7 +17,7 @@ import torch
 from pipeline import config
 from pipeline.datasets import TensorDigits, load_split
 from pipeline.device import resolve_device
-from pipeline.ensemble import check_member_seeds, train_ensemble
+from pipeline.ensemble import check_member_seeds, describe, train_ensemble, train_members
 from pipeline.errors import PipelineError
 from pipeline.inference import accuracy, ensemble_probabilities, load_for_inference
 from pipeline.prepare import prepare
@@ -44,6 +44,7 @@ class CrossValidation:
     config: TrainConfig
     members: int
     splits: list[SplitScore]
+    nets: str = ""  # the members' nets and epochs, when they differ (`best`)
 
     @property
     def ensemble(self) -> tuple[float, float]:
@@ -71,7 +72,7 @@ def score_split(checkpoints: list[Path], processed_dir: Path, device: str) -> tu
 
 
 def cross_validate(
-    cfg: TrainConfig,
+    cfg: TrainConfig | list[TrainConfig],
     members: int,
     split_seeds: list[int],
     raw_dir: Path = config.RAW_DIR,
@@ -84,9 +85,15 @@ def cross_validate(
 ) -> CrossValidation:
     """Train and score `members` models of `cfg` on each split; split k uses seed k.
 
+    `cfg` is one config (members differ in seed) or the list of member configs of a
+    heterogeneous ensemble such as `best` (trained on each split's train digits, unbagged).
     Split k's data goes to `<processed_dir>/split-k/`, its members to `<models_dir>/split-k/`;
-    every member is a tracked run under `parent`, which gets each split's scores (step = k).
+    every member of a one-config ensemble is a tracked run under `parent`, which gets each
+    split's scores (step = k).
     """
+    configs = cfg if isinstance(cfg, list) else None
+    cfg = configs[0] if configs else cfg
+    members = len(configs) if configs else members
     if not split_seeds:
         raise PipelineError("--splits must be at least 1")
     check_member_seeds(cfg.seed, members)
@@ -97,10 +104,13 @@ def cross_validate(
         prepare(raw_dir, data_dir, val_fraction=val_fraction, seed=split_seed)
         log(f"split {split_seed}: training {members} member(s)")
         members_dir = config.crossval_split_dir(models_dir, split_seed)
-        results = train_ensemble(
-            cfg, members, data_dir, members_dir, log=log, progress=progress, parent=parent,
-            tags={"split": split_seed},
-        )  # fmt: skip
+        if configs:
+            results = train_members(configs, data_dir, members_dir, log=log, progress=progress)
+        else:
+            results = train_ensemble(
+                cfg, members, data_dir, members_dir, log=log, progress=progress, parent=parent,
+                tags={"split": split_seed},
+            )  # fmt: skip
         checkpoints = [r.checkpoint for r in results]
         member_acc, ensemble_acc, tta_acc = score_split(checkpoints, data_dir, cfg.device)
         n_val = len(load_split(data_dir, "val"))
@@ -110,7 +120,10 @@ def cross_validate(
         scores.append(score)
         split_metrics = {"ensemble_acc": ensemble_acc, "tta_acc": tta_acc}
         parent.log_metrics(split_metrics | {"member_acc": statistics.mean(member_acc)}, split_seed)
-    result = CrossValidation(cfg, members, scores)
+    nets = ""
+    if configs:
+        nets = ", ".join(f"{describe(c)} x{c.epochs} epochs" for c in configs)
+    result = CrossValidation(cfg, members, scores, nets)
     (ensemble_mean, ensemble_sd), (tta_mean, tta_sd) = result.ensemble, result.tta
     summary = dict(ensemble_acc_mean=ensemble_mean, ensemble_acc_sd=ensemble_sd)
     parent.log_metrics(summary | dict(tta_acc_mean=tta_mean, tta_acc_sd=tta_sd))
@@ -131,10 +144,11 @@ def format_summary(result: CrossValidation) -> str:
         return f"{name:14} mean {spread[0]:.3%}  sd {spread[1]:.3%}"
 
     n = len(result.splits)
+    nets = result.nets or f"{result.config.model}, {result.config.epochs} epochs"
     return "\n".join(
         [
-            f"crossval: recipe {result.config.recipe or 'custom'} ({result.config.model}, "
-            f"{result.config.epochs} epochs), {result.members} member(s) x {n} split(s)",
+            f"crossval: recipe {result.config.recipe or 'custom'} ({nets}), "
+            f"{result.members} member(s) x {n} split(s)",
             line("single model", result.member),
             line("ensemble", result.ensemble),
             line("ensemble+TTA", result.tta),

@@ -54,6 +54,19 @@ class TrainingInterrupted(PipelineError):
         super().__init__(f"{name} at epoch {epoch + 1}, step {step}: state saved to {checkpoint}")
 
 
+# Signals a process received before training began (see `record_early_signals`).
+EARLY_SIGNALS: list[int] = []
+
+
+def record_early_signals() -> None:
+    """From now on, a SIGINT/SIGTERM is noted instead of ending the process, and the next
+    training run stops at its first step: for worker processes that get a signal while still
+    setting up (an ensemble member's process, started with both signals blocked)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: EARLY_SIGNALS.append(signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 class StopSignals:
     """Turn the first SIGINT/SIGTERM into a flag the loop checks between steps.
 
@@ -67,7 +80,7 @@ class StopSignals:
     DDP_CHECK_EVERY = 20
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.signum: int | None = EARLY_SIGNALS.pop() if EARLY_SIGNALS else None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -153,10 +166,11 @@ def restore_rng(state: dict, shuffle_gen: torch.Generator, augment_gen: torch.Ge
 
 def restore(payload: dict, last: Path, run_parts: tuple, bounds: dict[str, int]) -> TrainState:
     """Check a resume state whole against this run, then load it into the run's parts
-    (model, optimizer, scheduler, shuffle and augment generators); its loop state returned."""
+    (model, optimizer, scheduler, shuffle and augment generators, the weights' EMA if the run
+    keeps one); its loop state returned."""
     from pipeline.state_schema import check_training_state
 
-    model, optimizer, scheduler, shuffle_gen, augment_gen = run_parts
+    model, optimizer, scheduler, shuffle_gen, augment_gen, ema = run_parts
     saved = payload["training_state"]
     generators = {
         "torch": torch.get_rng_state(),
@@ -171,6 +185,8 @@ def restore(payload: dict, last: Path, run_parts: tuple, bounds: dict[str, int])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         restore_rng(saved["rng"], shuffle_gen, augment_gen)
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"{last}: its saved state does not fit this run ({first})") from None
@@ -213,14 +229,20 @@ def save_resumable(
     scheduler,
     shuffle_gen,
     augment_gen,
+    ema=None,
 ) -> None:
-    """`<out>.last.pt`: the weights with everything a resume restores, written atomically."""
+    """`<out>.last.pt`: the weights with everything a resume restores, written atomically.
+
+    The raw weights go in `state_dict` (training continues from them); a moving average of
+    them, if the run keeps one, goes in the training state."""
     training_state = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "loop": asdict(state),
         "rng": rng_state(shuffle_gen, augment_gen),
     }
+    if ema is not None:
+        training_state["ema"] = ema.state_dict()
     save_checkpoint(path, model, meta, training_state, sidecar=False)
 
 
@@ -304,7 +326,9 @@ def resume_payload(last: Path, cfg: TrainConfig, data_fingerprint: str) -> dict:
             f"{last}: was trained on other prepared data (other sources, split or "
             "--limit-rows); prepare that data again, or train afresh with --force"
         )
-    _check_training_state(payload, last)
+    training_state = _check_training_state(payload, last)
+    if cfg.ema is not None and not isinstance(training_state.get("ema"), dict):
+        raise PipelineError(f"{last}: holds no moving average of the weights to resume")
     return payload
 
 

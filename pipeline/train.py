@@ -17,8 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from pipeline import augmentation, calibration, config, datasets, distributed, plots, run_state
+from pipeline import (
+    augmentation,
+    bagging,
+    calibration,
+    config,
+    datasets,
+    distributed,
+    plots,
+    run_state,
+)
 from pipeline.bench.timings import phase
 from pipeline.checkpoints import all_finite, save_checkpoint
 from pipeline.device import DeviceTimer, seed_everything
@@ -146,10 +156,21 @@ class Run:
     total_steps: int
     out: Path
     data_fingerprint: str
+    ema: AveragedModel | None = None  # the weights' moving average, when cfg.ema
+    bag: dict | None = None  # a bagged member's bag record (pipeline.bagging)
 
     @property
     def steps_done(self) -> int:
         return self.state.epoch * self.steps_per_epoch + self.state.step
+
+    @property
+    def kept_model(self) -> nn.Module:
+        """The weights validated and saved: the moving average if there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+    def meta(self, finished: bool | None = None) -> dict:
+        meta = run_state.run_meta(self.cfg, self.state, self.data_fingerprint, finished)
+        return meta if self.bag is None else meta | {"bag": self.bag}
 
 
 def train_one_epoch(run: Run, stop: run_state.StopSignals, log: Callable | None) -> float:
@@ -177,6 +198,8 @@ def train_one_epoch(run: Run, stop: run_state.StopSignals, log: Callable | None)
             run.train_set, indices, cfg, run.ranks, run.device, run.augment_gen
         )
         loss_sum += train_step(run.step_model, run.optimizer, run.scheduler, x, labels, cfg)
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
         state.step = step + 1
         progress.step(lambda total=loss_sum: total.item() / state.step)
         if stop.requested(run.ranks, run.device, run.steps_done):
@@ -198,16 +221,16 @@ def train_one_epoch(run: Run, stop: run_state.StopSignals, log: Callable | None)
 def save_last(run: Run, finished: bool = False) -> None:
     """The resumable state, written atomically beside the best weights (rank 0 only)."""
     if run.ranks.is_main:
-        meta = run_state.run_meta(run.cfg, run.state, run.data_fingerprint, finished=finished)
         optimisation = run.optimizer, run.scheduler, run.shuffle_gen, run.augment_gen
         path = config.last_checkpoint_path(run.out)
-        run_state.save_resumable(path, meta, run.state, run.model, *optimisation)
+        meta = run.meta(finished=finished)
+        run_state.save_resumable(path, meta, run.state, run.model, *optimisation, run.ema)
 
 
 def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], None]) -> None:
     """Validate, record the epoch, keep the best weights and write the resumable state."""
     state = run.state
-    metrics = score(run.model, run.val_set)
+    metrics = score(run.kept_model, run.val_set)
     images = (state.step - start_step) * run.cfg.batch_size
     state.train_seconds += seconds
     record = {
@@ -231,23 +254,30 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
     )
     with phase("write"), written_together():  # best, sidecar, metrics, resume state: all or none
         if run.ranks.is_main:
-            if metrics.accuracy > state.best_accuracy:
-                if not all_finite(run.model):
+            # A bagged member keeps its last weights: choosing by its out-of-bag digits
+            # would make them a worse estimate of unseen digits.
+            if metrics.accuracy > state.best_accuracy or run.bag is not None:
+                if not all_finite(run.kept_model):
                     raise PipelineError(
                         f"{run.out}: the weights became NaN or infinite; lower --lr"
                     )
                 state.best_accuracy = metrics.accuracy
-                meta = run_state.run_meta(run.cfg, state, run.data_fingerprint)
-                save_checkpoint(run.out, run.model, meta)
+                save_checkpoint(run.out, run.kept_model, run.meta())
             write_csv_rows(state.history, config.metrics_path(run.out))
         save_last(run, finished=state.epoch >= run.cfg.epochs or run.steps_done >= run.total_steps)
 
 
 def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, fingerprint) -> Run:
     """Load the data to the device, then set the run up (`new_run`)."""
+    bag = None
     with phase("load"):
-        train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
-    return new_run(cfg, train_set, val_set, ranks, device, out, fingerprint, payload)
+        if cfg.folds is None:
+            train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
+        else:
+            train_set, val_set, bag = bagged_sets(cfg, processed_dir, fingerprint, device)
+    run = new_run(cfg, train_set, val_set, ranks, device, out, fingerprint, payload)
+    run.bag = bag
+    return run
 
 
 def new_run(
@@ -274,8 +304,11 @@ def new_run(
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     augment_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     state = run_state.TrainState()
+    ema = None
+    if cfg.ema is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     if payload is not None:
-        parts = model, optimizer, scheduler, shuffle_gen, augment_gen
+        parts = model, optimizer, scheduler, shuffle_gen, augment_gen, ema
         bounds = dict(
             epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, total_steps=int(total_steps),
             train_images=len(train_set),
@@ -290,7 +323,17 @@ def new_run(
     return Run(
         cfg, ranks, device, train_set, val_set, model, step_model, optimizer, scheduler,
         shuffle_gen, augment_gen, state, steps_per_epoch, int(total_steps), out, fingerprint,
+        ema,
     )  # fmt: skip
+
+
+def bagged_sets(cfg: TrainConfig, processed_dir: Path, fingerprint: str, device):
+    """A bagged member's training digits, its out-of-bag digits and the bag's record."""
+    digits = bagging.labelled_digits(processed_dir)
+    bag = bagging.member_bag(digits.labels, cfg.folds, cfg.fold, cfg.fold_seed)
+    train_set = datasets.TensorDigits(digits.images[bag.train], digits.labels[bag.train])
+    oob_set = datasets.TensorDigits(digits.images[bag.oob], digits.labels[bag.oob])
+    return train_set.to(device), oob_set.to(device), bag.record(fingerprint)
 
 
 def train(
@@ -331,7 +374,10 @@ def train_locked(
 ) -> run_state.TrainResult:
     """`train` once its `out` is checked and locked."""
     last = config.last_checkpoint_path(out)
-    fingerprint = datasets.processed_fingerprint(processed_dir)
+    if cfg.folds is None:
+        fingerprint = datasets.processed_fingerprint(processed_dir)
+    else:  # every labelled digit, whatever the prepared split
+        fingerprint = bagging.labelled_fingerprint(processed_dir)
     payload = run_state.resume_payload(last, cfg, fingerprint) if resume else None
     if not (resume or force) and (done := run_state.finished_run(cfg, out, fingerprint)):
         return done

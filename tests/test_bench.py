@@ -72,7 +72,7 @@ def test_bench_prints_measured_figures_and_consistent_ratios(
         train, _, ours_at_50, tutorial_at_50, ratio, predict = map(number, row.groups()[1:])
         assert min(train, ours_at_50, tutorial_at_50, predict) > 0
         assert ratio == pytest.approx(ours_at_50 / tutorial_at_50, abs=0.02)
-    best = re.search(r"best recipe's net \(deepcnn, augmentation on, batch 16\): ([\d,]+)", out)
+    best = re.search(r"best recipe's net \(fastnet, augmentation on, batch 16\): ([\d,]+)", out)
     assert best and number(best.group(1)) > 0
     assert "fast recipe" not in out and "torchrun" not in out and "end to end" not in out
     assert f"skipped: {tmp_path / 'none.pt'} does not exist" in out  # no model, no load test

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
+from pipeline.bagging import score_out_of_bag
 from pipeline.checkpoints import load_checkpoint
-from pipeline.recipes import recipe_config
+from pipeline.ensemble import train_members
+from pipeline.recipes import best_members, recipe_config
 from pipeline.train import train
 
 pytestmark = [
@@ -21,3 +23,14 @@ def test_cuda_training_with_bf16_and_compile(kaggle_processed_dir, tmp_path, com
     loaded = load_checkpoint(result.checkpoint, "cpu")  # saved from the uncompiled module
     assert next(loaded.model.parameters()).device.type == "cpu"
     assert all(not k.startswith("_orig_mod") for k in loaded.model.state_dict())
+
+
+def test_cuda_best_members_train_bagged_with_ema_and_cover_every_digit(
+    kaggle_processed_dir, tmp_path
+):
+    configs = best_members(5, device="cuda", epochs=1, max_steps=20)  # folds 0-4, 5 nets
+    assert len({(c.model, str(c.arch_args)) for c in configs}) == 5
+    results = train_members(configs, kaggle_processed_dir, tmp_path, progress=False)
+    assert [r.val_digits for r in results] == [8400] * 5
+    estimate, members = score_out_of_bag([r.checkpoint for r in results], kaggle_processed_dir)
+    assert estimate.covered == 42_000 and estimate.mean_voters == 1.0 and len(members) == 5

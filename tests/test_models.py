@@ -46,7 +46,7 @@ def test_arch_args_are_applied_and_unknown_names_refused():
 
 def test_checkpoints_record_every_architecture_argument_so_default_changes_cannot_break_them():
     resolved = resolved_arch_args("fastnet", {"dropout": 0.2})
-    assert resolved == {"widths": [16, 32, 64], "dropout": 0.2}
+    assert resolved == {"widths": [16, 32, 64], "dropout": 0.2, "kernel": 3, "convs": 1}
     model = build_model("fastnet", **resolved_arch_args("fastnet", {"widths": (8, 16, 32)}))
     assert model.classifier[1].in_features == 32 * 3 * 3
 

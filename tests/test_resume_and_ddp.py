@@ -125,7 +125,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(process
 
 @pytest.mark.slow
 def test_ensemble_members_spread_one_per_process(processed_dir, tmp_path):
-    launch = [*TORCHRUN_TWO, "ensemble"]
+    launch = [*TORCHRUN_TWO, "ensemble", "--recipe", "fast"]  # best runs its own processes
     result = subprocess.run(
         [
             *launch,
@@ -148,6 +148,6 @@ def test_ensemble_members_spread_one_per_process(processed_dir, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    seeds = sorted(read_payload(tmp_path / f"best-{k}.pt")["meta"]["seed"] for k in range(3))
+    seeds = sorted(read_payload(tmp_path / f"fast-{k}.pt")["meta"]["seed"] for k in range(3))
     assert seeds == [0, 1, 2]
     assert result.stdout.count("ensemble: ") == 3  # each member reported once, by its process

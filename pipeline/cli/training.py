@@ -187,8 +187,20 @@ def train_summary(result) -> str:
     return "\n".join(lines)
 
 
+MembersOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="Members: best's table for the device (cycled), else seeds seed.. (5)."
+    ),
+]
+JobsOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Members trained at once (one per core on a CPU, 1 on a GPU)."),
+]
+
+
 def ensemble_command(
-    members: Annotated[int, typer.Option(min=1, help="Models to train (seeds seed..).")] = 5,
+    members: MembersOpt = None,
     recipe: RecipeOpt = Recipe.best,
     model: ModelOpt = None,
     epochs: EpochsOpt = None,
@@ -203,10 +215,16 @@ def ensemble_command(
     ] = config.MODELS_DIR,
     compile_model: CompileOpt = None,
     max_steps: StepsOpt = None,
+    jobs: JobsOpt = None,
     track: TrackOpt = None,
 ) -> None:
-    """Train an ensemble: K members with different seeds (spread over torchrun's processes);
-    tracked as one run with a child run per member unless --no-track."""
+    """Train an ensemble. `best`: the device's differing members, each on its own bag of all
+    labelled digits, then the out-of-bag accuracy. Other recipes: K seeds (spread over
+    torchrun's processes), tracked as one run with a child run per member unless --no-track.
+
+    Ctrl-C keeps the finished members (and the state of those in flight); the same command
+    continues from there.
+    """
     from tqdm import tqdm
 
     from pipeline import tracking
@@ -218,8 +236,12 @@ def ensemble_command(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
         device=device, compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
+    if plain(recipe) == Recipe.best:
+        best_ensemble(members, seed, settings, processed_dir, out_dir, jobs)
+        return
     cfg = recipe_config(plain(recipe) or "fast", **settings.given())
     name = cfg.recipe or cfg.model
+    members = members or 5
     params = tracking.train_params(cfg) | {"members": members}
     on = tracking.wanted(track) and ranks_from_env().is_main
     with tracking.command_run(on, name, "ensemble", params, warn=warn) as parent:
@@ -234,9 +256,48 @@ def ensemble_command(
         typer.echo(f"ensemble: {said}; `--run` on it means all its members")
 
 
+def best_ensemble(members, seed, settings, processed_dir, out_dir, jobs) -> None:
+    """Train the best members (bagged), then print the ensemble's out-of-bag accuracy."""
+    import time
+
+    from tqdm import tqdm
+
+    from pipeline.bagging import format_oob, score_out_of_bag
+    from pipeline.distributed import ranks_from_env
+    from pipeline.ensemble import EnsembleInterrupted, train_members
+    from pipeline.recipes import best_members, device_kind
+
+    if ranks_from_env().world > 1:
+        raise error_line(
+            "the best ensemble runs its members one per core (or GPU) itself: start it without "
+            "torchrun",
+            2,
+        )
+    start = time.perf_counter()
+    given = {k: v for k, v in settings.given().items() if k != "seed"}
+    configs = best_members(members, seed, bagged=True, **given)
+    folds = configs[0].folds
+    typer.echo(
+        f"ensemble: best, {len(configs)} members on {device_kind(configs[0].device)} "
+        f"({jobs or 'one per core'}"
+        f" at once), each trained on all labelled digits but 1 of {folds} folds"
+    )
+    try:
+        results = train_members(configs, processed_dir, out_dir, "best", jobs, log=tqdm.write)
+    except EnsembleInterrupted as stopped:
+        raise error_line(str(stopped), stopped.exit_code) from None
+    checkpoints = [r.checkpoint for r in results]
+    estimate, _ = score_out_of_bag(checkpoints, processed_dir, settings.device or "auto")
+    minutes = (time.perf_counter() - start) / 60
+    typer.echo(
+        f"ensemble: {len(results)} members in {out_dir}/best-*.pt ({minutes:.1f} min); "
+        + format_oob(estimate)
+    )
+
+
 def crossval_command(
     splits: Annotated[int, typer.Option(min=1, help="Validation splits (seeds 0..N-1).")] = 3,
-    members: Annotated[int, typer.Option(min=1, help="Ensemble members per split.")] = 5,
+    members: MembersOpt = None,
     recipe: RecipeOpt = Recipe.best,
     model: ModelOpt = None,
     epochs: EpochsOpt = None,
@@ -262,14 +323,19 @@ def crossval_command(
 
     from pipeline import tracking
     from pipeline.crossval import cross_validate, format_summary
-    from pipeline.recipes import recipe_config
+    from pipeline.recipes import best_members, recipe_config
 
     settings = overrides(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
         device=device, compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
-    cfg = recipe_config(plain(recipe) or "fast", **settings.given())
+    if plain(recipe) == Recipe.best:  # the differing members, each on the split's train digits
+        given = {k: v for k, v in settings.given().items() if k != "seed"}
+        cfg = best_members(members, seed, bagged=False, **given)
+    else:
+        cfg = recipe_config(plain(recipe) or "fast", **settings.given())
     seeds = list(range(splits))
+    members = members or 5
     params = tracking.train_params(cfg) | {"members": members, "splits": splits}
     name = f"crossval {cfg.recipe or cfg.model}"
     with tracking.command_run(tracking.wanted(track), name, "crossval", params, warn=warn) as run:
