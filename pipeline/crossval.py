@@ -17,11 +17,11 @@ import torch
 from pipeline import config
 from pipeline.datasets import TensorDigits, load_split
 from pipeline.device import resolve_device
-from pipeline.ensemble import check_member_seeds, describe, train_ensemble, train_members
+from pipeline.ensemble import describe, train_ensemble, train_members
 from pipeline.errors import PipelineError
 from pipeline.inference import accuracy, ensemble_probabilities, load_for_inference
 from pipeline.prepare import prepare
-from pipeline.recipes import TrainConfig
+from pipeline.recipes import TrainConfig, check_member_seeds
 from pipeline.tracking import NO_RUN
 
 

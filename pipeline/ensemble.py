@@ -24,26 +24,12 @@ from pathlib import Path
 import torch
 
 from pipeline import bagging, config, datasets, run_state
-from pipeline.choices import MAX_SEED
 from pipeline.distributed import ranks_from_env, single_process
 from pipeline.errors import PipelineError
-from pipeline.recipes import TrainConfig
+from pipeline.recipes import TrainConfig, check_member_seeds
 from pipeline.run_state import TrainResult
 from pipeline.tracking import NO_RUN, tracked_train, train_params
 from pipeline.train import train
-
-
-def check_member_seeds(seed: int, members: int) -> None:
-    """Every member's seed (seed .. seed + members - 1) must be usable, checked before the
-    first member trains rather than when a later one fails on a seed nobody typed."""
-    if members < 1:
-        raise PipelineError(f"--members {members}: must be at least 1")
-    last = seed + members - 1
-    if seed < 0 or last > MAX_SEED:
-        raise PipelineError(
-            f"--seed {seed} with --members {members}: member seeds run to {last}, past the "
-            f"largest seed {MAX_SEED}; use --seed {MAX_SEED - members + 1} or lower"
-        )
 
 
 def train_ensemble(

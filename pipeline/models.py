@@ -220,6 +220,7 @@ def width_args(name: str, width: int) -> dict:
 # Bounds on what a checkpoint or config may ask a model to be, checked before allocating:
 # the widest recipe uses 128 channels and 2.4 M parameters.
 MAX_WIDTH = 2048
+MAX_LAYERS = 16  # NoPoolNet with kernel 3 stacks ten layers
 MAX_PARAMETERS = 50_000_000
 
 
@@ -233,8 +234,8 @@ def arch_args_problem(name: str, arch_args: dict) -> str | None:
             return f"{key!r} is not an argument of {name!r}"
         default = parameters[key].default
         if isinstance(default, tuple):
-            if not isinstance(value, list | tuple) or not 1 <= len(value) <= 4:
-                return f"{key} must be a list of 1 to 4 sizes"
+            if not isinstance(value, list | tuple) or not 1 <= len(value) <= MAX_LAYERS:
+                return f"{key} must be a list of 1 to {MAX_LAYERS} sizes"
             if isinstance(default[0], int) and not all(
                 type(v) is int and 1 <= v <= MAX_WIDTH for v in value
             ):

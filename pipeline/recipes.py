@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.choices import (
+    MAX_SEED,
     DataSource,
     ModelName,
     Optimizer,
@@ -151,6 +152,19 @@ def device_kind(device: str) -> str:
     return "cuda" if resolve_device(plain(device) or "auto").type == "cuda" else "cpu"
 
 
+def check_member_seeds(seed: int, members: int) -> None:
+    """Every member's seed (seed .. seed + members - 1) must be usable, checked before the
+    first member trains rather than when a later one fails on a seed nobody typed."""
+    if members < 1:
+        raise PipelineError(f"--members {members}: must be at least 1")
+    last = seed + members - 1
+    if seed < 0 or last > MAX_SEED:
+        raise PipelineError(
+            f"--seed {seed} with --members {members}: member seeds run to {last}, past the "
+            f"largest seed {MAX_SEED}; use --seed {MAX_SEED - members + 1} or lower"
+        )
+
+
 def best_members(
     members: int | None = None, seed: int = 0, bagged: bool = True, **overrides: Any
 ) -> list[TrainConfig]:
@@ -163,8 +177,7 @@ def best_members(
     kind = device_kind(overrides.get("device") or "auto")
     table = BEST_MEMBERS[kind]
     count = len(table) if members is None else members
-    if count < 1:
-        raise PipelineError(f"--members {count}: must be at least 1")
+    check_member_seeds(seed, count)
     folds = BEST_FOLDS[kind] if bagged else None
     configs = []
     for k in range(count):

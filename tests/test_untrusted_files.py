@@ -283,7 +283,7 @@ def _checkpoint_asking_for(tmp_path, name, arch_args):
         ("mlp", {"hidden": 10**9}, "hidden 1000000000 must be a whole number"),
         ("deepcnn", {"dropout": 5}, "dropout 5 must be a number in [0, 1)"),
         ("fastnet", {"widths": ["16"]}, "must be whole numbers"),
-        ("fastnet", {"widths": [16] * 9}, "widths must be a list of 1 to 4 sizes"),
+        ("fastnet", {"widths": [16] * 17}, "widths must be a list of 1 to 16 sizes"),
         ("cnn", {"depth": 3}, "'depth' is not an argument of 'cnn'"),
         ("cnn", {"channels": [4, 4, 4]}, "they do not build a 'cnn'"),
         ("fastnet", {"widths": [2048] * 4}, "parameters (at most 50,000,000)"),
