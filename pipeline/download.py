@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ from pipeline.choices import RawSource, check_seed
 from pipeline.errors import PipelineError
 from pipeline.exits import raise_if_stopped
 from pipeline.files import remove_dead_temps, temp_dir
+from pipeline.zip_members import competition_members, copy_member, pick_members
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,6 @@ class DownloadResult:
 
 
 SAMPLE_TEST_ROWS = 1_000
-ZIP_ENCRYPTED = 0x1  # general-purpose flag bit 0 of a zip member
-# Untrusted zips: Kaggle's train.csv is 77 MB and inflates 8.8 times (test.csv 8.9, the sample
-# submission 3.8); these bounds leave 2.6x and 11x of room.
-MAX_MEMBER_BYTES = 200_000_000
-MAX_RATIO = 100
 
 
 def raw_files_present(raw_dir: Path) -> bool:
@@ -99,110 +95,6 @@ def write_all_or_none(
                 (raw_dir / name).unlink(missing_ok=True)
 
 
-def pick_members(archive: zipfile.ZipFile, zip_path: Path) -> tuple[dict, list[str]]:
-    """Each of Kaggle's file names to exactly one zip member, and notes on what was skipped.
-
-    Kaggle ships the three CSVs at the top level; a copy elsewhere (`__MACOSX/train.csv`, a
-    folder of an earlier download) is ignored and noted. Without a top-level file, a single
-    copy in one folder is taken; two copies, or two entries of one name, are refused.
-    """
-    chosen, notes = {}, []
-    for name in config.COMPETITION_FILES:
-        copies = [
-            info
-            for info in archive.infolist()
-            if not info.is_dir() and PurePosixPath(info.filename).name == name
-        ]
-        top = [info for info in copies if info.filename == name]
-        if not copies:
-            continue
-        if len(top) > 1 or (not top and len(copies) > 1):
-            listed = ", ".join(info.filename for info in copies[:4])
-            raise PipelineError(
-                f"{zip_path}: holds {len(copies)} files named {name} ({listed}) and cannot "
-                f"tell which is Kaggle's; keep one, at the top level"
-            )
-        chosen[name] = top[0] if top else copies[0]
-        ignored = [info.filename for info in copies if info is not chosen[name]]
-        if ignored:
-            notes.append(f"took the top-level {name}, ignored {', '.join(ignored[:3])}")
-    return chosen, notes
-
-
-def check_member_size(info: zipfile.ZipInfo, zip_path: Path) -> None:
-    """Refuse, from the zip's directory and before inflating anything, a member that claims
-    more than MAX_MEMBER_BYTES or inflates more than MAX_RATIO times (a zip bomb)."""
-    if info.file_size > MAX_MEMBER_BYTES:
-        raise PipelineError(
-            f"{zip_path}: {info.filename} inflates to {info.file_size:,} bytes, more than the "
-            f"{MAX_MEMBER_BYTES:,} allowed (Kaggle's train.csv is 77 MB)"
-        )
-    ratio = info.file_size / max(info.compress_size, 1)
-    if ratio > MAX_RATIO and info.file_size > 1 << 20:  # tiny files may pack better: harmless
-        raise PipelineError(
-            f"{zip_path}: {info.filename} inflates {ratio:,.0f} times "
-            f"({info.compress_size:,} to {info.file_size:,} bytes), more than the "
-            f"{MAX_RATIO}x allowed: a zip bomb, not a CSV"
-        )
-
-
-def _competition_members(
-    archive: zipfile.ZipFile, zip_path: Path, raw_dir: Path
-) -> tuple[dict[str, zipfile.ZipInfo], list[str]]:
-    """The zip's three CSVs, each checked to be readable here, before anything is written."""
-    members, notes = pick_members(archive, zip_path)
-    missing = [name for name in config.COMPETITION_FILES if name not in members]
-    if missing:
-        raise PipelineError(
-            f"{zip_path}: not the digit-recognizer zip, it lacks {', '.join(missing)}"
-        )
-    by_hand = f"unzip it yourself and put {', '.join(config.COMPETITION_FILES)} in {raw_dir}"
-    for name in config.COMPETITION_FILES:
-        info = members[name]
-        if info.flag_bits & ZIP_ENCRYPTED:
-            raise PipelineError(
-                f"{zip_path}: {name} is encrypted (password-protected zips are not "
-                f"supported); {by_hand}"
-            )
-        check_member_size(info, zip_path)
-        try:
-            archive.open(info).close()  # checks the compression method and the local header
-        except (NotImplementedError, RuntimeError) as exc:
-            raise PipelineError(
-                f"{zip_path}: {name} uses compression method {info.compress_type}, which "
-                f"Python's zipfile cannot read ({exc}); {by_hand}"
-            ) from None
-    return members, notes
-
-
-def _copy_member(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_path: Path, target: Path
-) -> None:
-    """Decompress one member into `target`; a damaged member is a PipelineError naming it.
-
-    The size limits hold while inflating too, whatever the zip's directory claimed.
-    """
-    limit = min(info.file_size, MAX_MEMBER_BYTES)
-    written = 0
-    with archive.open(info) as src, open(target, "wb") as dst:
-        while True:
-            try:
-                chunk = src.read(1 << 20)
-            except Exception as exc:  # zlib.error, lzma.LZMAError, bz2's OSError, a bad CRC
-                raise PipelineError(
-                    f"{zip_path}: {info.filename} is damaged ({type(exc).__name__}: {exc})"
-                ) from None
-            if not chunk:
-                return
-            written += len(chunk)
-            if written > limit:
-                raise PipelineError(
-                    f"{zip_path}: {info.filename} inflates past {limit:,} bytes, more than "
-                    "its directory declares or the limit allows"
-                )
-            dst.write(chunk)
-
-
 def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
     """Extract train.csv, test.csv and sample_submission.csv; replace them all or none.
 
@@ -218,9 +110,9 @@ def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
         with os_errors_name(zip_path):
             archive = zipfile.ZipFile(zip_path)
         with archive:
-            members, notes = _competition_members(archive, zip_path, raw_dir)
+            members, notes = competition_members(archive, zip_path, raw_dir)
             writers = {
-                name: functools.partial(_copy_member, archive, info, zip_path)
+                name: functools.partial(copy_member, archive, info, zip_path)
                 for name, info in members.items()
             }
             write_all_or_none(raw_dir, writers, drop=(config.TEST_LABELS_CSV,))

@@ -8,7 +8,6 @@ is summed on the device and read once per epoch. The same code runs one process 
 """
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pipeline import (
 )
 from pipeline.bench.timings import phase
 from pipeline.checkpoints import all_finite, save_checkpoint
+from pipeline.compiling import CompiledOrEager, compile_for
 from pipeline.device import DeviceTimer, seed_everything
 from pipeline.distributed import Ranks, process_group, ranks_from_env, training_device
 from pipeline.errors import PipelineError
@@ -69,43 +69,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
     if cfg.schedule == "cosine" and total_steps >= 8:
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-
-
-class CompiledOrEager:
-    """Call a torch.compile'd module; if compiling fails on its first call, run eagerly.
-
-    Compiling happens on the first call, so that is where a missing compiler or an unsupported
-    op shows. The fallback is local to this model (torch's process-global
-    `torch._dynamo.config.suppress_errors` stays as it is); once a call has succeeded, errors
-    are the model's own and propagate.
-    """
-
-    def __init__(self, compiled: Callable, eager: nn.Module):
-        self.compiled, self.eager, self.succeeded = compiled, eager, False
-
-    def __call__(self, *args, **kwargs):
-        if self.compiled is not None:
-            try:
-                out = self.compiled(*args, **kwargs)
-            except Exception as exc:
-                if self.succeeded:
-                    raise
-                reason = " ".join(str(exc).split())[:200]
-                warnings.warn(f"torch.compile failed, running eagerly: {reason}", stacklevel=2)
-                self.compiled = None
-            else:
-                self.succeeded = True
-                return out
-        return self.eager(*args, **kwargs)
-
-
-def compile_for(model: nn.Module, device: torch.device, backend: str | Callable = "inductor"):
-    """torch.compile; on CUDA with CUDA graphs (one replay per step instead of ~100 launches).
-
-    Where compiling fails (no compiler, an unsupported op) the model runs eagerly instead.
-    """
-    mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
-    return CompiledOrEager(torch.compile(model, mode=mode, backend=backend), model)
 
 
 def batch_inputs(dataset, indices, cfg: TrainConfig, ranks: Ranks, device, augment_gen):

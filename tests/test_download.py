@@ -199,7 +199,7 @@ def test_a_full_disk_names_the_file_and_leaves_raw_dir_as_it_was(raw_dir, tmp_pa
     def full_disk_open(path, mode="r", *args, **kwargs):  # the kernel's own ENOSPC
         return builtins.open("/dev/full" if "w" in mode else path, mode, *args, **kwargs)
 
-    monkeypatch.setattr("pipeline.download.open", full_disk_open, raising=False)
+    monkeypatch.setattr("pipeline.zip_members.open", full_disk_open, raising=False)
     with pytest.raises(PipelineError) as caught:
         download(RawSource.auto, raw_dir, zip_path=archive)
     assert str(caught.value) == f"{raw_dir / config.TRAIN_CSV}: No space left on device"

@@ -77,7 +77,7 @@ def test_inference_models_fold_batchnorm_and_keep_their_logits(name):
 def test_a_failing_compile_runs_eagerly_without_touching_dynamos_global_config():
     import torch._dynamo  # only to read its process-global flag
 
-    from pipeline.train import compile_for
+    from pipeline.compiling import compile_for
 
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler here")

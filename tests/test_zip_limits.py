@@ -8,7 +8,7 @@ from contextlib import nullcontext
 
 import pytest
 
-from pipeline import config, download
+from pipeline import config, download, zip_members
 from pipeline.choices import RawSource
 from pipeline.download import extract_competition_zip
 from pipeline.errors import PipelineError
@@ -97,10 +97,10 @@ def test_a_zip_bomb_is_refused_from_its_directory_before_inflating(raw_dir, tmp_
     archive = _zip(tmp_path / "bomb.zip", [bomb, *list(texts.items())[1:]])
     with zipfile.ZipFile(archive) as opened:
         info = opened.getinfo(config.TRAIN_CSV)
-    assert info.file_size > download.MAX_RATIO * info.compress_size  # deflate packs it 1000:1
+    assert info.file_size > zip_members.MAX_RATIO * info.compress_size  # deflate packs it 1000:1
     before = _snapshot(raw_dir)
     with pytest.raises(
-        PipelineError, match=rf"train.csv inflates [0-9,]+ times .* {download.MAX_RATIO}x"
+        PipelineError, match=rf"train.csv inflates [0-9,]+ times .* {zip_members.MAX_RATIO}x"
     ):
         download.download(RawSource.zip, raw_dir, zip_path=archive)
     assert _snapshot(raw_dir) == before
@@ -111,7 +111,7 @@ def test_a_member_declaring_more_than_the_limit_is_refused(raw_dir, tmp_path):
     _set_declared_size(archive, config.TEST_CSV, 300_000_000)
     before = _snapshot(raw_dir)
     expected = (
-        f"test.csv inflates to 300,000,000 bytes, more than the {download.MAX_MEMBER_BYTES:,}"
+        f"test.csv inflates to 300,000,000 bytes, more than the {zip_members.MAX_MEMBER_BYTES:,}"
     )
     with pytest.raises(PipelineError, match=re.escape(expected)):
         download.download(RawSource.zip, raw_dir, zip_path=archive)
@@ -131,21 +131,21 @@ def test_the_limit_holds_while_inflating_whatever_the_directory_said(
     raw_dir, tmp_path, monkeypatch
 ):
     archive = _zip(tmp_path / "z.zip", _csvs(raw_dir, rows=100).items())
-    monkeypatch.setattr(download, "MAX_MEMBER_BYTES", 50_000)
+    monkeypatch.setattr(zip_members, "MAX_MEMBER_BYTES", 50_000)
     target = tmp_path / "out.csv"
     with zipfile.ZipFile(archive) as opened:
         info = opened.getinfo(config.TRAIN_CSV)
         assert info.file_size > 50_000
         with pytest.raises(PipelineError, match="train.csv inflates past 50,000 bytes"):
-            download._copy_member(opened, info, archive, target)
+            zip_members.copy_member(opened, info, archive, target)
     assert target.stat().st_size <= 50_000
 
 
 def test_kaggles_real_zip_is_within_the_bounds_with_room(kaggle_zip):
     with zipfile.ZipFile(kaggle_zip) as archive:
-        members, notes = download.pick_members(archive, kaggle_zip)
+        members, notes = zip_members.pick_members(archive, kaggle_zip)
     assert set(members) == set(config.COMPETITION_FILES) and notes == []
     for info in members.values():
-        download.check_member_size(info, kaggle_zip)
-        assert info.file_size * 2 < download.MAX_MEMBER_BYTES
-        assert info.file_size < download.MAX_RATIO / 10 * info.compress_size
+        zip_members.check_member_size(info, kaggle_zip)
+        assert info.file_size * 2 < zip_members.MAX_MEMBER_BYTES
+        assert info.file_size < zip_members.MAX_RATIO / 10 * info.compress_size
