@@ -64,3 +64,9 @@ class OneLineErrors(TyperGroup):
         except KeyboardInterrupt as exc:  # exits.Stopped: SIGINT or SIGTERM
             signum = getattr(exc, "signum", signal.SIGINT)
             raise error_line(exits.stop_message(signum), exits.exit_code(signum)) from None
+        except Exception:
+            # A signal whose exception an import swallowed half-way (numpy's C init, a weakref
+            # callback) shows up later as a broken import: the stop, not a traceback.
+            if (signum := exits.stopped()) is None:
+                raise
+            raise error_line(exits.stop_message(signum), exits.exit_code(signum)) from None

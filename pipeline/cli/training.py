@@ -335,9 +335,10 @@ def crossval_command(
     else:
         cfg = recipe_config(plain(recipe) or "fast", **settings.given())
     seeds = list(range(splits))
-    members = members or 5
-    params = tracking.train_params(cfg) | {"members": members, "splits": splits}
-    name = f"crossval {cfg.recipe or cfg.model}"
+    first = cfg[0] if isinstance(cfg, list) else cfg  # best: the members differ in nets
+    members = len(cfg) if isinstance(cfg, list) else members or 5
+    params = tracking.train_params(first) | {"members": members, "splits": splits}
+    name = f"crossval {first.recipe or first.model}"
     with tracking.command_run(tracking.wanted(track), name, "crossval", params, warn=warn) as run:
         result = cross_validate(
             cfg, members, seeds, raw_dir, work_dir, processed_dir, log=tqdm.write, parent=run
