@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,7 +59,9 @@ def test_ctrl_c_keeps_finished_members_and_the_rerun_continues(
     proc.send_signal(signal.SIGINT)
     rest, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "finished members kept: 1 of 3" in stderr and "Traceback" not in stderr
+    # Member 3 may have started, and even finished, beside member 2 before the signal landed.
+    assert re.search(r"finished members kept: 1(, 3)? of 3", stderr), stderr
+    assert "Traceback" not in stderr
     first = models / "best-0.pt"
     kept = _sha256(first), first.stat().st_mtime_ns
     second_last = config.last_checkpoint_path(models / "best-1.pt")
