@@ -93,20 +93,36 @@ def test_ensemble_command_trains_bagged_members_and_prints_the_out_of_bag_estima
     from typer.testing import CliRunner
 
     from pipeline.cli import app
+    from pipeline.runs import list_runs, run_checkpoints
 
     options = ["--members", "2", "--epochs", "1", "--max-steps", "3", "--device", "cpu"]
     where = ["--processed-dir", str(processed_dir), "--out-dir", str(tmp_path)]
-    reply = CliRunner().invoke(app, ["ensemble", *options, "--jobs", "1", *where])
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"PIPELINE_TRACK": "1", "MLFLOW_TRACKING_URI": store}
+    reply = CliRunner().invoke(app, ["ensemble", *options, "--jobs", "1", *where], env=env)
     assert reply.exit_code == 0, reply.output
+    # Tracked: one parent run with the out-of-bag estimate, a child run per member whose
+    # kept checkpoint is that member's weights; `--run` on the parent means all members.
+    runs = list_runs(uri=store)
+    (parent,) = [run for run in runs if not run.parent]
+    children = [run for run in runs if run.parent == parent.run_id]
+    assert parent.command == "ensemble" and len(children) == 2
+    assert all(run.status == "FINISHED" for run in runs)
+    kept = run_checkpoints(parent.run_id, uri=store)
+    assert sorted(path.read_bytes() for path in kept) == sorted(
+        (tmp_path / f"best-{k}.pt").read_bytes() for k in range(2)
+    )
     lines = reply.output.splitlines()
     assert lines[0].startswith("ensemble: best, 2 members on cpu (1 at once)")
     assert lines[1].startswith("member 1/2 fastnet (1 epochs, fold 0 held out): ")
     assert lines[2].startswith("member 2/2 fastnet(kernel=5) (1 epochs, fold 1 held out): ")
     assert "out-of-bag accuracy" in lines[1] and "on 800 digits" in lines[1]
-    assert "out-of-bag accuracy" in lines[-1] and "on 1,600 of 4,000 labelled digits" in lines[-1]
-    assert "(1.0 voters per digit" in lines[-1]
+    assert lines[-1].startswith("ensemble: tracked as run ")
+    summary = lines[-2]
+    assert "out-of-bag accuracy" in summary and "on 1,600 of 4,000 labelled digits" in summary
+    assert "(1.0 voters per digit" in summary
     assert sorted(p.name for p in tmp_path.glob("best-?.pt")) == ["best-0.pt", "best-1.pt"]
-    again = CliRunner().invoke(app, ["ensemble", *options, "--jobs", "1", *where])
+    again = CliRunner().invoke(app, ["ensemble", *options, "--jobs", "1", *where], env=env)
     assert again.exit_code == 0 and again.output.count("(kept: trained earlier)") == 2
 
 

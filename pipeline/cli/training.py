@@ -237,7 +237,7 @@ def ensemble_command(
         device=device, compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
     if plain(recipe) == Recipe.best:
-        best_ensemble(members, seed, settings, processed_dir, out_dir, jobs)
+        best_ensemble(members, seed, settings, processed_dir, out_dir, jobs, track)
         return
     cfg = recipe_config(plain(recipe) or "fast", **settings.given())
     name = cfg.recipe or cfg.model
@@ -256,12 +256,16 @@ def ensemble_command(
         typer.echo(f"ensemble: {said}; `--run` on it means all its members")
 
 
-def best_ensemble(members, seed, settings, processed_dir, out_dir, jobs) -> None:
-    """Train the best members (bagged), then print the ensemble's out-of-bag accuracy."""
+def best_ensemble(members, seed, settings, processed_dir, out_dir, jobs, track=None) -> None:
+    """Train the best members (bagged), then print the ensemble's out-of-bag accuracy.
+
+    Tracked as one parent run (the out-of-bag estimate) with a child run per member, recorded
+    once the members' processes are done (a Ctrl-C marks the parent KILLED)."""
     import time
 
     from tqdm import tqdm
 
+    from pipeline import tracking
     from pipeline.bagging import format_oob, score_out_of_bag
     from pipeline.distributed import ranks_from_env
     from pipeline.ensemble import EnsembleInterrupted, train_members
@@ -282,17 +286,49 @@ def best_ensemble(members, seed, settings, processed_dir, out_dir, jobs) -> None
         f"({jobs or 'one per core'}"
         f" at once), each trained on all labelled digits but 1 of {folds} folds"
     )
-    try:
-        results = train_members(configs, processed_dir, out_dir, "best", jobs, log=tqdm.write)
-    except EnsembleInterrupted as stopped:
-        raise error_line(str(stopped), stopped.exit_code) from None
-    checkpoints = [r.checkpoint for r in results]
-    estimate, _ = score_out_of_bag(checkpoints, processed_dir, settings.device or "auto")
+    params = tracking.train_params(configs[0]) | {"members": len(configs)}
+    with tracking.command_run(
+        tracking.wanted(track), "best", "ensemble", params, warn=warn
+    ) as run:
+        try:
+            results = train_members(configs, processed_dir, out_dir, "best", jobs, log=tqdm.write)
+        except EnsembleInterrupted as stopped:
+            raise error_line(str(stopped), stopped.exit_code) from None
+        checkpoints = [r.checkpoint for r in results]
+        estimate, _ = score_out_of_bag(checkpoints, processed_dir, settings.device or "auto")
+        for result in results:
+            record_member(run, result)
+        run.log_metrics({"oob_acc": estimate.accuracy, "oob_digits": estimate.covered})
     minutes = (time.perf_counter() - start) / 60
     typer.echo(
         f"ensemble: {len(results)} members in {out_dir}/best-*.pt ({minutes:.1f} min); "
         + format_oob(estimate)
     )
+    if said := tracked_as(run):
+        typer.echo(f"ensemble: {said}; `--run` on it means all its members")
+
+
+def record_member(parent, result) -> None:
+    """A best member (trained in its own process) as a child run of `parent`: its options,
+    its per-epoch metrics read back from its metrics CSV, its out-of-bag accuracy and its
+    kept checkpoint."""
+    import csv
+
+    from pipeline import tracking
+
+    member = parent.child(
+        result.checkpoint.stem, "train", tracking.train_params(result.config),
+        {"member": result.index, "out": result.checkpoint.resolve()},
+    )  # fmt: skip
+    metrics = config.metrics_path(result.checkpoint)
+    if metrics.is_file():
+        with open(metrics, newline="") as handle:
+            for row in csv.DictReader(handle):
+                member.log_epoch({k: float(v) for k, v in row.items() if v})
+    summary = {"best_val_acc": result.accuracy, "train_seconds": result.train_seconds}
+    member.log_metrics(summary)
+    member.keep_checkpoint(result.checkpoint)
+    member.end()
 
 
 def crossval_command(
