@@ -84,7 +84,7 @@ TRIALS ?= 8
 TIMEOUT ?= 300
 MAX_EPOCHS ?= 4
 STUDY ?= tune
-tune: prepare ## Search lr, weight decay, epochs, width, batch size, augmentation with Optuna (TRIALS, TIMEOUT s, STUDY)
+tune: prepare ## Search lr, weight decay, epochs, width, batch size, augmentation with Optuna (TRIALS, TIMEOUT s, MAX_EPOCHS, STUDY)
 	$(PIPELINE) tune --trials $(TRIALS) --timeout $(TIMEOUT) --max-epochs $(MAX_EPOCHS) \
 		--study $(STUDY) --device $(DEVICE) --seed $(SEED)
 
