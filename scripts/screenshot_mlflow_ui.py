@@ -19,7 +19,9 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -58,11 +60,14 @@ def start_ui(store: str, port: int) -> subprocess.Popen:
     env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [str(mlflow), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1"]  # fmt: skip
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tempfile.TemporaryFile()  # not a pipe: its log lines could fill one and stall it
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            sys.exit(f"mlflow ui exited ({server.returncode}): {server.stderr.read().decode()}")
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-2000:]
+            sys.exit(f"mlflow ui exited ({server.returncode}):\n{tail}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                 return server
@@ -79,8 +84,13 @@ def experiment_id(port: int, name: str) -> str:
 
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name"
     url += f"?experiment_name={quote(name)}"
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.load(response)["experiment"]["experiment_id"]
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.load(response)["experiment"]["experiment_id"]
+    except urllib.error.HTTPError as error:
+        if error.code != 404:
+            raise
+    sys.exit(f"the store holds no experiment {name!r}: track a few runs first (README)")
 
 
 def toggle(dialog, group: str, name: str) -> None:
