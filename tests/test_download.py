@@ -19,6 +19,8 @@ from pipeline.choices import RawSource
 from pipeline.download import download, extract_competition_zip
 from pipeline.errors import PipelineError
 
+from conftest import require
+
 CREDENTIALS = "KAGGLE_USERNAME/KAGGLE_KEY"
 
 
@@ -348,14 +350,14 @@ def test_kaggle_failures_explain_what_to_do(error, advice, tmp_path):
 
 
 def _requests_http_error(status, text):
-    requests = pytest.importorskip("requests")
+    requests = require("requests", extra="kaggle")
     response = requests.Response()
     response.status_code = status
     return requests.HTTPError(text, response=response)
 
 
 def _requests_connection_error():
-    requests = pytest.importorskip("requests")
+    requests = require("requests", extra="kaggle")
     return requests.ConnectionError(
         "HTTPSConnectionPool(host='www.kaggle.com', port=443): Max retries exceeded with url:"
         " /api/v1/competitions/data/download-all/digit-recognizer (Caused by NameResolution"

@@ -21,7 +21,9 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.serve.digitize import MAX_DECODED_BYTES, decoded_bytes
 
-fastapi = pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[serve]'")
+from conftest import require
+
+fastapi = require("fastapi")
 from pipeline.serve.app import create_app  # noqa: E402
 from pipeline.serve.guard import host_name, is_loopback, network_warning  # noqa: E402
 from pipeline.serve.limits import Busy, DecodeSlots, read_body  # noqa: E402
