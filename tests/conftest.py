@@ -206,10 +206,11 @@ def sample_processed_dir(sample_raw_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_png_dir(sample_raw_dir, tmp_path_factory) -> Path:
-    """Read-only: the sample prepared as tensors and PNG folders, the same split."""
+    """Read-only: the sample's first 800 rows (as in small_processed_dir) prepared as tensors and
+    PNG folders, the same split (fewer PNGs to write)."""
 
     def make(processed: Path) -> Path:
-        prepare(sample_raw_dir, processed, fmt="both", seed=0)
+        prepare(sample_raw_dir, processed, fmt="both", seed=0, limit_rows=800)
         return processed
 
     return once_per_run(tmp_path_factory, "sample_png", make)
@@ -224,8 +225,8 @@ def processed_dir(sample_processed_dir, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def small_processed_dir(sample_raw_dir, tmp_path_factory) -> Path:
-    """Read-only: the sample's first 800 digits prepared (720 train / 80 val / 1,000 test), for
-    tests about the training loop's mechanics (resume, stops, seeds), not what it learns."""
+    """Read-only: the sample's CSVs cut to their first 800 rows (720 train / 80 val / 800
+    test), for tests of the training loop's mechanics (resume, stops), not of what it learns."""
 
     def make(processed: Path) -> Path:
         prepare(sample_raw_dir, processed, fmt="tensors", seed=0, limit_rows=800)

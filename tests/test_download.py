@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import struct
 import time
 import zipfile
@@ -105,7 +106,8 @@ def test_offline_sample_is_kaggle_shaped_and_stratified(tmp_path):
 def test_zip_source_extracts_and_drops_sample_answers(raw_dir, tmp_path):
     archive = _zip_of(raw_dir, tmp_path / "digit-recognizer.zip")
     target = tmp_path / "target"
-    download(RawSource.sample, target)
+    shutil.copytree(raw_dir, target)  # the offline sample, with its answers
+    assert (target / config.TEST_LABELS_CSV).is_file()
     result = download(RawSource.zip, target, zip_path=archive)
     assert not result.is_sample and not (target / config.TEST_LABELS_CSV).exists()
     assert (target / config.TRAIN_CSV).read_bytes() == (raw_dir / config.TRAIN_CSV).read_bytes()
