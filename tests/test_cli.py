@@ -30,14 +30,6 @@ def test_help_lists_every_stage():
         assert command in result.stdout
 
 
-def test_download_sample_says_loudly_that_it_is_a_sample(tmp_path, monkeypatch):
-    monkeypatch.setattr(kaggle_api, "credential_source", lambda: None)
-    result = invoke("download", "--raw-dir", tmp_path)
-    assert result.exit_code == 0 and "download [sample]" in result.stdout
-    assert "OFFLINE SAMPLE" in result.stderr
-    assert (tmp_path / config.TEST_LABELS_CSV).is_file()
-
-
 def test_download_bad_zip_is_one_line(tmp_path):
     bad = tmp_path / "digit-recognizer.zip"
     bad.write_bytes(b"PK\x03\x04 truncated")
