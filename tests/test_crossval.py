@@ -34,7 +34,7 @@ def test_crossval_command_prints_mean_and_spread(sample_raw_dir, tmp_path):
         app,
         [
             "crossval", "--splits", "2", "--members", "1", "--recipe", "fast", "--epochs", "1",
-            "--max-steps", "10", "--device", "cpu", "--raw-dir", str(sample_raw_dir),
+            "--max-steps", "3", "--device", "cpu", "--raw-dir", str(sample_raw_dir),
             "--work-dir", str(tmp_path / "models"), "--processed-dir", str(tmp_path / "data"),
         ],
     )  # fmt: skip

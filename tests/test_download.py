@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import struct
 import time
 import zipfile
@@ -18,6 +19,8 @@ from pipeline import config, kaggle_api
 from pipeline.choices import RawSource
 from pipeline.download import download, extract_competition_zip
 from pipeline.errors import PipelineError
+
+from conftest import require
 
 CREDENTIALS = "KAGGLE_USERNAME/KAGGLE_KEY"
 
@@ -103,7 +106,8 @@ def test_offline_sample_is_kaggle_shaped_and_stratified(tmp_path):
 def test_zip_source_extracts_and_drops_sample_answers(raw_dir, tmp_path):
     archive = _zip_of(raw_dir, tmp_path / "digit-recognizer.zip")
     target = tmp_path / "target"
-    download(RawSource.sample, target)
+    shutil.copytree(raw_dir, target)  # the offline sample, with its answers
+    assert (target / config.TEST_LABELS_CSV).is_file()
     result = download(RawSource.zip, target, zip_path=archive)
     assert not result.is_sample and not (target / config.TEST_LABELS_CSV).exists()
     assert (target / config.TRAIN_CSV).read_bytes() == (raw_dir / config.TRAIN_CSV).read_bytes()
@@ -348,14 +352,14 @@ def test_kaggle_failures_explain_what_to_do(error, advice, tmp_path):
 
 
 def _requests_http_error(status, text):
-    requests = pytest.importorskip("requests")
+    requests = require("requests", extra="kaggle")
     response = requests.Response()
     response.status_code = status
     return requests.HTTPError(text, response=response)
 
 
 def _requests_connection_error():
-    requests = pytest.importorskip("requests")
+    requests = require("requests", extra="kaggle")
     return requests.ConnectionError(
         "HTTPSConnectionPool(host='www.kaggle.com', port=443): Max retries exceeded with url:"
         " /api/v1/competitions/data/download-all/digit-recognizer (Caused by NameResolution"

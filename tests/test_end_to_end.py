@@ -26,7 +26,9 @@ def run(*args):
 def test_offline_sample_flow_scores_its_own_submission(tmp_path, monkeypatch, fast_run):
     monkeypatch.setattr(kaggle_api, "credential_source", lambda: None)
     raw, processed, models = tmp_path / "raw", tmp_path / "processed", tmp_path / "models"
-    assert "download [sample]" in run("download", "--raw-dir", raw).stdout
+    downloaded = run("download", "--raw-dir", raw)  # no credentials, no zip: the sample
+    assert "download [sample]" in downloaded.stdout and "OFFLINE SAMPLE" in downloaded.stderr
+    assert (raw / config.TEST_LABELS_CSV).is_file()  # its answers, for scoring below
     run("prepare", "--raw-dir", raw, "--processed-dir", processed)
     # The session already trained this very run (same sample, split and recipe): with its
     # files in place, `train` recognises the finished run instead of training it again.

@@ -4,9 +4,9 @@ import errno
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 from pipeline.kaggle_api import explain
+
+from conftest import require
 
 SUBMISSION = Path("submissions/submission.csv")
 
@@ -44,8 +44,8 @@ def test_a_local_os_error_names_the_file_not_the_network():
 
 
 def test_requests_errors_are_network_errors_whatever_their_base_class():
-    requests = pytest.importorskip("requests")
-    urllib3 = pytest.importorskip("urllib3")
+    requests = require("requests", extra="kaggle")
+    urllib3 = require("urllib3", extra="kaggle")
     for error in (
         requests.ConnectionError("Max retries exceeded"),
         requests.Timeout("read timed out"),

@@ -10,7 +10,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from onnx import TensorProto
 
 from pipeline import onnx_runtime
 from pipeline.datasets import load_split
@@ -71,6 +70,8 @@ def test_damaged_and_foreign_files_get_one_line(linear_onnx, tmp_path):
 
 
 def test_other_inputs_and_outputs_are_refused(linear_onnx, tmp_path):
+    from onnx import TensorProto  # 1.5 s to import: not at collection
+
     renamed = linear_onnx(tmp_path / "renamed.onnx", input_name="input")
     assert "input must be one tensor `images`, not input tensor(uint8)" in _one_line_error(renamed)
     floats = linear_onnx(tmp_path / "floats.onnx", input_type=TensorProto.FLOAT)

@@ -99,14 +99,14 @@ def test_limit_rows_reads_a_prefix(raw_dir, tmp_path):
     assert result.counts["train"] + result.counts["val"] == 500
 
 
-def test_png_export_matches_tensors(raw_dir, tmp_path):
-    out = tmp_path / "processed"
-    prepare(raw_dir, out, fmt="both")
+def test_png_export_matches_tensors(sample_png_dir):
+    out = sample_png_dir  # the session's prepare(..., fmt="both", limit_rows=800) of the sample
     val = load_split(out, "val")
-    png = out / "images" / "val" / str(int(val.labels[0])) / f"{int(val.ids[0])}.png"
-    assert np.array_equal(np.array(Image.open(png)), val.images[0, 0].numpy())
-    assert len(list((out / "images" / "test").glob("*.png"))) == 1000
-    assert len(list((out / "images" / "train").rglob("*.png"))) == 3600
+    for image, label, image_id in zip(val.images, val.labels, val.ids, strict=True):  # all 80
+        png = out / "images" / "val" / str(int(label)) / f"{int(image_id)}.png"
+        assert np.array_equal(np.array(Image.open(png)), image[0].numpy()), png
+    assert len(list((out / "images" / "test").glob("*.png"))) == 800
+    assert len(list((out / "images" / "train").rglob("*.png"))) == 720
 
 
 TRAIN_HEADER = ",".join(config.TRAIN_HEADER)
@@ -304,9 +304,9 @@ def test_an_interrupted_prepare_leaves_nothing_taken_as_current(
     assert _disjoint_or_refused(out) == "disjoint"
 
 
-def test_a_truncated_split_file_is_rebuilt_not_called_up_to_date(raw_dir, tmp_path):
-    out = tmp_path / "processed"
-    prepare(raw_dir, out)
+def test_a_truncated_split_file_is_rebuilt_not_called_up_to_date(raw_dir, processed_dir):
+    out = processed_dir  # prepared from these very CSVs
+    assert prepare(raw_dir, out).skipped
     train_file = config.split_path(out, "train")
     train_file.write_bytes(train_file.read_bytes()[:1000])
     with pytest.raises(PipelineError, match="train.npz: does not match meta.json"):
@@ -319,9 +319,9 @@ def test_a_truncated_split_file_is_rebuilt_not_called_up_to_date(raw_dir, tmp_pa
 @pytest.mark.parametrize(
     "meta", ["[1, 2]", "{}", '{"version": 2}', "not json"], ids=["list", "empty", "keys", "text"]
 )
-def test_a_damaged_meta_json_is_one_line_and_rebuilt(meta, raw_dir, tmp_path):
-    out = tmp_path / "processed"
-    prepare(raw_dir, out)
+def test_a_damaged_meta_json_is_one_line_and_rebuilt(meta, raw_dir, processed_dir):
+    out = processed_dir  # prepared from these very CSVs
+    assert prepare(raw_dir, out).skipped
     (out / config.META_JSON).write_text(meta)
     with pytest.raises(PipelineError, match="meta.json"):
         load_split(out, "val")

@@ -21,7 +21,9 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.serve.digitize import MAX_DECODED_BYTES, decoded_bytes
 
-fastapi = pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[serve]'")
+from conftest import require
+
+fastapi = require("fastapi")
 from pipeline.serve.app import create_app  # noqa: E402
 from pipeline.serve.guard import host_name, is_loopback, network_warning  # noqa: E402
 from pipeline.serve.limits import Busy, DecodeSlots, read_body  # noqa: E402
@@ -309,18 +311,20 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(models, monkeypatch
         try:
             while not server.started:
                 time.sleep(0.01)
+            # recv waits for the server to close (b""), or raises after the 5 s timeout
             with socket.create_connection(("127.0.0.1", port), timeout=5) as half:
                 half.sendall(b"GET /api/hea")
-                time.sleep(1.0)
+                sent = time.monotonic()
                 assert half.recv(100) == b""  # closed by the server
+                assert time.monotonic() - sent > 0.3  # at the deadline, not at once
             with socket.create_connection(("127.0.0.1", port), timeout=5) as whole:
                 whole.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 answer = http.client.HTTPResponse(whole)
                 answer.begin()
                 assert answer.status == 200 and answer.read() == b'{"status":"ok"}'
-
-                time.sleep(1.0)  # idle after an answer: the deadline applies again
-                assert whole.recv(100) == b""
+                answered = time.monotonic()
+                assert whole.recv(100) == b""  # idle after an answer: the deadline applies again
+                assert time.monotonic() - answered > 0.3
         finally:
             server.should_exit = True
             thread.join(10)

@@ -11,12 +11,16 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from pipeline.cli import app
 from pipeline.datasets import load_split
 from pipeline.onnx_runtime import load_onnx
 
-pytest.importorskip("uvicorn")
-pytest.importorskip("onnxruntime")
+from conftest import require
+
+require("uvicorn")
+require("onnxruntime")
 
 
 def _post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
@@ -103,20 +107,23 @@ def test_serve_on_onnx_answers_without_importing_torch(
 
 
 @pytest.mark.parametrize("kind", ["damaged", "foreign", "mixed"])
-def test_serve_refuses_bad_graphs_in_one_line(kind, linear_onnx, tmp_path):
+def test_serve_refuses_bad_graphs_in_one_line(kind, linear_onnx, tmp_path, monkeypatch):
+    """In process (the one-line contract is the CLI's, as in test_cli); a refusal that failed
+    would get as far as binding a port, which raises here instead of serving forever."""
+    from pipeline.serve import server
+
+    def never_bind(host, port):
+        raise AssertionError(f"serve went on to bind {host}:{port} with a bad graph")
+
+    monkeypatch.setattr(server, "bind", never_bind)
     graph = linear_onnx(tmp_path / "graph.onnx", **({"props": None} if kind == "foreign" else {}))
     if kind == "damaged":
         graph.write_bytes(graph.read_bytes()[:200])
     args = ["--checkpoint", str(graph)]
     if kind == "mixed":
         args += ["--checkpoint", str(tmp_path / "model.pt")]
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "serve", "--port", "0", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 1 and done.stdout == ""
+    done = CliRunner().invoke(app, ["serve", "--port", "0", *args])
+    assert done.exit_code == 1 and done.stdout == "", done.output
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     expected = {

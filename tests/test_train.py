@@ -15,6 +15,8 @@ from pipeline.recipes import RECIPES, recipe_config
 from pipeline.run_state import StopSignals, TrainingInterrupted
 from pipeline.train import train
 
+from conftest import StopAtStep, tiny_config
+
 
 def _cfg(**changes):
     settings = dict(model="cnn", epochs=1, batch_size=64, device="cpu", seed=0)
@@ -117,29 +119,18 @@ def test_ensemble_members_get_their_own_seed_and_file(processed_dir, tmp_path):
     assert [load_checkpoint(r.checkpoint).meta["seed"] for r in results] == [0, 1]
 
 
-class StopAtStep(StopSignals):
-    """A Ctrl-C that lands right after global step `at`, without a real signal's timing."""
-
-    def __init__(self, at: int):
-        super().__init__()
-        self.at = at
-
-    def requested(self, ranks, device, step=None) -> bool:
-        if step is not None and step >= self.at:
-            self.signum = signal.SIGINT
-        return super().requested(ranks, device, step)
-
-
-def test_interrupt_then_resume_matches_an_uninterrupted_run(processed_dir, tmp_path):
-    steps_per_epoch = 3600 // 32
-    cfg = _cfg(epochs=2, batch_size=32, max_steps=steps_per_epoch + 20)  # into epoch 2
-    whole = train(cfg, processed_dir, tmp_path / "whole.pt", progress=False)
+def test_interrupt_then_resume_matches_an_uninterrupted_run(small_processed_dir, tmp_path):
+    data = small_processed_dir  # 720 training digits: two epochs in a few dozen steps
+    steps_per_epoch = 720 // 32
+    cfg = _cfg(epochs=2, batch_size=32, max_steps=steps_per_epoch + 8)  # into epoch 2
+    whole = train(cfg, data, tmp_path / "whole.pt", progress=False)
+    stop_at = steps_per_epoch + 5
     with pytest.raises(TrainingInterrupted) as stopped:
-        train(cfg, processed_dir, tmp_path / "cut.pt", progress=False, stop=StopAtStep(120))
+        train(cfg, data, tmp_path / "cut.pt", progress=False, stop=StopAtStep(stop_at))
     loop = read_payload(stopped.value.checkpoint)["training_state"]["loop"]
-    assert (loop["epoch"], loop["step"]) == (1, 120 - steps_per_epoch)  # mid-epoch 2
+    assert (loop["epoch"], loop["step"]) == (1, stop_at - steps_per_epoch)  # mid-epoch 2
     assert len(whole.history) == 2
-    resumed = train(cfg, processed_dir, tmp_path / "cut.pt", resume=True, progress=False)
+    resumed = train(cfg, data, tmp_path / "cut.pt", resume=True, progress=False)
     final_whole = read_payload(whole.last_checkpoint)["state_dict"]
     final_resumed = read_payload(resumed.last_checkpoint)["state_dict"]
     assert all(torch.equal(final_whole[k], final_resumed[k]) for k in final_whole)
@@ -154,36 +145,30 @@ def test_resume_without_saved_state_is_a_clear_error(processed_dir, tmp_path):
         train(_cfg(), processed_dir, tmp_path / "never.pt", resume=True, progress=False)
 
 
-def test_resume_refuses_other_prepared_data(raw_dir, tmp_path):
-    """A re-prepare with another seed moves validation rows into train: resuming would leak."""
+def test_resume_refuses_other_prepared_data(tiny_run, raw_dir, tmp_path):
+    """A re-prepare with another seed moves validation rows into train: resuming would leak.
+    (tiny_run was trained on these CSVs prepared with seed 0.)"""
     processed = tmp_path / "processed"
-    prepare(raw_dir, processed, seed=0)
-    out = tmp_path / "run.pt"
-    train(_cfg(max_steps=3), processed, out, progress=False)
     for other in (dict(seed=1), dict(seed=0, limit_rows=2000)):
         prepare(raw_dir, processed, **other)
         with pytest.raises(PipelineError, match="trained on other prepared data"):
-            train(_cfg(max_steps=3), processed, out, resume=True, progress=False)
+            train(tiny_config(), processed, tiny_run, resume=True, progress=False)
     prepare(raw_dir, processed, seed=0)
-    resumed = train(_cfg(max_steps=3), processed, out, resume=True, progress=False)
-    assert resumed.checkpoint == out
+    resumed = train(tiny_config(), processed, tiny_run, resume=True, progress=False)
+    assert resumed.checkpoint == tiny_run
 
 
 @pytest.mark.parametrize(
     "change", [dict(lr=1e-3), dict(epochs=2), dict(model="lenet"), dict(augment=True)]
 )
-def test_resume_refuses_options_that_make_another_run(change, processed_dir, tmp_path):
-    out = tmp_path / "run.pt"
-    train(_cfg(max_steps=3), processed_dir, out, progress=False)
+def test_resume_refuses_options_that_make_another_run(change, tiny_run, processed_dir):
     name = next(iter(change))
     with pytest.raises(PipelineError, match=f"{name} .* differ"):
-        train(_cfg(max_steps=3, **change), processed_dir, out, resume=True, progress=False)
+        train(tiny_config(**change), processed_dir, tiny_run, resume=True, progress=False)
 
 
-def test_resume_may_change_the_device_only(processed_dir, tmp_path):
-    out = tmp_path / "run.pt"
-    train(_cfg(max_steps=3, device="cpu"), processed_dir, out, progress=False)
-    resumed = train(_cfg(max_steps=3, device="auto"), processed_dir, out, resume=True)
+def test_resume_may_change_the_device_only(tiny_run, processed_dir):
+    resumed = train(tiny_config(device="auto"), processed_dir, tiny_run, resume=True)
     assert resumed.config.device == "auto"
 
 
@@ -198,15 +183,13 @@ def test_resume_may_change_the_device_only(processed_dir, tmp_path):
     ],
     ids=["no optimizer", "no epoch", "epoch text", "rng list", "loop list"],
 )
-def test_a_tampered_resumable_state_is_one_line(damage, processed_dir, tmp_path):
-    out = tmp_path / "run.pt"
-    train(_cfg(max_steps=3), processed_dir, out, progress=False)
-    last = config.last_checkpoint_path(out)
+def test_a_tampered_resumable_state_is_one_line(damage, tiny_run, processed_dir):
+    last = config.last_checkpoint_path(tiny_run)
     payload = torch.load(last, weights_only=True)
     damage(payload["training_state"])
     torch.save(payload, last)
     with pytest.raises(PipelineError, match="training state is damaged"):
-        train(_cfg(max_steps=3), processed_dir, out, resume=True, progress=False)
+        train(tiny_config(), processed_dir, tiny_run, resume=True, progress=False)
 
 
 @pytest.mark.parametrize("lr", [float("inf"), float("nan"), -1.0, 0.0])

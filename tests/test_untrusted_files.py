@@ -5,10 +5,7 @@ wrong answer, or a run that "finishes" without training."""
 import hashlib
 import json
 import math
-import os
 import shutil
-import signal
-import threading
 
 import numpy as np
 import pytest
@@ -29,6 +26,8 @@ from pipeline.recipes import recipe_config
 from pipeline.run_state import TrainingInterrupted
 from pipeline.train import train
 
+from conftest import StopAtStep
+
 
 def _cfg(**changes):
     settings = dict(model="cnn", epochs=2, batch_size=64, device="cpu", seed=0)
@@ -45,21 +44,16 @@ def _one_line(error: pytest.ExceptionInfo, path) -> str:
 
 
 @pytest.fixture(scope="module")
-def interrupted_run(sample_processed_dir, tmp_path_factory):
-    """Read-only: a run stopped by SIGINT in the middle of its second epoch."""
+def interrupted_run(small_processed_dir, tmp_path_factory):
+    """Read-only: a run stopped by a Ctrl-C in the middle of its second epoch."""
     out = tmp_path_factory.mktemp("interrupted") / "run.pt"
-    last = config.last_checkpoint_path(out)
-
-    def interrupt_once_epoch_one_is_saved():
-        while not last.exists():
-            threading.Event().wait(0.005)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt_once_epoch_one_is_saved, daemon=True).start()
+    steps_per_epoch = 720 // 64  # the first 800 digits, 720 for training
+    stop = StopAtStep(steps_per_epoch + 3)
     with pytest.raises(TrainingInterrupted):
-        train(_cfg(), sample_processed_dir, out, progress=False)
-    loop = torch.load(last, weights_only=True)["training_state"]["loop"]
-    assert loop["epoch"] == 1 and loop["step"] > 0 and loop["order"] is not None
+        train(_cfg(), small_processed_dir, out, progress=False, stop=stop)
+    saved = torch.load(config.last_checkpoint_path(out), weights_only=True)
+    loop = saved["training_state"]["loop"]
+    assert (loop["epoch"], loop["step"]) == (1, 3) and loop["order"] is not None
     return out
 
 
@@ -118,7 +112,7 @@ TAMPERING = {
 
 @pytest.mark.parametrize("damage", TAMPERING.values(), ids=TAMPERING.keys())
 def test_a_tampered_resume_state_is_one_line_and_trains_nothing(
-    damage, interrupted_run, sample_processed_dir, tmp_path
+    damage, interrupted_run, small_processed_dir, tmp_path
 ):
     shutil.copytree(interrupted_run.parent, tmp_path / "run")
     out = tmp_path / "run" / interrupted_run.name
@@ -128,14 +122,14 @@ def test_a_tampered_resume_state_is_one_line_and_trains_nothing(
     torch.save(payload, last)
     before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
     with pytest.raises(PipelineError) as refused:
-        train(_cfg(), sample_processed_dir, out, resume=True, progress=False)
+        train(_cfg(), small_processed_dir, out, resume=True, progress=False)
     message = _one_line(refused, last)
     assert "training state is damaged" in message or "does not fit" in message, message
     assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before
 
 
 def test_flipped_bytes_are_reported_as_corrupt_not_as_divergence(
-    interrupted_run, sample_processed_dir, tmp_path
+    interrupted_run, small_processed_dir, tmp_path
 ):
     shutil.copytree(interrupted_run.parent, tmp_path / "run")
     out = tmp_path / "run" / interrupted_run.name
@@ -147,7 +141,7 @@ def test_flipped_bytes_are_reported_as_corrupt_not_as_divergence(
     data[at + 3] ^= 0x7F  # one weight's exponent: a huge but finite number
     last.write_bytes(bytes(data))
     with pytest.raises(PipelineError) as refused:
-        train(_cfg(), sample_processed_dir, out, resume=True, progress=False)
+        train(_cfg(), small_processed_dir, out, resume=True, progress=False)
     assert "corrupt" in _one_line(refused, last) and "CRC" in str(refused.value)
     out.write_bytes(bytes(data))  # the same damage in a checkpoint to predict with
     with pytest.raises(PipelineError, match="corrupt: .* fails its CRC check"):
@@ -155,7 +149,7 @@ def test_flipped_bytes_are_reported_as_corrupt_not_as_divergence(
 
 
 def test_a_tampered_resume_state_through_the_command_line(
-    interrupted_run, sample_processed_dir, tmp_path
+    interrupted_run, small_processed_dir, tmp_path
 ):
     shutil.copytree(interrupted_run.parent, tmp_path / "run")
     out = tmp_path / "run" / interrupted_run.name
@@ -163,7 +157,7 @@ def test_a_tampered_resume_state_through_the_command_line(
     payload = torch.load(last, weights_only=True)
     payload["training_state"]["loop"]["step"] = 10**9
     torch.save(payload, last)
-    args = ["train", "--resume", "--out", str(out), "--processed-dir", str(sample_processed_dir)]
+    args = ["train", "--resume", "--out", str(out), "--processed-dir", str(small_processed_dir)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {last}: its training state is damaged")
