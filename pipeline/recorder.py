@@ -2,7 +2,7 @@
 
 A tracked command (`pipeline.tracking.Session`) writes its runs as one JSON record,
 atomically, into `<store folder>/pending/<record id>.json` and starts
-`python -m pipeline.recorder URI` with a lower priority and its output in
+`python -m pipeline.recorder URI` at the lowest priority, its output in
 `pending/recorder.log`, then exits. Whatever reads the store calls `record_pending` first.
 Both hold `pending/.lock` while they record, so a record is logged by one of them: each of its
 runs is tagged with the record's id, and a record found half logged (a recorder killed midway)
@@ -25,13 +25,13 @@ from pipeline.tracking import PARENT_TAG, check_store, runs_dir, tracking_uri
 RECORD_TAG = "pipeline.record"  # the id of the record a run came from
 RUN_TAG = "pipeline.run"  # the run's own id, the one the command printed
 PARENT_RUN_TAG = "pipeline.parent"  # its parent's id of that kind
-RECORDER_NICE = 10
+RECORDER_NICE = 19  # the lowest priority: it never competes with a stage for a core
 RUN_KEYS = {"id", "parent", "name", "params", "tags", "metrics", "start_ms", "end_ms", "status",
             "deleted"}  # fmt: skip
 
 
 def pending_dir(uri: str) -> Path:
-    return runs_dir(uri).parent / "pending"
+    return runs_dir(uri).parent / config.PENDING_DIR_NAME
 
 
 def write_pending(uri: str, record_id: str, runs: list[dict]) -> Path:
@@ -53,7 +53,7 @@ def write_pending(uri: str, record_id: str, runs: list[dict]) -> Path:
 
 def start_detached(uri: str, path: Path) -> subprocess.Popen:
     """Start the recorder for the pending records; it holds none of the caller's pipes."""
-    with open(path.parent / "recorder.log", "ab") as log:
+    with open(path.parent / config.RECORDER_LOG, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "pipeline.recorder", uri],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True,
@@ -89,7 +89,7 @@ def connect(uri: str):
 @contextmanager
 def _locked(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
+    with open(folder / config.RECORDER_LOCK, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
