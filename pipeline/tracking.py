@@ -15,6 +15,7 @@ process of its own (the way wandb logs through a service process). Whatever read
 (`pipeline runs`, `--run`, `submit`) records what is still pending first.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -194,7 +195,9 @@ class Session:
         that failed."""
         from pipeline import recorder
 
-        if self.runs:
+        if self.runs and importlib.util.find_spec("mlflow") is None:  # found without importing
+            self._failure = "mlflow is not installed: pip install -e '.[track]'"
+        elif self.runs:
             commit = git_commit()
             for entry in self.runs:
                 entry["tags"] |= {"git_commit": commit, "mlflow.source.git.commit": commit}
