@@ -6,7 +6,9 @@ processes, wall clock including start-up, against the tutorial's single script
 CSVs, and against a lean version of the same flow (`pipeline.baselines.tutorial_lean`: arrays
 in memory, a per-image Dataset, `DataLoader(batch_size=50, num_workers=2)`, every train.csv
 row); each command's time is split into start-up and imports, load, work and write
-(`pipeline.bench.timings`).
+(`pipeline.bench.timings`). `train` runs tracked, as it does by default; the MLflow recorder it
+leaves behind (`pipeline.recorder`) runs beside our `predict` and is waited for before the
+tutorials' turns.
 """
 
 import json
