@@ -25,7 +25,7 @@ from pipeline.tracking import PARENT_TAG, check_store, runs_dir, tracking_uri
 RECORD_TAG = "pipeline.record"  # the id of the record a run came from
 RUN_TAG = "pipeline.run"  # the run's own id, the one the command printed
 PARENT_RUN_TAG = "pipeline.parent"  # its parent's id of that kind
-RECORDER_NICE = 19  # the lowest priority: it never competes with a stage for a core
+RECORDER_NICE = 19  # the lowest priority: a stage running beside it gets the cores first
 RUN_KEYS = {"id", "parent", "name", "params", "tags", "metrics", "start_ms", "end_ms", "status",
             "deleted"}  # fmt: skip
 
