@@ -10,7 +10,6 @@ calibrated probabilities are `softmax(logits / temperature)` wherever they are s
 """
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -71,19 +70,3 @@ def expected_calibration_error(
             gap = (correct[in_bin].mean() - confidences[in_bin].mean()).abs()
             error += float(gap) * float(in_bin.float().mean())
     return error
-
-
-def calibrate_checkpoint(path: Path, val_set, device: torch.device | str = "cpu") -> float:
-    """Fit the temperature of the checkpoint at `path` on `val_set` and store it in its meta.
-
-    Rewrites the checkpoint and its JSON sidecar atomically with `"temperature"` added; the
-    weights are unchanged. Returns the temperature.
-    """
-    from pipeline.checkpoints import load_checkpoint, save_checkpoint
-    from pipeline.inference import predict_logits
-
-    checkpoint = load_checkpoint(path, device)
-    logits = predict_logits(checkpoint.model, val_set)
-    temperature = fit_temperature(logits, val_set.labels)
-    save_checkpoint(path, checkpoint.model, {**checkpoint.meta, "temperature": temperature})
-    return temperature

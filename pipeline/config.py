@@ -26,6 +26,11 @@ RUNS_DIR = EXPERIMENTS_DIR / "runs"
 TUNE_DB = EXPERIMENTS_DIR / "optuna.db"
 TUNE_DIR = EXPERIMENTS_DIR / "tune"
 TRACKING_EXPERIMENT = "digit-recognizer"  # the MLflow experiment every run goes to
+# Beside a store's runs folder: the commands' records not yet in MLflow (pipeline.recorder),
+# the recorder's log and the lock readers and recorder take turns with.
+PENDING_DIR_NAME = "pending"
+RECORDER_LOG = "recorder.log"
+RECORDER_LOCK = ".lock"
 # The web page `pipeline serve` ships inside the package.
 STATIC_DIR = Path(__file__).resolve().parent / "serve" / "static"
 

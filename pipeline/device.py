@@ -36,11 +36,32 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise PipelineError(f"--device {name}: not a device name torch knows") from None
 
 
+YIELDING_NICE = 5  # processes this much nicer than ours count as idle to use_free_cores
+
+
+def yielding_processes() -> int:
+    """Processes running (or waiting to) at least YIELDING_NICE nicer than this one, from
+    /proc/<pid>/stat."""
+    floor = os.nice(0) + YIELDING_NICE
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process has just ended
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # from field 3, the state; 19 is nice
+        count += fields[0] == "R" and int(fields[16]) >= floor
+    return count
+
+
 def busy_cores_elsewhere() -> int:
     """Threads of other processes running or waiting for a core now (Linux; elsewhere 0).
 
     /proc/loadavg counts every runnable thread on the machine; this process's own runnable
-    threads (from /proc/self/task) are taken off. The median of three looks 1 ms apart.
+    threads (from /proc/self/task) are taken off, and so are processes at least YIELDING_NICE
+    nicer than this one (tracking's recorder, at 19): the scheduler runs them on what ours
+    leave.
+    The median of three looks 1 ms apart.
     """
 
     def look() -> int:
@@ -53,7 +74,7 @@ def busy_cores_elsewhere() -> int:
             except OSError:  # the thread has just ended
                 continue
             ours += text[text.rindex(")") + 2] == "R"
-        return max(0, runnable - ours)
+        return max(0, runnable - ours - yielding_processes())
 
     try:
         looks = []

@@ -145,6 +145,7 @@ class Metrics:
     loss: float
     predictions: torch.Tensor  # int64 [N], on the CPU
     confidences: torch.Tensor  # float [N]: softmax probability of the predicted class
+    logits: torch.Tensor | None = None  # float [N, 10], on the model's device
 
 
 def score(model: nn.Module, data: TensorDigits, batch_size: int = 256, tta: bool = False):
@@ -159,6 +160,7 @@ def score(model: nn.Module, data: TensorDigits, batch_size: int = 256, tta: bool
         loss=F.cross_entropy(logits, labels).item(),
         predictions=predictions.cpu(),
         confidences=confidences.cpu(),
+        logits=logits,
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline import tracking
 from pipeline.errors import PipelineError
+from pipeline.recorder import PARENT_RUN_TAG, RUN_TAG
 
 SHORT_ID = 8  # characters of a run id the table shows
 MIN_PREFIX = 6
@@ -39,7 +40,7 @@ def _row(run) -> RunRow:
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     score = next((metrics[k] for k in SCORE_METRICS if k in metrics), None)
     return RunRow(
-        run_id=run.info.run_id,
+        run_id=run_key(run),
         command=tags.get("command", "?"),
         name=run.info.run_name or "",
         model=params.get("model", "-"),
@@ -50,7 +51,20 @@ def _row(run) -> RunRow:
         started=datetime.datetime.fromtimestamp(run.info.start_time / 1000),
         status=run.info.status,
         checkpoint=tags.get("checkpoint", ""),
-        parent=tags.get(tracking.PARENT_TAG, ""),
+        parent=tags.get(PARENT_RUN_TAG) or tags.get(tracking.PARENT_TAG, ""),
+    )
+
+
+def run_key(run) -> str:
+    """The id a run is known by: the one its command printed (its kept checkpoint's folder),
+    MLflow's own for runs recorded before commands named their runs."""
+    return run.data.tags.get(RUN_TAG) or run.info.run_id
+
+
+def is_child(run, parent) -> bool:
+    tags = run.data.tags
+    return tags.get(tracking.PARENT_TAG) == parent.info.run_id or (
+        PARENT_RUN_TAG in tags and tags[PARENT_RUN_TAG] == parent.data.tags.get(RUN_TAG)
     )
 
 
@@ -103,7 +117,9 @@ def find_run(run_id: str, uri: str | None = None):
     """The run `run_id` names (the whole id or a unique prefix), with every run of the store."""
     client, runs = _all_runs(uri)
     key = run_id.strip().lower()
-    matches = [run for run in runs if run.info.run_id.startswith(key)]
+    matches = [
+        run for run in runs if run_key(run).startswith(key) or run.info.run_id.startswith(key)
+    ]
     where = uri or tracking.tracking_uri()
     if len(key) < MIN_PREFIX or not matches:
         raise PipelineError(f"--run {run_id}: no such run in {where} (see `pipeline runs`)")
@@ -119,13 +135,13 @@ def run_checkpoints(run_id: str, uri: str | None = None) -> list[Path]:
     if own:
         paths = [Path(own)]
     else:
-        children = [r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == run.info.run_id]
+        children = [r for r in runs if is_child(r, run)]
         paths = sorted(
             Path(r.data.tags["checkpoint"]) for r in children if "checkpoint" in r.data.tags
         )
     if not paths:
         raise PipelineError(
-            f"--run {run_id}: run {run.info.run_id} kept no checkpoint (status "
+            f"--run {run_id}: run {run_key(run)} kept no checkpoint (status "
             f"{run.info.status.lower()}); `pipeline runs` lists those that did"
         )
     for path in paths:

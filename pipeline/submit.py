@@ -110,6 +110,7 @@ def submission_checkpoints(file: Path) -> list[str]:
 def credit_runs(shas: list[str], tags: dict[str, str], score: str | None, uri=None) -> list[str]:
     """Tag the tracked runs that kept these checkpoints; log the public score as a metric."""
     from pipeline import tracking
+    from pipeline.recorder import RUN_TAG
 
     client, experiment = tracking.open_client(uri)
     from mlflow.entities import Metric, RunTag
@@ -126,7 +127,7 @@ def credit_runs(shas: list[str], tags: dict[str, str], score: str | None, uri=No
                 value = None
             if value is not None:
                 client.log_batch(run_id, metrics=[Metric("public_score", value, 0, 0)])
-            credited.append(run_id)
+            credited.append(run.data.tags.get(RUN_TAG) or run_id)  # the id `runs` shows
     return credited
 
 

@@ -7,13 +7,16 @@ commit as tags, val_acc/val_loss per epoch (step = epoch) and its training secon
 copy of its finished checkpoint in `<store>/runs/<run id>/`, named by its `checkpoint` tag, so a
 later run writing the same `--out` loses nothing.
 
-MLflow takes seconds to import and to open a SQLite store, so the store is checked up front
-with the standard library (a bad store is one line before any work), and everything MLflow does
-runs in one background thread, in order, while the stage works; `close` waits for it.
+MLflow takes seconds to import and to open a SQLite store: more than a `train` of one epoch
+spends beyond its loop. So a command never imports it: the store is checked up front with the
+standard library (a bad store is one line before any work), the runs are noted in memory, and
+on the way out written as one JSON record that `pipeline.recorder` logs into MLflow in a
+process of its own (the way wandb logs through a service process). Whatever reads the store
+(`pipeline runs`, `--run`, `submit`) records what is still pending first.
 """
 
+import importlib.util
 import json
-import logging
 import os
 import shutil
 import socket
@@ -21,8 +24,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -46,6 +49,7 @@ EPOCH_METRICS = {
     "epoch_seconds": "epoch_seconds",
 }
 PARENT_TAG = "mlflow.parentRunId"
+RECORDER_SWITCH = "PIPELINE_TRACK_RECORDER"  # "inline": log before the command ends (tests)
 
 
 def wanted(flag: bool | None = None) -> bool:
@@ -133,129 +137,106 @@ def train_params(cfg) -> dict[str, Any]:
     return params
 
 
-def _client(uri: str):
-    """An MlflowClient on `uri`, quiet, with the digit experiment's id (created on first use)."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.tracking import MlflowClient
-
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(config.TRACKING_EXPERIMENT)
-    if experiment is not None:
-        return client, experiment.experiment_id
-    location = runs_dir(uri).as_uri()
-    return client, client.create_experiment(config.TRACKING_EXPERIMENT, location)
-
-
 def open_client(uri: str | None = None):
-    """(MlflowClient, experiment id) for reading runs, or a one-line error for a bad store."""
+    """(MlflowClient, experiment id) for reading runs, or a one-line error for a bad store.
+
+    Records the runs still pending first, so a reader sees every finished command's run."""
+    from pipeline import recorder
+
     uri = uri or tracking_uri()
     check_store(uri)
-    try:
-        return _client(uri)
-    except ImportError as exc:
-        raise PipelineError(
-            f"mlflow is not installed ({exc}): pip install -e '.[track]'"
-        ) from None
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise PipelineError(f"tracking store {uri}: {type(exc).__name__}: {first}") from None
+    for warning in recorder.record_pending(uri):
+        _stderr(f"warning: {warning}")
+    return recorder.connect(uri)
 
 
 class Session:
-    """The MLflow side of one command: a single background thread doing every store call, in
-    the order they were asked for; the first failure stops the rest and `close` reports it."""
+    """The tracking of one command, kept in memory: runs, params, tags and metrics in the order
+    they were given. `close` writes it as one JSON record into the store's pending folder and
+    starts `pipeline.recorder` to log it into MLflow in a process of its own, so the command
+    neither imports MLflow nor waits for its store. `record` (default: PIPELINE_TRACK_RECORDER,
+    else "detached") may instead be "inline", logging it before `close` returns, or "pending",
+    leaving it for the next command that reads the store."""
 
-    def __init__(self, uri: str | None = None):
+    def __init__(self, uri: str | None = None, record: str | None = None):
         self.uri = uri or tracking_uri()
         check_store(self.uri)
         self.runs_dir = runs_dir(self.uri)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tracking")
+        self.mode = record or os.environ.get(RECORDER_SWITCH, "detached")
+        self.record_id = uuid.uuid4().hex
+        self.runs: list[dict] = []
         self._failure: str | None = None
-        self._store = self._pool.submit(_client, self.uri)
-        self._commit = self._pool.submit(git_commit)
-
-    def submit(self, work: Callable, *args) -> Future:
-        def guarded():
-            if self._failure is not None:
-                return None
-            try:
-                client, experiment = self._store.result()
-                return work(client, experiment, *args)
-            except Exception as exc:
-                text = " ".join(str(exc).split())[:200]
-                self._failure = f"{type(exc).__name__}: {text}"
-                return None
-
-        return self._pool.submit(guarded)
 
     def start_run(
         self, name: str, command: str, params: dict, tags: dict | None = None, parent=None
     ) -> "TrackedRun":
-        def create(client, experiment):
-            run_tags = {
-                "command": command,
-                "git_commit": self._commit.result(),
-                "mlflow.source.git.commit": self._commit.result(),
-                "mlflow.source.name": f"pipeline {command}",
-                **{k: str(v) for k, v in (tags or {}).items()},
-            }
-            if parent is not None:
-                run_tags[PARENT_TAG] = parent.run_id.result()
-            run = client.create_run(experiment, tags=run_tags, run_name=name)
-            run_id = run.info.run_id
-            from mlflow.entities import Param
-
-            logged = [Param(k, str(v)) for k, v in params.items()]
-            for start in range(0, len(logged), 100):  # log_batch takes at most 100 params
-                client.log_batch(run_id, params=logged[start : start + 100])
-            return run_id
-
-        return TrackedRun(self, self.submit(create))
+        run_tags = {
+            "command": command,
+            "mlflow.source.name": f"pipeline {command}",
+            **{k: str(v) for k, v in (tags or {}).items()},
+        }
+        entry = {
+            "id": uuid.uuid4().hex,
+            "parent": None if parent is None else parent.id(),
+            "name": name,
+            "params": {k: str(v) for k, v in params.items()},
+            "tags": run_tags,
+            "metrics": [],
+            "start_ms": _now_ms(),
+            "end_ms": None,
+            "status": None,
+            "deleted": False,
+        }
+        self.runs.append(entry)
+        return TrackedRun(self, entry)
 
     def close(self) -> str | None:
-        """Wait for every store call; the failure, if one happened, as a warning sentence."""
-        self._pool.shutdown(wait=True)
+        """Write the record (atomically) and hand it to the recorder; a warning sentence if
+        that failed."""
+        from pipeline import recorder
+
+        if self.runs and importlib.util.find_spec("mlflow") is None:  # found without importing
+            self._failure = "mlflow is not installed: pip install -e '.[track]'"
+        elif self.runs:
+            commit = git_commit()
+            for entry in self.runs:
+                entry["tags"] |= {"git_commit": commit, "mlflow.source.git.commit": commit}
+            try:
+                path = recorder.write_pending(self.uri, self.record_id, self.runs)
+                if self.mode == "inline":
+                    if problems := recorder.record_pending(self.uri):
+                        self._failure = "; ".join(problems)
+                elif self.mode != "pending":  # pending: the next reader of the store records it
+                    recorder.start_detached(self.uri, path)
+            except (OSError, PipelineError) as exc:
+                self._failure = " ".join(str(exc).split())[:200]
         if self._failure is None:
             return None
         return f"tracking failed ({self._failure}); this command's runs were not all recorded"
 
 
-class TrackedRun:
-    """One MLflow run; every method queues work on the session's thread and returns at once."""
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
-    def __init__(self, session: Session, run_id: Future):
-        self.session, self.run_id = session, run_id
+
+class TrackedRun:
+    """One run of a session: every method notes what to record and returns at once."""
+
+    def __init__(self, session: Session, entry: dict):
+        self.session, self.entry = session, entry
         self.ended = False
 
-    def _on_run(self, work: Callable, *args) -> None:
-        def call(client, experiment):
-            run_id = self.run_id.result()
-            if run_id is not None:
-                work(client, run_id, *args)
-
-        self.session.submit(call)
-
-    def id(self) -> str | None:
-        """The run's id, once the store has made the run (None if the store failed)."""
-        return self.run_id.result()
+    def id(self) -> str:
+        """The run's id: `pipeline runs` lists it and `--run` takes it (MLflow's own id works
+        too, once recorded); its kept checkpoint lives in `<runs dir>/<id>/`."""
+        return self.entry["id"]
 
     def child(self, name: str, command: str, params: dict, tags: dict | None = None):
         return self.session.start_run(name, command, params, tags, parent=self)
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        from_now = int(time.time() * 1000)
-
-        def log(client, run_id):
-            from mlflow.entities import Metric
-
-            batch = [Metric(k, float(v), from_now, step) for k, v in metrics.items()]
-            client.log_batch(run_id, metrics=batch)
-
-        self._on_run(log)
+        now = _now_ms()
+        self.entry["metrics"] += [[k, float(v), now, step] for k, v in metrics.items()]
 
     def log_epoch(self, record: dict[str, float]) -> None:
         """train's per-epoch record as one batch of metrics at step = epoch."""
@@ -263,38 +244,24 @@ class TrackedRun:
         self.log_metrics(names, step=int(record["epoch"]))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        def tag(client, run_id):
-            from mlflow.entities import RunTag
-
-            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-        self._on_run(tag)
+        self.entry["tags"] |= {k: str(v) for k, v in tags.items()}
 
     def keep_checkpoint(self, checkpoint: Path) -> None:
         """Copy the finished checkpoint (and its JSON sidecar) into the run's own folder now,
-        and tag the run with the copy's path, its sha256 and the data fingerprint."""
-
-        def keep(client, experiment):
-            run_id = self.run_id.result()
-            if run_id is None:
-                return
-            from mlflow.entities import RunTag
-
-            folder = config.run_dir(run_id, self.session.runs_dir)
-            kept = folder / checkpoint.name
-            for source in (checkpoint, config.sidecar_path(checkpoint)):
-                if source.is_file():
-                    with atomic_path(folder / source.name) as tmp:
-                        shutil.copyfile(source, tmp)
-            tags = {"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)}
-            sidecar = config.sidecar_path(kept)
-            if sidecar.is_file():
-                meta = json.loads(sidecar.read_text())
-                tags["data_fingerprint"] = meta.get("data_fingerprint", "unknown")
-            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-        # the copy must be taken before anything may rewrite the file: wait for it
-        self.session.submit(keep).result()
+        before anything may rewrite it, and tag the run with the copy's path, its sha256 and
+        the data fingerprint."""
+        folder = config.run_dir(self.id(), self.session.runs_dir)
+        kept = folder / checkpoint.name
+        for source in (checkpoint, config.sidecar_path(checkpoint)):
+            if source.is_file():
+                with atomic_path(folder / source.name) as tmp:
+                    shutil.copyfile(source, tmp)
+        tags = {"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)}
+        sidecar = config.sidecar_path(kept)
+        if sidecar.is_file():
+            meta = json.loads(sidecar.read_text())
+            tags["data_fingerprint"] = meta.get("data_fingerprint", "unknown")
+        self.set_tags(tags)
 
     def finish_training(self, result) -> None:
         """A finished `train` run: its summary metrics and its kept checkpoint."""
@@ -308,11 +275,11 @@ class TrackedRun:
 
     def end(self, status: str = "FINISHED") -> None:
         self.ended = True
-        self._on_run(lambda client, run_id: client.set_terminated(run_id, status))
+        self.entry["status"], self.entry["end_ms"] = status, _now_ms()
 
     def delete(self) -> None:
         self.ended = True
-        self._on_run(lambda client, run_id: client.delete_run(run_id))
+        self.entry["deleted"] = True
 
 
 class NoRun:

@@ -191,7 +191,8 @@ def save_last(run: Run, finished: bool = False) -> None:
 
 
 def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], None]) -> None:
-    """Validate, record the epoch, keep the best weights and write the resumable state."""
+    """Validate, record the epoch, keep the best weights (with the temperature that calibrates
+    them, fitted on the validation logits) and write the resumable state."""
     state = run.state
     metrics = score(run.kept_model, run.val_set)
     images = (state.step - start_step) * run.cfg.batch_size
@@ -225,7 +226,9 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
                         f"{run.out}: the weights became NaN or infinite; lower --lr"
                     )
                 state.best_accuracy = metrics.accuracy
-                save_checkpoint(run.out, run.kept_model, run.meta())
+                # calibrated on the validation logits just computed: no second pass
+                temperature = calibration.fit_temperature(metrics.logits, run.val_set.labels)
+                save_checkpoint(run.out, run.kept_model, run.meta() | {"temperature": temperature})
             write_csv_rows(state.history, config.metrics_path(run.out))
         save_last(run, finished=state.epoch >= run.cfg.epochs or run.steps_done >= run.total_steps)
 
@@ -366,9 +369,6 @@ def train_locked(
                 if on_epoch_end is not None and ranks.is_main:
                     on_epoch_end(run.state.history[-1])
         distributed.wait_for_all(ranks)
-    if ranks.is_main and out.is_file():
-        with phase("work"):  # the best weights' temperature, for calibrated probabilities
-            calibration.calibrate_checkpoint(out, run.val_set, device)
     curves = None
     if ranks.is_main and run.state.history:
         with phase("write"):

@@ -149,6 +149,7 @@ def tracking_store(empty_tracking_store, tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("PIPELINE_TRACK", "1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("PIPELINE_TRACK_RECORDER", "inline")  # recorded before the command ends
     return uri
 
 

@@ -251,6 +251,18 @@ def test_a_process_spinning_on_a_core_is_seen_as_busy():
         spinner.wait()
 
 
+def test_a_process_spinning_at_the_lowest_priority_is_seen_as_giving_way():
+    """Tracking's recorder runs at nice 19: predict still takes every core it leaves."""
+    code = "import os; os.nice(19)\nwhile True: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.3)
+        assert device.yielding_processes() >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 @pytest.mark.slow
 def test_bench_ddp_compares_one_and_two_torchrun_processes(processed_dir):
     figures = bench_ddp(processed_dir, "cpu", "mlp", steps=5)

@@ -539,15 +539,16 @@ def test_submit_credits_the_run_whose_checkpoint_made_the_file(
     fake = FakeKaggle(scoring=[("COMPLETE", "0.98765")])
     done = submit_and_record(good, "mine", connect=lambda: fake, wait=5, interval=0.01)
     assert done.runs == [run.id()] and done.public_score == "0.98765" and done.warning is None
-    client, _ = tracking.open_client()
-    credited = client.get_run(run.id()).data
+    from pipeline.runs import find_run
+
+    credited = find_run(run.id())[0].data  # the MLflow run the recorder made of it
     assert credited.metrics["public_score"] == pytest.approx(0.98765)
     assert credited.tags["kaggle_public_score"] == "0.98765"
     assert (
         credited.tags["kaggle_submission_ref"] == "1"
         and credited.tags["kaggle_status"] == "complete"
     )
-    assert "public_score" not in client.get_run(other.id()).data.metrics
+    assert "public_score" not in find_run(other.id())[0].data.metrics
     # a file edited after predict wrote it credits nobody
     good.write_text(good.read_text().replace("\n1,7\n", "\n1,1\n"))
     again = submit_and_record(good, "mine", connect=lambda: fake, wait=0)

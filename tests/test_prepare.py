@@ -344,3 +344,18 @@ def test_non_finite_cells_are_one_line(bad, column, raw_dir, tmp_path):
     (raw_dir / config.TRAIN_CSV).write_text(TRAIN_HEADER + "\n" + ",".join(cells) + "\n")
     with pytest.raises(PipelineError, match=f"line 2, column {column}: {bad} is not"):
         prepare(raw_dir, tmp_path / "p")
+
+
+def test_pyarrow_and_pandas_parse_the_same_pixels(raw_dir):
+    """The fast parse (pyarrow) and the one that diagnoses (pandas' C parser) agree, to the
+    layout (column-major, as `_to_split` expects)."""
+    pytest.importorskip("pyarrow")
+    from pipeline.prepare import _read_with_arrow, _read_with_pandas
+
+    for name, header in ((config.TRAIN_CSV, config.TRAIN_HEADER), (config.TEST_CSV, None)):
+        header = header or config.TEST_HEADER
+        fast = _read_with_arrow(raw_dir / name, header)
+        exact = _read_with_pandas(raw_dir / name, header, None)
+        assert fast is not None and fast.dtype == exact.dtype == np.uint8
+        np.testing.assert_array_equal(fast, exact)
+        assert fast.flags.f_contiguous

@@ -32,7 +32,7 @@ def three_runs(tracking_store, fast_checkpoint):
     parent = session.start_run("best", "ensemble", {"members": 1})
     parent.end()
     assert session.close() is None
-    ids = [r.run_id.result() for r in (first, second, parent)]
+    ids = [r.id() for r in (first, second, parent)]
     return tracking_store, ids
 
 

@@ -121,7 +121,7 @@ def test_two_runs_to_one_out_are_both_recorded_with_both_checkpoints(
         assert [m.step for m in val_loss] == [r["epoch"] for r in history]
         assert run.data.metrics["train_seconds"] > 0
         assert run.data.metrics["best_val_acc"] == pytest.approx(payload["meta"]["val_accuracy"])
-        folder = config.run_dir(run.info.run_id, tracking.runs_dir(tracking_store))
+        folder = config.run_dir(run.data.tags["pipeline.run"], tracking.runs_dir(tracking_store))
         assert config.sidecar_path(folder / "fastnet.pt").is_file()
 
 
@@ -166,3 +166,84 @@ def test_tracking_off_opens_no_store(tmp_path, monkeypatch, sample_processed_dir
         run.log_epoch({"epoch": 1, "val_accuracy": 0.5})
         assert run is tracking.NO_RUN
     assert not (tmp_path / "never").exists()
+
+
+def pending_record(uri, name="m", status="FINISHED"):
+    """A session's record, written and left pending (as a command leaves it for its recorder)."""
+    from pipeline import recorder
+
+    session = tracking.Session(uri, record="pending")
+    run = session.start_run(name, "train", {"epochs": 1})
+    run.log_epoch({"epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0})
+    run.end(status)
+    path = recorder.write_pending(uri, session.record_id, session.runs)
+    return session, run, path
+
+
+@pytest.mark.slow
+def test_a_pending_record_is_logged_once_when_the_recorder_and_a_reader_race(tracking_store):
+    from pipeline import recorder
+
+    session, run, path = pending_record(tracking_store)
+    process = recorder.start_detached(tracking_store, path)
+    assert recorder.record_pending(tracking_store) == []  # the reader: waits or records itself
+    assert process.wait(timeout=120) == 0
+    _, runs = runs_of(tracking_store)
+    assert [r.data.tags["pipeline.run"] for r in runs] == [run.id()]
+    assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["val_acc"] == 0.5
+    assert not path.exists() and recorder.record_pending(tracking_store) == []
+
+
+@pytest.mark.slow
+def test_a_record_a_killed_recorder_left_half_logged_is_logged_whole_once(tracking_store):
+    from pipeline import recorder
+
+    session, run, path = pending_record(tracking_store)
+    record = recorder.read_record(path)
+    client, experiment = recorder.connect(tracking_store)
+    half = client.create_run(experiment, tags={recorder.RECORD_TAG: record["record"]})
+    assert recorder.record_pending(tracking_store) == []
+    _, runs = runs_of(tracking_store)
+    assert [r.data.tags["pipeline.run"] for r in runs] == [run.id()]
+    assert client.get_run(half.info.run_id).info.lifecycle_stage == "deleted"
+
+
+@pytest.mark.slow
+def test_a_corrupt_pending_record_is_one_line_naming_it_and_the_others_are_logged(
+    tracking_store,
+):
+    from pipeline import recorder
+
+    _, good, _ = pending_record(tracking_store)
+    bad = recorder.pending_dir(tracking_store) / "0123.json"
+    bad.write_text('{"record": "0123", "runs": [{"id": 3}]}')
+    (problem,) = recorder.record_pending(tracking_store)
+    assert str(bad) in problem and "not a tracking record" in problem and "\n" not in problem
+    assert not bad.exists() and bad.with_name("0123.json.corrupt").is_file()
+    _, runs = runs_of(tracking_store)
+    assert [r.data.tags["pipeline.run"] for r in runs] == [good.id()]
+
+
+def test_a_tracked_command_imports_no_mlflow(tmp_path):
+    """The recording happens in the recorder's process: the command never pays MLflow's
+    import (a fresh interpreter, so that no other test's import hides it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pipeline import tracking\n"
+        "with tracking.command_run(True, 'm', 'train', {'epochs': 1}) as run:\n"
+        "    run.log_epoch({'epoch': 1, 'val_accuracy': 0.5})\n"
+        "assert 'mlflow' not in sys.modules, 'mlflow imported'\n"
+        "print(run.id())\n"
+    )
+    env = dict(
+        os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}",
+        PIPELINE_TRACK_RECORDER="pending",
+    )  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    (pending,) = (tmp_path / "pending").glob("*.json")
+    assert json.loads(pending.read_text())["runs"][0]["id"] == done.stdout.strip()

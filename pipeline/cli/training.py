@@ -86,7 +86,8 @@ def warn(message: str) -> None:
 
 
 def tracked_as(run) -> str | None:
-    """`<command>: tracked as run <id>` once the store has it (None with tracking off)."""
+    """`<command>: tracked as run <id>` (None with tracking off); MLflow gets it from a
+    recorder process of its own once the command is done (pipeline.recorder)."""
     run_id = run.id()
     return f"tracked as run {run_id} (`pipeline runs` lists it)" if run_id else None
 
