@@ -25,6 +25,7 @@ from pipeline.tracking import PARENT_TAG, check_store, runs_dir, tracking_uri
 RECORD_TAG = "pipeline.record"  # the id of the record a run came from
 RUN_TAG = "pipeline.run"  # the run's own id, the one the command printed
 PARENT_RUN_TAG = "pipeline.parent"  # its parent's id of that kind
+CURVE_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy"}  # what plots draws
 RECORDER_NICE = 19  # the lowest priority: a stage running beside it gets the cores first
 RUN_KEYS = {"id", "parent", "name", "params", "tags", "metrics", "start_ms", "end_ms", "status",
             "deleted"}  # fmt: skip
@@ -97,13 +98,48 @@ def _locked(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _valid_curves(curves) -> bool:
+    """A figure left to the recorder: its path and train's per-epoch history (numbers)."""
+    if curves is None:
+        return True
+    history = curves.get("history") if isinstance(curves, dict) else None
+    return (
+        set(curves) == {"path", "history"}
+        and isinstance(curves["path"], str)
+        and isinstance(history, list)
+        and all(isinstance(epoch, dict) for epoch in history)
+        and all(isinstance(v, int | float) for epoch in history for v in epoch.values())
+        and all(CURVE_KEYS <= set(epoch) for epoch in history)
+    )
+
+
+def draw_curves(record: dict) -> list[str]:
+    """Draw the training-curves figures a record's train runs left to the recorder (beside
+    checkpoints that are still there); what could not be drawn, one sentence each."""
+    from pipeline.plots import plot_training_curves
+
+    problems = []
+    for run in record["runs"]:
+        curves = run.get("curves")
+        if curves is None or not Path(curves["path"]).parent.is_dir():
+            continue
+        try:
+            plot_training_curves(curves["history"], Path(curves["path"]))
+        except (OSError, ValueError) as exc:
+            problems.append(f"{curves['path']}: curves not drawn ({exc})")
+    return problems
+
+
 def read_record(path: Path) -> dict:
     """A pending record, checked whole, or a one-line error naming the file."""
     try:
         record = json.loads(path.read_text())
         runs = record["runs"]
         ok = isinstance(record["record"], str) and isinstance(runs, list)
-        ok = ok and all(isinstance(run, dict) and set(run) == RUN_KEYS for run in runs)
+        ok = ok and all(
+            isinstance(run, dict) and set(run) - {"curves"} == RUN_KEYS for run in runs
+        )
+        ok = ok and all(_valid_curves(run.get("curves")) for run in runs)
         ok = ok and all(isinstance(m, list) and len(m) == 4 for r in runs for m in r["metrics"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PipelineError(f"{path}: not a tracking record ({type(exc).__name__})") from None
@@ -164,6 +200,7 @@ def record_pending(uri: str | None = None) -> list[str]:
                 continue
             log_record(client, experiment, record)
             path.unlink()
+            problems += draw_curves(record)
     return problems
 
 

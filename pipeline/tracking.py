@@ -271,6 +271,9 @@ class TrackedRun:
             summary["seconds_to_99"] = result.seconds_to_target
         self.log_metrics(summary, step=len(result.history))
         self.keep_checkpoint(result.checkpoint)
+        if result.curves is None and result.history:  # train left the figure to the recorder
+            path = config.curves_path(result.checkpoint)
+            self.entry["curves"] = {"path": str(path.resolve()), "history": result.history}
         self.end()
 
     def end(self, status: str = "FINISHED") -> None:

@@ -312,6 +312,7 @@ def train(
     force: bool = False,
     stop: run_state.StopSignals | None = None,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    draw_curves: bool = True,
 ) -> run_state.TrainResult:
     """Train `cfg` on processed_dir's train split, validating on val after every epoch.
 
@@ -324,6 +325,7 @@ def train(
     `on_epoch_end(record)` sees each epoch's metrics on rank 0 (tracking, tuning); what it
     raises (a pruned trial) ends the run with the resumable state of that epoch saved.
     Another run writing the same `out` is refused: the whole run holds `out`'s lock.
+    `draw_curves=False` leaves the figure (a second of matplotlib) to the tracking recorder.
     """
     check_config(cfg)
     out = out or config.checkpoint_path(cfg.model)
@@ -331,12 +333,12 @@ def train(
     run_state.check_out(out)
     with run_state.writing(out, ranks_from_env()):
         return train_locked(
-            cfg, processed_dir, out, resume, log, progress, force, stop, on_epoch_end
+            cfg, processed_dir, out, resume, log, progress, force, stop, on_epoch_end, draw_curves
         )
 
 
 def train_locked(
-    cfg, processed_dir, out, resume, log, progress, force, stop, on_epoch_end
+    cfg, processed_dir, out, resume, log, progress, force, stop, on_epoch_end, draw_curves=True
 ) -> run_state.TrainResult:
     """`train` once its `out` is checked and locked."""
     last = config.last_checkpoint_path(out)
@@ -370,7 +372,7 @@ def train_locked(
                     on_epoch_end(run.state.history[-1])
         distributed.wait_for_all(ranks)
     curves = None
-    if ranks.is_main and run.state.history:
+    if ranks.is_main and run.state.history and draw_curves:
         with phase("write"):
             curves = plots.plot_training_curves(run.state.history, config.curves_path(out))
     return run_state.TrainResult.of(run.state, cfg, out, curves)

@@ -247,3 +247,46 @@ def test_a_tracked_command_imports_no_mlflow(tmp_path):
     assert done.returncode == 0, done.stderr
     (pending,) = (tmp_path / "pending").glob("*.json")
     assert json.loads(pending.read_text())["runs"][0]["id"] == done.stdout.strip()
+
+
+@pytest.mark.slow
+def test_a_tracked_train_leaves_its_curves_to_the_recorder_which_draws_them(
+    tracking_store, sample_processed_dir, tmp_path
+):
+    """The figure costs a second of matplotlib: a tracked `train` skips it and its recorder
+    draws it from the record's history (here inline, before the command returns)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "models" / "m.pt"
+    args = ["train", "--model", "cnn", "--epochs", "1", "--max-steps", "3", "--device", "cpu",
+            "--processed-dir", str(sample_processed_dir), "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    curves = config.curves_path(out)
+    assert f"curves {curves} (drawn by the tracking recorder)" in result.stdout
+    assert curves.read_bytes().startswith(b"\x89PNG") and curves.stat().st_size > 10_000
+    _, runs = runs_of(tracking_store)
+    assert [r.data.params["model"] for r in runs] == ["cnn"]
+
+
+@pytest.mark.parametrize(
+    "curves",
+    [
+        {"path": 3, "history": []},
+        {"path": "m.curves.png", "history": [{"epoch": 1, "val_loss": "x"}]},
+        {"path": "m.curves.png", "history": [{"epoch": 1}]},
+        {"path": "m.curves.png"},
+    ],
+)
+def test_a_record_whose_curves_are_malformed_is_refused_whole(tmp_path, curves):
+    from pipeline import recorder
+
+    _, run, path = pending_record(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    record = json.loads(path.read_text())
+    assert recorder.read_record(path) == record  # well formed without curves
+    record["runs"][0]["curves"] = curves
+    path.write_text(json.dumps(record))
+    with pytest.raises(PipelineError, match="not a tracking record"):
+        recorder.read_record(path)

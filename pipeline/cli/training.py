@@ -154,7 +154,7 @@ def train_command(
         ) as run:
             result = tracking.tracked_train(
                 train, run, cfg, out, processed_dir=processed_dir, resume=resume,
-                log=tqdm.write, force=force,
+                log=tqdm.write, force=force, draw_curves=isinstance(run, tracking.NoRun),
             )  # fmt: skip
     except TrainingInterrupted as stopped:
         hint = f"pipeline train --resume --out {out}"
@@ -185,6 +185,10 @@ def train_summary(result) -> str:
     if result.curves is not None:
         metrics = config.metrics_path(result.checkpoint)
         lines.append(f"train: curves {result.curves}, metrics {metrics}")
+    elif result.history and not result.skipped:
+        metrics = config.metrics_path(result.checkpoint)
+        curves = config.curves_path(result.checkpoint)
+        lines.append(f"train: metrics {metrics}, curves {curves} (drawn by the tracking recorder)")
     return "\n".join(lines)
 
 
