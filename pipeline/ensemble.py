@@ -82,6 +82,7 @@ class MemberResult:
     train_seconds: float
     wall_seconds: float  # this run's wall time for the member; 0 for a member kept as it was
     kept: bool  # trained by an earlier run, left untouched
+    finished_at: float  # when it was done (seconds since the epoch): its tracked run's end
 
 
 class EnsembleInterrupted(PipelineError):
@@ -189,7 +190,15 @@ def train_members(
         fingerprint = _fingerprint(cfg, processed_dir)
         if done := run_state.finished_run(cfg, out, fingerprint):
             results[k] = MemberResult(
-                k, out, cfg, done.final_accuracy, n_val, done.train_seconds, 0.0, True
+                k,
+                out,
+                cfg,
+                done.final_accuracy,
+                n_val,
+                done.train_seconds,
+                0.0,
+                True,
+                out.stat().st_mtime,
             )
             log(member_line(results[k], len(configs)) + " (kept: trained earlier)")
         else:
@@ -243,7 +252,9 @@ def member_line(result: MemberResult, count: int, left: str = "") -> str:
 
 def _finish(k, cfg, out, accuracy, train_seconds, start, images, results, bar, clock, log, n):
     wall = time.perf_counter() - start
-    results[k] = MemberResult(k, out, cfg, accuracy, images[k][1], train_seconds, wall, False)
+    results[k] = MemberResult(
+        k, out, cfg, accuracy, images[k][1], train_seconds, wall, False, time.time()
+    )
     log(member_line(results[k], n, clock.left()))
 
 

@@ -276,9 +276,14 @@ class TrackedRun:
             self.entry["curves"] = {"path": str(path.resolve()), "history": result.history}
         self.end()
 
+    def set_span(self, start_s: float, end_s: float) -> None:
+        """When the run really ran (seconds since the epoch), for one recorded after the fact."""
+        self.entry["start_ms"], self.entry["end_ms"] = int(start_s * 1000), int(end_s * 1000)
+
     def end(self, status: str = "FINISHED") -> None:
         self.ended = True
-        self.entry["status"], self.entry["end_ms"] = status, _now_ms()
+        self.entry["status"] = status
+        self.entry["end_ms"] = self.entry["end_ms"] or _now_ms()
 
     def delete(self) -> None:
         self.ended = True

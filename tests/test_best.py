@@ -1,5 +1,6 @@
 """The `best` ensemble: members trained in processes of their own, kept across a Ctrl-C."""
 
+import datetime
 import hashlib
 import os
 import re
@@ -108,6 +109,9 @@ def test_ensemble_command_trains_bagged_members_and_prints_the_out_of_bag_estima
     children = [run for run in runs if run.parent == parent.run_id]
     assert parent.command == "ensemble" and len(children) == 2
     assert all(run.status == "FINISHED" for run in runs)
+    for child in children:  # recorded after both trained, dated when each one ran
+        finished = datetime.datetime.fromtimestamp((tmp_path / f"{child.name}.pt").stat().st_mtime)
+        assert parent.started <= child.started <= finished
     kept = run_checkpoints(parent.run_id, uri=store)
     assert sorted(path.read_bytes() for path in kept) == sorted(
         (tmp_path / f"best-{k}.pt").read_bytes() for k in range(2)

@@ -333,6 +333,7 @@ def record_member(parent, result) -> None:
     summary = {"best_val_acc": result.accuracy, "train_seconds": result.train_seconds}
     member.log_metrics(summary)
     member.keep_checkpoint(result.checkpoint)
+    member.set_span(result.finished_at - result.wall_seconds, result.finished_at)
     member.end()
 
 
