@@ -39,19 +39,23 @@ def resolve_device(name: str = "auto") -> torch.device:
 YIELDING_NICE = 5  # processes this much nicer than ours count as idle to use_free_cores
 
 
-def yielding_processes() -> int:
-    """Processes running (or waiting to) at least YIELDING_NICE nicer than this one, from
-    /proc/<pid>/stat."""
-    floor = os.nice(0) + YIELDING_NICE
+def _runnable(stat_files: str, min_nice: int | None = None) -> int:
+    """How many of the /proc `*/stat` files matching `stat_files` are running or waiting for a
+    core (state R), counting only those at nice >= `min_nice` when it is given."""
     count = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat in Path("/proc").glob(stat_files):
         try:
             text = stat.read_text()
-        except OSError:  # the process has just ended
+        except OSError:  # it has just ended
             continue
         fields = text[text.rindex(")") + 2 :].split()  # from field 3, the state; 19 is nice
-        count += fields[0] == "R" and int(fields[16]) >= floor
+        count += fields[0] == "R" and (min_nice is None or int(fields[16]) >= min_nice)
     return count
+
+
+def yielding_processes() -> int:
+    """Processes running (or waiting to) at least YIELDING_NICE nicer than this one."""
+    return _runnable("[0-9]*/stat", min_nice=os.nice(0) + YIELDING_NICE)
 
 
 def busy_cores_elsewhere() -> int:
@@ -67,13 +71,7 @@ def busy_cores_elsewhere() -> int:
     def look() -> int:
         with open("/proc/loadavg") as handle:
             runnable = int(handle.read().split()[3].split("/")[0])
-        ours = 0
-        for stat in Path("/proc/self/task").glob("*/stat"):
-            try:
-                text = stat.read_text()
-            except OSError:  # the thread has just ended
-                continue
-            ours += text[text.rindex(")") + 2] == "R"
+        ours = _runnable("self/task/*/stat")
         return max(0, runnable - ours - yielding_processes())
 
     try:

@@ -195,9 +195,7 @@ class Session:
         that failed."""
         from pipeline import recorder
 
-        if self.runs and importlib.util.find_spec("mlflow") is None:  # found without importing
-            self._failure = "mlflow is not installed: pip install -e '.[track]'"
-        elif self.runs:
+        if self.runs:
             commit = git_commit()
             for entry in self.runs:
                 entry["tags"] |= {"git_commit": commit, "mlflow.source.git.commit": commit}
@@ -346,6 +344,11 @@ def command_run(
 ) -> Iterator[TrackedRun | NoRun]:
     """The tracked run of one command (NO_RUN when `track` is false): ended FINISHED, FAILED
     or KILLED as the block ends; a store that failed midway is one warning, never an error."""
+    if track and importlib.util.find_spec("mlflow") is None:  # found without importing it
+        (warn or _stderr)(
+            "warning: tracking is off: mlflow is not installed (pip install -e '.[track]')"
+        )
+        track = False
     if not track:
         yield NO_RUN
         return

@@ -40,6 +40,24 @@ def skip_or_fail(reason: str) -> NoReturn:
     pytest.skip(reason, allow_module_level=True)
 
 
+def invoke(*args):
+    """A `pipeline` command line, run in this process through typer's CliRunner."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    """The error contract: exit 1, one `error: ` line holding every fragment, no traceback."""
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    assert all(fragment in lines[0] for fragment in fragments), lines[0]
+
+
 def require(module: str, extra: str = "serve") -> ModuleType:
     """Import `module` or skip_or_fail, naming the extra that installs it (also at module level,
     where pytest.importorskip would skip under CI=true too)."""

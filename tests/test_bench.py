@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -241,26 +242,27 @@ def test_torch_gets_the_cores_other_processes_leave_free(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_a_process_spinning_on_a_core_is_seen_as_busy():
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+@contextmanager
+def spinning(code: str = "while True: pass"):
+    """Another Python process keeping a core busy while the block runs."""
+    spinner = subprocess.Popen([sys.executable, "-c", code])
     try:
         time.sleep(0.3)
-        assert device.busy_cores_elsewhere() >= 1
+        yield
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def test_a_process_spinning_on_a_core_is_seen_as_busy():
+    with spinning():
+        assert device.busy_cores_elsewhere() >= 1
 
 
 def test_a_process_spinning_at_the_lowest_priority_is_seen_as_giving_way():
     """Tracking's recorder runs at nice 19: predict still takes every core it leaves."""
-    code = "import os; os.nice(19)\nwhile True: pass"
-    spinner = subprocess.Popen([sys.executable, "-c", code])
-    try:
-        time.sleep(0.3)
+    with spinning("import os; os.nice(19)\nwhile True: pass"):
         assert device.yielding_processes() >= 1
-    finally:
-        spinner.kill()
-        spinner.wait()
 
 
 @pytest.mark.slow

@@ -2,25 +2,10 @@
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from pipeline import config, kaggle_api
-from pipeline.cli import app
 
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
+from conftest import assert_one_line_error, invoke
 
 
 def test_help_lists_every_stage():
@@ -205,7 +190,7 @@ def test_submit_with_a_faked_client(tmp_path, monkeypatch, reply):
     [("--models", "mlp,resnet", "mlp,resnet"), ("--best-batch-sizes", "64,x", "64,x")],
 )
 def test_bench_refuses_bad_options_in_one_line(processed_dir, option, value, fragment):
-    result = runner.invoke(app, ["bench", "--processed-dir", str(processed_dir), option, value])
+    result = invoke("bench", "--processed-dir", processed_dir, option, value)
     assert_one_line_error(result, option, fragment)
 
 

@@ -4,25 +4,13 @@ import json
 import shlex
 
 import pytest
-from typer.testing import CliRunner
 
 from pipeline import config
 from pipeline.checkpoints import read_payload
-from pipeline.cli import app
 
-runner = CliRunner()
+from conftest import assert_one_line_error, invoke
+
 TINY = ["--width", "4", "--batch-size", "256", "--device", "cpu"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert all(fragment in lines[0] for fragment in fragments), lines[0]
 
 
 def tracked_id(result) -> str:
@@ -53,8 +41,10 @@ def test_train_runs_predict_by_run_and_no_track(
     record = json.loads(config.submission_source_path(submission).read_text())
     (used,) = [config.Path(c["path"]) for c in record["checkpoints"]]
     assert used.parent.name == first and read_payload(used)["meta"]["epochs_trained"] == 1
-    one_line_error(invoke("predict", "--run", "deadbeef00", "--out", submission), "no such run")
-    one_line_error(invoke("evaluate", "--run", "dead"), "--run dead", "no such run")
+    assert_one_line_error(
+        invoke("predict", "--run", "deadbeef00", "--out", submission), "no such run"
+    )
+    assert_one_line_error(invoke("evaluate", "--run", "dead"), "--run dead", "no such run")
 
     # off: neither --no-track nor PIPELINE_TRACK=0 records or opens anything
     never = tmp_path / "never" / "mlflow.db"
@@ -71,7 +61,7 @@ def test_train_runs_predict_by_run_and_no_track(
     never.write_bytes(b"not a database " * 100)
     fresh = tmp_path / "fresh.pt"
     bad = invoke("train", "--epochs", 1, "--processed-dir", sample_processed_dir, "--out", fresh)
-    one_line_error(bad, str(never), "corrupt or not SQLite", "--no-track")
+    assert_one_line_error(bad, str(never), "corrupt or not SQLite", "--no-track")
     assert not fresh.exists()
 
 
@@ -101,6 +91,6 @@ def test_runs_and_tune_refuse_bad_input_in_one_line(tmp_path, monkeypatch):
     garbage = tmp_path / "m.db"
     garbage.write_bytes(b"garbage " * 200)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{garbage}")
-    one_line_error(invoke("runs"), "corrupt or not SQLite")
-    one_line_error(invoke("tune", "--processed-dir", tmp_path), "--trials N, --timeout S")
+    assert_one_line_error(invoke("runs"), "corrupt or not SQLite")
+    assert_one_line_error(invoke("tune", "--processed-dir", tmp_path), "--trials N, --timeout S")
     assert invoke("runs", "--sort", "speed").exit_code == 2

@@ -290,3 +290,26 @@ def test_a_record_whose_curves_are_malformed_is_refused_whole(tmp_path, curves):
     path.write_text(json.dumps(record))
     with pytest.raises(PipelineError, match="not a tracking record"):
         recorder.read_record(path)
+
+
+def test_tracking_without_mlflow_is_one_warning_and_the_command_runs_untracked(
+    tmp_path, monkeypatch
+):
+    """Nothing is noted that nobody could record: the run is untracked (so `train` draws its
+    own curves figure) and the store is never opened."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "mlflow" else find_spec(name, *a),
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'never' / 'm.db'}")
+    warnings = []
+    with tracking.command_run(True, "x", "train", {}, warn=warnings.append) as run:
+        assert run is tracking.NO_RUN
+    assert warnings == [
+        "warning: tracking is off: mlflow is not installed (pip install -e '.[track]')"
+    ]
+    assert not (tmp_path / "never").exists()

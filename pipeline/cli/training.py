@@ -182,11 +182,10 @@ def train_summary(result) -> str:
             f"{result.images_per_second:,.0f} img/s"
             + (f", 99% after {to_target:.1f} s" if to_target is not None else "")
         )
+    metrics = config.metrics_path(result.checkpoint)
     if result.curves is not None:
-        metrics = config.metrics_path(result.checkpoint)
         lines.append(f"train: curves {result.curves}, metrics {metrics}")
-    elif result.history and not result.skipped:
-        metrics = config.metrics_path(result.checkpoint)
+    elif result.history and not result.skipped:  # a tracked run: its recorder draws them
         curves = config.curves_path(result.checkpoint)
         lines.append(f"train: metrics {metrics}, curves {curves} (drawn by the tracking recorder)")
     return "\n".join(lines)
