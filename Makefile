@@ -92,7 +92,7 @@ tune: prepare ## Search lr, weight decay, epochs, width, batch size, augmentatio
 TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/experiments/mlflow.db)
 UI_PORT ?= 5000
 ui: install ## Open the MLflow UI on the tracked runs at http://127.0.0.1:UI_PORT/ (5000)
-	$(BIN)/python -m pipeline.recorder $(TRACKING_URI)
+	$(BIN)/python -m pipeline.experiments.recorder $(TRACKING_URI)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) \
 		--host 127.0.0.1 --port $(UI_PORT) --workers 1
 

@@ -1,10 +1,10 @@
 """`python -m pipeline ...` and the `pipeline` script; torchrun starts it as `-m pipeline` too.
 
 The signal handlers go in before anything else is imported, so a Ctrl-C or SIGTERM while
-typer, torch or pandas load ends like one at any later moment (pipeline.exits).
+typer, torch or pandas load ends like one at any later moment (pipeline.common.exits).
 """
 
-from pipeline import exits
+from pipeline.common import exits
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ RUNS_DIR = EXPERIMENTS_DIR / "runs"
 TUNE_DB = EXPERIMENTS_DIR / "optuna.db"
 TUNE_DIR = EXPERIMENTS_DIR / "tune"
 TRACKING_EXPERIMENT = "digit-recognizer"  # the MLflow experiment every run goes to
-# Beside a store's runs folder: the commands' records not yet in MLflow (pipeline.recorder),
+# Beside a store's runs folder: the commands' records not yet in MLflow (experiments.recorder),
 # the recorder's log and the lock readers and recorder take turns with.
 PENDING_DIR_NAME = "pending"
 RECORDER_LOG = "recorder.log"

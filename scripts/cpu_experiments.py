@@ -23,8 +23,8 @@ PROCESSED = Path("data/processed")
 def member(name: str, spec: str) -> None:
     import torch
 
-    from pipeline.recipes import TrainConfig
-    from pipeline.train import train
+    from pipeline.training.recipes import TrainConfig
+    from pipeline.training.train import train
 
     torch.set_num_threads(1)
     cfg = TrainConfig(**json.loads(spec))
@@ -40,10 +40,10 @@ def member(name: str, spec: str) -> None:
 def best(models: Path) -> None:
     from tqdm import tqdm
 
-    from pipeline.bagging import format_oob, score_out_of_bag
-    from pipeline.ensemble import train_members
-    from pipeline.predict import predict
-    from pipeline.recipes import best_members
+    from pipeline.experiments.bagging import format_oob, score_out_of_bag
+    from pipeline.experiments.ensemble import train_members
+    from pipeline.inference.predict import predict
+    from pipeline.training.recipes import best_members
 
     start = time.perf_counter()
     results = train_members(best_members(device="cpu"), PROCESSED, models, log=tqdm.write)
@@ -63,8 +63,8 @@ def best(models: Path) -> None:
 def oob(models: Path) -> None:
     import torch
 
-    from pipeline.bagging import format_oob, score_out_of_bag
-    from pipeline.inference import expand_checkpoints
+    from pipeline.experiments.bagging import format_oob, score_out_of_bag
+    from pipeline.inference.predictor import expand_checkpoints
 
     torch.set_num_threads(1)
     checkpoints = expand_checkpoints([models / "best-*.pt"])

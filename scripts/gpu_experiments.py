@@ -17,9 +17,9 @@ from dataclasses import replace
 from pipeline import config
 from pipeline.bench.models import bench_best_net
 from pipeline.bench.training import bench_fast_recipe
-from pipeline.crossval import cross_validate, format_summary
-from pipeline.device import resolve_device
-from pipeline.recipes import recipe_config
+from pipeline.common.device import resolve_device
+from pipeline.experiments.crossval import cross_validate, format_summary
+from pipeline.training.recipes import recipe_config
 
 
 def main() -> None:

@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=640)
     args = parser.parse_args()
     store = args.store or f"sqlite:///{config.TRACKING_DB}"
-    from pipeline.recorder import record_pending  # runs still pending would be missing
+    from pipeline.experiments.recorder import record_pending  # runs still pending would be missing
 
     record_pending(store)
     screenshot(store, args.out, args.width, args.height)

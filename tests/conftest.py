@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from pipeline import config
-from pipeline.download import write_offline_sample
-from pipeline.prepare import prepare
-from pipeline.run_state import StopSignals
+from pipeline.data.download import write_offline_sample
+from pipeline.data.prepare import prepare
+from pipeline.training.run_state import StopSignals
 
 # Small nets on a busy 2-core machine run many times faster on one thread than on two; the
 # CLI processes the tests start inherit it too.
@@ -148,7 +148,7 @@ def empty_tracking_store(tmp_path_factory) -> Path:
     """Read-only: a SQLite store with MLflow's tables made once (its migrations take seconds)."""
 
     def make(folder: Path) -> Path:
-        from pipeline import tracking
+        from pipeline.experiments import tracking
 
         db = folder / "mlflow.db"
         if not db.is_file():
@@ -257,7 +257,7 @@ def small_processed_dir(sample_raw_dir, tmp_path_factory) -> Path:
 def tiny_config(**changes):
     """The fast recipe's CLI defaults on the CNN, cut to 3 steps: what `pipeline train --model
     cnn --max-steps 3 --device cpu` trains (one epoch of 4 begun, so it resumes)."""
-    from pipeline.recipes import recipe_config
+    from pipeline.training.recipes import recipe_config
 
     return recipe_config("fast", **(dict(model="cnn", max_steps=3, device="cpu") | changes))
 
@@ -265,7 +265,7 @@ def tiny_config(**changes):
 @pytest.fixture(scope="session")
 def tiny_run_files(sample_processed_dir, tmp_path_factory) -> Path:
     """Read-only: `tiny_config()` trained on the sample once per session: its `out`."""
-    from pipeline.train import train
+    from pipeline.training.train import train
 
     def make(folder: Path) -> Path:
         train(tiny_config(), sample_processed_dir, folder / "tiny.pt", progress=False)
@@ -286,8 +286,8 @@ def tiny_run(tiny_run_files, tmp_path) -> Path:
 def fast_run(sample_processed_dir, tmp_path_factory):
     """Read-only: the fast recipe trained on the sample (95-96% val), once per session: the
     TrainResult, its files beside `fast_run.checkpoint`."""
-    from pipeline.recipes import recipe_config
-    from pipeline.train import train
+    from pipeline.training.recipes import recipe_config
+    from pipeline.training.train import train
 
     def make(folder: Path):  # a second worker gets the finished run back, without training
         cfg = recipe_config("fast", device="cpu")
@@ -317,7 +317,7 @@ def kaggle_zip() -> Path:
 @pytest.fixture(scope="session")
 def kaggle_processed_dir(kaggle_zip, tmp_path_factory) -> Path:
     """Read-only: the full competition data, extracted and prepared once per session."""
-    from pipeline.download import extract_competition_zip
+    from pipeline.data.download import extract_competition_zip
 
     def make(folder: Path) -> Path:
         raw = folder / "raw"
@@ -372,7 +372,7 @@ def linear_onnx(sample_processed_dir, tmp_path_factory):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from pipeline.datasets import load_split
+    from pipeline.data.datasets import load_split
 
     train = load_split(sample_processed_dir, "train")
     x = train.images.flatten(1).numpy().astype(np.float64) / 255.0

@@ -2,8 +2,8 @@
 
 import torch
 
-from pipeline import augmentation
-from pipeline.datasets import TensorDigits, to_unit
+from pipeline.data import augmentation
+from pipeline.data.datasets import TensorDigits, to_unit
 
 
 def _augment(images, cfg, generator):

@@ -3,36 +3,37 @@
 import pytest
 import torch
 
-from pipeline import bagging, datasets
-from pipeline.bagging import OobEstimate, member_bag, oob_estimate
-from pipeline.errors import PipelineError
-from pipeline.recipes import best_members
-from pipeline.train import train
+from pipeline.common.errors import PipelineError
+from pipeline.data import datasets, folds
+from pipeline.data.folds import member_bag
+from pipeline.experiments.bagging import OobEstimate, format_oob, oob_estimate, score_out_of_bag
+from pipeline.training.recipes import best_members
+from pipeline.training.train import train
 
 
 def test_labelled_digits_are_train_csv_in_order_whatever_the_split(sample_raw_dir, tmp_path):
-    from pipeline.prepare import prepare
+    from pipeline.data.prepare import prepare
 
     views = []
     for seed in (0, 1):
         prepare(sample_raw_dir, tmp_path / str(seed), seed=seed)
-        views.append(bagging.labelled_digits(tmp_path / str(seed)))
+        views.append(folds.labelled_digits(tmp_path / str(seed)))
     first, second = views
     assert first.ids.tolist() == list(range(1, 4001))  # every row of train.csv, in order
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
-    fingerprints = {bagging.labelled_fingerprint(tmp_path / str(seed)) for seed in (0, 1)}
+    fingerprints = {folds.labelled_fingerprint(tmp_path / str(seed)) for seed in (0, 1)}
     assert len(fingerprints) == 1  # a member's bag survives `prepare --seed`
 
 
 def test_folds_are_stratified_and_seeded():
     labels = torch.arange(10).repeat_interleave(53)  # 530 digits, 53 of each class
-    folds = bagging.fold_of_each(labels, 5, seed=0)
-    assert torch.equal(folds, bagging.fold_of_each(labels, 5, seed=0))
-    assert not torch.equal(folds, bagging.fold_of_each(labels, 5, seed=1))
+    fold = folds.fold_of_each(labels, 5, seed=0)
+    assert torch.equal(fold, folds.fold_of_each(labels, 5, seed=0))
+    assert not torch.equal(fold, folds.fold_of_each(labels, 5, seed=1))
     for digit in range(10):
-        per_fold = torch.bincount(folds[labels == digit], minlength=5)
+        per_fold = torch.bincount(fold[labels == digit], minlength=5)
         assert per_fold.max() - per_fold.min() <= 1  # 53 = 11+11+11+10+10
-    assert torch.bincount(folds).tolist() == [106] * 5
+    assert torch.bincount(fold).tolist() == [106] * 5
 
 
 def test_bags_differ_and_every_digit_is_out_of_bag_for_members_over_folds():
@@ -58,12 +59,12 @@ def test_oob_estimate_of_hand_made_votes():
     # digit 2: b alone, wrong; digit 3: no member left it out, so it is not counted.
     estimate = oob_estimate([a, b], labels)
     assert estimate == OobEstimate(accuracy=2 / 3, covered=3, total=4, mean_voters=4 / 3)
-    assert "66.67% on 3 of 4 labelled digits (1.3 voters" in bagging.format_oob(estimate)
+    assert "66.67% on 3 of 4 labelled digits (1.3 voters" in format_oob(estimate)
     assert oob_estimate([], labels).covered == 0
 
 
 def test_best_ensemble_is_sized_per_device(monkeypatch):
-    from pipeline import recipes
+    from pipeline.training import recipes
 
     cpu = best_members(device="cpu")
     assert len(cpu) == len(recipes.BEST_MEMBERS["cpu"]) and len({c.seed for c in cpu}) == len(cpu)
@@ -87,7 +88,7 @@ def test_a_bagged_member_never_trains_on_its_out_of_bag_digits(
     processed_dir, tmp_path, monkeypatch
 ):
     cfg = best_members(1, device="cpu", epochs=1, max_steps=4, batch_size=64)[0]
-    digits = bagging.labelled_digits(processed_dir)
+    digits = folds.labelled_digits(processed_dir)
     bag = member_bag(digits.labels, cfg.folds, cfg.fold, cfg.fold_seed)
     out_of_bag = {bytes(image.numpy()) for image in digits.images[bag.oob]}
     in_bag = {bytes(image.numpy()) for image in digits.images[bag.train]}
@@ -107,11 +108,11 @@ def test_a_bagged_member_never_trains_on_its_out_of_bag_digits(
     assert len(drawn) == 4 * 64 and set(drawn) <= in_bag
     meta = torch.load(tmp_path / "m.pt", weights_only=True)["meta"]
     assert meta["bag"]["oob_rows"] == len(bag.oob) == 800 and result.history
-    fingerprint = bagging.labelled_fingerprint(processed_dir)
-    again = bagging.verified_bag(meta["bag"], digits.labels, fingerprint, tmp_path / "m.pt")
+    fingerprint = folds.labelled_fingerprint(processed_dir)
+    again = folds.verified_bag(meta["bag"], digits.labels, fingerprint, tmp_path / "m.pt")
     assert torch.equal(again.oob, bag.oob)
     with pytest.raises(PipelineError, match="its bag does not match"):
-        bagging.verified_bag(meta["bag"], digits.labels[:-1], fingerprint, tmp_path / "m.pt")
-    estimate, members = bagging.score_out_of_bag([tmp_path / "m.pt"], processed_dir, "cpu")
+        folds.verified_bag(meta["bag"], digits.labels[:-1], fingerprint, tmp_path / "m.pt")
+    estimate, members = score_out_of_bag([tmp_path / "m.pt"], processed_dir, "cpu")
     assert estimate.covered == 800 and estimate.mean_voters == 1.0
     assert members == [pytest.approx(estimate.accuracy)]

@@ -17,10 +17,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline import config
-from pipeline.baselines import activations, classification, cli, gan, linear, mlp, optimizers
-from pipeline.baselines import app as baselines_app
+from pipeline.baselines import activations, classification, gan, linear, mlp, optimizers
 from pipeline.baselines import regression as regression_baseline
-from pipeline.errors import PipelineError
+from pipeline.cli import baselines as cli
+from pipeline.cli.baselines import app as baselines_app
+from pipeline.common.errors import PipelineError
 
 BASELINES = ("regression", "optimizers", "linear", "classification", "mlp", "gan", "activations")
 HEAVY = ("torch", "numpy", "pandas", "matplotlib", "sklearn")
@@ -71,8 +72,8 @@ def test_importing_the_cli_and_refusing_bad_input_load_nothing_heavy(tmp_path):
     script = f"""
 import json, sys
 from typer.testing import CliRunner
-import pipeline.baselines, pipeline.baselines.cli
-codes = [CliRunner().invoke(pipeline.baselines.app, args).exit_code for args in (
+import pipeline.cli.baselines
+codes = [CliRunner().invoke(pipeline.cli.baselines.app, args).exit_code for args in (
     ["--help"],
     ["gan", "--help"],
     ["gan", "--seed", "-1", "--out", {figure!r}],
@@ -393,7 +394,7 @@ def test_the_lean_tutorial_script_learns_from_every_row_and_writes_a_submission(
     sample_raw_dir, tmp_path
 ):
     from pipeline.baselines.tutorial_lean import RESULT_LINE
-    from pipeline.submission import read_submission
+    from pipeline.inference.submission import read_submission
 
     out = tmp_path / "lean.csv"
     command = [sys.executable, "-m", "pipeline.baselines.tutorial_lean"]

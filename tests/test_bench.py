@@ -19,17 +19,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline import config, device
+from pipeline import config
 from pipeline.baselines.tutorial import tutorial_split
-from pipeline.bench import run, timings
+from pipeline.bench import run
 from pipeline.bench.end_to_end import EndToEnd, ProcessTiming, bench_end_to_end
 from pipeline.bench.report import format_end_to_end
 from pipeline.bench.training import bench_ddp
 from pipeline.cli import app
-from pipeline.datasets import load_split
-from pipeline.errors import PipelineError
-from pipeline.prepare import split_train_val
-from pipeline.submission import read_submission
+from pipeline.common import device, timings
+from pipeline.common.errors import PipelineError
+from pipeline.data.datasets import load_split
+from pipeline.data.prepare import split_train_val
+from pipeline.inference.submission import read_submission
 
 runner = CliRunner()
 

@@ -13,18 +13,18 @@ import pytest
 import torch
 
 from pipeline import config
-from pipeline.checkpoints import read_payload
-from pipeline.recipes import best_members
-from pipeline.train import train
+from pipeline.training.checkpoints import read_payload
+from pipeline.training.recipes import best_members
+from pipeline.training.train import train
 
 # Three bagged members, two at a time in processes of their own; the first one is short, so
 # it finishes while the other two are still training.
 TRAIN_THREE = """
 import sys
 from pathlib import Path
-from pipeline.ensemble import train_members
-from pipeline.errors import PipelineError
-from pipeline.recipes import best_members
+from pipeline.experiments.ensemble import train_members
+from pipeline.common.errors import PipelineError
+from pipeline.training.recipes import best_members
 
 configs = best_members(3, device="cpu", epochs=3, batch_size=32)
 configs[0] = best_members(1, device="cpu", epochs=1, batch_size=32, max_steps=5)[0]
@@ -94,7 +94,7 @@ def test_ensemble_command_trains_bagged_members_and_prints_the_out_of_bag_estima
     from typer.testing import CliRunner
 
     from pipeline.cli import app
-    from pipeline.runs import list_runs, run_checkpoints
+    from pipeline.experiments.runs import list_runs, run_checkpoints
 
     options = ["--members", "2", "--epochs", "1", "--max-steps", "3", "--device", "cpu"]
     where = ["--processed-dir", str(processed_dir), "--out-dir", str(tmp_path)]

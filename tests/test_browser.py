@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from pipeline.bench.loadtest import digit_bodies, expected_labels
-from pipeline.datasets import TensorDigits
+from pipeline.data.datasets import TensorDigits
 
 from conftest import skip_or_fail, under_ci
 

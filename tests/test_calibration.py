@@ -8,17 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import config
-from pipeline.calibration import (
+from pipeline.common.errors import PipelineError
+from pipeline.data.datasets import TensorDigits
+from pipeline.inference.predictor import predict_logits
+from pipeline.training.calibration import (
     calibrated_probabilities,
     expected_calibration_error,
     fit_temperature,
     temperature_of,
 )
-from pipeline.checkpoints import load_checkpoint, read_payload, save_checkpoint
-from pipeline.datasets import TensorDigits
-from pipeline.errors import PipelineError
-from pipeline.inference import predict_logits
-from pipeline.models import build_model
+from pipeline.training.checkpoints import load_checkpoint, read_payload, save_checkpoint
+from pipeline.training.models import build_model
 
 
 def test_fit_temperature_recovers_the_temperature_labels_were_drawn_with():

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pipeline import config
-from pipeline.checkpoints import load_checkpoint, read_payload, save_checkpoint
-from pipeline.errors import PipelineError
-from pipeline.models import build_model
+from pipeline.common.errors import PipelineError
+from pipeline.training.checkpoints import load_checkpoint, read_payload, save_checkpoint
+from pipeline.training.models import build_model
 
 
 def _saved(tmp_path, name="lenet"):
@@ -67,8 +67,8 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path):
 WRITER = """
 import sys, torch
 from pathlib import Path
-from pipeline.checkpoints import save_checkpoint
-from pipeline.models import build_model
+from pipeline.training.checkpoints import save_checkpoint
+from pipeline.training.models import build_model
 path = Path(sys.argv[1]); model = build_model("mlp", hidden=4000)  # ~13 MB per write
 print("ready", flush=True)
 step = 0

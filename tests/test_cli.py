@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from pipeline import config, kaggle_api
+from pipeline import config
+from pipeline.data import kaggle_api
 
 from conftest import assert_one_line_error, invoke
 

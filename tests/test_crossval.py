@@ -4,9 +4,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.crossval import cross_validate, format_summary
-from pipeline.datasets import load_split
-from pipeline.recipes import recipe_config
+from pipeline.data.datasets import load_split
+from pipeline.experiments.crossval import cross_validate, format_summary
+from pipeline.training.recipes import recipe_config
 
 
 @pytest.mark.slow

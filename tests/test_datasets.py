@@ -3,7 +3,7 @@
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.datasets import (
+from pipeline.data.datasets import (
     PngDigits,
     TensorDigits,
     index_batches,

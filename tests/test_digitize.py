@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.datasets import TensorDigits
+from pipeline.data.datasets import TensorDigits
 from pipeline.serve.digitize import (
     SIDE,
     ImageError,

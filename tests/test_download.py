@@ -15,10 +15,11 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from pipeline import config, kaggle_api
-from pipeline.choices import RawSource
-from pipeline.download import download, extract_competition_zip
-from pipeline.errors import PipelineError
+from pipeline import config
+from pipeline.common.choices import RawSource
+from pipeline.common.errors import PipelineError
+from pipeline.data import kaggle_api
+from pipeline.data.download import download, extract_competition_zip
 
 from conftest import require
 
@@ -203,7 +204,7 @@ def test_a_full_disk_names_the_file_and_leaves_raw_dir_as_it_was(raw_dir, tmp_pa
     def full_disk_open(path, mode="r", *args, **kwargs):  # the kernel's own ENOSPC
         return builtins.open("/dev/full" if "w" in mode else path, mode, *args, **kwargs)
 
-    monkeypatch.setattr("pipeline.zip_members.open", full_disk_open, raising=False)
+    monkeypatch.setattr("pipeline.data.zip_members.open", full_disk_open, raising=False)
     with pytest.raises(PipelineError) as caught:
         download(RawSource.auto, raw_dir, zip_path=archive)
     assert str(caught.value) == f"{raw_dir / config.TRAIN_CSV}: No space left on device"
@@ -287,7 +288,7 @@ def test_a_seed_out_of_numpys_range_is_one_line(seed, tmp_path):
 
 
 def test_check_seed_accepts_numpys_whole_range():
-    from pipeline.download import check_seed
+    from pipeline.data.download import check_seed
 
     assert check_seed(0) == 0 and check_seed(2**32 - 1) == 2**32 - 1
     with pytest.raises(PipelineError, match="^--split-seed -5: "):
@@ -432,7 +433,7 @@ def _valid_submission(path, rows=config.KAGGLE_TEST_ROWS):
 
 
 def test_submit_refuses_a_bad_file_before_any_network_call(tmp_path):
-    from pipeline.submit import submit
+    from pipeline.experiments.submit import submit
 
     def no_network():
         raise AssertionError("connect() must not be called for a bad file")
@@ -443,7 +444,7 @@ def test_submit_refuses_a_bad_file_before_any_network_call(tmp_path):
 
 
 def test_submit_sends_a_valid_file(tmp_path):
-    from pipeline.submit import submit
+    from pipeline.experiments.submit import submit
 
     fake = FakeKaggle()
     good = _valid_submission(tmp_path / "submission.csv")
@@ -455,7 +456,7 @@ def test_submit_sends_a_valid_file(tmp_path):
 
 
 def test_submit_without_network_advises_about_submitting_not_downloading(tmp_path):
-    from pipeline.submit import submit
+    from pipeline.experiments.submit import submit
 
     good = _valid_submission(tmp_path / "submission.csv")
     offline = FakeKaggle(error=ConnectionError("[Errno -3] Temporary failure in name resolution"))
@@ -494,7 +495,7 @@ def test_submit_without_network_advises_about_submitting_not_downloading(tmp_pat
 def test_submit_waits_a_bounded_time_for_the_public_score(
     tmp_path, scoring, wait, expected, sleeps
 ):
-    from pipeline.submit import submit_and_record
+    from pipeline.experiments.submit import submit_and_record
 
     slept = []
     fake = FakeKaggle(scoring=scoring)
@@ -514,11 +515,11 @@ def test_submit_waits_a_bounded_time_for_the_public_score(
 def test_submit_credits_the_run_whose_checkpoint_made_the_file(
     tracking_store, fast_checkpoint, sample_processed_dir, tmp_path
 ):
-    from pipeline import tracking
-    from pipeline.predict import predict
-    from pipeline.runs import run_checkpoints
-    from pipeline.submission import write_source_record
-    from pipeline.submit import submit_and_record
+    from pipeline.experiments import tracking
+    from pipeline.experiments.runs import run_checkpoints
+    from pipeline.experiments.submit import submit_and_record
+    from pipeline.inference.predict import predict
+    from pipeline.inference.submission import write_source_record
 
     session = tracking.Session()
     run = session.start_run("fastnet", "train", {"model": "fastnet"})
@@ -539,7 +540,7 @@ def test_submit_credits_the_run_whose_checkpoint_made_the_file(
     fake = FakeKaggle(scoring=[("COMPLETE", "0.98765")])
     done = submit_and_record(good, "mine", connect=lambda: fake, wait=5, interval=0.01)
     assert done.runs == [run.id()] and done.public_score == "0.98765" and done.warning is None
-    from pipeline.runs import find_run
+    from pipeline.experiments.runs import find_run
 
     credited = find_run(run.id())[0].data  # the MLflow run the recorder made of it
     assert credited.metrics["public_score"] == pytest.approx(0.98765)

@@ -6,13 +6,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import config, kaggle_api
+from pipeline import config
 from pipeline.cli import app
-from pipeline.evaluate import evaluate
-from pipeline.predict import predict
-from pipeline.recipes import recipe_config
-from pipeline.submission import read_submission
-from pipeline.train import train
+from pipeline.data import kaggle_api
+from pipeline.inference.evaluate import evaluate
+from pipeline.inference.predict import predict
+from pipeline.inference.submission import read_submission
+from pipeline.training.recipes import recipe_config
+from pipeline.training.train import train
 
 runner = CliRunner()
 

@@ -6,7 +6,7 @@ import shlex
 import pytest
 
 from pipeline import config
-from pipeline.checkpoints import read_payload
+from pipeline.training.checkpoints import read_payload
 
 from conftest import assert_one_line_error, invoke
 

@@ -13,14 +13,15 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from pipeline import __version__, config, models
-from pipeline.checkpoints import save_checkpoint
+from pipeline import __version__, config
 from pipeline.cli import app
-from pipeline.datasets import TensorDigits, load_split
-from pipeline.errors import PipelineError
-from pipeline.export import PARITY_DIGITS, TOLERANCE, default_out, export_onnx
-from pipeline.inference import load_for_inference, predict_logits
-from pipeline.onnx_runtime import load_onnx
+from pipeline.common.errors import PipelineError
+from pipeline.data.datasets import TensorDigits, load_split
+from pipeline.inference.export import PARITY_DIGITS, TOLERANCE, default_out, export_onnx
+from pipeline.inference.onnx_runtime import load_onnx
+from pipeline.inference.predictor import load_for_inference, predict_logits
+from pipeline.training import models
+from pipeline.training.checkpoints import save_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -158,7 +159,7 @@ def test_bad_checkpoints_get_one_line_and_no_file(
 def test_predict_on_the_onnx_file_writes_the_same_submission(
     fast_onnx, fast_checkpoint, sample_processed_dir, tmp_path
 ):
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     by_torch = predict(
         [fast_checkpoint], sample_processed_dir, tmp_path / "torch.csv", device="cpu"

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from pipeline.bagging import score_out_of_bag
-from pipeline.checkpoints import load_checkpoint
-from pipeline.ensemble import train_members
-from pipeline.recipes import best_members, recipe_config
-from pipeline.train import train
+from pipeline.experiments.bagging import score_out_of_bag
+from pipeline.experiments.ensemble import train_members
+from pipeline.training.checkpoints import load_checkpoint
+from pipeline.training.recipes import best_members, recipe_config
+from pipeline.training.train import train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -4,7 +4,7 @@ import errno
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.kaggle_api import explain
+from pipeline.data.kaggle_api import explain
 
 from conftest import require
 

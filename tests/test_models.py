@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.models import MODELS, build_model, resolved_arch_args
+from pipeline.training.models import MODELS, build_model, resolved_arch_args
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -53,7 +53,7 @@ def test_checkpoints_record_every_architecture_argument_so_default_changes_canno
 
 @pytest.mark.parametrize("name", MODELS)
 def test_inference_models_fold_batchnorm_and_keep_their_logits(name):
-    from pipeline.inference import inference_model
+    from pipeline.inference.predictor import inference_model
 
     torch.manual_seed(0)
     model = build_model(name).train()
@@ -77,7 +77,7 @@ def test_inference_models_fold_batchnorm_and_keep_their_logits(name):
 def test_a_failing_compile_runs_eagerly_without_touching_dynamos_global_config():
     import torch._dynamo  # only to read its process-global flag
 
-    from pipeline.compiling import compile_for
+    from pipeline.training.compiling import compile_for
 
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler here")

@@ -11,10 +11,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from pipeline import onnx_runtime
-from pipeline.datasets import load_split
-from pipeline.errors import PipelineError
-from pipeline.onnx_runtime import load_onnx
+from pipeline.common.errors import PipelineError
+from pipeline.data.datasets import load_split
+from pipeline.inference import onnx_runtime
+from pipeline.inference.onnx_runtime import load_onnx
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -99,7 +99,7 @@ def test_loading_and_running_needs_no_torch(linear_onnx, sample_processed_dir, t
     code = no_torch + textwrap.dedent(
         f"""
         import numpy as np
-        from pipeline.onnx_runtime import load_onnx
+        from pipeline.inference.onnx_runtime import load_onnx
 
         model = load_onnx({str(path)!r})
         probs = model.predict(np.load({str(tmp_path / "digits.npy")!r}))
@@ -122,7 +122,7 @@ def test_predict_on_an_onnx_file_needs_no_torch(
     path = linear_onnx(tmp_path / "linear.onnx")
     out = tmp_path / "submission.csv"
     code = no_torch + (
-        "from pipeline.cli import main\n"
+        "from pipeline.__main__ import main\n"
         "sys.argv = ['pipeline', 'predict', '--checkpoint', sys.argv[1],\n"
         "            '--processed-dir', sys.argv[2], '--out', sys.argv[3]]\n"
         "main()\n"

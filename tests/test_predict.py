@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from pipeline import config
-from pipeline.datasets import TensorDigits
-from pipeline.errors import PipelineError
-from pipeline.inference import ensemble_probabilities, predict_logits, tta_views
-from pipeline.submission import check_submission, read_submission, write_submission
+from pipeline.common.errors import PipelineError
+from pipeline.data.datasets import TensorDigits
+from pipeline.inference.predictor import ensemble_probabilities, predict_logits, tta_views
+from pipeline.inference.submission import check_submission, read_submission, write_submission
 
 
 class FixedLogits(nn.Module):

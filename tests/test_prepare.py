@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from pipeline import config
-from pipeline import prepare as prepare_module
-from pipeline.datasets import load_split, processed_fingerprint
-from pipeline.errors import PipelineError
-from pipeline.exits import Stopped
-from pipeline.files import file_sha256
-from pipeline.prepare import prepare, read_digits_csv, split_train_val
+from pipeline.common.errors import PipelineError
+from pipeline.common.exits import Stopped
+from pipeline.common.files import file_sha256
+from pipeline.data import prepare as prepare_module
+from pipeline.data.datasets import load_split, processed_fingerprint
+from pipeline.data.prepare import prepare, read_digits_csv, split_train_val
 
 
 def test_parses_pixels_row_major_as_uint8(raw_dir):
@@ -223,7 +223,7 @@ def test_prepare_writes_numpy_splits_without_importing_torch(raw_dir, tmp_path):
     """The cache is plain .npz: `prepare` never pays for torch's import (1.5 s a process)."""
     out = tmp_path / "processed"
     code = (
-        "import sys; from pathlib import Path; from pipeline.prepare import prepare; "
+        "import sys; from pathlib import Path; from pipeline.data.prepare import prepare; "
         f"prepare(Path({str(raw_dir)!r}), Path({str(out)!r})); "
         "assert 'torch' not in sys.modules, 'prepare imported torch'"
     )
@@ -350,7 +350,7 @@ def test_pyarrow_and_pandas_parse_the_same_pixels(raw_dir):
     """The fast parse (pyarrow) and the one that diagnoses (pandas' C parser) agree, to the
     layout (column-major, as `_to_split` expects)."""
     pytest.importorskip("pyarrow")
-    from pipeline.prepare import _read_with_arrow, _read_with_pandas
+    from pipeline.data.prepare import _read_with_arrow, _read_with_pandas
 
     for name, header in ((config.TRAIN_CSV, config.TRAIN_HEADER), (config.TEST_CSV, None)):
         header = header or config.TEST_HEADER

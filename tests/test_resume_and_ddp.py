@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pipeline import config
-from pipeline.checkpoints import read_payload
-from pipeline.recipes import recipe_config
-from pipeline.train import train
+from pipeline.training.checkpoints import read_payload
+from pipeline.training.recipes import recipe_config
+from pipeline.training.train import train
 
 TRAIN = [sys.executable, "-m", "pipeline", "train", "--model", "cnn", "--device", "cpu"]
 

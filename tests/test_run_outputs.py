@@ -13,16 +13,16 @@ import torch
 from typer.testing import CliRunner
 
 from pipeline import config
-from pipeline.checkpoints import save_checkpoint
 from pipeline.cli import app
-from pipeline.crossval import cross_validate
-from pipeline.ensemble import train_ensemble
-from pipeline.errors import PipelineError
-from pipeline.files import expand_checkpoints
-from pipeline.models import build_model
-from pipeline.prepare import prepare
-from pipeline.recipes import recipe_config
-from pipeline.train import train
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import expand_checkpoints
+from pipeline.data.prepare import prepare
+from pipeline.experiments.crossval import cross_validate
+from pipeline.experiments.ensemble import train_ensemble
+from pipeline.training.checkpoints import save_checkpoint
+from pipeline.training.models import build_model
+from pipeline.training.recipes import recipe_config
+from pipeline.training.train import train
 
 
 def _cfg(**changes):
@@ -99,7 +99,7 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 from pipeline import config
-from pipeline.files import run_lock
+from pipeline.common.files import run_lock
 out = Path(sys.argv[1])
 with run_lock(out, config.lock_path(out)):  # what `train` holds, without importing torch
     print("locked", flush=True)
@@ -231,7 +231,7 @@ def test_member_seeds_past_the_range_are_refused_before_any_training(
 KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from pipeline.files import atomic_path, temp_dir
+from pipeline.common.files import atomic_path, temp_dir
 folder = Path(sys.argv[1])
 pngs = temp_dir(folder, "images")
 Path(pngs.name, "1.png").write_bytes(b"half a png")

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from pipeline import runs, tracking
-from pipeline.checkpoints import read_payload
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
+from pipeline.experiments import runs, tracking
+from pipeline.training.checkpoints import read_payload
 
 pytestmark = pytest.mark.slow  # MLflow's import and SQLite store: seconds
 

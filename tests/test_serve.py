@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.datasets import TensorDigits
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
+from pipeline.data.datasets import TensorDigits
 
 from conftest import require
 
@@ -135,8 +135,8 @@ def test_served_probabilities_are_the_checkpoints_calibrated_ones(
     models, fast_checkpoint, known_digits
 ):
     """softmax(logits / the stored temperature): clean digits read near certain, not ~92%."""
-    from pipeline.calibration import calibrated_probabilities
-    from pipeline.inference import load_for_inference, predict_logits
+    from pipeline.inference.predictor import load_for_inference, predict_logits
+    from pipeline.training.calibration import calibrated_probabilities
 
     loaded = load_for_inference([fast_checkpoint], torch.device("cpu"))[0]
     temperature = loaded.meta["temperature"]

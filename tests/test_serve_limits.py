@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 from pipeline.serve.digitize import MAX_DECODED_BYTES, decoded_bytes
 
 from conftest import require
@@ -199,7 +199,7 @@ def test_non_finite_outputs_are_a_503_and_the_server_keeps_serving(fast_checkpoi
     already overflows); a model that overflows only later gives a 503 sentence, never a 500."""
     from fastapi.testclient import TestClient
 
-    from pipeline.checkpoints import read_payload
+    from pipeline.training.checkpoints import read_payload
 
     payload = read_payload(fast_checkpoint)
     payload["state_dict"] = {k: v * 1e30 if v.is_floating_point() else v

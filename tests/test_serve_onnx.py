@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.datasets import load_split
-from pipeline.onnx_runtime import load_onnx
+from pipeline.data.datasets import load_split
+from pipeline.inference.onnx_runtime import load_onnx
 
 from conftest import require
 
@@ -50,7 +50,7 @@ def test_serve_on_onnx_answers_without_importing_torch(
 ):
     graph = linear_onnx(tmp_path / "linear.onnx")
     code = no_torch + (
-        "from pipeline.cli import main\n"
+        "from pipeline.__main__ import main\n"
         "sys.argv = ['pipeline', 'serve', '--port', '0', '--checkpoint', sys.argv[1]]\n"
         "main()\n"
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import exits
+from pipeline.common import exits
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/status").exists(), reason="reads SigCgt from /proc (Linux)"
@@ -139,7 +139,7 @@ def test_the_exit_keeps_atexit_callbacks_and_the_code(tmp_path):
     marker = tmp_path / "ran"
     script = (
         "import atexit, sys\n"
-        "from pipeline import exits\n"
+        "from pipeline.common import exits\n"
         "exits.install()\n"
         f"atexit.register(lambda: open({str(marker)!r}, 'w').close())\n"
         "sys.stdout.write('unflushed')\n"
@@ -170,8 +170,8 @@ def test_a_library_caller_is_not_left_stopped(tmp_path):
     interrupt; the process is not marked stopped afterwards, so later writes still publish."""
     import os
 
-    from pipeline.files import write_json
-    from pipeline.run_state import StopSignals
+    from pipeline.common.files import write_json
+    from pipeline.training.run_state import StopSignals
 
     with pytest.raises(exits.Stopped), StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)

@@ -10,11 +10,12 @@ import sqlite3
 
 import pytest
 
-from pipeline import config, tracking
-from pipeline.checkpoints import read_payload
-from pipeline.errors import PipelineError
-from pipeline.recipes import recipe_config
-from pipeline.train import train
+from pipeline import config
+from pipeline.common.errors import PipelineError
+from pipeline.experiments import tracking
+from pipeline.training.checkpoints import read_payload
+from pipeline.training.recipes import recipe_config
+from pipeline.training.train import train
 
 TINY = dict(device="cpu", arch_args={"widths": [4, 8, 8]}, batch_size=256)
 
@@ -145,7 +146,7 @@ def test_a_skipped_identical_run_leaves_no_record_and_a_failed_one_is_marked(
 def test_ensemble_members_are_children_of_the_ensembles_run(
     tracking_store, sample_processed_dir, tmp_path
 ):
-    from pipeline.ensemble import train_ensemble
+    from pipeline.experiments.ensemble import train_ensemble
 
     cfg = recipe_config("fast", epochs=1, **TINY)
     with tracking.command_run(True, "fast", "ensemble", {"members": 2}) as parent:
@@ -170,7 +171,7 @@ def test_tracking_off_opens_no_store(tmp_path, monkeypatch, sample_processed_dir
 
 def pending_record(uri, name="m", status="FINISHED"):
     """A session's record, written and left pending (as a command leaves it for its recorder)."""
-    from pipeline import recorder
+    from pipeline.experiments import recorder
 
     session = tracking.Session(uri, record="pending")
     run = session.start_run(name, "train", {"epochs": 1})
@@ -182,7 +183,7 @@ def pending_record(uri, name="m", status="FINISHED"):
 
 @pytest.mark.slow
 def test_a_pending_record_is_logged_once_when_the_recorder_and_a_reader_race(tracking_store):
-    from pipeline import recorder
+    from pipeline.experiments import recorder
 
     session, run, path = pending_record(tracking_store)
     process = recorder.start_detached(tracking_store, path)
@@ -196,7 +197,7 @@ def test_a_pending_record_is_logged_once_when_the_recorder_and_a_reader_race(tra
 
 @pytest.mark.slow
 def test_a_record_a_killed_recorder_left_half_logged_is_logged_whole_once(tracking_store):
-    from pipeline import recorder
+    from pipeline.experiments import recorder
 
     session, run, path = pending_record(tracking_store)
     record = recorder.read_record(path)
@@ -212,7 +213,7 @@ def test_a_record_a_killed_recorder_left_half_logged_is_logged_whole_once(tracki
 def test_a_corrupt_pending_record_is_one_line_naming_it_and_the_others_are_logged(
     tracking_store,
 ):
-    from pipeline import recorder
+    from pipeline.experiments import recorder
 
     _, good, _ = pending_record(tracking_store)
     bad = recorder.pending_dir(tracking_store) / "0123.json"
@@ -231,7 +232,7 @@ def test_a_tracked_command_imports_no_mlflow(tmp_path):
     import sys
 
     code = (
-        "import sys; from pipeline import tracking\n"
+        "import sys; from pipeline.experiments import tracking\n"
         "with tracking.command_run(True, 'm', 'train', {'epochs': 1}) as run:\n"
         "    run.log_epoch({'epoch': 1, 'val_accuracy': 0.5})\n"
         "assert 'mlflow' not in sys.modules, 'mlflow imported'\n"
@@ -281,7 +282,7 @@ def test_a_tracked_train_leaves_its_curves_to_the_recorder_which_draws_them(
     ],
 )
 def test_a_record_whose_curves_are_malformed_is_refused_whole(tmp_path, curves):
-    from pipeline import recorder
+    from pipeline.experiments import recorder
 
     _, run, path = pending_record(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     record = json.loads(path.read_text())

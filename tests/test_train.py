@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from pipeline import config
-from pipeline.checkpoints import load_checkpoint, read_payload
-from pipeline.ensemble import train_ensemble
-from pipeline.errors import PipelineError
-from pipeline.models import build_model
-from pipeline.prepare import prepare
-from pipeline.recipes import RECIPES, recipe_config
-from pipeline.run_state import StopSignals, TrainingInterrupted
-from pipeline.train import train
+from pipeline.common.errors import PipelineError
+from pipeline.data.prepare import prepare
+from pipeline.experiments.ensemble import train_ensemble
+from pipeline.training.checkpoints import load_checkpoint, read_payload
+from pipeline.training.models import build_model
+from pipeline.training.recipes import RECIPES, recipe_config
+from pipeline.training.run_state import StopSignals, TrainingInterrupted
+from pipeline.training.train import train
 
 from conftest import StopAtStep, tiny_config
 
@@ -93,9 +93,11 @@ def test_recipes_are_wired():
 
 
 def test_on_cuda_the_recipes_take_their_gpu_settings_and_options_still_win(monkeypatch):
-    import pipeline.device
+    import pipeline.common.device
 
-    monkeypatch.setattr(pipeline.device, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(
+        pipeline.common.device, "resolve_device", lambda name: torch.device("cuda")
+    )
     fast = recipe_config("fast", device="cuda")
     assert (fast.batch_size, fast.epochs, fast.compile) == (512, 5, True)
     assert fast.arch_args == {"widths": [24, 48, 96]}
@@ -223,7 +225,7 @@ def test_the_curves_figure_is_named_after_the_checkpoint_beside_it(processed_dir
 
 
 def test_training_curves_tick_whole_epochs_only():
-    from pipeline.plots import training_curves_figure
+    from pipeline.common.plots import training_curves_figure
 
     history = [
         {"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "val_accuracy": 0.9 + e / 100}
@@ -237,7 +239,7 @@ def test_training_curves_tick_whole_epochs_only():
 
 
 def test_progress_off_a_terminal_prints_lines_with_the_step_and_loss(monkeypatch):
-    from pipeline import progress
+    from pipeline.common import progress
 
     monkeypatch.setattr(progress, "LINE_SECONDS", 0.0)
     lines = []
@@ -249,7 +251,7 @@ def test_progress_off_a_terminal_prints_lines_with_the_step_and_loss(monkeypatch
 
 
 def test_the_bar_counts_only_the_steps_max_steps_allows(processed_dir, tmp_path, monkeypatch):
-    from pipeline import progress
+    from pipeline.common import progress
 
     totals = []
     real = progress.EpochProgress.__init__
@@ -264,8 +266,8 @@ def test_the_bar_counts_only_the_steps_max_steps_allows(processed_dir, tmp_path,
 
 
 def test_under_ddp_the_ranks_agree_on_a_stop_every_n_steps_and_at_epoch_end(monkeypatch):
-    from pipeline import run_state
-    from pipeline.distributed import Ranks
+    from pipeline.training import run_state
+    from pipeline.training.distributed import Ranks
 
     collectives = []
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from pipeline import runs, tracking
-from pipeline.checkpoints import read_payload
-from pipeline.errors import PipelineError
-from pipeline.tune import SearchSpace, train_command, tune
+from pipeline.common.errors import PipelineError
+from pipeline.experiments import runs, tracking
+from pipeline.experiments.tune import SearchSpace, train_command, tune
+from pipeline.training.checkpoints import read_payload
 
 # Tiny trials: 4-8-16 FastNets, 2 epochs of 14 batches on the 3,600 sample digits.
 SPACE = SearchSpace(lr=(1e-6, 2e-2), epochs=(2, 2), widths=(4,), batch_sizes=(256,))

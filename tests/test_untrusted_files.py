@@ -13,18 +13,18 @@ import torch
 from typer.testing import CliRunner
 
 from pipeline import config
-from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.cli import app
-from pipeline.crossval import score_split
-from pipeline.datasets import load_split, read_meta
-from pipeline.errors import PipelineError
-from pipeline.evaluate import evaluate
-from pipeline.models import build_model
-from pipeline.predict import predict
-from pipeline.prepare import prepare
-from pipeline.recipes import recipe_config
-from pipeline.run_state import TrainingInterrupted
-from pipeline.train import train
+from pipeline.common.errors import PipelineError
+from pipeline.data.datasets import load_split, read_meta
+from pipeline.data.prepare import prepare
+from pipeline.experiments.crossval import score_split
+from pipeline.inference.evaluate import evaluate
+from pipeline.inference.predict import predict
+from pipeline.training.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.training.models import build_model
+from pipeline.training.recipes import recipe_config
+from pipeline.training.run_state import TrainingInterrupted
+from pipeline.training.train import train
 
 from conftest import StopAtStep
 

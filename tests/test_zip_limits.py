@@ -8,10 +8,11 @@ from contextlib import nullcontext
 
 import pytest
 
-from pipeline import config, download, zip_members
-from pipeline.choices import RawSource
-from pipeline.download import extract_competition_zip
-from pipeline.errors import PipelineError
+from pipeline import config
+from pipeline.common.choices import RawSource
+from pipeline.common.errors import PipelineError
+from pipeline.data import download, zip_members
+from pipeline.data.download import extract_competition_zip
 
 
 def _csvs(raw_dir, rows=40):

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.device import resolve_device
-from pipeline.plots import new_figure, save_figure
+from pipeline.common.device import resolve_device
+from pipeline.common.plots import new_figure, save_figure
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:

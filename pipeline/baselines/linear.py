@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.device import resolve_device, seed_everything
-from pipeline.plots import new_figure, save_figure
+from pipeline.common.device import resolve_device, seed_everything
+from pipeline.common.plots import new_figure, save_figure
 
 # The tutorial's 15 points (pytorch-tutorial's linear_regression).
 X = (3.3, 4.4, 5.5, 6.71, 6.93, 4.168, 9.779, 6.182, 7.59, 2.167, 7.042, 10.791, 5.313, 7.997, 3.1)

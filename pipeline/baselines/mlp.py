@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline import config, download
-from pipeline.datasets import index_batches, load_split, normalize, read_meta
-from pipeline.device import resolve_device, seed_everything, synchronize
-from pipeline.errors import PipelineError
-from pipeline.models import build_model
-from pipeline.plots import new_figure, save_figure
+from pipeline import config
+from pipeline.common.device import resolve_device, seed_everything, synchronize
+from pipeline.common.errors import PipelineError
+from pipeline.common.plots import new_figure, save_figure
+from pipeline.data import download
+from pipeline.data.datasets import index_batches, load_split, normalize, read_meta
+from pipeline.training.models import build_model
 
 HIDDEN = 200
 SAMPLE_VAL_ROWS = 500

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from pipeline.baselines.regression import make_net, make_parabola, shuffled_batches
-from pipeline.device import resolve_device, seed_everything
-from pipeline.plots import new_figure, save_figure
+from pipeline.common.device import resolve_device, seed_everything
+from pipeline.common.plots import new_figure, save_figure
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
 

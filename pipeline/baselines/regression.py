@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.device import resolve_device, seed_everything
-from pipeline.plots import new_figure, save_figure
+from pipeline.common.device import resolve_device, seed_everything
+from pipeline.common.plots import new_figure, save_figure
 
 N_POINTS = 1_000
 NOISE_STD = 0.1

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline import config
-from pipeline.bench.timings import phase, write_requested
-from pipeline.device import seed_everything, synchronize
-from pipeline.models import build_model
+from pipeline.common.device import seed_everything, synchronize
+from pipeline.common.timings import phase, write_requested
+from pipeline.training.models import build_model
 
 TUTORIAL_BATCH = 50
 

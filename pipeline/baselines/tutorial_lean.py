@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline import config
 from pipeline.baselines.tutorial import TUTORIAL_BATCH, tutorial_step
-from pipeline.bench.timings import phase, write_requested
-from pipeline.device import seed_everything
-from pipeline.models import build_model
+from pipeline.common.device import seed_everything
+from pipeline.common.timings import phase, write_requested
+from pipeline.training.models import build_model
 
 WORKERS = 2
 

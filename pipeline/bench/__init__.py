@@ -9,5 +9,5 @@
 - `loadtest` over `live_server`: a bounded load test of `pipeline serve` on loopback.
 - `run`: `BenchOptions` -> `run_bench` -> `BenchReport`; `report` formats it.
 
-Nothing is imported here: the stages import `pipeline.bench.timings`, which must stay light.
+Nothing is imported here: the stages import `pipeline.common.timings`, which must stay light.
 """

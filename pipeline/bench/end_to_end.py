@@ -6,8 +6,8 @@ processes, wall clock including start-up, against the tutorial's single script
 CSVs, and against a lean version of the same flow (`pipeline.baselines.tutorial_lean`: arrays
 in memory, a per-image Dataset, `DataLoader(batch_size=50, num_workers=2)`, every train.csv
 row); each command's time is split into start-up and imports, load, work and write
-(`pipeline.bench.timings`). `train` runs tracked, as it does by default; the MLflow recorder it
-leaves behind (`pipeline.recorder`) runs beside our `predict` and is waited for before the
+(`pipeline.common.timings`). `train` runs tracked, as it does by default; the MLflow recorder it
+leaves behind (`experiments.recorder`) runs beside our `predict` and is waited for before the
 tutorials' turns.
 """
 
@@ -24,10 +24,10 @@ from pathlib import Path
 from pipeline import config
 from pipeline.baselines import tutorial_lean
 from pipeline.baselines.tutorial import RESULT_LINE, TUTORIAL_BATCH
-from pipeline.bench import timings
-from pipeline.datasets import read_meta
-from pipeline.errors import PipelineError
-from pipeline.submission import read_submission
+from pipeline.common import timings
+from pipeline.common.errors import PipelineError
+from pipeline.data.datasets import read_meta
+from pipeline.inference.submission import read_submission
 
 PHASES = (timings.IMPORT, "load", "work", "write")
 E2E_DEVICE = "cpu"  # the tutorial's setting; the recipes' GPU variants do not apply
@@ -113,10 +113,10 @@ def our_commands(raw_dir: Path, work: Path, seed: int) -> dict[str, list[str]]:
 def settle_tracking() -> None:
     """Wait until `train`'s tracking record is in MLflow (its recorder process may still be
     at it), so that it never runs beside the tutorial scripts' timings."""
-    from pipeline import tracking
+    from pipeline.experiments import tracking
 
     if tracking.wanted():
-        from pipeline.recorder import record_pending
+        from pipeline.experiments.recorder import record_pending
 
         record_pending()
 

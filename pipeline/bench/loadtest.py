@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from pipeline import config
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 REQUESTS = 2_000
 CLIENTS = 8
@@ -57,7 +57,7 @@ class LoadResult:
 
 def digit_bodies(processed_dir: Path, count: int = 200) -> list[bytes]:
     """JSON bodies `{"pixels": [...]}` of the first `count` validation digits."""
-    from pipeline.datasets import TensorDigits
+    from pipeline.data.datasets import TensorDigits
 
     images = TensorDigits.load(processed_dir, "val").images[:count]
     return [json.dumps({"pixels": row}).encode() for row in images.flatten(1).tolist()]

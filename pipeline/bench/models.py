@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from pipeline import run_state
 from pipeline.baselines.tutorial import TUTORIAL_BATCH, tutorial_frame, tutorial_images_per_second
-from pipeline.datasets import TensorDigits, load_split
-from pipeline.distributed import Ranks
-from pipeline.inference import inference_model, predict_logits
-from pipeline.models import build_model
-from pipeline.recipes import recipe_config
-from pipeline.train import new_run, train_one_epoch
+from pipeline.data.datasets import TensorDigits, load_split
+from pipeline.inference.predictor import inference_model, predict_logits
+from pipeline.training import run_state
+from pipeline.training.distributed import Ranks
+from pipeline.training.models import build_model
+from pipeline.training.recipes import recipe_config
+from pipeline.training.train import new_run, train_one_epoch
 
 
 def median_seconds(work: Callable[[], object], repeats: int = 3) -> float:

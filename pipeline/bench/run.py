@@ -16,9 +16,9 @@ from pipeline.bench.models import (
     median_seconds,
 )
 from pipeline.bench.training import DdpBench, FastRecipeBench, bench_ddp, bench_fast_recipe
-from pipeline.datasets import load_split
-from pipeline.device import resolve_device
-from pipeline.prepare import prepare, read_digits_csv
+from pipeline.common.device import resolve_device
+from pipeline.data.datasets import load_split
+from pipeline.data.prepare import prepare, read_digits_csv
 
 ALL_MODELS = ("fastnet", "cnn", "lenet", "mlp", "deepcnn")
 
@@ -95,7 +95,7 @@ def bench_serve_onnx(checkpoint: Path, processed_dir: Path) -> str:
         import onnxscript  # noqa: F401
     except ImportError as exc:
         return f"skipped: {exc.name} is not installed (the export and serve extras)"
-    from pipeline.export import export_onnx
+    from pipeline.inference.export import export_onnx
 
     by_torch = run_load_test([checkpoint], processed_dir, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:

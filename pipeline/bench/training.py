@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from pipeline import config
-from pipeline.recipes import recipe_config
-from pipeline.train import train
+from pipeline.training.recipes import recipe_config
+from pipeline.training.train import train
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pipeline.bench.loadtest import (
     expected_labels,
     load_test,
 )
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 UPLOADS = 32
 UPLOAD_SIDE = 5000  # 25 megapixels: the server's MAX_IMAGE_PIXELS

@@ -12,14 +12,14 @@ once.
 
 import typer
 
-from pipeline.baselines import app as baselines_app
-from pipeline.bench import timings
+from pipeline.cli.baselines import app as baselines_app
 from pipeline.cli.data import download_command, prepare_command
 from pipeline.cli.errors import OneLineErrors
 from pipeline.cli.experiments import runs_command, tune_command
 from pipeline.cli.results import evaluate_command, predict_command, submit_command
 from pipeline.cli.serving import bench_command, export_command, serve_command
 from pipeline.cli.training import crossval_command, ensemble_command, train_command
+from pipeline.common import timings
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -46,7 +46,7 @@ app.add_typer(baselines_app, name="baselines")
 
 def run() -> int | str | None:
     """Run the command line and return its exit code; `pipeline.__main__` ends the process
-    (pipeline.exits: a signal's code and line, atexit callbacks, no slow teardown)."""
+    (pipeline.common.exits: a signal's code and line, atexit callbacks, no slow teardown)."""
     try:
         app()
     except SystemExit as exc:
@@ -54,10 +54,3 @@ def run() -> int | str | None:
     finally:
         timings.write_requested()  # only under `pipeline bench` (PIPELINE_TIMINGS=<path>)
     return 0
-
-
-def main() -> None:
-    """The `pipeline` script of an install made while it pointed here; now pipeline.__main__."""
-    from pipeline.__main__ import main as entry
-
-    entry()

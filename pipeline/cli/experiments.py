@@ -6,9 +6,9 @@ from typing import Annotated
 import typer
 
 from pipeline import config
-from pipeline.choices import Device, ModelName, RunSort, plain
+from pipeline.cli.options import DeviceOpt, ProcessedOpt, SeedOpt, TrackOpt
 from pipeline.cli.training import tracked_as, warn
-from pipeline.options import DeviceOpt, ProcessedOpt, SeedOpt, TrackOpt
+from pipeline.common.choices import Device, ModelName, RunSort, plain
 
 
 def tune_command(
@@ -37,9 +37,9 @@ def tune_command(
 ) -> None:
     """Search lr, weight decay, epochs, width, batch size and augmentation with Optuna (TPE),
     pruning trials that fall behind per epoch; print the best as a `pipeline train` command."""
-    from pipeline import tracking
-    from pipeline.errors import PipelineError
-    from pipeline.tune import SearchSpace, tune
+    from pipeline.common.errors import PipelineError
+    from pipeline.experiments import tracking
+    from pipeline.experiments.tune import SearchSpace, tune
 
     if trials is None and timeout is None:
         raise PipelineError("give --trials N, --timeout S or both")
@@ -68,6 +68,6 @@ def runs_command(
 ) -> None:
     """The tracked runs: id, command, model, recipe, epochs, val accuracy, training seconds,
     start, status, parent run and kept checkpoint (`--run RUN_ID` takes the id or 6+ chars)."""
-    from pipeline.runs import format_table, list_runs
+    from pipeline.experiments.runs import format_table, list_runs
 
     typer.echo(format_table(list_runs(plain(sort), limit)))

@@ -6,8 +6,7 @@ from typing import Annotated
 import typer
 
 from pipeline import config
-from pipeline.choices import Device, Split, plain
-from pipeline.options import (
+from pipeline.cli.options import (
     CheckpointOpt,
     CheckpointsOpt,
     DeviceOpt,
@@ -16,12 +15,13 @@ from pipeline.options import (
     TrackOpt,
     TtaOpt,
 )
+from pipeline.common.choices import Device, Split, plain
 
 
 def run_checkpoints(run_id: str, one: bool = False) -> list[Path]:
     """`--run RUN_ID` as checkpoint paths (one model only where `one`), or a one-line error."""
-    from pipeline.errors import PipelineError
-    from pipeline.runs import run_checkpoints as kept
+    from pipeline.common.errors import PipelineError
+    from pipeline.experiments.runs import run_checkpoints as kept
 
     paths = kept(run_id)
     if one and len(paths) > 1:
@@ -49,7 +49,7 @@ def evaluate_command(
     run: RunOpt = None,
 ) -> None:
     """Validation accuracy, per-class report, confusion-matrix and mistakes PNGs."""
-    from pipeline.evaluate import evaluate, score_submission
+    from pipeline.inference.evaluate import evaluate, score_submission
 
     if run is not None:
         (checkpoint,) = run_checkpoints(run, one=True)
@@ -79,8 +79,8 @@ def predict_command(
 ) -> None:
     """Label test.csv's digits and write ImageId,Label (probabilities averaged over models),
     and beside it `<name>.source.json`: which checkpoints wrote it, for `submit` to credit."""
-    from pipeline.files import expand_checkpoints
-    from pipeline.predict import predict
+    from pipeline.common.files import expand_checkpoints
+    from pipeline.inference.predict import predict
 
     paths = (
         run_checkpoints(run)
@@ -115,8 +115,8 @@ def submit_command(
 ) -> None:
     """Check the file against Kaggle's rules, submit it through the kaggle package, wait a
     little for the public score and record it on the tracked runs whose models made the file."""
-    from pipeline import tracking
-    from pipeline.submit import submit_and_record
+    from pipeline.experiments import tracking
+    from pipeline.experiments.submit import submit_and_record
 
     done = submit_and_record(file, message, competition, wait=wait, track=tracking.wanted(track))
     typer.echo(f"submit: {done.reply}.")

@@ -7,9 +7,7 @@ from typing import Annotated
 import typer
 
 from pipeline import config
-from pipeline.choices import Device, ModelName, plain
-from pipeline.errors import PipelineError
-from pipeline.options import (
+from pipeline.cli.options import (
     CheckpointsOpt,
     CompileOpt,
     DeviceOpt,
@@ -18,6 +16,8 @@ from pipeline.options import (
     RunOpt,
     positive_ints,
 )
+from pipeline.common.choices import Device, ModelName, plain
+from pipeline.common.errors import PipelineError
 
 
 def serve_command(
@@ -33,7 +33,7 @@ def serve_command(
 ) -> None:
     """Serve a draw-a-digit page and a JSON API on the checkpoint(s) until Ctrl-C."""
     from pipeline.cli.results import run_checkpoints
-    from pipeline.files import expand_checkpoints
+    from pipeline.common.files import expand_checkpoints
     from pipeline.serve.server import serve
 
     paths = (
@@ -53,7 +53,7 @@ def export_command(
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
 ) -> None:
     """Export the checkpoint(s) as one ONNX graph, checked against torch before it is written."""
-    from pipeline.export import default_out, export_onnx
+    from pipeline.inference.export import default_out, export_onnx
 
     result = export_onnx(checkpoints, out or default_out(checkpoints), processed_dir)
     typer.echo(

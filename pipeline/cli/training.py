@@ -10,9 +10,8 @@ from typing import Annotated
 import typer
 
 from pipeline import config
-from pipeline.choices import DataSource, Device, ModelName, Optimizer, Recipe, Schedule, plain
 from pipeline.cli.errors import error_line
-from pipeline.options import (
+from pipeline.cli.options import (
     AugmentOpt,
     AugmentStrengthOpt,
     BatchOpt,
@@ -36,7 +35,16 @@ from pipeline.options import (
     TrainSeedOpt,
     WidthOpt,
 )
-from pipeline.recipes import Overrides
+from pipeline.common.choices import (
+    DataSource,
+    Device,
+    ModelName,
+    Optimizer,
+    Recipe,
+    Schedule,
+    plain,
+)
+from pipeline.training.recipes import Overrides
 
 
 def overrides(
@@ -87,7 +95,7 @@ def warn(message: str) -> None:
 
 def tracked_as(run) -> str | None:
     """`<command>: tracked as run <id>` (None with tracking off); MLflow gets it from a
-    recorder process of its own once the command is done (pipeline.recorder)."""
+    recorder process of its own once the command is done (pipeline.experiments.recorder)."""
     run_id = run.id()
     return f"tracked as run {run_id} (`pipeline runs` lists it)" if run_id else None
 
@@ -132,10 +140,10 @@ def train_command(
     """
     from tqdm import tqdm
 
-    from pipeline import tracking
-    from pipeline.distributed import ranks_from_env
-    from pipeline.run_state import TrainingInterrupted, run_config
-    from pipeline.train import train
+    from pipeline.experiments import tracking
+    from pipeline.training.distributed import ranks_from_env
+    from pipeline.training.run_state import TrainingInterrupted, run_config
+    from pipeline.training.train import train
 
     settings = overrides(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
@@ -231,10 +239,10 @@ def ensemble_command(
     """
     from tqdm import tqdm
 
-    from pipeline import tracking
-    from pipeline.distributed import ranks_from_env
-    from pipeline.ensemble import train_ensemble
-    from pipeline.recipes import recipe_config
+    from pipeline.experiments import tracking
+    from pipeline.experiments.ensemble import train_ensemble
+    from pipeline.training.distributed import ranks_from_env
+    from pipeline.training.recipes import recipe_config
 
     settings = overrides(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
@@ -269,11 +277,11 @@ def best_ensemble(members, seed, settings, processed_dir, out_dir, jobs, track=N
 
     from tqdm import tqdm
 
-    from pipeline import tracking
-    from pipeline.bagging import format_oob, score_out_of_bag
-    from pipeline.distributed import ranks_from_env
-    from pipeline.ensemble import EnsembleInterrupted, train_members
-    from pipeline.recipes import best_members, device_kind
+    from pipeline.experiments import tracking
+    from pipeline.experiments.bagging import format_oob, score_out_of_bag
+    from pipeline.experiments.ensemble import EnsembleInterrupted, train_members
+    from pipeline.training.distributed import ranks_from_env
+    from pipeline.training.recipes import best_members, device_kind
 
     if ranks_from_env().world > 1:
         raise error_line(
@@ -318,7 +326,7 @@ def record_member(parent, result) -> None:
     kept checkpoint."""
     import csv
 
-    from pipeline import tracking
+    from pipeline.experiments import tracking
 
     member = parent.child(
         result.checkpoint.stem, "train", tracking.train_params(result.config),
@@ -362,9 +370,9 @@ def crossval_command(
     tracked as one run with every member a child run unless --no-track."""
     from tqdm import tqdm
 
-    from pipeline import tracking
-    from pipeline.crossval import cross_validate, format_summary
-    from pipeline.recipes import best_members, recipe_config
+    from pipeline.experiments import tracking
+    from pipeline.experiments.crossval import cross_validate, format_summary
+    from pipeline.training.recipes import best_members, recipe_config
 
     settings = overrides(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from pipeline import config
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 from pipeline.serve.backend import Backend, CheckpointInfo
 from pipeline.serve.digitize import (
     MAX_DECODED_BYTES,

@@ -1,6 +1,6 @@
 """The ONNX Runtime backend of `pipeline serve`: exported `.onnx` graphs, no torch at all.
 
-Each graph (see `pipeline.export`) takes the uint8 digits as they are and returns calibrated
+Each graph (`inference.export`) takes the uint8 digits as they are and returns calibrated
 probabilities, so this backend only averages the graphs' answers. One intra-op thread per
 session, as the torch backend keeps one: requests run one at a time, one digit each.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import config
-from pipeline.onnx_runtime import OnnxModel, load_onnx_models, mean_probabilities
+from pipeline.inference.onnx_runtime import OnnxModel, load_onnx_models, mean_probabilities
 from pipeline.serve.backend import CheckpointInfo, shown_path
 
 DEVICE = "cpu (onnxruntime)"

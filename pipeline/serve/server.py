@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 from pipeline.serve import limits
 from pipeline.serve.app import create_app
 from pipeline.serve.guard import network_warning
@@ -89,8 +89,8 @@ class AnnouncingServer(uvicorn.Server):
 
 def load_backend(checkpoints: list[Path], device: str = "auto"):
     """ONNX Runtime for `.onnx` files (torch is never imported), else torch for checkpoints."""
-    from pipeline.files import expand_checkpoints
-    from pipeline.onnx_runtime import onnx_only
+    from pipeline.common.files import expand_checkpoints
+    from pipeline.inference.onnx_runtime import onnx_only
 
     paths = expand_checkpoints(list(checkpoints))
     if onnx_only(paths, device):

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 from pipeline import config
-from pipeline.calibration import temperature_of
-from pipeline.datasets import TensorDigits
-from pipeline.device import resolve_device
-from pipeline.files import expand_checkpoints
-from pipeline.inference import ensemble_probabilities, load_for_inference
+from pipeline.common.device import resolve_device
+from pipeline.common.files import expand_checkpoints
+from pipeline.data.datasets import TensorDigits
+from pipeline.inference.predictor import ensemble_probabilities, load_for_inference
 from pipeline.serve.backend import CheckpointInfo, shown_path
+from pipeline.training.calibration import temperature_of
 
 
 @dataclass

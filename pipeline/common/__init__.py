@@ -1,0 +1,1 @@
+"""What every phase shares: errors and exits, files written atomically, the device, choices."""

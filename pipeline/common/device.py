@@ -1,0 +1,144 @@
+"""Device selection, seeding and timing, shared by training, evaluation and the baselines."""
+
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.common.choices import Device, plain
+from pipeline.common.errors import PipelineError
+
+
+def _mps_available() -> bool:
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Map `auto|cpu|cuda|mps` (or `cuda:1`) to a device, preferring a GPU under `auto`."""
+    name = plain(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    kind = name.split(":")[0]
+    if kind not in {d.value for d in Device}:
+        raise PipelineError(f"--device {name}: expected one of {', '.join(Device)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"--device {name}: no CUDA GPU is visible to torch; use auto or cpu")
+    if kind == "mps" and not _mps_available():
+        raise PipelineError(f"--device {name}: Apple MPS is not available; use auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise PipelineError(f"--device {name}: not a device name torch knows") from None
+
+
+YIELDING_NICE = 5  # processes this much nicer than ours count as idle to use_free_cores
+
+
+def _runnable(stat_files: str, min_nice: int | None = None) -> int:
+    """How many of the /proc `*/stat` files matching `stat_files` are running or waiting for a
+    core (state R), counting only those at nice >= `min_nice` when it is given."""
+    count = 0
+    for stat in Path("/proc").glob(stat_files):
+        try:
+            text = stat.read_text()
+        except OSError:  # it has just ended
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # from field 3, the state; 19 is nice
+        count += fields[0] == "R" and (min_nice is None or int(fields[16]) >= min_nice)
+    return count
+
+
+def yielding_processes() -> int:
+    """Processes running (or waiting to) at least YIELDING_NICE nicer than this one."""
+    return _runnable("[0-9]*/stat", min_nice=os.nice(0) + YIELDING_NICE)
+
+
+def busy_cores_elsewhere() -> int:
+    """Threads of other processes running or waiting for a core now (Linux; elsewhere 0).
+
+    /proc/loadavg counts every runnable thread on the machine; this process's own runnable
+    threads (from /proc/self/task) are taken off, and so are processes at least YIELDING_NICE
+    nicer than this one (tracking's recorder, at 19): the scheduler runs them on what ours
+    leave.
+    The median of three looks 1 ms apart.
+    """
+
+    def look() -> int:
+        with open("/proc/loadavg") as handle:
+            runnable = int(handle.read().split()[3].split("/")[0])
+        ours = _runnable("self/task/*/stat")
+        return max(0, runnable - ours - yielding_processes())
+
+    try:
+        looks = []
+        for _ in range(3):
+            looks.append(look())
+            time.sleep(0.001)
+    except (OSError, ValueError, IndexError):
+        return 0
+    return sorted(looks)[1]
+
+
+_THREADS: dict[str, int] = {}  # torch's own count ("default") and the one set here last
+
+
+def use_free_cores() -> int:
+    """Give torch's CPU ops one thread per core that other processes leave free (at least 1).
+
+    Two OpenMP threads on two cores, one of them kept busy by another process, wait for each
+    other at every op (libgomp spins at its barriers for a partner that is not scheduled):
+    a training step ran 4-10x slower, and predicting 28,000 digits took 3-5 s instead of
+    1-2 s, where one thread loses nothing. Never more threads than torch's default; a count
+    set by OMP_NUM_THREADS or by the caller (`torch.set_num_threads`) is kept. Returns the
+    number of threads now in use. Float results can differ in the last bits between thread
+    counts, so only inference uses this: training keeps torch's count, and a CPU run with the
+    same seed repeats bit for bit whatever else the machine is doing.
+    """
+    current = torch.get_num_threads()
+    if os.environ.get("OMP_NUM_THREADS") or current != _THREADS.setdefault("ours", current):
+        return current
+    default = _THREADS.setdefault("default", current)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, min(default, (cores or 1) - busy_cores_elsewhere()))
+    if threads != current:
+        torch.set_num_threads(threads)
+    _THREADS["ours"] = threads
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so a CPU run is repeatable bit for bit."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class DeviceTimer:
+    """Seconds of device work since construction: CUDA events on GPU, the wall clock elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            return self._start.elapsed_time(end) / 1000
+        return time.perf_counter() - self._t0
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,264 @@
+"""Atomic writes, fingerprints, checkpoint globs (torch-free), run locks and the clean-up of
+dead runs' temporary files.
+
+Every temporary file or folder a stage makes beside its outputs carries the writing process's
+id in its name, so a later run can tell a SIGKILLed run's leftovers (removed) from a live
+run's work in progress (left alone).
+"""
+
+import contextvars
+import csv
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeline import config
+from pipeline.common.errors import PipelineError
+from pipeline.common.exits import raise_if_stopped
+
+# `.<name>.<pid>.tmp` (atomic_path) and `.<prefix>-<pid>-<random>` (temp_dir): nothing else.
+TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp$")
+TEMP_DIR = re.compile(r"^\.(?P<prefix>[a-z]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+$")
+
+# The renames a `written_together` block holds back until all its files are written.
+_pending: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar(
+    "pending_renames", default=None
+)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (one we may not signal counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid != 0
+    return True
+
+
+def remove_dead_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete the temp files and folders of dead processes in `folder`; return what went.
+
+    Only names of exactly our own patterns count, and only when the process id in the name
+    no longer runs: a live run's work in progress is never touched. With `name`, only the
+    temp files of that one output.
+    """
+    removed = []
+    try:
+        entries = list(folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        return removed
+    for entry in entries:
+        match = TEMP_FILE.match(entry.name) or TEMP_DIR.match(entry.name)
+        if match is None or process_alive(int(match["pid"])):
+            continue
+        if name is not None and match.groupdict().get("name") != name:
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                if TEMP_DIR.match(entry.name):
+                    shutil.rmtree(entry)
+                    removed.append(entry)
+            elif TEMP_FILE.match(entry.name):
+                entry.unlink()
+                removed.append(entry)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            message = f"{entry}: cannot remove a dead run's temp file ({exc.strerror})"
+            raise PipelineError(message) from None
+    return removed
+
+
+def temp_dir(folder: Path, prefix: str) -> tempfile.TemporaryDirectory:
+    """A temp folder `.<prefix>-<pid>-<random>` in `folder` (same file system, so its
+    contents move into place by renaming); a dead run's ones are removed first."""
+    remove_dead_temps(folder)
+    return tempfile.TemporaryDirectory(
+        dir=folder, prefix=f".{prefix}-{os.getpid()}-", ignore_cleanup_errors=True
+    )
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it over `path` only if the block succeeds.
+
+    A crash, kill or exception leaves either the old file or the new one, never half a file;
+    an OS error (a full disk) is one line naming `path`. Inside `written_together` the rename
+    waits for the whole set. A killed run's temp file for `path` is removed first; a command a
+    signal stopped publishes nothing, even where the exception got lost.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temps(path.parent, path.name)
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pending = _pending.get()
+    keep = False
+    try:
+        yield tmp
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
+        raise_if_stopped()
+        if pending is None:
+            os.replace(tmp, path)
+        else:
+            pending.append((tmp, path))
+            keep = True
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    finally:
+        if not keep:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def written_together() -> Iterator[None]:
+    """Files written by `atomic_path` inside the block replace their old versions together,
+    after every one of them is written: a failure (a full disk) leaves all the old ones."""
+    if _pending.get() is not None:  # already inside a set
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _pending.set(pending)
+    try:
+        yield
+        try:
+            for tmp, path in pending:
+                os.replace(tmp, path)
+        except OSError as exc:
+            raise PipelineError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    finally:
+        _pending.reset(token)
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+
+
+def _locked_fd(out: Path, lock_file: Path) -> int:
+    """An open descriptor of `lock_file` holding its exclusive flock, or a one-line error."""
+    while True:
+        try:
+            lock_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise PipelineError(f"{lock_file}: cannot take the lock ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 16, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise PipelineError(
+                f"another run is writing {out} (pid {holder}); wait for it or stop it"
+            ) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock_file).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder we waited for removed this file: lock the new one
+
+
+@contextmanager
+def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` for the block, or fail at once in one line.
+
+    `flock` is released by the kernel when the holder dies, so a killed run never blocks the
+    next one. The file is removed on release; a run that locked a file just removed by its
+    previous holder notices (another inode at the path) and locks the new one instead.
+    """
+    fd = _locked_fd(out, lock_file)
+    try:
+        try:  # fixed width, written in place: no new block needed on a full disk
+            os.pwrite(fd, f"{os.getpid():<15}\n".encode(), 0)
+        except OSError:
+            pass  # the pid is only for the message; a full disk must not stop the lock
+        yield
+    finally:
+        lock_file.unlink(missing_ok=True)  # while still locked: no one else holds this inode
+        os.close(fd)
+
+
+def check_writable(path: Path, option: str = "--out") -> None:
+    """Fail before any work if `path` cannot be written (a folder, a file in the way, a
+    read-only place), without creating anything."""
+    if path.is_dir():
+        raise PipelineError(f"{option} {path}: is a folder; give a file name")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PipelineError(f"{option} {path}: cannot write there ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PipelineError(f"{option} {path}: cannot write there ({existing} is read-only)")
+
+
+def write_json(data: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv_rows(rows: list[dict[str, float]], path: Path) -> None:
+    """A CSV of numbers with the first row's keys as header (training metrics)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def is_checkpoint_name(path: Path) -> bool:
+    """What a glob may pick: checkpoints (`.pt`, not resume states) and exported `.onnx`
+    graphs; config names all three."""
+    if path.suffix == config.ONNX_SUFFIX:
+        return True
+    return path.suffix == config.CHECKPOINT_SUFFIX and not config.is_resume_state(path)
+
+
+def expand_checkpoints(
+    patterns: list[Path], log: Callable[[str], None] | None = None
+) -> list[Path]:
+    """Plain paths as given; quoted globs such as 'models/best-*.pt' expanded, sorted, to
+    checkpoints only: resume states (`*.last.pt`), other files and files already named
+    before are skipped. `log` gets one line per glob saying what it matched.
+    """
+    paths: list[Path] = []
+    for pattern in patterns:
+        if glob.has_magic(str(pattern)):
+            matches = [Path(m) for m in sorted(glob.glob(str(pattern)))]
+            taken = {p.resolve() for p in paths}
+            chosen = [m for m in matches if is_checkpoint_name(m) and m.resolve() not in taken]
+            skipped = len(matches) - len(chosen)
+            if not chosen:
+                found = f" (only {skipped} resume states, other files or ones given before)"
+                raise PipelineError(f"{pattern}: no checkpoint matches{found if skipped else ''}")
+            if log:
+                names = ", ".join(m.name for m in chosen)
+                extra = f"; skipped {skipped} resume states, other files or ones given before"
+                log(f"{pattern}: {len(chosen)} checkpoint(s): {names}{extra if skipped else ''}")
+            paths += chosen
+        else:
+            paths.append(pattern)
+    if not paths:
+        raise PipelineError("give at least one --checkpoint")
+    return paths

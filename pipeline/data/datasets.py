@@ -1,0 +1,164 @@
+"""The processed data as torch tensors and Datasets: what train, evaluate and predict read.
+
+`pipeline.data.processed` owns the files (NumPy `.npz` splits checked against `meta.json`);
+`load_split` turns a checked split into tensors without a copy (`torch.from_numpy`).
+
+Images stay uint8 until they reach the training device. Both datasets answer
+`get_batch(indices)` (also `__getitems__`, so a `DataLoader` given `collate_fn=keep_batch`
+fetches a whole batch in one call); the tensor-backed one does it with one indexing op, the
+PNG-backed one decodes file by file, as the original tutorial did.
+"""
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from pipeline import config
+from pipeline.common.errors import PipelineError
+from pipeline.data.processed import (  # noqa: F401  (re-exported: the stages read them from here)
+    load_split_arrays,
+    processed_fingerprint,
+    read_meta,
+)
+
+Batch = tuple[torch.Tensor, torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class DigitSplit:
+    images: torch.Tensor  # uint8 [N, 1, 28, 28], 0 = background, 255 = ink
+    labels: torch.Tensor | None  # int64 [N], None where the labels are hidden
+    ids: torch.Tensor  # int64 [N], 1-based row in the source CSV
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_split(processed_dir: Path, name: str) -> DigitSplit:
+    """One cached split as tensors, checked against meta.json and for shape, dtype and range."""
+    arrays = load_split_arrays(processed_dir, name)
+    labels = None if arrays.labels is None else torch.from_numpy(arrays.labels)
+    return DigitSplit(torch.from_numpy(arrays.images), labels, torch.from_numpy(arrays.ids))
+
+
+# ---------------------------------------------------------------- on the device
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,1,28,28] -> float32 in [0, 1] on the images' device (augmentation works here)."""
+    return images.float() / 255.0
+
+
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats -> zero mean, unit spread with MNIST's statistics."""
+    return (x - config.PIXEL_MEAN) / config.PIXEL_STD
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    return standardize(to_unit(images))
+
+
+def keep_batch(batch: Batch) -> Batch:
+    """A `collate_fn` for datasets whose `__getitems__` already returns a stacked batch."""
+    return batch
+
+
+# ---------------------------------------------------------------- the two Datasets
+
+
+class TensorDigits(Dataset):
+    """Digits held as one uint8 tensor (on any device); a batch is one indexing op."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        if labels is not None and len(labels) != len(images):
+            raise ValueError("images and labels differ in length")
+        self.images, self.labels = images, labels
+
+    @classmethod
+    def from_split(cls, split: DigitSplit) -> "TensorDigits":
+        return cls(split.images, split.labels)
+
+    @classmethod
+    def load(cls, processed_dir: Path, split: str) -> "TensorDigits":
+        return cls.from_split(load_split(processed_dir, split))
+
+    def to(self, device: torch.device) -> "TensorDigits":
+        labels = None if self.labels is None else self.labels.to(device)
+        return TensorDigits(self.images.to(device), labels)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        label = -1 if self.labels is None else int(self.labels[index])
+        return self.images[index], label
+
+    def get_batch(self, indices: torch.Tensor | Sequence[int]) -> Batch:
+        indices = torch.as_tensor(indices, device=self.images.device)
+        labels = None if self.labels is None else self.labels[indices]
+        return self.images[indices], labels
+
+    __getitems__ = get_batch
+
+
+class PngDigits(Dataset):
+    """Digits read from `images/<split>/<label>/<id>.png` (or `images/test/<id>.png`)."""
+
+    def __init__(self, root: Path):
+        files = sorted(root.rglob("*.png"), key=lambda p: int(p.stem)) if root.is_dir() else []
+        if not files:
+            raise PipelineError(
+                f"{root}: no PNG digits (run `pipeline prepare --format images` first)"
+            )
+        self.files = files
+        labelled = all(p.parent != root for p in files)
+        self.labels = torch.tensor([int(p.parent.name) for p in files]) if labelled else None
+
+    @classmethod
+    def load(cls, processed_dir: Path, split: str) -> "PngDigits":
+        return cls(config.images_dir(processed_dir) / split)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read(self, index: int) -> torch.Tensor:
+        with Image.open(self.files[index]) as image:
+            return torch.from_numpy(np.array(image.convert("L"))).unsqueeze(0)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        label = -1 if self.labels is None else int(self.labels[index])
+        return self._read(index), label
+
+    def get_batch(self, indices: torch.Tensor | Sequence[int]) -> Batch:
+        indices = torch.as_tensor(indices).cpu()
+        images = torch.stack([self._read(i) for i in indices.tolist()])
+        return images, None if self.labels is None else self.labels[indices]
+
+    __getitems__ = get_batch
+
+
+def load_train_val(processed_dir: Path, source: str, device: torch.device):
+    """Training and validation sets; cached tensors move to the device once, up front."""
+    if source == "images":
+        return PngDigits.load(processed_dir, "train"), PngDigits.load(processed_dir, "val")
+    train = TensorDigits.load(processed_dir, "train").to(device)
+    return train, TensorDigits.load(processed_dir, "val").to(device)
+
+
+def index_batches(
+    n: int,
+    batch_size: int,
+    order: torch.Tensor | None = None,
+    drop_last: bool = False,
+    device: torch.device | None = None,
+) -> Iterator[torch.Tensor]:
+    """Slices of `order` (default 0..n-1) of `batch_size`; indices live on `device`."""
+    order = torch.arange(n, device=device) if order is None else order.to(device)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]

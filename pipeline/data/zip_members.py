@@ -1,0 +1,122 @@
+"""Which members of a competition zip are read, and within what limits (untrusted input).
+
+Kaggle ships train.csv, test.csv and sample_submission.csv at the top level. A member is
+checked from the zip's directory before anything is inflated (encryption, compression method,
+size, ratio), and again while it inflates, since a directory can lie.
+"""
+
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from pipeline import config
+from pipeline.common.errors import PipelineError
+
+ZIP_ENCRYPTED = 0x1  # general-purpose flag bit 0 of a zip member
+# Kaggle's train.csv is 77 MB and inflates 8.8 times (test.csv 8.9, the sample submission
+# 3.8); these bounds leave 2.6x and 11x of room.
+MAX_MEMBER_BYTES = 200_000_000
+MAX_RATIO = 100
+
+
+def pick_members(archive: zipfile.ZipFile, zip_path: Path) -> tuple[dict, list[str]]:
+    """Each of Kaggle's file names to exactly one zip member, and notes on what was skipped.
+
+    Kaggle ships the three CSVs at the top level; a copy elsewhere (`__MACOSX/train.csv`, a
+    folder of an earlier download) is ignored and noted. Without a top-level file, a single
+    copy in one folder is taken; two copies, or two entries of one name, are refused.
+    """
+    chosen, notes = {}, []
+    for name in config.COMPETITION_FILES:
+        copies = [
+            info
+            for info in archive.infolist()
+            if not info.is_dir() and PurePosixPath(info.filename).name == name
+        ]
+        top = [info for info in copies if info.filename == name]
+        if not copies:
+            continue
+        if len(top) > 1 or (not top and len(copies) > 1):
+            listed = ", ".join(info.filename for info in copies[:4])
+            raise PipelineError(
+                f"{zip_path}: holds {len(copies)} files named {name} ({listed}) and cannot "
+                f"tell which is Kaggle's; keep one, at the top level"
+            )
+        chosen[name] = top[0] if top else copies[0]
+        ignored = [info.filename for info in copies if info is not chosen[name]]
+        if ignored:
+            notes.append(f"took the top-level {name}, ignored {', '.join(ignored[:3])}")
+    return chosen, notes
+
+
+def check_member_size(info: zipfile.ZipInfo, zip_path: Path) -> None:
+    """Refuse, from the zip's directory and before inflating anything, a member that claims
+    more than MAX_MEMBER_BYTES or inflates more than MAX_RATIO times (a zip bomb)."""
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise PipelineError(
+            f"{zip_path}: {info.filename} inflates to {info.file_size:,} bytes, more than the "
+            f"{MAX_MEMBER_BYTES:,} allowed (Kaggle's train.csv is 77 MB)"
+        )
+    ratio = info.file_size / max(info.compress_size, 1)
+    if ratio > MAX_RATIO and info.file_size > 1 << 20:  # tiny files may pack better: harmless
+        raise PipelineError(
+            f"{zip_path}: {info.filename} inflates {ratio:,.0f} times "
+            f"({info.compress_size:,} to {info.file_size:,} bytes), more than the "
+            f"{MAX_RATIO}x allowed: a zip bomb, not a CSV"
+        )
+
+
+def competition_members(
+    archive: zipfile.ZipFile, zip_path: Path, raw_dir: Path
+) -> tuple[dict[str, zipfile.ZipInfo], list[str]]:
+    """The zip's three CSVs, each checked to be readable here, before anything is written."""
+    members, notes = pick_members(archive, zip_path)
+    missing = [name for name in config.COMPETITION_FILES if name not in members]
+    if missing:
+        raise PipelineError(
+            f"{zip_path}: not the digit-recognizer zip, it lacks {', '.join(missing)}"
+        )
+    by_hand = f"unzip it yourself and put {', '.join(config.COMPETITION_FILES)} in {raw_dir}"
+    for name in config.COMPETITION_FILES:
+        info = members[name]
+        if info.flag_bits & ZIP_ENCRYPTED:
+            raise PipelineError(
+                f"{zip_path}: {name} is encrypted (password-protected zips are not "
+                f"supported); {by_hand}"
+            )
+        check_member_size(info, zip_path)
+        try:
+            archive.open(info).close()  # checks the compression method and the local header
+        except (NotImplementedError, RuntimeError) as exc:
+            raise PipelineError(
+                f"{zip_path}: {name} uses compression method {info.compress_type}, which "
+                f"Python's zipfile cannot read ({exc}); {by_hand}"
+            ) from None
+    return members, notes
+
+
+def copy_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_path: Path, target: Path
+) -> None:
+    """Decompress one member into `target`; a damaged member is a PipelineError naming it.
+
+    The size limits hold while inflating too, whatever the zip's directory claimed.
+    """
+    limit = min(info.file_size, MAX_MEMBER_BYTES)
+    written = 0
+    with archive.open(info) as src, open(target, "wb") as dst:
+        while True:
+            try:
+                chunk = src.read(1 << 20)
+            except Exception as exc:  # zlib.error, lzma.LZMAError, bz2's OSError, a bad CRC
+                raise PipelineError(
+                    f"{zip_path}: {info.filename} is damaged ({type(exc).__name__}: {exc})"
+                ) from None
+            if not chunk:
+                return
+            written += len(chunk)
+            if written > limit:
+                raise PipelineError(
+                    f"{zip_path}: {info.filename} inflates past {limit:,} bytes, more than "
+                    "its directory declares or the limit allows"
+                )
+            dst.write(chunk)

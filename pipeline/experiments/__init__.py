@@ -1,0 +1,1 @@
+"""Experiments: ensembles and bagging, crossval, tune, tracking in MLflow, runs, Kaggle submit."""

@@ -1,0 +1,87 @@
+"""The out-of-bag vote: each labelled digit scored by the members that never trained on it.
+
+Which digits a member holds out is `pipeline.data.folds`; this module scores the ensemble on
+them with the one predictor's rule.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.common.errors import PipelineError
+from pipeline.data.folds import labelled_digits, labelled_fingerprint, verified_bag
+
+
+@dataclass(frozen=True)
+class OobEstimate:
+    accuracy: float  # of the mean vote, over the digits that have at least one voter
+    covered: int  # digits with at least one out-of-bag voter
+    total: int
+    mean_voters: float  # over the covered digits
+
+
+def oob_estimate(
+    member_probs: list[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor
+) -> OobEstimate:
+    """Each digit scored by the mean probabilities of the members that never trained on it.
+
+    `member_probs` holds, per member, (its out-of-bag row indices, its probabilities [n, 10]
+    for those rows, in the same order).
+    """
+    n, classes = len(labels), member_probs[0][1].shape[1] if member_probs else 10
+    summed = torch.zeros(n, classes, dtype=torch.float64)
+    voters = torch.zeros(n, dtype=torch.int64)
+    for rows, probs in member_probs:
+        if len(rows) != len(probs):
+            raise ValueError("out-of-bag rows and probabilities differ in length")
+        summed.index_add_(0, rows, probs.to(torch.float64))
+        voters.index_add_(0, rows, torch.ones_like(rows))
+    covered = voters > 0
+    n_covered = int(covered.sum())
+    if n_covered == 0:
+        return OobEstimate(float("nan"), 0, n, 0.0)
+    correct = summed[covered].argmax(1) == labels[covered]
+    return OobEstimate(
+        accuracy=float(correct.double().mean()),
+        covered=n_covered,
+        total=n,
+        mean_voters=float(voters[covered].double().mean()),
+    )
+
+
+def format_oob(estimate: OobEstimate) -> str:
+    return (
+        f"out-of-bag accuracy {estimate.accuracy:.2%} on {estimate.covered:,} of "
+        f"{estimate.total:,} labelled digits ({estimate.mean_voters:.1f} voters per digit, "
+        "each a member that never trained on it)"
+    )
+
+
+def score_out_of_bag(
+    checkpoints: list[Path], processed_dir: Path, device: str = "auto", tta: bool = False
+) -> tuple[OobEstimate, list[float]]:
+    """The ensemble's out-of-bag estimate and each member's own out-of-bag accuracy (each
+    member's probabilities averaged over the test-time views with `tta`).
+
+    Every checkpoint must be a bagged member (its meta records its bag); each bag is
+    recomputed from the labelled digits and checked against the record before it is used.
+    """
+    from pipeline.common.device import resolve_device
+    from pipeline.data.datasets import TensorDigits
+    from pipeline.inference.predictor import load_for_inference, predict_logits
+
+    target = resolve_device(device)
+    digits = labelled_digits(processed_dir)
+    fingerprint = labelled_fingerprint(processed_dir)
+    votes, members = [], []
+    for loaded in load_for_inference(checkpoints, target):
+        record = loaded.meta.get("bag")
+        if not isinstance(record, dict):
+            raise PipelineError(f"{loaded.path}: not a bagged member (it records no bag)")
+        bag = verified_bag(record, digits.labels, fingerprint, loaded.path)
+        oob = TensorDigits(digits.images[bag.oob], digits.labels[bag.oob]).to(target)
+        probs = predict_logits(loaded.model, oob, tta=tta).softmax(1).cpu()
+        votes.append((bag.oob, probs))
+        members.append(float((probs.argmax(1) == digits.labels[bag.oob]).double().mean()))
+    return oob_estimate(votes, digits.labels), members

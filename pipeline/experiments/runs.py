@@ -1,0 +1,150 @@
+"""`pipeline runs`: the tracked runs as a table, and `--run RUN_ID` turned into checkpoints.
+
+Reads the MLflow store `tracking` writes (experiments/mlflow.db, or MLFLOW_TRACKING_URI). A run
+id may be shortened to any unique prefix of 6 or more characters, as the table shows them.
+"""
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.common.errors import PipelineError
+from pipeline.experiments import tracking
+from pipeline.experiments.recorder import PARENT_RUN_TAG, RUN_TAG
+
+SHORT_ID = 8  # characters of a run id the table shows
+MIN_PREFIX = 6
+MAX_RUNS = 10_000  # read at most this many runs from the store
+SORTS = ("start", "val_acc")
+# What a run's "val acc" is: a trained model's best; crossval's ensemble mean; tune's best trial.
+SCORE_METRICS = ("best_val_acc", "ensemble_acc_mean")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    command: str
+    name: str
+    model: str
+    recipe: str
+    epochs: str
+    val_acc: float | None
+    train_seconds: float | None
+    started: datetime.datetime
+    status: str
+    checkpoint: str
+    parent: str
+
+
+def _row(run) -> RunRow:
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    score = next((metrics[k] for k in SCORE_METRICS if k in metrics), None)
+    return RunRow(
+        run_id=run_key(run),
+        command=tags.get("command", "?"),
+        name=run.info.run_name or "",
+        model=params.get("model", "-"),
+        recipe=params.get("recipe", "-"),
+        epochs=params.get("epochs", "-"),
+        val_acc=score,
+        train_seconds=metrics.get("train_seconds"),
+        started=datetime.datetime.fromtimestamp(run.info.start_time / 1000),
+        status=run.info.status,
+        checkpoint=tags.get("checkpoint", ""),
+        parent=tags.get(PARENT_RUN_TAG) or tags.get(tracking.PARENT_TAG, ""),
+    )
+
+
+def run_key(run) -> str:
+    """The id a run is known by: the one its command printed (its kept checkpoint's folder),
+    MLflow's own for runs recorded before commands named their runs."""
+    return run.data.tags.get(RUN_TAG) or run.info.run_id
+
+
+def is_child(run, parent) -> bool:
+    tags = run.data.tags
+    return tags.get(tracking.PARENT_TAG) == parent.info.run_id or (
+        PARENT_RUN_TAG in tags and tags[PARENT_RUN_TAG] == parent.data.tags.get(RUN_TAG)
+    )
+
+
+def _all_runs(uri: str | None):
+    client, experiment = tracking.open_client(uri)
+    order = ["attributes.start_time DESC"]
+    return client, client.search_runs([experiment], max_results=MAX_RUNS, order_by=order)
+
+
+def list_runs(sort: str = "start", limit: int | None = None, uri: str | None = None):
+    """The recorded runs, newest first, or best validation accuracy first (unscored last)."""
+    if sort not in SORTS:
+        raise PipelineError(f"--sort {sort}: expected one of {', '.join(SORTS)}")
+    rows = [_row(run) for run in _all_runs(uri)[1]]
+    if sort == "val_acc":
+        rows.sort(key=lambda r: (r.val_acc is None, -(r.val_acc or 0.0)))
+    return rows[:limit] if limit else rows
+
+
+def format_table(rows: list[RunRow]) -> str:
+    """One line per run, aligned; members, trials and splits name their parent run."""
+    if not rows:
+        return "no runs recorded yet: `pipeline train` records one"
+    header = ("run", "command", "model", "recipe", "epochs", "val_acc", "train_s", "started")
+    lines = [(*header, "status", "parent", "checkpoint")]
+    for r in rows:
+        lines.append(
+            (
+                r.run_id[:SHORT_ID],
+                r.command,
+                r.model,
+                r.recipe,
+                r.epochs,
+                "-" if r.val_acc is None else f"{r.val_acc:.2%}",
+                "-" if r.train_seconds is None else f"{r.train_seconds:.1f}",
+                r.started.strftime("%Y-%m-%d %H:%M"),
+                r.status.lower(),
+                r.parent[:SHORT_ID] or "-",
+                r.checkpoint or "-",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def find_run(run_id: str, uri: str | None = None):
+    """The run `run_id` names (the whole id or a unique prefix), with every run of the store."""
+    client, runs = _all_runs(uri)
+    key = run_id.strip().lower()
+    matches = [
+        run for run in runs if run_key(run).startswith(key) or run.info.run_id.startswith(key)
+    ]
+    where = uri or tracking.tracking_uri()
+    if len(key) < MIN_PREFIX or not matches:
+        raise PipelineError(f"--run {run_id}: no such run in {where} (see `pipeline runs`)")
+    if len(matches) > 1:
+        raise PipelineError(f"--run {run_id}: matches {len(matches)} runs; give more characters")
+    return matches[0], runs
+
+
+def run_checkpoints(run_id: str, uri: str | None = None) -> list[Path]:
+    """The kept checkpoint of a run, or of its members for an ensemble's or study's run."""
+    run, runs = find_run(run_id, uri)
+    own = run.data.tags.get("checkpoint")
+    if own:
+        paths = [Path(own)]
+    else:
+        children = [r for r in runs if is_child(r, run)]
+        paths = sorted(
+            Path(r.data.tags["checkpoint"]) for r in children if "checkpoint" in r.data.tags
+        )
+    if not paths:
+        raise PipelineError(
+            f"--run {run_id}: run {run_key(run)} kept no checkpoint (status "
+            f"{run.info.status.lower()}); `pipeline runs` lists those that did"
+        )
+    for path in paths:
+        if not path.is_file():
+            raise PipelineError(f"--run {run_id}: its checkpoint {path} is gone")
+    return paths

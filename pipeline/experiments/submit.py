@@ -1,0 +1,168 @@
+"""Stage 6: send a submission to Kaggle, after checking it locally against Kaggle's rules.
+
+`submit_and_record` also waits (briefly, bounded) for the public score and writes it into the
+tracked runs whose checkpoints made the file, as `predict` recorded them beside it.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import config
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import file_sha256
+from pipeline.data import kaggle_api
+from pipeline.inference.submission import read_submission
+
+UPLOAD_FAILED = "Could not submit to competition"
+MAX_WAIT_SECONDS = 600  # the longest --wait: Kaggle scores digit-recognizer in seconds
+
+
+def _send(file: Path, message: str, competition: str, connect) -> tuple[Any, Any]:
+    read_submission(file, n_rows=config.KAGGLE_TEST_ROWS)
+    try:
+        api = (connect or kaggle_api.connect)()
+        response = api.competition_submit(str(file), message, competition, quiet=True)
+    except PipelineError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise kaggle_api.explain(exc, competition, action="submit", path=file) from None
+    reply = str(getattr(response, "message", "") or "")
+    if reply == UPLOAD_FAILED:
+        raise PipelineError(f"{file}: the upload to Kaggle failed; check the network and retry")
+    return api, response
+
+
+def submit(
+    file: Path = config.DEFAULT_SUBMISSION,
+    message: str = "pipeline submission",
+    competition: str = config.COMPETITION,
+    connect: Callable[[], kaggle_api.KaggleClient] | None = None,
+) -> str:
+    """Validate `file` (28,000 rows for digit-recognizer), upload it; return Kaggle's reply.
+
+    `connect` replaces the real client (tests); it is looked up late so it can be patched.
+    """
+    _, response = _send(file, message, competition, connect)
+    return str(getattr(response, "message", "") or "") or "submitted"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    reply: str
+    status: str  # complete, pending (not scored within the wait), error: ..., unknown: ...
+    public_score: str | None
+    runs: list[str] = field(default_factory=list)  # tracked runs credited with the file
+    warning: str | None = None  # the store could not be updated (the upload still happened)
+
+
+def _status_name(status: Any) -> str:
+    """SubmissionStatus.COMPLETE, its name, or a plain string, as `complete`."""
+    return str(getattr(status, "name", status)).rpartition(".")[2].lower()
+
+
+def await_score(
+    api,
+    competition: str,
+    ref,
+    message: str,
+    wait: float,
+    interval: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[str, str | None]:
+    """(status, public score) of our submission, polling for at most `wait` seconds."""
+    deadline = time.monotonic() + min(max(wait, 0), MAX_WAIT_SECONDS)
+    while True:
+        try:
+            submissions = list(api.competition_submissions(competition))
+        except (Exception, SystemExit) as exc:
+            return f"unknown: listing submissions failed ({type(exc).__name__})", None
+        ours = [
+            s for s in submissions if ref is not None and str(getattr(s, "ref", "")) == str(ref)
+        ]
+        ours = ours or [s for s in submissions if getattr(s, "description", None) == message]
+        if ours:
+            status = _status_name(ours[0].status)
+            if status == "complete":
+                return status, str(getattr(ours[0], "public_score", "") or "") or None
+            if status == "error":
+                error = " ".join(str(getattr(ours[0], "error_description", "") or "").split())
+                return f"error: {error or 'Kaggle gave no reason'}", None
+        if time.monotonic() + interval > deadline:
+            return "pending", None
+        sleep(interval)
+
+
+def submission_checkpoints(file: Path) -> list[str]:
+    """sha256 of each checkpoint that wrote `file`, from its source record if it is current."""
+    source = config.submission_source_path(file)
+    try:
+        record = json.loads(source.read_text())
+        if record["submission_sha256"] != file_sha256(file):
+            return []  # the file was replaced or edited since predict wrote it
+        return [str(c["sha256"]) for c in record["checkpoints"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def credit_runs(shas: list[str], tags: dict[str, str], score: str | None, uri=None) -> list[str]:
+    """Tag the tracked runs that kept these checkpoints; log the public score as a metric."""
+    from pipeline.experiments import tracking
+    from pipeline.experiments.recorder import RUN_TAG
+
+    client, experiment = tracking.open_client(uri)
+    from mlflow.entities import Metric, RunTag
+
+    credited = []
+    for sha in dict.fromkeys(shas):
+        found = client.search_runs([experiment], f"tags.checkpoint_sha256 = '{sha}'")
+        for run in found:
+            run_id = run.info.run_id
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            try:
+                value = float(score) if score is not None else None
+            except ValueError:
+                value = None
+            if value is not None:
+                client.log_batch(run_id, metrics=[Metric("public_score", value, 0, 0)])
+            credited.append(run.data.tags.get(RUN_TAG) or run_id)  # the id `runs` shows
+    return credited
+
+
+def submit_and_record(
+    file: Path = config.DEFAULT_SUBMISSION,
+    message: str = "pipeline submission",
+    competition: str = config.COMPETITION,
+    connect: Callable[[], kaggle_api.KaggleClient] | None = None,
+    wait: float = 60.0,
+    interval: float = 5.0,
+    track: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Submitted:
+    """`submit`, then wait up to `wait` seconds for the public score and credit the runs."""
+    api, response = _send(file, message, competition, connect)
+    reply = str(getattr(response, "message", "") or "") or "submitted"
+    ref = getattr(response, "ref", None)
+    status, score = "pending", None
+    if wait > 0:
+        status, score = await_score(api, competition, ref, message, wait, interval, sleep)
+    shas = submission_checkpoints(file) if track else []
+    runs, warning = [], None
+    if shas:
+        tags = {
+            "kaggle_submission": str(file.resolve()),
+            "kaggle_submission_ref": str(ref),
+            "kaggle_message": message,
+            "kaggle_status": status,
+            "kaggle_public_score": score or "",
+        }
+        try:
+            runs = credit_runs(shas, tags, score)
+        except PipelineError as exc:
+            warning = f"the tracked runs were not updated: {exc}"
+        except Exception as exc:
+            warning = f"the tracked runs were not updated: {type(exc).__name__}: {exc}"
+    return Submitted(reply, status, score, runs, warning)

@@ -1,0 +1,210 @@
+"""`pipeline tune`: search the training options with Optuna (TPE), pruning weak trials early.
+
+Each trial trains one model of the fast recipe with sampled lr, weight decay, epochs, width,
+batch size and augmentation strength, reporting validation accuracy after every epoch; a trial
+whose accuracy at epoch k is below the median of earlier trials at epoch k (from epoch 2 on) is
+pruned. The study lives in experiments/optuna.db and is resumed by name; a name already used
+with another search space or other data is refused. Every trial is a tracked run under the
+study's parent run, and the result is the best trial as a `pipeline train` command.
+"""
+
+import json
+import shlex
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import config
+from pipeline.common.errors import PipelineError
+from pipeline.data import datasets
+from pipeline.experiments.tracking import NO_RUN, tracked_train, train_params
+from pipeline.training.recipes import recipe_config
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The ranges TPE samples from; a study remembers its own and refuses another."""
+
+    model: str = "fastnet"
+    lr: tuple[float, float] = (1e-3, 2e-2)  # log-uniform
+    weight_decay: tuple[float, float] = (1e-6, 1e-2)  # log-uniform
+    epochs: tuple[int, int] = (1, 4)
+    widths: tuple[int, ...] = (8, 12, 16, 24)
+    batch_sizes: tuple[int, ...] = (64, 128, 256)
+    augment_strength: tuple[float, float] = (0.25, 1.5)  # when augmentation is on
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    study: str
+    best_trial: int
+    best_value: float
+    best_options: dict[str, Any]  # `pipeline train` options by their Python names
+    command: str  # the `pipeline train` command that reproduces the best trial
+    states: dict[str, int] = field(default_factory=dict)  # trials by state: COMPLETE, PRUNED, ..
+
+
+def suggest(trial, space: SearchSpace) -> dict[str, Any]:
+    """One trial's train options, named as `pipeline train` names them."""
+    options = {
+        "lr": trial.suggest_float("lr", *space.lr, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", *space.weight_decay, log=True),
+        "epochs": trial.suggest_int("epochs", *space.epochs),
+        "width": trial.suggest_categorical("width", list(space.widths)),
+        "batch_size": trial.suggest_categorical("batch_size", list(space.batch_sizes)),
+        "augment": trial.suggest_categorical("augment", [False, True]),
+    }
+    if options["augment"]:
+        strength = trial.suggest_float("augment_strength", *space.augment_strength)
+        options["augment_strength"] = strength
+    return options
+
+
+def train_command(options: dict[str, Any], model: str, seed: int, extra: dict[str, Any]) -> str:
+    """`pipeline train ...` with exactly these options (floats as repr: the same bits)."""
+    words = ["pipeline", "train", "--model", model]
+    for name in ("epochs", "batch_size", "lr", "weight_decay", "width"):
+        words += [f"--{name.replace('_', '-')}", repr(options[name])]
+    if options["augment"]:
+        words += ["--augment", "--augment-strength", repr(options["augment_strength"])]
+    else:
+        words += ["--no-augment"]
+    words += ["--seed", str(seed)]
+    for name, value in extra.items():
+        words += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join(words)
+
+
+def open_study(name: str, storage: str, space: SearchSpace, fingerprint: str, seed: int):
+    """The study `name` (created if new), or a one-line refusal if it searched another space
+    or other data. The sampler's seed moves on with the trials, so a resume samples anew."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                    direction="maximize")  # fmt: skip
+    except Exception as exc:
+        raise PipelineError(f"study store {storage}: {type(exc).__name__}: {exc}") from None
+    saved = study.user_attrs
+    if saved.get("search_space", space.as_json()) != space.as_json():
+        raise PipelineError(
+            f"--study {name}: was made with another search space ({saved['search_space']}); "
+            "resume it with the same options or pick another --study name"
+        )
+    if saved.get("data_fingerprint", fingerprint) != fingerprint:
+        raise PipelineError(
+            f"--study {name}: its trials ran on other prepared data; pick another --study name"
+        )
+    study.set_user_attr("search_space", space.as_json())
+    study.set_user_attr("data_fingerprint", fingerprint)
+    sampler = optuna.samplers.TPESampler(n_startup_trials=4, seed=seed + len(study.trials))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def tune(
+    study_name: str = "tune",
+    trials: int | None = 10,
+    timeout: float | None = None,
+    space: SearchSpace = SearchSpace(),
+    processed_dir: Path = config.PROCESSED_DIR,
+    work_dir: Path = config.TUNE_DIR,
+    storage: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    parent=NO_RUN,
+    enqueue: tuple[dict[str, Any], ...] = (),
+    log: Callable[[str], None] = lambda message: None,
+) -> TuneResult:
+    """Run `trials` more trials (and/or for `timeout` seconds) of the study; the best so far.
+
+    Trial n trains into `<work_dir>/<study>/trial-<n>.pt` on processed_dir with `seed`.
+    `enqueue` fixes the parameters of the next trials (a known baseline; tests).
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from pipeline.training.train import train
+
+    if trials is None and timeout is None:
+        raise PipelineError("give --trials N, --timeout S or both")
+    fingerprint = datasets.processed_fingerprint(processed_dir)
+    if storage is None:
+        config.TUNE_DB.parent.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{config.TUNE_DB}"
+    study = open_study(study_name, storage, space, fingerprint, seed)
+    for params in enqueue:
+        study.enqueue_trial(params)
+    parent.set_tags({"study": study_name, "study_storage": storage})
+
+    def objective(trial) -> float:
+        options = suggest(trial, space)
+        cfg = recipe_config("fast", model=space.model, seed=seed, device=device, **options)
+        out = work_dir / study_name / f"trial-{trial.number}.pt"
+        tags = {"study": study_name, "trial": trial.number}
+        run = parent.child(out.stem, "tune", train_params(cfg) | {"width": options["width"]}, tags)
+
+        def report(record: dict) -> None:
+            trial.report(record["val_accuracy"], int(record["epoch"]))
+            run.log_epoch(record)
+            if trial.should_prune():
+                run.set_tags({"pruned_at_epoch": int(record["epoch"])})
+                raise optuna.TrialPruned()
+
+        result = tracked_train(
+            train, run, cfg, out, on_epoch_end=report, processed_dir=processed_dir,
+            progress=False, force=True,
+        )  # fmt: skip
+        trial.set_user_attr("checkpoint", str(out))
+        if (run_id := run.id()) is not None:
+            trial.set_user_attr("run_id", run_id)
+            trial.set_user_attr(
+                "kept", str(config.run_dir(run_id, run.session.runs_dir) / out.name)
+            )
+        log(f"trial {trial.number}: val_acc {result.best_accuracy:.2%} {_brief(options)}")
+        return result.best_accuracy
+
+    def said_pruned(study, trial) -> None:
+        if trial.state == TrialState.PRUNED:
+            log(f"trial {trial.number}: pruned at epoch {trial.last_step} {_brief(trial.params)}")
+
+    study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[said_pruned],
+                   catch=())  # fmt: skip
+    return summarize(study, space, seed, device, processed_dir, parent)
+
+
+def _brief(options: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()
+    )
+
+
+def summarize(study, space: SearchSpace, seed: int, device: str, processed_dir: Path, parent):
+    """The study's best trial and how to train it again; the parent run gets its score."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if not done:
+        raise PipelineError(f"--study {study.study_name}: no trial finished yet; give more time")
+    best = study.best_trial
+    options = dict(best.params)
+    options.setdefault("augment_strength", None)
+    extra: dict[str, Any] = {}
+    if device != "auto":
+        extra["device"] = device
+    if processed_dir != config.PROCESSED_DIR:
+        extra["processed_dir"] = processed_dir
+    command = train_command(options, space.model, seed, extra)
+    states: dict[str, int] = {}
+    for trial in study.trials:
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    parent.log_metrics({"best_val_acc": best.value})
+    parent.set_tags({"best_trial": best.number, "reproduce": command})
+    if "kept" in best.user_attrs:  # `--run <the study's run>` is then its best model
+        parent.set_tags({"checkpoint": best.user_attrs["kept"]})
+    return TuneResult(study.study_name, best.number, best.value, options, command, states)

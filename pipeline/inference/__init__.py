@@ -1,0 +1,1 @@
+"""Inference: the one predictor, predict -> submission, evaluate, export, ONNX Runtime."""

@@ -1,0 +1,231 @@
+"""Running an exported `.onnx` digit reader with ONNX Runtime, without torch.
+
+`pipeline export` writes one graph per checkpoint (or per ensemble): input `images`, uint8
+[N, 1, 28, 28] exactly as the CSV holds the digits, output `probabilities`, float32 [N, 10],
+normalisation and calibration inside. This module is numpy and onnxruntime only, so a server
+or a predict on `.onnx` files runs where torch is not installed. A file is checked whole before
+use: its size is bounded, the graph must load, have exactly that input and output with a
+dynamic batch, carry the metadata `pipeline export` writes, and answer a blank digit with ten
+finite probabilities; anything else is a one-line PipelineError naming the file.
+"""
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import config
+from pipeline.common.errors import PipelineError
+
+SUFFIX = ".onnx"
+FORMAT = "digit-recognizer-onnx"
+FORMAT_VERSION = "1"
+INPUT = "images"
+OUTPUT = "probabilities"
+INPUT_SHAPE = (1, config.IMAGE_SIDE, config.IMAGE_SIDE)  # after the batch dimension
+# Ours are 0.1-10 MB (a five-member deepcnn ensemble is the largest); refuse anything absurd
+# before reading it.
+MAX_ONNX_BYTES = 512 * 1024 * 1024
+# Images per ONNX Runtime call: bounds the activations (fastnet's first layer holds 50 KB per
+# digit) when a whole test split goes through.
+BATCH = 1024
+REQUIRED_PROPS = ("format", "format_version", "pipeline_version", "model", "members")
+
+
+def is_onnx(path: Path) -> bool:
+    return Path(path).suffix.lower() == SUFFIX
+
+
+@dataclass
+class OnnxModel:
+    """One exported graph in an ONNX Runtime session, checked and warmed up."""
+
+    path: Path
+    session: Any  # onnxruntime.InferenceSession
+    meta: dict[str, Any]  # the metadata props, JSON values decoded
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def model(self) -> str:
+        return self.meta["model"]
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.meta.get("val_accuracy")
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, 1, 28, 28] digits (0 = background) -> float32 [N, 10], in batches."""
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE:
+            raise ValueError(f"expected uint8 [N, 1, 28, 28] digits, got {images.shape}")
+        out = np.empty((len(images), config.N_CLASSES), np.float32)
+        with self.lock:
+            for start in range(0, len(images), BATCH):
+                chunk = images[start : start + BATCH]
+                out[start : start + len(chunk)] = self.session.run([OUTPUT], {INPUT: chunk})[0]
+        return out
+
+
+def _decode(props: dict[str, str]) -> dict[str, Any]:
+    """Metadata props are strings; the numbers and lists among them are written as JSON."""
+    meta: dict[str, Any] = {}
+    for key, value in props.items():
+        try:
+            meta[key] = json.loads(value)
+        except ValueError:
+            meta[key] = value
+    return meta
+
+
+def _check_signature(path: Path, session: Any) -> None:
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    found_in = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "none"
+    found_out = ", ".join(f"{o.name} {o.type} {o.shape}" for o in outputs) or "none"
+    if len(inputs) != 1 or inputs[0].name != INPUT:
+        raise PipelineError(
+            f"{path}: the graph's input must be one tensor `images`, not {found_in}"
+        )
+    shape = list(inputs[0].shape)
+    if (
+        inputs[0].type != "tensor(uint8)"
+        or len(shape) != 4
+        or isinstance(shape[0], int)  # a fixed batch size: serve and predict need any N
+        or tuple(shape[1:]) != INPUT_SHAPE
+    ):
+        raise PipelineError(
+            f"{path}: the input `images` must be uint8 [N, 1, 28, 28] with a dynamic N, "
+            f"not {inputs[0].type} {shape}"
+        )
+    if len(outputs) != 1 or outputs[0].name != OUTPUT:
+        raise PipelineError(
+            f"{path}: the graph's output must be one tensor `probabilities`, not {found_out}"
+        )
+    shape = list(outputs[0].shape)
+    if outputs[0].type != "tensor(float)" or len(shape) != 2 or shape[1] != config.N_CLASSES:
+        raise PipelineError(
+            f"{path}: the output `probabilities` must be float32 [N, 10], "
+            f"not {outputs[0].type} {shape}"
+        )
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    if meta.get("format") != FORMAT:
+        raise PipelineError(f"{path}: not an ONNX file written by `pipeline export`")
+    if str(meta.get("format_version")) != FORMAT_VERSION:
+        raise PipelineError(
+            f"{path}: export format {meta.get('format_version')!r} != {FORMAT_VERSION}; "
+            "export it again"
+        )
+    missing = [key for key in REQUIRED_PROPS if key not in meta]
+    if missing or not isinstance(meta["members"], list) or not isinstance(meta["model"], str):
+        raise PipelineError(
+            f"{path}: its metadata is incomplete ({', '.join(missing) or 'types'})"
+        )
+    accuracy = meta.get("val_accuracy")
+    if accuracy is not None and not isinstance(accuracy, (int, float)):
+        raise PipelineError(f"{path}: its metadata val_accuracy is not a number")
+
+
+def session_options(threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: they come back to us as exceptions anyway
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
+    """Open an exported graph on ONNX Runtime's CPU provider and check it is one of ours.
+
+    `threads` caps the intra-op threads (serve answers one digit at a time and uses 1);
+    None leaves ONNX Runtime's default, one per core.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such ONNX file (run `pipeline export` first)")
+    size = path.stat().st_size
+    if size > MAX_ONNX_BYTES:
+        raise PipelineError(f"{path}: {size:,} bytes, over the {MAX_ONNX_BYTES:,} allowed")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot be read ({exc.strerror})") from None
+    return open_onnx(data, path, threads)
+
+
+def open_onnx(data: bytes, path: Path, threads: int | None = None) -> OnnxModel:
+    """`load_onnx` on bytes already in memory (`pipeline export` checks before it writes)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise PipelineError(
+            f"{path}: ONNX files need onnxruntime (pip install onnxruntime)"
+        ) from None
+    try:
+        session = ort.InferenceSession(
+            data, session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own pybind types for every failure
+        reason = " ".join(str(exc).split())[:120]
+        raise PipelineError(
+            f"{path}: not a readable ONNX model (damaged or foreign: {reason})"
+        ) from None
+    _check_signature(path, session)
+    meta = _decode(dict(session.get_modelmeta().custom_metadata_map))
+    _check_meta(path, meta)
+    model = OnnxModel(path, session, meta)
+    try:
+        blank = model.predict(np.zeros((1, *INPUT_SHAPE), np.uint8))
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise PipelineError(f"{path}: the graph fails on a blank digit ({reason})") from None
+    if blank.shape != (1, config.N_CLASSES) or not np.isfinite(blank).all():
+        raise PipelineError(f"{path}: the graph does not answer ten finite probabilities")
+    if abs(float(blank.sum()) - 1.0) > 1e-3:
+        raise PipelineError(f"{path}: the graph's probabilities do not sum to 1")
+    return model
+
+
+def default_threads() -> int | None:
+    """ONNX Runtime's default, unless OMP_NUM_THREADS asks for a count (as for torch)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def onnx_only(paths: list[Path], device: str = "auto", tta: bool = False) -> bool:
+    """True when every model is an `.onnx` file, False when none is; one-line error otherwise.
+
+    Mixing is refused: a graph already averages its own members, so weighing it against
+    checkpoints would be a guess. ONNX files run on ONNX Runtime's CPU provider, and TTA's
+    shifted views are a torch feature.
+    """
+    kinds = {is_onnx(path) for path in paths}
+    if kinds != {True}:
+        if True in kinds:
+            raise PipelineError(
+                "give either checkpoints (.pt) or exported graphs (.onnx), not both"
+            )
+        return False
+    if str(device) not in ("auto", "cpu"):
+        raise PipelineError(f"--device {device}: .onnx files run on the CPU; use auto or cpu")
+    if tta:
+        raise PipelineError(
+            "--tta needs checkpoints (.pt): an .onnx graph reads the digits as given"
+        )
+    return True
+
+
+def load_onnx_models(paths: list[Path], threads: int | None = None) -> list[OnnxModel]:
+    return [load_onnx(path, threads) for path in paths]
+
+
+def mean_probabilities(models: list[OnnxModel], images: np.ndarray) -> np.ndarray:
+    """The graphs' mean probabilities [N, 10] for uint8 [N, 1, 28, 28] digits."""
+    return np.mean([model.predict(images) for model in models], axis=0, dtype=np.float32)

@@ -1,0 +1,169 @@
+"""Running trained models: load them for inference, logits in batches, TTA, ensembles, metrics.
+
+Every stage that reads a model's answers (validation in `train`, `evaluate`, `predict`,
+`crossval`, `serve`) goes through here, so they all see the same normalisation and views.
+"""
+
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline import config
+from pipeline.common.device import use_free_cores
+from pipeline.common.errors import PipelineError
+from pipeline.data import augmentation
+from pipeline.data.datasets import TensorDigits, index_batches, standardize, to_unit
+from pipeline.training.calibration import calibrated_probabilities
+from pipeline.training.checkpoints import load_checkpoint
+
+# Test-time views: identity and one-pixel shifts (in grid_sample's [-1, 1] coordinates).
+PIXEL = 2 / config.IMAGE_SIDE
+TTA_SHIFTS = [(0.0, 0.0), (PIXEL, 0.0), (-PIXEL, 0.0), (0.0, PIXEL), (0.0, -PIXEL)]
+
+
+# The checkpoint each loaded model came from, to name it in errors about its outputs.
+SOURCES: "weakref.WeakKeyDictionary[nn.Module, Path]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    path: Path
+    model: nn.Module  # eval mode, BatchNorm folded, channels_last, on its device
+    meta: dict
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that follows a Conv2d in a Sequential into that conv (in place).
+
+    Eval mode only: the conv takes the BatchNorm's running statistics and affine parameters
+    (`torch.nn.utils.fuse_conv_bn_eval`) and the BatchNorm becomes an Identity. Every model
+    here puts its BatchNorms right after a conv inside an nn.Sequential (`models.conv_bn`).
+    """
+    for child in module.children():
+        fold_batchnorm(child)
+    if isinstance(module, nn.Sequential):
+        for i in range(len(module) - 1):
+            conv, bn = module[i], module[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                module[i] = nn.utils.fuse_conv_bn_eval(conv, bn)
+                module[i + 1] = nn.Identity()
+    return module
+
+
+def inference_model(model: nn.Module) -> nn.Module:
+    """The model in eval mode with BatchNorm folded into the convolutions, in channels_last."""
+    model = fold_batchnorm(model.eval())
+    # Checkpoints load contiguous; with a 1-channel input only channels_last weights make the
+    # whole net run channels_last, where CPU pooling is several times faster.
+    return model.to(memory_format=torch.channels_last)
+
+
+def load_for_inference(checkpoints: list[Path], device: torch.device) -> list[LoadedModel]:
+    """Each checkpoint loaded once, checked, and made ready for fast inference.
+
+    On the CPU torch gets one thread per core other processes leave free: inference does not
+    need the bit-for-bit repeatability that keeps training on a fixed count.
+    """
+    if device.type == "cpu":
+        use_free_cores()
+    loaded = []
+    for path in checkpoints:
+        checkpoint = load_checkpoint(path, device)
+        model = inference_model(checkpoint.model)
+        SOURCES[model] = path
+        loaded.append(LoadedModel(path, model, checkpoint.meta))
+    return loaded
+
+
+def check_finite(logits: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """`logits`, or a one-line error naming the model's checkpoint if any is NaN or infinite:
+    finite weights can still overflow, and argmax would silently label every digit 0."""
+    if not bool(torch.isfinite(logits).all()):
+        source = SOURCES.get(model)
+        what = f"{source}: its" if source is not None else "the model's"
+        raise PipelineError(
+            f"{what} outputs are NaN or infinite on these digits (its weights overflow float "
+            "arithmetic); retrain it or pick another checkpoint"
+        )
+    return logits
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The image batch under each TTA shift; x is float in [0, 1]."""
+    views = []
+    for dx, dy in TTA_SHIFTS:
+        theta = torch.tensor([[1.0, 0.0, dx], [0.0, 1.0, dy]], device=x.device)
+        shift = augmentation.AugmentDraw(theta.expand(len(x), 2, 3), None)
+        views.append(augmentation.apply(x, shift))
+    return views
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, data: TensorDigits, batch_size: int = 256, tta: bool = False
+) -> torch.Tensor:
+    """Logits [N,10] in dataset order (mean logits over views with `tta`), on model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for idx in index_batches(len(data), batch_size):
+        images, _ = data.get_batch(idx)
+        x = to_unit(images.to(device, non_blocking=True))
+        views = tta_views(x) if tta else [x]
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            logits = [
+                model(standardize(v).contiguous(memory_format=torch.channels_last)) for v in views
+            ]
+        outputs.append(torch.stack(logits).float().mean(0))
+    model.train(was_training)
+    return check_finite(torch.cat(outputs), model)
+
+
+def ensemble_probabilities(
+    models: list[nn.Module],
+    data: TensorDigits,
+    batch_size: int = 256,
+    tta: bool = False,
+    temperatures: list[float] | None = None,
+) -> torch.Tensor:
+    """Mean of each model's softmax(logits / temperature) (1.0 each by default): [N, 10], CPU."""
+    temperatures = temperatures or [1.0] * len(models)
+    probs = [
+        calibrated_probabilities(predict_logits(m, data, batch_size, tta), t).cpu()
+        for m, t in zip(models, temperatures, strict=True)
+    ]
+    return torch.stack(probs).mean(0)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    accuracy: float
+    loss: float
+    predictions: torch.Tensor  # int64 [N], on the CPU
+    confidences: torch.Tensor  # float [N]: softmax probability of the predicted class
+    logits: torch.Tensor | None = None  # float [N, 10], on the model's device
+
+
+def score(model: nn.Module, data: TensorDigits, batch_size: int = 256, tta: bool = False):
+    """Accuracy and mean cross-entropy of `model` on a labelled dataset."""
+    if data.labels is None:
+        raise PipelineError("cannot score unlabelled data")
+    logits = predict_logits(model, data, batch_size, tta)
+    labels = data.labels.to(logits.device)
+    confidences, predictions = logits.softmax(1).max(1)
+    return Metrics(
+        accuracy=(predictions == labels).float().mean().item(),
+        loss=F.cross_entropy(logits, labels).item(),
+        predictions=predictions.cpu(),
+        confidences=confidences.cpu(),
+        logits=logits,
+    )
+
+
+def accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((probabilities.argmax(1) == labels.to(probabilities.device)).float().mean())

@@ -1,0 +1,1 @@
+"""Training: the settings, the models, the loop, resumable run state and checkpoints."""

@@ -1,0 +1,263 @@
+"""The digit classifiers. Each forward takes normalised [B,1,28,28] floats and returns logits.
+
+`build_model(name, **arch_args)` is how everything else makes a model, so a checkpoint that
+records `name` and `arch_args` can rebuild itself.
+"""
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pipeline import config
+
+SIDE = config.IMAGE_SIDE
+
+
+class TutorialCNN(nn.Module):
+    """The tutorial's CNN: two 5x5 conv/ReLU/max-pool stages, one linear layer."""
+
+    def __init__(self, channels: tuple[int, int] = (16, 32)):
+        super().__init__()
+        c1, c2 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Linear(c2 * 7 * 7, config.N_CLASSES)  # 28 -> 14 -> 7
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (conv6, conv16, fc120, fc84, fc10) fitted to 28x28 by padding the first conv.
+
+    LeCun's net saw 32x32 inputs; `padding=2` gives the same 28x28 first feature map. ReLU and
+    max-pooling replace the original squashing units and subsampling, as modern re-runs do.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 28 -> 14
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 14 -> 10 -> 5
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * 5 * 5, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, config.N_CLASSES),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class MLP(nn.Module):
+    """784-200-10 with ReLU: the fully connected baseline."""
+
+    def __init__(self, hidden: int = 200):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(config.N_PIXELS, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, config.N_CLASSES),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: int = 1):
+    return [
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class FastNet(nn.Module):
+    """Three conv-BN-ReLU-maxpool stages (28 -> 14 -> 7 -> 3) and a linear head.
+
+    Sized for a laptop CPU: most of the compute sits at 14x14 and 7x7, where channels are
+    cheap, so the default widths pass 99% validation accuracy in about 30 s on two cores
+    (widths 24-48-96 gain little there but cost twice the time; the GPU recipe uses them).
+    `kernel` (odd) and `convs` (conv-BN-ReLU layers per stage) make the differing members of
+    the `best` ensemble: nets that see the digits differently make different mistakes.
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (16, 32, 64),
+        dropout: float = 0.0,
+        kernel: int = 3,
+        convs: int = 1,
+    ):
+        super().__init__()
+        layers, c_in, side = [], 1, SIDE
+        for width in widths:
+            for _ in range(convs):
+                layers += conv_bn(c_in, width, kernel, padding=kernel // 2)
+                c_in = width
+            layers.append(nn.MaxPool2d(2))
+            side //= 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(c_in * side * side, config.N_CLASSES)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class DeepCNN(nn.Module):
+    """The Kaggle ensemble member behind a 0.99757 public score (Chris Deotte, 2018).
+
+    Two blocks of conv3x3-BN, conv3x3-BN, then a strided 5x5 conv that halves the map in place
+    of pooling, each followed by dropout; a 4x4 conv collapses the last 4x4 map to a vector.
+    Spatially 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4 -> 1.
+    """
+
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.4):
+        super().__init__()
+        c1, c2, c3 = widths
+        self.features = nn.Sequential(
+            *conv_bn(1, c1, padding=0),
+            *conv_bn(c1, c1, padding=0),
+            *conv_bn(c1, c1, kernel=5, stride=2, padding=2),
+            nn.Dropout(dropout),
+            *conv_bn(c1, c2, padding=0),
+            *conv_bn(c2, c2, padding=0),
+            *conv_bn(c2, c2, kernel=5, stride=2, padding=2),
+            nn.Dropout(dropout),
+            *conv_bn(c2, c3, kernel=4, padding=0),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c3, config.N_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class NoPoolNet(nn.Module):
+    """Conv-BN-ReLU layers without padding or pooling, then a linear head (An et al., 2020).
+
+    Each `kernel` x `kernel` layer trims kernel - 1 pixels off the map (kernel 5, five
+    layers: 28 -> 24 -> 20 -> 16 -> 12 -> 8), so the head sees where the strokes are
+    instead of pooled maxima; the paper's members differ in kernel size (3, 5, 7).
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 24, 32, 40), kernel: int = 5):
+        super().__init__()
+        layers, c_in, side = [], 1, SIDE
+        for width in widths:
+            layers += conv_bn(c_in, width, kernel, padding=0)
+            c_in, side = width, side - (kernel - 1)
+        if side < 1:
+            raise ValueError(f"{len(widths)} layers of kernel {kernel} shrink 28 px below 1")
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Linear(c_in * side * side, config.N_CLASSES, bias=False),
+            nn.BatchNorm1d(config.N_CLASSES),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cnn": TutorialCNN,
+    "lenet": LeNet5,
+    "mlp": MLP,
+    "fastnet": FastNet,
+    "deepcnn": DeepCNN,
+    "nopool": NoPoolNet,
+}
+
+
+def resolved_arch_args(name: str, arch_args: dict) -> dict:
+    """The constructor's defaults with `arch_args` on top, as a checkpoint records them.
+
+    A checkpoint then still rebuilds its network after a default (say a width) changes.
+    """
+    parameters = inspect.signature(MODELS[name]).parameters.values()
+    resolved = {p.name: p.default for p in parameters if p.default is not p.empty}
+    resolved.update(arch_args)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+
+
+# How `--width W` sizes each model: its first layer's width, doubling stage by stage.
+WIDTHS: dict[str, Callable[[int], dict]] = {
+    "cnn": lambda w: {"channels": [w, 2 * w]},
+    "mlp": lambda w: {"hidden": w},
+    "fastnet": lambda w: {"widths": [w, 2 * w, 4 * w]},
+    "deepcnn": lambda w: {"widths": [w, 2 * w, 4 * w]},
+}
+
+
+def width_args(name: str, width: int) -> dict:
+    """The arch_args `--width` gives model `name`, or a one-line error (LeNet-5 is fixed)."""
+    from pipeline.common.errors import PipelineError
+
+    if name not in WIDTHS:
+        raise PipelineError(f"--width: {name} has fixed widths; use it with {', '.join(WIDTHS)}")
+    if not 1 <= width <= 1024:
+        raise PipelineError(f"--width {width}: must be 1 to 1024")
+    return WIDTHS[name](width)
+
+
+# Bounds on what a checkpoint or config may ask a model to be, checked before allocating:
+# the widest recipe uses 128 channels and 2.4 M parameters.
+MAX_WIDTH = 2048
+MAX_LAYERS = 16  # NoPoolNet with kernel 3 stacks ten layers
+MAX_PARAMETERS = 50_000_000
+
+
+def arch_args_problem(name: str, arch_args: dict) -> str | None:
+    """What is wrong with `arch_args` for model `name` (None if nothing): unknown names,
+    wrong types, sizes out of bounds, or more than MAX_PARAMETERS parameters, counted on
+    torch's meta device so that nothing is allocated."""
+    parameters = inspect.signature(MODELS[name]).parameters
+    for key, value in arch_args.items():
+        if key not in parameters:
+            return f"{key!r} is not an argument of {name!r}"
+        default = parameters[key].default
+        if isinstance(default, tuple):
+            if not isinstance(value, list | tuple) or not 1 <= len(value) <= MAX_LAYERS:
+                return f"{key} must be a list of 1 to {MAX_LAYERS} sizes"
+            if isinstance(default[0], int) and not all(
+                type(v) is int and 1 <= v <= MAX_WIDTH for v in value
+            ):
+                return f"{key} {list(value)!r:.60} must be whole numbers 1 to {MAX_WIDTH}"
+        elif isinstance(default, float):
+            if type(value) not in (int, float) or not 0 <= value < 1:
+                return f"{key} {value!r:.20} must be a number in [0, 1)"
+        elif isinstance(default, int):
+            if type(value) is not int or not 1 <= value <= MAX_WIDTH * 4:
+                return f"{key} {value!r:.20} must be a whole number 1 to {MAX_WIDTH * 4}"
+    try:
+        with torch.device("meta"):
+            size = sum(p.numel() for p in build_model(name, **arch_args).parameters())
+    except (TypeError, ValueError, RuntimeError) as exc:
+        return f"they do not build a {name!r} ({str(exc)[:60]})"
+    if size > MAX_PARAMETERS:
+        return f"they ask for {size:,} parameters (at most {MAX_PARAMETERS:,})"
+    return None
+
+
+def build_model(name: str, **arch_args) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in arch_args.items()}
+    return MODELS[name](**tuples)

@@ -1,0 +1,405 @@
+"""A run's saved state: the loop's state, stop signals, resuming, and skipping finished runs.
+
+`<out>.last.pt` holds the model, optimizer, scheduler, this module's `TrainState` and every RNG
+state. A resume continues only the same run (the same config, give or take the device) on the
+same prepared data; anything else is refused in one line instead of training on silently.
+"""
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.common import exits
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import remove_dead_temps, run_lock
+from pipeline.training.checkpoints import read_payload, save_checkpoint
+from pipeline.training.distributed import Ranks, max_over_ranks
+from pipeline.training.recipes import Overrides, TrainConfig, recipe_config
+
+# Options a resumed run may change without becoming another run.
+MAY_CHANGE_ON_RESUME = ("device",)
+
+
+@dataclass
+class TrainState:
+    """Everything beyond the model/optimizer/scheduler that a resumed run must restore."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps finished within the current epoch
+    order: torch.Tensor | None = None  # this epoch's shuffled indices, drawn at its start
+    loss_sum: float = 0.0  # this epoch's summed batch losses so far
+    train_seconds: float = 0.0
+    seconds_to_target: float | None = None
+    best_accuracy: float = -1.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def next_epoch(self) -> None:
+        """The current epoch is over: the next starts at step 0 with a fresh order."""
+        self.epoch, self.step, self.order, self.loss_sum = self.epoch + 1, 0, None, 0.0
+
+
+class TrainingInterrupted(PipelineError):
+    """SIGINT/SIGTERM stopped training after a resumable state was saved; exit 130/143."""
+
+    def __init__(self, checkpoint: Path, epoch: int, step: int, signum: int):
+        self.checkpoint, self.epoch, self.step, self.signum = checkpoint, epoch, step, signum
+        self.exit_code = exits.exit_code(signum)
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at epoch {epoch + 1}, step {step}: state saved to {checkpoint}")
+
+
+# Signals a process received before training began (see `record_early_signals`).
+EARLY_SIGNALS: list[int] = []
+
+
+def record_early_signals() -> None:
+    """From now on, a SIGINT/SIGTERM is noted instead of ending the process, and the next
+    training run stops at its first step: for worker processes that get a signal while still
+    setting up (an ensemble member's process, started with both signals blocked)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: EARLY_SIGNALS.append(signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+class StopSignals:
+    """Turn the first SIGINT/SIGTERM into a flag the loop checks between steps.
+
+    A second signal interrupts at once (exits.Stopped, a KeyboardInterrupt), as Python does
+    on Ctrl-C; one that came before training started (its exception lost in an import) stops
+    it before the first step.
+    """
+
+    # Under torchrun the ranks agree on a stop with an all_reduce, which waits for the device:
+    # once every this many steps, and at the end of every epoch.
+    DDP_CHECK_EVERY = 20
+
+    def __init__(self) -> None:
+        self.signum: int | None = EARLY_SIGNALS.pop() if EARLY_SIGNALS else None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            exits.stop(signum)
+        self.signum = signum
+
+    def __enter__(self) -> "StopSignals":
+        exits.raise_if_stopped()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, ranks: Ranks, device: torch.device, step: int | None = None) -> bool:
+        """Whether to stop after global step `step` (None: at the end of an epoch).
+
+        One process checks at every step. Under torchrun all ranks check together, at the same
+        steps (every DDP_CHECK_EVERY, and at each epoch's end), so all stop at the same step
+        and the saved state resumes exactly; a signal waits at most that many steps.
+        """
+        if ranks.world > 1 and step is not None and step % self.DDP_CHECK_EVERY:
+            return False
+        self.signum = max_over_ranks(self.signum or 0, ranks, device) or None
+        return self.signum is not None
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before any training, an --out whose run files would overwrite each other or
+    be taken for something else (`m.json` is its own sidecar; `m.last.pt` a resume state)."""
+    from pipeline import config
+
+    if out.suffix != config.CHECKPOINT_SUFFIX or config.is_resume_state(out):
+        raise PipelineError(
+            f"--out {out}: a checkpoint's name must end in {config.CHECKPOINT_SUFFIX} and not in "
+            f"{config.RESUME_SUFFIX} (its sidecar, resume state, metrics and curves are named "
+            "after it)"
+        )
+    seen: dict[Path, str] = {}
+    for what, path in config.run_files(out).items():
+        if path in seen:
+            raise PipelineError(f"--out {out}: its {what} would overwrite its {seen[path]}")
+        seen[path] = what
+
+
+@contextmanager
+def writing(out: Path, ranks: Ranks) -> Iterator[None]:
+    """Hold `out`'s lock while a run writes its files (rank 0 writes them all), after
+    removing the temp files a killed run left for them."""
+    from pipeline import config
+
+    if not ranks.is_main:
+        yield
+        return
+    with run_lock(out, config.lock_path(out)):
+        for path in config.run_files(out).values():
+            remove_dead_temps(path.parent, path.name)
+        yield
+
+
+def rng_state(shuffle_gen: torch.Generator, augment_gen: torch.Generator) -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "shuffle": shuffle_gen.get_state(),
+        "augment": augment_gen.get_state(),
+    }
+    if torch.cuda.is_available() and augment_gen.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(augment_gen.device)
+    return state
+
+
+def restore_rng(state: dict, shuffle_gen: torch.Generator, augment_gen: torch.Generator):
+    torch.set_rng_state(state["torch"])
+    shuffle_gen.set_state(state["shuffle"])
+    augment_gen.set_state(state["augment"])
+    if "cuda" in state and augment_gen.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], augment_gen.device)
+
+
+def restore(payload: dict, last: Path, run_parts: tuple, bounds: dict[str, int]) -> TrainState:
+    """Check a resume state whole against this run, then load it into the run's parts
+    (model, optimizer, scheduler, shuffle and augment generators, the weights' EMA if the run
+    keeps one); its loop state returned."""
+    from pipeline.training.state_schema import check_training_state
+
+    model, optimizer, scheduler, shuffle_gen, augment_gen, ema = run_parts
+    saved = payload["training_state"]
+    generators = {
+        "torch": torch.get_rng_state(),
+        "shuffle": shuffle_gen.get_state(),
+        "augment": augment_gen.get_state(),
+    }
+    check_training_state(
+        saved,
+        last,
+        payload["state_dict"],
+        model,
+        optimizer,
+        scheduler,
+        generators,
+        bounds,
+        {f.name for f in fields(TrainState)},
+    )
+    try:
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        restore_rng(saved["rng"], shuffle_gen, augment_gen)
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{last}: its saved state does not fit this run ({first})") from None
+    return TrainState(**saved["loop"])
+
+
+def run_meta(
+    cfg: TrainConfig, state: TrainState, data_fingerprint: str, finished: bool | None = None
+) -> dict:
+    """What a checkpoint records about its run beside the weights; with `finished`, the
+    resumable file's extras too (its val_accuracy is then the best so far)."""
+    from pipeline.training.models import resolved_arch_args
+
+    meta = {
+        "data_fingerprint": data_fingerprint,
+        "model": cfg.model,
+        "arch_args": resolved_arch_args(cfg.model, cfg.arch_args),
+        "train_config": asdict(cfg),
+        "seed": cfg.seed,
+        "epochs_trained": state.epoch,
+        "val_accuracy": state.best_accuracy,
+        "history": state.history,
+    }
+    if finished is not None:
+        meta |= {
+            "finished": finished,
+            "train_seconds": state.train_seconds,
+            "seconds_to_target": state.seconds_to_target,
+            "images_per_second": images_per_second(state.history),
+        }
+    return meta
+
+
+def save_resumable(
+    path: Path,
+    meta: dict,
+    state: TrainState,
+    model,
+    optimizer,
+    scheduler,
+    shuffle_gen,
+    augment_gen,
+    ema=None,
+) -> None:
+    """`<out>.last.pt`: the weights with everything a resume restores, written atomically.
+
+    The raw weights go in `state_dict` (training continues from them); a moving average of
+    them, if the run keeps one, goes in the training state."""
+    training_state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "loop": asdict(state),
+        "rng": rng_state(shuffle_gen, augment_gen),
+    }
+    if ema is not None:
+        training_state["ema"] = ema.state_dict()
+    save_checkpoint(path, model, meta, training_state, sidecar=False)
+
+
+def images_per_second(history: list[dict[str, float]]) -> float:
+    images = sum(r["images_per_second"] * r["epoch_seconds"] for r in history)
+    seconds = sum(r["epoch_seconds"] for r in history)
+    return images / seconds if seconds else 0.0
+
+
+def saved_config(meta: dict, path: Path) -> TrainConfig:
+    """The TrainConfig a checkpoint records, or a one-line error if it records none."""
+    saved = meta.get("train_config")
+    known = {f.name for f in fields(TrainConfig)}
+    if not isinstance(saved, dict) or not set(saved) <= known:
+        raise PipelineError(f"{path}: its train_config is missing or not this version's")
+    try:
+        return TrainConfig(**saved)
+    except TypeError:
+        raise PipelineError(f"{path}: its train_config is not this version's") from None
+
+
+def config_for_resume(out: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The saved run's config with the options given on the command line on top."""
+    from pipeline import config
+
+    last = config.last_checkpoint_path(out)
+    saved = saved_config(read_payload(last)["meta"], last)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if (width := given.pop("width", None)) is not None:
+        from pipeline.training.models import width_args
+
+        given["arch_args"] = width_args(given.get("model", saved.model), width)
+    return replace(saved, **given)
+
+
+def run_config(
+    recipe: str | None, overrides: Overrides, out: Path | None, resume: bool
+) -> tuple[TrainConfig, Path]:
+    """The config of a `train` run and its checkpoint path (the model's name by default).
+
+    The recipe (fast if None) with the given overrides on top; with `resume`, the saved
+    run's config with the same overrides (and the recipe, if named) on top instead, so that
+    `resume_payload` refuses only what was asked to change.
+    """
+    from pipeline import config
+
+    given = overrides.given()
+    cfg = recipe_config(recipe or "fast", **given)
+    out = out or config.checkpoint_path(cfg.model)
+    if resume:
+        cfg = config_for_resume(out, given | ({"recipe": recipe} if recipe else {}))
+    return cfg, out
+
+
+def _check_training_state(payload: dict, last: Path) -> dict:
+    """The state's parts are there; `state_schema` checks them whole once the run is built."""
+    from pipeline.training.state_schema import check_layout
+
+    ts = payload.get("training_state")
+    if ts is None:
+        raise PipelineError(f"{last}: holds no training state to resume from")
+    check_layout(ts, last)
+    return ts
+
+
+def resume_payload(last: Path, cfg: TrainConfig, data_fingerprint: str) -> dict:
+    """The saved state of this very run on this very data, or a one-line refusal."""
+    payload = read_payload(last)
+    meta = payload["meta"]
+    saved = saved_config(meta, last)
+    ours, theirs = asdict(cfg), asdict(saved)
+    changed = [k for k in ours if k not in MAY_CHANGE_ON_RESUME and ours[k] != theirs[k]]
+    if changed:
+        differences = ", ".join(f"{k} {ours[k]!r} (saved {theirs[k]!r})" for k in changed)
+        raise PipelineError(
+            f"{last}: --resume continues the same run, but {differences} differ; "
+            "drop those options, or train afresh with --force"
+        )
+    if meta.get("data_fingerprint") != data_fingerprint:
+        raise PipelineError(
+            f"{last}: was trained on other prepared data (other sources, split or "
+            "--limit-rows); prepare that data again, or train afresh with --force"
+        )
+    training_state = _check_training_state(payload, last)
+    if cfg.ema is not None and not isinstance(training_state.get("ema"), dict):
+        raise PipelineError(f"{last}: holds no moving average of the weights to resume")
+    return payload
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path  # best weights by validation accuracy
+    last_checkpoint: Path  # resumable state after the final epoch
+    curves: Path | None  # the training-curves figure
+    config: TrainConfig
+    best_accuracy: float
+    final_accuracy: float
+    history: list[dict[str, float]]
+    train_seconds: float  # device time in training steps, validation excluded
+    seconds_to_target: float | None  # training seconds until val accuracy >= 99.0%
+    images_per_second: float
+    skipped: bool = False  # an identical finished run was already there
+
+    @classmethod
+    def of(cls, state: TrainState, cfg: TrainConfig, out: Path, curves: Path | None):
+        from pipeline import config
+
+        history = state.history
+        return cls(
+            checkpoint=out,
+            last_checkpoint=config.last_checkpoint_path(out),
+            curves=curves,
+            config=cfg,
+            best_accuracy=state.best_accuracy,
+            final_accuracy=history[-1]["val_accuracy"] if history else float("nan"),
+            history=history,
+            train_seconds=state.train_seconds,
+            seconds_to_target=state.seconds_to_target,
+            images_per_second=images_per_second(history),
+        )
+
+
+def finished_run(cfg: TrainConfig, out: Path, data_fingerprint: str) -> TrainResult | None:
+    """The result of an earlier, finished run of exactly this config on exactly this data."""
+    from pipeline import config
+
+    last = config.last_checkpoint_path(out)
+    try:
+        saved = read_payload(last)["meta"]
+        best = read_payload(out)["meta"]
+        # defaults fill options newer than the checkpoint, so an upgrade does not retrain
+        same = asdict(saved_config(saved, last)) == asdict(cfg)
+        if not (same and saved.get("data_fingerprint") == data_fingerprint):
+            return None
+        if not saved.get("finished"):
+            return None
+        history = saved["history"]
+        return TrainResult(
+            checkpoint=out,
+            last_checkpoint=last,
+            curves=config.curves_path(out) if config.curves_path(out).is_file() else None,
+            config=cfg,
+            best_accuracy=float(best["val_accuracy"]),
+            final_accuracy=float(history[-1]["val_accuracy"]),
+            history=history,
+            train_seconds=float(saved["train_seconds"]),
+            seconds_to_target=saved.get("seconds_to_target"),
+            images_per_second=float(saved["images_per_second"]),
+            skipped=True,
+        )
+    except (PipelineError, KeyError, IndexError, TypeError, ValueError):
+        return None

@@ -1,0 +1,249 @@
+"""The schema a resume state (`<out>.last.pt`'s `training_state`) must meet before any of it
+is used: a tampered, foreign or damaged state is one line, never a traceback or a silent run.
+
+The reference is the run being resumed: its freshly built optimizer and scheduler give the
+keys, types and fixed values their saved states must have, its parameters the tensor shapes,
+and its data and config the bounds of the loop's position.
+"""
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from pipeline.common.errors import PipelineError
+
+# What each optimizer keeps per parameter (`step` is a scalar, the rest shaped like it).
+PARAM_STATE_KEYS = {
+    torch.optim.AdamW: {"step", "exp_avg", "exp_avg_sq"},
+    torch.optim.Adam: {"step", "exp_avg", "exp_avg_sq"},
+    torch.optim.SGD: {"momentum_buffer"},
+}
+# Values the schedule moves as it steps, or that follow the device: checked by type only.
+MOVING_GROUP_KEYS = {"lr", "betas", "momentum", "fused", "foreach", "capturable"}
+MOVING_SCHEDULER_KEYS = {"last_epoch", "_step_count", "_last_lr", "_is_initial"}
+MOVING_SCHEDULER_KEYS |= {"_get_lr_called_within_step"}
+RNG_KEYS = ("torch", "shuffle", "augment")
+
+
+class Damaged(ValueError):
+    """What is wrong, and where in the training state."""
+
+
+def _is_finite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def like(saved: Any, reference: Any, where: str, moving: set[str] = frozenset()) -> None:
+    """`saved` has `reference`'s structure and types, and its values except under `moving`
+    keys (whose numbers need only be finite); tensors match in dtype and shape."""
+    if isinstance(reference, dict):
+        if not isinstance(saved, dict) or set(saved) != set(reference):
+            raise Damaged(f"{where} has other keys than this run's")
+        for key, value in reference.items():
+            if key in moving:
+                _same_kind(saved[key], value, f"{where}.{key}")
+            else:
+                like(saved[key], value, f"{where}.{key}", moving)
+        return
+    if isinstance(reference, list | tuple):
+        if type(saved) is not type(reference) or len(saved) != len(reference):
+            raise Damaged(f"{where} is not a {type(reference).__name__} of {len(reference)}")
+        for index, (a, b) in enumerate(zip(saved, reference, strict=True)):
+            like(a, b, f"{where}[{index}]", moving)
+        return
+    if isinstance(reference, torch.Tensor):
+        _same_kind(saved, reference, where)
+        return
+    if type(saved) is not type(reference) or saved != reference:
+        raise Damaged(f"{where} is {saved!r:.40}, this run's is {reference!r:.40}")
+
+
+def _same_kind(saved: Any, reference: Any, where: str) -> None:
+    """Same type (tensors: dtype and shape; containers: recursively), finite numbers."""
+    if isinstance(reference, torch.Tensor):
+        if not isinstance(saved, torch.Tensor):
+            raise Damaged(f"{where} is not a tensor")
+        if saved.dtype != reference.dtype or saved.shape != reference.shape:
+            raise Damaged(
+                f"{where} is a {saved.dtype} tensor of shape {list(saved.shape)}, expected "
+                f"{reference.dtype} {list(reference.shape)}"
+            )
+    elif isinstance(reference, list | tuple):
+        if type(saved) is not type(reference) or len(saved) != len(reference):
+            raise Damaged(f"{where} is not a {type(reference).__name__} of {len(reference)}")
+        for index, (a, b) in enumerate(zip(saved, reference, strict=True)):
+            _same_kind(a, b, f"{where}[{index}]")
+    elif reference is None or isinstance(saved, bool) != isinstance(reference, bool):
+        if saved is not None and type(saved) is not type(reference):
+            raise Damaged(f"{where} is a {type(saved).__name__}")
+    elif not isinstance(saved, type(reference)) and not (
+        isinstance(reference, float) and type(saved) is int
+    ):
+        raise Damaged(f"{where} is a {type(saved).__name__}, expected {type(reference).__name__}")
+    if not _is_finite(saved):
+        raise Damaged(f"{where} is not finite")
+
+
+def check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, steps_done: int) -> None:
+    reference = optimizer.state_dict()
+    if not isinstance(saved, dict) or set(saved) != set(reference):
+        raise Damaged("optimizer is not an optimizer state")
+    groups = reference["param_groups"]
+    like(saved["param_groups"], groups, "optimizer.param_groups", MOVING_GROUP_KEYS)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    keys = PARAM_STATE_KEYS.get(type(optimizer))
+    state = saved["state"]
+    if not isinstance(state, dict) or not set(state) <= set(range(len(params))):
+        raise Damaged("optimizer.state is not keyed by this model's parameters")
+    for index, entry in state.items():
+        where = f"optimizer.state[{index}]"
+        if not isinstance(entry, dict) or (keys is not None and set(entry) != keys):
+            raise Damaged(f"{where} has other keys than {sorted(keys or ())}")
+        for key, value in entry.items():
+            if key == "step":
+                _same_kind(value, torch.tensor(0.0), f"{where}.step")
+                if float(value) != steps_done:
+                    raise Damaged(f"{where}.step is {float(value):g}, not the {steps_done} done")
+            else:
+                _same_kind(value, params[index].detach().cpu(), f"{where}.{key}")
+
+
+def check_scheduler(saved: Any, scheduler, steps_done: int) -> None:
+    like(saved, scheduler.state_dict(), "scheduler", MOVING_SCHEDULER_KEYS)
+    if saved["last_epoch"] != steps_done or saved["_step_count"] != steps_done + 1:
+        raise Damaged(f"scheduler.last_epoch is {saved['last_epoch']}, not {steps_done}")
+
+
+def check_rng(saved: Any, generators: dict[str, torch.Tensor]) -> None:
+    if not isinstance(saved, dict) or not set(RNG_KEYS) <= set(saved) <= {*RNG_KEYS, "cuda"}:
+        raise Damaged("rng has other keys than torch, shuffle, augment (and cuda)")
+    for key, reference in generators.items():
+        _same_kind(saved[key], reference, f"rng.{key}")
+
+
+class HistoryRecord(BaseModel):
+    """One epoch's line of a run's history: these numbers, finite (more keys may follow)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    epoch_seconds: float
+    train_seconds: float
+    images_per_second: float
+
+    @field_validator("*")
+    @classmethod
+    def finite(cls, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("is not finite")
+        return value
+
+
+class LoopState(BaseModel):
+    """`TrainState` as saved: plain numbers (and the epoch's order), within the run's bounds."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+    epoch: int
+    step: int
+    order: torch.Tensor | None
+    loss_sum: float
+    train_seconds: float
+    seconds_to_target: float | None
+    best_accuracy: float
+    history: list[HistoryRecord]
+
+    @field_validator("loss_sum", "train_seconds", "seconds_to_target", "best_accuracy")
+    @classmethod
+    def finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("is not finite")
+        return value
+
+
+def check_loop(saved: Any, loop_fields: set[str], bounds: dict[str, int]) -> None:
+    """The loop's position lies inside this run: epoch <= epochs, step within an epoch, steps
+    done <= total, `order` a permutation of the training images, one history line per epoch."""
+    if not isinstance(saved, dict) or set(saved) != loop_fields:
+        raise Damaged("loop has other keys than this version's")
+    try:
+        loop = LoopState.model_validate(saved)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"])
+        problem = error["msg"].removeprefix("Value error, ")[:80]
+        raise Damaged(f"loop.{where}: {problem[:1].lower()}{problem[1:]}") from None
+    spe, n = bounds["steps_per_epoch"], bounds["train_images"]
+    if not 0 <= loop.epoch <= bounds["epochs"] or not 0 <= loop.step <= spe:
+        raise Damaged(f"loop is at epoch {loop.epoch}, step {loop.step}: outside this run")
+    position, total = loop.epoch * spe + loop.step, bounds["total_steps"]
+    cut_short = loop.step == 0 and (loop.epoch - 1) * spe < total  # --max-steps ended an epoch
+    if position > total and not cut_short:
+        raise Damaged(f"loop is at epoch {loop.epoch}, step {loop.step}: past this run's end")
+    if len(loop.history) != loop.epoch:
+        raise Damaged(f"loop.history has {len(loop.history)} epochs, not {loop.epoch}")
+    if loop.order is None:
+        if loop.step:
+            raise Damaged("loop.order is missing mid-epoch")
+    elif not (
+        loop.order.dtype == torch.int64
+        and loop.order.shape == (n,)
+        and torch.equal(loop.order.sort().values, torch.arange(n))
+    ):
+        raise Damaged(f"loop.order is not an order of the {n} training images")
+    if not (loop.best_accuracy == -1 or 0 <= loop.best_accuracy <= 1):
+        raise Damaged(f"loop.best_accuracy {loop.best_accuracy} is not an accuracy")
+
+
+PARTS = ("optimizer", "scheduler", "loop", "rng")
+
+
+def _damaged(last: Path, exc: Damaged) -> PipelineError:
+    return PipelineError(
+        f"{last}: its training state is damaged or not this version's ({exc}); "
+        "train afresh with --force"
+    )
+
+
+def check_layout(ts: Any, last: Path) -> None:
+    """The parts every resume state has, checked before its run is built."""
+    if not isinstance(ts, dict):
+        raise _damaged(last, Damaged("it is not a mapping"))
+    bad = [part for part in PARTS if not isinstance(ts.get(part), dict)]
+    if bad:
+        raise _damaged(last, Damaged(f"{', '.join(bad)}: missing or not a mapping"))
+
+
+def check_training_state(
+    ts: Any,
+    last: Path,
+    state_dict: Any,
+    model,
+    optimizer,
+    scheduler,
+    generators: dict,
+    bounds: dict[str, int],
+    loop_fields: set[str],
+) -> None:
+    """Check every part of the saved state against this run before any part is loaded;
+    `loop_fields` are the names the loop's state (run_state.TrainState) must have."""
+    steps = None
+    try:
+        if not isinstance(ts, dict):
+            raise Damaged("it is not a mapping")
+        like(state_dict, {k: v.cpu() for k, v in model.state_dict().items()}, "state_dict")
+        check_loop(ts.get("loop"), loop_fields, bounds)
+        position = ts["loop"]["epoch"] * bounds["steps_per_epoch"] + ts["loop"]["step"]
+        steps = min(position, bounds["total_steps"])
+        check_optimizer(ts.get("optimizer"), optimizer, steps)
+        check_scheduler(ts.get("scheduler"), scheduler, steps)
+        check_rng(ts.get("rng"), generators)
+    except Damaged as exc:
+        raise _damaged(last, exc) from None
