@@ -140,3 +140,87 @@ def test_predict_on_an_onnx_file_needs_no_torch(
     rows = out.read_text().splitlines()
     assert rows[0] == "ImageId,Label" and len(rows) == len(expected) + 1
     assert [int(row.split(",")[1]) for row in rows[1:]] == expected.tolist()
+
+
+def _altered(path, change):
+    """The graph at `path` with `change(model)` applied, saved back: a damaged export."""
+    import onnx
+
+    model = onnx.load(path)
+    change(model)
+    onnx.save_model(model, path)
+    return path
+
+
+def _overflowing_weights(model):
+    """A few weights' exponent bytes flipped to ~3e38: fine on a blank digit (0 x w), NaN on
+    any digit with ink in the middle (inf - inf in the softmax)."""
+    from onnx import numpy_helper
+
+    (init,) = [i for i in model.graph.initializer if i.name == "weights"]
+    weights = numpy_helper.to_array(init).copy()
+    weights[14 * 28 + 10 : 14 * 28 + 18] = 3e38
+    init.CopyFrom(numpy_helper.from_array(weights, "weights"))
+
+
+def _scaled_output(factor: float):
+    """The softmax's answer multiplied by `factor`: rows that sum to `factor`."""
+    from onnx import helper, numpy_helper
+
+    def change(model):
+        softmax = model.graph.node[-1]
+        softmax.output[0] = "softmax"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "f"))
+        model.graph.node.append(helper.make_node("Mul", ["softmax", "f"], ["probabilities"]))
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (_overflowing_weights, "NaN, infinite"),
+        (_scaled_output(-1.0), "outside [0, 1]"),
+        (_scaled_output(0.5), "rows not summing to 1"),
+    ],
+)
+def test_outputs_that_are_not_probabilities_stop_predict_in_one_line(
+    change, problem, linear_onnx, sample_processed_dir, tmp_path
+):
+    from conftest import assert_one_line_error, invoke
+
+    path = _altered(linear_onnx(tmp_path / "damaged.onnx"), change)
+    out = tmp_path / "submission.csv"
+    result = invoke(
+        "predict", "--checkpoint", path, "--processed-dir", sample_processed_dir, "--out", out
+    )
+    assert_one_line_error(result, str(path), "not probabilities", problem)
+    assert not out.exists() and not out.with_name("submission.source.json").exists()
+
+
+def test_every_batch_is_checked_not_only_the_blank_digit(linear_onnx, tmp_path, monkeypatch):
+    path = _altered(linear_onnx(tmp_path / "damaged.onnx"), _overflowing_weights)
+    model = load_onnx(path)  # the blank digit at load time passes: 0 x 3e38 = 0
+    digits = np.zeros((3000, 1, 28, 28), np.uint8)
+    digits[2500, 0, 14, 10:18] = 255  # one digit with ink, in the third batch
+    monkeypatch.setattr(onnx_runtime, "BATCH", 1024)
+    assert np.isfinite(model.predict(digits[:2048])).all()
+    with pytest.raises(PipelineError, match=r"damaged.onnx: its outputs are not probabilities"):
+        model.predict(digits)
+
+
+def test_evaluate_scores_an_onnx_file_by_its_probabilities(
+    linear_onnx, sample_processed_dir, tmp_path
+):
+    from pipeline.inference.evaluate import evaluate
+
+    path = linear_onnx(tmp_path / "linear.onnx")
+    result = evaluate(path, sample_processed_dir, figures_dir=tmp_path / "figures")
+    val = load_split(sample_processed_dir, "val")
+    probs = load_onnx(path).predict(val.images.numpy())
+    truth = val.labels.numpy()
+    assert result.metrics.accuracy == pytest.approx((probs.argmax(1) == truth).mean())
+    nll = -np.log(probs[np.arange(len(truth)), truth]).mean()
+    assert result.metrics.loss == pytest.approx(nll, rel=1e-5)
+    assert result.confusion_png.stat().st_size > 0 and result.mistakes_png.stat().st_size > 0
+    assert 0.8 < result.metrics.accuracy < 1.0

@@ -1,5 +1,7 @@
 """Prediction, ensembling, test-time augmentation and the submission rules."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -8,7 +10,12 @@ from torch import nn
 from pipeline import config
 from pipeline.common.errors import PipelineError
 from pipeline.data.datasets import TensorDigits
-from pipeline.inference.predictor import ensemble_probabilities, predict_logits, tta_views
+from pipeline.inference.predictor import (
+    LoadedModel,
+    ensemble_probabilities,
+    predict_logits,
+    tta_views,
+)
 from pipeline.inference.submission import check_submission, read_submission, write_submission
 
 
@@ -27,13 +34,22 @@ def _data(n=6):
     return TensorDigits(torch.zeros(n, 1, 28, 28, dtype=torch.uint8), torch.zeros(n).long())
 
 
-def test_ensemble_averages_probabilities_not_logits():
+def test_ensemble_averages_calibrated_probabilities_not_logits():
     a = FixedLogits([4.0, 0.0, 0.0] + [-9.0] * 7)
     b = FixedLogits([0.0, 1.0, 0.0] + [-9.0] * 7)
-    probs = ensemble_probabilities([a, b], _data(), batch_size=4)
+    members = [LoadedModel(Path(f"{name}.pt"), m, {}) for name, m in (("a", a), ("b", b))]
+    probs = ensemble_probabilities(members, _data(), batch_size=4)
     expected = (a.logits.softmax(0) + b.logits.softmax(0)) / 2
     assert probs.shape == (6, 10) and torch.allclose(probs, expected.expand(6, -1))
     assert torch.allclose(probs.sum(1), torch.ones(6))
+    # Each member's own temperature divides its logits before the mean: here it flips the vote
+    # (raw softmax says 0, calibrated says 1).
+    hot = LoadedModel(Path("a.pt"), a, {"temperature": 8.0})
+    cold = LoadedModel(Path("b.pt"), b, {"temperature": 0.25})
+    probs = ensemble_probabilities([hot, cold], _data(), batch_size=4)
+    expected = ((a.logits / 8.0).softmax(0) + (b.logits / 0.25).softmax(0)) / 2
+    assert torch.allclose(probs, expected.expand(6, -1))
+    assert expected.argmax() == 1 != ((a.logits.softmax(0) + b.logits.softmax(0)) / 2).argmax()
 
 
 def test_tta_views_are_the_image_and_one_pixel_shifts():
@@ -134,3 +150,35 @@ def test_a_strictly_valid_submission_reads_back(tmp_path):
         4,
         5,
     ]
+
+
+@pytest.mark.parametrize(
+    "name", ["model.pt", "model.onnx", "processed/meta.json", "processed/x.csv"]
+)
+def test_predict_never_writes_over_an_input_nor_anything_but_a_csv(
+    name, processed_dir, linear_onnx, tmp_path
+):
+    """Checked before any work: the model named here does not even exist."""
+    from conftest import assert_one_line_error, invoke
+
+    before = {p: p.read_bytes() for p in processed_dir.iterdir() if p.is_file()}
+    out = tmp_path / name
+    model = tmp_path / "model.onnx" if name == "model.onnx" else tmp_path / "model.pt"
+    if name == "model.onnx":
+        graph = linear_onnx(model).read_bytes()
+    args = ["--checkpoint", model, "--processed-dir", processed_dir, "--out", out]
+    result = invoke("predict", *args)
+    problem = "would replace an input" if name.endswith(".csv") else "a submission is a .csv"
+    assert_one_line_error(result, f"--out {out}", problem)
+    assert {p: p.read_bytes() for p in processed_dir.iterdir() if p.is_file()} == before
+    assert not (processed_dir / "x.csv").exists() and not (tmp_path / "model.pt").exists()
+    assert name != "model.onnx" or model.read_bytes() == graph
+
+
+def test_a_folder_as_checkpoint_says_it_is_a_folder(processed_dir, tmp_path):
+    from conftest import assert_one_line_error, invoke
+
+    result = invoke("predict", "--checkpoint", tmp_path, "--processed-dir", processed_dir)
+    assert_one_line_error(result, f"{tmp_path}: is a folder")
+    result = invoke("evaluate", "--checkpoint", tmp_path, "--processed-dir", processed_dir)
+    assert_one_line_error(result, f"{tmp_path}: is a folder")

@@ -150,11 +150,11 @@ def test_served_probabilities_are_the_checkpoints_calibrated_ones(
 
 
 def test_an_ensemble_from_a_glob(fast_checkpoint, known_digits, models, tmp_path):
-    from pipeline.serve.torch_backend import load_models
+    from pipeline.serve.server import load_backend
 
     for member in range(2):  # two copies: their mean must equal the single model
         (tmp_path / f"member-{member}.pt").write_bytes(fast_checkpoint.read_bytes())
-    ensemble = load_models([tmp_path / "member-*.pt"], "cpu")
+    ensemble = load_backend([tmp_path / "member-*.pt"], "cpu")
     assert [info.name for info in ensemble.checkpoints] == ["member-0.pt", "member-1.pt"]
     digits, _ = known_digits
     assert np.allclose(

@@ -238,13 +238,15 @@ def is_checkpoint_name(path: Path) -> bool:
 def expand_checkpoints(
     patterns: list[Path], log: Callable[[str], None] | None = None
 ) -> list[Path]:
-    """Plain paths as given; quoted globs such as 'models/best-*.pt' expanded, sorted, to
-    checkpoints only: resume states (`*.last.pt`), other files and files already named
-    before are skipped. `log` gets one line per glob saying what it matched.
+    """Plain paths as given (a folder refused); quoted globs such as 'models/best-*.pt' (any
+    of `*?[`) expanded, sorted, to checkpoints only: resume states (`*.last.pt`), other files
+    and files already named before are skipped. `log` gets one line per glob on its matches.
     """
     paths: list[Path] = []
     for pattern in patterns:
-        if glob.has_magic(str(pattern)):
+        if Path(pattern).is_dir():
+            raise PipelineError(f"{pattern}: is a folder; give a model file or a quoted glob")
+        if any(char in str(pattern) for char in "*?["):
             matches = [Path(m) for m in sorted(glob.glob(str(pattern)))]
             taken = {p.resolve() for p in paths}
             chosen = [m for m in matches if is_checkpoint_name(m) and m.resolve() not in taken]

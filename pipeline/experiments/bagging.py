@@ -61,15 +61,16 @@ def format_oob(estimate: OobEstimate) -> str:
 def score_out_of_bag(
     checkpoints: list[Path], processed_dir: Path, device: str = "auto", tta: bool = False
 ) -> tuple[OobEstimate, list[float]]:
-    """The ensemble's out-of-bag estimate and each member's own out-of-bag accuracy (each
-    member's probabilities averaged over the test-time views with `tta`).
+    """The ensemble's out-of-bag estimate and each member's own out-of-bag accuracy, by the
+    one predictor's rule: each voter's calibrated probabilities (`ensemble_probabilities` of
+    that member alone), averaged over the voters of each digit.
 
     Every checkpoint must be a bagged member (its meta records its bag); each bag is
     recomputed from the labelled digits and checked against the record before it is used.
     """
     from pipeline.common.device import resolve_device
     from pipeline.data.datasets import TensorDigits
-    from pipeline.inference.predictor import load_for_inference, predict_logits
+    from pipeline.inference.predictor import ensemble_probabilities, load_for_inference
 
     target = resolve_device(device)
     digits = labelled_digits(processed_dir)
@@ -81,7 +82,7 @@ def score_out_of_bag(
             raise PipelineError(f"{loaded.path}: not a bagged member (it records no bag)")
         bag = verified_bag(record, digits.labels, fingerprint, loaded.path)
         oob = TensorDigits(digits.images[bag.oob], digits.labels[bag.oob]).to(target)
-        probs = predict_logits(loaded.model, oob, tta=tta).softmax(1).cpu()
+        probs = ensemble_probabilities([loaded], oob, tta=tta)
         votes.append((bag.oob, probs))
         members.append(float((probs.argmax(1) == digits.labels[bag.oob]).double().mean()))
     return oob_estimate(votes, digits.labels), members

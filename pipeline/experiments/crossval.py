@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from pipeline import config
 from pipeline.common.device import resolve_device
 from pipeline.common.errors import PipelineError
@@ -62,12 +60,11 @@ class CrossValidation:
 def score_split(checkpoints: list[Path], processed_dir: Path, device: str) -> tuple:
     """(member accuracies, ensemble accuracy, ensemble+TTA accuracy) on processed_dir's val."""
     target = resolve_device(device)
-    models = [loaded.model for loaded in load_for_inference(checkpoints, target)]
+    members = load_for_inference(checkpoints, target)
     data = TensorDigits.from_split(load_split(processed_dir, "val")).to(target)
-    member_probs = [ensemble_probabilities([m], data) for m in models]
-    ensemble = torch.stack(member_probs).mean(0)  # what ensemble_probabilities computes
-    tta = ensemble_probabilities(models, data, tta=True)
-    scores = [accuracy(p, data.labels) for p in member_probs]
+    scores = [accuracy(ensemble_probabilities([m], data), data.labels) for m in members]
+    ensemble = ensemble_probabilities(members, data)
+    tta = ensemble_probabilities(members, data, tta=True)
     return scores, accuracy(ensemble, data.labels), accuracy(tta, data.labels)
 
 

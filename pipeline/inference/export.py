@@ -1,12 +1,13 @@
 """`pipeline export`: a checkpoint (or an ensemble of them) as one self-contained ONNX file.
 
 The graph takes `images`, uint8 [N, 1, 28, 28] exactly as the CSV holds the digits (N is
-dynamic), and returns `probabilities`, float32 [N, 10]: the cast, the /255, each member's
-stored normalisation and calibration temperature (`softmax(logits / T)`, T = 1 when absent)
-are inside, so a caller needs nothing but ONNX Runtime and the pixels.
+dynamic), and returns `probabilities`, float32 [N, 10]: the cast, the normalisation and each
+member's calibration temperature (`softmax(logits / T)`, T = 1 when absent) are inside, so a
+caller needs nothing but ONNX Runtime and the pixels.
 
 An ensemble (several checkpoints, or a quoted glob) becomes ONE graph that averages its
-members' probabilities, the same mean `predict` and `serve` take: one file to copy, one
+members' probabilities by the very function `predict` and `serve` call on torch
+(`predictor.mean_calibrated`): one file to copy, one
 session to open, one answer per digit, and no manifest that could drift from the files it
 lists. Metadata props record the architecture, arch args, validation accuracy, data
 fingerprint, the project's version and every member's details (see `metadata`).
@@ -20,7 +21,6 @@ probabilities under `TOLERANCE`, the same labels); the file is then written atom
 """
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from torch import nn
 from pipeline import __version__, config
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import atomic_path, check_writable, expand_checkpoints
-from pipeline.data.datasets import TensorDigits, load_split, processed_fingerprint
+from pipeline.data.datasets import TensorDigits, load_split, normalize, processed_fingerprint
 from pipeline.inference.onnx_runtime import (
     FORMAT,
     FORMAT_VERSION,
@@ -41,8 +41,13 @@ from pipeline.inference.onnx_runtime import (
     is_onnx,
     open_onnx,
 )
-from pipeline.inference.predictor import inference_model, predict_logits
-from pipeline.training.checkpoints import load_checkpoint
+from pipeline.inference.predictor import (
+    LoadedModel,
+    ensemble_probabilities,
+    load_for_inference,
+    mean_calibrated,
+)
+from pipeline.training.calibration import temperature_of
 
 PARITY_DIGITS = 1_000  # validation digits the ONNX graph must reproduce before it is written
 TOLERANCE = 1e-4  # max |p_onnx - p_torch| over those digits
@@ -59,45 +64,17 @@ class ExportResult:
 
 
 class ProbabilityGraph(nn.Module):
-    """uint8 digits -> mean over members of softmax(member(standardised) / temperature)."""
+    """uint8 digits -> the members' probabilities by the one rule, `mean_calibrated`, on the
+    digits normalised as `predict_logits` normalises them."""
 
-    def __init__(self, members: list[nn.Module], metas: list[dict[str, Any]]):
+    def __init__(self, members: list[LoadedModel]):
         super().__init__()
-        self.members = nn.ModuleList(members)
-        # One row per member, broadcast over [members, N, 10] and [N, 1, 28, 28].
-        stats = [(m["normalization"]["mean"], m["normalization"]["std"]) for m in metas]
-        self.register_buffer("mean", torch.tensor([s[0] for s in stats]).view(-1, 1, 1, 1))
-        self.register_buffer("std", torch.tensor([s[1] for s in stats]).view(-1, 1, 1, 1))
-        self.register_buffer("temperature", torch.tensor([temperature(m) for m in metas]))
+        self.members = nn.ModuleList([m.model for m in members])
+        self.register_buffer("temperature", torch.tensor([m.temperature for m in members]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0
-        logits = torch.stack(
-            [
-                member((x - self.mean[k]) / self.std[k]) / self.temperature[k]
-                for k, member in enumerate(self.members)
-            ]
-        )
-        return logits.softmax(-1).mean(0)
-
-
-def temperature(meta: dict[str, Any]) -> float:
-    """The calibration temperature a checkpoint carries (1.0 when it has none)."""
-    value = meta.get("temperature", 1.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise PipelineError(f"its temperature {value!r} is not a number > 0")
-    if not math.isfinite(value):
-        raise PipelineError(f"its temperature {value!r} is not finite")
-    return float(value)
-
-
-def _normalization(path: Path, meta: dict[str, Any]) -> None:
-    stats = meta.get("normalization")
-    ok = isinstance(stats, dict) and all(
-        isinstance(stats.get(k), (int, float)) and math.isfinite(stats[k]) for k in ("mean", "std")
-    )
-    if not ok or not stats["std"] > 0:
-        raise PipelineError(f"{path}: its normalization is missing or not two numbers (std > 0)")
+        x = normalize(images)
+        return mean_calibrated([member(x) for member in self.members], self.temperature)
 
 
 def metadata(
@@ -120,8 +97,8 @@ def metadata(
             "val_accuracy": m.get("val_accuracy"),
             "data_fingerprint": m.get("data_fingerprint"),
             "seed": m.get("seed"),
-            "temperature": temperature(m),
-            "normalization": m["normalization"],
+            "temperature": temperature_of(m),
+            "normalization": m.get("normalization"),
         }
         for path, m in zip(paths, metas, strict=True)
     ]
@@ -143,16 +120,6 @@ def metadata(
     return {
         k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in props.items()
     }
-
-
-def torch_probabilities(models: list[nn.Module], metas: list[dict], images: torch.Tensor):
-    """What torch answers, the way predict and serve run it: [N, 10] numpy float32."""
-    data = TensorDigits(images)
-    probs = [
-        (predict_logits(model, data, batch_size=len(images)) / temperature(meta)).softmax(1)
-        for model, meta in zip(models, metas, strict=True)
-    ]
-    return torch.stack(probs).mean(0).cpu().numpy()
 
 
 def _export_graph(graph: ProbabilityGraph, paths: list[Path]):
@@ -205,22 +172,15 @@ def export_onnx(
     paths = expand_checkpoints(list(checkpoints))
     if any(is_onnx(p) for p in paths):
         raise PipelineError(f"{next(p for p in paths if is_onnx(p))}: is already an ONNX file")
-    loaded = [load_checkpoint(path, "cpu") for path in paths]
-    metas = [each.meta for each in loaded]
-    for path, meta in zip(paths, metas, strict=True):
-        _normalization(path, meta)
-        try:
-            temperature(meta)
-        except PipelineError as exc:
-            raise PipelineError(f"{path}: {exc}") from None
+    members = load_for_inference(paths, torch.device("cpu"))
+    metas = [each.meta for each in members]
     val = load_split(processed_dir, "val")
     if len(val) == 0:
         raise PipelineError(f"{processed_dir}: its validation split is empty; nothing to compare")
 
-    graph = ProbabilityGraph([each.model for each in loaded], metas).eval()
-    proto = _export_graph(graph, paths)
+    proto = _export_graph(ProbabilityGraph(members).eval(), paths)
     images = val.images[:PARITY_DIGITS]
-    reference = torch_probabilities([inference_model(e.model) for e in loaded], metas, images)
+    reference = ensemble_probabilities(members, TensorDigits(images), len(images)).numpy()
 
     # Run the graph as a user will, from its bytes through our own loader, before writing.
     model = open_onnx(_with_props(proto, paths, metas, None), out)

@@ -6,7 +6,8 @@ normalisation and calibration inside. This module is numpy and onnxruntime only,
 or a predict on `.onnx` files runs where torch is not installed. A file is checked whole before
 use: its size is bounded, the graph must load, have exactly that input and output with a
 dynamic batch, carry the metadata `pipeline export` writes, and answer a blank digit with ten
-finite probabilities; anything else is a one-line PipelineError naming the file.
+probabilities; anything else, and any batch answered with other than probabilities later, is a
+one-line PipelineError naming the file.
 """
 
 import json
@@ -21,7 +22,6 @@ import numpy as np
 from pipeline import config
 from pipeline.common.errors import PipelineError
 
-SUFFIX = ".onnx"
 FORMAT = "digit-recognizer-onnx"
 FORMAT_VERSION = "1"
 INPUT = "images"
@@ -33,11 +33,12 @@ MAX_ONNX_BYTES = 512 * 1024 * 1024
 # Images per ONNX Runtime call: bounds the activations (fastnet's first layer holds 50 KB per
 # digit) when a whole test split goes through.
 BATCH = 1024
+TOLERANCE = 1e-3  # on each probability and on each row's sum
 REQUIRED_PROPS = ("format", "format_version", "pipeline_version", "model", "members")
 
 
 def is_onnx(path: Path) -> bool:
-    return Path(path).suffix.lower() == SUFFIX
+    return Path(path).suffix.lower() == config.ONNX_SUFFIX
 
 
 @dataclass
@@ -66,8 +67,26 @@ class OnnxModel:
         with self.lock:
             for start in range(0, len(images), BATCH):
                 chunk = images[start : start + BATCH]
-                out[start : start + len(chunk)] = self.session.run([OUTPUT], {INPUT: chunk})[0]
+                answer = self.session.run([OUTPUT], {INPUT: chunk})[0]
+                out[start : start + len(chunk)] = self.checked(answer, len(chunk))
         return out
+
+    def checked(self, probs: np.ndarray, n: int) -> np.ndarray:
+        """`probs`, or a one-line error if they are not n rows of ten probabilities: a graph
+        with damaged weights can answer NaN on real digits and fine on a blank one, and
+        argmax would silently label every digit 0."""
+        if probs.shape != (n, config.N_CLASSES) or not np.isfinite(probs).all():
+            problem = "NaN, infinite or not ten per digit"
+        elif probs.min() < -TOLERANCE or probs.max() > 1 + TOLERANCE:
+            problem = "outside [0, 1]"
+        elif np.abs(probs.sum(1) - 1).max() > TOLERANCE:
+            problem = "rows not summing to 1"
+        else:
+            return probs
+        raise PipelineError(
+            f"{self.path}: its outputs are not probabilities on these digits ({problem}); "
+            "export it again"
+        )
 
 
 def _decode(props: dict[str, str]) -> dict[str, Any]:
@@ -135,7 +154,8 @@ def session_options(threads: int | None):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: they come back to us as exceptions anyway
-    if threads:
+    asked = os.environ.get("OMP_NUM_THREADS", "")  # a count asked for, as for torch
+    if threads := threads or (int(asked) if asked.isdigit() and int(asked) > 0 else None):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
@@ -145,7 +165,7 @@ def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
     """Open an exported graph on ONNX Runtime's CPU provider and check it is one of ours.
 
     `threads` caps the intra-op threads (serve answers one digit at a time and uses 1);
-    None leaves ONNX Runtime's default, one per core.
+    None takes OMP_NUM_THREADS if set, else ONNX Runtime's default, one per core.
     """
     path = Path(path)
     if not path.is_file():
@@ -182,21 +202,13 @@ def open_onnx(data: bytes, path: Path, threads: int | None = None) -> OnnxModel:
     _check_meta(path, meta)
     model = OnnxModel(path, session, meta)
     try:
-        blank = model.predict(np.zeros((1, *INPUT_SHAPE), np.uint8))
+        model.predict(np.zeros((1, *INPUT_SHAPE), np.uint8))
+    except PipelineError:
+        raise
     except Exception as exc:
         reason = " ".join(str(exc).split())[:120]
         raise PipelineError(f"{path}: the graph fails on a blank digit ({reason})") from None
-    if blank.shape != (1, config.N_CLASSES) or not np.isfinite(blank).all():
-        raise PipelineError(f"{path}: the graph does not answer ten finite probabilities")
-    if abs(float(blank.sum()) - 1.0) > 1e-3:
-        raise PipelineError(f"{path}: the graph's probabilities do not sum to 1")
     return model
-
-
-def default_threads() -> int | None:
-    """ONNX Runtime's default, unless OMP_NUM_THREADS asks for a count (as for torch)."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def onnx_only(paths: list[Path], device: str = "auto", tta: bool = False) -> bool:
@@ -227,5 +239,8 @@ def load_onnx_models(paths: list[Path], threads: int | None = None) -> list[Onnx
 
 
 def mean_probabilities(models: list[OnnxModel], images: np.ndarray) -> np.ndarray:
-    """The graphs' mean probabilities [N, 10] for uint8 [N, 1, 28, 28] digits."""
-    return np.mean([model.predict(images) for model in models], axis=0, dtype=np.float32)
+    """The mean over all members of their probabilities [N, 10] for uint8 [N, 1, 28, 28]
+    digits: each graph averages its own members, so it weighs as many as it holds."""
+    answers = [model.predict(images) for model in models]
+    weights = [len(model.meta["members"]) or 1 for model in models]
+    return np.average(answers, axis=0, weights=weights).astype(np.float32)

@@ -1,26 +1,25 @@
 """Stage 5: label the test digits with one checkpoint or an ensemble; write submission.csv.
 
-Several checkpoints average their softmax probabilities; `--tta` also averages over a few
-small fixed shifts of each image. Exported `.onnx` graphs run on ONNX Runtime instead, without
-importing torch (the cached splits are NumPy files). The file is checked against Kaggle's
+Every model is read through `load_models`: checkpoints on torch, exported `.onnx` graphs on
+ONNX Runtime (torch never imported; the cached splits are NumPy files), both averaging their
+members' calibrated probabilities by the one rule (`predictor.mean_calibrated`). `--tta` also
+averages over a few small fixed shifts of each image. The file is checked against Kaggle's
 rules before it is written (atomically), with the same checks `submit` runs.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import config
+from pipeline.common.errors import PipelineError
 from pipeline.common.files import check_writable
 from pipeline.common.timings import phase
-from pipeline.inference.onnx_runtime import (
-    default_threads,
-    load_onnx_models,
-    mean_probabilities,
-    onnx_only,
-)
+from pipeline.data.processed import load_split_arrays
+from pipeline.inference.onnx_runtime import load_onnx_models, mean_probabilities, onnx_only
 from pipeline.inference.submission import write_source_record, write_submission
 
 
@@ -33,6 +32,44 @@ class PredictResult:
     from_sample: bool  # the test digits are the offline sample's, not Kaggle's
 
 
+def load_models(
+    paths: list[Path], device: str = "auto", tta: bool = False, batch_size: int = 256
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The ensemble behind `paths` as one function from uint8 digits [N, 1, 28, 28] to the mean
+    of its members' calibrated probabilities [N, 10] (NumPy): `.onnx` graphs on ONNX Runtime
+    (they hold the rule inside), checkpoints on torch (`predictor.ensemble_probabilities`)."""
+    if onnx_only(paths, device, tta):
+        graphs = load_onnx_models(paths)
+        return lambda images: mean_probabilities(graphs, images)
+    import torch
+
+    from pipeline.common.device import resolve_device
+    from pipeline.data.datasets import TensorDigits
+    from pipeline.inference.predictor import ensemble_probabilities, load_for_inference
+
+    target = resolve_device(device)
+    members = load_for_inference(paths, target)
+
+    def probabilities(images: np.ndarray) -> np.ndarray:
+        data = TensorDigits(torch.from_numpy(images)).to(target)
+        return ensemble_probabilities(members, data, batch_size, tta).numpy()
+
+    return probabilities
+
+
+def check_out(out: Path, inputs: list[Path], processed_dir: Path) -> None:
+    """A submission is a `.csv` that replaces nothing predict reads: the models, the data."""
+    if out.suffix.lower() != ".csv":
+        raise PipelineError(f"--out {out}: a submission is a .csv file; give a name ending .csv")
+    target, folders = out.resolve(), (processed_dir.resolve(), config.RAW_DIR.resolve())
+    if target in {p.resolve() for p in inputs} or any(map(target.is_relative_to, folders)):
+        raise PipelineError(
+            f"--out {out}: would replace an input of predict (a model or the "
+            "data); write the submission elsewhere, such as submissions/"
+        )
+    check_writable(out)
+
+
 def predict(
     checkpoints: list[Path],
     processed_dir: Path = config.PROCESSED_DIR,
@@ -41,50 +78,21 @@ def predict(
     device: str = "auto",
     tta: bool = False,
 ) -> PredictResult:
-    """Load the checkpoints, label the processed test split, write the submission CSV and, last,
-    its `<stem>.source.json`: the checkpoints (by sha256) that wrote it, for `submit` to credit."""
-    check_writable(out)
+    """Load the models, label the processed test split, write the submission CSV and, last,
+    its `<stem>.source.json`: the models (by sha256) that wrote it, for `submit` to credit."""
+    check_out(out, checkpoints, processed_dir)
     config.submission_source_path(out).unlink(missing_ok=True)  # never beside another file
-    if onnx_only(checkpoints, device, tta):
-        return _predict_onnx(checkpoints, processed_dir, out)
-    import torch
-
-    from pipeline.common.device import resolve_device
-    from pipeline.data.datasets import TensorDigits, load_split
-    from pipeline.inference.predictor import ensemble_probabilities, load_for_inference
-
-    target = resolve_device(device)
     with phase("load"):
-        models = [loaded.model for loaded in load_for_inference(checkpoints, target)]
-        split = load_split(processed_dir, "test")
-    start = time.perf_counter()
-    with phase("work"):
-        data = TensorDigits.from_split(split).to(target)
-        labels = ensemble_probabilities(models, data, batch_size, tta).argmax(1)
-    seconds = time.perf_counter() - start
-    with phase("write"):
-        write_submission(labels.numpy(), split.ids.numpy(), out)
-        write_source_record(out, checkpoints, tta)
-    counts = torch.bincount(labels, minlength=config.N_CLASSES).tolist()
-    # Only the offline sample ships answers for its test digits (Kaggle's are hidden).
-    from_sample = split.labels is not None
-    return PredictResult(out, len(labels), dict(enumerate(counts)), seconds, from_sample)
-
-
-def _predict_onnx(graphs: list[Path], processed_dir: Path, out: Path) -> PredictResult:
-    """`predict` with exported graphs on ONNX Runtime; torch is never imported."""
-    from pipeline.data.processed import load_split_arrays
-
-    with phase("load"):
-        models = load_onnx_models(graphs, default_threads())
+        probabilities = load_models(checkpoints, device, tta, batch_size)
         split = load_split_arrays(processed_dir, "test")
     start = time.perf_counter()
     with phase("work"):
-        labels = mean_probabilities(models, split.images).argmax(1)
+        labels = probabilities(split.images).argmax(1)
     seconds = time.perf_counter() - start
     with phase("write"):
         write_submission(labels, split.ids, out)
-        write_source_record(out, graphs, tta=False)
+        write_source_record(out, checkpoints, tta)
     counts = np.bincount(labels, minlength=config.N_CLASSES).tolist()
+    # Only the offline sample ships answers for its test digits (Kaggle's are hidden).
     from_sample = split.labels is not None
     return PredictResult(out, len(labels), dict(enumerate(counts)), seconds, from_sample)

@@ -1,10 +1,12 @@
 """Running trained models: load them for inference, logits in batches, TTA, ensembles, metrics.
 
-Every stage that reads a model's answers (validation in `train`, `evaluate`, `predict`,
-`crossval`, `serve`) goes through here, so they all see the same normalisation and views.
+Every stage that reads a model's answers (validation in `train`, `evaluate`, `predict`, the
+out-of-bag vote, `crossval`, export's check, `serve`) goes through here, so they all see the
+same normalisation, views and one averaging rule (`mean_calibrated`, also the exported graph's).
 """
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from pipeline.common.device import use_free_cores
 from pipeline.common.errors import PipelineError
 from pipeline.data import augmentation
 from pipeline.data.datasets import TensorDigits, index_batches, standardize, to_unit
-from pipeline.training.calibration import calibrated_probabilities
+from pipeline.training.calibration import calibrated_probabilities, temperature_of
 from pipeline.training.checkpoints import load_checkpoint
 
 # Test-time views: identity and one-pixel shifts (in grid_sample's [-1, 1] coordinates).
@@ -34,6 +36,10 @@ class LoadedModel:
     path: Path
     model: nn.Module  # eval mode, BatchNorm folded, channels_last, on its device
     meta: dict
+
+    @property
+    def temperature(self) -> float:
+        return temperature_of(self.meta, self.path)
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
@@ -124,28 +130,28 @@ def predict_logits(
     return check_finite(torch.cat(outputs), model)
 
 
-def ensemble_probabilities(
-    models: list[nn.Module],
-    data: TensorDigits,
-    batch_size: int = 256,
-    tta: bool = False,
-    temperatures: list[float] | None = None,
-) -> torch.Tensor:
-    """Mean of each model's softmax(logits / temperature) (1.0 each by default): [N, 10], CPU."""
-    temperatures = temperatures or [1.0] * len(models)
-    probs = [
-        calibrated_probabilities(predict_logits(m, data, batch_size, tta), t).cpu()
-        for m, t in zip(models, temperatures, strict=True)
-    ]
+def mean_calibrated(logits: Sequence[torch.Tensor], temperatures: Sequence) -> torch.Tensor:
+    """The one rule for an ensemble: the mean over members of softmax(logits / T), T each
+    member's calibration temperature. The exported ONNX graph computes this very function."""
+    probs = [calibrated_probabilities(x, t) for x, t in zip(logits, temperatures, strict=True)]
     return torch.stack(probs).mean(0)
+
+
+def ensemble_probabilities(
+    members: list[LoadedModel], data: TensorDigits, batch_size: int = 256, tta: bool = False
+) -> torch.Tensor:
+    """The members' probabilities [N, 10] on the CPU by `mean_calibrated` (each member's logits
+    first averaged over the test-time views with `tta`); one member gives its own."""
+    logits = [predict_logits(m.model, data, batch_size, tta) for m in members]
+    return mean_calibrated(logits, [m.temperature for m in members]).cpu()
 
 
 @dataclass(frozen=True)
 class Metrics:
     accuracy: float
     loss: float
-    predictions: torch.Tensor  # int64 [N], on the CPU
-    confidences: torch.Tensor  # float [N]: softmax probability of the predicted class
+    predictions: torch.Tensor  # int64 [N], on the CPU (a NumPy array from `evaluate`)
+    confidences: torch.Tensor  # float [N]: probability of the predicted class
     logits: torch.Tensor | None = None  # float [N, 10], on the model's device
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import config
 from pipeline.inference.onnx_runtime import OnnxModel, load_onnx_models, mean_probabilities
 from pipeline.serve.backend import CheckpointInfo, shown_path
 
@@ -33,18 +32,15 @@ class OnnxBackend:
 def graph_temperature(meta: dict) -> float:
     """The calibration temperature baked into a one-member graph, as /api/model shows it (an
     ensemble's members each carry their own inside the graph: 1.0 stands for "see members")."""
-    members = meta.get("members")
-    if isinstance(members, list) and len(members) == 1 and isinstance(members[0], dict):
-        value = members[0].get("temperature", 1.0)
-        if type(value) in (int, float) and value > 0:
-            return float(value)
-    return 1.0
+    (member, *others) = meta["members"] or [{}]  # a list: checked at load
+    value = member.get("temperature") if isinstance(member, dict) and not others else None
+    return float(value) if type(value) in (int, float) and value > 0 else 1.0
 
 
 def load_models(paths: list[Path]) -> OnnxBackend:
     """Open and check every graph (one-line PipelineError if one is not ours), warmed up."""
     models = load_onnx_models(paths, threads=1)
-    backend = OnnxBackend(
+    return OnnxBackend(  # already warm: loading ran a blank digit through every graph
         models,
         [
             CheckpointInfo(
@@ -57,6 +53,3 @@ def load_models(paths: list[Path]) -> OnnxBackend:
             for model in models
         ],
     )
-    side = config.IMAGE_SIDE
-    backend.predict(np.zeros((1, 1, side, side), np.uint8))
-    return backend

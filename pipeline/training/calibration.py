@@ -4,9 +4,10 @@ they say.
 Label smoothing (0.1) trains a model never to put much more than 90% on one digit, so even a
 clean, certain digit shows ~92%. Dividing the logits by a temperature T fitted to minimise the
 validation NLL (Guo et al. 2017, "On Calibration of Modern Neural Networks") gives
-probabilities that match how often the model is right; the argmax, hence every label, is
-unchanged. A checkpoint's meta carries it as `"temperature"` (absent: 1.0, the raw softmax), and
-calibrated probabilities are `softmax(logits / temperature)` wherever they are shown.
+probabilities that match how often the model is right; a model's argmax is unchanged. A
+checkpoint's meta carries it as `"temperature"` (absent: 1.0, the raw softmax), and calibrated
+probabilities are `softmax(logits / temperature)` wherever they are shown or averaged (an
+ensemble's mean of them can label a digit otherwise than the mean of raw softmaxes).
 """
 
 import math
@@ -14,13 +15,19 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pipeline.common.errors import PipelineError
+
 # A fitted temperature outside this range means the fit failed (e.g. a constant model).
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 
-def temperature_of(meta: dict) -> float:
-    """The checkpoint's temperature; 1.0 for checkpoints written before calibration existed."""
-    return float(meta.get("temperature", 1.0))
+def temperature_of(meta: dict, path: object = "the checkpoint") -> float:
+    """The temperature a checkpoint's meta carries (1.0 when absent: written before calibration
+    existed), or a one-line error naming `path` if it is not a finite number > 0."""
+    value = meta.get("temperature", 1.0)
+    if type(value) not in (int, float) or not 0 < value < math.inf:
+        raise PipelineError(f"{path}: its temperature {value!r} is not a positive number")
+    return float(value)
 
 
 def calibrated_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -6,7 +6,6 @@ write leaves the previous checkpoint, never half of a new one.
 """
 
 import io
-import math
 import pickle
 import platform
 import zipfile
@@ -21,6 +20,7 @@ from torch import nn
 from pipeline import config
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import atomic_path, write_json, written_together
+from pipeline.training.calibration import temperature_of
 from pipeline.training.models import MODELS, arch_args_problem, build_model
 
 FORMAT = "digit-recognizer-checkpoint"
@@ -117,9 +117,7 @@ def read_payload(path: Path, device: torch.device | str = "cpu") -> dict[str, An
         raise PipelineError(f"{path}: unknown architecture {meta.get('model')!r}")
     if not isinstance(meta.get("arch_args", {}), dict):
         raise PipelineError(f"{path}: its arch_args are not a mapping")
-    temperature = meta.get("temperature", 1.0)  # absent in checkpoints from before calibration
-    if type(temperature) not in (int, float) or not 0 < temperature < math.inf:
-        raise PipelineError(f"{path}: its temperature {temperature!r} is not a positive number")
+    temperature_of(meta, path)
     if problem := arch_args_problem(meta["model"], meta.get("arch_args", {})):
         raise PipelineError(f"{path}: its arch_args are out of bounds: {problem}")
     state_dict = payload.get("state_dict")
