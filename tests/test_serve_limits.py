@@ -270,8 +270,8 @@ def test_a_client_with_an_unfinished_body_does_not_hold_up_shutdown(fast_checkpo
 def test_large_uploads_keep_memory_bounded_and_health_answers(fast_checkpoint):
     """Eight concurrent 25-megapixel PNGs (48 KB each) took the server from 0.85 to 4.1 GB and
     /api/health to 0.6-1.6 s."""
-    from pipeline.bench.live_server import running_server
-    from pipeline.bench.uploads import health_probe, memory_bytes, upload_test
+    from pipeline.bench.live_server import memory_bytes, running_server
+    from pipeline.bench.uploads import health_probe, upload_test
 
     pid: list[int] = []
     with running_server([fast_checkpoint], "cpu", started=pid.append) as url:
