@@ -5,6 +5,7 @@ import asyncio
 import http.client
 import json
 import os
+import platform
 import re
 import signal
 import socket
@@ -259,8 +260,7 @@ def test_a_client_with_an_unfinished_body_does_not_hold_up_shutdown(fast_checkpo
         took = time.monotonic() - started
         answer = slow.recv(4096).decode(errors="replace")
     assert took < 8, f"shutdown took {took:.1f} s"
-    assert child.returncode == 128 + signals[0], stderr
-    assert "Traceback" not in stderr and "CancelledError" not in stderr, stderr
+    assert child.returncode == 0 and stderr == "", stderr  # a server's normal stop
     assert stdout.strip().endswith("serve: stopped"), stdout
     assert answer == "" or " 503 " in answer.splitlines()[0], answer
 
@@ -295,7 +295,7 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(models, monkeypatch
     import uvicorn
 
     from pipeline.serve import limits
-    from pipeline.serve.server import header_deadline_protocol
+    from pipeline.serve.server import AnnouncingServer, header_deadline_protocol
 
     monkeypatch.setattr(limits, "HEADER_TIMEOUT_S", 0.5)
     with socket.socket() as listening:
@@ -305,12 +305,12 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(models, monkeypatch
             create_app(models), log_level="warning", lifespan="off",
             http=header_deadline_protocol(), timeout_keep_alive=30,
         )  # fmt: skip
-        server = uvicorn.Server(config)
+        listening_now = threading.Event()
+        server = AnnouncingServer(config, "listening", ready=listening_now.set)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]})
         thread.start()
         try:
-            while not server.started:
-                time.sleep(0.01)
+            assert listening_now.wait(30), "the server never started"
             # recv waits for the server to close (b""), or raises after the 5 s timeout
             with socket.create_connection(("127.0.0.1", port), timeout=5) as half:
                 half.sendall(b"GET /api/hea")
@@ -328,3 +328,12 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(models, monkeypatch
         finally:
             server.should_exit = True
             thread.join(10)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_freed_memory_goes_back_through_glibcs_malloc_trim():
+    """Python has no API to return freed arena pages; `limits` reaches glibc through ctypes."""
+    from pipeline.serve import limits
+
+    assert limits._malloc_trim is not None
+    assert limits._malloc_trim(0) in (0, 1)  # 1: memory was released, 0: there was none
