@@ -262,9 +262,9 @@ def test_cpu_training_takes_the_free_cores_and_records_its_count(
 
 
 @contextmanager
-def spinning(code: str = "while True: pass"):
-    """Another Python process keeping a core busy while the block runs (from its first line)."""
-    code = f"print(flush=True)\n{code}"
+def spinning(setup: str = ""):
+    """Another Python process keeping a core busy while the block runs, once `setup` ran."""
+    code = f"{setup}\nprint(flush=True)\nwhile True: pass"
     spinner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     try:
         spinner.stdout.readline()
@@ -281,7 +281,7 @@ def test_a_process_spinning_on_a_core_is_seen_as_busy():
 
 def test_a_process_spinning_at_the_lowest_priority_is_seen_as_giving_way():
     """Tracking's recorder runs at nice 19: predict still takes every core it leaves."""
-    with spinning("import os; os.nice(19)\nwhile True: pass"):
+    with spinning("import os; os.nice(19)"):
         assert device.yielding_processes() >= 1
 
 

@@ -94,9 +94,9 @@ def test_decodes_are_bounded_and_the_rest_wait_briefly_then_get_busy():
     async def scenario():
         slots = DecodeSlots(slots=1, waiting=1, wait_s=0.3)
         first = asyncio.ensure_future(slots.run(release.wait, 5))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn of the loop: first holds the slot
         second = asyncio.ensure_future(slots.run(lambda: "second"))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # second waits for it
         with pytest.raises(Busy, match="decoding 1 images with more waiting"):
             await slots.run(lambda: "third")  # the queue is full: at once
         with pytest.raises(Busy, match="within 0.3 s"):
