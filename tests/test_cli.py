@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+import typer
 
 from pipeline import config
 from pipeline.data import kaggle_api
@@ -14,6 +15,44 @@ def test_help_lists_every_stage():
     assert result.exit_code == 0
     for command in ("download", "prepare", "train", "ensemble", "evaluate", "predict", "submit"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize("group", [[], ["baselines"]])
+def test_help_gives_each_commands_first_sentence_whole(group):
+    """click cuts a long description at the terminal's width with "..."."""
+    from pipeline.cli import app
+
+    result = invoke(*group, "--help")
+    commands_section = result.stdout.split("Commands:")[1]
+    assert result.exit_code == 0 and "..." not in commands_section
+    listing = " ".join(commands_section.split())
+    command = typer.main.get_command(app)
+    for name in group:
+        command = command.commands[name]
+    for name, sub in command.commands.items():
+        first = " ".join((sub.help or "").split("\n\n")[0].split()).split(". ")[0]
+        assert f"{name} {first}" in listing, name
+
+
+def test_a_progress_bar_redraws_at_most_once_a_second(monkeypatch):
+    """A terminal recorded to a log keeps every redraw as a line: one per 25 steps wrote ~50
+    lines an epoch."""
+    import io
+    import sys
+
+    from pipeline.common.progress import EpochProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    progress = EpochProgress("epoch 1/1", 1000, 0, True, log=None)
+    for _ in range(1000):  # well under a second
+        progress.step(lambda: 0.5)
+    progress.close()
+    assert progress.bar is not None and terminal.getvalue().count("\r") <= 5
 
 
 def test_download_bad_zip_is_one_line(tmp_path):

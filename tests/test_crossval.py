@@ -1,5 +1,7 @@
 """Cross-validation trains an ensemble per split and scores members, ensemble and TTA."""
 
+import statistics
+
 import pytest
 from typer.testing import CliRunner
 
@@ -25,7 +27,9 @@ def test_each_split_is_its_own_stratified_split_with_scored_members(sample_raw_d
         members = sorted(p.name for p in (models / f"split-{split.split_seed}").glob("*-?.pt"))
         assert members == ["fast-0.pt", "fast-1.pt"]
     mean, sd = result.ensemble
-    assert mean == sum(s.ensemble_accuracy for s in result.splits) / 2 and sd >= 0
+    accuracies = [s.ensemble_accuracy for s in result.splits]
+    assert mean == sum(accuracies) / 2
+    assert sd == pytest.approx(statistics.stdev(accuracies))  # the spread of the two splits
     assert "ensemble+TTA" in format_summary(result)
 
 

@@ -5,6 +5,7 @@ import asyncio
 import http.client
 import json
 import os
+import platform
 import re
 import signal
 import socket
@@ -93,9 +94,9 @@ def test_decodes_are_bounded_and_the_rest_wait_briefly_then_get_busy():
     async def scenario():
         slots = DecodeSlots(slots=1, waiting=1, wait_s=0.3)
         first = asyncio.ensure_future(slots.run(release.wait, 5))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn of the loop: first holds the slot
         second = asyncio.ensure_future(slots.run(lambda: "second"))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # second waits for it
         with pytest.raises(Busy, match="decoding 1 images with more waiting"):
             await slots.run(lambda: "third")  # the queue is full: at once
         with pytest.raises(Busy, match="within 0.3 s"):
@@ -259,8 +260,7 @@ def test_a_client_with_an_unfinished_body_does_not_hold_up_shutdown(fast_checkpo
         took = time.monotonic() - started
         answer = slow.recv(4096).decode(errors="replace")
     assert took < 8, f"shutdown took {took:.1f} s"
-    assert child.returncode == 128 + signals[0], stderr
-    assert "Traceback" not in stderr and "CancelledError" not in stderr, stderr
+    assert child.returncode == 0 and stderr == "", stderr  # a server's normal stop
     assert stdout.strip().endswith("serve: stopped"), stdout
     assert answer == "" or " 503 " in answer.splitlines()[0], answer
 
@@ -270,8 +270,8 @@ def test_a_client_with_an_unfinished_body_does_not_hold_up_shutdown(fast_checkpo
 def test_large_uploads_keep_memory_bounded_and_health_answers(fast_checkpoint):
     """Eight concurrent 25-megapixel PNGs (48 KB each) took the server from 0.85 to 4.1 GB and
     /api/health to 0.6-1.6 s."""
-    from pipeline.bench.live_server import running_server
-    from pipeline.bench.uploads import health_probe, memory_bytes, upload_test
+    from pipeline.bench.live_server import memory_bytes, running_server
+    from pipeline.bench.uploads import health_probe, upload_test
 
     pid: list[int] = []
     with running_server([fast_checkpoint], "cpu", started=pid.append) as url:
@@ -295,7 +295,7 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(models, monkeypatch
     import uvicorn
 
     from pipeline.serve import limits
-    from pipeline.serve.server import header_deadline_protocol
+    from pipeline.serve.server import AnnouncingServer, header_deadline_protocol
 
     monkeypatch.setattr(limits, "HEADER_TIMEOUT_S", 0.5)
     with socket.socket() as listening:
@@ -305,12 +305,12 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(models, monkeypatch
             create_app(models), log_level="warning", lifespan="off",
             http=header_deadline_protocol(), timeout_keep_alive=30,
         )  # fmt: skip
-        server = uvicorn.Server(config)
+        listening_now = threading.Event()
+        server = AnnouncingServer(config, "listening", ready=listening_now.set)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]})
         thread.start()
         try:
-            while not server.started:
-                time.sleep(0.01)
+            assert listening_now.wait(30), "the server never started"
             # recv waits for the server to close (b""), or raises after the 5 s timeout
             with socket.create_connection(("127.0.0.1", port), timeout=5) as half:
                 half.sendall(b"GET /api/hea")
@@ -328,3 +328,12 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(models, monkeypatch
         finally:
             server.should_exit = True
             thread.join(10)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_freed_memory_goes_back_through_glibcs_malloc_trim():
+    """Python has no API to return freed arena pages; `limits` reaches glibc through ctypes."""
+    from pipeline.serve import limits
+
+    assert limits._malloc_trim is not None
+    assert limits._malloc_trim(0) in (0, 1)  # 1: memory was released, 0: there was none

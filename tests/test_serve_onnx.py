@@ -100,9 +100,8 @@ def test_serve_on_onnx_answers_without_importing_torch(
     finally:
         child.send_signal(signal.SIGINT)  # as Ctrl-C does
         output, _ = child.communicate(timeout=30)
-    assert child.returncode == 130, output  # Ctrl-C ends every command with 130 and one line
-    assert "serve: stopped" in output and "Traceback" not in output
-    assert "error: interrupted; nothing half-written was left behind" in output
+    assert child.returncode == 0, output  # Ctrl-C is how a server stops: a normal stop
+    assert "serve: stopped" in output and "Traceback" not in output and "error" not in output
     assert "torch-check: attempts=[] loaded=False" in output, output
 
 

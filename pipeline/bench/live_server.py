@@ -87,11 +87,11 @@ def running_server_process(
         reader.join(5)
 
 
-def memory_mb(pid: int) -> tuple[float, float] | None:
-    """(resident now, resident peak) of process `pid` in MB, from /proc (Linux; else None)."""
+def memory_bytes(pid: int, key: str = "VmHWM") -> int | None:
+    """VmHWM (peak) or VmRSS (now) of a process from /proc, in bytes; None off Linux."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            fields = dict(line.split(":", 1) for line in status if ":" in line)
-        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-    except (OSError, KeyError, ValueError):
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
         return None
+    line = next((x for x in status.splitlines() if x.startswith(f"{key}:")), None)
+    return int(line.split()[1]) * 1024 if line else None

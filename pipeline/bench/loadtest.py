@@ -156,16 +156,16 @@ def run_load_test(
     """Start a server on the checkpoints (or `.onnx` graphs), load it with validation digits,
     stop it. The server's resident memory is read once it has loaded (before any request)
     and its peak once the load is over."""
-    from pipeline.bench.live_server import memory_mb, running_server_process
+    from pipeline.bench.live_server import memory_bytes, running_server_process
 
     if requests < 1 or clients < 1:
         raise PipelineError("--requests and --clients must be positive")
     bodies = digit_bodies(processed_dir)
     with running_server_process(checkpoints, device) as server:
-        loaded = memory_mb(server.pid)
+        loaded = memory_bytes(server.pid, "VmRSS")
         labels = expected_labels(server.url, bodies)  # also warms the server up, untimed
         result = load_test(server.url, bodies, labels, requests, clients)
-        end = memory_mb(server.pid)
-    if loaded is None or end is None:
+        peak = memory_bytes(server.pid)
+    if loaded is None or peak is None:
         return result
-    return replace(result, rss_mb=loaded[0], peak_rss_mb=end[1])
+    return replace(result, rss_mb=loaded / 2**20, peak_rss_mb=peak / 2**20)

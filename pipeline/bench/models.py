@@ -56,9 +56,7 @@ def project_images_per_second(
     )
     cfg = replace(cfg, arch_args={}, compile=compile_model)
     if compile_model:
-        import torch._dynamo as dynamo  # heavy: only when compiling
-
-        dynamo.reset()  # a fresh compile per batch size, as a real run would have
+        torch.compiler.reset()  # a fresh compile per batch size, as a real run would have
     run = new_run(cfg, train_data, train_data, Ranks(), device, out=Path("bench.pt"))
     never = run_state.StopSignals()  # not entered: no signal handler, nothing stops the steps
 

@@ -81,6 +81,12 @@ def format_report(report: BenchReport) -> str:
             f"torchrun {d.model}: 1 process {d.one_process:,.0f} img/s, "
             f"2 processes {d.two_processes:,.0f} img/s ({d.ratio:.2f}x)"
         ]
+    if b := report.busy_core:
+        lines += [
+            f"cpu training ({b.model}, {b.cores} cores): quiet {b.quiet:,.0f} img/s at "
+            f"{b.quiet_threads} threads, one core busy {b.busy:,.0f} img/s at {b.busy_threads} "
+            f"({b.kept:.2f} of quiet; fair share {(b.cores - 1) / b.cores:.2f})"
+        ]
     if report.end_to_end:
         lines += format_end_to_end(report.end_to_end)
     if report.serve:

@@ -15,7 +15,14 @@ from pipeline.bench.models import (
     bench_models,
     median_seconds,
 )
-from pipeline.bench.training import DdpBench, FastRecipeBench, bench_ddp, bench_fast_recipe
+from pipeline.bench.training import (
+    BusyCoreBench,
+    DdpBench,
+    FastRecipeBench,
+    bench_busy_core,
+    bench_ddp,
+    bench_fast_recipe,
+)
 from pipeline.common.device import resolve_device
 from pipeline.data.datasets import load_split
 from pipeline.data.prepare import prepare, read_digits_csv
@@ -38,6 +45,7 @@ class BenchOptions:
     compile_model: bool | None = None  # None: the recipe's choice on this device
     fast_recipe: bool = True
     ddp: bool = True
+    busy_core: bool = True  # CPU training with another process spinning on one core
     end_to_end: bool = True
     end_to_end_repeats: int = 1
     serve_checkpoint: Path | None = None  # None: no load test of `pipeline serve`
@@ -53,6 +61,7 @@ class BenchReport:
     best_net: list[BestNetBench] = field(default_factory=list)
     fast_recipe: FastRecipeBench | None = None
     ddp: DdpBench | None = None
+    busy_core: BusyCoreBench | None = None
     end_to_end: EndToEnd | None = None
     serve: str | None = None  # the load tests' summary lines, or why they did not run
     serve_onnx: str | None = None  # torch against ONNX Runtime under the same small load test
@@ -129,6 +138,9 @@ def run_bench(
     if options.ddp:
         log("one process against two under torchrun ...")
         report.ddp = bench_ddp(processed, target.type, models[0], options.steps)
+    if options.busy_core:
+        log("training on the CPU, quiet and with one core kept busy ...")
+        report.busy_core = bench_busy_core(processed, models[0], options.steps, options.batch_size)
     if options.end_to_end:
         log("prepare, train and predict as processes against the tutorial's script ...")
         report.end_to_end = bench_end_to_end(options.raw_dir, options.end_to_end_repeats)

@@ -1,4 +1,5 @@
-"""Whole training runs: the fast recipe's seconds to 99%, and one process against two (DDP)."""
+"""Whole training runs: the fast recipe's seconds to 99%, one process against two (DDP), and
+training on the CPU with one core kept busy by another process against a quiet one."""
 
 import json
 import os
@@ -6,6 +7,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -88,3 +91,54 @@ def bench_ddp(processed_dir: Path, device: str, model: str, steps: int) -> DdpBe
     one = torchrun_images_per_second(1, processed_dir, device, model, steps)
     two = torchrun_images_per_second(2, processed_dir, device, model, steps)
     return DdpBench(model, one, two)
+
+
+@dataclass(frozen=True)
+class BusyCoreBench:
+    """Training images/s of our step on the CPU, quiet and with one core kept busy."""
+
+    model: str
+    cores: int
+    quiet: float  # images/s
+    busy: float  # images/s while another process spins on one core
+    quiet_threads: int
+    busy_threads: int
+
+    @property
+    def kept(self) -> float:
+        """The share of the quiet throughput kept: (cores - 1) / cores is the fair share."""
+        return self.busy / self.quiet
+
+
+@contextmanager
+def spinning_core(seconds: float = 600) -> Iterator[None]:
+    """Another process keeping one core busy (never longer than `seconds`) while the block
+    runs; the block starts once it spins."""
+    code = (
+        "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nprint(flush=True)\n"
+        "while time.monotonic() < end: pass\n"
+    )
+    spinner = subprocess.Popen([sys.executable, "-c", code, str(seconds)], stdout=subprocess.PIPE)
+    try:
+        spinner.stdout.readline()
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def bench_busy_core(processed_dir: Path, model: str, steps: int, batch_size: int) -> BusyCoreBench:
+    """The same training steps on a quiet CPU, then with one core busy: torch's thread count
+    follows the free cores (`use_free_cores`), so the run keeps about its fair share."""
+    from pipeline.bench.models import project_images_per_second
+    from pipeline.data.datasets import TensorDigits
+
+    cpu = torch.device("cpu")
+    data = TensorDigits.load(processed_dir, "train")
+    quiet, _ = project_images_per_second(model, data, cpu, batch_size, steps)
+    quiet_threads = torch.get_num_threads()
+    with spinning_core():
+        busy, _ = project_images_per_second(model, data, cpu, batch_size, steps)
+        busy_threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return BusyCoreBench(model, cores or 1, quiet, busy, quiet_threads, busy_threads)

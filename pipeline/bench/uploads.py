@@ -58,16 +58,6 @@ class ServeRun:
         )
 
 
-def memory_bytes(pid: int, key: str = "VmHWM") -> int | None:
-    """VmHWM (peak) or VmRSS (now) of a process from /proc, in bytes; None off Linux."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    line = next((x for x in status.splitlines() if x.startswith(f"{key}:")), None)
-    return int(line.split()[1]) * 1024 if line else None
-
-
 def large_png(side: int = UPLOAD_SIDE) -> bytes:
     """A side x side grey PNG of a digit 1 (a thick stroke): tens of KB, side**2 bytes decoded."""
     from PIL import Image
@@ -177,7 +167,7 @@ def run_upload_bench(
     clients: int = CLIENTS,
 ) -> list[ServeRun]:
     """Small JSON requests, then large uploads, against one live server on 127.0.0.1."""
-    from pipeline.bench.live_server import running_server
+    from pipeline.bench.live_server import memory_bytes, running_server
 
     if min(uploads, requests, clients) < 1 or max(uploads, requests) > 10_000 or clients > 64:
         raise PipelineError("uploads and requests must be 1-10,000, clients 1-64")

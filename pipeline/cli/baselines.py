@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from pipeline import config
+from pipeline.cli.errors import FullHelp
 from pipeline.cli.options import DeviceOpt, FigureOpt, SeedOpt, positive_ints
 from pipeline.common.choices import Device
 from pipeline.common.errors import PipelineError
@@ -25,6 +26,7 @@ BASELINES = ("regression", "optimizers", "linear", "classification", "mlp", "gan
 FIGURES = {name: config.figure_path(name) for name in BASELINES}  # reports/figures/<name>.png
 
 app = typer.Typer(
+    cls=FullHelp,
     help="The small tutorial systems, each with a figure in reports/figures/.",
     no_args_is_help=True,
 )

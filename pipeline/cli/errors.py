@@ -34,7 +34,18 @@ def usage_error_line(exc: TyperException) -> str:
     return f"error: {message[:1].lower()}{message[1:]}{hint}"
 
 
-class OneLineErrors(TyperGroup):
+class FullHelp(TyperGroup):
+    """A group whose --help lists each command's first sentence whole, wrapped (click cuts
+    it with "..." at the terminal's width)."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        rows = [(name, cmd.get_short_help_str(200)) for name, cmd in commands if not cmd.hidden]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+class OneLineErrors(FullHelp):
     """The root group: any command's error becomes one line on stderr and an exit code."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):

@@ -83,6 +83,9 @@ def bench_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size of our loop.")] = 128,
     fast_recipe: Annotated[bool, typer.Option(help="Also time the fast recipe to 99%.")] = True,
     ddp: Annotated[bool, typer.Option(help="Also time 1 vs 2 processes under torchrun.")] = True,
+    busy_core: Annotated[
+        bool, typer.Option(help="Also time CPU training with another process on one core.")
+    ] = True,
     compile_model: CompileOpt = None,
     best_batch_sizes: Annotated[
         str, typer.Option(help="Batch sizes to time the best recipe's net at (recipe's).")
@@ -127,6 +130,7 @@ def bench_command(
         compile_model=compile_model,
         fast_recipe=fast_recipe,
         ddp=ddp,
+        busy_core=busy_core,
         end_to_end=end_to_end,
         serve_checkpoint=serve_checkpoint if serve else None,
     )

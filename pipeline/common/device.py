@@ -95,9 +95,9 @@ def use_free_cores() -> int:
     a training step ran 4-10x slower, and predicting 28,000 digits took 3-5 s instead of
     1-2 s, where one thread loses nothing. Never more threads than torch's default; a count
     set by OMP_NUM_THREADS or by the caller (`torch.set_num_threads`) is kept. Returns the
-    number of threads now in use. Float results can differ in the last bits between thread
-    counts, so only inference uses this: training keeps torch's count, and a CPU run with the
-    same seed repeats bit for bit whatever else the machine is doing.
+    number of threads now in use. Float results differ in the last bits between thread
+    counts, so a CPU training run records its count (checkpoint meta `cpu_threads`): the same
+    seed at the same count repeats bit for bit; OMP_NUM_THREADS pins it.
     """
     current = torch.get_num_threads()
     if os.environ.get("OMP_NUM_THREADS") or current != _THREADS.setdefault("ours", current):

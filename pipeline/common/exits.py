@@ -66,7 +66,8 @@ def install() -> None:
 
 
 def _unraisable(unraisable) -> None:
-    """Drop, silently, a Stopped raised where Python cannot raise (noted all the same)."""
+    """Drop, silently, a Stopped raised where Python cannot raise (noted all the same): else
+    a Ctrl-C inside an import's weakref callback prints a traceback. test_signals pins it."""
     if not isinstance(unraisable.exc_value, Stopped):
         _previous_unraisablehook(unraisable)
 
@@ -85,6 +86,12 @@ def note(signum: int) -> None:
     global _stopped
     if _stopped is None and _installed:
         _stopped = signum
+
+
+def forget() -> None:
+    """A signal that ended the work as intended (Ctrl-C stopping `serve`): no interruption."""
+    global _stopped
+    _stopped = None
 
 
 def stopped() -> int | None:
@@ -120,9 +127,9 @@ def finish(code: int | str | None) -> NoReturn:
 
     Exits through `sys.exit`, so atexit callbacks run as usual; the last of them (registered
     by `install`, so it runs after every library's) flushes the standard streams and calls
-    `os._exit`, skipping only the interpreter's teardown of every module torch loaded, which
-    took 0.3-0.6 s of every command (issue 11). Files are closed by then: stages write
-    through `with` blocks.
+    `os._exit`: the interpreter's teardown of every module torch loaded took 0.3-0.6 s of
+    every command, and Python has no public way to skip it. Files are closed by then: stages
+    write through `with` blocks. test_signals pins it.
     """
     global _exit_code
     _exit_code = code if isinstance(code, int) else 0 if code is None else 1  # signals: noted

@@ -8,7 +8,6 @@ run's work in progress (left alone).
 
 import contextvars
 import csv
-import fcntl
 import glob
 import hashlib
 import json
@@ -147,48 +146,38 @@ def written_together() -> Iterator[None]:
             tmp.unlink(missing_ok=True)
 
 
-def _locked_fd(out: Path, lock_file: Path) -> int:
-    """An open descriptor of `lock_file` holding its exclusive flock, or a one-line error."""
-    while True:
-        try:
-            lock_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise PipelineError(f"{lock_file}: cannot take the lock ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 16, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise PipelineError(
-                f"another run is writing {out} (pid {holder}); wait for it or stop it"
-            ) from None
-        try:
-            if os.fstat(fd).st_ino == os.stat(lock_file).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # the holder we waited for removed this file: lock the new one
-
-
 @contextmanager
 def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `lock_file` for the block, or fail at once in one line.
+    """Hold `filelock`'s lock on `lock_file` for the block, or fail at once in one line.
 
-    `flock` is released by the kernel when the holder dies, so a killed run never blocks the
-    next one. The file is removed on release; a run that locked a file just removed by its
-    previous holder notices (another inode at the path) and locks the new one instead.
+    The kernel releases it when the holder dies, so a killed run never blocks the next one.
+    The holder's pid is written in the file for the message; the file goes with the run.
     """
-    fd = _locked_fd(out, lock_file)
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(lock_file, timeout=0)
     try:
-        try:  # fixed width, written in place: no new block needed on a full disk
-            os.pwrite(fd, f"{os.getpid():<15}\n".encode(), 0)
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = lock_file.read_text().strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        raise PipelineError(
+            f"another run is writing {out} (pid {holder}); wait for it or stop it"
+        ) from None
+    except OSError as exc:
+        raise PipelineError(f"{lock_file}: cannot take the lock ({exc.strerror})") from None
+    try:
+        try:
+            lock_file.write_text(f"{os.getpid()}\n")
         except OSError:
             pass  # the pid is only for the message; a full disk must not stop the lock
         yield
     finally:
-        lock_file.unlink(missing_ok=True)  # while still locked: no one else holds this inode
-        os.close(fd)
+        lock_file.unlink(missing_ok=True)  # while still held: no one else holds this inode
+        lock.release()
 
 
 def check_writable(path: Path, option: str = "--out") -> None:

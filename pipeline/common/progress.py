@@ -2,6 +2,8 @@
 
 Piped into a file or a CI log, a bar prints nothing useful (tqdm hides itself off a terminal),
 so an epoch of a minute would be silent; there a plain line goes out every `LINE_SECONDS`.
+A terminal recorded to a log (`script`, `docker -t`) keeps every redraw as a line: the bar
+redraws at most once a second.
 """
 
 import sys
@@ -26,7 +28,9 @@ class EpochProgress:
         self.bar = None
         self.log = log if enabled else None
         if enabled and sys.stderr.isatty():
-            self.bar = tqdm(total=total, initial=initial, leave=False, desc=description)
+            self.bar = tqdm(
+                total=total, initial=initial, leave=False, desc=description, mininterval=1.0
+            )
             self.log = None
         self.last_line = time.monotonic()
 
@@ -36,7 +40,7 @@ class EpochProgress:
         if self.bar is not None:
             self.bar.update()
             if self.done % 25 == 0:
-                self.bar.set_postfix(loss=f"{loss():.4f}")
+                self.bar.set_postfix(loss=f"{loss():.4f}", refresh=False)
         elif self.log is not None and time.monotonic() - self.last_line >= LINE_SECONDS:
             self.log(f"{self.description}: step {self.done}/{self.total}  loss {loss():.4f}")
             self.last_line = time.monotonic()

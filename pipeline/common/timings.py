@@ -10,7 +10,6 @@ process, takes the start-up and imports. Light on purpose: importing it costs no
 without the variable nothing is written.
 """
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -55,12 +54,7 @@ def recorded() -> dict[str, float]:
 def write_requested() -> None:
     """Write `recorded()` as JSON to $PIPELINE_TIMINGS, atomically; nothing if it is unset."""
     target = os.environ.get(ENV_VAR)
-    if not target:
-        return
-    path = Path(target)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(recorded(), indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if target:
+        from pipeline.common.files import write_json
+
+        write_json(recorded(), Path(target))

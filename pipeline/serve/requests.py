@@ -80,7 +80,9 @@ def parse_pixels(body: bytes, media_type: str = "application/json") -> np.ndarra
 
 
 class InMemoryMultiPartParser(MultiPartParser):
-    """Starlette's parser with uploads kept in memory: the body limit bounds them already."""
+    """Starlette's parser with uploads kept in memory (the body limit bounds them already):
+    `request.form()` spools files over 1 MB to disk and has no option for it; pinned by
+    test_uploads_stay_in_memory."""
 
     spool_max_size = MAX_BODY_BYTES
 

@@ -1,10 +1,10 @@
 """`serve`: load the checkpoints (or `.onnx` graphs), bind the socket, run uvicorn until Ctrl-C.
 
 Models load and the port is bound before anything listens, so a bad checkpoint or a busy port
-is a one-line PipelineError, not a traceback from inside uvicorn. Ctrl-C or SIGTERM stops it
-within a few seconds whatever the clients do: requests still sending their body get 503 at
-once, others get GRACEFUL_SHUTDOWN_S; headers have a deadline, idle connections a keep-alive
-timeout (all in `limits`).
+is a one-line PipelineError, not a traceback from inside uvicorn. Ctrl-C or SIGTERM is a normal
+stop (exit 0) within a few seconds whatever the clients do: requests still sending their body
+get 503 at once, others get GRACEFUL_SHUTDOWN_S; headers have a deadline, idle connections a
+keep-alive timeout (all in `limits`).
 """
 
 import socket
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
+from pipeline.common import exits
 from pipeline.common.errors import PipelineError
 from pipeline.serve import limits
 from pipeline.serve.app import create_app
@@ -69,7 +70,8 @@ def header_deadline_protocol() -> type:
 
 class AnnouncingServer(uvicorn.Server):
     """uvicorn's server that prints `line` (and calls `ready`) once it is listening, and tells
-    the app when it starts shutting down (`app.state.stopping`)."""
+    the app when it starts shutting down (`app.state.stopping`): uvicorn has no hook for
+    either but its `startup` and `shutdown` methods (pinned by test_serve_limits)."""
 
     def __init__(self, config: uvicorn.Config, line: str, ready: Callable[[], None] | None):
         super().__init__(config)
@@ -138,8 +140,8 @@ def serve(
     )
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled, after shutting down
-        pass
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it handled, after shutting down
+        exits.forget()  # Ctrl-C is how a server ends: a normal stop, exit 0
     finally:
         sock.close()
     print("serve: stopped", flush=True)

@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline import config
 from pipeline.common import plots
-from pipeline.common.device import DeviceTimer, seed_everything
+from pipeline.common.device import DeviceTimer, seed_everything, use_free_cores
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import check_writable, write_csv_rows, written_together
 from pipeline.common.progress import EpochProgress
@@ -127,6 +127,8 @@ class Run:
 
     def meta(self, finished: bool | None = None) -> dict:
         meta = run_state.run_meta(self.cfg, self.state, self.data_fingerprint, finished)
+        if self.device.type == "cpu":  # float sums differ in the last bits between counts
+            meta["cpu_threads"] = torch.get_num_threads()
         return meta if self.bag is None else meta | {"bag": self.bag}
 
 
@@ -248,6 +250,8 @@ def new_run(
     `pipeline bench` times the training step through this and `train_one_epoch` too.
     """
     seed_everything(cfg.seed)
+    if device.type == "cpu":  # threads on busy cores stall every op; meta records the count
+        use_free_cores()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     if len(train_set) < cfg.batch_size:
