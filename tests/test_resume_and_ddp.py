@@ -124,30 +124,46 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(process
 
 
 @pytest.mark.slow
-def test_ensemble_members_spread_one_per_process(processed_dir, tmp_path):
-    launch = [*TORCHRUN_TWO, "ensemble", "--recipe", "fast"]  # best runs its own processes
-    result = subprocess.run(
-        [
-            *launch,
-            "--members",
-            "3",
-            "--model",
-            "cnn",
-            "--max-steps",
-            "4",
-            "--device",
-            "cpu",
-            "--processed-dir",
-            str(processed_dir),
-            "--out-dir",
-            str(tmp_path),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    seeds = sorted(read_payload(tmp_path / f"fast-{k}.pt")["meta"]["seed"] for k in range(3))
-    assert seeds == [0, 1, 2]
-    assert result.stdout.count("ensemble: ") == 3  # each member reported once, by its process
+def test_best_members_spread_over_torchrun_ranks_as_trained_in_one_process(
+    processed_dir, tmp_path
+):
+    """Member k trains on rank k % 2, bit for bit as in one process; rank 0 alone scores the
+    ensemble, once every member exists; a rerun trains only the members missing."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    options = ["ensemble", "--recipe", "best", "--members", "4", "--epochs", "1"]
+    options += ["--max-steps", "3", "--device", "cpu", "--processed-dir", str(processed_dir)]
+    launch = [*TORCHRUN_TWO[:-2], "--tee", "3", "-m", "pipeline", *options, "--no-track"]
+    spread = tmp_path / "spread"
+
+    def torchrun():
+        done = subprocess.run(
+            [*launch, "--out-dir", str(spread)], env=_env(), capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    stdout = torchrun()
+    trained = re.findall(r"^\[default(\d)\]:member (\d)/4 ", stdout, flags=re.M)
+    assert sorted(trained) == [("0", "1"), ("0", "3"), ("1", "2"), ("1", "4")]
+    (summary,) = [line for line in stdout.splitlines() if "ensemble: 4 members in" in line]
+    assert summary.startswith("[default0]:") and "on 3,200 of 4,000 labelled digits" in summary
+    one = tmp_path / "one"
+    reply = CliRunner().invoke(app, [*options, "--jobs", "1", "--no-track", "--out-dir", str(one)])
+    assert reply.exit_code == 0, reply.output
+    assert summary.split("min); ")[1] == reply.output.splitlines()[-1].split("min); ")[1]
+    for k in range(4):
+        a, b = read_payload(spread / f"best-{k}.pt"), read_payload(one / f"best-{k}.pt")
+        assert a["meta"]["seed"] == b["meta"]["seed"] == k
+        assert all(torch.equal(v, b["state_dict"][name]) for name, v in a["state_dict"].items())
+    weights = _weights(spread / "best-3.pt")
+    for path in spread.glob("best-3.*"):  # member 4 lost with its machine
+        path.unlink()
+    again = torchrun()
+    assert again.count("(kept: trained earlier)") == 3 and "[default1]:member 4/4 " in again
+    assert all(torch.equal(v, _weights(spread / "best-3.pt")[k]) for k, v in weights.items())

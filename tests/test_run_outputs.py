@@ -18,7 +18,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.files import expand_checkpoints
 from pipeline.data.prepare import prepare
 from pipeline.experiments.crossval import cross_validate
-from pipeline.experiments.ensemble import train_ensemble
+from pipeline.experiments.ensemble import seed_members
 from pipeline.training.checkpoints import save_checkpoint
 from pipeline.training.models import build_model
 from pipeline.training.recipes import recipe_config
@@ -215,14 +215,15 @@ def test_member_seeds_past_the_range_are_refused_before_any_training(
     cfg = _cfg(seed=2**32 - 1)
     expected = r"--seed 4294967295 with --members 2: member seeds run to 4294967296"
     with pytest.raises(PipelineError, match=expected):
-        train_ensemble(cfg, 2, sample_processed_dir, tmp_path / "models", progress=False)
+        seed_members(cfg, 2)
     with pytest.raises(PipelineError, match=expected):
         cross_validate(cfg, 2, [0], sample_raw_dir, tmp_path / "cv", tmp_path / "cvdata")
     assert list(tmp_path.iterdir()) == []
     args = ["ensemble", "--seed", "4294967295", "--members", "2", "--device", "cpu"]
     args += ["--processed-dir", str(sample_processed_dir), "--out-dir", str(tmp_path / "m")]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1 and result.output.startswith("error: --seed 4294967295")
+    for recipe in ("best", "fast"):  # the differing members, and K seeds of one recipe
+        result = CliRunner().invoke(app, [*args, "--recipe", recipe])
+        assert result.exit_code == 1 and result.output.startswith("error: --seed 4294967295")
     assert not (tmp_path / "m").exists()
 
 

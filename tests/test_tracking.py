@@ -146,11 +146,14 @@ def test_a_skipped_identical_run_leaves_no_record_and_a_failed_one_is_marked(
 def test_ensemble_members_are_children_of_the_ensembles_run(
     tracking_store, sample_processed_dir, tmp_path
 ):
-    from pipeline.experiments.ensemble import train_ensemble
+    from pipeline.experiments.ensemble import seed_members, train_members
 
     cfg = recipe_config("fast", epochs=1, **TINY)
     with tracking.command_run(True, "fast", "ensemble", {"members": 2}) as parent:
-        train_ensemble(cfg, 2, sample_processed_dir, tmp_path, parent=parent, progress=False)
+        configs = seed_members(cfg, 2)
+        train_members(
+            configs, sample_processed_dir, tmp_path, jobs=1, progress=False, parent=parent
+        )
     _, runs = runs_of(tracking_store)
     top = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
     members = [r for r in runs if tracking.PARENT_TAG in r.data.tags]

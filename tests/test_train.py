@@ -8,7 +8,7 @@ import torch
 from pipeline import config
 from pipeline.common.errors import PipelineError
 from pipeline.data.prepare import prepare
-from pipeline.experiments.ensemble import train_ensemble
+from pipeline.experiments.ensemble import seed_members, train_members
 from pipeline.training.checkpoints import load_checkpoint, read_payload
 from pipeline.training.models import build_model
 from pipeline.training.recipes import RECIPES, recipe_config
@@ -113,9 +113,8 @@ def test_on_cuda_the_recipes_take_their_gpu_settings_and_options_still_win(monke
 
 
 def test_ensemble_members_get_their_own_seed_and_file(processed_dir, tmp_path):
-    results = train_ensemble(
-        _cfg(max_steps=5), 2, processed_dir, tmp_path, name="ens", progress=False
-    )
+    configs = seed_members(_cfg(max_steps=5), 2)
+    results = train_members(configs, processed_dir, tmp_path, "ens", jobs=1, progress=False)
     expected = [config.member_checkpoint_path("ens", k, tmp_path) for k in (0, 1)]
     assert [r.checkpoint for r in results] == expected
     assert [load_checkpoint(r.checkpoint).meta["seed"] for r in results] == [0, 1]

@@ -207,7 +207,11 @@ MembersOpt = Annotated[
 ]
 JobsOpt = Annotated[
     int | None,
-    typer.Option(min=1, help="Members trained at once (one per core on a CPU, 1 on a GPU)."),
+    typer.Option(
+        min=1,
+        help="Members trained at once: one per core on a CPU, one per GPU (one per process "
+        "under torchrun).",
+    ),
 ]
 
 
@@ -231,117 +235,27 @@ def ensemble_command(
     track: TrackOpt = None,
 ) -> None:
     """Train an ensemble. `best`: the device's differing members, each on its own bag of all
-    labelled digits, then the out-of-bag accuracy. Other recipes: K seeds (spread over
-    torchrun's processes), tracked as one run with a child run per member unless --no-track.
+    labelled digits, then the out-of-bag accuracy. Other recipes: K seeds. The members spread
+    over the local GPUs or CPU cores, or over torchrun's processes (member k on rank k % N);
+    tracked as one run with a child run per member unless --no-track.
 
     Ctrl-C keeps the finished members (and the state of those in flight); the same command
     continues from there.
     """
     from tqdm import tqdm
 
-    from pipeline.experiments import tracking
-    from pipeline.experiments.ensemble import train_ensemble
-    from pipeline.training.distributed import ranks_from_env
-    from pipeline.training.recipes import recipe_config
+    from pipeline.experiments.ensemble import member_configs, run_ensemble
 
     settings = overrides(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
         device=device, compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
-    if plain(recipe) == Recipe.best:
-        best_ensemble(members, seed, settings, processed_dir, out_dir, jobs, track)
-        return
-    cfg = recipe_config(plain(recipe) or "fast", **settings.given())
-    name = cfg.recipe or cfg.model
-    members = members or 5
-    params = tracking.train_params(cfg) | {"members": members}
-    on = tracking.wanted(track) and ranks_from_env().is_main
-    with tracking.command_run(on, name, "ensemble", params, warn=warn) as parent:
-        results = train_ensemble(
-            cfg, members, processed_dir, out_dir, log=tqdm.write, parent=parent
-        )
-        accuracies = [result.best_accuracy for result in results]
-        parent.log_metrics({"member_acc_mean": sum(accuracies) / len(accuracies)})
-    for result in results:
-        typer.echo(f"ensemble: {result.checkpoint} val_acc {result.best_accuracy:.2%}")
-    if said := tracked_as(parent):
-        typer.echo(f"ensemble: {said}; `--run` on it means all its members")
-
-
-def best_ensemble(members, seed, settings, processed_dir, out_dir, jobs, track=None) -> None:
-    """Train the best members (bagged), then print the ensemble's out-of-bag accuracy.
-
-    Tracked as one parent run (the out-of-bag estimate) with a child run per member, recorded
-    once the members' processes are done (a Ctrl-C marks the parent KILLED)."""
-    import time
-
-    from tqdm import tqdm
-
-    from pipeline.experiments import tracking
-    from pipeline.experiments.bagging import format_oob, score_out_of_bag
-    from pipeline.experiments.ensemble import EnsembleInterrupted, train_members
-    from pipeline.training.distributed import ranks_from_env
-    from pipeline.training.recipes import best_members, device_kind
-
-    if ranks_from_env().world > 1:
-        raise error_line(
-            "the best ensemble runs its members one per core (or GPU) itself: start it without "
-            "torchrun",
-            2,
-        )
-    start = time.perf_counter()
-    given = {k: v for k, v in settings.given().items() if k != "seed"}
-    configs = best_members(members, seed, bagged=True, **given)
-    folds = configs[0].folds
-    typer.echo(
-        f"ensemble: best, {len(configs)} members on {device_kind(configs[0].device)} "
-        f"({jobs or 'one per core'}"
-        f" at once), each trained on all labelled digits but 1 of {folds} folds"
-    )
-    params = tracking.train_params(configs[0]) | {"members": len(configs)}
-    with tracking.command_run(
-        tracking.wanted(track), "best", "ensemble", params, warn=warn
-    ) as run:
-        try:
-            results = train_members(configs, processed_dir, out_dir, "best", jobs, log=tqdm.write)
-        except EnsembleInterrupted as stopped:
-            raise error_line(str(stopped), stopped.exit_code) from None
-        checkpoints = [r.checkpoint for r in results]
-        estimate, _ = score_out_of_bag(checkpoints, processed_dir, settings.device or "auto")
-        for result in results:
-            record_member(run, result)
-        run.log_metrics({"oob_acc": estimate.accuracy, "oob_digits": estimate.covered})
-    minutes = (time.perf_counter() - start) / 60
-    typer.echo(
-        f"ensemble: {len(results)} members in {out_dir}/best-*.pt ({minutes:.1f} min); "
-        + format_oob(estimate)
-    )
-    if said := tracked_as(run):
-        typer.echo(f"ensemble: {said}; `--run` on it means all its members")
-
-
-def record_member(parent, result) -> None:
-    """A best member (trained in its own process) as a child run of `parent`: its options,
-    its per-epoch metrics read back from its metrics CSV, its out-of-bag accuracy and its
-    kept checkpoint."""
-    import csv
-
-    from pipeline.experiments import tracking
-
-    member = parent.child(
-        result.checkpoint.stem, "train", tracking.train_params(result.config),
-        {"member": result.index, "out": result.checkpoint.resolve()},
-    )  # fmt: skip
-    metrics = config.metrics_path(result.checkpoint)
-    if metrics.is_file():
-        with open(metrics, newline="") as handle:
-            for row in csv.DictReader(handle):
-                member.log_epoch({k: float(v) for k, v in row.items() if v})
-    summary = {"best_val_acc": result.accuracy, "train_seconds": result.train_seconds}
-    member.log_metrics(summary)
-    member.keep_checkpoint(result.checkpoint)
-    member.set_span(result.finished_at - result.wall_seconds, result.finished_at)
-    member.end()
+    configs = member_configs(plain(recipe), members, bagged=True, **settings.given())
+    summary, run = run_ensemble(configs, processed_dir, out_dir, jobs, track, tqdm.write, warn)
+    if summary:
+        typer.echo(summary)
+        if said := tracked_as(run):
+            typer.echo(f"ensemble: {said}; `--run` on it means all its members")
 
 
 def crossval_command(
@@ -372,26 +286,22 @@ def crossval_command(
 
     from pipeline.experiments import tracking
     from pipeline.experiments.crossval import cross_validate, format_summary
-    from pipeline.training.recipes import best_members, recipe_config
+    from pipeline.experiments.ensemble import member_configs
 
     settings = overrides(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
         device=device, compile_model=compile_model, max_steps=max_steps,
     )  # fmt: skip
-    if plain(recipe) == Recipe.best:  # the differing members, each on the split's train digits
-        given = {k: v for k, v in settings.given().items() if k != "seed"}
-        cfg = best_members(members, seed, bagged=False, **given)
-    else:
-        cfg = recipe_config(plain(recipe) or "fast", **settings.given())
-    seeds = list(range(splits))
-    first = cfg[0] if isinstance(cfg, list) else cfg  # best: the members differ in nets
-    members = len(cfg) if isinstance(cfg, list) else members or 5
-    params = tracking.train_params(first) | {"members": members, "splits": splits}
+    # best: the differing members, each on the split's train digits (not bagged)
+    configs = member_configs(plain(recipe), members, bagged=False, **settings.given())
+    first, seeds = configs[0], list(range(splits))
+    params = tracking.train_params(first) | {"members": len(configs), "splits": splits}
     name = f"crossval {first.recipe or first.model}"
     with tracking.command_run(tracking.wanted(track), name, "crossval", params, warn=warn) as run:
         result = cross_validate(
-            cfg, members, seeds, raw_dir, work_dir, processed_dir, log=tqdm.write, parent=run
-        )
+            configs, len(configs), seeds, raw_dir, work_dir, processed_dir, log=tqdm.write,
+            parent=run,
+        )  # fmt: skip
     typer.echo(format_summary(result))
     if said := tracked_as(run):
         typer.echo(f"crossval: {said}")

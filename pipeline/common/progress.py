@@ -1,9 +1,9 @@
-"""Progress of a training epoch: a tqdm bar on a terminal, a line every few seconds elsewhere.
+"""Progress: a tqdm bar on a terminal, plain lines elsewhere.
 
 Piped into a file or a CI log, a bar prints nothing useful (tqdm hides itself off a terminal),
-so an epoch of a minute would be silent; there a plain line goes out every `LINE_SECONDS`.
-A terminal recorded to a log (`script`, `docker -t`) keeps every redraw as a line: the bar
-redraws at most once a second.
+so an epoch of a minute would be silent; there a plain line goes out every `LINE_SECONDS`, and
+an ensemble's member lines carry the time left. A terminal recorded to a log (`script`,
+`docker -t`) keeps every redraw as a line: the bar redraws at most once a second.
 """
 
 import sys
@@ -48,3 +48,31 @@ class EpochProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class ImagesLeft:
+    """Images trained so far against a total (an ensemble's members): the bar, and the time
+    left for the lines."""
+
+    def __init__(self, total: int, description: str, enabled: bool):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        disable = None if enabled else True  # None: on a terminal only
+        self.bar = tqdm(
+            total=total, unit="img", unit_scale=True, desc=description, disable=disable
+        )
+
+    def update(self, images: int) -> None:
+        self.bar.update(images)
+        self.done += images
+
+    def left(self) -> str:
+        """`, 40 s left` or `, about 3 min left`; empty before the first and after the last."""
+        if not self.done or self.done >= self.total:
+            return ""
+        seconds = (time.perf_counter() - self.start) / self.done * (self.total - self.done)
+        return (
+            f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", {seconds:.0f} s left"
+        )
+
+    def close(self) -> None:
+        self.bar.close()

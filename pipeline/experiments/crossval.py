@@ -17,10 +17,10 @@ from pipeline.common.device import resolve_device
 from pipeline.common.errors import PipelineError
 from pipeline.data.datasets import TensorDigits, load_split
 from pipeline.data.prepare import prepare
-from pipeline.experiments.ensemble import describe, train_ensemble, train_members
+from pipeline.experiments.ensemble import describe, seed_members, train_members
 from pipeline.experiments.tracking import NO_RUN
 from pipeline.inference.predictor import accuracy, ensemble_probabilities, load_for_inference
-from pipeline.training.recipes import TrainConfig, check_member_seeds
+from pipeline.training.recipes import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -85,15 +85,12 @@ def cross_validate(
     `cfg` is one config (members differ in seed) or the list of member configs of a
     heterogeneous ensemble such as `best` (trained on each split's train digits, unbagged).
     Split k's data goes to `<processed_dir>/split-k/`, its members to `<models_dir>/split-k/`;
-    every member of a one-config ensemble is a tracked run under `parent`, which gets each
-    split's scores (step = k).
+    every member is a tracked run under `parent`, which gets each split's scores (step = k).
     """
-    configs = cfg if isinstance(cfg, list) else None
-    cfg = configs[0] if configs else cfg
-    members = len(configs) if configs else members
     if not split_seeds:
         raise PipelineError("--splits must be at least 1")
-    check_member_seeds(cfg.seed, members)
+    configs = cfg if isinstance(cfg, list) else seed_members(cfg, members)
+    cfg, members = configs[0], len(configs)
     scores = []
     for split_seed in split_seeds:
         start = time.perf_counter()
@@ -101,13 +98,10 @@ def cross_validate(
         prepare(raw_dir, data_dir, val_fraction=val_fraction, seed=split_seed)
         log(f"split {split_seed}: training {members} member(s)")
         members_dir = config.crossval_split_dir(models_dir, split_seed)
-        if configs:
-            results = train_members(configs, data_dir, members_dir, log=log, progress=progress)
-        else:
-            results = train_ensemble(
-                cfg, members, data_dir, members_dir, log=log, progress=progress, parent=parent,
-                tags={"split": split_seed},
-            )  # fmt: skip
+        results = train_members(
+            configs, data_dir, members_dir, log=log, progress=progress, parent=parent,
+            tags={"split": split_seed},
+        )  # fmt: skip
         checkpoints = [r.checkpoint for r in results]
         member_acc, ensemble_acc, tta_acc = score_split(checkpoints, data_dir, cfg.device)
         n_val = len(load_split(data_dir, "val"))
@@ -118,7 +112,7 @@ def cross_validate(
         split_metrics = {"ensemble_acc": ensemble_acc, "tta_acc": tta_acc}
         parent.log_metrics(split_metrics | {"member_acc": statistics.mean(member_acc)}, split_seed)
     nets = ""
-    if configs:
+    if len({(describe(c), c.epochs) for c in configs}) > 1:  # `best`: the members differ
         nets = ", ".join(f"{describe(c)} x{c.epochs} epochs" for c in configs)
     result = CrossValidation(cfg, members, scores, nets)
     (ensemble_mean, ensemble_sd), (tta_mean, tta_sd) = result.ensemble, result.tta

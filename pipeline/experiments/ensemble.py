@@ -1,96 +1,82 @@
-"""Ensembles: several members, one checkpoint each (`<name>-<k>.pt`), and their progress.
+"""Ensembles: several members, one checkpoint each (`<name>-<k>.pt`), trained by one runner.
 
-`train_ensemble` trains K copies of one recipe with seeds seed..seed+K-1; under torchrun the
-members are spread over the processes (member k on rank k % world), each process training
-whole models on its own device, so no process group is needed.
-
-`train_members` trains a list of differing member configs (the `best` recipe): on a CPU one
-member per core, each in its own process with one torch thread (small nets use two cores far
-better as two runs than as one run with two threads, and a member's weights then never depend
-on the machine's core count or load); on a GPU one after another in this process. A member
-already trained with the same config on the same digits is kept as it is; Ctrl-C (or
-SIGTERM) lets the members in flight save a resumable state, keeps every finished member, and
-the next run continues from there.
+The members are K seeds of one recipe or the `best` recipe's differing nets (`member_configs`).
+`train_members` trains them wherever this process stands: under torchrun member k on rank
+k % world, one after another on the rank's own GPU (its local rank) or CPU, then a barrier so
+that rank 0 scores the ensemble once all exist; otherwise over every local GPU or `jobs` CPU
+processes (one per core), each with one torch thread: small nets use two cores far better as
+two runs than as one run with two threads, and a member's weights never depend on where or
+beside what it trained. A member reports its start and its epochs as dicts (train's
+`on_epoch_end`) over a queue; the parent turns them into the overall bar, the time left and
+the member's tracked run. A member already trained with the same config on the same digits is
+kept; Ctrl-C (or SIGTERM) lets the members in flight save a resumable state, keeps every
+finished member, and the same command continues from there.
 """
 
+import multiprocessing
 import os
-import queue as queue_module
 import signal
+import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import suppress
 from dataclasses import dataclass, replace
+from datetime import timedelta
+from functools import cache
 from pathlib import Path
 
 import torch
 
 from pipeline import config
+from pipeline.common import exits
+from pipeline.common.device import resolve_device
 from pipeline.common.errors import PipelineError
+from pipeline.common.progress import ImagesLeft
 from pipeline.data import datasets, folds
-from pipeline.experiments.tracking import NO_RUN, tracked_train, train_params
-from pipeline.training import run_state
+from pipeline.experiments import tracking
+from pipeline.training import distributed, run_state
 from pipeline.training.distributed import ranks_from_env, single_process
-from pipeline.training.recipes import TrainConfig, check_member_seeds
+from pipeline.training.recipes import TrainConfig, best_members, check_member_seeds, recipe_config
 from pipeline.training.run_state import TrainResult
 from pipeline.training.train import train
 
+STOPS = {signal.SIGINT, signal.SIGTERM}
+SLOWEST_RANK = timedelta(days=7)  # how long a rank done with its members waits for the others
 
-def train_ensemble(
-    cfg: TrainConfig,
-    members: int,
-    processed_dir: Path = config.PROCESSED_DIR,
-    models_dir: Path = config.MODELS_DIR,
-    name: str | None = None,
-    log: Callable[[str], None] | None = None,
-    progress: bool = True,
-    parent=NO_RUN,
-    tags: dict | None = None,
-) -> list[TrainResult]:
-    """Train this rank's share of `members` into `<models_dir>/<name>-<k>.pt`, each member a
-    tracked run under `parent` (tagged `member` and `tags`)."""
+
+def seed_members(cfg: TrainConfig, members: int) -> list[TrainConfig]:
+    """`members` copies of `cfg` with seeds cfg.seed, cfg.seed + 1, ..."""
     check_member_seeds(cfg.seed, members)
-    ranks = ranks_from_env()
-    name = name or cfg.recipe or cfg.model
-    results = []
-    for member in range(ranks.rank, members, ranks.world):
-        member_cfg = replace(cfg, seed=cfg.seed + member)
-        if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
-            member_cfg = replace(member_cfg, device=f"cuda:{ranks.local_rank}")
-        if log:
-            log(f"member {member + 1}/{members} (seed {member_cfg.seed})")
-        out = config.member_checkpoint_path(name, member, models_dir)
-        member_tags = {"member": member, **(tags or {})}
-        run = parent.child(out.stem, "ensemble", train_params(member_cfg), member_tags)
-        with single_process():
-            result = tracked_train(
-                train,
-                run,
-                member_cfg,
-                out,
-                processed_dir=processed_dir,
-                log=log,
-                progress=progress,
-            )
-        results.append(result)
-    return results
+    return [replace(cfg, seed=cfg.seed + k) for k in range(members)]
+
+
+def member_configs(recipe: str | None, members: int | None, bagged: bool, **settings):
+    """`best`: the device's differing members, each on a bag of all labelled digits when
+    `bagged`; any other recipe: `members` (5) seeds of it."""
+    if recipe == "best":
+        return best_members(members, settings.pop("seed", 0), bagged, **settings)
+    return seed_members(recipe_config(recipe or "fast", **settings), members or 5)
 
 
 @dataclass(frozen=True)
 class MemberResult:
     index: int
-    checkpoint: Path
-    config: TrainConfig
-    accuracy: float  # validation (out-of-bag for a bagged member) accuracy of the kept weights
-    val_digits: int
-    train_seconds: float
-    wall_seconds: float  # this run's wall time for the member; 0 for a member kept as it was
-    kept: bool  # trained by an earlier run, left untouched
-    finished_at: float  # when it was done (seconds since the epoch): its tracked run's end
+    result: TrainResult  # skipped: trained earlier (or by another rank), left untouched
+    val_digits: int  # what its accuracy is measured on (out-of-bag digits when bagged)
+    wall_seconds: float = 0.0  # this run's wall time for it; 0 for a member kept as it was
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.result.checkpoint
 
 
 class EnsembleInterrupted(PipelineError):
-    """Ctrl-C/SIGTERM stopped `train_members`; finished members are kept. Exit code 130."""
+    """A signal stopped members; the finished ones are kept. Exits 128 + the signal."""
 
-    exit_code = 130
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code  # pickled with the instance, so it crosses processes
 
 
 def describe(cfg: TrainConfig) -> str:
@@ -99,280 +85,290 @@ def describe(cfg: TrainConfig) -> str:
     return f"{cfg.model}({args})" if args else cfg.model
 
 
-def member_images(cfg: TrainConfig, n_train: int) -> int:
-    """Training images a member sees in all: what the overall progress bar counts."""
-    steps = cfg.epochs * (n_train // cfg.batch_size)
-    return min(steps, cfg.max_steps or steps) * cfg.batch_size
+def member_line(member: MemberResult, count: int, left: str = "") -> str:
+    cfg, result = member.result.config, member.result
+    bagged = cfg.folds is not None
+    held_out, what = (f"fold {cfg.fold} held out", "out-of-bag") if bagged else ("val", "val")
+    return (
+        f"member {member.index + 1}/{count} {describe(cfg)} ({cfg.epochs} epochs, {held_out}): "
+        f"{member.wall_seconds or result.train_seconds:.0f} s, {what} accuracy "
+        f"{result.best_accuracy:.2%} on {member.val_digits:,} digits{left}"
+    )
 
 
-def _training_digits(cfg: TrainConfig, processed_dir: Path) -> tuple[int, int]:
-    """(training digits, validation digits) of a member, without loading any images."""
-    counts = datasets.read_meta(processed_dir)["counts"]
-    if cfg.folds is None:
-        return counts["train"], counts["val"]
-    n = counts["train"] + counts["val"]
-    held_out = n // cfg.folds + (cfg.fold < n % cfg.folds)  # the fold's size, to within one
-    return n - held_out, held_out
+def member_slots(device: str, jobs: int | None = None) -> list[torch.device]:
+    """The devices members train on at once in this process: the rank's own under torchrun,
+    else `jobs` slots (default: one per local GPU, or per core) dealt round the GPUs."""
+    ranks, target = ranks_from_env(), resolve_device(device)
+    if ranks.world > 1:
+        return [torch.device("cuda", ranks.local_rank) if target.type == "cuda" else target]
+    if target.type == "cuda" and target.index is None:
+        gpus = torch.cuda.device_count()
+        return [torch.device("cuda", k % gpus) for k in range(jobs or gpus)]
+    return [target] * (jobs or ((os.cpu_count() or 1) if target.type == "cpu" else 1))
 
 
-def _worker(index: int, cfg: TrainConfig, processed_dir: Path, out: Path, resume: bool, queue):
-    """One member in a process of its own: reports epochs and the result through `queue`.
+def _train_member(k, cfg, processed_dir, out, resume, emit) -> tuple[TrainResult, float]:
+    """Train member k, telling `emit` of its start and its epochs; returns the result and the
+    wall seconds. What stops it is raised in one line, as an exception that pickles."""
+    emit({"member": k})
+    start = time.perf_counter()
+    try:
+        with single_process():
+            result = train(
+                cfg, processed_dir, out, resume=resume, force=not resume, progress=False,
+                on_epoch_end=lambda record: emit({"member": k, "epoch": record}),
+            )  # fmt: skip
+    except run_state.TrainingInterrupted as exc:
+        raise EnsembleInterrupted(f"member {k + 1}: {exc}", exc.exit_code) from None
+    except Exception as exc:
+        detail = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+        raise PipelineError(f"member {k + 1}: {detail}") from None
+    return result, time.perf_counter() - start
 
-    In a process group of its own, so a terminal's Ctrl-C reaches only the parent, which
-    passes exactly one signal on (a second one would abort the save). The process starts
-    with SIGINT/SIGTERM blocked, so one that arrives while it is still starting up waits
-    and then stops training at its first step.
-    """
+
+_events = None  # a pool process's queue to the parent
+
+
+def _start_worker(slots, events) -> None:
+    """A pool process: in a process group of its own (the parent passes each signal on, once),
+    a signal that came while it started (blocked till now) stops its first member at once,
+    one torch thread, and a device of its own from `slots`."""
+    global _events
     os.setpgrp()
     run_state.record_early_signals()
     torch.set_num_threads(1)
-    try:
-        result = train(
-            cfg,
-            processed_dir,
-            out,
-            resume=resume,
-            force=not resume,
-            log=lambda line: queue.put(("log", index, line)),
-            progress=False,
-        )
-        queue.put(("done", index, (result.final_accuracy, result.train_seconds)))
-    except run_state.TrainingInterrupted as exc:
-        queue.put(("interrupted", index, str(exc)))
-    except PipelineError as exc:
-        queue.put(("error", index, str(exc)))
-    except BaseException as exc:  # noqa: BLE001 - the parent reports it in one line
-        queue.put(("error", index, f"{type(exc).__name__}: {exc}"))
+    if (device := torch.device(slots.get())).type == "cuda":
+        torch.cuda.set_device(device)
+    _events = events
 
 
-def _resumable(cfg: TrainConfig, out: Path, fingerprint: str) -> bool:
-    last = config.last_checkpoint_path(out)
-    if not last.is_file():
+def _in_worker(*args):
+    return _train_member(*args, _events.put)
+
+
+class _Members:
+    """One call of `train_members`: each member's digits, data fingerprint and tracked run
+    under `parent`, the overall bar and time left, and the outcomes."""
+
+    def __init__(self, configs, processed_dir, outs, parent, tags, log):
+        self.configs, self.processed_dir, self.outs, self.log = configs, processed_dir, outs, log
+        self.parent, self.tags = parent, tags or {}
+        counts = datasets.read_meta(processed_dir)["counts"]
+        self.digits = [_digits(cfg, counts["train"], counts["val"]) for cfg in configs]
+        bagged = cache(folds.labelled_fingerprint)  # a bag is drawn from every labelled digit
+        split = cache(datasets.processed_fingerprint)
+        self.fingerprint = lambda k: (split if configs[k].folds is None else bagged)(processed_dir)
+        self.runs: dict[int, tracking.TrackedRun] = {}
+        self.results: dict[int, MemberResult] = {}
+        self.stops: list[EnsembleInterrupted] = []
+        self.errors: list[str] = []
+
+    def finished(self, k: int) -> TrainResult | None:
+        return run_state.finished_run(self.configs[k], self.outs[k], self.fingerprint(k))
+
+    def resumable(self, k: int) -> bool:
+        last = config.last_checkpoint_path(self.outs[k])
+        with suppress(PipelineError):
+            return bool(run_state.resume_payload(last, self.configs[k], self.fingerprint(k)))
         return False
-    try:
-        run_state.resume_payload(last, cfg, fingerprint)
-    except PipelineError:
-        return False
-    return True
+
+    def images(self, k: int) -> int:
+        """Training images member k sees in all: what the overall bar counts."""
+        cfg = self.configs[k]
+        steps = cfg.epochs * (self.digits[k][0] // cfg.batch_size)
+        return min(steps, cfg.max_steps or steps) * cfg.batch_size
+
+    def _run(self, k: int, **tags):
+        out, params = self.outs[k], tracking.train_params(self.configs[k])
+        tags = {"member": k, "out": out.resolve(), **self.tags, **tags}
+        return self.parent.child(out.stem, "train", params, tags)
+
+    def event(self, event: dict) -> None:
+        """A member started (`{"member": k}`) or ended an epoch (`"epoch"`: train's record)."""
+        k = event["member"]
+        if "epoch" not in event:
+            self.runs[k] = self._run(k)
+            return
+        self.runs[k].log_epoch(event["epoch"])
+        self.bar.update(self.images(k) // self.configs[k].epochs)
+
+    def keep(self, k: int, result: TrainResult, wall: float = 0.0) -> MemberResult:
+        """Record a finished member: its run's summary and checkpoint (a kept one gets a run
+        of its own too, so that the ensemble's run always holds all its members)."""
+        (self.runs.pop(k, None) or self._run(k, kept=True)).finish_training(result)
+        self.results[k] = MemberResult(k, result, self.digits[k][1], wall)
+        return self.results[k]
+
+    def done(self, k: int, outcome: Callable[[], tuple[TrainResult, float]]) -> None:
+        """Member k's outcome: its line, or the stop or the error it raised."""
+        try:
+            member = self.keep(k, *outcome())
+            self.log(member_line(member, len(self.configs), self.bar.left()))
+        except EnsembleInterrupted as exc:
+            self.stops.append(exc)
+            self.runs.pop(k, tracking.NO_RUN).end("KILLED")
+        except Exception as exc:  # PipelineError, or BrokenProcessPool for a killed process
+            self.errors.append(
+                str(exc) if isinstance(exc, PipelineError) else f"member {k + 1}: {exc}"
+            )
+            self.runs.pop(k, tracking.NO_RUN).end("FAILED")
+
+    def train_here(self, todo: list[tuple[int, bool]], slot: torch.device) -> None:
+        """One member after another in this process, with one torch thread as in the pool."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        if slot.type == "cuda":
+            torch.cuda.set_device(slot)
+        try:
+            for k, resume in todo:
+                args = k, self.configs[k], self.processed_dir, self.outs[k], resume, self.event
+                self.done(k, lambda args=args: _train_member(*args))
+                if self.stops or self.errors:
+                    break
+        finally:
+            torch.set_num_threads(threads)
+
+    def train_in_pool(self, todo: list[tuple[int, bool]], slots: list[torch.device]) -> None:
+        """Up to one member per slot at once, each in a spawned process of the pool."""
+        context = multiprocessing.get_context("spawn")
+        events, free = context.SimpleQueue(), context.SimpleQueue()
+        for slot in slots:
+            free.put(str(slot))
+
+        # Our own handling: the workers sit in process groups of their own, so a terminal's
+        # Ctrl-C reaches them once (a second aborts their save) and our SIGTERM reaches them.
+        def forward(signum, frame):
+            name = signal.Signals(signum).name
+            self.stops.append(EnsembleInterrupted(name, exits.exit_code(signum)))
+            for child in multiprocessing.active_children():
+                with suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
+
+        handlers = {sig: signal.signal(sig, forward) for sig in STOPS}
+        pool = ProcessPoolExecutor(len(slots), context, _start_worker, (free, events))
+        try:
+            running = {}
+            while todo or running:
+                while todo and len(running) < len(slots) and not (self.stops or self.errors):
+                    k, resume = todo.pop(0)
+                    args = k, self.configs[k], self.processed_dir, self.outs[k], resume
+                    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # a new worker's
+                    try:
+                        running[pool.submit(_in_worker, *args)] = k
+                    finally:
+                        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                if not running:
+                    break
+                finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                while not events.empty():  # put before their results: all here by now
+                    self.event(events.get())
+                for future in finished:
+                    self.done(running.pop(future), future.result)
+        finally:
+            pool.shutdown(cancel_futures=True)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
 
-def _fingerprint(cfg: TrainConfig, processed_dir: Path) -> str:
+def _digits(cfg: TrainConfig, train: int, val: int) -> tuple[int, int]:
+    """(training digits, validation digits) of a member of prepared data with those counts."""
     if cfg.folds is None:
-        return datasets.processed_fingerprint(processed_dir)
-    return folds.labelled_fingerprint(processed_dir)
+        return train, val
+    held_out = (train + val) // cfg.folds + (cfg.fold < (train + val) % cfg.folds)  # its fold
+    return train + val - held_out, held_out
 
 
 def train_members(
     configs: list[TrainConfig],
     processed_dir: Path = config.PROCESSED_DIR,
     models_dir: Path = config.MODELS_DIR,
-    name: str = "best",
+    name: str | None = None,
     jobs: int | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    parent=tracking.NO_RUN,
+    tags: dict | None = None,
 ) -> list[MemberResult]:
-    """Train every member config into `<models_dir>/<name>-<k>.pt`; keep finished ones.
+    """Train member k of `configs` into `<models_dir>/<name>-<k>.pt`, keeping finished ones;
+    each member is a tracked run under `parent` (tagged `member` and `tags`).
 
-    `jobs` members train at once (default: one per core on a CPU, one on a GPU), each in a
-    process of its own with one thread. Logs one line per member (net, time, accuracy, the
-    estimated time left) and draws an overall bar on a terminal. Raises EnsembleInterrupted
-    after a SIGINT/SIGTERM once the members in flight have saved their state.
+    Logs one line per member (net, time, accuracy, the estimated time left) and draws an
+    overall bar on a terminal. Raises EnsembleInterrupted after a SIGINT/SIGTERM once the
+    members in flight have saved their state. Under torchrun each rank trains its share and
+    returns it; rank 0 waits for all and returns every member.
     """
-    from tqdm import tqdm
-
-    from pipeline.training.recipes import device_kind
-
     if not configs:
         raise PipelineError("--members must be at least 1")
-    outs = [config.member_checkpoint_path(name, k, models_dir) for k in range(len(configs))]
-    results: dict[int, MemberResult] = {}
-    pending, images = [], {}
-    for k, (cfg, out) in enumerate(zip(configs, outs, strict=True)):
-        n_train, n_val = _training_digits(cfg, processed_dir)
-        fingerprint = _fingerprint(cfg, processed_dir)
-        if done := run_state.finished_run(cfg, out, fingerprint):
-            results[k] = MemberResult(
-                k,
-                out,
-                cfg,
-                done.final_accuracy,
-                n_val,
-                done.train_seconds,
-                0.0,
-                True,
-                out.stat().st_mtime,
-            )
-            log(member_line(results[k], len(configs)) + " (kept: trained earlier)")
-        else:
-            pending.append((k, _resumable(cfg, out, fingerprint)))
-            images[k] = (member_images(cfg, n_train), n_val)
-    if jobs is None:
-        cpu = all(device_kind(cfg.device) == "cpu" for cfg in configs)
-        jobs = (os.cpu_count() or 1) if cpu else 1
-    total = sum(n for n, _ in images.values())
-    # On a terminal only (disable=None): elsewhere the member lines carry the time left.
-    bar = tqdm(
-        total=total, unit="img", unit_scale=True, desc=name, disable=None if progress else True
-    )
-    clock = Progress(total, time.perf_counter())
-    try:
-        runner = _run_in_processes if jobs > 1 or not pending else _run_here
-        runner(configs, outs, pending, images, processed_dir, jobs, results, bar, clock, log)
-    finally:
-        bar.close()
-    return [results[k] for k in sorted(results)]
-
-
-@dataclass
-class Progress:
-    """Images trained so far against the total: the time left in each member's line."""
-
-    total: int
-    start: float
-    done: int = 0
-
-    def left(self) -> str:
-        if not self.done or self.done >= self.total:
-            return ""
-        seconds = (time.perf_counter() - self.start) / self.done * (self.total - self.done)
-        return (
-            f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", {seconds:.0f} s left"
-        )
-
-
-def member_line(result: MemberResult, count: int, left: str = "") -> str:
-    cfg = result.config
-    held_out = f"fold {cfg.fold} held out" if cfg.folds is not None else "val"
-    what = "out-of-bag" if cfg.folds is not None else "val"
-    seconds = result.wall_seconds or result.train_seconds
-    return (
-        f"member {result.index + 1}/{count} {describe(cfg)} ({cfg.epochs} epochs, {held_out}): "
-        f"{seconds:.0f} s, {what} accuracy {result.accuracy:.2%} on {result.val_digits:,} "
-        f"digits{left}"
-    )
-
-
-def _finish(k, cfg, out, accuracy, train_seconds, start, images, results, bar, clock, log, n):
-    wall = time.perf_counter() - start
-    results[k] = MemberResult(
-        k, out, cfg, accuracy, images[k][1], train_seconds, wall, False, time.time()
-    )
-    log(member_line(results[k], n, clock.left()))
-
-
-def _advance(k: int, line: str, configs, images, bar, clock) -> None:
-    if line.startswith("epoch"):
-        step = images[k][0] // configs[k].epochs
-        bar.update(step)
-        clock.done += step
-
-
-def _run_here(configs, outs, pending, images, processed_dir, jobs, results, bar, clock, log):
-    """One member after another in this process (a GPU, or a single core).
-
-    With one torch thread, as in a worker process: a CPU member's weights do not depend on
-    how many were trained at once.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _train_each(configs, outs, pending, images, processed_dir, results, bar, clock, log)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_each(configs, outs, pending, images, processed_dir, results, bar, clock, log):
-    n = len(configs)
-    for k, resume in pending:
-        cfg, start = configs[k], time.perf_counter()
+    name = name or configs[0].recipe or configs[0].model
+    ranks, n = ranks_from_env(), len(configs)
+    outs = [config.member_checkpoint_path(name, k, models_dir) for k in range(n)]
+    members = _Members(configs, processed_dir, outs, parent, tags, log)
+    mine = range(ranks.rank, n, ranks.world)
+    kept = {k: done for k in mine if (done := members.finished(k))}
+    todo = [(k, members.resumable(k)) for k in mine if k not in kept]
+    members.bar = ImagesLeft(sum(members.images(k) for k, _ in todo), name, progress)
+    for k, done in kept.items():
+        log(member_line(members.keep(k, done), n) + " (kept: trained earlier)")
+    slots = member_slots(configs[0].device, jobs)[: len(todo)] or [torch.device("cpu")]
+    with distributed.process_group(ranks, torch.device("cpu"), SLOWEST_RANK):  # the barrier's
         try:
-            with single_process():
-                result = train(
-                    cfg,
-                    processed_dir,
-                    outs[k],
-                    resume=resume,
-                    force=not resume,
-                    log=lambda line, k=k: _advance(k, line, configs, images, bar, clock),
-                    progress=False,
-                )
-        except run_state.TrainingInterrupted as exc:
-            raise EnsembleInterrupted(_interrupted_message(results, n, str(exc))) from None
-        args = result.final_accuracy, result.train_seconds, start
-        _finish(k, cfg, outs[k], *args, images, results, bar, clock, log, n)
-
-
-def _interrupted_message(results: dict, n: int, detail: str) -> str:
-    kept = ", ".join(str(k + 1) for k in sorted(results)) or "none"
-    return (
-        f"interrupted ({detail}); finished members kept: {kept} of {n}; run the same command "
-        "again to continue"
-    )
-
-
-def _run_in_processes(
-    configs, outs, pending, images, processed_dir, jobs, results, bar, clock, log
-):
-    """Up to `jobs` members at once, each in a spawned process; signals passed on once."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    messages = context.Queue()
-    running: dict[int, multiprocessing.process.BaseProcess] = {}
-    started: dict[int, float] = {}
-    waiting = list(pending)
-    stopped: list[int] = []  # the signals received
-    errors: list[str] = []
-    interrupted: list[str] = []
-
-    def on_signal(signum, frame):
-        stopped.append(signum)
-        for process in running.values():
-            if process.pid is not None:
-                os.kill(process.pid, signum)
-
-    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while waiting or running:
-            while waiting and len(running) < jobs and not stopped and not errors:
-                k, resume = waiting.pop(0)
-                args = (k, configs[k], processed_dir, outs[k], resume, messages)
-                running[k] = context.Process(target=_worker, args=args, daemon=True)
-                stops = {signal.SIGINT, signal.SIGTERM}
-                mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # inherited: blocked
-                try:
-                    running[k].start()
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                started[k] = time.perf_counter()
-            if not running:
-                break
-            try:
-                kind, k, payload = messages.get(timeout=1.0)
-            except queue_module.Empty:
-                for k, process in list(running.items()):
-                    if process.exitcode is not None:  # ended without a word: killed
-                        errors.append(f"member {k + 1}: its process ended ({process.exitcode})")
-                        del running[k]
-                continue
-            if kind == "log":
-                _advance(k, payload, configs, images, bar, clock)
-                continue
-            running.pop(k).join()
-            if kind == "done":
-                _finish(k, configs[k], outs[k], *payload, started[k], images, results, bar,
-                        clock, log, len(configs))  # fmt: skip
-            elif kind == "interrupted":
-                interrupted.append(f"member {k + 1}: {payload}")
+            if len(slots) == 1:
+                members.train_here(todo, slots[0])
             else:
-                errors.append(f"member {k + 1}: {payload}")
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        for process in running.values():
-            process.kill()
-    if errors:
-        raise PipelineError("; ".join(errors))
-    if stopped:
-        detail = signal.Signals(stopped[0]).name
-        raise EnsembleInterrupted(_interrupted_message(results, len(configs), detail))
+                members.train_in_pool(todo, slots)
+        finally:
+            members.bar.close()
+        if members.errors:
+            raise PipelineError("; ".join(members.errors))
+        if stops := members.stops:
+            done = ", ".join(str(k + 1) for k in sorted(members.results)) or "none"
+            raise EnsembleInterrupted(
+                f"interrupted ({stops[0]}); finished members kept: {done} of {n}; run the "
+                "same command again to continue",
+                stops[0].exit_code,
+            )
+        distributed.wait_for_all(ranks)
+    for k in sorted(set(range(n)) - set(mine)) if ranks.is_main else ():  # the other ranks'
+        if (done := members.finished(k)) is None:
+            raise PipelineError(
+                f"{outs[k]}: member {k + 1} is missing after every rank finished (several "
+                "machines need one shared --out-dir)"
+            )
+        members.keep(k, done)
+    return [members.results[k] for k in sorted(members.results)]
+
+
+def run_ensemble(configs, processed_dir, models_dir, jobs=None, track=None, log=print, warn=None):
+    """`pipeline ensemble`: train the members, then (on rank 0, once all exist) score them:
+    the out-of-bag vote of bagged members, else their mean validation accuracy. Tracked as
+    one run with a child run per member. Returns the closing line (None on other ranks) and
+    the tracked run."""
+    from pipeline.experiments.bagging import format_oob, score_out_of_bag
+
+    start, ranks, first = time.perf_counter(), ranks_from_env(), configs[0]
+    name, slots = first.recipe or first.model, member_slots(first.device, jobs)
+    where = f"rank {ranks.rank} of {ranks.world}" if ranks.world > 1 else f"{len(slots)} at once"
+    log(f"ensemble: {name}, {len(configs)} members on {slots[0].type} ({where})")
+    params = tracking.train_params(first) | {"members": len(configs)}
+    on = tracking.wanted(track) and ranks.is_main
+    with tracking.command_run(on, name, "ensemble", params, warn=warn) as run:
+        try:
+            members = train_members(configs, processed_dir, models_dir, name, jobs, log, True, run)
+        except EnsembleInterrupted:
+            run.end("KILLED")
+            raise
+        if not ranks.is_main:
+            return None, run
+        if first.folds is None:
+            mean = statistics.mean(member.result.best_accuracy for member in members)
+            run.log_metrics({"member_acc_mean": mean})
+            score = f"the members' mean val accuracy {mean:.2%}"
+        else:
+            checkpoints = [member.checkpoint for member in members]
+            estimate, _ = score_out_of_bag(checkpoints, processed_dir, first.device)
+            run.log_metrics({"oob_acc": estimate.accuracy, "oob_digits": estimate.covered})
+            score = format_oob(estimate)
+    minutes = (time.perf_counter() - start) / 60
+    where = f"{models_dir}/{name}-*.pt"
+    return f"ensemble: {len(members)} members in {where} ({minutes:.1f} min); {score}", run

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -34,12 +35,15 @@ def ranks_from_env() -> Ranks:
 
 
 @contextmanager
-def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
-    """Join torchrun's process group (nccl on GPU, gloo on CPU) for the duration."""
+def process_group(
+    ranks: Ranks, device: torch.device, timeout: timedelta | None = None
+) -> Iterator[None]:
+    """Join torchrun's process group (nccl on GPU, gloo on CPU) for the duration; `timeout`
+    bounds each collective call's wait (torch's default: 10 to 30 minutes)."""
     if ranks.world == 1 or dist.is_initialized():
         yield
         return
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     try:
         yield
     finally:
