@@ -22,6 +22,8 @@ from pipeline.data.download import write_offline_sample
 from pipeline.data.prepare import prepare
 from pipeline.training.run_state import StopSignals
 
+pytest_plugins = ["services"]
+
 # Small nets on a busy 2-core machine run many times faster on one thread than on two; the
 # CLI processes the tests start inherit it too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
