@@ -99,13 +99,20 @@ OUTPUT_DIRS = (
 )
 
 
+def _a_recorders(path: Path) -> bool:
+    """A file of the repository's tracking store, which a recorder left running writes."""
+    if path.parent == config.EXPERIMENTS_DIR:
+        return path.name.startswith(config.TRACKING_DB.name)  # with its -journal
+    return path.parent == config.EXPERIMENTS_DIR / config.PENDING_DIR_NAME
+
+
 def _repository_state() -> dict[str, object]:
     """Every file under the output folders (ignored by git) and git's view of the rest."""
     files = {
         str(path.relative_to(config.ROOT)): (path.stat().st_size, path.stat().st_mtime_ns)
         for folder in OUTPUT_DIRS
         for path in folder.rglob("*")
-        if path.is_file()
+        if path.is_file() and not _a_recorders(path)
     }
     status = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=all"],

@@ -94,3 +94,42 @@ def test_runs_and_tune_refuse_bad_input_in_one_line(tmp_path, monkeypatch):
     assert_one_line_error(invoke("runs"), "corrupt or not SQLite")
     assert_one_line_error(invoke("tune", "--processed-dir", tmp_path), "--trials N, --timeout S")
     assert invoke("runs", "--sort", "speed").exit_code == 2
+
+
+@pytest.mark.slow  # a fresh interpreter: Optuna's logging writes to the real stderr
+def test_a_failing_trial_is_one_line_without_optunas_warning(sample_processed_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    work = tmp_path / "a-file"
+    work.write_text("not a folder")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "tune", "--trials", "1", "--max-epochs", "1",
+         "--processed-dir", sample_processed_dir, "--work-dir", work, "--device", "cpu",
+         "--storage", f"sqlite:///{tmp_path / 'o.db'}", "--no-track"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ),
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert str(work) in lines[0] and "Trial 0 failed" not in done.stderr
+
+
+def test_an_interrupted_trial_is_one_line_that_points_at_no_resume_state(
+    sample_processed_dir, tmp_path, monkeypatch
+):
+    import signal
+
+    from pipeline.training import train as train_module
+    from pipeline.training.run_state import TrainingInterrupted
+
+    def interrupted(cfg, processed_dir, out, **kwargs):
+        raise TrainingInterrupted(out.with_suffix(".last.pt"), 0, 3, signal.SIGINT)
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    result = invoke("tune", "--trials", 1, "--processed-dir", sample_processed_dir,
+                    "--work-dir", tmp_path / "tune", "--storage", f"sqlite:///{tmp_path / 'o.db'}",
+                    "--no-track")  # fmt: skip
+    assert result.exit_code == 130
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: interrupted: trial 0 stopped") and ".last.pt" not in line

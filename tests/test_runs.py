@@ -25,10 +25,11 @@ def record(session, name, params, metrics=None, checkpoint=None):
 
 
 @pytest.fixture
-def three_runs(tracking_store, fast_checkpoint):
+def three_runs(tracking_store, fast_checkpoint, sample_processed_dir):
     session = tracking.Session()
     first = record(session, "a", {"model": "mlp", "epochs": 2}, [0.90, 0.93])
     second = record(session, "b", {"model": "fastnet", "epochs": 4}, [0.95, 0.97], fast_checkpoint)
+    second.set_tags(tracking.data_tags(sample_processed_dir))
     parent = session.start_run("best", "ensemble", {"members": 1})
     parent.end()
     assert session.close() is None
@@ -42,13 +43,14 @@ def test_the_table_lists_runs_newest_first_or_by_accuracy(three_runs):
     assert [r.run_id for r in rows] == [parent, second, first]
     assert [r.run_id for r in runs.list_runs("val_acc", uri=uri)] == [second, first, parent]
     table = runs.format_table(rows).splitlines()
-    assert table[0].split()[:8] == [
-        "run", "command", "model", "recipe", "epochs", "val_acc", "train_s", "started"
+    assert table[0].split()[:9] == [
+        "run", "command", "model", "recipe", "epochs", "data", "val_acc", "train_s", "started"
     ]  # fmt: skip
     cells = table[2].split()
     assert cells[0] == second[:8] and cells[2:4] == ["fastnet", "-"] and cells[4] == "4"
-    assert cells[5] == "97.00%" and cells[6] == "3.5" and cells[-1].endswith("fastnet.pt")
-    assert table[1].split()[0] == parent[:8] and "-" in table[1].split()[5]
+    assert cells[5] == "sample" and cells[6] == "97.00%" and cells[7] == "3.5"
+    assert cells[-1].endswith("fastnet.pt")
+    assert table[1].split()[0] == parent[:8] and "-" in table[1].split()[6]
 
 
 def test_a_run_id_or_its_prefix_resolves_to_the_kept_checkpoint(three_runs, fast_checkpoint):
@@ -57,6 +59,17 @@ def test_a_run_id_or_its_prefix_resolves_to_the_kept_checkpoint(three_runs, fast
         (path,) = runs.run_checkpoints(key, uri)
         assert path != fast_checkpoint and path.read_bytes() == fast_checkpoint.read_bytes()
         assert read_payload(path)["meta"]["model"] == "fastnet"
+
+
+def test_a_kept_checkpoint_replaced_since_is_refused_in_one_line(three_runs, fast_checkpoint):
+    uri, (first, second, _) = three_runs
+    (path,) = runs.run_checkpoints(second, uri)
+    payload = bytearray(path.read_bytes())
+    payload[-100] ^= 0xFF  # a copied-over or damaged file of the same size
+    path.write_bytes(bytes(payload))
+    with pytest.raises(PipelineError, match="sha256 differs") as caught:
+        runs.run_checkpoints(second[:8], uri)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

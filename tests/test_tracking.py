@@ -6,13 +6,14 @@ SQLite store make the recording tests seconds long, so they are marked slow.
 
 import json
 import os
+import re
 import sqlite3
 
 import pytest
 
 from pipeline import config
 from pipeline.common.errors import PipelineError
-from pipeline.experiments import tracking
+from pipeline.experiments import recorder, tracking
 from pipeline.training.checkpoints import read_payload
 from pipeline.training.recipes import recipe_config
 from pipeline.training.train import train
@@ -71,6 +72,31 @@ def test_a_bad_store_is_one_line_before_any_work(tmp_path, content, fragment):
     assert "\n" not in str(caught.value)
 
 
+def corrupt_past_page_one(db):
+    """An MLflow store whose first page (the schema) is intact and whose tables are not."""
+    data = bytearray(db.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page:] = b"\xa5" * (len(data) - page)
+    db.write_bytes(bytes(data))
+
+
+def test_stores_mlflow_cannot_use_are_one_line_before_any_work(tmp_path, empty_tracking_store):
+    broken = tmp_path / "mlflow.db"
+    broken.write_bytes(empty_tracking_store.read_bytes())
+    corrupt_past_page_one(broken)
+    cases = {
+        f"file://{tmp_path}/mlruns": "sqlite:///<file>",
+        str(tmp_path / "mlruns"): "sqlite:///<file>",
+        "postgresql://me@127.0.0.1:5/runs": "unusable (ModuleNotFoundError",
+        f"sqlite:///{broken}": "corrupt or not SQLite",
+    }
+    for uri, fragment in cases.items():
+        with pytest.raises(PipelineError, match=re.escape(fragment)) as caught:
+            tracking.Session(uri)
+        assert uri.removeprefix("sqlite:///") in str(caught.value)
+        assert "--no-track" in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_an_unreachable_server_is_one_line(tmp_path):
     import socket
 
@@ -101,7 +127,7 @@ def test_two_runs_to_one_out_are_both_recorded_with_both_checkpoints(
     for epochs in (1, 2):
         cfg = recipe_config("fast", epochs=epochs, **TINY)
         with tracking.command_run(True, out.stem, "train", tracking.train_params(cfg)) as run:
-            tracking.tracked_train(train, run, cfg, out, processed_dir=sample_processed_dir)
+            train(cfg, sample_processed_dir, out, callbacks=[run])
     client, runs = runs_of(tracking_store)
     assert [r.data.params["epochs"] for r in runs] == ["1", "2"]
     kept = [read_payload(config.Path(r.data.tags["checkpoint"])) for r in runs]
@@ -134,10 +160,10 @@ def test_a_skipped_identical_run_leaves_no_record_and_a_failed_one_is_marked(
     cfg = recipe_config("fast", epochs=1, **TINY)
     for _ in range(2):  # the second finds the finished run and trains nothing
         with tracking.command_run(True, "m", "train", tracking.train_params(cfg)) as run:
-            tracking.tracked_train(train, run, cfg, out, processed_dir=sample_processed_dir)
+            train(cfg, sample_processed_dir, out, callbacks=[run])
     with pytest.raises(PipelineError):
         with tracking.command_run(True, "m", "train", {}) as run:
-            tracking.tracked_train(train, run, cfg, out, processed_dir=tmp_path / "nothing")
+            train(cfg, tmp_path / "nothing", out, callbacks=[run])
     _, runs = runs_of(tracking_store)
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
 
@@ -155,10 +181,10 @@ def test_ensemble_members_are_children_of_the_ensembles_run(
             configs, sample_processed_dir, tmp_path, jobs=1, progress=False, parent=parent
         )
     _, runs = runs_of(tracking_store)
-    top = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
-    members = [r for r in runs if tracking.PARENT_TAG in r.data.tags]
+    top = [r for r in runs if recorder.PARENT_TAG not in r.data.tags]
+    members = [r for r in runs if recorder.PARENT_TAG in r.data.tags]
     assert len(top) == 1 and top[0].data.params == {"members": "2"}
-    assert {r.data.tags[tracking.PARENT_TAG] for r in members} == {top[0].info.run_id}
+    assert {r.data.tags[recorder.PARENT_TAG] for r in members} == {top[0].info.run_id}
     assert sorted(r.data.params["seed"] for r in members) == ["0", "1"]
     assert all(config.Path(r.data.tags["checkpoint"]).is_file() for r in members)
 
@@ -174,38 +200,61 @@ def test_tracking_off_opens_no_store(tmp_path, monkeypatch, sample_processed_dir
 
 def pending_record(uri, name="m", status="FINISHED"):
     """A session's record, written and left pending (as a command leaves it for its recorder)."""
-    from pipeline.experiments import recorder
-
     session = tracking.Session(uri, record="pending")
     run = session.start_run(name, "train", {"epochs": 1})
     run.log_epoch({"epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0})
     run.end(status)
-    path = recorder.write_pending(uri, session.record_id, session.runs)
+    assert session.close() is None
+    (path,) = recorder.pending_dir(uri).glob(f"{session.record_id}.json")
     return session, run, path
 
 
-@pytest.mark.slow
-def test_a_pending_record_is_logged_once_when_the_recorder_and_a_reader_race(tracking_store):
-    from pipeline.experiments import recorder
+def files_under(folder):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
+
+@pytest.mark.slow
+def test_a_pending_record_is_logged_once_when_the_recorder_and_a_reader_race(
+    tracking_store, tmp_path
+):
     session, run, path = pending_record(tracking_store)
-    process = recorder.start_detached(tracking_store, path)
+    before = files_under(tmp_path)
+    process = recorder.start_detached(tracking_store)
     assert recorder.record_pending(tracking_store) == []  # the reader: waits or records itself
     assert process.wait(timeout=120) == 0
     _, runs = runs_of(tracking_store)
     assert [r.data.tags["pipeline.run"] for r in runs] == [run.id()]
     assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["val_acc"] == 0.5
     assert not path.exists() and recorder.record_pending(tracking_store) == []
+    # a recorder writes its store and nothing else (a test run beside it minds only those)
+    changed = {p for p, t in files_under(tmp_path).items() if before.get(p) != t}
+    assert changed and all(p.name.startswith("mlflow.db") or p.parent == path.parent
+                           for p in changed)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_reader_never_waits_on_a_recorder_and_lists_its_runs_as_pending(
+    tracking_store, monkeypatch
+):
+    from filelock import FileLock
+
+    from pipeline.experiments import runs
+
+    _, run, path = pending_record(tracking_store)
+    monkeypatch.setattr(recorder, "READER_WAIT", 0.05)
+    with FileLock(recorder.pending_dir(tracking_store) / config.RECORDER_LOCK):  # a recorder
+        (row,) = runs.list_runs(uri=tracking_store)
+    assert (row.run_id, row.status, row.epochs) == (run.id(), "PENDING", "1")
+    assert path.exists()
+    (row,) = runs.list_runs(uri=tracking_store)  # the lock free: logged, then listed
+    assert (row.run_id, row.status) == (run.id(), "FINISHED") and not path.exists()
 
 
 @pytest.mark.slow
 def test_a_record_a_killed_recorder_left_half_logged_is_logged_whole_once(tracking_store):
-    from pipeline.experiments import recorder
-
     session, run, path = pending_record(tracking_store)
-    record = recorder.read_record(path)
     client, experiment = recorder.connect(tracking_store)
-    half = client.create_run(experiment, tags={recorder.RECORD_TAG: record["record"]})
+    half = client.create_run(experiment, tags={recorder.RECORD_TAG: path.stem})
     assert recorder.record_pending(tracking_store) == []
     _, runs = runs_of(tracking_store)
     assert [r.data.tags["pipeline.run"] for r in runs] == [run.id()]
@@ -213,19 +262,30 @@ def test_a_record_a_killed_recorder_left_half_logged_is_logged_whole_once(tracki
 
 
 @pytest.mark.slow
-def test_a_corrupt_pending_record_is_one_line_naming_it_and_the_others_are_logged(
+def test_records_mlflow_refuses_are_one_line_each_moved_aside_and_the_others_logged(
     tracking_store,
 ):
-    from pipeline.experiments import recorder
-
-    _, good, _ = pending_record(tracking_store)
-    bad = recorder.pending_dir(tracking_store) / "0123.json"
-    bad.write_text('{"record": "0123", "runs": [{"id": 3}]}')
-    (problem,) = recorder.record_pending(tracking_store)
-    assert str(bad) in problem and "not a tracking record" in problem and "\n" not in problem
-    assert not bad.exists() and bad.with_name("0123.json.corrupt").is_file()
-    _, runs = runs_of(tracking_store)
+    _, good, good_path = pending_record(tracking_store)
+    folder = recorder.pending_dir(tracking_store)
+    record = json.loads(good_path.read_text())
+    entry = record["runs"][0]
+    bad = {
+        "0123.json": '{"record": "0123", "runs": [{"id": 3}]}',
+        "0124.json": "not json {",
+        "0125.json": json.dumps({"runs": [entry | {"id": "x1", "status": "BOGUS"}]}),
+        "0126.json": json.dumps({"runs": [entry | {"id": "x2", "metrics": [["a", "b", 0, 0]]}]}),
+    }
+    for name, text in bad.items():
+        (folder / name).write_text(text)
+    problems = recorder.record_pending(tracking_store)
+    assert len(problems) == len(bad) and all("\n" not in p for p in problems)
+    for name in bad:
+        (problem,) = [p for p in problems if str(folder / name) in p]
+        assert "not recorded" in problem and f"{name}.rejected" in problem
+        assert not (folder / name).exists() and (folder / f"{name}.rejected").is_file()
+    _, runs = runs_of(tracking_store)  # a later reader: no warning, no traceback
     assert [r.data.tags["pipeline.run"] for r in runs] == [good.id()]
+    assert recorder.record_pending(tracking_store) == []
 
 
 def test_a_tracked_command_imports_no_mlflow(tmp_path):
@@ -254,11 +314,10 @@ def test_a_tracked_command_imports_no_mlflow(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tracked_train_leaves_its_curves_to_the_recorder_which_draws_them(
+def test_a_tracked_train_draws_its_own_curves_and_is_recorded(
     tracking_store, sample_processed_dir, tmp_path
 ):
-    """The figure costs a second of matplotlib: a tracked `train` skips it and its recorder
-    draws it from the record's history (here inline, before the command returns)."""
+    """The figure is train's output, whatever tracking does: a recorder never writes models/."""
     from typer.testing import CliRunner
 
     from pipeline.cli import app
@@ -269,31 +328,11 @@ def test_a_tracked_train_leaves_its_curves_to_the_recorder_which_draws_them(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     curves = config.curves_path(out)
-    assert f"curves {curves} (drawn by the tracking recorder)" in result.stdout
+    assert f"curves {curves}" in result.stdout
     assert curves.read_bytes().startswith(b"\x89PNG") and curves.stat().st_size > 10_000
     _, runs = runs_of(tracking_store)
     assert [r.data.params["model"] for r in runs] == ["cnn"]
-
-
-@pytest.mark.parametrize(
-    "curves",
-    [
-        {"path": 3, "history": []},
-        {"path": "m.curves.png", "history": [{"epoch": 1, "val_loss": "x"}]},
-        {"path": "m.curves.png", "history": [{"epoch": 1}]},
-        {"path": "m.curves.png"},
-    ],
-)
-def test_a_record_whose_curves_are_malformed_is_refused_whole(tmp_path, curves):
-    from pipeline.experiments import recorder
-
-    _, run, path = pending_record(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
-    record = json.loads(path.read_text())
-    assert recorder.read_record(path) == record  # well formed without curves
-    record["runs"][0]["curves"] = curves
-    path.write_text(json.dumps(record))
-    with pytest.raises(PipelineError, match="not a tracking record"):
-        recorder.read_record(path)
+    assert runs[0].data.tags["dataset"] == "sample"
 
 
 def test_tracking_without_mlflow_is_one_warning_and_the_command_runs_untracked(

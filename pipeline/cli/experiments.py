@@ -55,6 +55,11 @@ def tune_command(
         f"tune: study {result.study} ({counts}); best trial {result.best_trial} "
         f"val_acc {result.best_value:.2%}"
     )
+    if result.timed_out_after is not None:
+        typer.echo(
+            f"tune: --timeout {timeout:g} s ended the search after {result.timed_out_after} "
+            "trial(s) this time; give more time, or run it again to go on"
+        )
     if said := tracked_as(run):
         typer.echo(f"tune: {said}; `--run` on it means its best trial's model")
     typer.echo(f"reproduce: {result.command}")

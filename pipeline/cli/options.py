@@ -4,21 +4,16 @@ Choices are `StrEnum`s from `pipeline.common.choices`, so typer itself shows the
 refuses other values as usage errors. Nothing here imports torch.
 """
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_args
 
 import typer
 
-from pipeline.common.choices import (
-    MAX_SEED,
-    DataSource,
-    Device,
-    ModelName,
-    Optimizer,
-    Recipe,
-    Schedule,
-)
+from pipeline.common.choices import MAX_SEED, Device, Recipe, plain
 from pipeline.common.errors import PipelineError
+from pipeline.training.recipes import CLI_SETTINGS, Overrides
 
 
 def positive_ints(text: str, option: str, allow_empty: bool = False) -> list[int]:
@@ -41,27 +36,9 @@ ProcessedOpt = Annotated[Path, typer.Option(help="Folder of the prepared data.")
 RawOpt = Annotated[Path, typer.Option(help="Folder of the raw CSVs.")]
 FigureOpt = Annotated[Path, typer.Option(help="Where to write the figure (PNG).")]
 
-# Training options: None means "the recipe's value".
+# Training options: None means "the recipe's value". TrainConfig declares them (`setting`).
 RecipeOpt = Annotated[
     Recipe | None, typer.Option(help="Named settings (fast); the options below override them.")
-]
-ModelOpt = Annotated[ModelName | None, typer.Option(help="Architecture (the recipe's).")]
-EpochsOpt = Annotated[int | None, typer.Option(min=1, help="Passes over the training digits.")]
-BatchOpt = Annotated[
-    int | None, typer.Option(min=1, help="Global batch size, split across torchrun processes.")
-]
-LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate of the schedule.")]
-OptimizerOpt = Annotated[Optimizer | None, typer.Option(help="Optimizer (the recipe's).")]
-DecayOpt = Annotated[float | None, typer.Option(help="Weight decay on weights (not BN/bias).")]
-ScheduleOpt = Annotated[Schedule | None, typer.Option(help="Learning-rate schedule, per step.")]
-SmoothOpt = Annotated[float | None, typer.Option(help="Label smoothing of the loss, 0 to <1.")]
-AugmentOpt = Annotated[
-    bool | None,
-    typer.Option("--augment/--no-augment", help="Random rotation, scale and shift per image."),
-]
-AugmentStrengthOpt = Annotated[
-    float | None,
-    typer.Option(help="Scale --augment's rotation (10 deg), zoom and shift (10%): >0 to 3 (1)."),
 ]
 WidthOpt = Annotated[
     int | None,
@@ -69,6 +46,48 @@ WidthOpt = Annotated[
         min=1, max=1024, help="First layer's width, doubling per stage (fastnet 16: 16-32-64)."
     ),
 ]
+
+
+def setting_option(name: str) -> Any:
+    """The option of TrainConfig's setting `name`, as its field declares it."""
+    (f,) = [f for f in CLI_SETTINGS if f.name == name]
+    kind = f.metadata.get("choices") or next(
+        t for t in get_args(f.type) or [f.type] if t is not type(None)
+    )
+    flag = "--" + f.metadata.get("name", f.name).replace("_", "-")
+    flags = f"{flag}/--no-{flag[2:]}" if kind is bool else flag
+    limits = {k: f.metadata[k] for k in ("min", "max") if k in f.metadata}
+    return Annotated[kind | None, typer.Option(flags, help=f.metadata["help"], **limits)]
+
+
+def with_settings(command: Callable) -> Callable:
+    """`command` takes every TrainConfig setting the command line sets, and --width, as options
+    where its `settings` parameter stands (typer reads them from the signature), and gets
+    them as one `recipes.Overrides`, enums made plain."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    added = [inspect.Parameter(f.name, keyword, default=None, annotation=setting_option(f.name))
+             for f in CLI_SETTINGS]  # fmt: skip
+    added.append(inspect.Parameter("width", keyword, default=None, annotation=WidthOpt))
+
+    def run(**options: Any) -> Any:
+        given = {p.name: plain(options.pop(p.name)) for p in added}
+        return command(settings=Overrides(**given), **options)
+
+    params = []
+    for param in inspect.signature(command).parameters.values():
+        params += added if param.name == "settings" else [param.replace(kind=keyword)]
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__name__, run.__doc__ = command.__name__, command.__doc__
+    return run
+
+
+ModelOpt = setting_option("model")
+EpochsOpt = setting_option("epochs")
+BatchOpt = setting_option("batch_size")
+LrOpt = setting_option("lr")
+AugmentOpt = setting_option("augment")
+CompileOpt = setting_option("compile")
+StepsOpt = setting_option("max_steps")
 TrackOpt = Annotated[
     bool | None,
     typer.Option(
@@ -85,25 +104,6 @@ RunOpt = Annotated[
         help="A tracked run's kept checkpoint(s) instead of --checkpoint (see `pipeline runs`).",
     ),
 ]
-ElasticOpt = Annotated[
-    bool | None,
-    typer.Option("--elastic/--no-elastic", help="Add elastic distortion (2 px) to --augment."),
-]
-TrainSeedOpt = Annotated[
-    int | None,
-    typer.Option(min=0, max=MAX_SEED, help="Seed of initialisation, order and augmentation (0)."),
-]
-DataSourceOpt = Annotated[
-    DataSource | None, typer.Option("--data", help="Train from cached tensors or the PNGs.")
-]
-CompileOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--compile/--no-compile", help="torch.compile; CUDA graphs on a GPU (the recipe's)."
-    ),
-]
-StepsOpt = Annotated[int | None, typer.Option(min=1, help="Stop after N steps (smoke runs).")]
-
 # Models to use.
 CheckpointOpt = Annotated[Path, typer.Option(help="Checkpoint to use.")]
 CheckpointsOpt = Annotated[

@@ -1,7 +1,7 @@
 """`pipeline train`, `ensemble` and `crossval`: the training commands.
 
-Their options become one `recipes.Overrides` in `overrides` (enums made plain there, the seed's
-range bounded by typer with `choices.MAX_SEED`), and the stage takes it from there.
+Their training options are TrainConfig's settings (`options.with_settings` makes them typer's),
+and become one `recipes.Overrides` (enums made plain) that the stage takes from there.
 """
 
 from pathlib import Path
@@ -13,80 +13,28 @@ from pipeline import config
 from pipeline.cli.errors import error_line
 from pipeline.cli.options import (
     AugmentOpt,
-    AugmentStrengthOpt,
     BatchOpt,
     CompileOpt,
-    DataSourceOpt,
-    DecayOpt,
     DeviceOpt,
-    ElasticOpt,
     EpochsOpt,
     LrOpt,
     ModelOpt,
-    OptimizerOpt,
     ProcessedOpt,
     RawOpt,
     RecipeOpt,
-    ScheduleOpt,
     SeedOpt,
-    SmoothOpt,
     StepsOpt,
     TrackOpt,
-    TrainSeedOpt,
-    WidthOpt,
+    with_settings,
 )
-from pipeline.common.choices import (
-    DataSource,
-    Device,
-    ModelName,
-    Optimizer,
-    Recipe,
-    Schedule,
-    plain,
-)
+from pipeline.common.choices import Device, Recipe, plain
 from pipeline.training.recipes import Overrides
 
 
-def overrides(
-    *,
-    model: ModelName | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    optimizer: Optimizer | None = None,
-    weight_decay: float | None = None,
-    schedule: Schedule | None = None,
-    label_smoothing: float | None = None,
-    augment: bool | None = None,
-    elastic: bool | None = None,
-    seed: int | None = None,
-    device: Device | None = None,
-    data_source: DataSource | None = None,
-    compile_model: bool | None = None,
-    max_steps: int | None = None,
-    augment_strength: float | None = None,
-    width: int | None = None,
-) -> Overrides:
-    """The training settings typer parsed, as plain values (None: not given)."""
-    return Overrides(
-        model=plain(model),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=plain(optimizer),
-        weight_decay=weight_decay,
-        schedule=plain(schedule),
-        label_smoothing=label_smoothing,
-        augment=augment,
-        elastic=elastic,
-        seed=seed,
-        device=plain(device),
-        data_source=plain(data_source),
-        compile=compile_model,
-        max_steps=max_steps,
-        augment_strength=augment_strength,
-        width=width,
-    )
+def overrides(*, compile_model: bool | None = None, **given) -> Overrides:
+    """The training settings typer parsed, by TrainConfig field name, as plain values (None:
+    not given); `compile_model` is `compile` (a builtin's name in a signature)."""
+    return Overrides(compile=compile_model, **{k: plain(v) for k, v in given.items()})
 
 
 def warn(message: str) -> None:
@@ -94,41 +42,26 @@ def warn(message: str) -> None:
 
 
 def tracked_as(run) -> str | None:
-    """`<command>: tracked as run <id>` (None with tracking off); MLflow gets it from a
-    recorder process of its own once the command is done (pipeline.experiments.recorder)."""
+    """`<command>: tracked as run <id>` (None with tracking off)."""
     run_id = run.id()
     return f"tracked as run {run_id} (`pipeline runs` lists it)" if run_id else None
 
 
+@with_settings
 def train_command(
     recipe: RecipeOpt = None,
-    model: ModelOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    lr: LrOpt = None,
-    optimizer: OptimizerOpt = None,
-    weight_decay: DecayOpt = None,
-    schedule: ScheduleOpt = None,
-    label_smoothing: SmoothOpt = None,
-    augment: AugmentOpt = None,
-    elastic: ElasticOpt = None,
-    seed: TrainSeedOpt = None,
-    device: DeviceOpt = Device.auto,
+    *,
+    settings: Overrides,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    data_source: DataSourceOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="Checkpoint to write (models/<model>.pt).")
     ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the interrupted run saved in <out>.last.pt.")
     ] = False,
-    compile_model: CompileOpt = None,
-    max_steps: StepsOpt = None,
     force: Annotated[
         bool, typer.Option(help="Retrain even if this run already finished.")
     ] = False,
-    augment_strength: AugmentStrengthOpt = None,
-    width: WidthOpt = None,
     track: TrackOpt = None,
 ) -> None:
     """Train one model; keep the best (by validation accuracy) and the last, resumable state.
@@ -145,25 +78,16 @@ def train_command(
     from pipeline.training.run_state import TrainingInterrupted, run_config
     from pipeline.training.train import train
 
-    settings = overrides(
-        model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-        weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
-        augment=augment, elastic=elastic, seed=seed, device=device, data_source=data_source,
-        compile_model=compile_model, max_steps=max_steps, augment_strength=augment_strength,
-        width=width,
-    )  # fmt: skip
     cfg, out = run_config(plain(recipe), settings, out, resume)
     is_main = ranks_from_env().is_main
-    params = tracking.train_params(cfg) | ({"width": width} if width else {})
-    tags = {"out": out.resolve(), "resumed": resume}
+    params = tracking.train_params(cfg) | ({"width": settings.width} if settings.width else {})
+    tags = {"out": out.resolve(), "resumed": resume, **tracking.data_tags(processed_dir)}
+    on = tracking.wanted(track) and is_main
     try:
-        with tracking.command_run(
-            tracking.wanted(track) and is_main, out.stem, "train", params, tags, warn
-        ) as run:
-            result = tracking.tracked_train(
-                train, run, cfg, out, processed_dir=processed_dir, resume=resume,
-                log=tqdm.write, force=force, draw_curves=isinstance(run, tracking.NoRun),
-            )  # fmt: skip
+        with tracking.command_run(on, out.stem, "train", params, tags, warn) as run:
+            result = train(
+                cfg, processed_dir, out, resume, log=tqdm.write, force=force, callbacks=[run]
+            )
     except TrainingInterrupted as stopped:
         hint = f"pipeline train --resume --out {out}"
         message = f"interrupted: {stopped}; continue with `{hint}`"
@@ -190,12 +114,10 @@ def train_summary(result) -> str:
             f"{result.images_per_second:,.0f} img/s"
             + (f", 99% after {to_target:.1f} s" if to_target is not None else "")
         )
-    metrics = config.metrics_path(result.checkpoint)
     if result.curves is not None:
-        lines.append(f"train: curves {result.curves}, metrics {metrics}")
-    elif result.history and not result.skipped:  # a tracked run: its recorder draws them
-        curves = config.curves_path(result.checkpoint)
-        lines.append(f"train: metrics {metrics}, curves {curves} (drawn by the tracking recorder)")
+        lines.append(
+            f"train: curves {result.curves}, metrics {config.metrics_path(result.checkpoint)}"
+        )
     return "\n".join(lines)
 
 

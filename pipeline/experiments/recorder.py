@@ -1,34 +1,103 @@
 """Logs the commands' tracking records into MLflow, off the commands' critical path.
 
-A tracked command (`pipeline.experiments.tracking.Session`) writes its runs as one JSON record,
-atomically, into `<store folder>/pending/<record id>.json` and starts
-`python -m pipeline.experiments.recorder URI` at the lowest priority, its output in
-`pending/recorder.log`, then exits. Whatever reads the store calls `record_pending` first.
-Both hold `pending/.lock` while they record, so a record is logged by one of them: each of its
-runs is tagged with the record's id, and a record found half logged (a recorder killed midway)
-has those runs deleted and is logged again whole; the file goes only once all of it is in.
+A tracked command (`tracking.Session`) writes its runs as one JSON record into
+`<store folder>/pending/<record id>.json`, starts `python -m pipeline.experiments.recorder URI`
+at the lowest priority (its output in `pending/recorder.log`) and exits. Whatever reads the
+store logs what is pending itself first. Both take `pending/.lock` (filelock); a reader waits
+for it at most READER_WAIT seconds and then lists the runs still pending from their records,
+so no reader waits on a recorder a busy machine starves. Every run is tagged with its
+record's id: a record found half logged (a recorder killed midway) has those runs deleted and
+is logged again whole, and the file goes only once all of it is in. A record MLflow refuses
+is moved aside with one warning; a store that stops answering leaves every record pending.
 """
 
-import fcntl
 import json
 import logging
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
-from contextlib import contextmanager
+from contextlib import closing
 from pathlib import Path
+from urllib.parse import urlparse
+
+from filelock import FileLock, Timeout
 
 from pipeline import config
 from pipeline.common.errors import PipelineError
-from pipeline.experiments.tracking import PARENT_TAG, check_store, runs_dir, tracking_uri
 
+PARENT_TAG = "mlflow.parentRunId"
 RECORD_TAG = "pipeline.record"  # the id of the record a run came from
 RUN_TAG = "pipeline.run"  # the run's own id, the one the command printed
 PARENT_RUN_TAG = "pipeline.parent"  # its parent's id of that kind
-CURVE_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy"}  # what plots draws
 RECORDER_NICE = 19  # the lowest priority: a stage running beside it gets the cores first
-RUN_KEYS = {"id", "parent", "name", "params", "tags", "metrics", "start_ms", "end_ms", "status",
-            "deleted"}  # fmt: skip
+BACKGROUND = "--background"  # the recorder a command starts: at the lowest priority
+READER_WAIT = 5.0  # seconds a reader waits for the lock before listing records as pending
+NETWORK_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{config.TRACKING_DB}"
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def runs_dir(uri: str) -> Path:
+    """Where runs' checkpoints are kept: beside a SQLite store, else experiments/runs."""
+    db = _sqlite_file(uri)
+    return config.RUNS_DIR if db is None else db.resolve().parent / "runs"
+
+
+def check_store(uri: str) -> None:
+    """A one-line error for a store that cannot work, found in milliseconds without MLflow."""
+    hint = "fix MLFLOW_TRACKING_URI, or run with --no-track (PIPELINE_TRACK=0)"
+    if (db := _sqlite_file(uri)) is not None:
+        return _check_sqlite(db, hint)
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme not in NETWORK_PORTS:
+        raise PipelineError(
+            f"tracking store {uri}: MLflow keeps runs in sqlite:///<file>, a database URL "
+            f"(postgresql://, mysql://, mssql://) or an http(s):// server; {hint}"
+        )
+    if scheme not in ("http", "https"):
+        try:  # loads the dialect and its driver, connects to nothing
+            import sqlalchemy
+
+            sqlalchemy.create_engine(uri)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+            raise PipelineError(f"tracking store {uri}: unusable ({why}); {hint}") from None
+    try:
+        port = parsed.port or NETWORK_PORTS[scheme]
+        socket.create_connection((parsed.hostname or "localhost", port), timeout=3).close()
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"tracking store {uri}: unreachable ({exc}); {hint}") from None
+
+
+def _check_sqlite(db: Path, hint: str) -> None:
+    existing = db.parent if db.parent != Path("") else Path(".")
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PipelineError(f"tracking store {db}: its folder cannot be written; {hint}")
+    if db.is_dir():
+        raise PipelineError(f"tracking store {db}: is a folder, not a SQLite file; {hint}")
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    try:  # quick_check reads every page, not only the schema on page 1
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+            verdict = connection.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        verdict = str(exc)
+    if verdict != "ok":
+        raise PipelineError(f"tracking store {db}: corrupt or not SQLite ({verdict}); {hint}")
+    if tables and not {"alembic_version", "runs"} <= tables:
+        raise PipelineError(f"tracking store {db}: a SQLite file but not MLflow's; {hint}")
 
 
 def pending_dir(uri: str) -> Path:
@@ -36,29 +105,30 @@ def pending_dir(uri: str) -> Path:
 
 
 def write_pending(uri: str, record_id: str, runs: list[dict]) -> Path:
-    """One command's runs as `pending/<record id>.json`, written atomically."""
+    """One command's runs as `pending/<record id>.json`, written atomically (not with
+    files.atomic_path: a run a Ctrl-C stopped must still be recorded, KILLED)."""
     path = pending_dir(uri) / f"{record_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Not files.atomic_path: a run a Ctrl-C stopped must still be recorded (KILLED).
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(json.dumps({"record": record_id, "runs": runs}) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tmp.write_text(json.dumps({"record": record_id, "runs": runs}) + "\n")
+    os.replace(tmp, path)
     return path
 
 
-def start_detached(uri: str, path: Path) -> subprocess.Popen:
-    """Start the recorder for the pending records; it holds none of the caller's pipes."""
-    with open(path.parent / config.RECORDER_LOG, "ab") as log:
+def start_detached(uri: str) -> subprocess.Popen:
+    """Start the recorder at the lowest priority in a session of its own (a Ctrl-C at the
+    terminal is not for it)."""
+    with open(pending_dir(uri) / config.RECORDER_LOG, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.experiments.recorder", uri],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True,
+            [sys.executable, "-m", "pipeline.experiments.recorder", uri, BACKGROUND],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 def connect(uri: str):
@@ -83,133 +153,99 @@ def connect(uri: str):
         location = runs_dir(uri).as_uri()
         return client, client.create_experiment(config.TRACKING_EXPERIMENT, location)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise PipelineError(f"tracking store {uri}: {type(exc).__name__}: {first}") from None
+        raise PipelineError(f"tracking store {uri}: {_first_line(exc)}") from None
 
 
-@contextmanager
-def _locked(folder: Path):
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / config.RECORDER_LOCK, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _delete_runs_of(client, experiment: str, record_id: str) -> None:
+    for run in client.search_runs([experiment], f"tags.`{RECORD_TAG}` = '{record_id}'"):
+        client.delete_run(run.info.run_id)
 
 
-def _valid_curves(curves) -> bool:
-    """A figure left to the recorder: its path and train's per-epoch history (numbers)."""
-    if curves is None:
-        return True
-    history = curves.get("history") if isinstance(curves, dict) else None
-    return (
-        set(curves) == {"path", "history"}
-        and isinstance(curves["path"], str)
-        and isinstance(history, list)
-        and all(isinstance(epoch, dict) for epoch in history)
-        and all(isinstance(v, int | float) for epoch in history for v in epoch.values())
-        and all(CURVE_KEYS <= set(epoch) for epoch in history)
-    )
-
-
-def draw_curves(record: dict) -> list[str]:
-    """Draw the training-curves figures a record's train runs left to the recorder (beside
-    checkpoints that are still there); what could not be drawn, one sentence each."""
-    from pipeline.common.plots import plot_training_curves
-
-    problems = []
-    for run in record["runs"]:
-        curves = run.get("curves")
-        if curves is None or not Path(curves["path"]).parent.is_dir():
-            continue
-        try:
-            plot_training_curves(curves["history"], Path(curves["path"]))
-        except (OSError, ValueError) as exc:
-            problems.append(f"{curves['path']}: curves not drawn ({exc})")
-    return problems
-
-
-def read_record(path: Path) -> dict:
-    """A pending record, checked whole, or a one-line error naming the file."""
-    try:
-        record = json.loads(path.read_text())
-        runs = record["runs"]
-        ok = isinstance(record["record"], str) and isinstance(runs, list)
-        ok = ok and all(
-            isinstance(run, dict) and set(run) - {"curves"} == RUN_KEYS for run in runs
-        )
-        ok = ok and all(_valid_curves(run.get("curves")) for run in runs)
-        ok = ok and all(isinstance(m, list) and len(m) == 4 for r in runs for m in r["metrics"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PipelineError(f"{path}: not a tracking record ({type(exc).__name__})") from None
-    if not ok:
-        raise PipelineError(f"{path}: not a tracking record (fields missing or of wrong type)")
-    return record
-
-
-def log_record(client, experiment: str, record: dict) -> None:
-    """Log one record's runs; runs a killed attempt left of it are deleted first."""
+def log_record(client, experiment: str, record_id: str, record: dict) -> None:
+    """Log one record's runs (MLflow's batches), ended last: a FINISHED run is a whole one."""
     from mlflow.entities import Metric, Param
 
-    left = client.search_runs([experiment], f"tags.`{RECORD_TAG}` = '{record['record']}'")
-    for run in left:
-        client.delete_run(run.info.run_id)
+    _delete_runs_of(client, experiment, record_id)  # what a killed attempt left of it
     ids: dict[str, str] = {}
     for entry in record["runs"]:
-        tags = dict(entry["tags"], **{RECORD_TAG: record["record"], RUN_TAG: entry["id"]})
+        tags = dict(entry["tags"], **{RECORD_TAG: record_id, RUN_TAG: entry["id"]})
         if entry["parent"] in ids:
             tags |= {PARENT_TAG: ids[entry["parent"]], PARENT_RUN_TAG: entry["parent"]}
-        run = client.create_run(
-            experiment, start_time=entry["start_ms"], tags=tags, run_name=entry["name"]
-        )
-        run_id = ids[entry["id"]] = run.info.run_id
-        params = [Param(k, v) for k, v in entry["params"].items()]
+        run = client.create_run(experiment, entry["start_ms"], tags, entry["name"])
+        ids[entry["id"]] = run_id = run.info.run_id
+        params = [Param(k, str(v)) for k, v in entry["params"].items()]
         for start in range(0, len(params), 100):  # log_batch takes at most 100 params
             client.log_batch(run_id, params=params[start : start + 100])
         metrics = [Metric(k, float(v), int(t), int(s)) for k, v, t, s in entry["metrics"]]
         for start in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[start : start + 1000])
-    for entry in record["runs"]:  # ended last: a FINISHED run is a whole one
+    for entry in record["runs"]:
         if entry["deleted"]:
             client.delete_run(ids[entry["id"]])
-        else:
-            status = entry["status"] or "KILLED"  # never ended: its command was killed
-            client.set_terminated(ids[entry["id"]], status, entry["end_ms"] or entry["start_ms"])
+        else:  # never ended: its command was killed
+            end = entry["end_ms"] or entry["start_ms"]
+            client.set_terminated(ids[entry["id"]], entry["status"] or "KILLED", end)
 
 
-def record_pending(uri: str | None = None) -> list[str]:
+def record_pending(uri: str | None = None, wait: float = -1) -> list[str]:
     """Log every pending record of the store into MLflow, each exactly once; what could not be
-    logged, one sentence each (a corrupt record is moved aside to `<name>.corrupt`)."""
-    uri = uri or tracking_uri()
-    folder = pending_dir(uri)
-    if not folder.is_dir() or not any(folder.glob("*.json")):
+    logged, one sentence each. Waits `wait` seconds at most (-1: for ever) for another process
+    logging them, and then leaves them to it."""
+    folder = pending_dir(uri := uri or tracking_uri())
+    if not any(folder.glob("*.json")):
         return []
+    try:
+        with FileLock(folder / config.RECORDER_LOCK, timeout=wait):
+            return _log_all(uri, sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime))
+    except Timeout:
+        return []
+
+
+def _log_all(uri: str, paths: list[Path]) -> list[str]:
+    if not paths:
+        return []
+    client, experiment = connect(uri)
     problems = []
-    with _locked(folder):
-        paths = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-        if not paths:
-            return []
-        client, experiment = connect(uri)
-        for path in paths:
-            try:
-                record = read_record(path)
-            except PipelineError as exc:
-                path.replace(path.with_name(path.name + ".corrupt"))
-                problems.append(f"{exc}; moved aside to {path.name}.corrupt, not recorded")
-                continue
-            log_record(client, experiment, record)
-            path.unlink()
-            problems += draw_curves(record)
+    for path in paths:
+        try:
+            log_record(client, experiment, path.stem, json.loads(path.read_text()))
+        except Exception as exc:
+            try:  # a store that still answers: the record is at fault
+                _delete_runs_of(client, experiment, path.stem)
+            except Exception:
+                return [
+                    *problems,
+                    f"tracking store {uri}: {_first_line(exc)}; records stay pending",
+                ]
+            path.replace(path.with_name(path.name + ".rejected"))
+            problems.append(f"{path}: not recorded ({_first_line(exc)}); moved aside to "
+                            f"{path.name}.rejected")  # fmt: skip
+            continue
+        path.unlink()
     return problems
 
 
+def pending_runs(uri: str) -> list[dict]:
+    """The runs of the records still pending (those another process is logging)."""
+    runs = []
+    for path in pending_dir(uri).glob("*.json"):
+        try:
+            runs += json.loads(path.read_text())["runs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return runs
+
+
 def main() -> None:
-    """`python -m pipeline.experiments.recorder URI`: record the store's pending records."""
-    os.nice(RECORDER_NICE)
-    uri = sys.argv[1] if len(sys.argv) > 1 else tracking_uri()
+    """`python -m pipeline.experiments.recorder [URI] [--background]`: record the store's
+    pending records (`make ui` runs it in the foreground, at the normal priority)."""
+    if BACKGROUND in sys.argv:
+        os.nice(RECORDER_NICE)
+    uri = next((arg for arg in sys.argv[1:] if arg != BACKGROUND), tracking_uri())
     try:
         check_store(uri)
+        import mlflow.tracking  # noqa: F401  (imported before the lock: readers wait less)
+
         problems = record_pending(uri)
     except PipelineError as exc:
         problems = [str(exc)]

@@ -4,22 +4,29 @@ Each trial trains one model of the fast recipe with sampled lr, weight decay, ep
 batch size and augmentation strength, reporting validation accuracy after every epoch; a trial
 whose accuracy at epoch k is below the median of earlier trials at epoch k (from epoch 2 on) is
 pruned. The study lives in experiments/optuna.db and is resumed by name; a name already used
-with another search space or other data is refused. Every trial is a tracked run under the
+with another search space or other data is refused. A trial whose process died (SIGKILL) is
+marked failed by the next run, from Optuna's heartbeat. Every trial is a tracked run under the
 study's parent run, and the result is the best trial as a `pipeline train` command.
 """
 
 import json
 import shlex
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline import config
 from pipeline.common.errors import PipelineError
+from pipeline.common.files import file_sha256
 from pipeline.data import datasets
-from pipeline.experiments.tracking import NO_RUN, tracked_train, train_params
+from pipeline.experiments.tracking import NO_RUN, data_tags, train_params
+from pipeline.training.callbacks import Callback
 from pipeline.training.recipes import recipe_config
+
+HEARTBEAT_S = 10  # a running trial's heartbeat; one silent for GRACE_S is a dead one's
+GRACE_S = 60
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class TuneResult:
     best_options: dict[str, Any]  # `pipeline train` options by their Python names
     command: str  # the `pipeline train` command that reproduces the best trial
     states: dict[str, int] = field(default_factory=dict)  # trials by state: COMPLETE, PRUNED, ..
+    timed_out_after: int | None = None  # trials run before --timeout stopped the search
 
 
 def suggest(trial, space: SearchSpace) -> dict[str, Any]:
@@ -84,12 +92,20 @@ def open_study(name: str, storage: str, space: SearchSpace, fingerprint: str, se
     or other data. The sampler's seed moves on with the trials, so a resume samples anew."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A failed trial's error is the command's one line, not Optuna's warning and traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
+        if storage.split(":")[0].split("+")[0] in ("sqlite", "postgresql", "mysql"):
+            with warnings.catch_warnings(category=optuna.exceptions.ExperimentalWarning):
+                warnings.simplefilter("ignore")
+                storage = optuna.storages.RDBStorage(
+                    storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+                )
         study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                     direction="maximize")  # fmt: skip
     except Exception as exc:
-        raise PipelineError(f"study store {storage}: {type(exc).__name__}: {exc}") from None
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise PipelineError(f"study store {storage}: {type(exc).__name__}: {first}") from None
     saved = study.user_attrs
     if saved.get("search_space", space.as_json()) != space.as_json():
         raise PipelineError(
@@ -123,12 +139,13 @@ def tune(
 ) -> TuneResult:
     """Run `trials` more trials (and/or for `timeout` seconds) of the study; the best so far.
 
-    Trial n trains into `<work_dir>/<study>/trial-<n>.pt` on processed_dir with `seed`.
-    `enqueue` fixes the parameters of the next trials (a known baseline; tests).
+    Trial n trains into `<work_dir>/<study>/trial-<n>.pt` on processed_dir with `seed`; `log`
+    hears of every epoch and trial. `enqueue` fixes the parameters of the next trials (a known
+    baseline; tests).
     """
-    import optuna
     from optuna.trial import TrialState
 
+    from pipeline.training.run_state import TrainingInterrupted
     from pipeline.training.train import train
 
     if trials is None and timeout is None:
@@ -138,6 +155,7 @@ def tune(
         config.TUNE_DB.parent.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{config.TUNE_DB}"
     study = open_study(study_name, storage, space, fingerprint, seed)
+    before = len(study.trials)
     for params in enqueue:
         study.enqueue_trial(params)
     parent.set_tags({"study": study_name, "study_storage": storage})
@@ -146,19 +164,13 @@ def tune(
         options = suggest(trial, space)
         cfg = recipe_config("fast", model=space.model, seed=seed, device=device, **options)
         out = work_dir / study_name / f"trial-{trial.number}.pt"
-        tags = {"study": study_name, "trial": trial.number}
+        tags = {"study": study_name, "trial": trial.number, **data_tags(processed_dir)}
         run = parent.child(out.stem, "tune", train_params(cfg) | {"width": options["width"]}, tags)
-
-        def report(record: dict) -> None:
-            trial.report(record["val_accuracy"], int(record["epoch"]))
-            run.log_epoch(record)
-            if trial.should_prune():
-                run.set_tags({"pruned_at_epoch": int(record["epoch"])})
-                raise optuna.TrialPruned()
-
-        result = tracked_train(
-            train, run, cfg, out, on_epoch_end=report, processed_dir=processed_dir,
-            progress=False, force=True,
+        trial.set_user_attr("seed", seed)  # what reproduces it, whatever a resume is given
+        trial.set_user_attr("device", device)
+        result = train(
+            cfg, processed_dir, out, log=lambda line: log(f"trial {trial.number}: {line}"),
+            progress=False, force=True, callbacks=[run, Pruning(trial, run)],
         )  # fmt: skip
         trial.set_user_attr("checkpoint", str(out))
         if (run_id := run.id()) is not None:
@@ -173,9 +185,36 @@ def tune(
         if trial.state == TrialState.PRUNED:
             log(f"trial {trial.number}: pruned at epoch {trial.last_step} {_brief(trial.params)}")
 
-    study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[said_pruned],
-                   catch=())  # fmt: skip
-    return summarize(study, space, seed, device, processed_dir, parent)
+    try:
+        study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[said_pruned],
+                       catch=())  # fmt: skip
+    except TrainingInterrupted as stopped:  # its resume state is no use: trials start afresh
+        error = PipelineError(
+            f"interrupted: trial {len(study.trials) - 1} stopped; the study keeps the trials "
+            "that finished, and the same command goes on with new ones"
+        )
+        error.exit_code = stopped.exit_code
+        raise error from None
+    result = summarize(study, space, processed_dir, parent)
+    ran = len(study.trials) - before
+    if timeout is not None and (trials is None or ran < trials):
+        result = replace(result, timed_out_after=ran)
+    return result
+
+
+class Pruning(Callback):
+    """Reports a trial's validation accuracy per epoch; stops a trial that falls behind."""
+
+    def __init__(self, trial, run):
+        self.trial, self.run = trial, run
+
+    def epoch_end(self, record: dict[str, float]) -> None:
+        import optuna
+
+        self.trial.report(record["val_accuracy"], int(record["epoch"]))
+        if self.trial.should_prune():
+            self.run.set_tags({"pruned_at_epoch": int(record["epoch"])})
+            raise optuna.TrialPruned()
 
 
 def _brief(options: dict[str, Any]) -> str:
@@ -184,8 +223,9 @@ def _brief(options: dict[str, Any]) -> str:
     )
 
 
-def summarize(study, space: SearchSpace, seed: int, device: str, processed_dir: Path, parent):
-    """The study's best trial and how to train it again; the parent run gets its score."""
+def summarize(study, space: SearchSpace, processed_dir: Path, parent):
+    """The study's best trial and how to train it again (its own seed and device); the parent
+    run gets its score."""
     from optuna.trial import TrialState
 
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -194,6 +234,7 @@ def summarize(study, space: SearchSpace, seed: int, device: str, processed_dir: 
     best = study.best_trial
     options = dict(best.params)
     options.setdefault("augment_strength", None)
+    seed, device = best.user_attrs.get("seed", 0), best.user_attrs.get("device", "auto")
     extra: dict[str, Any] = {}
     if device != "auto":
         extra["device"] = device
@@ -205,6 +246,7 @@ def summarize(study, space: SearchSpace, seed: int, device: str, processed_dir: 
         states[trial.state.name] = states.get(trial.state.name, 0) + 1
     parent.log_metrics({"best_val_acc": best.value})
     parent.set_tags({"best_trial": best.number, "reproduce": command})
-    if "kept" in best.user_attrs:  # `--run <the study's run>` is then its best model
-        parent.set_tags({"checkpoint": best.user_attrs["kept"]})
+    kept = Path(best.user_attrs.get("kept", ""))
+    if kept.is_file():  # `--run <the study's run>` is then its best model
+        parent.set_tags({"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)})
     return TuneResult(study.study_name, best.number, best.value, options, command, states)

@@ -5,12 +5,13 @@ when the run resolves to CUDA. The whole config is stored in every checkpoint.
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from typing import Any
 
 from pipeline.common.choices import (
     MAX_SEED,
     DataSource,
+    Device,
     ModelName,
     Optimizer,
     Recipe,
@@ -24,29 +25,45 @@ from pipeline.common.errors import PipelineError
 TARGET_ACCURACY = 0.99
 
 
+def setting(default: Any, help: str, **option: Any) -> Any:
+    """A TrainConfig field the command line sets, with its help and how typer takes it:
+    `choices` (the enum of its values), `min`/`max`, `name` (when not the field's name: the
+    option's and the tracked param's) and `resume_may_change`; read by pipeline.cli.options."""
+    return field(default=default, metadata={"help": help, **option})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides the trained weights; stored in every checkpoint."""
 
-    model: str = "fastnet"
+    model: str = setting("fastnet", "Architecture (the recipe's).", choices=ModelName)
     arch_args: dict = field(default_factory=dict)
-    epochs: int = 4
-    batch_size: int = 128  # global: split across ranks under torchrun
-    lr: float = 4e-3  # peak learning rate of the schedule
-    optimizer: str = "adamw"
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    label_smoothing: float = 0.1
-    augment: bool = False
-    augment_strength: float = 1.0  # scales --augment's rotation, zoom and shift
-    elastic: bool = False
-    seed: int = 0
-    device: str = "auto"
-    data_source: str = "tensors"
+    epochs: int = setting(4, "Passes over the training digits.", min=1)
+    batch_size: int = setting(128, "Global batch size, split across torchrun processes.", min=1)
+    lr: float = setting(4e-3, "Peak learning rate of the schedule.")
+    optimizer: str = setting("adamw", "Optimizer (the recipe's).", choices=Optimizer)
+    weight_decay: float = setting(5e-4, "Weight decay on weights (not BN/bias).")
+    schedule: str = setting("onecycle", "Learning-rate schedule, per step.", choices=Schedule)
+    label_smoothing: float = setting(0.1, "Label smoothing of the loss, 0 to <1.")
+    augment: bool = setting(False, "Random rotation, scale and shift per image.")
+    augment_strength: float = setting(
+        1.0, "Scale --augment's rotation (10 deg), zoom and shift (10%): >0 to 3 (1)."
+    )
+    elastic: bool = setting(False, "Add elastic distortion (2 px) to --augment.")
+    seed: int = setting(
+        0, "Seed of initialisation, order and augmentation (0).", min=0, max=MAX_SEED
+    )
+    device: str = setting(
+        "auto", "auto picks CUDA, then Apple MPS, then the CPU.", choices=Device,
+        resume_may_change=True,
+    )  # fmt: skip
+    data_source: str = setting(
+        "tensors", "Train from cached tensors or the PNGs.", choices=DataSource, name="data"
+    )
     channels_last: bool = True
     amp: bool = True  # bf16 autocast, on CUDA only
-    compile: bool = False
-    max_steps: int | None = None  # stop early: smoke runs and tests
+    compile: bool = setting(False, "torch.compile; CUDA graphs on a GPU (the recipe's).")
+    max_steps: int | None = setting(None, "Stop after N steps (smoke runs).", min=1)
     recipe: str | None = None
     # Exponential moving average of the weights (and BatchNorm statistics), decay per step;
     # the average is what is validated and saved. None: the raw weights.
@@ -59,34 +76,28 @@ class TrainConfig:
     fold_seed: int = 0
 
 
-@dataclass(frozen=True)
-class Overrides:
-    """Settings given on the command line over a recipe, as plain values.
+CLI_SETTINGS = tuple(f for f in fields(TrainConfig) if "help" in f.metadata)
 
-    None keeps the recipe's value (or, with --resume, the saved run's).
-    """
 
-    model: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    optimizer: str | None = None
-    weight_decay: float | None = None
-    schedule: str | None = None
-    label_smoothing: float | None = None
-    augment: bool | None = None
-    augment_strength: float | None = None
-    elastic: bool | None = None
-    seed: int | None = None
-    device: str | None = None
-    data_source: str | None = None
-    compile: bool | None = None
-    max_steps: int | None = None
-    width: int | None = None  # sets arch_args: see models.width_args
+def cli_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """Every setting of `cfg` under the command line's name for it (tracking's params)."""
+    return {f.metadata.get("name", f.name): getattr(cfg, f.name) for f in fields(cfg)}
 
-    def given(self) -> dict[str, Any]:
-        """The settings that were given (not None), by TrainConfig field name."""
-        return {name: value for name, value in asdict(self).items() if value is not None}
+
+def _given(self) -> dict[str, Any]:
+    """The settings that were given (not None), by TrainConfig field name."""
+    return {name: value for name, value in asdict(self).items() if value is not None}
+
+
+# Settings given on the command line over a recipe, as plain values: TrainConfig's command-line
+# fields, and `width` (sets arch_args: see models.width_args). None keeps the recipe's value
+# (or, with --resume, the saved run's).
+Overrides = make_dataclass(
+    "Overrides",
+    [(f.name, f.type | None, None) for f in CLI_SETTINGS] + [("width", int | None, None)],
+    frozen=True,
+    namespace={"given": _given},
+)
 
 
 # Named recipes: overrides of TrainConfig's defaults. `fast` is the defaults themselves:

@@ -22,8 +22,8 @@ from pipeline.training.checkpoints import read_payload, save_checkpoint
 from pipeline.training.distributed import Ranks, max_over_ranks
 from pipeline.training.recipes import Overrides, TrainConfig, recipe_config
 
-# Options a resumed run may change without becoming another run.
-MAY_CHANGE_ON_RESUME = ("device",)
+# Settings a resumed run may change without becoming another run.
+MAY_CHANGE_ON_RESUME = {f.name for f in fields(TrainConfig) if f.metadata.get("resume_may_change")}
 
 
 @dataclass
@@ -272,20 +272,6 @@ def saved_config(meta: dict, path: Path) -> TrainConfig:
         raise PipelineError(f"{path}: its train_config is not this version's") from None
 
 
-def config_for_resume(out: Path, overrides: dict[str, Any]) -> TrainConfig:
-    """The saved run's config with the options given on the command line on top."""
-    from pipeline import config
-
-    last = config.last_checkpoint_path(out)
-    saved = saved_config(read_payload(last)["meta"], last)
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if (width := given.pop("width", None)) is not None:
-        from pipeline.training.models import width_args
-
-        given["arch_args"] = width_args(given.get("model", saved.model), width)
-    return replace(saved, **given)
-
-
 def run_config(
     recipe: str | None, overrides: Overrides, out: Path | None, resume: bool
 ) -> tuple[TrainConfig, Path]:
@@ -296,12 +282,17 @@ def run_config(
     `resume_payload` refuses only what was asked to change.
     """
     from pipeline import config
+    from pipeline.training.models import width_args
 
     given = overrides.given()
     cfg = recipe_config(recipe or "fast", **given)
     out = out or config.checkpoint_path(cfg.model)
     if resume:
-        cfg = config_for_resume(out, given | ({"recipe": recipe} if recipe else {}))
+        last = config.last_checkpoint_path(out)
+        saved = saved_config(read_payload(last)["meta"], last)
+        if (width := given.pop("width", None)) is not None:
+            given["arch_args"] = width_args(given.get("model", saved.model), width)
+        cfg = replace(saved, **given, **({"recipe": recipe} if recipe else {}))
     return cfg, out
 
 

@@ -8,7 +8,7 @@ is summed on the device and read once per epoch. The same code runs one process 
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from pipeline.common.timings import phase
 from pipeline.data import augmentation, datasets, folds
 from pipeline.inference.predictor import score
 from pipeline.training import calibration, distributed, run_state
+from pipeline.training.callbacks import Callback
 from pipeline.training.checkpoints import all_finite, save_checkpoint
 from pipeline.training.compiling import CompiledOrEager, compile_for
 from pipeline.training.distributed import Ranks, process_group, ranks_from_env, training_device
@@ -309,8 +310,7 @@ def train(
     progress: bool = True,
     force: bool = False,
     stop: run_state.StopSignals | None = None,
-    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
-    draw_curves: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> run_state.TrainResult:
     """Train `cfg` on processed_dir's train split, validating on val after every epoch.
 
@@ -320,23 +320,30 @@ def train(
     state and raise TrainingInterrupted. Under torchrun (WORLD_SIZE > 1) trains one model
     with DDP. A finished run of the same config on the same data is returned as is unless `force`.
     `stop` replaces the signal handlers' StopSignals (tests stop at a chosen step with it).
-    `on_epoch_end(record)` sees each epoch's metrics on rank 0 (tracking, tuning); what it
-    raises (a pruned trial) ends the run with the resumable state of that epoch saved.
+    `callbacks` hear of every epoch and of the end (see `Callback`).
     Another run writing the same `out` is refused: the whole run holds `out`'s lock.
-    `draw_curves=False` leaves the figure (a second of matplotlib) to the tracking recorder.
     """
-    check_config(cfg)
-    out = out or config.checkpoint_path(cfg.model)
-    check_writable(out)
-    run_state.check_out(out)
-    with run_state.writing(out, ranks_from_env()):
-        return train_locked(
-            cfg, processed_dir, out, resume, log, progress, force, stop, on_epoch_end, draw_curves
-        )
+    main = ranks_from_env().is_main
+    try:
+        check_config(cfg)
+        out = out or config.checkpoint_path(cfg.model)
+        check_writable(out)
+        run_state.check_out(out)
+        with run_state.writing(out, ranks_from_env()):
+            result = train_locked(
+                cfg, processed_dir, out, resume, log, progress, force, stop, callbacks
+            )
+    except BaseException as error:
+        for callback in callbacks if main else ():
+            callback.train_stop(error)
+        raise
+    for callback in callbacks if main else ():
+        callback.train_end(result)
+    return result
 
 
 def train_locked(
-    cfg, processed_dir, out, resume, log, progress, force, stop, on_epoch_end, draw_curves=True
+    cfg, processed_dir, out, resume, log, progress, force, stop, callbacks=()
 ) -> run_state.TrainResult:
     """`train` once its `out` is checked and locked."""
     last = config.last_checkpoint_path(out)
@@ -366,11 +373,11 @@ def train_locked(
                     where = run.state.epoch, run.state.step, stop.signum
                     raise run_state.TrainingInterrupted(last, *where)
                 end_epoch(run, seconds, start_step, say)
-                if on_epoch_end is not None and ranks.is_main:
-                    on_epoch_end(run.state.history[-1])
+                for callback in callbacks if ranks.is_main else ():
+                    callback.epoch_end(run.state.history[-1])
         distributed.wait_for_all(ranks)
     curves = None
-    if ranks.is_main and run.state.history and draw_curves:
+    if ranks.is_main and run.state.history:
         with phase("write"):
             curves = plots.plot_training_curves(run.state.history, config.curves_path(out))
     return run_state.TrainResult.of(run.state, cfg, out, curves)

@@ -1,0 +1,17 @@
+"""What a training run reports to whoever listens (tracking, tuning): torch-free, so that a
+listener can be imported without the loop."""
+
+
+class Callback:
+    """Hears, on rank 0, each epoch's record, then the run's result or the exception that
+    stopped it. What `epoch_end` raises (a pruned trial) stops the run with that epoch's
+    resumable state saved."""
+
+    def epoch_end(self, record: dict[str, float]) -> None:
+        pass
+
+    def train_end(self, result) -> None:
+        """`result`: its `run_state.TrainResult` (`skipped`: an identical run had finished)."""
+
+    def train_stop(self, error: BaseException) -> None:
+        pass
