@@ -6,8 +6,8 @@ k % world, one after another on the rank's own GPU (its local rank) or CPU, then
 that rank 0 scores the ensemble once all exist; otherwise over every local GPU or `jobs` CPU
 processes (one per core), each with one torch thread: small nets use two cores far better as
 two runs than as one run with two threads, and a member's weights never depend on where or
-beside what it trained. A member reports its start and its epochs as dicts (train's
-`on_epoch_end`) over a queue; the parent turns them into the overall bar, the time left and
+beside what it trained. A member reports its start and its epochs as dicts (a training
+callback) over a queue; the parent turns them into the overall bar, the time left and
 the member's tracked run. A member already trained with the same config on the same digits is
 kept; Ctrl-C (or SIGTERM) lets the members in flight save a resumable state, keeps every
 finished member, and the same command continues from there.
@@ -36,6 +36,7 @@ from pipeline.common.progress import ImagesLeft
 from pipeline.data import datasets, folds
 from pipeline.experiments import tracking
 from pipeline.training import distributed, run_state
+from pipeline.training.callbacks import Callback
 from pipeline.training.distributed import ranks_from_env, single_process
 from pipeline.training.recipes import TrainConfig, best_members, check_member_seeds, recipe_config
 from pipeline.training.run_state import TrainResult
@@ -108,6 +109,16 @@ def member_slots(device: str, jobs: int | None = None) -> list[torch.device]:
     return [target] * (jobs or ((os.cpu_count() or 1) if target.type == "cpu" else 1))
 
 
+class _Epochs(Callback):
+    """Member k's epochs as events for the parent: plain dicts, so they cross processes."""
+
+    def __init__(self, k: int, emit: Callable[[dict], None]):
+        self.k, self.emit = k, emit
+
+    def epoch_end(self, record: dict[str, float]) -> None:
+        self.emit({"member": self.k, "epoch": record})
+
+
 def _train_member(k, cfg, processed_dir, out, resume, emit) -> tuple[TrainResult, float]:
     """Train member k, telling `emit` of its start and its epochs; returns the result and the
     wall seconds. What stops it is raised in one line, as an exception that pickles."""
@@ -117,7 +128,7 @@ def _train_member(k, cfg, processed_dir, out, resume, emit) -> tuple[TrainResult
         with single_process():
             result = train(
                 cfg, processed_dir, out, resume=resume, force=not resume, progress=False,
-                on_epoch_end=lambda record: emit({"member": k, "epoch": record}),
+                callbacks=[_Epochs(k, emit)],
             )  # fmt: skip
     except run_state.TrainingInterrupted as exc:
         raise EnsembleInterrupted(f"member {k + 1}: {exc}", exc.exit_code) from None
@@ -196,7 +207,7 @@ class _Members:
     def keep(self, k: int, result: TrainResult, wall: float = 0.0) -> MemberResult:
         """Record a finished member: its run's summary and checkpoint (a kept one gets a run
         of its own too, so that the ensemble's run always holds all its members)."""
-        (self.runs.pop(k, None) or self._run(k, kept=True)).finish_training(result)
+        (self.runs.pop(k, None) or self._run(k, kept=True)).train_end(result)
         self.results[k] = MemberResult(k, result, self.digits[k][1], wall)
         return self.results[k]
 
@@ -352,7 +363,8 @@ def run_ensemble(configs, processed_dir, models_dir, jobs=None, track=None, log=
     log(f"ensemble: {name}, {len(configs)} members on {slots[0].type} ({where})")
     params = tracking.train_params(first) | {"members": len(configs)}
     on = tracking.wanted(track) and ranks.is_main
-    with tracking.command_run(on, name, "ensemble", params, warn=warn) as run:
+    tags = tracking.data_tags(processed_dir)
+    with tracking.command_run(on, name, "ensemble", params, tags, warn) as run:
         try:
             members = train_members(configs, processed_dir, models_dir, name, jobs, log, True, run)
         except EnsembleInterrupted:

@@ -221,11 +221,6 @@ class NoRun(Callback):
 NO_RUN = NoRun()
 
 
-def tracked_train(train: Callable, run, cfg, out: Path, **kwargs):
-    """`train(cfg, out=out, callbacks=[run], ...)`: kept while callers move to that."""
-    return train(cfg, out=out, callbacks=[run], **kwargs)
-
-
 def stop_status(exc: BaseException) -> str:
     """KILLED for a run stopped on purpose (Ctrl-C, SIGTERM, a pruned trial), else FAILED;
     optuna is matched by name so that tracking never imports it."""
