@@ -18,7 +18,8 @@ from pipeline.bench.models import (
 from pipeline.bench.training import DdpBench, FastRecipeBench, bench_ddp, bench_fast_recipe
 from pipeline.common.device import resolve_device
 from pipeline.data.datasets import load_split
-from pipeline.data.prepare import prepare, read_digits_csv
+from pipeline.data.prepare import prepare
+from pipeline.data.raw_csv import read_digits_csv
 
 ALL_MODELS = ("fastnet", "cnn", "lenet", "mlp", "deepcnn")
 

@@ -25,7 +25,7 @@ import torch
 
 from pipeline import config
 from pipeline.common.errors import PipelineError
-from pipeline.data import datasets, folds
+from pipeline.data import datasets
 from pipeline.experiments.tracking import NO_RUN, tracked_train, train_params
 from pipeline.training import run_state
 from pipeline.training.distributed import ranks_from_env, single_process
@@ -156,12 +156,6 @@ def _resumable(cfg: TrainConfig, out: Path, fingerprint: str) -> bool:
     return True
 
 
-def _fingerprint(cfg: TrainConfig, processed_dir: Path) -> str:
-    if cfg.folds is None:
-        return datasets.processed_fingerprint(processed_dir)
-    return folds.labelled_fingerprint(processed_dir)
-
-
 def train_members(
     configs: list[TrainConfig],
     processed_dir: Path = config.PROCESSED_DIR,
@@ -189,7 +183,7 @@ def train_members(
     pending, images = [], {}
     for k, (cfg, out) in enumerate(zip(configs, outs, strict=True)):
         n_train, n_val = _training_digits(cfg, processed_dir)
-        fingerprint = _fingerprint(cfg, processed_dir)
+        fingerprint = datasets.processed_fingerprint(processed_dir, whole=cfg.folds is not None)
         if done := run_state.finished_run(cfg, out, fingerprint):
             results[k] = MemberResult(
                 k,
