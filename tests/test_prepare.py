@@ -193,23 +193,37 @@ def test_malformed_train_csv_is_refused_with_file_and_problem(case, parser, raw_
     assert not out.exists() or not any(out.iterdir())  # nothing written
 
 
-# Refused before either parser reads a row (bounds, header), or after (labels above 9).
-NOT_FOR_THE_PARSERS = {"empty", "wrong header", "test header", "label 10", "a tail of NULs"}
-NOT_FOR_THE_PARSERS |= {
-    "a NUL mid-file",
-    "a 200,000-digit cell",
-    "a non-UTF-8 header",
-    "a control character in the header",
-}
+CELLS = ["0x1", "0XFF", "+5", " 5", "05", "1.0", "1e2", "0b1", "\u0663", "\uff15", "1_0", '"5"']
+CELLS += ["-0", "", "256", "nan", "1,2"]
 
 
-@pytest.mark.parametrize("case", sorted(set(BAD_TRAIN_FILES) - NOT_FOR_THE_PARSERS))
-def test_pyarrow_accepts_nothing_pandas_refuses(case, tmp_path):
-    """pyarrow's reader decides only files it accepts whole; every bad file goes to pandas."""
+@pytest.mark.parametrize("cell", CELLS)
+def test_pyarrow_and_pandas_read_every_cell_alike(cell, tmp_path, monkeypatch):
+    """The same pixels or the same error, whichever parser reads the file (pyarrow alone would
+    take `0x1` for 1, where pandas refuses it)."""
     pytest.importorskip("pyarrow")
     path = tmp_path / config.TRAIN_CSV
-    _write(path, BAD_TRAIN_FILES[case][0])
-    assert raw_csv._read_with_arrow(path, config.TRAIN_HEADER) is None
+    path.write_text(f"{TRAIN_HEADER}\n{_row(1)}\n{_row(2).replace(',0', ',' + cell, 1)}\n")
+    outcomes = []
+    for _ in ("pyarrow", "pandas"):
+        try:
+            outcomes.append(read_digits_csv(path, has_labels=True).pixels.tolist())
+        except PipelineError as exc:
+            outcomes.append(str(exc))
+        monkeypatch.setattr(raw_csv, "_read_with_arrow", lambda path, header: None)
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("bad", ["300", "0x1", "1e3"])
+def test_a_bad_cell_on_the_last_line_is_found_and_named(bad, parser, raw_dir, tmp_path):
+    """The first bad line is found past 4,000 good ones (read by a fast path), exactly."""
+    path = raw_dir / config.TRAIN_CSV
+    text = path.read_text().rstrip("\n")
+    path.write_text(text[: text.rindex(",") + 1] + bad + "\n")
+    with pytest.raises(PipelineError) as error:
+        prepare(raw_dir, tmp_path / "p")
+    assert str(error.value).startswith(f"{path}: line 4001, column pixel783: ")
+    assert bad in str(error.value) and str(error.value).endswith(("0-255", "not a number"))
 
 
 def test_sizes_and_lines_are_bounded_before_anything_is_parsed(raw_dir, tmp_path, monkeypatch):
