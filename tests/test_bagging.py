@@ -6,6 +6,7 @@ import torch
 from pipeline.common.errors import PipelineError
 from pipeline.data import datasets, folds
 from pipeline.data.folds import member_bag
+from pipeline.data.processed import processed_fingerprint
 from pipeline.experiments.bagging import OobEstimate, format_oob, oob_estimate, score_out_of_bag
 from pipeline.training.recipes import best_members
 from pipeline.training.train import train
@@ -21,7 +22,7 @@ def test_labelled_digits_are_train_csv_in_order_whatever_the_split(sample_raw_di
     first, second = views
     assert first.ids.tolist() == list(range(1, 4001))  # every row of train.csv, in order
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
-    fingerprints = {folds.labelled_fingerprint(tmp_path / str(seed)) for seed in (0, 1)}
+    fingerprints = {processed_fingerprint(tmp_path / str(seed), whole=True) for seed in (0, 1)}
     assert len(fingerprints) == 1  # a member's bag survives `prepare --seed`
 
 
@@ -108,7 +109,7 @@ def test_a_bagged_member_never_trains_on_its_out_of_bag_digits(
     assert len(drawn) == 4 * 64 and set(drawn) <= in_bag
     meta = torch.load(tmp_path / "m.pt", weights_only=True)["meta"]
     assert meta["bag"]["oob_rows"] == len(bag.oob) == 800 and result.history
-    fingerprint = folds.labelled_fingerprint(processed_dir)
+    fingerprint = processed_fingerprint(processed_dir, whole=True)
     again = folds.verified_bag(meta["bag"], digits.labels, fingerprint, tmp_path / "m.pt")
     assert torch.equal(again.oob, bag.oob)
     with pytest.raises(PipelineError, match="its bag does not match"):

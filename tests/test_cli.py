@@ -85,6 +85,46 @@ def test_prepare_malformed_csv_is_one_line_and_writes_nothing(raw_dir, tmp_path)
     assert not out.exists()
 
 
+def _nul_tail(raw_dir):
+    """What a crash leaves: the file's first rows, then NULs where the rest should be."""
+    with open(raw_dir / config.TRAIN_CSV, "r+b") as handle:
+        handle.seek(100_000)
+        handle.write(bytes(2_000_000))
+    return config.TRAIN_CSV, "not a text CSV file: a NUL byte at offset 100,000"
+
+
+def _short_test(raw_dir):
+    lines = (raw_dir / config.TEST_CSV).read_text().splitlines(keepends=True)
+    (raw_dir / config.TEST_CSV).write_text("".join(lines[:-1]))
+    return config.TEST_CSV, "has 999 digits, sample_submission.csv lists 1,000"
+
+
+@pytest.mark.parametrize("damage", [_nul_tail, _short_test], ids=["nul tail", "short test"])
+def test_prepare_on_damaged_raw_csvs_is_one_line(damage, raw_dir, tmp_path):
+    name, problem = damage(raw_dir)
+    out = tmp_path / "processed"
+    result = invoke("prepare", "--raw-dir", raw_dir, "--processed-dir", out)
+    assert_one_line_error(result, f"{raw_dir / name}: {problem}")
+    assert not out.exists()
+
+
+def test_download_of_a_zip_with_a_symlink_keeps_the_raw_csvs(raw_dir, tmp_path):
+    import stat
+    import zipfile
+
+    archive = tmp_path / "digit-recognizer.zip"
+    with zipfile.ZipFile(archive, "w") as opened:
+        link = zipfile.ZipInfo(config.TRAIN_CSV)
+        link.create_system, link.external_attr = 3, (stat.S_IFLNK | 0o777) << 16
+        opened.writestr(link, "/etc/passwd")
+        for name in (config.TEST_CSV, config.SAMPLE_SUBMISSION_CSV):
+            opened.write(raw_dir / name, name)
+    before = {p.name: p.read_bytes() for p in raw_dir.iterdir()}
+    result = invoke("download", "--zip", archive, "--raw-dir", raw_dir)
+    assert_one_line_error(result, f"{archive}: train.csv is a symbolic link, not a plain file")
+    assert {p.name: p.read_bytes() for p in raw_dir.iterdir()} == before
+
+
 def test_train_evaluate_predict(processed_dir, tmp_path):
     ckpt = tmp_path / "cnn.pt"
     trained = invoke(

@@ -443,6 +443,40 @@ def test_submit_refuses_a_bad_file_before_any_network_call(tmp_path):
         submit(bad, connect=no_network)
 
 
+@pytest.mark.parametrize(
+    "line",
+    ["1,\u0667", "1,\uff17", "1_0,7", "\u0661,7", " 1,7", "1,7 ", "+1,7", "1,-0", "1,7\u00b2"],
+    ids=[
+        "arabic-indic",
+        "full-width",
+        "underscore",
+        "arabic id",
+        "space",
+        "trailing",
+        "plus",
+        "minus",
+        "superscript",
+    ],
+)
+def test_submit_takes_only_ascii_digits_as_kaggle_does(line, tmp_path):
+    """int() reads all of these; Kaggle's scorer does not. The local check refuses them before
+    any network call, naming the line."""
+    from pipeline.experiments.submit import submit
+
+    def no_network():
+        raise AssertionError("connect() must not be called for a bad file")
+
+    path = _valid_submission(tmp_path / "submission.csv")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[1] = line  # ImageId 1
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(PipelineError) as caught:
+        submit(path, connect=no_network)
+    assert str(caught.value) == (
+        f"{path}: line 2: {line!r} is not two integers written in ASCII digits 0-9"
+    )
+
+
 def test_submit_sends_a_valid_file(tmp_path):
     from pipeline.experiments.submit import submit
 

@@ -17,8 +17,10 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.exits import Stopped
 from pipeline.common.files import file_sha256
 from pipeline.data import prepare as prepare_module
+from pipeline.data import raw_csv
 from pipeline.data.datasets import load_split, processed_fingerprint
-from pipeline.data.prepare import prepare, read_digits_csv, split_train_val
+from pipeline.data.prepare import prepare, split_train_val
+from pipeline.data.raw_csv import read_digits_csv
 
 
 def test_parses_pixels_row_major_as_uint8(raw_dir):
@@ -129,13 +131,59 @@ BAD_TRAIN_FILES = {
     "text": (TRAIN_HEADER + "\n" + _row(1, "x") + "\n", "'x' is not a number"),
     "empty cell": (TRAIN_HEADER + "\n" + _row(1, "") + "\n", "'' is not a number"),
     "label 10": (TRAIN_HEADER + "\n" + _row(4) + "\n" + _row(10) + "\n", "line 3: label 10"),
+    "a tail of NULs": (
+        (TRAIN_HEADER + "\n" + _row(1) + "\n").encode() + bytes(5000),
+        f"not a text CSV file: a NUL byte at offset {len(TRAIN_HEADER) + len(_row(1)) + 2:,} "
+        "(line 3)",
+    ),
+    "a NUL mid-file": (
+        (TRAIN_HEADER + "\n" + _row(1) + "\n" + _row(2, "1\0")).encode(),
+        "(line 3)",
+    ),
+    "a 200,000-digit cell": (
+        TRAIN_HEADER + "\n" + _row(1) + "\n" + _row(2, "7" * 200_000) + "\n",
+        "line 3 is longer than 65,536 bytes",
+    ),
+    "a 5,000-digit pixel": (
+        TRAIN_HEADER + "\n" + _row(1).replace(",0", ",9" + "9" * 4999, 1) + "\n",
+        "column pixel0: 999999999999... (5,000 characters) is not an integer 0-255",
+    ),
+    "a non-UTF-8 header": (
+        b"label,pixel0,pix\xe9l1" + TRAIN_HEADER[19:].encode() + b"\n" + _row(1).encode(),
+        "the header is not UTF-8 text (byte 0xe9 at offset 16)",
+    ),
+    "a non-UTF-8 cell": (
+        (TRAIN_HEADER + "\n" + _row(1) + "\n").encode() + b"2,0,\xff" + b",0" * 782,
+        "line 3, column pixel1: not UTF-8 text",
+    ),
+    "a control character in the header": (
+        "label,\x01pixel0" + TRAIN_HEADER[12:] + "\n" + _row(1) + "\n",
+        "not a text CSV file (control character 0x01 in the header)",
+    ),
 }
 
 
+@pytest.fixture(params=["pyarrow", "pandas"])
+def parser(request, monkeypatch):
+    """Run the test with pyarrow's reader first (as installed), then with pandas' alone."""
+    if request.param == "pyarrow":
+        pytest.importorskip("pyarrow")
+    else:
+        monkeypatch.setattr(raw_csv, "_read_with_arrow", lambda path, header: None)
+    return request.param
+
+
+def _write(path, content):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+
+
 @pytest.mark.parametrize("case", BAD_TRAIN_FILES)
-def test_malformed_train_csv_is_refused_with_file_and_problem(case, raw_dir, tmp_path):
+def test_malformed_train_csv_is_refused_with_file_and_problem(case, parser, raw_dir, tmp_path):
     content, problem = BAD_TRAIN_FILES[case]
-    (raw_dir / config.TRAIN_CSV).write_text(content)
+    _write(raw_dir / config.TRAIN_CSV, content)
     out = tmp_path / "processed"
     with pytest.raises(PipelineError) as error:
         prepare(raw_dir, out)
@@ -143,6 +191,117 @@ def test_malformed_train_csv_is_refused_with_file_and_problem(case, raw_dir, tmp
     assert str(raw_dir / config.TRAIN_CSV) in message and problem in message
     assert "\n" not in message
     assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+CELLS = ["0x1", "0XFF", "+5", " 5", "05", "1.0", "1e2", "0b1", "\u0663", "\uff15", "1_0", '"5"']
+CELLS += ["-0", "", "256", "nan", "1,2"]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_pyarrow_and_pandas_read_every_cell_alike(cell, tmp_path, monkeypatch):
+    """The same pixels or the same error, whichever parser reads the file (pyarrow alone would
+    take `0x1` for 1, where pandas refuses it)."""
+    pytest.importorskip("pyarrow")
+    path = tmp_path / config.TRAIN_CSV
+    path.write_text(f"{TRAIN_HEADER}\n{_row(1)}\n{_row(2).replace(',0', ',' + cell, 1)}\n")
+    outcomes = []
+    for _ in ("pyarrow", "pandas"):
+        try:
+            outcomes.append(read_digits_csv(path, has_labels=True).pixels.tolist())
+        except PipelineError as exc:
+            outcomes.append(str(exc))
+        monkeypatch.setattr(raw_csv, "_read_with_arrow", lambda path, header: None)
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("bad", ["300", "0x1", "1e3"])
+def test_a_bad_cell_on_the_last_line_is_found_and_named(bad, parser, raw_dir, tmp_path):
+    """The first bad line is found past 4,000 good ones (read by a fast path), exactly."""
+    path = raw_dir / config.TRAIN_CSV
+    text = path.read_text().rstrip("\n")
+    path.write_text(text[: text.rindex(",") + 1] + bad + "\n")
+    with pytest.raises(PipelineError) as error:
+        prepare(raw_dir, tmp_path / "p")
+    assert str(error.value).startswith(f"{path}: line 4001, column pixel783: ")
+    assert bad in str(error.value) and str(error.value).endswith(("0-255", "not a number"))
+
+
+def test_sizes_and_lines_are_bounded_before_anything_is_parsed(raw_dir, tmp_path, monkeypatch):
+    """A file past the size or line bound is refused before it is hashed or parsed."""
+
+    def never(*args):
+        raise AssertionError("parsed or hashed a file past the bounds")
+
+    for name in ("_read_with_arrow", "_read_with_pandas"):
+        monkeypatch.setattr(raw_csv, name, never)
+    monkeypatch.setattr(prepare_module, "fingerprint_sources", never)
+    size = (raw_dir / config.TRAIN_CSV).stat().st_size
+    monkeypatch.setattr(raw_csv, "MAX_CSV_BYTES", size - 1)
+    with pytest.raises(PipelineError) as error:
+        prepare(raw_dir, tmp_path / "p")
+    assert str(error.value) == (
+        f"{raw_dir / config.TRAIN_CSV}: {size:,} bytes, more than the {size - 1:,} allowed "
+        "(Kaggle's train.csv is 77 MB): not one of the competition's files"
+    )
+    monkeypatch.setattr(raw_csv, "MAX_CSV_BYTES", size)
+    monkeypatch.setattr(raw_csv, "MAX_ROWS", 3999)
+    with pytest.raises(PipelineError, match=r"train.csv: more than 4,000 lines \(Kaggle's"):
+        prepare(raw_dir, tmp_path / "p", force=True)
+    assert not (tmp_path / "p").exists()
+
+
+def _cut_test_csv(raw_dir, rows):
+    lines = (raw_dir / config.TEST_CSV).read_text().splitlines(keepends=True)
+    (raw_dir / config.TEST_CSV).write_text("".join(lines[: rows + 1]))
+
+
+@pytest.mark.parametrize("rows", [999, 1001])
+def test_a_test_set_other_than_sample_submission_lists_is_refused(rows, raw_dir, tmp_path):
+    if rows > 1000:  # one digit too many: the first one again
+        text = (raw_dir / config.TEST_CSV).read_text()
+        (raw_dir / config.TEST_CSV).write_text(text + text.splitlines(keepends=True)[1])
+    else:
+        _cut_test_csv(raw_dir, rows)
+    with pytest.raises(PipelineError) as error:
+        prepare(raw_dir, tmp_path / "p")
+    assert str(error.value) == (
+        f"{raw_dir / config.TEST_CSV}: has {rows:,} digits, sample_submission.csv lists 1,000: "
+        "the test set is incomplete or not this competition's; download it again"
+    )
+    assert not (tmp_path / "p").exists()
+    assert prepare(raw_dir, tmp_path / "p", limit_rows=500).counts["test"] == 500  # a prefix
+
+
+def test_without_sample_submission_the_test_set_is_taken_as_it_is(raw_dir, tmp_path):
+    """The check needs sample_submission.csv (and the sample's answers, which list the same)."""
+    _cut_test_csv(raw_dir, 999)
+    (raw_dir / config.SAMPLE_SUBMISSION_CSV).unlink()
+    (raw_dir / config.TEST_LABELS_CSV).unlink()
+    result = prepare(raw_dir, tmp_path / "p")
+    assert result.counts["test"] == 999 and not result.is_sample
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("ImageId,Label\n1,0\n3,0\n", "must list ImageId 1..N in order"),
+        ("ImageId,Label\n1,0\n1,0\n", "must list ImageId 1..N in order"),
+        ("ImageId,Label\n1,0,4\n", "line 2 has 3 fields, expected 2"),
+        ("ImageId,Label\n1,x\n", "line 2: '1,x' is not two integers written in ASCII digits"),
+        ("ImageId,Label\n1," + "9" * 5000 + "\n", "line 2: '1,99999"),
+        ("ImageId,Label\n1,\uff10\n", "is not two integers written in ASCII digits"),
+        (b"ImageId,Label\n1,0\n2,\xff\n", "line 3 is not UTF-8 text"),
+        ("ImageId,Label\n1,12\n", "labels must be digits 0-9"),
+        ("Id,Label\n1,0\n", "header must be ImageId,Label (2 columns)"),
+        ("ImageId,Label\n1,0\n\0\0\0", "a NUL byte at offset 18 (line 3)"),
+    ],
+)
+def test_a_foreign_sample_submission_is_one_line(text, problem, raw_dir, tmp_path):
+    _write(raw_dir / config.SAMPLE_SUBMISSION_CSV, text)
+    with pytest.raises(PipelineError) as error:
+        prepare(raw_dir, tmp_path / "p")
+    assert str(error.value).startswith(f"{raw_dir / config.SAMPLE_SUBMISSION_CSV}: ")
+    assert problem in str(error.value) and "\n" not in str(error.value)
 
 
 def test_binary_and_missing_files_are_refused(raw_dir, tmp_path):
@@ -350,7 +509,7 @@ def test_pyarrow_and_pandas_parse_the_same_pixels(raw_dir):
     """The fast parse (pyarrow) and the one that diagnoses (pandas' C parser) agree, to the
     layout (column-major, as `_to_split` expects)."""
     pytest.importorskip("pyarrow")
-    from pipeline.data.prepare import _read_with_arrow, _read_with_pandas
+    from pipeline.data.raw_csv import _read_with_arrow, _read_with_pandas
 
     for name, header in ((config.TRAIN_CSV, config.TRAIN_HEADER), (config.TEST_CSV, None)):
         header = header or config.TEST_HEADER

@@ -25,7 +25,8 @@ from pipeline.bench.training import (
 )
 from pipeline.common.device import resolve_device
 from pipeline.data.datasets import load_split
-from pipeline.data.prepare import prepare, read_digits_csv
+from pipeline.data.prepare import prepare
+from pipeline.data.raw_csv import read_digits_csv
 
 ALL_MODELS = ("fastnet", "cnn", "lenet", "mlp", "deepcnn")
 

@@ -10,7 +10,6 @@ PNG-backed one decodes file by file, as the original tutorial did.
 """
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,22 +20,13 @@ from torch.utils.data import Dataset
 from pipeline import config
 from pipeline.common.errors import PipelineError
 from pipeline.data.processed import (  # noqa: F401  (re-exported: the stages read them from here)
+    DigitSplit,
     load_split_arrays,
     processed_fingerprint,
     read_meta,
 )
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
-
-
-@dataclass(frozen=True)
-class DigitSplit:
-    images: torch.Tensor  # uint8 [N, 1, 28, 28], 0 = background, 255 = ink
-    labels: torch.Tensor | None  # int64 [N], None where the labels are hidden
-    ids: torch.Tensor  # int64 [N], 1-based row in the source CSV
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 def load_split(processed_dir: Path, name: str) -> DigitSplit:

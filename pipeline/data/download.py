@@ -6,7 +6,10 @@ format (plus the held-out test labels) so the whole flow runs offline on a fresh
 
 import functools
 import importlib.util
+import os
+import signal
 import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -23,6 +26,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.exits import raise_if_stopped
 from pipeline.common.files import remove_dead_temps, temp_dir
 from pipeline.data import kaggle_api
+from pipeline.data.raw_csv import read_raw
 from pipeline.data.zip_members import competition_members, copy_member, pick_members
 
 
@@ -74,30 +78,67 @@ def _staging_dir(raw_dir: Path, prefix: str) -> tempfile.TemporaryDirectory:
         return temp_dir(raw_dir, prefix)  # a killed run's staging folders go first
 
 
-def write_all_or_none(
-    raw_dir: Path, writers: dict[str, Callable[[Path], None]], drop: tuple[str, ...] = ()
-) -> None:
-    """Write every file of `writers` aside, then move them all into `raw_dir` and delete `drop`.
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait for the end of the block, then act as usual: the renames that
+    publish a set of files all happen, or none. (Python runs signal handlers in the main
+    thread, so they are swapped there; blocking the signal would not hold it from others.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, _: caught.append(signum)) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
-    Each writer gets the temp path to write its file to. If any writer fails (a damaged zip
-    member, a full disk), `raw_dir` keeps what it held and the temp folder is removed; an
-    OSError becomes one line naming the file in `raw_dir` it was for.
+
+def write_all_or_none(
+    raw_dir: Path,
+    writers: dict[str, Callable[[Path], None]],
+    drop: tuple[str, ...] = (),
+    check: Callable[[Path], None] | None = None,
+) -> None:
+    """Write every file of `writers` aside, `check` the folder they are in, then move them all
+    into `raw_dir` and delete `drop`.
+
+    Each writer gets the temp path to write its file to. If any writer or the check fails (a
+    damaged zip member, a foreign CSV, a full disk), `raw_dir` keeps what it held and the temp
+    folder is removed; an OSError becomes one line naming the file in `raw_dir` it was for.
     """
     with _staging_dir(raw_dir, "download") as tmp:
         for name, write in writers.items():
             with os_errors_name(raw_dir / name):
                 write(Path(tmp) / name)
+        if check is not None:
+            check(Path(tmp))
         raise_if_stopped()
-        for name in writers:
-            with os_errors_name(raw_dir / name):
-                (Path(tmp) / name).replace(raw_dir / name)
-        for name in drop:
-            with os_errors_name(raw_dir / name):
-                (raw_dir / name).unlink(missing_ok=True)
+        with signals_held():
+            for name in writers:
+                with os_errors_name(raw_dir / name):
+                    (Path(tmp) / name).replace(raw_dir / name)
+            for name in drop:
+                with os_errors_name(raw_dir / name):
+                    (raw_dir / name).unlink(missing_ok=True)
+
+
+def check_kaggle_csvs(folder: Path, zip_path: Path) -> None:
+    """The extracted CSVs parse as Kaggle's (as `prepare` will read them), and test.csv holds
+    the digits sample_submission.csv lists; errors name the zip's member, not the temp file."""
+    try:
+        read_raw(folder)
+    except PipelineError as exc:
+        raise PipelineError(str(exc).replace(f"{folder}{os.sep}", f"{zip_path}: ")) from None
 
 
 def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
-    """Extract train.csv, test.csv and sample_submission.csv; replace them all or none.
+    """Extract train.csv, test.csv and sample_submission.csv; replace them all or none, once
+    they are known to be Kaggle's CSVs.
 
     Returns notes on members it skipped (copies outside the top level).
 
@@ -116,7 +157,8 @@ def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
                 name: functools.partial(copy_member, archive, info, zip_path)
                 for name, info in members.items()
             }
-            write_all_or_none(raw_dir, writers, drop=(config.TEST_LABELS_CSV,))
+            check = functools.partial(check_kaggle_csvs, zip_path=zip_path)
+            write_all_or_none(raw_dir, writers, (config.TEST_LABELS_CSV,), check)
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
         raise PipelineError(f"{zip_path}: not a readable zip file ({exc})") from None
     return notes

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import sha256_text
-from pipeline.data.datasets import DigitSplit, load_split, read_meta
+from pipeline.data.datasets import DigitSplit, load_split
 
 
 def labelled_digits(processed_dir: Path) -> DigitSplit:
@@ -28,13 +28,6 @@ def labelled_digits(processed_dir: Path) -> DigitSplit:
     images = torch.cat([train.images, val.images])[order]
     labels = torch.cat([train.labels, val.labels])[order]
     return DigitSplit(images, labels, ids[order])
-
-
-def labelled_fingerprint(processed_dir: Path) -> str:
-    """Identifies the labelled digits (source CSVs and --limit-rows), whatever the split."""
-    meta = read_meta(processed_dir)
-    keys = ("sources", "limit_rows")
-    return sha256_text(repr(sorted((k, repr(meta.get(k))) for k in keys)))
 
 
 def check_folds(folds: int, fold: int, n: int) -> None:

@@ -15,7 +15,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -52,10 +52,12 @@ class Meta(BaseModel):
 
 
 @dataclass(frozen=True)
-class SplitArrays:
-    images: np.ndarray  # uint8 [N, 1, 28, 28], 0 = background, 255 = ink
-    labels: np.ndarray | None  # int64 [N], None where the labels are hidden
-    ids: np.ndarray  # int64 [N], 1-based row in the source CSV
+class DigitSplit:
+    """One split's digits: NumPy arrays as stored, torch tensors once `datasets` loads them."""
+
+    images: Any  # uint8 [N, 1, 28, 28], 0 = background, 255 = ink
+    labels: Any | None  # int64 [N], None where the labels are hidden
+    ids: Any  # int64 [N], 1-based row in the source CSV
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -91,14 +93,12 @@ def read_meta(processed_dir: Path) -> dict:
         ) from None
 
 
-def data_fingerprint(meta: dict) -> str:
-    """Identifies the prepared data (source CSVs and split), recorded in every checkpoint."""
-    keys = ("sources", "val_fraction", "seed", "limit_rows")
+def processed_fingerprint(processed_dir: Path, whole: bool = False) -> str:
+    """Identifies the data a run trains on, recorded in its checkpoint: the source CSVs and
+    the split, or with `whole` (bagged members) every labelled digit, whatever the split."""
+    keys = ["sources", "limit_rows"] + ([] if whole else ["val_fraction", "seed"])
+    meta = read_meta(processed_dir)
     return sha256_text(json.dumps({k: meta.get(k) for k in keys}, sort_keys=True))
-
-
-def processed_fingerprint(processed_dir: Path) -> str:
-    return data_fingerprint(read_meta(processed_dir))
 
 
 def images_digest(root: Path) -> str:
@@ -126,7 +126,7 @@ def stale_files(processed_dir: Path, meta: dict) -> list[str]:
 # ---------------------------------------------------------------- the split files
 
 
-def save_split(split: SplitArrays, path: Path) -> str:
+def save_split(split: DigitSplit, path: Path) -> str:
     """Write one split atomically; returns the sha256 meta.json records for it."""
     arrays = {"images": split.images, "ids": split.ids}
     if split.labels is not None:
@@ -161,7 +161,7 @@ def _valid_split(arrays: dict[str, np.ndarray]) -> bool:
     )
 
 
-def load_split_arrays(processed_dir: Path, name: str) -> SplitArrays:
+def load_split_arrays(processed_dir: Path, name: str) -> DigitSplit:
     """Load one cached split, checking it is the file meta.json recorded and well-formed."""
     path = config.split_path(processed_dir, name)
     meta = read_meta(processed_dir)
@@ -182,12 +182,12 @@ def load_split_arrays(processed_dir: Path, name: str) -> SplitArrays:
         valid = False
     if not valid:
         raise PipelineError(f"{path}: not a split written by `pipeline prepare`; run it again")
-    split = SplitArrays(arrays["images"], arrays.get("labels"), arrays["ids"])
+    split = DigitSplit(arrays["images"], arrays.get("labels"), arrays["ids"])
     check_split(split, name, meta["counts"].get(name), path)
     return split
 
 
-def check_split(split: SplitArrays, name: str, count: int | None, path: Path) -> None:
+def check_split(split: DigitSplit, name: str, count: int | None, path: Path) -> None:
     """A split holds the digits meta.json counted, at least one, labelled unless it is test."""
     if len(split) == 0:
         raise PipelineError(f"{path}: the {name} split holds no digits; run `pipeline prepare`")

@@ -1,20 +1,22 @@
 """Which members of a competition zip are read, and within what limits (untrusted input).
 
-Kaggle ships train.csv, test.csv and sample_submission.csv at the top level. A member is
-checked from the zip's directory before anything is inflated (encryption, compression method,
-size, ratio), and again while it inflates, since a directory can lie.
+Kaggle ships train.csv, test.csv and sample_submission.csv at the top level, as plain files.
+A member is checked from the zip's directory before anything is inflated (file type,
+encryption, compression method, size, ratio), and again while it inflates, since a directory
+can lie.
 """
 
+import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from pipeline import config
 from pipeline.common.errors import PipelineError
+from pipeline.data.raw_csv import MAX_CSV_BYTES
 
 ZIP_ENCRYPTED = 0x1  # general-purpose flag bit 0 of a zip member
-# Kaggle's train.csv is 77 MB and inflates 8.8 times (test.csv 8.9, the sample submission
-# 3.8); these bounds leave 2.6x and 11x of room.
-MAX_MEMBER_BYTES = 200_000_000
+# Kaggle's members inflate 8.8 times (train.csv; test.csv 8.9, the sample submission 3.8):
+# 11x of room. A member inflates to at most MAX_CSV_BYTES, the bound on any raw CSV.
 MAX_RATIO = 100
 
 
@@ -48,13 +50,26 @@ def pick_members(archive: zipfile.ZipFile, zip_path: Path) -> tuple[dict, list[s
     return chosen, notes
 
 
+def check_file_type(info: zipfile.ZipInfo, zip_path: Path) -> None:
+    """Refuse a member whose Unix mode (the high half of `external_attr`) is not a plain
+    file: a symbolic link's content is its target's path, never a CSV. Zips made without Unix
+    modes (0 there) hold plain files."""
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind not in (0, stat.S_IFREG):
+        what = {stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a folder"}
+        raise PipelineError(
+            f"{zip_path}: {info.filename} is {what.get(kind, 'a special file')}, not a plain "
+            "file: not Kaggle's zip"
+        )
+
+
 def check_member_size(info: zipfile.ZipInfo, zip_path: Path) -> None:
     """Refuse, from the zip's directory and before inflating anything, a member that claims
-    more than MAX_MEMBER_BYTES or inflates more than MAX_RATIO times (a zip bomb)."""
-    if info.file_size > MAX_MEMBER_BYTES:
+    more than MAX_CSV_BYTES or inflates more than MAX_RATIO times (a zip bomb)."""
+    if info.file_size > MAX_CSV_BYTES:
         raise PipelineError(
             f"{zip_path}: {info.filename} inflates to {info.file_size:,} bytes, more than the "
-            f"{MAX_MEMBER_BYTES:,} allowed (Kaggle's train.csv is 77 MB)"
+            f"{MAX_CSV_BYTES:,} allowed (Kaggle's train.csv is 77 MB)"
         )
     ratio = info.file_size / max(info.compress_size, 1)
     if ratio > MAX_RATIO and info.file_size > 1 << 20:  # tiny files may pack better: harmless
@@ -78,6 +93,7 @@ def competition_members(
     by_hand = f"unzip it yourself and put {', '.join(config.COMPETITION_FILES)} in {raw_dir}"
     for name in config.COMPETITION_FILES:
         info = members[name]
+        check_file_type(info, zip_path)
         if info.flag_bits & ZIP_ENCRYPTED:
             raise PipelineError(
                 f"{zip_path}: {name} is encrypted (password-protected zips are not "
@@ -101,7 +117,7 @@ def copy_member(
 
     The size limits hold while inflating too, whatever the zip's directory claimed.
     """
-    limit = min(info.file_size, MAX_MEMBER_BYTES)
+    limit = min(info.file_size, MAX_CSV_BYTES)
     written = 0
     with archive.open(info) as src, open(target, "wb") as dst:
         while True:

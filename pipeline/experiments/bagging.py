@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from pipeline.common.errors import PipelineError
-from pipeline.data.folds import labelled_digits, labelled_fingerprint, verified_bag
+from pipeline.data.folds import labelled_digits, verified_bag
+from pipeline.data.processed import processed_fingerprint
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def score_out_of_bag(
 
     target = resolve_device(device)
     digits = labelled_digits(processed_dir)
-    fingerprint = labelled_fingerprint(processed_dir)
+    fingerprint = processed_fingerprint(processed_dir, whole=True)
     votes, members = [], []
     for loaded in load_for_inference(checkpoints, target):
         record = loaded.meta.get("bag")

@@ -33,7 +33,7 @@ from pipeline.common import exits
 from pipeline.common.device import resolve_device
 from pipeline.common.errors import PipelineError
 from pipeline.common.progress import ImagesLeft
-from pipeline.data import datasets, folds
+from pipeline.data import datasets
 from pipeline.experiments import tracking
 from pipeline.training import distributed, run_state
 from pipeline.training.callbacks import Callback
@@ -167,9 +167,8 @@ class _Members:
         self.parent, self.tags = parent, tags or {}
         counts = datasets.read_meta(processed_dir)["counts"]
         self.digits = [_digits(cfg, counts["train"], counts["val"]) for cfg in configs]
-        bagged = cache(folds.labelled_fingerprint)  # a bag is drawn from every labelled digit
-        split = cache(datasets.processed_fingerprint)
-        self.fingerprint = lambda k: (split if configs[k].folds is None else bagged)(processed_dir)
+        fingerprint = cache(datasets.processed_fingerprint)  # a bag draws from every digit
+        self.fingerprint = lambda k: fingerprint(processed_dir, configs[k].folds is not None)
         self.runs: dict[int, tracking.TrackedRun] = {}
         self.results: dict[int, MemberResult] = {}
         self.stops: list[EnsembleInterrupted] = []

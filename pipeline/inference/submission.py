@@ -5,7 +5,6 @@ checks what it writes and `submit` checks what it sends, with the same rules: th
 `ImageId,Label`, ImageId 1..N once each, integer labels 0-9, two fields on every line.
 """
 
-import csv
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,39 +41,15 @@ def check_submission(frame: "pd.DataFrame", n_rows: int, name: str) -> None:
     check_columns(*columns, n_rows, name)
 
 
-def _parse_rows(path: Path) -> "pd.DataFrame":
-    """Every line as exactly two integers under the exact header, or a one-line error."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise PipelineError(f"{path}: not a readable CSV file (it is empty)")
-        if header != config.SUBMISSION_HEADER:
-            found = ",".join(header)[:40]
-            raise PipelineError(f"{path}: header must be ImageId,Label, found {found}")
-        rows = []
-        for line_no, row in enumerate(reader, start=2):
-            if len(row) != 2:
-                raise PipelineError(f"{path}: line {line_no} has {len(row)} fields, expected 2")
-            try:
-                rows.append((int(row[0]), int(row[1])))
-            except ValueError:
-                raise PipelineError(
-                    f"{path}: line {line_no}: {','.join(row)[:30]!r} is not two integers"
-                ) from None
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=config.SUBMISSION_HEADER, dtype=np.int64)
-
-
 def read_submission(path: Path, n_rows: int = config.KAGGLE_TEST_ROWS) -> "pd.DataFrame":
     """Read and check a submission file; raises a one-line PipelineError on any problem."""
+    import pandas as pd
+
+    from pipeline.data.raw_csv import read_id_labels
+
     if not path.is_file():
         raise PipelineError(f"{path}: no such file (run `pipeline predict` first)")
-    try:
-        frame = _parse_rows(path)
-    except (UnicodeDecodeError, csv.Error):
-        raise PipelineError(f"{path}: not a readable CSV file") from None
+    frame = pd.DataFrame(read_id_labels(path), columns=config.SUBMISSION_HEADER)
     check_submission(frame, n_rows, str(path))
     return frame
 

@@ -347,10 +347,7 @@ def train_locked(
 ) -> run_state.TrainResult:
     """`train` once its `out` is checked and locked."""
     last = config.last_checkpoint_path(out)
-    if cfg.folds is None:
-        fingerprint = datasets.processed_fingerprint(processed_dir)
-    else:  # every labelled digit, whatever the prepared split
-        fingerprint = folds.labelled_fingerprint(processed_dir)
+    fingerprint = datasets.processed_fingerprint(processed_dir, whole=cfg.folds is not None)
     payload = run_state.resume_payload(last, cfg, fingerprint) if resume else None
     if not (resume or force) and (done := run_state.finished_run(cfg, out, fingerprint)):
         return done
