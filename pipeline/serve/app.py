@@ -68,25 +68,19 @@ class Problem(BaseModel):
     detail: str = Field(description="What was wrong with the request, in one sentence.")
 
 
+class UploadForm(BaseModel):  # for the API's documentation: `requests` reads the form
+    file: bytes = Field(
+        description="A PNG or JPEG drawing, photo or scan of one digit (preprocessed "
+        "MNIST-style before the model sees it)."
+    )
+
+
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {"schema": PixelsRequest.model_json_schema()},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "A PNG or JPEG drawing, photo or scan of one digit "
-                            "(preprocessed MNIST-style before the model sees it).",
-                        }
-                    },
-                }
-            },
+            "multipart/form-data": {"schema": UploadForm.model_json_schema()},
         },
     }
 }

@@ -18,10 +18,19 @@ class CheckpointInfo:
     """One checkpoint that answers, as /api/model shows it."""
 
     name: str
-    path: str  # see `shown_path`: never absolute
+    path: str  # never absolute: see `of`
     model: str | None  # the architecture's name
     val_accuracy: float | None
     temperature: float = 1.0  # probabilities are softmax(logits / temperature); see calibration
+
+    @classmethod
+    def of(cls, path: Path, model: str | None, val_accuracy, temperature: float):
+        """With `path` relative to the project inside it (such as `models/best-0.pt`), else the
+        file name alone, so no absolute path leaves the server."""
+        resolved = path.resolve()
+        inside = resolved.is_relative_to(config.ROOT)
+        shown = str(resolved.relative_to(config.ROOT)) if inside else path.name
+        return cls(path.name, shown, model, val_accuracy, temperature)
 
 
 class Backend(Protocol):
@@ -33,12 +42,3 @@ class Backend(Protocol):
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, 1, 28, 28] MNIST-style digits -> float32 [N, 10] probabilities."""
         ...
-
-
-def shown_path(path: Path) -> str:
-    """A checkpoint's path as /api/model shows it: relative to the project inside it (such as
-    `models/best-0.pt`), else the file name alone, so no absolute path leaves the server."""
-    resolved = path.resolve()
-    if resolved.is_relative_to(config.ROOT):
-        return str(resolved.relative_to(config.ROOT))
-    return path.name

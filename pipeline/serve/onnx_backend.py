@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.inference.onnx_runtime import OnnxModel, load_onnx_models, mean_probabilities
-from pipeline.serve.backend import CheckpointInfo, shown_path
+from pipeline.serve.backend import CheckpointInfo
 
 DEVICE = "cpu (onnxruntime)"
 
@@ -40,16 +40,8 @@ def graph_temperature(meta: dict) -> float:
 def load_models(paths: list[Path]) -> OnnxBackend:
     """Open and check every graph (one-line PipelineError if one is not ours), warmed up."""
     models = load_onnx_models(paths, threads=1)
-    return OnnxBackend(  # already warm: loading ran a blank digit through every graph
-        models,
-        [
-            CheckpointInfo(
-                name=model.path.name,
-                path=shown_path(model.path),
-                model=model.model,
-                val_accuracy=model.val_accuracy,
-                temperature=graph_temperature(model.meta),
-            )
-            for model in models
-        ],
-    )
+    info = [
+        CheckpointInfo.of(m.path, m.model, m.val_accuracy, graph_temperature(m.meta))
+        for m in models
+    ]
+    return OnnxBackend(models, info)  # already warm: loading ran a blank digit through each

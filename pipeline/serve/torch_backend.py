@@ -15,7 +15,7 @@ from pipeline import config
 from pipeline.common.device import resolve_device
 from pipeline.data.datasets import TensorDigits
 from pipeline.inference.predictor import LoadedModel, ensemble_probabilities, load_for_inference
-from pipeline.serve.backend import CheckpointInfo, shown_path
+from pipeline.serve.backend import CheckpointInfo
 
 
 @dataclass
@@ -51,13 +51,7 @@ def load_models(checkpoints: list[Path], device: str = "auto") -> TorchBackend:
     if target.type == "cpu":
         torch.set_num_threads(1)
     info = [
-        CheckpointInfo(
-            name=m.path.name,
-            path=shown_path(m.path),
-            model=m.meta.get("model"),
-            val_accuracy=m.meta.get("val_accuracy"),
-            temperature=m.temperature,
-        )
+        CheckpointInfo.of(m.path, m.meta.get("model"), m.meta.get("val_accuracy"), m.temperature)
         for m in members
     ]
     backend = TorchBackend(members, info, str(target))
