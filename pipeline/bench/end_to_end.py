@@ -27,7 +27,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.data.datasets import read_meta
 from pipeline.inference.submission import read_submission
 
-PHASES = (timings.IMPORT, "load", "work", "write")
+PHASES = ("import", "load", "work", "write")  # import: spawn to the first phase
 E2E_DEVICE = "cpu"  # the tutorial's setting; the recipes' GPU variants do not apply
 
 
@@ -74,7 +74,7 @@ def run_timed(name: str, args: list[str], timings_path: Path) -> tuple[ProcessTi
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise PipelineError(f"bench: `{' '.join(args)}` exited {done.returncode}: {last}")
     phases = json.loads(timings_path.read_text())
-    phases[timings.IMPORT] = phases.get(timings.FIRST_PHASE_AT, spawned) - spawned
+    phases["import"] = phases.get(timings.FIRST_PHASE_AT, spawned) - spawned
     return ProcessTiming(name, wall, {k: phases.get(k, 0.0) for k in PHASES}), done.stdout
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from pipeline import config
+from pipeline.common.device import usable_cores
 from pipeline.training.recipes import recipe_config
 from pipeline.training.train import train
 
@@ -140,5 +141,4 @@ def bench_busy_core(processed_dir: Path, model: str, steps: int, batch_size: int
     with spinning_core():
         busy, _ = project_images_per_second(model, data, cpu, batch_size, steps)
         busy_threads = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return BusyCoreBench(model, cores or 1, quiet, busy, quiet_threads, busy_threads)
+    return BusyCoreBench(model, usable_cores(), quiet, busy, quiet_threads, busy_threads)
