@@ -1,13 +1,9 @@
-"""The FastAPI app of `pipeline serve`: the page at /, the JSON API under /api/.
+"""The FastAPI app of `pipeline serve` over any `backend.Backend`: the page at /, the API at /api/.
 
-`create_app(backend)` works over any `backend.Backend`, so the app itself needs only FastAPI,
-NumPy and Pillow. Every uploaded image goes through `digitize` (MNIST-style centring and
-scaling) before the model sees it; JSON pixels are taken as they are (see `requests`). Every
-error answers 4xx (never a 500 for a request's fault) with a one-sentence `detail`.
-
-The API is documented by FastAPI at /docs (Swagger UI) from /openapi.json. FastAPI's /docs
-page loads Swagger UI's script and CSS from a CDN, so offline it shows an empty page while
-/openapi.json still answers; the app's own page at / loads nothing from outside.
+Uploaded images go through `digitize` before the model sees them; JSON pixels are taken as they
+are. Every error answers 4xx (never a 500 for a request's fault) with a one-sentence `detail`.
+FastAPI's /docs loads Swagger UI from a CDN (offline, only /openapi.json answers); the page at /
+loads nothing from outside.
 """
 
 import asyncio
@@ -136,12 +132,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(backend: Backend, loopback_only: bool = True) -> FastAPI:
-    """The ASGI app over an already-loaded backend: the page at /, the API under /api/.
-
-    `loopback_only` (the server listens on 127.0.0.1 or ::1): Host names other than
-    localhost's are refused. Setting `app.state.stopping` (shutdown) answers bodies still
-    arriving with 503.
-    """
+    """The ASGI app over an already-loaded backend. `loopback_only`: Host names other than
+    localhost's are refused; setting `app.state.stopping` answers bodies still arriving 503."""
     app = FastAPI(
         title="Digit Recognizer",
         summary="Draw a digit, or send one, and read what the trained model says.",

@@ -1,8 +1,5 @@
-"""What the app needs from a model backend: probabilities for digits, and what to show.
-
-The app never imports torch: a backend (`torch_backend` for checkpoints, `onnx_backend` for
-exported graphs) loads the checkpoints and answers `predict`. Plain NumPy in and out.
-"""
+"""What the app needs from a model backend (`torch_backend`, `onnx_backend`): probabilities
+for digits, NumPy in and out, and what to show; so the app never imports torch."""
 
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,9 +1,5 @@
-"""The ONNX Runtime backend of `pipeline serve`: exported `.onnx` graphs, no torch at all.
-
-Each graph (`inference.export`) takes the uint8 digits as they are and returns calibrated
-probabilities, so this backend only averages the graphs' answers. One intra-op thread per
-session, as the torch backend keeps one: requests run one at a time, one digit each.
-"""
+"""The ONNX Runtime backend of `pipeline serve`: exported `.onnx` graphs, no torch at all. Each
+graph returns calibrated probabilities; one intra-op thread per session, as torch keeps one."""
 
 from dataclasses import dataclass
 from pathlib import Path
