@@ -99,8 +99,7 @@ def our_commands(raw_dir: Path, work: Path, seed: int) -> dict[str, list[str]]:
 
 
 def settle_tracking() -> None:
-    """Wait until `train`'s tracking record is in MLflow (its recorder process may still be
-    at it), so that it never runs beside the tutorial scripts' timings."""
+    """Wait for `train`'s MLflow record, so that it never runs beside the tutorials' timings."""
     from pipeline.experiments import tracking
 
     if tracking.wanted():

@@ -1,9 +1,8 @@
 """Bounded load tests of `pipeline serve`, started as a user starts it, on 127.0.0.1 only.
 
-C client threads, each with its own keep-alive connection (`http.client`), POST small JSON
-digits or 25-megapixel PNG uploads to /api/predict until N requests have been sent in all;
-a probe may ask /api/health meanwhile, and the server's memory is read from /proc. Counts and
-times are bounded: the run always ends by itself, and nothing leaves the machine.
+C client threads, each on its own keep-alive connection, POST JSON digits or 25-megapixel PNGs
+until N requests have gone; a probe may ask /api/health meanwhile, and the server's memory is
+read from /proc. Counts and times are bounded: the run always ends by itself.
 """
 
 import http.client
@@ -150,11 +149,8 @@ def _post(connection: http.client.HTTPConnection, body: bytes, content_type: str
 
 
 def expected_labels(url: str, bodies: list[bytes], timeout: float = 10.0) -> list[int]:
-    """The label the server gives each body, asked one at a time (this also warms it up).
-
-    Under load every answer must repeat these labels: an error is a changed or failed answer,
-    never a digit the model simply gets wrong.
-    """
+    """The label the server gives each body, asked one at a time (this also warms it up): under
+    load an error is a changed or failed answer, never a digit the model simply gets wrong."""
     connection = connection_to(url, timeout)
     labels = []
     try:

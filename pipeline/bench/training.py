@@ -35,11 +35,8 @@ class FastRecipeBench:
 def bench_fast_recipe(
     processed_dir: Path, device: torch.device, compile_model: bool | None = None, seed: int = 0
 ) -> FastRecipeBench:
-    """Train the default recipe from scratch; its validation curve and seconds to 99%.
-
-    On a GPU a short throwaway run first pays for cuDNN's kernel search and compilation, and
-    its wall time is reported as the warm-up; training time is CUDA-event time of the steps.
-    """
+    """Train the default recipe from scratch; its validation curve and seconds to 99%. On a GPU
+    a throwaway run first pays for kernel search and compiling (reported as the warm-up)."""
     cfg = recipe_config(device=str(device), compile=compile_model, seed=seed)
     warmup_s = 0.0
     with tempfile.TemporaryDirectory() as tmp:
