@@ -52,8 +52,7 @@ def fit_classifier(
 ) -> ClassificationResult:
     """Full-batch SGD on cross-entropy, as in the tutorial; plot points coloured by prediction."""
     target = resolve_device(device)
-    seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seed_everything(seed)
     points, labels = make_clouds(generator)
     fresh_points, fresh_labels = make_clouds(generator)
     x, y = points.to(target), labels.to(target)

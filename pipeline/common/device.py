@@ -108,11 +108,13 @@ def use_free_cores() -> int:
     return threads
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so a CPU run is repeatable bit for bit."""
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch so a CPU run is repeatable bit for bit; return a CPU
+    generator seeded alike, for draws that must not depend on the device."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
 
 
 class DeviceTimer:
