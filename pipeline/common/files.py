@@ -54,19 +54,21 @@ def remove_dead_temps(folder: Path, name: str | None = None) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        match = TEMP_FILE.match(entry.name) or TEMP_DIR.match(entry.name)
+        folder_match = TEMP_DIR.match(entry.name)
+        match = folder_match or TEMP_FILE.match(entry.name)
         if match is None or process_alive(int(match["pid"])):
             continue
         if name is not None and match.groupdict().get("name") != name:
             continue
+        is_folder = entry.is_dir() and not entry.is_symlink()
+        if is_folder != bool(folder_match):  # a file named like a folder, or the reverse
+            continue
         try:
-            if entry.is_dir() and not entry.is_symlink():
-                if TEMP_DIR.match(entry.name):
-                    shutil.rmtree(entry)
-                    removed.append(entry)
-            elif TEMP_FILE.match(entry.name):
+            if is_folder:
+                shutil.rmtree(entry)
+            else:
                 entry.unlink()
-                removed.append(entry)
+            removed.append(entry)
         except FileNotFoundError:
             pass
         except OSError as exc:
