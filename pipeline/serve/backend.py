@@ -1,9 +1,9 @@
 """What the app needs from a model backend (`torch_backend`, `onnx_backend`): probabilities
 for digits, NumPy in and out, and what to show; so the app never imports torch."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -30,12 +30,13 @@ class CheckpointInfo:
         return cls(path.name, shown, model, val_accuracy, temperature)
 
 
-class Backend(Protocol):
-    """Loaded models, ready to answer. `predict` may be called from any thread."""
+@dataclass(frozen=True)
+class Backend:
+    """Loaded models, ready to answer from any thread."""
 
     checkpoints: list[CheckpointInfo]
     device: str  # where the models run, e.g. "cpu" or "cuda:0"
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, 1, 28, 28] MNIST-style digits -> float32 [N, 10] probabilities."""
-        ...
+    models: list  # torch modules or ONNX Runtime sessions
+    # uint8 [N, 1, 28, 28] MNIST-style digits -> float32 [N, 10], the one predictor's rule:
+    # the mean of the members' calibrated probabilities
+    predict: Callable[[np.ndarray], np.ndarray]
