@@ -38,11 +38,7 @@ def least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
 
 
 def fit_linear(
-    out: Path,
-    seed: int = 0,
-    device: str = "auto",
-    epochs: int = 3_000,
-    lr: float = 0.02,
+    out: Path, seed: int = 0, device: str = "auto", epochs: int = 3_000, lr: float = 0.02
 ) -> LinearResult:
     """Full-batch gradient descent on w and b from a random start."""
     target = resolve_device(device)

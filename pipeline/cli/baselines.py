@@ -171,8 +171,7 @@ def gan_command(
 
 @app.command("activations")
 def activations_command(
-    device: DeviceOpt = Device.auto,
-    out: FigureOpt = FIGURES["activations"],
+    device: DeviceOpt = Device.auto, out: FigureOpt = FIGURES["activations"]
 ) -> None:
     """Plot ReLU, sigmoid, tanh, softplus, GELU and SiLU over [-5, 5]."""
     from pipeline.baselines.activations import draw_activations

@@ -18,12 +18,7 @@ from starlette.exceptions import HTTPException
 from pipeline import config
 from pipeline.common.errors import PipelineError
 from pipeline.serve.backend import Backend, CheckpointInfo
-from pipeline.serve.digitize import (
-    MAX_DECODED_BYTES,
-    MAX_IMAGE_PIXELS,
-    ImageError,
-    digitize_bytes,
-)
+from pipeline.serve.digitize import MAX_DECODED_BYTES, MAX_IMAGE_PIXELS, ImageError, digitize_bytes
 from pipeline.serve.guard import RequestGuard
 from pipeline.serve.limits import MAX_BODY_BYTES, BodyLimit, Busy, DecodeSlots
 from pipeline.serve.requests import (

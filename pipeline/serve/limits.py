@@ -8,7 +8,6 @@ stays free and memory bounded. The other deadlines are uvicorn's settings, given
 
 import asyncio
 import ctypes
-import ctypes.util
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -114,24 +113,19 @@ async def _first(message: Awaitable[Message], stopping: asyncio.Event) -> Messag
     return receiving.result() if receiving.done() and not receiving.cancelled() else None
 
 
+# glibc keeps freed heap pages in the arena of the thread that freed them (one decode of a
+# 16-bit 5000x5000 RGBA PNG left the server 2.2 GB larger); only its `malloc_trim`, through
+# ctypes (Python has no API for it), hands them back. test_serve_limits pins it.
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+    _malloc_trim = None
+
+
 def release_memory() -> None:
-    """Hand freed heap pages back to the OS: glibc keeps them in the arena of the thread that
-    freed them (one decode of a 16-bit 5000x5000 RGBA PNG left the server 2.2 GB larger), and
-    only its `malloc_trim` (through ctypes; no Python API) returns them. test_serve_limits
-    pins it."""
+    """Hand freed heap pages back to the OS where glibc holds them."""
     if _malloc_trim is not None:
         _malloc_trim(0)
-
-
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        return None
-
-
-_malloc_trim = _find_malloc_trim()
 
 
 class DecodeSlots:

@@ -101,10 +101,7 @@ def load_backend(checkpoints: list[Path], device: str = "auto"):
 
 
 def serve(
-    checkpoints: list[Path],
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    device: str = "auto",
+    checkpoints: list[Path], host: str = "127.0.0.1", port: int = 8000, device: str = "auto"
 ) -> None:
     """Load the checkpoints, then serve the page and API on host:port until Ctrl-C or SIGTERM.
 
