@@ -36,22 +36,16 @@ LEAN_RESULT_LINE = re.compile(
 
 
 class TutorialCsvDigits(Dataset):
-    """The per-image Dataset of the PyTorch/Kaggle tutorials: one DataFrame row per item.
-
-    A train.csv frame (label first) gives (image, label) items; a test.csv frame, images only.
-    """
+    """The tutorials' per-image Dataset: one DataFrame row per item, (image, label) where the
+    frame has train.csv's label column first, else the image alone."""
 
     def __init__(self, frame: pd.DataFrame):
         from torchvision import transforms  # the tutorial's transforms, imported only here
 
         self.frame = frame
         self.labelled = frame.columns[0] == "label"
-        self.transform = transforms.Compose(
-            [
-                transforms.ToTensor(),
-                transforms.Normalize((config.PIXEL_MEAN,), (config.PIXEL_STD,)),
-            ]
-        )
+        normalize = transforms.Normalize((config.PIXEL_MEAN,), (config.PIXEL_STD,))
+        self.transform = transforms.Compose([transforms.ToTensor(), normalize])
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -172,12 +166,9 @@ def write_csv(labels: np.ndarray, out: Path) -> None:
 def run_tutorial(
     raw_dir: Path, out: Path, seed: int = 0, device: str = "cpu", epochs: int = 1
 ) -> ScriptResult:
-    """The tutorial's single script, as one function: train.csv -> CNN -> submission CSV.
-
-    Reads the CSVs with pandas (default dtypes), holds out the same stratified 10% as
-    `pipeline prepare --seed SEED`, trains on the rest, scores the held-out rows and writes
-    ImageId,Label for test.csv with pandas. Timed in load, work and write phases.
-    """
+    """The tutorial's single script: the CSVs read with pandas, the same 10% held out as
+    `pipeline prepare --seed SEED`, the CNN trained and scored, ImageId,Label written; timed in
+    load, work and write phases."""
     # The script imports these at its top: before the clock, like every other import.
     import sklearn.model_selection  # noqa: F401
     import torchvision.transforms  # noqa: F401
