@@ -393,14 +393,14 @@ def test_activations_match_torch_at_sample_points(tmp_path):
 def test_the_lean_tutorial_script_learns_from_every_row_and_writes_a_submission(
     sample_raw_dir, tmp_path
 ):
-    from pipeline.baselines.tutorial_lean import RESULT_LINE
+    from pipeline.baselines.tutorial import LEAN_RESULT_LINE
     from pipeline.inference.submission import read_submission
 
     out = tmp_path / "lean.csv"
-    command = [sys.executable, "-m", "pipeline.baselines.tutorial_lean"]
+    command = [sys.executable, "-m", "pipeline.baselines.tutorial", "--lean"]
     command += ["--raw-dir", str(sample_raw_dir), "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    found = RESULT_LINE.search(done.stdout)
+    found = LEAN_RESULT_LINE.search(done.stdout)
     assert found and found[1] == "4,000", done.stdout  # all of train.csv, no hold-out
     predicted = read_submission(out, 1_000)["Label"].to_numpy()
     answers = (sample_raw_dir / config.TEST_LABELS_CSV).read_text().splitlines()[1:]

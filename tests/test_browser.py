@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.bench.loadtest import digit_bodies, expected_labels
+from pipeline.bench.serve_load import digit_bodies, expected_labels
 from pipeline.data.datasets import TensorDigits
 
 from conftest import skip_or_fail, under_ci
@@ -61,10 +61,10 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(browser, fast_checkpoint):
-    from pipeline.bench.live_server import running_server
+    from pipeline.bench.serve_load import running_server
 
-    with running_server([fast_checkpoint], device="cpu") as url:
-        yield url
+    with running_server([fast_checkpoint], device="cpu") as live:
+        yield live.url
 
 
 def _wait_idle(page) -> None:

@@ -352,7 +352,7 @@ def test_serve_refuses_bad_checkpoints_and_busy_ports(tmp_path, fast_checkpoint)
 @pytest.mark.slow
 def test_serve_answers_over_http_and_stops_on_ctrl_c(fast_checkpoint, sample_processed_dir):
     require("uvicorn")
-    from pipeline.bench.loadtest import digit_bodies, expected_labels
+    from pipeline.bench.serve_load import digit_bodies, expected_labels
 
     code = (
         "import sys; from pathlib import Path; from pipeline.serve.server import serve; "
@@ -381,7 +381,7 @@ def test_serve_answers_over_http_and_stops_on_ctrl_c(fast_checkpoint, sample_pro
 @pytest.mark.slow
 def test_load_test_is_bounded_and_counts_errors(fast_checkpoint, sample_processed_dir):
     require("uvicorn")
-    from pipeline.bench.loadtest import run_load_test
+    from pipeline.bench.serve_load import run_load_test
 
     result = run_load_test([fast_checkpoint], sample_processed_dir, "cpu", requests=300, clients=4)
     assert result.requests == 300 and result.errors == 0 and len(result.latencies_ms) == 300

@@ -270,15 +270,13 @@ def test_a_client_with_an_unfinished_body_does_not_hold_up_shutdown(fast_checkpo
 def test_large_uploads_keep_memory_bounded_and_health_answers(fast_checkpoint):
     """Eight concurrent 25-megapixel PNGs (48 KB each) took the server from 0.85 to 4.1 GB and
     /api/health to 0.6-1.6 s."""
-    from pipeline.bench.live_server import memory_bytes, running_server
-    from pipeline.bench.uploads import health_probe, upload_test
+    from pipeline.bench.serve_load import health_probe, memory_bytes, running_server, upload_test
 
-    pid: list[int] = []
-    with running_server([fast_checkpoint], "cpu", started=pid.append) as url:
-        before = memory_bytes(pid[0], "VmRSS")
-        with health_probe(url) as health:
-            result, busy = upload_test(url, uploads=16, clients=8)
-        peak, after = memory_bytes(pid[0]), memory_bytes(pid[0], "VmRSS")
+    with running_server([fast_checkpoint], "cpu") as server:
+        before = memory_bytes(server.pid, "VmRSS")
+        with health_probe(server.url) as health:
+            result, busy = upload_test(server.url, uploads=16, clients=8)
+        peak, after = memory_bytes(server.pid), memory_bytes(server.pid, "VmRSS")
     assert result.errors == 0 and busy <= 8, (result.summary(), busy)
     grown = (peak - before) / 2**20
     # 16 grey 25-megapixel PNGs (25 MB each decoded): +360 MB at the peak before the decodes

@@ -44,16 +44,11 @@ def make_net() -> nn.Sequential:
 
 
 def fit_classifier(
-    out: Path,
-    seed: int = 0,
-    device: str = "auto",
-    steps: int = 100,
-    lr: float = 0.02,
+    out: Path, seed: int = 0, device: str = "auto", steps: int = 100, lr: float = 0.02
 ) -> ClassificationResult:
     """Full-batch SGD on cross-entropy, as in the tutorial; plot points coloured by prediction."""
     target = resolve_device(device)
-    seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seed_everything(seed)
     points, labels = make_clouds(generator)
     fresh_points, fresh_labels = make_clouds(generator)
     x, y = points.to(target), labels.to(target)

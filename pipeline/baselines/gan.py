@@ -1,11 +1,8 @@
 """The 1-D "painter" GAN (Morvan Zhou's tutorial): a generator learns to draw parabolas.
 
-Real "paintings" are curves a*x^2 + (a - 1) at 15 points of x in [-1, 1], with a uniform in
-[1, 2], so every real curve lies between the lower bound x^2 (a = 1) and the upper bound
-2x^2 + 1 (a = 2). The generator turns 5 random numbers into 15 values; the discriminator tells
-them from real curves. A generated curve counts as inside the band when every one of its 15
-points lies within [x^2 - 0.1, 2x^2 + 1 + 0.1]: the 0.1 tolerance forgives the small wiggles
-a 15-output generator always keeps, while a curve of the wrong shape or level still fails.
+Real curves are a*x^2 + (a - 1) at 15 points of x in [-1, 1], a uniform in [1, 2], so they lie
+between x^2 and 2x^2 + 1. A generated curve counts as inside that band when all 15 points are
+within BAND_TOLERANCE of it: the small wiggles pass, a wrong shape or level does not.
 """
 
 from dataclasses import dataclass
@@ -71,8 +68,7 @@ def train_gan(
 ) -> GanResult:
     """Alternate one discriminator and one generator Adam step per batch; sample and plot."""
     target = resolve_device(device)
-    seed_everything(seed)
-    rng = torch.Generator().manual_seed(seed)
+    rng = seed_everything(seed)
     x = curve_x(target)
     painter, critic = make_generator().to(target), make_discriminator().to(target)
     painter_opt = torch.optim.Adam(painter.parameters(), lr=lr)

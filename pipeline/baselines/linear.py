@@ -1,10 +1,8 @@
 """Linear regression by hand: autograd computes the gradients, the update is written out.
 
-No nn.Module and no optimizer: `w` and `b` are tensors that require grad, and each step does
-`w -= lr * w.grad` under `torch.no_grad()` and zeroes the gradients. Gradient descent on the
-mean squared error converges to the least-squares line, which `least_squares` gives in closed
-form for comparison. The loss surface is stretched (x runs from 2 to 11), so the learning rate
-must stay below 2 / (largest curvature) ~ 0.023 and the slow direction needs thousands of steps.
+No nn.Module, no optimizer: each step does `w -= lr * w.grad` under `torch.no_grad()`, and
+converges to the least-squares line (`least_squares`, closed form). x runs from 2 to 11, so the
+learning rate must stay below 2 / (largest curvature) ~ 0.023 and it takes thousands of steps.
 """
 
 from dataclasses import dataclass
@@ -17,23 +15,8 @@ from pipeline.common.plots import new_figure, save_figure
 
 # The tutorial's 15 points (pytorch-tutorial's linear_regression).
 X = (3.3, 4.4, 5.5, 6.71, 6.93, 4.168, 9.779, 6.182, 7.59, 2.167, 7.042, 10.791, 5.313, 7.997, 3.1)
-Y = (
-    1.7,
-    2.76,
-    2.09,
-    3.19,
-    1.694,
-    1.573,
-    3.366,
-    2.596,
-    2.53,
-    1.221,
-    2.827,
-    3.465,
-    1.65,
-    2.904,
-    1.3,
-)
+Y = (1.7, 2.76, 2.09, 3.19, 1.694, 1.573, 3.366, 2.596, 2.53, 1.221, 2.827, 3.465, 1.65, 2.904,
+     1.3)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,18 +38,14 @@ def least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
 
 
 def fit_linear(
-    out: Path,
-    seed: int = 0,
-    device: str = "auto",
-    epochs: int = 3_000,
-    lr: float = 0.02,
+    out: Path, seed: int = 0, device: str = "auto", epochs: int = 3_000, lr: float = 0.02
 ) -> LinearResult:
     """Full-batch gradient descent on w and b from a random start."""
     target = resolve_device(device)
-    seed_everything(seed)
+    generator = seed_everything(seed)
     x = torch.tensor(X, device=target)
     y = torch.tensor(Y, device=target)
-    start = torch.randn(2, generator=torch.Generator().manual_seed(seed))
+    start = torch.randn(2, generator=generator)
     w = start[0].clone().to(target).requires_grad_()
     b = start[1].clone().to(target).requires_grad_()
     losses = []

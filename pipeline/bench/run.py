@@ -7,7 +7,6 @@ from pathlib import Path
 
 from pipeline import config
 from pipeline.bench.end_to_end import EndToEnd, bench_end_to_end
-from pipeline.bench.loadtest import REQUESTS, run_load_test
 from pipeline.bench.models import (
     BestNetBench,
     ModelBench,
@@ -15,6 +14,7 @@ from pipeline.bench.models import (
     bench_models,
     median_seconds,
 )
+from pipeline.bench.serve_load import REQUESTS, run_load_test, run_upload_bench
 from pipeline.bench.training import (
     BusyCoreBench,
     DdpBench,
@@ -86,8 +86,6 @@ def bench_data(options: BenchOptions, device: str) -> BenchReport:
 def bench_serve(checkpoint: Path, processed_dir: Path) -> str:
     """2,000 small API requests, then 32 25-megapixel PNG uploads, from 8 clients to one live
     `pipeline serve` on the CPU, on loopback: latencies, /api/health during each, peak memory."""
-    from pipeline.bench.uploads import run_upload_bench
-
     if not checkpoint.is_file():
         return f"skipped: {checkpoint} does not exist (run `make train` first)"
     runs = run_upload_bench([checkpoint], processed_dir, requests=REQUESTS)

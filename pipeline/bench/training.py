@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from pipeline import config
+from pipeline.common.device import usable_cores
 from pipeline.training.recipes import recipe_config
 from pipeline.training.train import train
 
@@ -34,11 +35,8 @@ class FastRecipeBench:
 def bench_fast_recipe(
     processed_dir: Path, device: torch.device, compile_model: bool | None = None, seed: int = 0
 ) -> FastRecipeBench:
-    """Train the default recipe from scratch; its validation curve and seconds to 99%.
-
-    On a GPU a short throwaway run first pays for cuDNN's kernel search and compilation, and
-    its wall time is reported as the warm-up; training time is CUDA-event time of the steps.
-    """
+    """Train the default recipe from scratch; its validation curve and seconds to 99%. On a GPU
+    a throwaway run first pays for kernel search and compiling (reported as the warm-up)."""
     cfg = recipe_config(device=str(device), compile=compile_model, seed=seed)
     warmup_s = 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,5 +138,4 @@ def bench_busy_core(processed_dir: Path, model: str, steps: int, batch_size: int
     with spinning_core():
         busy, _ = project_images_per_second(model, data, cpu, batch_size, steps)
         busy_threads = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return BusyCoreBench(model, cores or 1, quiet, busy, quiet_threads, busy_threads)
+    return BusyCoreBench(model, usable_cores(), quiet, busy, quiet_threads, busy_threads)

@@ -1,14 +1,4 @@
-"""The `pipeline` command line: thin typer commands over each stage's plain function.
-
-- `errors`: the root group that turns every error into one `error:` line and an exit code.
-- `data`: download, prepare. `training`: train, ensemble, crossval (one `Overrides` built from
-  their options). `experiments`: tune, runs. `results`: evaluate, predict, submit. `serving`:
-  serve, export, bench.
-
-Nothing heavy is imported before the command line is parsed: each command imports its stage
-(and so torch, pandas, scikit-learn) inside its body, so `--help` and usage errors answer at
-once.
-"""
+"""The command line: thin typer commands, each importing its stage (torch...) only when it runs."""
 
 import typer
 

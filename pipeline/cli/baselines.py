@@ -1,10 +1,5 @@
-"""`pipeline baselines <name>`: one thin typer command per baseline.
-
-Each command parses its options, imports its baseline module (and with it torch) only when it
-runs, calls the plain function and prints one summary. So `--help` and usage errors answer at
-once, and a bad `--optimizers` or `--batch-sizes` is refused before torch loads. A
-`PipelineError` becomes one line on stderr in the root CLI.
-"""
+"""`pipeline baselines <name>`: one thin typer command per baseline, importing it (and torch)
+only once its options are checked, so `--help` and bad input answer at once."""
 
 from pathlib import Path
 from typing import Annotated
@@ -176,8 +171,7 @@ def gan_command(
 
 @app.command("activations")
 def activations_command(
-    device: DeviceOpt = Device.auto,
-    out: FigureOpt = FIGURES["activations"],
+    device: DeviceOpt = Device.auto, out: FigureOpt = FIGURES["activations"]
 ) -> None:
     """Plot ReLU, sigmoid, tanh, softplus, GELU and SiLU over [-5, 5]."""
     from pipeline.baselines.activations import draw_activations

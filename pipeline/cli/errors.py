@@ -1,9 +1,6 @@
-"""The root command group that turns every error into one `error:` line and an exit code.
-
-A PipelineError, an OS error, Ctrl-C or SIGTERM inside any command becomes one line on stderr
-and a non-zero exit, with no traceback; so does a usage error (typer's message, made one line).
-Signals are pipeline.common.exits' story: its handler raises exits.Stopped, a KeyboardInterrupt.
-"""
+"""The root command group: a PipelineError, an OS error, a usage error, Ctrl-C or SIGTERM in any
+command becomes one `error:` line on stderr and a non-zero exit, never a traceback (signals:
+`pipeline.common.exits`, whose handler raises exits.Stopped, a KeyboardInterrupt)."""
 
 import signal
 import sys

@@ -18,12 +18,18 @@ from pipeline.cli.options import (
 from pipeline.common.choices import Device, Split, plain
 
 
-def run_checkpoints(run_id: str, one: bool = False) -> list[Path]:
-    """`--run RUN_ID` as checkpoint paths (one model only where `one`), or a one-line error."""
+def chosen_checkpoints(
+    checkpoints: list[Path], run_id: str | None, command: str, one: bool = False
+) -> list[Path]:
+    """`--run RUN_ID`'s checkpoints (one model only where `one`) if given, else --checkpoint's
+    globs expanded with a line on each; or a one-line error."""
     from pipeline.common.errors import PipelineError
-    from pipeline.experiments.runs import run_checkpoints as kept
+    from pipeline.common.files import expand_checkpoints
+    from pipeline.experiments.runs import run_checkpoints
 
-    paths = kept(run_id)
+    if run_id is None:
+        return expand_checkpoints(checkpoints, log=lambda line: typer.echo(f"{command}: {line}"))
+    paths = run_checkpoints(run_id)
     if one and len(paths) > 1:
         raise PipelineError(
             f"--run {run_id}: is an ensemble of {len(paths)} models; this command takes one "
@@ -52,7 +58,7 @@ def evaluate_command(
     from pipeline.inference.evaluate import evaluate, score_submission
 
     if run is not None:
-        (checkpoint,) = run_checkpoints(run, one=True)
+        (checkpoint,) = chosen_checkpoints([], run, "evaluate", one=True)
     if submission is not None:
         score = score_submission(submission, processed_dir)
         typer.echo(f"evaluate: {submission} scores {score:.2%} on the offline sample's answers")
@@ -79,14 +85,9 @@ def predict_command(
 ) -> None:
     """Label test.csv's digits and write ImageId,Label (probabilities averaged over models),
     and beside it `<name>.source.json`: which checkpoints wrote it, for `submit` to credit."""
-    from pipeline.common.files import expand_checkpoints
     from pipeline.inference.predict import predict
 
-    paths = (
-        run_checkpoints(run)
-        if run is not None
-        else expand_checkpoints(checkpoints, log=lambda line: typer.echo(f"predict: {line}"))
-    )
+    paths = chosen_checkpoints(checkpoints, run, "predict")
     result = predict(paths, processed_dir, out, batch_size, plain(device), tta)
     typer.echo(
         f"predict: {result.rows:,} labels from {len(paths)} model(s) in {result.seconds:.2f} s"

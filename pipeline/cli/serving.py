@@ -16,6 +16,7 @@ from pipeline.cli.options import (
     RunOpt,
     positive_ints,
 )
+from pipeline.cli.results import chosen_checkpoints
 from pipeline.common.choices import Device, ModelName, plain
 from pipeline.common.errors import PipelineError
 
@@ -32,16 +33,9 @@ def serve_command(
     run: RunOpt = None,
 ) -> None:
     """Serve a draw-a-digit page and a JSON API on the checkpoint(s) until Ctrl-C."""
-    from pipeline.cli.results import run_checkpoints
-    from pipeline.common.files import expand_checkpoints
     from pipeline.serve.server import serve
 
-    paths = (
-        run_checkpoints(run)
-        if run is not None
-        else expand_checkpoints(checkpoints, log=lambda line: typer.echo(f"serve: {line}"))
-    )
-    serve(paths, host, port, plain(device))
+    serve(chosen_checkpoints(checkpoints, run, "serve"), host, port, plain(device))
 
 
 def export_command(

@@ -40,8 +40,8 @@ YIELDING_NICE = 5  # processes this much nicer than ours count as idle to use_fr
 
 
 def _runnable(stat_files: str, min_nice: int | None = None) -> int:
-    """How many of the /proc `*/stat` files matching `stat_files` are running or waiting for a
-    core (state R), counting only those at nice >= `min_nice` when it is given."""
+    """How many /proc `stat_files` are running or waiting for a core (state R), at nice >=
+    `min_nice` if given."""
     count = 0
     for stat in Path("/proc").glob(stat_files):
         try:
@@ -59,14 +59,9 @@ def yielding_processes() -> int:
 
 
 def busy_cores_elsewhere() -> int:
-    """Threads of other processes running or waiting for a core now (Linux; elsewhere 0).
-
-    /proc/loadavg counts every runnable thread on the machine; this process's own runnable
-    threads (from /proc/self/task) are taken off, and so are processes at least YIELDING_NICE
-    nicer than this one (tracking's recorder, at 19): the scheduler runs them on what ours
-    leave.
-    The median of three looks 1 ms apart.
-    """
+    """Threads of other processes running or waiting for a core now (Linux; elsewhere 0): the
+    machine's runnable threads (/proc/loadavg) less ours and less those YIELDING_NICE nicer
+    (tracking's recorder, at 19: they run on what ours leave); the median of three looks."""
 
     def look() -> int:
         with open("/proc/loadavg") as handle:
@@ -84,38 +79,42 @@ def busy_cores_elsewhere() -> int:
     return sorted(looks)[1]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 _THREADS: dict[str, int] = {}  # torch's own count ("default") and the one set here last
 
 
 def use_free_cores() -> int:
-    """Give torch's CPU ops one thread per core that other processes leave free (at least 1).
+    """Give torch's CPU ops one thread per core other processes leave free (at least 1, at
+    most torch's default); return the count. A count set by OMP_NUM_THREADS or the caller stays.
 
-    Two OpenMP threads on two cores, one of them kept busy by another process, wait for each
-    other at every op (libgomp spins at its barriers for a partner that is not scheduled):
-    a training step ran 4-10x slower, and predicting 28,000 digits took 3-5 s instead of
-    1-2 s, where one thread loses nothing. Never more threads than torch's default; a count
-    set by OMP_NUM_THREADS or by the caller (`torch.set_num_threads`) is kept. Returns the
-    number of threads now in use. Float results differ in the last bits between thread
-    counts, so a CPU training run records its count (checkpoint meta `cpu_threads`): the same
-    seed at the same count repeats bit for bit; OMP_NUM_THREADS pins it.
+    Two OpenMP threads on two cores, one kept busy elsewhere, wait for each other at every op
+    (libgomp spins for a partner that is not scheduled): a training step ran 4-10x slower.
+    Float results differ in the last bits between counts, so CPU training records its count.
     """
     current = torch.get_num_threads()
     if os.environ.get("OMP_NUM_THREADS") or current != _THREADS.setdefault("ours", current):
         return current
     default = _THREADS.setdefault("default", current)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, min(default, (cores or 1) - busy_cores_elsewhere()))
+    threads = max(1, min(default, usable_cores() - busy_cores_elsewhere()))
     if threads != current:
         torch.set_num_threads(threads)
     _THREADS["ours"] = threads
     return threads
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so a CPU run is repeatable bit for bit."""
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch so a CPU run is repeatable bit for bit; return a CPU
+    generator seeded alike, for draws that must not depend on the device."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
 
 
 class DeviceTimer:

@@ -2,10 +2,7 @@
 
 
 class PipelineError(Exception):
-    """A problem the user can fix (bad file, missing input, wrong option); never a bug.
-
-    The message names the file and the problem on one line; the CLI prints it without a
-    traceback, and the process exits with `exit_code`.
-    """
+    """A problem the user can fix (bad file, missing input, wrong option); never a bug. The
+    message names the file and the problem on one line; the CLI prints it, no traceback."""
 
     exit_code = 1

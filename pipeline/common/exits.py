@@ -1,17 +1,12 @@
 """How every command ends: at most one `error:` line, one exit code, whatever the moment.
 
 SIGINT exits 130 and SIGTERM 143 (128 + the signal), with one line and no output published.
-Python raises KeyboardInterrupt wherever the main thread happens to be, and where that is a
-weakref callback or `__del__` (importlib's module locks, while torch or pandas import), the
-exception is printed as "Exception ignored in ..." and dropped: the command then went on,
-wrote its output and exited 0. So the first signal is also noted, and
-the note decides: `raise_if_stopped()` runs before every rename that publishes an output, and
-`finish()` turns the exit code into 128 + the signal whether or not the exception got through.
-Later signals are only noted, so the cleanup the first one started (removing temporary files,
-atexit handlers) runs to its end without a second traceback.
-
-Only the interpreter's own start-up (its `site` import, before `pipeline.__main__` runs) is
-out of reach: a signal there ends the process the way Python ends it.
+Where Python raises the KeyboardInterrupt inside a weakref callback or `__del__` (importlib's
+module locks while torch imports), it prints "Exception ignored" and drops it: the command went
+on and exited 0. So the first signal is also noted, and the note decides: `raise_if_stopped()`
+runs before every rename that publishes an output, and `finish()` exits 128 + the signal.
+Later signals are only noted, so the cleanup the first one started runs to its end.
+(A signal during the interpreter's own start-up, before `pipeline.__main__`, is out of reach.)
 """
 
 import atexit
@@ -48,11 +43,8 @@ def _handle(signum: int, frame: object) -> None:
 
 
 def install() -> None:
-    """Route SIGINT and SIGTERM through the note; arm the fast exit (see `finish`).
-
-    Called first thing by `pipeline.__main__`: the atexit callback registered here runs last,
-    after every callback a library registers once imported.
-    """
+    """Route SIGINT and SIGTERM through the note; arm the fast exit (see `finish`). Called
+    first by `pipeline.__main__`, so its atexit callback runs after every library's."""
     global _installed
     _installed = True
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -125,11 +117,10 @@ def stop_message(signum: int) -> str:
 def finish(code: int | str | None) -> NoReturn:
     """Exit with `code`, or 128 + the signal if one came (saying so unless a line was said).
 
-    Exits through `sys.exit`, so atexit callbacks run as usual; the last of them (registered
-    by `install`, so it runs after every library's) flushes the standard streams and calls
-    `os._exit`: the interpreter's teardown of every module torch loaded took 0.3-0.6 s of
-    every command, and Python has no public way to skip it. Files are closed by then: stages
-    write through `with` blocks. test_signals pins it.
+    Through `sys.exit`, so atexit callbacks run; the last (see `install`) flushes the streams
+    and calls `os._exit`: the teardown of every module torch loaded took 0.3-0.6 s of every
+    command, and Python has no public way to skip it (files are closed by then: stages write
+    in `with` blocks). test_signals pins it.
     """
     global _exit_code
     _exit_code = code if isinstance(code, int) else 0 if code is None else 1  # signals: noted

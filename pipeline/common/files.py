@@ -1,9 +1,7 @@
-"""Atomic writes, fingerprints, checkpoint globs (torch-free), run locks and the clean-up of
-dead runs' temporary files.
+"""Atomic writes, fingerprints, checkpoint globs (torch-free), run locks, dead runs' temp files.
 
-Every temporary file or folder a stage makes beside its outputs carries the writing process's
-id in its name, so a later run can tell a SIGKILLed run's leftovers (removed) from a live
-run's work in progress (left alone).
+Every temporary file or folder beside an output carries the writing process's id in its name,
+so a later run tells a SIGKILLed run's leftovers (removed) from a live run's work (left alone).
 """
 
 import contextvars
@@ -48,31 +46,29 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_dead_temps(folder: Path, name: str | None = None) -> list[Path]:
-    """Delete the temp files and folders of dead processes in `folder`; return what went.
-
-    Only names of exactly our own patterns count, and only when the process id in the name
-    no longer runs: a live run's work in progress is never touched. With `name`, only the
-    temp files of that one output.
-    """
+    """Delete the temp files and folders (our patterns only) of dead processes in `folder`, or
+    only those of output `name`; return what went. A live run's work is never touched."""
     removed = []
     try:
         entries = list(folder.iterdir()) if folder.is_dir() else []
     except OSError:
         return removed
     for entry in entries:
-        match = TEMP_FILE.match(entry.name) or TEMP_DIR.match(entry.name)
+        folder_match = TEMP_DIR.match(entry.name)
+        match = folder_match or TEMP_FILE.match(entry.name)
         if match is None or process_alive(int(match["pid"])):
             continue
         if name is not None and match.groupdict().get("name") != name:
             continue
+        is_folder = entry.is_dir() and not entry.is_symlink()
+        if is_folder != bool(folder_match):  # a file named like a folder, or the reverse
+            continue
         try:
-            if entry.is_dir() and not entry.is_symlink():
-                if TEMP_DIR.match(entry.name):
-                    shutil.rmtree(entry)
-                    removed.append(entry)
-            elif TEMP_FILE.match(entry.name):
+            if is_folder:
+                shutil.rmtree(entry)
+            else:
                 entry.unlink()
-                removed.append(entry)
+            removed.append(entry)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -94,10 +90,9 @@ def temp_dir(folder: Path, prefix: str) -> tempfile.TemporaryDirectory:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it over `path` only if the block succeeds.
 
-    A crash, kill or exception leaves either the old file or the new one, never half a file;
-    an OS error (a full disk) is one line naming `path`. Inside `written_together` the rename
-    waits for the whole set. A killed run's temp file for `path` is removed first; a command a
-    signal stopped publishes nothing, even where the exception got lost.
+    A crash, kill or exception leaves the old file or the new one, never half a file; an OS
+    error (a full disk) is one line naming `path`; inside `written_together` the rename waits
+    for the set. A command a signal stopped publishes nothing, even if the exception got lost.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,11 +143,8 @@ def written_together() -> Iterator[None]:
 
 @contextmanager
 def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
-    """Hold `filelock`'s lock on `lock_file` for the block, or fail at once in one line.
-
-    The kernel releases it when the holder dies, so a killed run never blocks the next one.
-    The holder's pid is written in the file for the message; the file goes with the run.
-    """
+    """Hold `filelock`'s lock on `lock_file` for the block, or fail at once in one line. The
+    kernel releases it when the holder dies; the holder's pid in the file is for the message."""
     from filelock import FileLock, Timeout
 
     lock = FileLock(lock_file, timeout=0)
@@ -227,10 +219,8 @@ def is_checkpoint_name(path: Path) -> bool:
 def expand_checkpoints(
     patterns: list[Path], log: Callable[[str], None] | None = None
 ) -> list[Path]:
-    """Plain paths as given (a folder refused); quoted globs such as 'models/best-*.pt' (any
-    of `*?[`) expanded, sorted, to checkpoints only: resume states (`*.last.pt`), other files
-    and files already named before are skipped. `log` gets one line per glob on its matches.
-    """
+    """Plain paths as given (a folder refused); quoted globs ('models/best-*.pt') expanded,
+    sorted, to checkpoints not named before (no `*.last.pt`); `log` gets a line per glob."""
     paths: list[Path] = []
     for pattern in patterns:
         if Path(pattern).is_dir():

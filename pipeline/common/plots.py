@@ -1,8 +1,5 @@
-"""Figures for training curves, evaluation and the baselines, written atomically as PNGs.
-
-Uses matplotlib's object API (`Figure`, no pyplot), so no global backend state is touched and
-figures render the same with or without a display.
-"""
+"""Figures for training, evaluation and the baselines, written atomically as PNGs; matplotlib's
+object API (`Figure`, no pyplot) touches no global backend state and needs no display."""
 
 from collections.abc import Sequence
 from pathlib import Path

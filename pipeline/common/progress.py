@@ -1,9 +1,8 @@
-"""Progress: a tqdm bar on a terminal, plain lines elsewhere.
+"""Progress: a tqdm bar on a terminal, a line every LINE_SECONDS elsewhere.
 
-Piped into a file or a CI log, a bar prints nothing useful (tqdm hides itself off a terminal),
-so an epoch of a minute would be silent; there a plain line goes out every `LINE_SECONDS`, and
-an ensemble's member lines carry the time left. A terminal recorded to a log (`script`,
-`docker -t`) keeps every redraw as a line: the bar redraws at most once a second.
+Off a terminal (a file, a CI log) tqdm shows nothing, so plain lines go out there, and an
+ensemble's member lines carry the time left; on a terminal the bar redraws at most once a
+second (a recorded terminal keeps every redraw as a line).
 """
 
 import sys

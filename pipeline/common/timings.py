@@ -1,13 +1,9 @@
-"""Where a command's wall time goes: start-up and imports, then its load, work and write phases.
+"""Where a command's wall time goes: its load, work and write phases (`phase("load")`, ...).
 
-Stages wrap their parts in `phase("load")`, `phase("work")`, `phase("write")`; the seconds add
-up per name in this process. A phase inside another is taken out of the outer one, so the
-phases never overlap and their sum never exceeds the wall time. `pipeline bench` sets
-`PIPELINE_TIMINGS=<path>` for the commands it runs, and `write_requested()` (called by the
-CLI on the way out) writes the phases there as JSON, with FIRST_PHASE_AT: the wall-clock time
-(`time.time()`) the first phase began, from which the bench, which noted when it spawned the
-process, takes the start-up and imports. Light on purpose: importing it costs nothing, and
-without the variable nothing is written.
+A phase inside another is taken out of the outer one, so phases never overlap. Under
+`PIPELINE_TIMINGS=<path>` (set by `pipeline bench`) the CLI writes them there on the way out,
+with FIRST_PHASE_AT (`time.time()`), from which the bench takes start-up and imports. Light on
+purpose: the stages import it.
 """
 
 import os
@@ -17,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ENV_VAR = "PIPELINE_TIMINGS"
-IMPORT = "import"  # the bench's name for spawn, start-up and imports: up to the first phase
 FIRST_PHASE_AT = "first_phase_at"
 
 PHASES: dict[str, float] = {}

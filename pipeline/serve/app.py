@@ -1,13 +1,9 @@
-"""The FastAPI app of `pipeline serve`: the page at /, the JSON API under /api/.
+"""The FastAPI app of `pipeline serve` over any `backend.Backend`: the page at /, the API at /api/.
 
-`create_app(backend)` works over any `backend.Backend`, so the app itself needs only FastAPI,
-NumPy and Pillow. Every uploaded image goes through `digitize` (MNIST-style centring and
-scaling) before the model sees it; JSON pixels are taken as they are (see `requests`). Every
-error answers 4xx (never a 500 for a request's fault) with a one-sentence `detail`.
-
-The API is documented by FastAPI at /docs (Swagger UI) from /openapi.json. FastAPI's /docs
-page loads Swagger UI's script and CSS from a CDN, so offline it shows an empty page while
-/openapi.json still answers; the app's own page at / loads nothing from outside.
+Uploaded images go through `digitize` before the model sees them; JSON pixels are taken as they
+are. Every error answers 4xx (never a 500 for a request's fault) with a one-sentence `detail`.
+FastAPI's /docs loads Swagger UI from a CDN (offline, only /openapi.json answers); the page at /
+loads nothing from outside.
 """
 
 import asyncio
@@ -22,12 +18,7 @@ from starlette.exceptions import HTTPException
 from pipeline import config
 from pipeline.common.errors import PipelineError
 from pipeline.serve.backend import Backend, CheckpointInfo
-from pipeline.serve.digitize import (
-    MAX_DECODED_BYTES,
-    MAX_IMAGE_PIXELS,
-    ImageError,
-    digitize_bytes,
-)
+from pipeline.serve.digitize import MAX_DECODED_BYTES, MAX_IMAGE_PIXELS, ImageError, digitize_bytes
 from pipeline.serve.guard import RequestGuard
 from pipeline.serve.limits import MAX_BODY_BYTES, BodyLimit, Busy, DecodeSlots
 from pipeline.serve.requests import (
@@ -68,25 +59,19 @@ class Problem(BaseModel):
     detail: str = Field(description="What was wrong with the request, in one sentence.")
 
 
+class UploadForm(BaseModel):  # for the API's documentation: `requests` reads the form
+    file: bytes = Field(
+        description="A PNG or JPEG drawing, photo or scan of one digit (preprocessed "
+        "MNIST-style before the model sees it)."
+    )
+
+
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {"schema": PixelsRequest.model_json_schema()},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "A PNG or JPEG drawing, photo or scan of one digit "
-                            "(preprocessed MNIST-style before the model sees it).",
-                        }
-                    },
-                }
-            },
+            "multipart/form-data": {"schema": UploadForm.model_json_schema()},
         },
     }
 }
@@ -142,12 +127,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(backend: Backend, loopback_only: bool = True) -> FastAPI:
-    """The ASGI app over an already-loaded backend: the page at /, the API under /api/.
-
-    `loopback_only` (the server listens on 127.0.0.1 or ::1): Host names other than
-    localhost's are refused. Setting `app.state.stopping` (shutdown) answers bodies still
-    arriving with 503.
-    """
+    """The ASGI app over an already-loaded backend. `loopback_only`: Host names other than
+    localhost's are refused; setting `app.state.stopping` answers bodies still arriving 503."""
     app = FastAPI(
         title="Digit Recognizer",
         summary="Draw a digit, or send one, and read what the trained model says.",

@@ -1,12 +1,9 @@
-"""What the app needs from a model backend: probabilities for digits, and what to show.
+"""What the app needs from a model backend (`torch_backend`, `onnx_backend`): probabilities
+for digits, NumPy in and out, and what to show; so the app never imports torch."""
 
-The app never imports torch: a backend (`torch_backend` for checkpoints, `onnx_backend` for
-exported graphs) loads the checkpoints and answers `predict`. Plain NumPy in and out.
-"""
-
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -18,27 +15,28 @@ class CheckpointInfo:
     """One checkpoint that answers, as /api/model shows it."""
 
     name: str
-    path: str  # see `shown_path`: never absolute
+    path: str  # never absolute: see `of`
     model: str | None  # the architecture's name
     val_accuracy: float | None
     temperature: float = 1.0  # probabilities are softmax(logits / temperature); see calibration
 
+    @classmethod
+    def of(cls, path: Path, model: str | None, val_accuracy, temperature: float):
+        """With `path` relative to the project inside it (such as `models/best-0.pt`), else the
+        file name alone, so no absolute path leaves the server."""
+        resolved = path.resolve()
+        inside = resolved.is_relative_to(config.ROOT)
+        shown = str(resolved.relative_to(config.ROOT)) if inside else path.name
+        return cls(path.name, shown, model, val_accuracy, temperature)
 
-class Backend(Protocol):
-    """Loaded models, ready to answer. `predict` may be called from any thread."""
+
+@dataclass(frozen=True)
+class Backend:
+    """Loaded models, ready to answer from any thread."""
 
     checkpoints: list[CheckpointInfo]
     device: str  # where the models run, e.g. "cpu" or "cuda:0"
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, 1, 28, 28] MNIST-style digits -> float32 [N, 10] probabilities."""
-        ...
-
-
-def shown_path(path: Path) -> str:
-    """A checkpoint's path as /api/model shows it: relative to the project inside it (such as
-    `models/best-0.pt`), else the file name alone, so no absolute path leaves the server."""
-    resolved = path.resolve()
-    if resolved.is_relative_to(config.ROOT):
-        return str(resolved.relative_to(config.ROOT))
-    return path.name
+    models: list  # torch modules or ONNX Runtime sessions
+    # uint8 [N, 1, 28, 28] MNIST-style digits -> float32 [N, 10], the one predictor's rule:
+    # the mean of the members' calibrated probabilities
+    predict: Callable[[np.ndarray], np.ndarray]

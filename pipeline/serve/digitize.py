@@ -1,13 +1,9 @@
 """MNIST-style preprocessing: any drawing, photo or scan of one digit -> a uint8 28x28 digit.
 
-MNIST digits are light ink on black, the ink's bounding box scaled to fit 20x20 with its
-aspect kept (anti-aliased), then placed in the 28x28 field so that the ink's centre of mass
-sits at the centre. A model trained on them misreads a digit that is small, off-centre,
-dark-on-light or drawn with a thin pen; `digitize` makes any such image look like MNIST first.
-The server applies it to every uploaded image (the page's canvas included).
-
-Plain functions over NumPy arrays and Pillow images (scipy.ndimage for the centre of mass,
-erosion and dilation); no torch, nothing read or written on disk.
+MNIST digits are light ink on black, the ink's box scaled to fit 20x20 (aspect kept,
+anti-aliased) and placed so the ink's centre of mass sits at the field's centre. A model trained
+on them misreads a small, off-centre, dark-on-light or thin digit; the server makes every upload
+look like MNIST first. NumPy, Pillow and scipy.ndimage only; nothing touches the disk.
 """
 
 import io
@@ -50,11 +46,8 @@ class ImageError(ValueError):
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode PNG or JPEG bytes into a Pillow image, or raise ImageError.
-
-    The size is checked from the header before decoding, against `max_pixels` (Pillow's own
-    process-wide MAX_IMAGE_PIXELS guard stays as it is, so nothing global changes).
-    """
+    """Decode PNG or JPEG bytes into a Pillow image, or raise ImageError; the size is checked
+    from the header first (Pillow's process-wide MAX_IMAGE_PIXELS is left as it is)."""
     if not data:
         raise ImageError("The file is empty; send a PNG or JPEG image.")
     try:
@@ -92,13 +85,9 @@ def decoded_bytes(mode: str, size: tuple[int, int]) -> int:
 
 
 def ink_array(image: Image.Image) -> np.ndarray:
-    """float32 [H, W] in [0, 1]: 1 where the ink is strongest, 0 on the background.
-
-    Transparent images take their ink from the alpha channel (strokes on a transparent
-    background, whatever their colour). Opaque ones take it from the luminance, inverted when
-    the border is light (dark ink on paper), with the background level subtracted and the
-    strongest ink stretched to 1, so faint pencil and grey backgrounds work too.
-    """
+    """float32 [H, W] in [0, 1]: 1 where the ink is strongest, 0 on the background. Transparent
+    images take it from the alpha channel (strokes of any colour); opaque ones from the luminance
+    (`ink_from_gray`), so faint pencil and grey paper work too."""
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
@@ -115,7 +104,8 @@ def ink_array(image: Image.Image) -> np.ndarray:
 
 
 def ink_from_gray(gray: np.ndarray) -> np.ndarray:
-    """Grey levels in [0, 1], either polarity -> ink in [0, 1] (light on dark, background 0)."""
+    """Grey levels in [0, 1], either polarity (a light border is paper) -> ink in [0, 1]: the
+    background level subtracted, the strongest ink stretched to 1."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = float(np.median(border))
     if background > 0.5:  # dark ink on light paper
@@ -138,11 +128,8 @@ def ink_box(ink: np.ndarray, threshold: float = INK_THRESHOLD) -> tuple[int, int
 
 
 def stroke_width(ink: np.ndarray, threshold: float = 0.5) -> float:
-    """Rough stroke width in pixels: twice the inked area over the outline's pixel count.
-
-    A stroke of length L and width w has area wL and about 2L outline pixels (those with a
-    blank 4-neighbour); a one-pixel line reads as 2, which is close enough to decide thickening.
-    """
+    """Rough stroke width in pixels: a stroke of length L and width w has area wL and about 2L
+    outline pixels (a blank 4-neighbour), so twice the area over the outline (1 px reads 2)."""
     mask = ink > threshold
     area = int(mask.sum())
     if area == 0:
@@ -157,13 +144,9 @@ def dilate(ink: np.ndarray, radius: int) -> np.ndarray:
 
 
 def fit_box(ink: np.ndarray, box: int = BOX) -> np.ndarray:
-    """Crop to the ink's bounding box and scale it so its longer side is `box` pixels.
-
-    Shrinking averages whole source pixels (Pillow's reducing_gap + LANCZOS), which is the
-    anti-aliasing MNIST's digits have; tiny digits are enlarged with the same filter. A large
-    crop is first averaged down to WORK_BOX pixels, so the work is bounded whatever the image;
-    strokes that would end up thinner than MIN_STROKE pixels are then thickened.
-    """
+    """Crop to the ink's bounding box and scale its longer side to `box` pixels with LANCZOS
+    (shrinking averages whole pixels, MNIST's anti-aliasing). A large crop is first averaged
+    down to WORK_BOX (bounded work); strokes that would end thinner than MIN_STROKE thicken."""
     top, left, bottom, right = ink_box(ink)
     crop = ink[top:bottom, left:right]
     if max(crop.shape) > WORK_BOX:
@@ -220,10 +203,8 @@ def digitize_ink(ink: np.ndarray) -> np.ndarray:
 
 
 def digitize(image: Image.Image | np.ndarray) -> np.ndarray:
-    """A Pillow image, or a uint8 grey array (either polarity), -> uint8 [28, 28] digit.
-
-    Light-on-dark output, as in MNIST and Kaggle's CSVs; all zeros when there is no ink.
-    """
+    """A Pillow image, or a uint8 grey array (either polarity), -> uint8 [28, 28] digit, light
+    on dark as in Kaggle's CSVs; all zeros when there is no ink."""
     if isinstance(image, np.ndarray):
         gray = np.asarray(image, dtype=np.float32) / 255.0
         return digitize_ink(ink_from_gray(gray))

@@ -1,10 +1,8 @@
-"""Who may ask `pipeline serve`: the Host names it answers, same-origin POSTs, and the
-security headers on every answer.
+"""Who may ask `pipeline serve`: its Host names, same-origin POSTs; security headers on answers.
 
-A page elsewhere can POST a `text/plain` or form body to a server on 127.0.0.1 without any
-CORS preflight, and a DNS name rebound to 127.0.0.1 makes another site same-origin with it;
-only the server can refuse those. Starlette's TrustedHostMiddleware is not used: it reads the
-name before the first `:`, which refuses `[::1]:8000`, and answers in plain text.
+A page elsewhere can POST a `text/plain` or form body to 127.0.0.1 with no CORS preflight, and
+a DNS name rebound to 127.0.0.1 is same-origin with it: only the server can refuse those.
+(Starlette's TrustedHostMiddleware refuses `[::1]:8000` and answers in plain text.)
 """
 
 import ipaddress
@@ -56,9 +54,8 @@ def host_name(host_header: str) -> str:
 
 
 class RequestGuard:
-    """ASGI middleware: security headers on every answer; refuses foreign Host names when
-    bound to loopback (DNS rebinding) and cross-origin POSTs (a page elsewhere posting a
-    `text/plain` or form body needs no CORS preflight, so only the server can say no)."""
+    """ASGI middleware: security headers on every answer; refuses foreign Host names when bound
+    to loopback (DNS rebinding) and cross-origin POSTs."""
 
     def __init__(self, app: ASGIApp, loopback_only: bool = True):
         self.app, self.loopback_only = app, loopback_only

@@ -1,17 +1,13 @@
 """What one request may cost `pipeline serve`: body size and time, decodes at once, memory.
 
-Untrusted sizes are bounded before work is done. A body is read whole (at most MAX_BODY_BYTES)
-within BODY_TIMEOUT_S, before anything parses it; a server shutting down answers requests
-still waiting for their body at once, so Ctrl-C never waits on a client. Images are refused
-from their header when too large to decode (`digitize.decode_image`), and at most MAX_DECODES
-decode at once, on threads of their own: the event loop (and /api/health) stays free and the
-memory bounded whatever the clients send. The deadlines for headers, idle connections and the
-shutdown itself are uvicorn's settings, given in `server`. NumPy-free, torch-free.
+A body is read whole (at most MAX_BODY_BYTES, within BODY_TIMEOUT_S) before anything parses it,
+and a server shutting down refuses bodies still arriving, so Ctrl-C never waits on a client. At
+most MAX_DECODES images decode at once, on threads of their own: the event loop (and /api/health)
+stays free and memory bounded. The other deadlines are uvicorn's settings, given in `server`.
 """
 
 import asyncio
 import ctypes
-import ctypes.util
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -38,14 +34,8 @@ class Busy(Exception):
 
 
 class BodyLimit:
-    """ASGI middleware: read the whole body (at most `max_bytes`) before the app sees it.
-
-    A larger body, announced or streamed, gets 413 with a JSON message without being parsed;
-    one not all there within `timeout_s`, 408; one still arriving when `stopping` is set (the
-    server shuts down), 503. (FastAPI's own `max_body_size` answers a bare text "Content Too
-    Large" whenever the Content-Length is over, whatever the exception handlers say.) The app
-    then reads the buffered body, so nothing is spooled anywhere.
-    """
+    """ASGI middleware: read the whole body (at most `max_bytes`) before the app sees it, or
+    refuse it in JSON (see `read_body`); FastAPI's own `max_body_size` answers bare text."""
 
     def __init__(
         self,
@@ -88,11 +78,8 @@ class BodyLimit:
 async def read_body(
     receive: Receive, max_bytes: int, stopping: asyncio.Event, timeout_s: float = BODY_TIMEOUT_S
 ) -> bytes | tuple[int, str] | None:
-    """The whole request body, (status, sentence) to refuse it, or None if the client left.
-
-    Over `max_bytes`: 413. Not all there within `timeout_s`: 408. The server shutting down
-    (`stopping` set) while the body is still arriving: 503, so Ctrl-C never waits on a client.
-    """
+    """The whole request body, (status, sentence) to refuse it, or None if the client left:
+    413 over `max_bytes`, 408 not all there within `timeout_s`, 503 once `stopping` is set."""
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout_s):
@@ -126,32 +113,24 @@ async def _first(message: Awaitable[Message], stopping: asyncio.Event) -> Messag
     return receiving.result() if receiving.done() and not receiving.cancelled() else None
 
 
+# glibc keeps freed heap pages in the arena of the thread that freed them (one decode of a
+# 16-bit 5000x5000 RGBA PNG left the server 2.2 GB larger); only its `malloc_trim`, through
+# ctypes (Python has no API for it), hands them back. test_serve_limits pins it.
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+    _malloc_trim = None
+
+
 def release_memory() -> None:
-    """Hand freed heap pages back to the OS: glibc keeps them in the arena of the thread that
-    freed them (one decode of a 16-bit 5000x5000 RGBA PNG left the server 2.2 GB larger), and
-    only its `malloc_trim` (through ctypes; no Python API) returns them. test_serve_limits
-    pins it."""
+    """Hand freed heap pages back to the OS where glibc holds them."""
     if _malloc_trim is not None:
         _malloc_trim(0)
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        return None
-
-
-_malloc_trim = _find_malloc_trim()
-
-
 class DecodeSlots:
-    """At most `slots` decodes at once on their own threads, `waiting` more queued briefly.
-
-    The same few threads decode every image, so memory freed by one is reused by the next
-    instead of growing one allocator arena per thread of the event loop's default pool.
-    """
+    """At most `slots` decodes at once, `waiting` more queued briefly; the same few threads
+    decode every image, so freed memory is reused, not one allocator arena grown per thread."""
 
     def __init__(
         self, slots: int = MAX_DECODES, waiting: int = MAX_WAITING, wait_s: float = DECODE_WAIT_S

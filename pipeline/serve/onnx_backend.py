@@ -1,32 +1,12 @@
-"""The ONNX Runtime backend of `pipeline serve`: exported `.onnx` graphs, no torch at all.
+"""The ONNX Runtime backend of `pipeline serve`: exported `.onnx` graphs, no torch at all. Each
+graph returns calibrated probabilities; one intra-op thread per session, as torch keeps one."""
 
-Each graph (`inference.export`) takes the uint8 digits as they are and returns calibrated
-probabilities, so this backend only averages the graphs' answers. One intra-op thread per
-session, as the torch backend keeps one: requests run one at a time, one digit each.
-"""
-
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.inference.onnx_runtime import OnnxModel, load_onnx_models, mean_probabilities
-from pipeline.serve.backend import CheckpointInfo, shown_path
+from pipeline.inference.onnx_runtime import load_onnx_models, mean_probabilities
+from pipeline.serve.backend import Backend, CheckpointInfo
 
 DEVICE = "cpu (onnxruntime)"
-
-
-@dataclass
-class OnnxBackend:
-    """The exported graphs a server answers with; see `backend.Backend`."""
-
-    models: list[OnnxModel]
-    checkpoints: list[CheckpointInfo]
-    device: str = DEVICE
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, 1, 28, 28] -> float32 [N, 10], the mean of the graphs' probabilities."""
-        return mean_probabilities(self.models, images)
 
 
 def graph_temperature(meta: dict) -> float:
@@ -37,19 +17,12 @@ def graph_temperature(meta: dict) -> float:
     return float(value) if type(value) in (int, float) and value > 0 else 1.0
 
 
-def load_models(paths: list[Path]) -> OnnxBackend:
+def load_models(paths: list[Path]) -> Backend:
     """Open and check every graph (one-line PipelineError if one is not ours), warmed up."""
     models = load_onnx_models(paths, threads=1)
-    return OnnxBackend(  # already warm: loading ran a blank digit through every graph
-        models,
-        [
-            CheckpointInfo(
-                name=model.path.name,
-                path=shown_path(model.path),
-                model=model.model,
-                val_accuracy=model.val_accuracy,
-                temperature=graph_temperature(model.meta),
-            )
-            for model in models
-        ],
-    )
+    info = [
+        CheckpointInfo.of(m.path, m.model, m.val_accuracy, graph_temperature(m.meta))
+        for m in models
+    ]
+    # Already warm: loading ran a blank digit through each graph.
+    return Backend(info, DEVICE, models, lambda images: mean_probabilities(models, images))

@@ -1,9 +1,8 @@
 """What a prediction request may hold, and the one sentence each bad one gets.
 
-JSON `{"pixels": [...]}` is taken as it is: 784 values in Kaggle's row order are already an
-MNIST-style digit, so a row of Kaggle's CSV gets the label the model gives it in `predict`.
-A multipart form carries one image in its field "file"; it stays in memory (the body limit
-bounds it already) and goes through `digitize` in the app.
+JSON `{"pixels": [...]}` is taken as it is (a row of Kaggle's CSV gets the label `predict`
+gives it); a multipart form's field "file" holds one image, kept in memory (the body limit
+bounds it), which the app digitizes.
 """
 
 from typing import Annotated, Any
@@ -63,11 +62,8 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[int, str]:
 
 
 def parse_pixels(body: bytes, media_type: str = "application/json") -> np.ndarray:
-    """A JSON body -> uint8 [28, 28], or BadRequest.
-
-    The body is read as JSON whatever its Content-Type says (curl -d sends JSON as a
-    URL-encoded form); only if it is not JSON does a foreign Content-Type get the blame.
-    """
+    """A JSON body -> uint8 [28, 28], or BadRequest. Read as JSON whatever its Content-Type
+    (curl -d says form); only a body that is not JSON blames a foreign Content-Type."""
     try:
         request = PixelsRequest.model_validate_json(body)
     except ValidationError as exc:

@@ -1,10 +1,8 @@
 """`serve`: load the checkpoints (or `.onnx` graphs), bind the socket, run uvicorn until Ctrl-C.
 
-Models load and the port is bound before anything listens, so a bad checkpoint or a busy port
-is a one-line PipelineError, not a traceback from inside uvicorn. Ctrl-C or SIGTERM is a normal
-stop (exit 0) within a few seconds whatever the clients do: requests still sending their body
-get 503 at once, others get GRACEFUL_SHUTDOWN_S; headers have a deadline, idle connections a
-keep-alive timeout (all in `limits`).
+Models load and the port is bound first, so a bad checkpoint or a busy port is a one-line
+PipelineError, not a traceback from uvicorn. Ctrl-C or SIGTERM is a normal stop (exit 0) within
+a few seconds whatever the clients do (the deadlines are in `limits`).
 """
 
 import socket
@@ -41,10 +39,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def header_deadline_protocol() -> type:
     """uvicorn's h11 protocol with a deadline on each request's headers: uvicorn has none, so a
-    client that connected and sent half a request line held its connection for ever.
-
-    Relies on uvicorn's `H11Protocol.cycle`, `loop` and `on_response_complete`; a test pins it.
-    """
+    client that sent half a request line held its connection for ever. Relies on uvicorn's
+    `H11Protocol.cycle`, `loop` and `on_response_complete`; test_serve_limits pins it."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderDeadline(H11Protocol):
@@ -73,7 +69,7 @@ class AnnouncingServer(uvicorn.Server):
     the app when it starts shutting down (`app.state.stopping`): uvicorn has no hook for
     either but its `startup` and `shutdown` methods (pinned by test_serve_limits)."""
 
-    def __init__(self, config: uvicorn.Config, line: str, ready: Callable[[], None] | None):
+    def __init__(self, config: uvicorn.Config, line: str, ready: Callable[[], None] | None = None):
         super().__init__(config)
         self.line, self.ready = line, ready
 
@@ -105,17 +101,12 @@ def load_backend(checkpoints: list[Path], device: str = "auto"):
 
 
 def serve(
-    checkpoints: list[Path],
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    device: str = "auto",
-    ready: Callable[[str], None] | None = None,
+    checkpoints: list[Path], host: str = "127.0.0.1", port: int = 8000, device: str = "auto"
 ) -> None:
-    """Load the checkpoints, then serve the page and API on host:port until Ctrl-C.
+    """Load the checkpoints, then serve the page and API on host:port until Ctrl-C or SIGTERM.
 
-    Prints `serve: <url> (...)` once listening and calls `ready(url)`; Ctrl-C (SIGINT) or
-    SIGTERM stops it within a few seconds and returns. A --host other machines can reach gets
-    a warning on stderr; a loopback one has foreign Host names refused (`guard`).
+    Prints `serve: <url> (...)` once listening. A --host other machines can reach gets a
+    warning on stderr; a loopback one has foreign Host names refused (`guard`).
     """
     backend = load_backend(checkpoints, device)
     warning = network_warning(host)
@@ -136,7 +127,6 @@ def serve(
             timeout_graceful_shutdown=limits.GRACEFUL_SHUTDOWN_S,
         ),
         line=f"serve: {url} ({names} on {backend.device}); Ctrl-C stops",
-        ready=(lambda: ready(url)) if ready else None,
     )
     try:
         server.run(sockets=[sock])

@@ -1,11 +1,7 @@
-"""The torch backend of `pipeline serve`: checkpoints loaded once, answering one request at a time.
-
-The only module of `pipeline.serve` that imports torch. The models run in eval mode (BatchNorm
-folded, see `inference.inference_model`) under `torch.inference_mode()`, behind a lock.
-"""
+"""The torch backend of `pipeline serve` (its only module that imports torch): checkpoints
+loaded once by the one predictor, answering one request at a time behind a lock."""
 
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,53 +10,30 @@ import torch
 from pipeline import config
 from pipeline.common.device import resolve_device
 from pipeline.data.datasets import TensorDigits
-from pipeline.inference.predictor import LoadedModel, ensemble_probabilities, load_for_inference
-from pipeline.serve.backend import CheckpointInfo, shown_path
+from pipeline.inference.predictor import ensemble_probabilities, load_for_inference
+from pipeline.serve.backend import Backend, CheckpointInfo
 
 
-@dataclass
-class TorchBackend:
-    """The checkpoints a server answers with, as torch modules; see `backend.Backend`."""
-
-    members: list[LoadedModel]
-    checkpoints: list[CheckpointInfo]
-    device: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def models(self) -> list[torch.nn.Module]:
-        return [member.model for member in self.members]
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, 1, 28, 28] -> float32 [N, 10] by the one predictor's rule (the mean of
-        the checkpoints' calibrated probabilities)."""
-        digits = TensorDigits(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)))
-        with self.lock:  # one request at a time on the same modules
-            return ensemble_probabilities(self.members, digits, len(images)).numpy()
-
-
-def load_models(checkpoints: list[Path], device: str = "auto") -> TorchBackend:
-    """Load every checkpoint onto `device`; one-line PipelineError if one is bad.
-
-    On the CPU torch then keeps one thread: requests run one at a time, one digit each, and a
-    second intra-op thread only spins beside the event loop (measured on 2 cores: p99 15 ms ->
-    8.5 ms at 8 clients).
-    """
+def load_models(checkpoints: list[Path], device: str = "auto") -> Backend:
+    """Load every checkpoint onto `device`, warmed up; one-line PipelineError if one is bad.
+    On the CPU torch keeps one thread: requests run one digit at a time, and a second thread
+    only spins beside the event loop (p99 15 ms -> 8.5 ms at 8 clients on 2 cores)."""
     target = resolve_device(device)
     members = load_for_inference(checkpoints, target)
     if target.type == "cpu":
         torch.set_num_threads(1)
+    lock = threading.Lock()
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        digits = TensorDigits(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)))
+        with lock:  # one request at a time on the same modules
+            return ensemble_probabilities(members, digits, len(images)).numpy()
+
     info = [
-        CheckpointInfo(
-            name=m.path.name,
-            path=shown_path(m.path),
-            model=m.meta.get("model"),
-            val_accuracy=m.meta.get("val_accuracy"),
-            temperature=m.temperature,
-        )
+        CheckpointInfo.of(m.path, m.meta.get("model"), m.meta.get("val_accuracy"), m.temperature)
         for m in members
     ]
-    backend = TorchBackend(members, info, str(target))
+    backend = Backend(info, str(target), [m.model for m in members], predict)
     side = config.IMAGE_SIDE
     backend.predict(np.zeros((1, 1, side, side), np.uint8))  # warm up
     return backend

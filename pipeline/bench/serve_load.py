@@ -1,0 +1,361 @@
+"""Bounded load tests of `pipeline serve`, started as a user starts it, on 127.0.0.1 only.
+
+C client threads, each on its own keep-alive connection, POST JSON digits or 25-megapixel PNGs
+until N requests have gone; a probe may ask /api/health meanwhile, and the server's memory is
+read from /proc. Counts and times are bounded: the run always ends by itself.
+"""
+
+import http.client
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from pipeline import config
+from pipeline.common.errors import PipelineError
+
+REQUESTS = 2_000
+CLIENTS = 8
+UPLOADS = 32
+UPLOAD_SIDE = 5000  # 25 megapixels: the server's MAX_IMAGE_PIXELS
+SMALL_REQUESTS = 1_000
+HEALTH_EVERY_S = 0.05
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    pid: int  # the server process, for its memory figures
+
+
+@contextmanager
+def running_server(
+    checkpoints: list[Path], device: str = "cpu", host: str = "127.0.0.1", timeout: float = 120
+) -> Iterator[LiveServer]:
+    """`python -m pipeline serve` in a child process on a free port until the block ends, then
+    Ctrl-C; PipelineError with its last output line if it does not start within `timeout` s."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--host", host, "--port", "0"]
+        + ["--device", device]
+        + [arg for path in checkpoints for arg in ("--checkpoint", str(path))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    listening = threading.Event()
+
+    def read() -> None:  # drain the child's output so it never blocks on a full pipe
+        for line in child.stdout:
+            lines.append(line.rstrip())
+            if line.startswith("serve: http"):
+                listening.set()
+        listening.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        if not listening.wait(timeout) or child.poll() is not None:
+            last = next((line for line in reversed(lines) if line.strip()), "no output")
+            raise PipelineError(f"the server did not start: {last}")
+        url = next(line for line in lines if line.startswith("serve: http")).split()[1]
+        yield LiveServer(url, child.pid)
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)  # as Ctrl-C does
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        reader.join(5)
+
+
+def memory_bytes(pid: int, key: str = "VmHWM") -> int | None:
+    """VmHWM (peak) or VmRSS (now) of a process from /proc, in bytes; None off Linux."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    line = next((x for x in status.splitlines() if x.startswith(f"{key}:")), None)
+    return int(line.split()[1]) * 1024 if line else None
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests: int
+    clients: int
+    errors: int  # wrong or failed answers (a 503 only where the test does not allow it)
+    seconds: float
+    latencies_ms: np.ndarray  # one per request that got an answer, in completion order
+    rss_mb: float | None = None  # the server's resident memory once its models are loaded
+    peak_rss_mb: float | None = None  # ... and its peak, at the end of the load test
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else 0.0
+
+    def summary(self) -> str:
+        memory = (
+            f"; server memory {self.rss_mb:,.0f} MB after loading, {self.peak_rss_mb:,.0f} MB peak"
+            if self.rss_mb is not None and self.peak_rss_mb is not None
+            else ""
+        )
+        return (
+            f"{self.requests:,} requests, {self.clients} clients: "
+            f"p50 {self.percentile(50):.1f} ms, p95 {self.percentile(95):.1f} ms, "
+            f"p99 {self.percentile(99):.1f} ms, {self.requests_per_second:,.0f} requests/s, "
+            f"{self.errors} errors{memory}"
+        )
+
+
+def digit_bodies(processed_dir: Path, count: int = 200) -> list[bytes]:
+    """JSON bodies `{"pixels": [...]}` of the first `count` validation digits."""
+    from pipeline.data.datasets import TensorDigits
+
+    images = TensorDigits.load(processed_dir, "val").images[:count]
+    return [json.dumps({"pixels": row}).encode() for row in images.flatten(1).tolist()]
+
+
+def connection_to(url: str, timeout: float) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise PipelineError(f"{url}: the load test only targets a loopback address")
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+
+def _post(connection: http.client.HTTPConnection, body: bytes, content_type: str = JSON):
+    connection.request("POST", "/api/predict", body, headers={"Content-Type": content_type})
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def expected_labels(url: str, bodies: list[bytes], timeout: float = 10.0) -> list[int]:
+    """The label the server gives each body, asked one at a time (this also warms it up): under
+    load an error is a changed or failed answer, never a digit the model simply gets wrong."""
+    connection = connection_to(url, timeout)
+    labels = []
+    try:
+        for body in bodies:
+            status, answer = _post(connection, body)
+            if status != 200:
+                raise PipelineError(f"{url}: answered {status} to a valid digit: {answer[:200]!r}")
+            labels.append(json.loads(answer)["label"])
+    finally:
+        connection.close()
+    return labels
+
+
+def _label(answer: bytes) -> int | None:
+    try:
+        return json.loads(answer)["label"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _hammer(
+    url: str, asks: list[tuple[bytes, str, int]], clients: int, timeout: float, busy_ok: bool
+) -> tuple[LoadResult, int]:
+    """POST each (body, Content-Type, expected label) of `asks` from `clients` threads released
+    together; any other answer is an error, but a 503 (busy) where `busy_ok`. (timings, 503s)."""
+    queue = iter(asks)
+    take = threading.Lock()
+    latencies: list[float] = []
+    counts = {"errors": 0, "refused": 0}
+    start_line = threading.Barrier(clients + 1)
+
+    def client() -> None:
+        connection = connection_to(url, timeout)
+        start_line.wait()
+        while True:
+            with take:
+                ask = next(queue, None)
+            if ask is None:
+                break
+            body, content_type, expected = ask
+            started = time.perf_counter()
+            try:
+                status, answer = _post(connection, body, content_type)
+            except (OSError, http.client.HTTPException):
+                status, answer = 0, b""
+                connection.close()
+                connection = connection_to(url, timeout)
+            else:
+                with take:
+                    latencies.append(time.perf_counter() - started)
+            right = status == 200 and _label(answer) == expected
+            with take:
+                counts["errors"] += not (right or (busy_ok and status == 503))
+                counts["refused"] += status == 503
+        connection.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    start_line.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    result = LoadResult(len(asks), clients, counts["errors"], seconds, np.array(latencies) * 1000)
+    return result, counts["refused"]
+
+
+def load_test(
+    url: str,
+    bodies: list[bytes],
+    labels: list[int],
+    requests: int = REQUESTS,
+    clients: int = CLIENTS,
+    timeout: float = 10.0,
+) -> LoadResult:
+    """Send `requests` JSON digits (bodies in turn); any answer but `labels`' is an error."""
+    asks = [(bodies[i % len(bodies)], JSON, labels[i % len(bodies)]) for i in range(requests)]
+    return _hammer(url, asks, clients, timeout, busy_ok=False)[0]
+
+
+def large_png(side: int = UPLOAD_SIDE) -> bytes:
+    """A side x side grey PNG of a digit 1 (a thick stroke): tens of KB, side**2 bytes decoded."""
+    from PIL import Image
+
+    pixels = np.full((side, side), 255, np.uint8)
+    pixels[side // 5 : 4 * side // 5, side // 2 - side // 25 : side // 2 + side // 25] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def multipart(data: bytes, name: str = "digit.png") -> tuple[bytes, str]:
+    """(body, Content-Type) of a form whose field `file` holds `data`."""
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + data + tail, f"multipart/form-data; boundary={boundary}"
+
+
+def upload_test(
+    url: str, uploads: int = UPLOADS, clients: int = CLIENTS, timeout: float = 60.0
+) -> tuple[LoadResult, int]:
+    """POST `uploads` large PNGs of a 1; a 503 is the server shedding load, not an error."""
+    body, content_type = multipart(large_png())
+    return _hammer(url, [(body, content_type, 1)] * uploads, clients, timeout, busy_ok=True)
+
+
+@contextmanager
+def health_probe(url: str, every_s: float = HEALTH_EVERY_S) -> Iterator[list[float]]:
+    """Ask /api/health every `every_s` s on its own connection while the block runs; the list
+    fills with latencies in ms (a failed probe counts as its timeout)."""
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        connection = connection_to(url, timeout=10.0)
+        while not done.wait(every_s):
+            started = time.perf_counter()
+            try:
+                connection.request("GET", "/api/health")
+                connection.getresponse().read()
+                latencies.append((time.perf_counter() - started) * 1000)
+            except (OSError, http.client.HTTPException):
+                latencies.append(10_000.0)
+                connection.close()
+                connection = connection_to(url, timeout=10.0)
+        connection.close()
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    try:
+        yield latencies
+    finally:
+        done.set()
+        thread.join(15)
+
+
+def run_load_test(
+    checkpoints: list[Path],
+    processed_dir: Path = config.PROCESSED_DIR,
+    device: str = "cpu",
+    requests: int = REQUESTS,
+    clients: int = CLIENTS,
+) -> LoadResult:
+    """Serve the checkpoints (or `.onnx` graphs), load the server with validation digits, stop
+    it; with its resident memory once loaded (before any request) and its peak after."""
+    if requests < 1 or clients < 1:
+        raise PipelineError("--requests and --clients must be positive")
+    bodies = digit_bodies(processed_dir)
+    with running_server(checkpoints, device) as server:
+        loaded = memory_bytes(server.pid, "VmRSS")
+        labels = expected_labels(server.url, bodies)  # also warms the server up, untimed
+        result = load_test(server.url, bodies, labels, requests, clients)
+        peak = memory_bytes(server.pid)
+    if loaded is None or peak is None:
+        return result
+    return replace(result, rss_mb=loaded / 2**20, peak_rss_mb=peak / 2**20)
+
+
+@dataclass(frozen=True)
+class ServeRun:
+    """One run against the server: what the clients saw, /api/health during it, memory after."""
+
+    name: str
+    load: LoadResult
+    refused: int  # 503 answers (busy): the server shedding load, not failing
+    health_ms: np.ndarray  # one per probe during the run
+    peak_bytes: int | None  # the server's VmHWM after the run (None off Linux)
+
+    def summary(self) -> str:
+        health = self.health_ms if len(self.health_ms) else np.zeros(1)
+        peak = f"{self.peak_bytes / 2**20:,.0f} MB" if self.peak_bytes else "n/a"
+        return (
+            f"{self.name}: {self.load.summary()}, {self.refused} busy (503); /api/health "
+            f"p50 {np.percentile(health, 50):.1f} ms, p99 {np.percentile(health, 99):.1f} ms, "
+            f"max {health.max():.1f} ms over {len(self.health_ms)} probes; server peak "
+            f"memory {peak}"
+        )
+
+
+def run_upload_bench(
+    checkpoints: list[Path],
+    processed_dir: Path = config.PROCESSED_DIR,
+    uploads: int = UPLOADS,
+    requests: int = SMALL_REQUESTS,
+    clients: int = CLIENTS,
+) -> list[ServeRun]:
+    """Small JSON requests, then large uploads, against one live server on 127.0.0.1: large
+    uploads must neither starve the event loop nor grow the server without bound."""
+    if min(uploads, requests, clients) < 1 or max(uploads, requests) > 10_000 or clients > 64:
+        raise PipelineError("uploads and requests must be 1-10,000, clients 1-64")
+    bodies = digit_bodies(processed_dir)
+    with running_server(checkpoints, "cpu") as server:
+        labels = expected_labels(server.url, bodies)  # warms the server up, untimed
+        with health_probe(server.url) as health:
+            small = load_test(server.url, bodies, labels, requests, clients)
+        runs = [
+            ServeRun("small JSON digits", small, 0, np.array(health), memory_bytes(server.pid))
+        ]
+        with health_probe(server.url) as health:
+            large, refused = upload_test(server.url, uploads, clients)
+        name = f"{UPLOAD_SIDE}x{UPLOAD_SIDE} PNG uploads"
+        runs.append(ServeRun(name, large, refused, np.array(health), memory_bytes(server.pid)))
+    return runs
