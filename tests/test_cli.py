@@ -355,6 +355,17 @@ def test_prepare_into_a_file_is_one_line(raw_dir, tmp_path):
     assert_one_line_error(result, str(blocker))
 
 
+def test_a_file_name_too_long_for_the_files_beside_it_is_one_line_before_training(
+    processed_dir, tmp_path
+):
+    """245 bytes fit one file but not its temporary and sidecar names: refused up front."""
+    out = tmp_path / ("a" * 245 + ".pt")
+    result = invoke("train", "--processed-dir", processed_dir, "--out", out, "--device", "cpu")
+    assert_one_line_error(result, "the file name is too long")
+    assert "val_acc" not in result.output  # no epoch ran
+    assert [p.name for p in tmp_path.iterdir()] == [processed_dir.name]  # nothing written
+
+
 def test_train_resume_with_other_options_is_one_line(tiny_run, processed_dir):
     """tiny_run: the session's run of `train --model cnn --max-steps 3 --device cpu`."""
     base = ["train", "--model", "cnn", "--max-steps", "3", "--device", "cpu"]

@@ -206,6 +206,9 @@ BAD_REQUESTS = {  # name -> keyword arguments of client.post, built when the tes
     "pixel over 255": lambda: dict(json={"pixels": PIXELS[:5] + [256] + PIXELS[6:]}),
     "negative pixel": lambda: dict(json={"pixels": [-1] + PIXELS[1:]}),
     "fractional pixel": lambda: dict(json={"pixels": [0.5] + PIXELS[1:]}),
+    "5,000-digit pixel": lambda: dict(
+        content=b'{"pixels": [' + b"9" * 5000 + b", 0" * 783 + b"]}", headers=JSON
+    ),
     "string pixel": lambda: dict(json={"pixels": ["7"] + PIXELS[1:]}),
     "boolean pixel": lambda: dict(json={"pixels": [True] + PIXELS[1:]}),
     "NaN": lambda: dict(content=b'{"pixels": [NaN' + b", 0" * 783 + b"]}", headers=JSON),
@@ -252,6 +255,8 @@ def test_bad_request_statuses(client):
     assert status("text, not JSON") == 415
     assert status("body over the limit") == 413 and status("over the limit, chunked") == 413
     assert status("pixel over 255") == 422 and status("decompression bomb") == 422
+    huge = client.post("/api/predict", **BAD_REQUESTS["5,000-digit pixel"]())
+    assert huge.status_code == 422 and "far outside 0-255" in _one_sentence(huge)
     assert status("huge decompression bomb") == 422 and status("truncated PNG") == 422
     assert client.get("/nowhere").status_code == 404
     assert client.put("/api/predict").status_code == 405

@@ -172,6 +172,11 @@ def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
         lock.release()
 
 
+# What a stage adds to its output's name for the files beside it: a temporary
+# `.<stem>.metrics.csv.<pid>.tmp` is 22 bytes longer than `<stem>.pt`.
+NAME_ROOM = 24
+
+
 def check_writable(path: Path, option: str = "--out") -> None:
     """Fail before any work if `path` cannot be written (a folder, a file in the way, a
     read-only place), without creating anything."""
@@ -184,6 +189,12 @@ def check_writable(path: Path, option: str = "--out") -> None:
         raise PipelineError(f"{option} {path}: cannot write there ({existing} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PipelineError(f"{option} {path}: cannot write there ({existing} is read-only)")
+    room = os.pathconf(existing, "PC_NAME_MAX") - NAME_ROOM
+    if len(os.fsencode(path.name)) > room:
+        raise PipelineError(
+            f"{option} {path.name[:40]}...: the file name is too long (at most "
+            f"{room} bytes here, leaving room for the files written beside it)"
+        )
 
 
 def write_json(data: Any, path: Path) -> None:

@@ -40,6 +40,8 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[int, str]:
     error = errors[0] if errors else {"type": "", "loc": (), "msg": "invalid request"}
     kind, loc, value = error["type"], tuple(error.get("loc", ())), error.get("input")
     loc = tuple(part for part in loc if part != "body")  # FastAPI's prefix for body fields
+    if kind == "json_invalid" and "number out of range" in str(error.get("msg")):
+        return 422, f"pixels hold a number far outside 0-255; {USAGE}."  # JSON, too many digits
     if kind == "json_invalid":
         return 400, f"The body is not valid JSON; {USAGE}."
     if kind == "model_type" or (kind == "dict_type" and not loc):
