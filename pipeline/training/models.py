@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pipeline import config
+from pipeline.common.errors import PipelineError
 
 SIDE = config.IMAGE_SIDE
 
@@ -208,8 +209,6 @@ WIDTHS: dict[str, Callable[[int], dict]] = {
 
 def width_args(name: str, width: int) -> dict:
     """The arch_args `--width` gives model `name`, or a one-line error (LeNet-5 is fixed)."""
-    from pipeline.common.errors import PipelineError
-
     if name not in WIDTHS:
         raise PipelineError(f"--width: {name} has fixed widths; use it with {', '.join(WIDTHS)}")
     if not 1 <= width <= 1024:
