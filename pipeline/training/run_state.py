@@ -169,8 +169,7 @@ def restore(payload: dict, last: Path, run_parts: tuple, bounds: dict[str, int])
     keeps one); its loop state returned."""
     model, optimizer, scheduler, shuffle_gen, augment_gen, ema = run_parts
     saved = payload["training_state"]
-    generators = rng_state(shuffle_gen, augment_gen)
-    check_training_state(payload, last, run_parts, generators, bounds)
+    check_training_state(payload, last, run_parts, bounds)
     try:
         model.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])

@@ -194,11 +194,14 @@ def check_layout(payload: dict, last: Path, ema: bool) -> None:
         raise PipelineError(f"{last}: holds no moving average of the weights to resume")
 
 
-def check_training_state(
-    payload: dict, last: Path, run_parts: tuple, generators: dict, bounds: dict[str, int]
-) -> None:
+def check_training_state(payload: dict, last: Path, run_parts: tuple, bounds: dict) -> None:
     """Check every part of the saved state against this run before any part is loaded."""
-    model, optimizer, scheduler = run_parts[:3]
+    model, optimizer, scheduler, shuffle_gen, augment_gen = run_parts[:5]
+    generators = {
+        "torch": torch.get_rng_state(),
+        "shuffle": shuffle_gen.get_state(),
+        "augment": augment_gen.get_state(),
+    }
     ts = payload["training_state"]
     weights = {k: v.cpu() for k, v in model.state_dict().items()}
     try:
