@@ -183,8 +183,10 @@ def best_members(
 
     Member k is row k (cycled) of the device's table with seed `seed + k`; bagged, it holds
     out fold k % folds dealt by `seed`. `members` defaults to the table's length; options
-    given (`epochs`, `max_steps`, ...) override every member.
+    given (`epochs`, `max_steps`, `width`, ...) override every member.
     """
+    from pipeline.training.models import width_args
+
     kind = device_kind(overrides.get("device") or "auto")
     table = BEST_MEMBERS[kind]
     count = len(table) if members is None else members
@@ -199,6 +201,8 @@ def best_members(
         if folds is not None:
             settings |= {"folds": folds, "fold": k % folds, "fold_seed": seed}
         settings.update({k: plain(v) for k, v in overrides.items() if v is not None})
+        if (width := settings.pop("width", None)) is not None:
+            settings["arch_args"] = settings["arch_args"] | width_args(settings["model"], width)
         cfg = TrainConfig(**settings, recipe="best")
         check_config(cfg)
         configs.append(cfg)
