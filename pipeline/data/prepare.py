@@ -70,14 +70,9 @@ def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState
 def split_train_val(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split: the same seed gives the same rows on every machine.
-
-    The rows scikit-learn's `train_test_split(rows, test_size=val_fraction, stratify=labels,
-    random_state=seed)` holds out (the tutorial's split), drawn with its algorithm
-    (StratifiedShuffleSplit) and the same NumPy RandomState, without importing
-    scikit-learn: that took 0.7 s of every `prepare`. tests/test_bench.py checks that both
-    give the same rows.
-    """
+    """The rows scikit-learn's `train_test_split(rows, test_size=val_fraction,
+    stratify=labels, random_state=seed)` holds out (the tutorial's split), by its algorithm
+    without its 0.7 s import; tests/test_bench.py checks that both give the same rows."""
     check_val_fraction(val_fraction)
     n_val = math.ceil(val_fraction * len(labels))
     n_train = len(labels) - n_val
@@ -170,9 +165,8 @@ def prepare(
 ) -> PrepareResult:
     """Parse train.csv and test.csv, split, and write the cache; skip if it is current.
 
-    Everything is validated before anything is written. meta.json goes first and comes back
-    last, listing each file's sha256, so an interrupted run leaves a folder that is never
-    taken as current (and that every reader refuses) until a later run completes it.
+    Everything is validated before anything is written; meta.json goes first and comes back
+    last, so an interrupted run leaves a folder every reader refuses.
     """
     fmt = CacheFormat(fmt).value
     check_val_fraction(val_fraction)
