@@ -46,12 +46,8 @@ def check_val_fraction(val_fraction: float) -> None:
 
 
 def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
-    """scikit-learn's `_approximate_mode`: how many of `draws` each class gets, ties broken
-    at random in the same order, so `rng` is left in the same state.
-
-    Kept as a port: scikit-learn's is private, and importing it cost 0.7 s of every `prepare`;
-    tests/test_bench.py pins `split_train_val` to the public `train_test_split(stratify=)`.
-    """
+    """scikit-learn's private `_approximate_mode` (how many of `draws` each class gets, ties
+    broken at random in its order): a port, for the import's 0.7 s; pinned by test_bench."""
     continuous = counts / counts.sum() * draws
     floored = np.floor(continuous)
     need_to_add = int(draws - floored.sum())

@@ -92,10 +92,8 @@ def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: in
 class FastNet(nn.Module):
     """Three conv-BN-ReLU-maxpool stages (28 -> 14 -> 7 -> 3) and a linear head.
 
-    Sized for a laptop CPU: most of the compute sits at 14x14 and 7x7, where channels are
-    cheap, so the default widths pass 99% validation accuracy in about 30 s on two cores
-    (widths 24-48-96 gain little there but cost twice the time; the GPU recipe uses them).
-    `kernel` (odd) and `convs` (conv-BN-ReLU layers per stage) make the differing members of
+    Sized for a laptop CPU: the default widths pass 99% validation accuracy in about 30 s on
+    two cores. `kernel` (odd) and `convs` (layers per stage) make the differing members of
     the `best` ensemble: nets that see the digits differently make different mistakes.
     """
 

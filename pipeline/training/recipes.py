@@ -179,12 +179,9 @@ def check_member_seeds(seed: int, members: int) -> None:
 def best_members(
     members: int | None = None, seed: int = 0, bagged: bool = True, **overrides: Any
 ) -> list[TrainConfig]:
-    """The `best` ensemble's member configs for the device `overrides` name (default auto).
-
-    Member k is row k (cycled) of the device's table with seed `seed + k`; bagged, it holds
-    out fold k % folds dealt by `seed`. `members` defaults to the table's length; options
-    given (`epochs`, `max_steps`, `width`, ...) override every member.
-    """
+    """The `best` ensemble's member configs for the device `overrides` name (default auto):
+    member k is row k (cycled) of the device's table, seed `seed + k`, holding out fold
+    k % folds when bagged; options given (`epochs`, `width`, ...) override every member."""
     from pipeline.training.models import width_args
 
     kind = device_kind(overrides.get("device") or "auto")

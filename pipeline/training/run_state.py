@@ -71,12 +71,8 @@ def record_early_signals() -> None:
 
 
 class StopSignals:
-    """Turn the first SIGINT/SIGTERM into a flag the loop checks between steps.
-
-    A second signal interrupts at once (exits.Stopped, a KeyboardInterrupt), as Python does
-    on Ctrl-C; one that came before training started (its exception lost in an import) stops
-    it before the first step.
-    """
+    """Turn the first SIGINT/SIGTERM into a flag the loop checks between steps; a second one
+    interrupts at once (exits.Stopped), one that came before training stops its first step."""
 
     # Under torchrun the ranks agree on a stop with an all_reduce, which waits for the device:
     # once every this many steps, and at the end of every epoch.
@@ -103,12 +99,8 @@ class StopSignals:
             signal.signal(sig, handler)
 
     def requested(self, ranks: Ranks, device: torch.device, step: int | None = None) -> bool:
-        """Whether to stop after global step `step` (None: at the end of an epoch).
-
-        One process checks at every step. Under torchrun all ranks check together, at the same
-        steps (every DDP_CHECK_EVERY, and at each epoch's end), so all stop at the same step
-        and the saved state resumes exactly; a signal waits at most that many steps.
-        """
+        """Whether to stop after global step `step` (None: at the end of an epoch). Under
+        torchrun all ranks check together at the same steps, so all stop at the same one."""
         if ranks.world > 1 and step is not None and step % self.DDP_CHECK_EVERY:
             return False
         self.signum = max_over_ranks(self.signum or 0, ranks, device) or None
@@ -255,12 +247,9 @@ def saved_config(meta: dict, path: Path) -> TrainConfig:
 def run_config(
     recipe: str | None, overrides: Overrides, out: Path | None, resume: bool
 ) -> tuple[TrainConfig, Path]:
-    """The config of a `train` run and its checkpoint path (the model's name by default).
-
-    The recipe (fast if None) with the given overrides on top; with `resume`, the saved
-    run's config with the same overrides (and the recipe, if named) on top instead, so that
-    `resume_payload` refuses only what was asked to change.
-    """
+    """The config of a `train` run and its checkpoint path (the model's name by default): the
+    recipe (fast) with the overrides on top; with `resume`, the saved run's config with them
+    on top instead, so that `resume_payload` refuses only what was asked to change."""
     given = overrides.given()
     cfg = recipe_config(recipe or "fast", **given)
     out = out or config.checkpoint_path(cfg.model)
