@@ -76,6 +76,11 @@ def test_best_ensemble_is_sized_per_device(monkeypatch):
         assert len(nets) == len([c for c in cpu if c.fold == k]) > 1
     assert not any(c.compile for c in cpu)
     assert best_members(3, seed=5, bagged=False, device="cpu", epochs=1)[2].seed == 7
+    widened = best_members(2, device="cpu", width=8)  # --width keeps each member's kernel
+    assert [c.arch_args for c in widened] == [
+        {"widths": [8, 16, 32]},
+        {"kernel": 5, "widths": [8, 16, 32]},
+    ]
     monkeypatch.setattr(recipes, "device_kind", lambda device: "cuda")
     cuda = best_members(device="cuda")
     assert all(c.compile for c in cuda) and cuda[0].model == "deepcnn"

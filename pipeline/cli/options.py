@@ -81,13 +81,7 @@ def with_settings(command: Callable) -> Callable:
     return run
 
 
-ModelOpt = setting_option("model")
-EpochsOpt = setting_option("epochs")
-BatchOpt = setting_option("batch_size")
-LrOpt = setting_option("lr")
-AugmentOpt = setting_option("augment")
 CompileOpt = setting_option("compile")
-StepsOpt = setting_option("max_steps")
 TrackOpt = Annotated[
     bool | None,
     typer.Option(

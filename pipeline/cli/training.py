@@ -11,30 +11,9 @@ import typer
 
 from pipeline import config
 from pipeline.cli.errors import error_line
-from pipeline.cli.options import (
-    AugmentOpt,
-    BatchOpt,
-    CompileOpt,
-    DeviceOpt,
-    EpochsOpt,
-    LrOpt,
-    ModelOpt,
-    ProcessedOpt,
-    RawOpt,
-    RecipeOpt,
-    SeedOpt,
-    StepsOpt,
-    TrackOpt,
-    with_settings,
-)
-from pipeline.common.choices import Device, Recipe, plain
+from pipeline.cli.options import ProcessedOpt, RawOpt, RecipeOpt, TrackOpt, with_settings
+from pipeline.common.choices import Recipe, plain
 from pipeline.training.recipes import Overrides
-
-
-def overrides(*, compile_model: bool | None = None, **given) -> Overrides:
-    """The training settings typer parsed, by TrainConfig field name, as plain values (None:
-    not given); `compile_model` is `compile` (a builtin's name in a signature)."""
-    return Overrides(compile=compile_model, **{k: plain(v) for k, v in given.items()})
 
 
 def warn(message: str) -> None:
@@ -137,22 +116,16 @@ JobsOpt = Annotated[
 ]
 
 
+@with_settings
 def ensemble_command(
     members: MembersOpt = None,
     recipe: RecipeOpt = Recipe.best,
-    model: ModelOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    lr: LrOpt = None,
-    augment: AugmentOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = Device.auto,
+    *,
+    settings: Overrides,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
     out_dir: Annotated[
         Path, typer.Option(help="Folder for the members, <recipe>-<k>.pt.")
     ] = config.MODELS_DIR,
-    compile_model: CompileOpt = None,
-    max_steps: StepsOpt = None,
     jobs: JobsOpt = None,
     track: TrackOpt = None,
 ) -> None:
@@ -168,10 +141,6 @@ def ensemble_command(
 
     from pipeline.experiments.ensemble import member_configs, run_ensemble
 
-    settings = overrides(
-        model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
-        device=device, compile_model=compile_model, max_steps=max_steps,
-    )  # fmt: skip
     configs = member_configs(plain(recipe), members, bagged=True, **settings.given())
     summary, run = run_ensemble(configs, processed_dir, out_dir, jobs, track, tqdm.write, warn)
     if summary:
@@ -180,18 +149,13 @@ def ensemble_command(
             typer.echo(f"ensemble: {said}; `--run` on it means all its members")
 
 
+@with_settings
 def crossval_command(
     splits: Annotated[int, typer.Option(min=1, help="Validation splits (seeds 0..N-1).")] = 3,
     members: MembersOpt = None,
     recipe: RecipeOpt = Recipe.best,
-    model: ModelOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    lr: LrOpt = None,
-    augment: AugmentOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = Device.auto,
-    compile_model: CompileOpt = None,
+    *,
+    settings: Overrides,
     raw_dir: RawOpt = config.RAW_DIR,
     work_dir: Annotated[
         Path, typer.Option(help="Folder for each split's members.")
@@ -199,7 +163,6 @@ def crossval_command(
     processed_dir: Annotated[
         Path, typer.Option(help="Folder for each split's prepared data.")
     ] = config.CROSSVAL_DATA_DIR,
-    max_steps: StepsOpt = None,
     track: TrackOpt = None,
 ) -> None:
     """Score a recipe's ensemble (alone, averaged, with TTA) as mean and spread over splits;
@@ -210,10 +173,6 @@ def crossval_command(
     from pipeline.experiments.crossval import cross_validate, format_summary
     from pipeline.experiments.ensemble import member_configs
 
-    settings = overrides(
-        model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
-        device=device, compile_model=compile_model, max_steps=max_steps,
-    )  # fmt: skip
     # best: the differing members, each on the split's train digits (not bagged)
     configs = member_configs(plain(recipe), members, bagged=False, **settings.given())
     first, seeds = configs[0], list(range(splits))

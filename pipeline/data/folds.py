@@ -1,13 +1,10 @@
 """The folds of every labelled digit: each bagged member's training rows and held-out rows.
 
-The `best` recipe trains on all of train.csv (the prepared train and val splits put back
-together in CSV order, so the rows do not depend on `prepare --seed`). The digits are dealt
-into `folds` stratified folds by `fold_seed`; member k trains on every fold but `k % folds`
-and is scored on that one. Why folds rather than independent random bags: with M members each
-digit is out-of-bag for exactly M / folds of them, so the out-of-bag estimate covers every
-digit with the same number of voters (ten random 80% bags leave about 11% of the digits with
-no voter at all, and the rest with 0-6). The estimate is then an honest K-fold score of an
-(M / folds)-member ensemble: a little below what all M members reach together.
+Member k of the `best` ensemble trains on all of train.csv but fold `k % folds` (stratified,
+dealt by `fold_seed`) and is scored on that one. Folds rather than random bags: each digit is
+then out-of-bag for exactly M / folds members (ten random 80% bags leave ~11% of the digits
+with no voter), so the out-of-bag estimate is an honest K-fold score of an (M / folds)-member
+ensemble.
 """
 
 from dataclasses import dataclass

@@ -110,13 +110,8 @@ def explain(
     action: Action = "download",
     path: Path | None = None,
 ) -> PipelineError:
-    """Turn anything the kaggle package raised during `action` into one line saying what to do.
-
-    `path` is the local file of the action (the zip being downloaded, the submission being
-    uploaded): a local OS error (full disk, read-only folder) names it, and the advice for a
-    failed upload points at it. HTTP errors carry `.response.status_code`; requests' and
-    urllib3's network errors get network advice; anything else is reported by type, on one line.
-    """
+    """Turn anything the kaggle package raised during `action` into one line saying what to do;
+    `path`, the action's local file, is named in a local OS error and in the upload advice."""
     status = getattr(getattr(exc, "response", None), "status_code", None)
     rules = f"https://www.kaggle.com/competitions/{competition}/rules"
     if status == 401:

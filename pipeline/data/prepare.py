@@ -46,12 +46,8 @@ def check_val_fraction(val_fraction: float) -> None:
 
 
 def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
-    """scikit-learn's `_approximate_mode`: how many of `draws` each class gets, ties broken
-    at random in the same order, so `rng` is left in the same state.
-
-    Kept as a port: scikit-learn's is private, and importing it cost 0.7 s of every `prepare`;
-    tests/test_bench.py pins `split_train_val` to the public `train_test_split(stratify=)`.
-    """
+    """scikit-learn's private `_approximate_mode` (how many of `draws` each class gets, ties
+    broken at random in its order): a port, for the import's 0.7 s; pinned by test_bench."""
     continuous = counts / counts.sum() * draws
     floored = np.floor(continuous)
     need_to_add = int(draws - floored.sum())
@@ -70,14 +66,9 @@ def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState
 def split_train_val(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split: the same seed gives the same rows on every machine.
-
-    The rows scikit-learn's `train_test_split(rows, test_size=val_fraction, stratify=labels,
-    random_state=seed)` holds out (the tutorial's split), drawn with its algorithm
-    (StratifiedShuffleSplit) and the same NumPy RandomState, without importing
-    scikit-learn: that took 0.7 s of every `prepare`. tests/test_bench.py checks that both
-    give the same rows.
-    """
+    """The rows scikit-learn's `train_test_split(rows, test_size=val_fraction,
+    stratify=labels, random_state=seed)` holds out (the tutorial's split), by its algorithm
+    without its 0.7 s import; tests/test_bench.py checks that both give the same rows."""
     check_val_fraction(val_fraction)
     n_val = math.ceil(val_fraction * len(labels))
     n_train = len(labels) - n_val
@@ -170,9 +161,8 @@ def prepare(
 ) -> PrepareResult:
     """Parse train.csv and test.csv, split, and write the cache; skip if it is current.
 
-    Everything is validated before anything is written. meta.json goes first and comes back
-    last, listing each file's sha256, so an interrupted run leaves a folder that is never
-    taken as current (and that every reader refuses) until a later run completes it.
+    Everything is validated before anything is written; meta.json goes first and comes back
+    last, so an interrupted run leaves a folder every reader refuses.
     """
     fmt = CacheFormat(fmt).value
     check_val_fraction(val_fraction)

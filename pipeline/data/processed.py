@@ -1,13 +1,9 @@
 """The processed-data format on disk: what `prepare` writes and `pipeline.data.datasets` reads.
 
-`data/processed/{train,val,test}.npz` each hold NumPy arrays `images` uint8[N,1,28,28],
-`labels` int64[N] (absent for Kaggle's hidden test labels) and `ids`, the 1-based row in the
-source CSV (Kaggle's ImageId for test). Plain `.npy` members in an uncompressed `.npz`, so
-`prepare` writes them without importing torch and readers load them with
-`np.load(allow_pickle=False)`, never unpickling anything. `meta.json` is written last and
-records the source fingerprints, the split options and the sha256 of every file beside it, so a
-folder whose files do not all belong to its meta (an interrupted `prepare`, a truncated file) is
-never taken for current data.
+`{train,val,test}.npz` hold `images` uint8[N,1,28,28], `labels` int64[N] (absent for Kaggle's
+hidden test labels) and `ids`, the 1-based row in the source CSV: plain `.npy` members, read
+with `allow_pickle=False`. `meta.json` is written last with every file's sha256, so a folder
+whose files do not all belong to its meta is never taken for current data.
 """
 
 import hashlib

@@ -153,13 +153,9 @@ def _bad_row(row: list[str], header: list[str]) -> str | None:
 def read_digits_csv(path: Path, has_labels: bool, limit_rows: int | None = None) -> ParsedCsv:
     """Parse a Kaggle train/test CSV into uint8 pixels (and labels), or raise a one-line error.
 
-    pyarrow's CSV reader parses it where it is installed (mlflow, the tracking extra, brings
-    it) and the file holds only digits and commas: typed uint8 columns then take only integers
-    0-255. Whatever it refuses, any other file, and `limit_rows` (which it cannot do), goes to
-    pandas' C parser: with `dtype=uint8` it rejects anything that
-    is not an integer 0-255, and `na_filter=False` skips missing-value detection (an empty cell
-    then fails as a non-integer); its failure is diagnosed line by line. So pandas decides
-    every file pyarrow does not accept, and both agree on every file they accept.
+    pyarrow's faster reader takes a file of only digits and commas where it is installed;
+    pandas decides everything it refuses, and `limit_rows` (which it cannot do). Both accept
+    only integers 0-255, and a pandas failure is diagnosed line by line.
     """
     plain = check_bounds(path)
     header = config.TRAIN_HEADER if has_labels else config.TEST_HEADER
@@ -180,11 +176,8 @@ def read_digits_csv(path: Path, has_labels: bool, limit_rows: int | None = None)
 
 
 def _read_with_arrow(path: Path, header: list[str]) -> np.ndarray | None:
-    """The whole file as uint8 [N, columns] with pyarrow's CSV reader (the faster parse, on
-    every core); None where pyarrow is absent or refuses anything, for pandas to decide.
-
-    Every cell must convert to uint8: no empty cell (no null values), nothing out of range,
-    no fraction, every row as many values as the header (checked before this)."""
+    """The whole file as uint8 [N, columns] with pyarrow's CSV reader (on every core); None
+    where pyarrow is absent or any cell is not a uint8, for pandas to decide."""
     try:
         import pyarrow as pa
         from pyarrow import csv as arrow_csv

@@ -21,12 +21,9 @@ MAX_RATIO = 100
 
 
 def pick_members(archive: zipfile.ZipFile, zip_path: Path) -> tuple[dict, list[str]]:
-    """Each of Kaggle's file names to exactly one zip member, and notes on what was skipped.
-
-    Kaggle ships the three CSVs at the top level; a copy elsewhere (`__MACOSX/train.csv`, a
-    folder of an earlier download) is ignored and noted. Without a top-level file, a single
-    copy in one folder is taken; two copies, or two entries of one name, are refused.
-    """
+    """Each of Kaggle's file names to exactly one zip member, and notes on what was skipped:
+    the top-level file (a copy elsewhere, `__MACOSX/train.csv`, is ignored), else the single
+    copy in a folder; two copies, or two entries of one name, are refused."""
     chosen, notes = {}, []
     for name in config.COMPETITION_FILES:
         copies = [

@@ -1,23 +1,12 @@
 """`pipeline export`: a checkpoint (or an ensemble of them) as one self-contained ONNX file.
 
-The graph takes `images`, uint8 [N, 1, 28, 28] exactly as the CSV holds the digits (N is
-dynamic), and returns `probabilities`, float32 [N, 10]: the cast, the normalisation and each
-member's calibration temperature (`softmax(logits / T)`, T = 1 when absent) are inside, so a
-caller needs nothing but ONNX Runtime and the pixels.
-
-An ensemble (several checkpoints, or a quoted glob) becomes ONE graph that averages its
-members' probabilities by the very function `predict` and `serve` call on torch
-(`predictor.mean_calibrated`): one file to copy, one
-session to open, one answer per digit, and no manifest that could drift from the files it
-lists. Metadata props record the architecture, arch args, validation accuracy, data
-fingerprint, the project's version and every member's details (see `metadata`).
-
-Export uses `torch.onnx.export(..., dynamo=True)`, the torch.export-based exporter: it has been
-the default since torch 2.9 and the only one documented as supported (the TorchScript one
-warns that it is legacy and deprecated); it needs `onnx` and `onnxscript` (the `export`
-extra). Before anything is written the graph passes `onnx.checker.check_model` and is run on
-ONNX Runtime against the torch models on real validation digits (max absolute difference of
-probabilities under `TOLERANCE`, the same labels); the file is then written atomically.
+The graph takes `images`, uint8 [N, 1, 28, 28] as the CSV holds the digits, and returns
+`probabilities`, float32 [N, 10]: normalisation, each member's temperature and the ensemble's
+mean (`predictor.mean_calibrated`, the rule predict and serve use on torch) are inside, so a
+caller needs only ONNX Runtime, and no manifest can drift from the files it lists. It uses
+the torch.export-based exporter (`dynamo=True`, the supported one; needs the `export` extra).
+Before anything is written the graph passes `onnx.checker` and must match torch on real
+validation digits (`TOLERANCE`, the same labels); the file is then written atomically.
 """
 
 import json
@@ -80,13 +69,8 @@ class ProbabilityGraph(nn.Module):
 def metadata(
     paths: list[Path], metas: list[dict[str, Any]], ensemble_accuracy: float | None
 ) -> dict[str, str]:
-    """The metadata props (strings; numbers and structures as JSON).
-
-    `model` is the architecture (names joined with "+" for a mixed ensemble); `arch_args` is
-    the member's mapping, or a list of them for an ensemble; `val_accuracy` is the member's
-    own, or the ensemble's on the validation split it was trained beside (absent when that
-    data was not at hand); `members` lists each checkpoint's details.
-    """
+    """The metadata props (strings; numbers and structures as JSON). For an ensemble, `model`
+    joins the names with "+" and `val_accuracy` is the ensemble's, when its data was at hand."""
     names = sorted({m["model"] for m in metas})
     fingerprints = {m.get("data_fingerprint") for m in metas}
     members = [

@@ -1,13 +1,9 @@
-"""Running an exported `.onnx` digit reader with ONNX Runtime, without torch.
+"""Running an exported `.onnx` digit reader with ONNX Runtime, without torch (numpy only), so
+a server or a predict on `.onnx` files runs where torch is not installed.
 
-`pipeline export` writes one graph per checkpoint (or per ensemble): input `images`, uint8
-[N, 1, 28, 28] exactly as the CSV holds the digits, output `probabilities`, float32 [N, 10],
-normalisation and calibration inside. This module is numpy and onnxruntime only, so a server
-or a predict on `.onnx` files runs where torch is not installed. A file is checked whole before
-use: its size is bounded, the graph must load, have exactly that input and output with a
-dynamic batch, carry the metadata `pipeline export` writes, and answer a blank digit with ten
-probabilities; anything else, and any batch answered with other than probabilities later, is a
-one-line PipelineError naming the file.
+A file is checked whole before use: bounded size, exactly `pipeline export`'s input, output
+(dynamic batch) and metadata, ten probabilities for a blank digit; any batch later answered
+with other than probabilities is a one-line PipelineError naming the file.
 """
 
 import json

@@ -1,10 +1,8 @@
 """Stage 5: label the test digits with one checkpoint or an ensemble; write submission.csv.
 
-Every model is read through `load_models`: checkpoints on torch, exported `.onnx` graphs on
-ONNX Runtime (torch never imported; the cached splits are NumPy files), both averaging their
-members' calibrated probabilities by the one rule (`predictor.mean_calibrated`). `--tta` also
-averages over a few small fixed shifts of each image. The file is checked against Kaggle's
-rules before it is written (atomically), with the same checks `submit` runs.
+Checkpoints run on torch, exported `.onnx` graphs on ONNX Runtime (torch never imported), both
+by the one averaging rule (`predictor.mean_calibrated`); the file is checked with `submit`'s
+rules before it is written.
 """
 
 import time

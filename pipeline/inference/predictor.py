@@ -1,11 +1,9 @@
 """Running trained models: load them for inference, logits in batches, TTA, ensembles, metrics.
 
-Every stage that reads a model's answers (validation in `train`, `evaluate`, `predict`, the
-out-of-bag vote, `crossval`, export's check, `serve`) goes through here, so they all see the
-same normalisation, views and one averaging rule (`mean_calibrated`, also the exported graph's).
+Every stage that reads a model's answers goes through here, so all see the same normalisation,
+views and one averaging rule (`mean_calibrated`, also the exported graph's).
 """
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +25,6 @@ PIXEL = 2 / config.IMAGE_SIDE
 TTA_SHIFTS = [(0.0, 0.0), (PIXEL, 0.0), (-PIXEL, 0.0), (0.0, PIXEL), (0.0, -PIXEL)]
 
 
-# The checkpoint each loaded model came from, to name it in errors about its outputs.
-SOURCES: "weakref.WeakKeyDictionary[nn.Module, Path]" = weakref.WeakKeyDictionary()
-
-
 @dataclass(frozen=True)
 class LoadedModel:
     path: Path
@@ -43,12 +37,8 @@ class LoadedModel:
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """Fold every BatchNorm2d that follows a Conv2d in a Sequential into that conv (in place).
-
-    Eval mode only: the conv takes the BatchNorm's running statistics and affine parameters
-    (`torch.nn.utils.fuse_conv_bn_eval`) and the BatchNorm becomes an Identity. Every model
-    here puts its BatchNorms right after a conv inside an nn.Sequential (`models.conv_bn`).
-    """
+    """Fold every BatchNorm2d that follows a Conv2d in a Sequential into that conv, in place
+    and for eval mode (every model here puts its BatchNorms there: `models.conv_bn`)."""
     for child in module.children():
         fold_batchnorm(child)
     if isinstance(module, nn.Sequential):
@@ -69,27 +59,21 @@ def inference_model(model: nn.Module) -> nn.Module:
 
 
 def load_for_inference(checkpoints: list[Path], device: torch.device) -> list[LoadedModel]:
-    """Each checkpoint loaded once, checked, and made ready for fast inference.
-
-    On the CPU torch gets one thread per core other processes leave free: inference does not
-    need the bit-for-bit repeatability that keeps training on a fixed count.
-    """
+    """Each checkpoint loaded once, checked, and made ready for fast inference (on the CPU
+    with every free core: inference needs no fixed thread count for repeatability)."""
     if device.type == "cpu":
         use_free_cores()
     loaded = []
     for path in checkpoints:
         checkpoint = load_checkpoint(path, device)
-        model = inference_model(checkpoint.model)
-        SOURCES[model] = path
-        loaded.append(LoadedModel(path, model, checkpoint.meta))
+        loaded.append(LoadedModel(path, inference_model(checkpoint.model), checkpoint.meta))
     return loaded
 
 
-def check_finite(logits: torch.Tensor, model: nn.Module) -> torch.Tensor:
+def check_finite(logits: torch.Tensor, source: Path | None) -> torch.Tensor:
     """`logits`, or a one-line error naming the model's checkpoint if any is NaN or infinite:
     finite weights can still overflow, and argmax would silently label every digit 0."""
     if not bool(torch.isfinite(logits).all()):
-        source = SOURCES.get(model)
         what = f"{source}: its" if source is not None else "the model's"
         raise PipelineError(
             f"{what} outputs are NaN or infinite on these digits (its weights overflow float "
@@ -110,9 +94,10 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, data: TensorDigits, batch_size: int = 256, tta: bool = False
+    model: nn.Module, data: TensorDigits, batch_size=256, tta=False, source: Path | None = None
 ) -> torch.Tensor:
-    """Logits [N,10] in dataset order (mean logits over views with `tta`), on model's device."""
+    """Logits [N,10] in dataset order (mean logits over views with `tta`), on model's device;
+    `source`, the model's checkpoint, is named if they are not finite."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -127,7 +112,7 @@ def predict_logits(
             ]
         outputs.append(torch.stack(logits).float().mean(0))
     model.train(was_training)
-    return check_finite(torch.cat(outputs), model)
+    return check_finite(torch.cat(outputs), source)
 
 
 def mean_calibrated(logits: Sequence[torch.Tensor], temperatures: Sequence) -> torch.Tensor:
@@ -142,7 +127,7 @@ def ensemble_probabilities(
 ) -> torch.Tensor:
     """The members' probabilities [N, 10] on the CPU by `mean_calibrated` (each member's logits
     first averaged over the test-time views with `tta`); one member gives its own."""
-    logits = [predict_logits(m.model, data, batch_size, tta) for m in members]
+    logits = [predict_logits(m.model, data, batch_size, tta, m.path) for m in members]
     return mean_calibrated(logits, [m.temperature for m in members]).cpu()
 
 

@@ -1,8 +1,8 @@
 """torch.compile with a per-model fallback: a model that cannot compile runs eagerly.
 
-On CUDA the step is captured in CUDA graphs (one replay per step instead of ~100 launches);
-where compiling fails (no compiler, an unsupported op) only that model falls back, so the
-process-global `torch._dynamo.config.suppress_errors` is never touched.
+Compiling happens on the first call, so that is where a missing compiler or an unsupported op
+shows; only that model falls back, so the process-global
+`torch._dynamo.config.suppress_errors` is never touched.
 """
 
 import warnings
@@ -13,13 +13,8 @@ from torch import nn
 
 
 class CompiledOrEager:
-    """Call a torch.compile'd module; if compiling fails on its first call, run eagerly.
-
-    Compiling happens on the first call, so that is where a missing compiler or an unsupported
-    op shows. The fallback is local to this model (torch's process-global
-    `torch._dynamo.config.suppress_errors` stays as it is); once a call has succeeded, errors
-    are the model's own and propagate.
-    """
+    """Call a torch.compile'd module; if its first call fails, run eagerly from then on.
+    Once a call has succeeded, errors are the model's own and propagate."""
 
     def __init__(self, compiled: Callable, eager: nn.Module):
         self.compiled, self.eager, self.succeeded = compiled, eager, False
@@ -41,9 +36,6 @@ class CompiledOrEager:
 
 
 def compile_for(model: nn.Module, device: torch.device, backend: str | Callable = "inductor"):
-    """torch.compile; on CUDA with CUDA graphs (one replay per step instead of ~100 launches).
-
-    Where compiling fails (no compiler, an unsupported op) the model runs eagerly instead.
-    """
+    """torch.compile; on CUDA with CUDA graphs (one replay per step instead of ~100 launches)."""
     mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
     return CompiledOrEager(torch.compile(model, mode=mode, backend=backend), model)

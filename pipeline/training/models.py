@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pipeline import config
+from pipeline.common.errors import PipelineError
 
 SIDE = config.IMAGE_SIDE
 
@@ -91,10 +92,8 @@ def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: in
 class FastNet(nn.Module):
     """Three conv-BN-ReLU-maxpool stages (28 -> 14 -> 7 -> 3) and a linear head.
 
-    Sized for a laptop CPU: most of the compute sits at 14x14 and 7x7, where channels are
-    cheap, so the default widths pass 99% validation accuracy in about 30 s on two cores
-    (widths 24-48-96 gain little there but cost twice the time; the GPU recipe uses them).
-    `kernel` (odd) and `convs` (conv-BN-ReLU layers per stage) make the differing members of
+    Sized for a laptop CPU: the default widths pass 99% validation accuracy in about 30 s on
+    two cores. `kernel` (odd) and `convs` (layers per stage) make the differing members of
     the `best` ensemble: nets that see the digits differently make different mistakes.
     """
 
@@ -208,8 +207,6 @@ WIDTHS: dict[str, Callable[[int], dict]] = {
 
 def width_args(name: str, width: int) -> dict:
     """The arch_args `--width` gives model `name`, or a one-line error (LeNet-5 is fixed)."""
-    from pipeline.common.errors import PipelineError
-
     if name not in WIDTHS:
         raise PipelineError(f"--width: {name} has fixed widths; use it with {', '.join(WIDTHS)}")
     if not 1 <= width <= 1024:

@@ -179,12 +179,11 @@ def check_member_seeds(seed: int, members: int) -> None:
 def best_members(
     members: int | None = None, seed: int = 0, bagged: bool = True, **overrides: Any
 ) -> list[TrainConfig]:
-    """The `best` ensemble's member configs for the device `overrides` name (default auto).
+    """The `best` ensemble's member configs for the device `overrides` name (default auto):
+    member k is row k (cycled) of the device's table, seed `seed + k`, holding out fold
+    k % folds when bagged; options given (`epochs`, `width`, ...) override every member."""
+    from pipeline.training.models import width_args
 
-    Member k is row k (cycled) of the device's table with seed `seed + k`; bagged, it holds
-    out fold k % folds dealt by `seed`. `members` defaults to the table's length; options
-    given (`epochs`, `max_steps`, ...) override every member.
-    """
     kind = device_kind(overrides.get("device") or "auto")
     table = BEST_MEMBERS[kind]
     count = len(table) if members is None else members
@@ -199,6 +198,8 @@ def best_members(
         if folds is not None:
             settings |= {"folds": folds, "fold": k % folds, "fold_seed": seed}
         settings.update({k: plain(v) for k, v in overrides.items() if v is not None})
+        if (width := settings.pop("width", None)) is not None:
+            settings["arch_args"] = settings["arch_args"] | width_args(settings["model"], width)
         cfg = TrainConfig(**settings, recipe="best")
         check_config(cfg)
         configs.append(cfg)

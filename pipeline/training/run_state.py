@@ -15,12 +15,15 @@ from typing import Any
 
 import torch
 
+from pipeline import config
 from pipeline.common import exits
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import remove_dead_temps, run_lock
 from pipeline.training.checkpoints import read_payload, save_checkpoint
 from pipeline.training.distributed import Ranks, max_over_ranks
+from pipeline.training.models import resolved_arch_args, width_args
 from pipeline.training.recipes import Overrides, TrainConfig, recipe_config
+from pipeline.training.state_schema import check_layout, check_training_state
 
 # Settings a resumed run may change without becoming another run.
 MAY_CHANGE_ON_RESUME = {f.name for f in fields(TrainConfig) if f.metadata.get("resume_may_change")}
@@ -68,12 +71,8 @@ def record_early_signals() -> None:
 
 
 class StopSignals:
-    """Turn the first SIGINT/SIGTERM into a flag the loop checks between steps.
-
-    A second signal interrupts at once (exits.Stopped, a KeyboardInterrupt), as Python does
-    on Ctrl-C; one that came before training started (its exception lost in an import) stops
-    it before the first step.
-    """
+    """Turn the first SIGINT/SIGTERM into a flag the loop checks between steps; a second one
+    interrupts at once (exits.Stopped), one that came before training stops its first step."""
 
     # Under torchrun the ranks agree on a stop with an all_reduce, which waits for the device:
     # once every this many steps, and at the end of every epoch.
@@ -100,12 +99,8 @@ class StopSignals:
             signal.signal(sig, handler)
 
     def requested(self, ranks: Ranks, device: torch.device, step: int | None = None) -> bool:
-        """Whether to stop after global step `step` (None: at the end of an epoch).
-
-        One process checks at every step. Under torchrun all ranks check together, at the same
-        steps (every DDP_CHECK_EVERY, and at each epoch's end), so all stop at the same step
-        and the saved state resumes exactly; a signal waits at most that many steps.
-        """
+        """Whether to stop after global step `step` (None: at the end of an epoch). Under
+        torchrun all ranks check together at the same steps, so all stop at the same one."""
         if ranks.world > 1 and step is not None and step % self.DDP_CHECK_EVERY:
             return False
         self.signum = max_over_ranks(self.signum or 0, ranks, device) or None
@@ -115,8 +110,6 @@ class StopSignals:
 def check_out(out: Path) -> None:
     """Refuse, before any training, an --out whose run files would overwrite each other or
     be taken for something else (`m.json` is its own sidecar; `m.last.pt` a resume state)."""
-    from pipeline import config
-
     if out.suffix != config.CHECKPOINT_SUFFIX or config.is_resume_state(out):
         raise PipelineError(
             f"--out {out}: a checkpoint's name must end in {config.CHECKPOINT_SUFFIX} and not in "
@@ -134,8 +127,6 @@ def check_out(out: Path) -> None:
 def writing(out: Path, ranks: Ranks) -> Iterator[None]:
     """Hold `out`'s lock while a run writes its files (rank 0 writes them all), after
     removing the temp files a killed run left for them."""
-    from pipeline import config
-
     if not ranks.is_main:
         yield
         return
@@ -168,26 +159,9 @@ def restore(payload: dict, last: Path, run_parts: tuple, bounds: dict[str, int])
     """Check a resume state whole against this run, then load it into the run's parts
     (model, optimizer, scheduler, shuffle and augment generators, the weights' EMA if the run
     keeps one); its loop state returned."""
-    from pipeline.training.state_schema import check_training_state
-
     model, optimizer, scheduler, shuffle_gen, augment_gen, ema = run_parts
     saved = payload["training_state"]
-    generators = {
-        "torch": torch.get_rng_state(),
-        "shuffle": shuffle_gen.get_state(),
-        "augment": augment_gen.get_state(),
-    }
-    check_training_state(
-        saved,
-        last,
-        payload["state_dict"],
-        model,
-        optimizer,
-        scheduler,
-        generators,
-        bounds,
-        {f.name for f in fields(TrainState)},
-    )
+    check_training_state(payload, last, run_parts, bounds)
     try:
         model.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -206,8 +180,6 @@ def run_meta(
 ) -> dict:
     """What a checkpoint records about its run beside the weights; with `finished`, the
     resumable file's extras too (its val_accuracy is then the best so far)."""
-    from pipeline.training.models import resolved_arch_args
-
     meta = {
         "data_fingerprint": data_fingerprint,
         "model": cfg.model,
@@ -275,15 +247,9 @@ def saved_config(meta: dict, path: Path) -> TrainConfig:
 def run_config(
     recipe: str | None, overrides: Overrides, out: Path | None, resume: bool
 ) -> tuple[TrainConfig, Path]:
-    """The config of a `train` run and its checkpoint path (the model's name by default).
-
-    The recipe (fast if None) with the given overrides on top; with `resume`, the saved
-    run's config with the same overrides (and the recipe, if named) on top instead, so that
-    `resume_payload` refuses only what was asked to change.
-    """
-    from pipeline import config
-    from pipeline.training.models import width_args
-
+    """The config of a `train` run and its checkpoint path (the model's name by default): the
+    recipe (fast) with the overrides on top; with `resume`, the saved run's config with them
+    on top instead, so that `resume_payload` refuses only what was asked to change."""
     given = overrides.given()
     cfg = recipe_config(recipe or "fast", **given)
     out = out or config.checkpoint_path(cfg.model)
@@ -294,17 +260,6 @@ def run_config(
             given["arch_args"] = width_args(given.get("model", saved.model), width)
         cfg = replace(saved, **given, **({"recipe": recipe} if recipe else {}))
     return cfg, out
-
-
-def _check_training_state(payload: dict, last: Path) -> dict:
-    """The state's parts are there; `state_schema` checks them whole once the run is built."""
-    from pipeline.training.state_schema import check_layout
-
-    ts = payload.get("training_state")
-    if ts is None:
-        raise PipelineError(f"{last}: holds no training state to resume from")
-    check_layout(ts, last)
-    return ts
 
 
 def resume_payload(last: Path, cfg: TrainConfig, data_fingerprint: str) -> dict:
@@ -325,9 +280,7 @@ def resume_payload(last: Path, cfg: TrainConfig, data_fingerprint: str) -> dict:
             f"{last}: was trained on other prepared data (other sources, split or "
             "--limit-rows); prepare that data again, or train afresh with --force"
         )
-    training_state = _check_training_state(payload, last)
-    if cfg.ema is not None and not isinstance(training_state.get("ema"), dict):
-        raise PipelineError(f"{last}: holds no moving average of the weights to resume")
+    check_layout(payload, last, ema=cfg.ema is not None)
     return payload
 
 
@@ -346,9 +299,9 @@ class TrainResult:
     skipped: bool = False  # an identical finished run was already there
 
     @classmethod
-    def of(cls, state: TrainState, cfg: TrainConfig, out: Path, curves: Path | None):
-        from pipeline import config
-
+    def of(
+        cls, state: TrainState, cfg: TrainConfig, out: Path, curves: Path | None, skipped=False
+    ):
         history = state.history
         return cls(
             checkpoint=out,
@@ -361,13 +314,12 @@ class TrainResult:
             train_seconds=state.train_seconds,
             seconds_to_target=state.seconds_to_target,
             images_per_second=images_per_second(history),
+            skipped=skipped,
         )
 
 
 def finished_run(cfg: TrainConfig, out: Path, data_fingerprint: str) -> TrainResult | None:
     """The result of an earlier, finished run of exactly this config on exactly this data."""
-    from pipeline import config
-
     last = config.last_checkpoint_path(out)
     try:
         saved = read_payload(last)["meta"]
@@ -376,21 +328,15 @@ def finished_run(cfg: TrainConfig, out: Path, data_fingerprint: str) -> TrainRes
         same = asdict(saved_config(saved, last)) == asdict(cfg)
         if not (same and saved.get("data_fingerprint") == data_fingerprint):
             return None
-        if not saved.get("finished"):
+        if not (saved.get("finished") and saved["history"]):
             return None
-        history = saved["history"]
-        return TrainResult(
-            checkpoint=out,
-            last_checkpoint=last,
-            curves=config.curves_path(out) if config.curves_path(out).is_file() else None,
-            config=cfg,
-            best_accuracy=float(best["val_accuracy"]),
-            final_accuracy=float(history[-1]["val_accuracy"]),
-            history=history,
+        state = TrainState(
             train_seconds=float(saved["train_seconds"]),
             seconds_to_target=saved.get("seconds_to_target"),
-            images_per_second=float(saved["images_per_second"]),
-            skipped=True,
+            best_accuracy=float(best["val_accuracy"]),
+            history=saved["history"],
         )
+        curves = config.curves_path(out)
+        return TrainResult.of(state, cfg, out, curves if curves.is_file() else None, True)
     except (PipelineError, KeyError, IndexError, TypeError, ValueError):
         return None

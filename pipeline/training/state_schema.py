@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.common.errors import PipelineError
 
@@ -26,45 +26,28 @@ MOVING_GROUP_KEYS = {"lr", "betas", "momentum", "fused", "foreach", "capturable"
 MOVING_SCHEDULER_KEYS = {"last_epoch", "_step_count", "_last_lr", "_is_initial"}
 MOVING_SCHEDULER_KEYS |= {"_get_lr_called_within_step"}
 RNG_KEYS = ("torch", "shuffle", "augment")
+PARTS = ("optimizer", "scheduler", "loop", "rng")
 
 
 class Damaged(ValueError):
     """What is wrong, and where in the training state."""
 
 
-def _is_finite(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return not value.is_floating_point() or bool(torch.isfinite(value).all())
-    return not isinstance(value, float) or math.isfinite(value)
-
-
-def like(saved: Any, reference: Any, where: str, moving: set[str] = frozenset()) -> None:
-    """`saved` has `reference`'s structure and types, and its values except under `moving`
-    keys (whose numbers need only be finite); tensors match in dtype and shape."""
+def like(saved: Any, reference: Any, where: str, moving=frozenset(), exact=True) -> None:
+    """`saved` has `reference`'s structure and types; tensors match in dtype and shape, and
+    other values are equal, except under `moving` keys, whose numbers need only be finite."""
     if isinstance(reference, dict):
         if not isinstance(saved, dict) or set(saved) != set(reference):
             raise Damaged(f"{where} has other keys than this run's")
         for key, value in reference.items():
-            if key in moving:
-                _same_kind(saved[key], value, f"{where}.{key}")
-            else:
-                like(saved[key], value, f"{where}.{key}", moving)
+            like(saved[key], value, f"{where}.{key}", moving, exact and key not in moving)
         return
     if isinstance(reference, list | tuple):
         if type(saved) is not type(reference) or len(saved) != len(reference):
             raise Damaged(f"{where} is not a {type(reference).__name__} of {len(reference)}")
         for index, (a, b) in enumerate(zip(saved, reference, strict=True)):
-            like(a, b, f"{where}[{index}]", moving)
+            like(a, b, f"{where}[{index}]", moving, exact)
         return
-    if isinstance(reference, torch.Tensor):
-        _same_kind(saved, reference, where)
-        return
-    if type(saved) is not type(reference) or saved != reference:
-        raise Damaged(f"{where} is {saved!r:.40}, this run's is {reference!r:.40}")
-
-
-def _same_kind(saved: Any, reference: Any, where: str) -> None:
-    """Same type (tensors: dtype and shape; containers: recursively), finite numbers."""
     if isinstance(reference, torch.Tensor):
         if not isinstance(saved, torch.Tensor):
             raise Damaged(f"{where} is not a tensor")
@@ -73,11 +56,11 @@ def _same_kind(saved: Any, reference: Any, where: str) -> None:
                 f"{where} is a {saved.dtype} tensor of shape {list(saved.shape)}, expected "
                 f"{reference.dtype} {list(reference.shape)}"
             )
-    elif isinstance(reference, list | tuple):
-        if type(saved) is not type(reference) or len(saved) != len(reference):
-            raise Damaged(f"{where} is not a {type(reference).__name__} of {len(reference)}")
-        for index, (a, b) in enumerate(zip(saved, reference, strict=True)):
-            _same_kind(a, b, f"{where}[{index}]")
+        if saved.is_floating_point() and not bool(torch.isfinite(saved).all()):
+            raise Damaged(f"{where} is not finite")
+    elif exact:
+        if type(saved) is not type(reference) or saved != reference:
+            raise Damaged(f"{where} is {saved!r:.40}, this run's is {reference!r:.40}")
     elif reference is None or isinstance(saved, bool) != isinstance(reference, bool):
         if saved is not None and type(saved) is not type(reference):
             raise Damaged(f"{where} is a {type(saved).__name__}")
@@ -85,7 +68,7 @@ def _same_kind(saved: Any, reference: Any, where: str) -> None:
         isinstance(reference, float) and type(saved) is int
     ):
         raise Damaged(f"{where} is a {type(saved).__name__}, expected {type(reference).__name__}")
-    if not _is_finite(saved):
+    elif isinstance(saved, float) and not math.isfinite(saved):
         raise Damaged(f"{where} is not finite")
 
 
@@ -106,11 +89,11 @@ def check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, steps_done: in
             raise Damaged(f"{where} has other keys than {sorted(keys or ())}")
         for key, value in entry.items():
             if key == "step":
-                _same_kind(value, torch.tensor(0.0), f"{where}.step")
+                like(value, torch.tensor(0.0), f"{where}.step")
                 if float(value) != steps_done:
                     raise Damaged(f"{where}.step is {float(value):g}, not the {steps_done} done")
             else:
-                _same_kind(value, params[index].detach().cpu(), f"{where}.{key}")
+                like(value, params[index].detach().cpu(), f"{where}.{key}")
 
 
 def check_scheduler(saved: Any, scheduler, steps_done: int) -> None:
@@ -122,14 +105,14 @@ def check_scheduler(saved: Any, scheduler, steps_done: int) -> None:
 def check_rng(saved: Any, generators: dict[str, torch.Tensor]) -> None:
     if not isinstance(saved, dict) or not set(RNG_KEYS) <= set(saved) <= {*RNG_KEYS, "cuda"}:
         raise Damaged("rng has other keys than torch, shuffle, augment (and cuda)")
-    for key, reference in generators.items():
-        _same_kind(saved[key], reference, f"rng.{key}")
+    for key in RNG_KEYS:
+        like(saved[key], generators[key], f"rng.{key}")
 
 
 class HistoryRecord(BaseModel):
     """One epoch's line of a run's history: these numbers, finite (more keys may follow)."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
     epoch: int
     train_loss: float
     val_loss: float
@@ -139,18 +122,14 @@ class HistoryRecord(BaseModel):
     train_seconds: float
     images_per_second: float
 
-    @field_validator("*")
-    @classmethod
-    def finite(cls, value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("is not finite")
-        return value
-
 
 class LoopState(BaseModel):
-    """`TrainState` as saved: plain numbers (and the epoch's order), within the run's bounds."""
+    """`run_state.TrainState` as saved: its fields exactly, plain finite numbers (and the
+    epoch's order)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, arbitrary_types_allowed=True
+    )
     epoch: int
     step: int
     order: torch.Tensor | None
@@ -160,26 +139,17 @@ class LoopState(BaseModel):
     best_accuracy: float
     history: list[HistoryRecord]
 
-    @field_validator("loss_sum", "train_seconds", "seconds_to_target", "best_accuracy")
-    @classmethod
-    def finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("is not finite")
-        return value
 
-
-def check_loop(saved: Any, loop_fields: set[str], bounds: dict[str, int]) -> None:
+def check_loop(saved: Any, bounds: dict[str, int]) -> None:
     """The loop's position lies inside this run: epoch <= epochs, step within an epoch, steps
     done <= total, `order` a permutation of the training images, one history line per epoch."""
-    if not isinstance(saved, dict) or set(saved) != loop_fields:
-        raise Damaged("loop has other keys than this version's")
     try:
         loop = LoopState.model_validate(saved)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in error["loc"])
+        where = ".".join(["loop", *map(str, error["loc"])])
         problem = error["msg"].removeprefix("Value error, ")[:80]
-        raise Damaged(f"loop.{where}: {problem[:1].lower()}{problem[1:]}") from None
+        raise Damaged(f"{where}: {problem[:1].lower()}{problem[1:]}") from None
     spe, n = bounds["steps_per_epoch"], bounds["train_images"]
     if not 0 <= loop.epoch <= bounds["epochs"] or not 0 <= loop.step <= spe:
         raise Damaged(f"loop is at epoch {loop.epoch}, step {loop.step}: outside this run")
@@ -202,48 +172,45 @@ def check_loop(saved: Any, loop_fields: set[str], bounds: dict[str, int]) -> Non
         raise Damaged(f"loop.best_accuracy {loop.best_accuracy} is not an accuracy")
 
 
-PARTS = ("optimizer", "scheduler", "loop", "rng")
-
-
-def _damaged(last: Path, exc: Damaged) -> PipelineError:
+def _damaged(last: Path, problem: object) -> PipelineError:
     return PipelineError(
-        f"{last}: its training state is damaged or not this version's ({exc}); "
+        f"{last}: its training state is damaged or not this version's ({problem}); "
         "train afresh with --force"
     )
 
 
-def check_layout(ts: Any, last: Path) -> None:
-    """The parts every resume state has, checked before its run is built."""
+def check_layout(payload: dict, last: Path, ema: bool) -> None:
+    """The parts every resume state has (and the weights' average, if the run keeps one),
+    checked before its run is built."""
+    ts = payload.get("training_state")
+    if ts is None:
+        raise PipelineError(f"{last}: holds no training state to resume from")
     if not isinstance(ts, dict):
-        raise _damaged(last, Damaged("it is not a mapping"))
+        raise _damaged(last, "it is not a mapping")
     bad = [part for part in PARTS if not isinstance(ts.get(part), dict)]
     if bad:
-        raise _damaged(last, Damaged(f"{', '.join(bad)}: missing or not a mapping"))
+        raise _damaged(last, f"{', '.join(bad)}: missing or not a mapping")
+    if ema and not isinstance(ts.get("ema"), dict):
+        raise PipelineError(f"{last}: holds no moving average of the weights to resume")
 
 
-def check_training_state(
-    ts: Any,
-    last: Path,
-    state_dict: Any,
-    model,
-    optimizer,
-    scheduler,
-    generators: dict,
-    bounds: dict[str, int],
-    loop_fields: set[str],
-) -> None:
-    """Check every part of the saved state against this run before any part is loaded;
-    `loop_fields` are the names the loop's state (run_state.TrainState) must have."""
-    steps = None
+def check_training_state(payload: dict, last: Path, run_parts: tuple, bounds: dict) -> None:
+    """Check every part of the saved state against this run before any part is loaded."""
+    model, optimizer, scheduler, shuffle_gen, augment_gen = run_parts[:5]
+    generators = {
+        "torch": torch.get_rng_state(),
+        "shuffle": shuffle_gen.get_state(),
+        "augment": augment_gen.get_state(),
+    }
+    ts = payload["training_state"]
+    weights = {k: v.cpu() for k, v in model.state_dict().items()}
     try:
-        if not isinstance(ts, dict):
-            raise Damaged("it is not a mapping")
-        like(state_dict, {k: v.cpu() for k, v in model.state_dict().items()}, "state_dict")
-        check_loop(ts.get("loop"), loop_fields, bounds)
+        like(payload["state_dict"], weights, "state_dict")
+        check_loop(ts["loop"], bounds)
         position = ts["loop"]["epoch"] * bounds["steps_per_epoch"] + ts["loop"]["step"]
         steps = min(position, bounds["total_steps"])
-        check_optimizer(ts.get("optimizer"), optimizer, steps)
-        check_scheduler(ts.get("scheduler"), scheduler, steps)
-        check_rng(ts.get("rng"), generators)
+        check_optimizer(ts["optimizer"], optimizer, steps)
+        check_scheduler(ts["scheduler"], scheduler, steps)
+        check_rng(ts["rng"], generators)
     except Damaged as exc:
         raise _damaged(last, exc) from None

@@ -1,10 +1,8 @@
 """Stage 3: train a classifier on the prepared digits; keep best and last checkpoints.
 
-Reads top to bottom like pytorch/examples' mnist/main.py: optimiser and schedule, the step,
-one epoch, then `train`, the loop with validation, checkpoints and resume. Batches are cut by
-index from uint8 tensors already on the device and normalised (and augmented) there; the loss
-is summed on the device and read once per epoch. The same code runs one process or many under
-`torchrun` (DistributedDataParallel: each rank takes its slice of every global batch).
+Optimiser and schedule, the step, one epoch, then `train`. Batches are cut by index from uint8
+tensors already on the device and normalised (and augmented) there; the loss is read once per
+epoch. Under `torchrun` each rank takes its slice of every global batch (DDP).
 """
 
 import math
@@ -314,14 +312,10 @@ def train(
 ) -> run_state.TrainResult:
     """Train `cfg` on processed_dir's train split, validating on val after every epoch.
 
-    Writes `out` (best weights, with a JSON sidecar), `<out stem>.last.pt` (resumable
-    state), `<out stem>.metrics.csv` and `<out stem>.curves.png`. With `resume`, continues the
-    saved run, refusing a different config or different data. SIGINT/SIGTERM save a resumable
-    state and raise TrainingInterrupted. Under torchrun (WORLD_SIZE > 1) trains one model
-    with DDP. A finished run of the same config on the same data is returned as is unless `force`.
-    `stop` replaces the signal handlers' StopSignals (tests stop at a chosen step with it).
-    `callbacks` hear of every epoch and of the end (see `Callback`).
-    Another run writing the same `out` is refused: the whole run holds `out`'s lock.
+    Writes `out` (best weights and sidecar) and its run files (`config.run_files`), holding
+    `out`'s lock throughout. SIGINT/SIGTERM save a resumable state and raise
+    TrainingInterrupted; `stop` replaces that StopSignals (tests stop at a chosen step).
+    A finished run of the same config on the same data is returned as is unless `force`.
     """
     main = ranks_from_env().is_main
     try:
