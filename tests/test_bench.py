@@ -23,8 +23,8 @@ from pipeline import config
 from pipeline.baselines.tutorial import tutorial_split
 from pipeline.bench import run
 from pipeline.bench.end_to_end import EndToEnd, ProcessTiming, bench_end_to_end
-from pipeline.bench.report import format_end_to_end
-from pipeline.bench.training import bench_ddp
+from pipeline.bench.report import format_end_to_end, format_report
+from pipeline.bench.training import bench_ddp, bench_ensemble
 from pipeline.cli import app
 from pipeline.common import device, timings
 from pipeline.common.errors import PipelineError
@@ -289,6 +289,22 @@ def test_a_process_spinning_at_the_lowest_priority_is_seen_as_giving_way():
 def test_bench_ddp_compares_one_and_two_torchrun_processes(processed_dir):
     figures = bench_ddp(processed_dir, "cpu", "mlp", steps=5)
     assert figures.one_process > 0 and figures.two_processes > 0
+
+
+@pytest.mark.slow
+def test_bench_ensemble_trains_the_best_members_one_at_a_time_and_two_at_once(processed_dir):
+    figures = bench_ensemble(processed_dir, torch.device("cpu"), steps=2, members=2)
+    report = run.BenchReport("cpu", 0.0, 0.0, 0.0, ensemble=figures)
+    line = re.search(
+        rf"^best ensemble \(2 members of 2 steps\): 1 at a time {NUMBER} members/min, "
+        rf"2 at once {NUMBER} members/min \({NUMBER}x\)$",
+        format_report(report),
+        re.M,
+    )
+    assert line, format_report(report)
+    one, two, ratio = map(number, line.groups())
+    assert 0 < one < 6000 and 0 < two < 6000  # a member takes more than 10 ms
+    assert ratio == pytest.approx(two / one, rel=0.1 / min(one, two), abs=0.01)  # rounded
 
 
 SERVE_LINE = re.compile(

@@ -75,6 +75,11 @@ def format_report(report: BenchReport) -> str:
             f"torchrun {d.model}: 1 process {d.one_process:,.0f} img/s, "
             f"2 processes {d.two_processes:,.0f} img/s ({d.ratio:.2f}x)"
         ]
+    if e := report.ensemble:
+        lines += [
+            f"best ensemble ({e.members} members of {e.steps} steps): 1 at a time {e.one:.1f} "
+            f"members/min, {e.slots} at once {e.many:.1f} members/min ({e.ratio:.2f}x)"
+        ]
     if b := report.busy_core:
         lines += [
             f"cpu training ({b.model}, {b.cores} cores): quiet {b.quiet:,.0f} img/s at "

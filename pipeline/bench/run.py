@@ -18,9 +18,11 @@ from pipeline.bench.serve_load import REQUESTS, run_load_test, run_upload_bench
 from pipeline.bench.training import (
     BusyCoreBench,
     DdpBench,
+    EnsembleBench,
     FastRecipeBench,
     bench_busy_core,
     bench_ddp,
+    bench_ensemble,
     bench_fast_recipe,
 )
 from pipeline.common.device import resolve_device
@@ -62,6 +64,7 @@ class BenchReport:
     best_net: list[BestNetBench] = field(default_factory=list)
     fast_recipe: FastRecipeBench | None = None
     ddp: DdpBench | None = None
+    ensemble: EnsembleBench | None = None
     busy_core: BusyCoreBench | None = None
     end_to_end: EndToEnd | None = None
     serve: str | None = None  # the load tests' summary lines, or why they did not run
@@ -137,6 +140,8 @@ def run_bench(
     if options.ddp:
         log("one process against two under torchrun ...")
         report.ddp = bench_ddp(processed, target.type, models[0], options.steps)
+        log("the best ensemble's members, one at a time and side by side ...")
+        report.ensemble = bench_ensemble(processed, target, options.steps)
     if options.busy_core:
         log("training on the CPU, quiet and with one core kept busy ...")
         report.busy_core = bench_busy_core(processed, models[0], options.steps, options.batch_size)

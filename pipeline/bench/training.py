@@ -1,5 +1,6 @@
-"""Whole training runs: the fast recipe's seconds to 99%, one process against two (DDP), and
-training on the CPU with one core kept busy by another process against a quiet one."""
+"""Whole training runs: the fast recipe's seconds to 99%, one process against two (DDP), the
+best ensemble's members per minute one at a time against side by side, and training on the
+CPU with one core kept busy by another process against a quiet one."""
 
 import json
 import os
@@ -89,6 +90,40 @@ def bench_ddp(processed_dir: Path, device: str, model: str, steps: int) -> DdpBe
     one = torchrun_images_per_second(1, processed_dir, device, model, steps)
     two = torchrun_images_per_second(2, processed_dir, device, model, steps)
     return DdpBench(model, one, two)
+
+
+@dataclass(frozen=True)
+class EnsembleBench:
+    members: int
+    steps: int  # per member
+    slots: int  # members trained at once in the wider run: 2 on the CPU, else every GPU
+    one: float  # members per minute, one at a time
+    many: float  # members per minute, `slots` at once
+
+    @property
+    def ratio(self) -> float:
+        return self.many / self.one
+
+
+def bench_ensemble(
+    processed_dir: Path, device: torch.device, steps: int, members: int = 4
+) -> EnsembleBench:
+    """The best recipe's first `members` members cut to `steps` steps, trained by the ensemble
+    runner one at a time, then on 2 CPU processes or every local GPU: members per minute,
+    wall clock (starting the processes included)."""
+    from pipeline.experiments.ensemble import member_configs, train_members
+
+    configs = member_configs("best", members, True, device=str(device), epochs=1, max_steps=steps)
+    slots = 2 if device.type == "cpu" else torch.cuda.device_count()
+    rates = []
+    for jobs in (1, slots):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            train_members(
+                configs, processed_dir, Path(tmp), jobs=jobs, log=lambda _: None, progress=False
+            )
+            rates.append(members / ((time.perf_counter() - start) / 60))
+    return EnsembleBench(members, steps, slots, *rates)
 
 
 @dataclass(frozen=True)

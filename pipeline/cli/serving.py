@@ -76,7 +76,9 @@ def bench_command(
     steps: Annotated[int, typer.Option(min=5, help="Timed steps per loop.")] = 40,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size of our loop.")] = 128,
     fast_recipe: Annotated[bool, typer.Option(help="Also time the fast recipe to 99%.")] = True,
-    ddp: Annotated[bool, typer.Option(help="Also time 1 vs 2 processes under torchrun.")] = True,
+    ddp: Annotated[
+        bool, typer.Option(help="Also time 1 vs 2 processes: DDP, the best ensemble's members.")
+    ] = True,
     busy_core: Annotated[
         bool, typer.Option(help="Also time CPU training with another process on one core.")
     ] = True,

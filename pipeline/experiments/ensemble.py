@@ -2,15 +2,16 @@
 
 The members are K seeds of one recipe or the `best` recipe's differing nets (`member_configs`).
 `train_members` trains them wherever this process stands: under torchrun member k on rank
-k % world, one after another on the rank's own GPU (its local rank) or CPU, then a barrier so
-that rank 0 scores the ensemble once all exist; otherwise over every local GPU or `jobs` CPU
-processes (one per core), each with one torch thread: small nets use two cores far better as
-two runs than as one run with two threads, and a member's weights never depend on where or
-beside what it trained. A member reports its start and its epochs as dicts (a training
-callback) over a queue; the parent turns them into the overall bar, the time left and
-the member's tracked run. A member already trained with the same config on the same digits is
-kept; Ctrl-C (or SIGTERM) lets the members in flight save a resumable state, keeps every
-finished member, and the same command continues from there.
+k % world, one after another on the rank's own GPU (its local rank) or CPU, then the ranks
+meet (`independent_ranks`: a rank gone silent is an error, not a hang) so that rank 0 scores
+the ensemble once all exist (several machines share one --out-dir); otherwise over every
+local GPU or `jobs` CPU processes (one per core), each with one torch thread: small nets use
+two cores far better as two runs than as one run with two threads, and a member's weights
+never depend on where or beside what it trained. A member reports its start and its epochs
+as dicts (a training callback) over a queue; the parent turns them into the overall bar,
+the time left and the member's tracked run. A member already trained with the same config on
+the same digits is kept; Ctrl-C (or SIGTERM) lets the members in flight save a resumable
+state, keeps every finished member, and the same command continues from there.
 """
 
 import multiprocessing
@@ -22,7 +23,6 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from functools import cache
 from pathlib import Path
 
@@ -43,7 +43,6 @@ from pipeline.training.run_state import TrainResult
 from pipeline.training.train import train
 
 STOPS = {signal.SIGINT, signal.SIGTERM}
-SLOWEST_RANK = timedelta(days=7)  # how long a rank done with its members waits for the others
 
 
 def seed_members(cfg: TrainConfig, members: int) -> list[TrainConfig]:
@@ -321,7 +320,7 @@ def train_members(
     for k, done in kept.items():
         log(member_line(members.keep(k, done), n) + " (kept: trained earlier)")
     slots = member_slots(configs[0].device, jobs)[: len(todo)] or [torch.device("cpu")]
-    with distributed.process_group(ranks, torch.device("cpu"), SLOWEST_RANK):  # the barrier's
+    with distributed.independent_ranks(ranks) as meet:
         try:
             if len(slots) == 1:
                 members.train_here(todo, slots[0])
@@ -338,7 +337,12 @@ def train_members(
                 "same command again to continue",
                 stops[0].exit_code,
             )
-        distributed.wait_for_all(ranks)
+        try:
+            meet()
+        except PipelineError as exc:
+            raise PipelineError(
+                f"{exc}; finished members kept: run the same command again to train the rest"
+            ) from None
     for k in sorted(set(range(n)) - set(mine)) if ranks.is_main else ():  # the other ranks'
         if (done := members.finished(k)) is None:
             raise PipelineError(

@@ -5,8 +5,10 @@ same training code runs one process or many.
 """
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -14,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.common.device import resolve_device
+from pipeline.common.errors import PipelineError
 
 
 @dataclass(frozen=True)
@@ -35,15 +38,12 @@ def ranks_from_env() -> Ranks:
 
 
 @contextmanager
-def process_group(
-    ranks: Ranks, device: torch.device, timeout: timedelta | None = None
-) -> Iterator[None]:
-    """Join torchrun's process group (nccl on GPU, gloo on CPU) for the duration; `timeout`
-    bounds each collective call's wait (torch's default: 10 to 30 minutes)."""
+def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
+    """Join torchrun's process group (nccl on GPU, gloo on CPU) for the duration."""
     if ranks.world == 1 or dist.is_initialized():
         yield
         return
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield
     finally:
@@ -82,3 +82,76 @@ def single_process() -> Iterator[None]:
     finally:
         if saved is not None:
             os.environ["WORLD_SIZE"] = saved
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _store(ranks: Ranks, timeout: timedelta) -> dist.Store:
+    """torchrun's key-value store (its agent's; rank 0's under a launcher without one), under
+    a prefix of this run and restart."""
+    address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    host = ranks.is_main and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    store = dist.TCPStore(address, port, is_master=host, timeout=timeout)
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"pipeline/{run}/{restart}/", store)
+
+
+@contextmanager
+def independent_ranks(ranks: Ranks) -> Iterator[Callable[[], None]]:
+    """For ranks that work alone for hours (an ensemble's members) and meet once at the end.
+
+    Yields `meet()`: mark this rank done, wait for every other. A collective would wait out
+    its timeout for a rank whose machine is gone, so each rank beats in torchrun's store
+    instead; one silent for PIPELINE_LOST_RANK_SECONDS (default 120), or one that stopped
+    with an error, ends `meet` in one line naming it. No-op in a single process.
+    """
+    if ranks.world == 1:
+        yield lambda: None
+        return
+    lost_after = float(os.environ.get("PIPELINE_LOST_RANK_SECONDS", 120))
+    store, stop = _store(ranks, timedelta(seconds=lost_after)), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(min(5.0, lost_after / 4)):
+            with suppress(dist.DistError):  # the store is gone: the others notice the silence
+                store.add(f"alive/{ranks.rank}", 1)
+
+    def meet() -> None:
+        store.set(f"done/{ranks.rank}", "1")
+        seen = {r: (-1, time.monotonic()) for r in range(ranks.world) if r != ranks.rank}
+        while seen:
+            for r, (beats, since) in list(seen.items()):
+                if store.check([f"failed/{r}"]):
+                    raise PipelineError(f"rank {r} stopped: {store.get(f'failed/{r}').decode()}")
+                if store.check([f"done/{r}"]):
+                    del seen[r]
+                elif (now := store.add(f"alive/{r}", 0)) != beats:
+                    seen[r] = now, time.monotonic()
+                elif time.monotonic() - since > lost_after:
+                    raise PipelineError(
+                        f"rank {r} of {ranks.world} has been silent for {lost_after:.0f} s (its "
+                        "process or machine is gone; PIPELINE_LOST_RANK_SECONDS sets the wait)"
+                    )
+            time.sleep(0.5)
+
+    def checked_meet() -> None:
+        try:
+            meet()
+        except dist.DistError as exc:  # the store's host (the first node's agent) is gone
+            where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+            raise PipelineError(f"torchrun's store at {where}: {first_line(exc)}") from None
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield checked_meet
+    except BaseException as exc:
+        with suppress(dist.DistError):
+            store.set(f"failed/{ranks.rank}", first_line(exc))
+        raise
+    finally:
+        stop.set()
+        thread.join()
