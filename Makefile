@@ -74,19 +74,24 @@ SPLITS ?= 3
 crossval: data ## Score the best recipe's ensemble as mean and spread over SPLITS validation splits
 	$(PIPELINE) crossval --splits $(SPLITS) $(if $(MEMBERS),--members $(MEMBERS)) --device $(DEVICE) --seed $(SEED)
 
-# `make tune`: a small budget by default, whichever ends first: 8 trials (on a new study the
-# first 4 sampled at random, then 4 guided by TPE; pruning from the third), each fastnet for 1 to
-# MAX_EPOCHS epochs, or no new trial after TIMEOUT seconds (the trial then running finishes), so
-# it ends within 5 minutes plus one trial. It prints the best trial and the `pipeline train`
-# command that trains it again. The study resumes by name: `make tune TRIALS=20` adds 20
-# trials to it; another MAX_EPOCHS is another search space, so give it another STUDY.
+# `make tune`: a small budget by default, whichever ends first: a study of 8 trials (on a new
+# study the first 4 sampled at random, then 4 guided by TPE; pruning from the third), each fastnet
+# for 1 to MAX_EPOCHS epochs, or no new trial after TIMEOUT seconds (the trial then running
+# finishes), so it ends within 5 minutes plus one trial. It prints the best trial and the
+# `pipeline train` command that trains it again. TRIALS is the study's total: `make tune
+# TRIALS=20` resumes the study by name up to 20 trials; another MAX_EPOCHS is another search
+# space, so give it another STUDY. WORKERS processes share the study; STORAGE names a store every
+# machine of a cluster reaches (postgresql+psycopg2://..., journal:///<shared file>), and the same
+# `make tune` on each of them adds its trials (see SCALE-OUT.md).
 TRIALS ?= 8
 TIMEOUT ?= 300
 MAX_EPOCHS ?= 4
 STUDY ?= tune
-tune: prepare ## Search lr, weight decay, epochs, width, batch size, augmentation with Optuna (TRIALS, TIMEOUT s, MAX_EPOCHS, STUDY)
+WORKERS ?= 1
+tune: prepare ## Search lr, weight decay, epochs, width, batch size, augmentation with Optuna (TRIALS, TIMEOUT s, MAX_EPOCHS, STUDY, WORKERS, STORAGE)
 	$(PIPELINE) tune --trials $(TRIALS) --timeout $(TIMEOUT) --max-epochs $(MAX_EPOCHS) \
-		--study $(STUDY) --device $(DEVICE) --seed $(SEED)
+		--study $(STUDY) --workers $(WORKERS) $(if $(STORAGE),--storage '$(STORAGE)') \
+		--device $(DEVICE) --seed $(SEED)
 
 # The tracking store: experiments/mlflow.db unless MLFLOW_TRACKING_URI names another.
 TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/experiments/mlflow.db)

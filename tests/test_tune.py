@@ -25,11 +25,11 @@ def test_three_trials_one_pruned_a_resumed_study_and_another_space_refused(
     parent = session.start_run("tiny", "tune", {"trials": 2})
     first = tune(trials=2, enqueue=(GOOD, GOOD | {"weight_decay": 1e-5}), parent=parent, **common)
     assert first.states == {"COMPLETE": 2}
-    # resumed by name: a learning rate too small to learn is pruned after epoch 2 (the median
-    # of the first two trials there is far above it); it never becomes the best
+    # resumed by name to a budget of 3: a learning rate too small to learn is pruned after
+    # epoch 2 (the median of the first two trials there is far above it); never the best
     lines = []
     again = tune(
-        trials=1, enqueue=(GOOD | {"lr": 1e-6},), parent=parent, log=lines.append, **common
+        trials=3, enqueue=(GOOD | {"lr": 1e-6},), parent=parent, log=lines.append, **common
     )
     parent.end()
     assert session.close() is None
@@ -63,7 +63,8 @@ def test_a_resumed_study_reproduces_its_best_trial_with_that_trials_own_seed_and
     common = dict(space=SPACE, processed_dir=sample_processed_dir, work_dir=tmp_path / "tune",
                   storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="s")  # fmt: skip
     first = tune(trials=1, enqueue=(GOOD,), seed=7, device="cpu", **common)
-    again = tune(trials=1, enqueue=(GOOD | {"lr": 1e-6},), seed=9, **common)
+    assert tune(trials=1, seed=9, **common).states == {"COMPLETE": 1}  # the budget is spent
+    again = tune(trials=2, enqueue=(GOOD | {"lr": 1e-6},), seed=9, **common)
     assert again.best_trial == first.best_trial == 0
     assert again.command == first.command and "--seed 7 --device cpu" in again.command
     assert first.timed_out_after is None

@@ -12,8 +12,12 @@ from pipeline.common.choices import Device, ModelName, RunSort, plain
 
 
 def tune_command(
+    ctx: typer.Context,
     trials: Annotated[
-        int | None, typer.Option(min=1, help="Trials to run now (the study keeps earlier ones).")
+        int | None,
+        typer.Option(
+            min=1, help="The study's budget: workers stop once it holds N (finished or running)."
+        ),
     ] = None,
     timeout: Annotated[
         float | None, typer.Option(min=1, help="Stop starting trials after S seconds.")
@@ -31,25 +35,38 @@ def tune_command(
     ] = config.TUNE_DIR,
     storage: Annotated[
         str | None,
-        typer.Option(help="Optuna's study store URL (sqlite:///<experiments>/optuna.db)."),
+        typer.Option(
+            help="The study's store: sqlite:///<file> (experiments/optuna.db), a database every "
+            "worker reaches (postgresql+psycopg2://<user>@<host>/<db>) or journal:///<file on a "
+            "shared disk>."
+        ),
     ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Processes on this machine adding trials to the study.")
+    ] = 1,
     track: TrackOpt = None,
 ) -> None:
     """Search lr, weight decay, epochs, width, batch size and augmentation with Optuna (TPE),
-    pruning trials that fall behind per epoch; print the best as a `pipeline train` command."""
+    pruning trials that fall behind per epoch; print the best as a `pipeline train` command.
+    The same command on other machines, with one --storage, adds their trials to the study."""
+    import os
+
     from pipeline.common.errors import PipelineError
     from pipeline.experiments import tracking
-    from pipeline.experiments.tune import SearchSpace, tune
+    from pipeline.experiments.tune import WORKER_ENV, SearchSpace, tune
 
     if trials is None and timeout is None:
         raise PipelineError("give --trials N, --timeout S or both")
     space = SearchSpace(model=plain(model), epochs=(1, max_epochs))
     params = {"trials": trials, "timeout": timeout, "study": study, "seed": seed}
+    helpers = (same_command(ctx, without="workers"),) * (workers - 1)
     with tracking.command_run(tracking.wanted(track), study, "tune", params, warn=warn) as run:
         result = tune(
             study, trials, timeout, space, processed_dir, work_dir, storage, seed=seed,
-            device=plain(device), parent=run, log=typer.echo,
+            device=plain(device), parent=run, log=typer.echo, helpers=helpers,
         )  # fmt: skip
+    if os.environ.get(WORKER_ENV):  # the worker that started this one says what was found
+        return
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.states.items()))
     typer.echo(
         f"tune: study {result.study} ({counts}); best trial {result.best_trial} "
@@ -62,7 +79,29 @@ def tune_command(
         )
     if said := tracked_as(run):
         typer.echo(f"tune: {said}; `--run` on it means its best trial's model")
-    typer.echo(f"reproduce: {result.command}")
+    if result.running:
+        typer.echo(
+            f"tune: {result.running} trial(s) still running on other workers; the worker that "
+            "ends last prints the best trial's command (or run this command again then)"
+        )
+    else:
+        typer.echo(f"reproduce: {result.command}")
+
+
+def same_command(ctx: typer.Context, without: str) -> list[str]:
+    """This command line as given, less option `without`: another worker's."""
+    import sys
+
+    words = [sys.executable, "-m", "pipeline", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params[param.name]
+        if param.name == without or value is None:
+            continue
+        if param.is_flag:
+            words.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            words += [param.opts[0], str(plain(value))]
+    return words
 
 
 def runs_command(

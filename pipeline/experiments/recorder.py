@@ -9,8 +9,11 @@ so no reader waits on a recorder a busy machine starves. Every run is tagged wit
 record's id: a record found half logged (a recorder killed midway) has those runs deleted and
 is logged again whole, and the file goes only once all of it is in. A record MLflow refuses
 is moved aside with one warning; a store that stops answering leaves every record pending.
+On a tracking server (http(s)://) a run's kept checkpoint is also logged as its artifact, so
+that the team sees it; the records for a server wait in a folder of their own.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -100,8 +103,17 @@ def _check_sqlite(db: Path, hint: str) -> None:
         raise PipelineError(f"tracking store {db}: a SQLite file but not MLflow's; {hint}")
 
 
+def is_server(uri: str) -> bool:
+    return urlparse(uri).scheme in ("http", "https")
+
+
 def pending_dir(uri: str) -> Path:
-    return runs_dir(uri).parent / config.PENDING_DIR_NAME
+    """Beside a SQLite store; else one folder per store URI under experiments/pending, so
+    that a record waits for the store it was meant for."""
+    folder = runs_dir(uri).parent / config.PENDING_DIR_NAME
+    if _sqlite_file(uri) is None:
+        return folder / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return folder
 
 
 def write_pending(uri: str, record_id: str, runs: list[dict]) -> Path:
@@ -126,7 +138,7 @@ def start_detached(uri: str) -> subprocess.Popen:
         )  # fmt: skip
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
@@ -150,10 +162,10 @@ def connect(uri: str):
         experiment = client.get_experiment_by_name(config.TRACKING_EXPERIMENT)
         if experiment is not None:
             return client, experiment.experiment_id
-        location = runs_dir(uri).as_uri()
+        location = None if is_server(uri) else runs_dir(uri).as_uri()  # a server's own store
         return client, client.create_experiment(config.TRACKING_EXPERIMENT, location)
     except Exception as exc:
-        raise PipelineError(f"tracking store {uri}: {_first_line(exc)}") from None
+        raise PipelineError(f"tracking store {uri}: {first_line(exc)}") from None
 
 
 def _delete_runs_of(client, experiment: str, record_id: str) -> None:
@@ -161,8 +173,11 @@ def _delete_runs_of(client, experiment: str, record_id: str) -> None:
         client.delete_run(run.info.run_id)
 
 
-def log_record(client, experiment: str, record_id: str, record: dict) -> None:
-    """Log one record's runs (MLflow's batches), ended last: a FINISHED run is a whole one."""
+def log_record(
+    client, experiment: str, record_id: str, record: dict, upload: bool = False
+) -> None:
+    """Log one record's runs (MLflow's batches), ended last: a FINISHED run is a whole one.
+    `upload`: the kept checkpoints (and sidecars) go to the store as the runs' artifacts."""
     from mlflow.entities import Metric, Param
 
     _delete_runs_of(client, experiment, record_id)  # what a killed attempt left of it
@@ -179,6 +194,10 @@ def log_record(client, experiment: str, record_id: str, record: dict) -> None:
         metrics = [Metric(k, float(v), int(t), int(s)) for k, v, t, s in entry["metrics"]]
         for start in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        if upload and (kept := entry["tags"].get("checkpoint")):
+            for path in (Path(kept), config.sidecar_path(Path(kept))):
+                if path.is_file():  # the tag still names a copy deleted since
+                    client.log_artifact(run_id, str(path))
     for entry in record["runs"]:
         if entry["deleted"]:
             client.delete_run(ids[entry["id"]])
@@ -204,21 +223,26 @@ def record_pending(uri: str | None = None, wait: float = -1) -> list[str]:
 def _log_all(uri: str, paths: list[Path]) -> list[str]:
     if not paths:
         return []
-    client, experiment = connect(uri)
+    try:
+        client, experiment = connect(uri)
+    except PipelineError as exc:
+        return [f"{exc}; {len(paths)} record(s) stay pending in {paths[0].parent} for the next "
+                "reader (`pipeline runs`)"]  # fmt: skip
     problems = []
     for path in paths:
         try:
-            log_record(client, experiment, path.stem, json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            log_record(client, experiment, path.stem, record, upload=is_server(uri))
         except Exception as exc:
             try:  # a store that still answers: the record is at fault
                 _delete_runs_of(client, experiment, path.stem)
             except Exception:
                 return [
                     *problems,
-                    f"tracking store {uri}: {_first_line(exc)}; records stay pending",
+                    f"tracking store {uri}: {first_line(exc)}; records stay pending",
                 ]
             path.replace(path.with_name(path.name + ".rejected"))
-            problems.append(f"{path}: not recorded ({_first_line(exc)}); moved aside to "
+            problems.append(f"{path}: not recorded ({first_line(exc)}); moved aside to "
                             f"{path.name}.rejected")  # fmt: skip
             continue
         path.unlink()

@@ -1,9 +1,10 @@
 """Experiment tracking with MLflow, as a side channel: a stage works the same with it off.
 
 On by default for train, ensemble, crossval and tune; `--no-track` or `PIPELINE_TRACK=0` turn it
-off. The store is `experiments/mlflow.db` unless `MLFLOW_TRACKING_URI` names another. A run
-records its settings as params (the command line's names), the data it used, git commit,
-per-epoch metrics (step = epoch) and a copy of its checkpoint in `<store>/runs/<run id>/`.
+off. The store is `experiments/mlflow.db` unless `MLFLOW_TRACKING_URI` names another (a
+database, or a team's `mlflow server` at http(s)://). A run records its settings as params (the
+command line's names), the data it used, git commit, per-epoch metrics (step = epoch) and a copy
+of its checkpoint in `<store>/runs/<run id>/` (on a server, also as the run's artifact).
 A `TrackedRun` is a training callback (`train(..., callbacks=[run])`). MLflow takes 2-3 s to
 import and open a store (its async logging too), so a command never imports it: its runs are
 noted in memory and left as one record that `recorder` logs in a process of its own.
@@ -124,16 +125,17 @@ class Session:
             entry["tags"] |= {"git_commit": commit, "mlflow.source.git.commit": commit}
         try:
             recorder.write_pending(self.uri, self.record_id, self.runs)
-            if self.mode == "inline":
-                problems = recorder.record_pending(self.uri)
-                failure = "; ".join(problems) if problems else None
-            else:
-                if self.mode != "pending":
-                    recorder.start_detached(self.uri)
-                failure = None
-        except (OSError, PipelineError) as exc:
+        except OSError as exc:
             failure = " ".join(str(exc).split())[:200]
-        return failure and f"tracking failed ({failure}); this command's runs were not recorded"
+            return f"tracking failed ({failure}); this command's runs were not recorded"
+        try:  # a store that is away: the record waits for the next reader
+            if self.mode == "inline":
+                return "; ".join(recorder.record_pending(self.uri)) or None
+            if self.mode != "pending":
+                recorder.start_detached(self.uri)
+        except OSError as exc:
+            return f"tracking: {exc}; this command's runs stay pending for the next reader"
+        return None
 
 
 class TrackedRun(Callback):

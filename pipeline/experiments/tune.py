@@ -3,30 +3,40 @@
 Each trial trains one model of the fast recipe with sampled lr, weight decay, epochs, width,
 batch size and augmentation strength, reporting validation accuracy after every epoch; a trial
 whose accuracy at epoch k is below the median of earlier trials at epoch k (from epoch 2 on) is
-pruned. The study lives in experiments/optuna.db and is resumed by name; a name already used
-with another search space or other data is refused. A trial whose process died (SIGKILL) is
-marked failed by the next run, from Optuna's heartbeat. Every trial is a tracked run under the
-study's parent run, and the result is the best trial as a `pipeline train` command.
+pruned. The study lives in experiments/optuna.db, a database a cluster reaches (PostgreSQL) or a
+journal file on a shared disk, and is resumed by name; a name already used with another search
+space or other data is refused. Workers on one machine or many share a study: `trials` is its
+budget, the pruner sees every worker's trials, and trial n samples with seed + n, so no two
+workers draw alike. A trial whose process died (SIGKILL) is marked failed by the next run, from
+Optuna's heartbeat (a journal has none). Every trial is a tracked run under its worker's run, and
+the result is the best trial as a `pipeline train` command.
 """
 
 import json
+import os
 import shlex
+import signal
+import socket
+import subprocess
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline import config
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import file_sha256
 from pipeline.data import datasets
+from pipeline.experiments.recorder import first_line
 from pipeline.experiments.tracking import NO_RUN, data_tags, train_params
 from pipeline.training.callbacks import Callback
 from pipeline.training.recipes import recipe_config
 
 HEARTBEAT_S = 10  # a running trial's heartbeat; one silent for GRACE_S is a dead one's
 GRACE_S = 60
+WORKER_ENV = "PIPELINE_TUNE_WORKER"  # set in the workers `--workers` starts beside itself
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class TuneResult:
     command: str  # the `pipeline train` command that reproduces the best trial
     states: dict[str, int] = field(default_factory=dict)  # trials by state: COMPLETE, PRUNED, ..
     timed_out_after: int | None = None  # trials run before --timeout stopped the search
+    running: int = 0  # trials other workers were still running when this one ended
 
 
 def suggest(trial, space: SearchSpace) -> dict[str, Any]:
@@ -87,25 +98,46 @@ def train_command(options: dict[str, Any], model: str, seed: int, extra: dict[st
     return shlex.join(words)
 
 
-def open_study(name: str, storage: str, space: SearchSpace, fingerprint: str, seed: int):
-    """The study `name` (created if new), or a one-line refusal if it searched another space
-    or other data. The sampler's seed moves on with the trials, so a resume samples anew."""
+def shown(url: str) -> str:
+    """A storage URL fit to print and record: its password hidden."""
+    password = urlsplit(url).password
+    return url if password is None else url.replace(f":{password}@", ":***@", 1)
+
+
+def open_storage(url: str):
+    """Optuna's storage for `url`: a database with a heartbeat, or `journal:///<file>` (for a
+    shared disk without a database); any other, or one that does not open, is one line."""
     import optuna
 
-    # A failed trial's error is the command's one line, not Optuna's warning and traceback.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    scheme = url.split(":", 1)[0].split("+")[0] if ":" in url else ""
+    if scheme not in ("sqlite", "postgresql", "mysql", "journal"):
+        raise PipelineError(
+            f"--storage {shown(url)}: expected sqlite:///<file>, a database URL such as "
+            "postgresql+psycopg2://<user>@<host>/<db>, or journal:///<file>"
+        )
     try:
-        if storage.split(":")[0].split("+")[0] in ("sqlite", "postgresql", "mysql"):
-            with warnings.catch_warnings(category=optuna.exceptions.ExperimentalWarning):
-                warnings.simplefilter("ignore")
-                storage = optuna.storages.RDBStorage(
-                    storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-                )
+        if scheme == "journal":
+            backend = optuna.storages.journal.JournalFileBackend(url.removeprefix("journal://"))
+            return optuna.storages.JournalStorage(backend)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+        )
+    except Exception as exc:  # a missing driver's name is in the cause Optuna wraps
+        raise PipelineError(
+            f"--storage {shown(url)}: {first_line(exc.__cause__ or exc)}"
+        ) from None
+
+
+def open_study(name: str, storage, space: SearchSpace, fingerprint: str):
+    """The study `name` in an open storage (created if new), or a one-line refusal if it
+    searched another space or other data."""
+    import optuna
+
+    try:
         study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                     direction="maximize")  # fmt: skip
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise PipelineError(f"study store {storage}: {type(exc).__name__}: {first}") from None
+        raise PipelineError(f"--study {name}: {first_line(exc)}") from None
     saved = study.user_attrs
     if saved.get("search_space", space.as_json()) != space.as_json():
         raise PipelineError(
@@ -118,9 +150,29 @@ def open_study(name: str, storage: str, space: SearchSpace, fingerprint: str, se
         )
     study.set_user_attr("search_space", space.as_json())
     study.set_user_attr("data_fingerprint", fingerprint)
-    sampler = optuna.samplers.TPESampler(n_startup_trials=4, seed=seed + len(study.trials))
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
-    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+    optuna.storages.fail_stale_trials(study)  # a dead worker's trial no longer counts
+    return study
+
+
+def counted_states():
+    """The trials a budget counts: complete, pruned or running (a failed one is run again)."""
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def over_budget(study, number: int, budget: int) -> bool:
+    """Whether trial `number` came past the budget (two workers asked at once: the check before
+    asking is no lock); Optuna numbers trials one by one, so the first `budget` are the study's."""
+    from optuna.trial import TrialState
+
+    ahead = study.get_trials(deepcopy=False, states=(*counted_states(), TrialState.WAITING))
+    return sum(trial.number < number for trial in ahead) >= budget
+
+
+class OverBudget(Exception):
+    """Ends a trial asked for past the budget before it samples or trains anything."""
 
 
 def tune(
@@ -136,13 +188,16 @@ def tune(
     parent=NO_RUN,
     enqueue: tuple[dict[str, Any], ...] = (),
     log: Callable[[str], None] = lambda message: None,
+    helpers: tuple[list[str], ...] = (),
 ) -> TuneResult:
-    """Run `trials` more trials (and/or for `timeout` seconds) of the study; the best so far.
+    """Add trials to the study until it holds `trials` (complete, pruned or running) and/or for
+    `timeout` seconds, beside the workers `helpers` (commands) start; the best so far.
 
     Trial n trains into `<work_dir>/<study>/trial-<n>.pt` on processed_dir with `seed`; `log`
     hears of every epoch and trial. `enqueue` fixes the parameters of the next trials (a known
     baseline; tests).
     """
+    import optuna
     from optuna.trial import TrialState
 
     from pipeline.training.run_state import TrainingInterrupted
@@ -154,13 +209,21 @@ def tune(
     if storage is None:
         config.TUNE_DB.parent.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{config.TUNE_DB}"
-    study = open_study(study_name, storage, space, fingerprint, seed)
-    before = len(study.trials)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failure is the command's one line
+    with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
+        study = open_study(study_name, open_storage(storage), space, fingerprint)  # heartbeat
     for params in enqueue:
         study.enqueue_trial(params)
-    parent.set_tags({"study": study_name, "study_storage": storage})
+    parent.set_tags({"study": study_name, "study_storage": shown(storage)})
+    ran: list[int] = []
 
     def objective(trial) -> float:
+        if trials is not None and over_budget(study, trial.number, trials):
+            trial.set_user_attr("over_budget", True)
+            study.stop()
+            raise OverBudget
+        ran.append(trial.number)
+        study.sampler = optuna.samplers.TPESampler(n_startup_trials=4, seed=seed + trial.number)
         options = suggest(trial, space)
         cfg = recipe_config("fast", model=space.model, seed=seed, device=device, **options)
         out = work_dir / study_name / f"trial-{trial.number}.pt"
@@ -168,6 +231,7 @@ def tune(
         run = parent.child(out.stem, "tune", train_params(cfg) | {"width": options["width"]}, tags)
         trial.set_user_attr("seed", seed)  # what reproduces it, whatever a resume is given
         trial.set_user_attr("device", device)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         result = train(
             cfg, processed_dir, out, log=lambda line: log(f"trial {trial.number}: {line}"),
             progress=False, force=True, callbacks=[run, Pruning(trial, run)],
@@ -185,20 +249,37 @@ def tune(
         if trial.state == TrialState.PRUNED:
             log(f"trial {trial.number}: pruned at epoch {trial.last_step} {_brief(trial.params)}")
 
+    callbacks = [said_pruned]
+    if trials is not None:  # checked before each new trial, against every worker's
+        callbacks.append(optuna.study.MaxTrialsCallback(trials, states=counted_states()))
+    workers = [
+        subprocess.Popen(command, env=os.environ | {WORKER_ENV: "1"}) for command in helpers
+    ]
     try:
-        study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[said_pruned],
-                       catch=())  # fmt: skip
+        if trials is None or len(study.get_trials(states=counted_states())) < trials:
+            study.optimize(objective, timeout=timeout, callbacks=callbacks, catch=(OverBudget,))
+        failed = [code for worker in workers if (code := worker.wait())]
     except TrainingInterrupted as stopped:  # its resume state is no use: trials start afresh
         error = PipelineError(
-            f"interrupted: trial {len(study.trials) - 1} stopped; the study keeps the trials "
+            f"interrupted: trial {ran[-1] if ran else '-'} stopped; the study keeps the trials "
             "that finished, and the same command goes on with new ones"
         )
         error.exit_code = stopped.exit_code
         raise error from None
+    finally:  # a worker left behind by an error here is stopped as this one is
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+            worker.wait()
+    if failed:
+        raise PipelineError(
+            f"--workers: {len(failed)} of the {len(workers)} other workers failed (exit "
+            f"{', '.join(map(str, failed))}); their error lines are above"
+        )
     result = summarize(study, space, processed_dir, parent)
-    ran = len(study.trials) - before
-    if timeout is not None and (trials is None or ran < trials):
-        result = replace(result, timed_out_after=ran)
+    left = len(study.get_trials(states=counted_states()))
+    if timeout is not None and (trials is None or left < trials):
+        result = replace(result, timed_out_after=len(ran))
     return result
 
 
@@ -243,10 +324,13 @@ def summarize(study, space: SearchSpace, processed_dir: Path, parent):
     command = train_command(options, space.model, seed, extra)
     states: dict[str, int] = {}
     for trial in study.trials:
-        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+        if not trial.user_attrs.get("over_budget"):
+            states[trial.state.name] = states.get(trial.state.name, 0) + 1
     parent.log_metrics({"best_val_acc": best.value})
     parent.set_tags({"best_trial": best.number, "reproduce": command})
     kept = Path(best.user_attrs.get("kept", ""))
     if kept.is_file():  # `--run <the study's run>` is then its best model
         parent.set_tags({"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)})
-    return TuneResult(study.study_name, best.number, best.value, options, command, states)
+    running = states.get(TrialState.RUNNING.name, 0)
+    return TuneResult(study.study_name, best.number, best.value, options, command, states,
+                      running=running)  # fmt: skip
