@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.baselines.regression import fit_nets, make_net, make_parabola
+from pipeline.baselines.regression import make_net, make_parabola, shuffled_batches
 from pipeline.common.device import resolve_device, seed_everything
 from pipeline.common.plots import new_figure, save_figure
 
@@ -58,7 +58,16 @@ def compare_optimizers(
     initial = make_net().to(target)
     nets = {name: copy.deepcopy(initial) for name in names}
     optimizers = {name: OPTIMIZERS[name](net.parameters(), lr) for name, net in nets.items()}
-    losses = fit_nets(nets, optimizers, (x, y), epochs, batch_size, generator)
+    losses: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    for _ in range(epochs):
+        for batch in shuffled_batches(len(x), batch_size, generator):
+            batch = batch.to(target)
+            for name, net in nets.items():
+                loss = nn.functional.mse_loss(net(x[batch]), y[batch])
+                optimizers[name].zero_grad(set_to_none=True)
+                loss.backward()
+                optimizers[name].step()
+                losses[name].append(loss.detach())
     with torch.no_grad():
         initial_loss = nn.functional.mse_loss(initial(x), y).item()
         final_losses = {

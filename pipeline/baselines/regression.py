@@ -44,28 +44,8 @@ def make_net() -> nn.Sequential:
     return nn.Sequential(nn.Linear(1, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
 
 
-def fit_nets(
-    nets: dict[str, nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-    data: tuple[torch.Tensor, torch.Tensor],
-    epochs: int,
-    batch_size: int,
-    generator: torch.Generator,
-) -> dict[str, list[torch.Tensor]]:
-    """Train every net with its optimizer on the very same shuffled mini-batches of MSE; the
-    batch losses of each."""
-    x, y = data
-    losses: dict[str, list[torch.Tensor]] = {name: [] for name in nets}
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
-            batch = batch.to(x.device)
-            for name, net in nets.items():
-                loss = nn.functional.mse_loss(net(x[batch]), y[batch])
-                optimizers[name].zero_grad(set_to_none=True)
-                loss.backward()
-                optimizers[name].step()
-                losses[name].append(loss.detach())
-    return losses
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    return list(torch.randperm(n, generator=generator).split(batch_size))
 
 
 def fit_regression(
@@ -83,7 +63,13 @@ def fit_regression(
     x, y = data.x.to(target), data.y.to(target)
     net = make_net().to(target)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    fit_nets({"adam": net}, {"adam": optimizer}, (x, y), epochs, batch_size, generator)
+    for _ in range(epochs):
+        for batch in shuffled_batches(len(x), batch_size, generator):
+            batch = batch.to(target)
+            loss = nn.functional.mse_loss(net(x[batch]), y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
     with torch.no_grad():
         fitted = net(x).cpu()
     mse = nn.functional.mse_loss(fitted, data.y).item()
