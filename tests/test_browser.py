@@ -63,7 +63,7 @@ def browser():
 def server(browser, fast_checkpoint):
     from pipeline.bench.serve_load import running_server
 
-    with running_server([fast_checkpoint], device="cpu") as live:
+    with running_server([fast_checkpoint]) as live:
         yield live.url
 
 

@@ -272,7 +272,7 @@ def test_large_uploads_keep_memory_bounded_and_health_answers(fast_checkpoint):
     /api/health to 0.6-1.6 s."""
     from pipeline.bench.serve_load import health_probe, memory_bytes, running_server, upload_test
 
-    with running_server([fast_checkpoint], "cpu") as server:
+    with running_server([fast_checkpoint]) as server:
         before = memory_bytes(server.pid, "VmRSS")
         with health_probe(server.url) as health:
             result, busy = upload_test(server.url, uploads=16, clients=8)

@@ -108,10 +108,10 @@ def bench_serve_onnx(checkpoint: Path, processed_dir: Path) -> str:
         return f"skipped: {exc.name} is not installed (the export and serve extras)"
     from pipeline.inference.export import export_onnx
 
-    by_torch = run_load_test([checkpoint], processed_dir, device="cpu")
+    by_torch = run_load_test([checkpoint], processed_dir)
     with tempfile.TemporaryDirectory() as tmp:
         graph = export_onnx([checkpoint], Path(tmp) / f"{checkpoint.stem}.onnx", processed_dir)
-        by_onnx = run_load_test([graph.path], processed_dir, device="cpu")
+        by_onnx = run_load_test([graph.path], processed_dir)
     return (
         f"torch ({checkpoint.name}): {by_torch.summary()}\n"
         f"onnxruntime ({graph.bytes / 1024:,.0f} KB .onnx): {by_onnx.summary()}"

@@ -42,14 +42,12 @@ class LiveServer:
 
 
 @contextmanager
-def running_server(
-    checkpoints: list[Path], device: str = "cpu", host: str = "127.0.0.1", timeout: float = 120
-) -> Iterator[LiveServer]:
-    """`python -m pipeline serve` in a child process on a free port until the block ends, then
-    Ctrl-C; PipelineError with its last output line if it does not start within `timeout` s."""
+def running_server(checkpoints: list[Path]) -> Iterator[LiveServer]:
+    """`python -m pipeline serve` on the CPU in a child process on a free port until the block
+    ends, then Ctrl-C; PipelineError with its last output line if it does not start in 120 s."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "serve", "--host", host, "--port", "0"]
-        + ["--device", device]
+        [sys.executable, "-m", "pipeline", "serve", "--host", "127.0.0.1", "--port", "0"]
+        + ["--device", "cpu"]
         + [arg for path in checkpoints for arg in ("--checkpoint", str(path))],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -70,7 +68,7 @@ def running_server(
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        if not listening.wait(timeout) or child.poll() is not None:
+        if not listening.wait(120) or child.poll() is not None:
             last = next((line for line in reversed(lines) if line.strip()), "no output")
             raise PipelineError(f"the server did not start: {last}")
         url = next(line for line in lines if line.startswith("serve: http")).split()[1]
@@ -148,10 +146,10 @@ def _post(connection: http.client.HTTPConnection, body: bytes, content_type: str
     return response.status, response.read()
 
 
-def expected_labels(url: str, bodies: list[bytes], timeout: float = 10.0) -> list[int]:
+def expected_labels(url: str, bodies: list[bytes]) -> list[int]:
     """The label the server gives each body, asked one at a time (this also warms it up): under
     load an error is a changed or failed answer, never a digit the model simply gets wrong."""
-    connection = connection_to(url, timeout)
+    connection = connection_to(url, 10.0)
     labels = []
     try:
         for body in bodies:
@@ -225,17 +223,17 @@ def load_test(
     labels: list[int],
     requests: int = REQUESTS,
     clients: int = CLIENTS,
-    timeout: float = 10.0,
 ) -> LoadResult:
     """Send `requests` JSON digits (bodies in turn); any answer but `labels`' is an error."""
     asks = [(bodies[i % len(bodies)], JSON, labels[i % len(bodies)]) for i in range(requests)]
-    return _hammer(url, asks, clients, timeout, busy_ok=False)[0]
+    return _hammer(url, asks, clients, 10.0, busy_ok=False)[0]
 
 
-def large_png(side: int = UPLOAD_SIDE) -> bytes:
-    """A side x side grey PNG of a digit 1 (a thick stroke): tens of KB, side**2 bytes decoded."""
+def large_png() -> bytes:
+    """A square grey PNG of a digit 1 (a thick stroke): tens of KB, 25 MB decoded."""
     from PIL import Image
 
+    side = UPLOAD_SIDE
     pixels = np.full((side, side), 255, np.uint8)
     pixels[side // 5 : 4 * side // 5, side // 2 - side // 25 : side // 2 + side // 25] = 0
     buffer = io.BytesIO()
@@ -243,11 +241,11 @@ def large_png(side: int = UPLOAD_SIDE) -> bytes:
     return buffer.getvalue()
 
 
-def multipart(data: bytes, name: str = "digit.png") -> tuple[bytes, str]:
+def multipart(data: bytes) -> tuple[bytes, str]:
     """(body, Content-Type) of a form whose field `file` holds `data`."""
     boundary = uuid.uuid4().hex
     head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="digit.png"\r\n'
         "Content-Type: image/png\r\n\r\n"
     ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
@@ -255,23 +253,23 @@ def multipart(data: bytes, name: str = "digit.png") -> tuple[bytes, str]:
 
 
 def upload_test(
-    url: str, uploads: int = UPLOADS, clients: int = CLIENTS, timeout: float = 60.0
+    url: str, uploads: int = UPLOADS, clients: int = CLIENTS
 ) -> tuple[LoadResult, int]:
     """POST `uploads` large PNGs of a 1; a 503 is the server shedding load, not an error."""
     body, content_type = multipart(large_png())
-    return _hammer(url, [(body, content_type, 1)] * uploads, clients, timeout, busy_ok=True)
+    return _hammer(url, [(body, content_type, 1)] * uploads, clients, 60.0, busy_ok=True)
 
 
 @contextmanager
-def health_probe(url: str, every_s: float = HEALTH_EVERY_S) -> Iterator[list[float]]:
-    """Ask /api/health every `every_s` s on its own connection while the block runs; the list
+def health_probe(url: str) -> Iterator[list[float]]:
+    """Ask /api/health every HEALTH_EVERY_S s on its own connection while the block runs; the list
     fills with latencies in ms (a failed probe counts as its timeout)."""
     latencies: list[float] = []
     done = threading.Event()
 
     def probe() -> None:
         connection = connection_to(url, timeout=10.0)
-        while not done.wait(every_s):
+        while not done.wait(HEALTH_EVERY_S):
             started = time.perf_counter()
             try:
                 connection.request("GET", "/api/health")
@@ -295,16 +293,15 @@ def health_probe(url: str, every_s: float = HEALTH_EVERY_S) -> Iterator[list[flo
 def run_load_test(
     checkpoints: list[Path],
     processed_dir: Path = config.PROCESSED_DIR,
-    device: str = "cpu",
     requests: int = REQUESTS,
     clients: int = CLIENTS,
 ) -> LoadResult:
-    """Serve the checkpoints (or `.onnx` graphs), load the server with validation digits, stop
-    it; with its resident memory once loaded (before any request) and its peak after."""
+    """Serve the checkpoints (or `.onnx` graphs) on the CPU, load the server with validation
+    digits, stop it; with its resident memory once loaded (before any request) and its peak."""
     if requests < 1 or clients < 1:
         raise PipelineError("--requests and --clients must be positive")
     bodies = digit_bodies(processed_dir)
-    with running_server(checkpoints, device) as server:
+    with running_server(checkpoints) as server:
         loaded = memory_bytes(server.pid, "VmRSS")
         labels = expected_labels(server.url, bodies)  # also warms the server up, untimed
         result = load_test(server.url, bodies, labels, requests, clients)
@@ -347,7 +344,7 @@ def run_upload_bench(
     if min(uploads, requests, clients) < 1 or max(uploads, requests) > 10_000 or clients > 64:
         raise PipelineError("uploads and requests must be 1-10,000, clients 1-64")
     bodies = digit_bodies(processed_dir)
-    with running_server(checkpoints, "cpu") as server:
+    with running_server(checkpoints) as server:
         labels = expected_labels(server.url, bodies)  # warms the server up, untimed
         with health_probe(server.url) as health:
             small = load_test(server.url, bodies, labels, requests, clients)

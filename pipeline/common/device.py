@@ -12,23 +12,19 @@ from pipeline.common.choices import Device, plain
 from pipeline.common.errors import PipelineError
 
 
-def _mps_available() -> bool:
-    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-
-
 def resolve_device(name: str = "auto") -> torch.device:
     """Map `auto|cpu|cuda|mps` (or `cuda:1`) to a device, preferring a GPU under `auto`."""
     name = plain(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        return torch.device("mps") if _mps_available() else torch.device("cpu")
+        return torch.device("mps") if torch.backends.mps.is_available() else torch.device("cpu")
     kind = name.split(":")[0]
     if kind not in {d.value for d in Device}:
         raise PipelineError(f"--device {name}: expected one of {', '.join(Device)}")
     if kind == "cuda" and not torch.cuda.is_available():
         raise PipelineError(f"--device {name}: no CUDA GPU is visible to torch; use auto or cpu")
-    if kind == "mps" and not _mps_available():
+    if kind == "mps" and not torch.backends.mps.is_available():
         raise PipelineError(f"--device {name}: Apple MPS is not available; use auto or cpu")
     try:
         return torch.device(name)

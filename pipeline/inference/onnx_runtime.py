@@ -230,10 +230,6 @@ def onnx_only(paths: list[Path], device: str = "auto", tta: bool = False) -> boo
     return True
 
 
-def load_onnx_models(paths: list[Path], threads: int | None = None) -> list[OnnxModel]:
-    return [load_onnx(path, threads) for path in paths]
-
-
 def mean_probabilities(models: list[OnnxModel], images: np.ndarray) -> np.ndarray:
     """The mean over all members of their probabilities [N, 10] for uint8 [N, 1, 28, 28]
     digits: each graph averages its own members, so it weighs as many as it holds."""

@@ -17,7 +17,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.files import check_writable
 from pipeline.common.timings import phase
 from pipeline.data.processed import load_split_arrays
-from pipeline.inference.onnx_runtime import load_onnx_models, mean_probabilities, onnx_only
+from pipeline.inference.onnx_runtime import load_onnx, mean_probabilities, onnx_only
 from pipeline.inference.submission import write_source_record, write_submission
 
 
@@ -37,7 +37,7 @@ def load_models(
     of its members' calibrated probabilities [N, 10] (NumPy): `.onnx` graphs on ONNX Runtime
     (they hold the rule inside), checkpoints on torch (`predictor.ensemble_probabilities`)."""
     if onnx_only(paths, device, tta):
-        graphs = load_onnx_models(paths)
+        graphs = [load_onnx(path) for path in paths]
         return lambda images: mean_probabilities(graphs, images)
     import torch
 

@@ -34,18 +34,11 @@ class Busy(Exception):
 
 
 class BodyLimit:
-    """ASGI middleware: read the whole body (at most `max_bytes`) before the app sees it, or
+    """ASGI middleware: read the whole body (at most MAX_BODY_BYTES) before the app sees it, or
     refuse it in JSON (see `read_body`); FastAPI's own `max_body_size` answers bare text."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        stopping: asyncio.Event,
-        max_bytes: int = MAX_BODY_BYTES,
-        timeout_s: float = BODY_TIMEOUT_S,
-    ):
-        self.app, self.stopping, self.max_bytes = app, stopping, max_bytes
-        self.timeout_s = timeout_s
+    def __init__(self, app: ASGIApp, stopping: asyncio.Event):
+        self.app, self.stopping = app, stopping
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,10 +46,10 @@ class BodyLimit:
             return
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length", b"").strip()
-        if length and (not length.isdigit() or int(length) > self.max_bytes):
-            body = 413, f"The body is over the limit of {self.max_bytes:,} bytes."
+        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            body = 413, f"The body is over the limit of {MAX_BODY_BYTES:,} bytes."
         else:
-            body = await read_body(receive, self.max_bytes, self.stopping, self.timeout_s)
+            body = await read_body(receive, MAX_BODY_BYTES, self.stopping)
         if body is None:  # the client went away
             return
         if isinstance(body, tuple):  # too large, too slow, or the server is stopping

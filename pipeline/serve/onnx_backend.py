@@ -3,7 +3,7 @@ graph returns calibrated probabilities; one intra-op thread per session, as torc
 
 from pathlib import Path
 
-from pipeline.inference.onnx_runtime import load_onnx_models, mean_probabilities
+from pipeline.inference.onnx_runtime import load_onnx, mean_probabilities
 from pipeline.serve.backend import Backend, CheckpointInfo
 
 DEVICE = "cpu (onnxruntime)"
@@ -19,7 +19,7 @@ def graph_temperature(meta: dict) -> float:
 
 def load_models(paths: list[Path]) -> Backend:
     """Open and check every graph (one-line PipelineError if one is not ours), warmed up."""
-    models = load_onnx_models(paths, threads=1)
+    models = [load_onnx(path, threads=1) for path in paths]
     info = [
         CheckpointInfo.of(m.path, m.model, m.val_accuracy, graph_temperature(m.meta))
         for m in models
