@@ -1,4 +1,4 @@
-"""CPU experiments behind the `best` recipe's figures in docs/measurements.md (issue 17).
+"""CPU experiments behind the `best` recipe's figures in docs/accuracy.md.
 
 Run from the repository root after `pipeline download --zip ... && pipeline prepare`:
 

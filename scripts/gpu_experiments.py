@@ -1,4 +1,4 @@
-"""GPU experiments behind the figures in docs/measurements.md, through public functions only.
+"""GPU experiments behind the figures in docs/accuracy.md, through public functions only.
 
 Run on the GPU machine after `pipeline download --zip ... && pipeline prepare`:
 
