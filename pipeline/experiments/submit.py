@@ -84,19 +84,16 @@ def credit_runs(shas: list[str], tags: dict[str, str], score: str | None, uri=No
     client, experiment = tracking.open_client(uri)
     from mlflow.entities import Metric, RunTag
 
-    credited = []
+    try:
+        metrics = [Metric("public_score", float(score), 0, 0)] if score is not None else []
+    except ValueError:
+        metrics = []
+    tagged, credited = [RunTag(k, v) for k, v in tags.items()], []
     for sha in dict.fromkeys(shas):
         found = client.search_runs([experiment], f"tags.checkpoint_sha256 = '{sha}'")
         for run in found:
-            run_id = run.info.run_id
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-            try:
-                value = float(score) if score is not None else None
-            except ValueError:
-                value = None
-            if value is not None:
-                client.log_batch(run_id, metrics=[Metric("public_score", value, 0, 0)])
-            credited.append(run.data.tags.get(RUN_TAG) or run_id)  # the id `runs` shows
+            client.log_batch(run.info.run_id, metrics=metrics, tags=tagged)
+            credited.append(run.data.tags.get(RUN_TAG) or run.info.run_id)  # the id `runs` shows
     return credited
 
 
