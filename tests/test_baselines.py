@@ -212,11 +212,16 @@ def test_optimizers_share_the_initial_net_and_batches(tmp_path):
 
 def test_the_cli_knows_every_optimizer_and_refuses_others():
     assert cli.OPTIMIZER_NAMES == tuple(optimizers.OPTIMIZERS)
-    assert cli.parse_optimizers(cli.DEFAULT_OPTIMIZERS) == ["sgd", "momentum", "rmsprop", "adam"]
-    assert cli.parse_optimizers(" Adam, sgd ,adam") == ["adam", "sgd"]
+    from pipeline.cli.options import chosen_names
+
+    def parse(text):
+        return chosen_names(text, "--optimizers", cli.OPTIMIZER_NAMES)
+
+    assert parse(cli.DEFAULT_OPTIMIZERS) == ["sgd", "momentum", "rmsprop", "adam"]
+    assert parse(" Adam, sgd ,adam") == ["adam", "sgd"]
     for text in ("adam,lbfgs", "", " , "):
         with pytest.raises(PipelineError, match="--optimizers"):
-            cli.parse_optimizers(text)
+            parse(text)
 
 
 # ------------------------------------------------------------------------- linear regression

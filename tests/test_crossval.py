@@ -49,3 +49,20 @@ def test_crossval_command_prints_mean_and_spread(sample_raw_dir, tmp_path):
         val = set(load_split(tmp_path / "data" / f"split-{k}", "val").ids.tolist())
         train = set(load_split(tmp_path / "data" / f"split-{k}", "train").ids.tolist())
         assert len(val) == 400 and not val & train
+
+
+@pytest.mark.slow  # MLflow's store
+def test_cross_validate_tracks_one_run_with_each_member_a_child(
+    sample_raw_dir, tmp_path, tracking_store
+):
+    from pipeline.experiments import runs
+
+    cfg = recipe_config("fast", epochs=1, max_steps=3, device="cpu")
+    models, data = tmp_path / "models", tmp_path / "data"
+    result = cross_validate(cfg, 1, [0, 1], sample_raw_dir, models, data, progress=False,
+                            track=True)  # fmt: skip
+    parent, all_runs = runs.find_run(result.run_id, tracking_store)
+    assert parent.data.tags["command"] == "crossval"
+    assert parent.data.metrics["ensemble_acc_mean"] == pytest.approx(result.ensemble[0])
+    children = [r for r in all_runs if runs.is_child(r, parent)]
+    assert sorted(r.data.tags["split"] for r in children) == ["0", "1"]

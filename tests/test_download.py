@@ -482,7 +482,7 @@ def test_submit_sends_a_valid_file(tmp_path):
 
     fake = FakeKaggle()
     good = _valid_submission(tmp_path / "submission.csv")
-    reply = submit(good, "my run", connect=lambda: fake)
+    reply = submit(good, "my run", connect=lambda: fake, wait=0, track=False).reply
     assert reply.startswith("Successfully submitted")
     assert fake.calls == [("submit", str(good), "my run", "digit-recognizer")]
     with pytest.raises(PipelineError, match="HTTP 403"):
@@ -529,13 +529,13 @@ def test_submit_without_network_advises_about_submitting_not_downloading(tmp_pat
 def test_submit_waits_a_bounded_time_for_the_public_score(
     tmp_path, scoring, wait, expected, sleeps
 ):
-    from pipeline.experiments.submit import submit_and_record
+    from pipeline.experiments.submit import submit
 
     slept = []
     fake = FakeKaggle(scoring=scoring)
     good = _valid_submission(tmp_path / "submission.csv")
     start = time.monotonic()
-    done = submit_and_record(good, "mine", connect=lambda: fake, wait=wait, interval=0.1,
+    done = submit(good, "mine", connect=lambda: fake, wait=wait, interval=0.1,
                              sleep=lambda s: slept.append(s) or time.sleep(s))  # fmt: skip
     assert (done.status, done.public_score) == expected
     if sleeps is None:
@@ -551,7 +551,7 @@ def test_submit_credits_the_run_whose_checkpoint_made_the_file(
 ):
     from pipeline.experiments import tracking
     from pipeline.experiments.runs import run_checkpoints
-    from pipeline.experiments.submit import submit_and_record
+    from pipeline.experiments.submit import submit
     from pipeline.inference.predict import predict
     from pipeline.inference.submission import write_source_record
 
@@ -572,7 +572,7 @@ def test_submit_credits_the_run_whose_checkpoint_made_the_file(
     good = _valid_submission(tmp_path / "submission.csv")
     write_source_record(good, [kept], tta=False)
     fake = FakeKaggle(scoring=[("COMPLETE", "0.98765")])
-    done = submit_and_record(good, "mine", connect=lambda: fake, wait=5, interval=0.01)
+    done = submit(good, "mine", connect=lambda: fake, wait=5, interval=0.01)
     assert done.runs == [run.id()] and done.public_score == "0.98765" and done.warning is None
     from pipeline.experiments.runs import find_run
 
@@ -586,5 +586,5 @@ def test_submit_credits_the_run_whose_checkpoint_made_the_file(
     assert "public_score" not in find_run(other.id())[0].data.metrics
     # a file edited after predict wrote it credits nobody
     good.write_text(good.read_text().replace("\n1,7\n", "\n1,1\n"))
-    again = submit_and_record(good, "mine", connect=lambda: fake, wait=0)
+    again = submit(good, "mine", connect=lambda: fake, wait=0)
     assert again.runs == [] and again.status == "pending"

@@ -18,19 +18,11 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-app.command("download")(download_command)
-app.command("prepare")(prepare_command)
-app.command("train")(train_command)
-app.command("ensemble")(ensemble_command)
-app.command("crossval")(crossval_command)
-app.command("tune")(tune_command)
-app.command("runs")(runs_command)
-app.command("evaluate")(evaluate_command)
-app.command("predict")(predict_command)
-app.command("submit")(submit_command)
-app.command("serve")(serve_command)
-app.command("export")(export_command)
-app.command("bench")(bench_command)
+COMMANDS = (download_command, prepare_command, train_command, ensemble_command, crossval_command,
+            tune_command, runs_command, evaluate_command, predict_command, submit_command,
+            serve_command, export_command, bench_command)  # fmt: skip
+for command in COMMANDS:  # `pipeline <name>` runs <name>_command
+    app.command(command.__name__.removesuffix("_command"))(command)
 app.add_typer(baselines_app, name="baselines")
 
 

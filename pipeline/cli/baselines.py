@@ -8,9 +8,8 @@ import typer
 
 from pipeline import config
 from pipeline.cli.errors import FullHelp
-from pipeline.cli.options import DeviceOpt, FigureOpt, SeedOpt, positive_ints
+from pipeline.cli.options import DeviceOpt, FigureOpt, SeedOpt, chosen_names, positive_ints
 from pipeline.common.choices import Device
-from pipeline.common.errors import PipelineError
 
 # The optimizers baseline's choices, here so that --help needs no torch; a test keeps them equal
 # to the keys of `optimizers.OPTIMIZERS`.
@@ -25,18 +24,6 @@ app = typer.Typer(
     help="The small tutorial systems, each with a figure in reports/figures/.",
     no_args_is_help=True,
 )
-
-
-def parse_optimizers(text: str) -> list[str]:
-    """`--optimizers` as a list of known names, lower-cased, duplicates dropped, order kept."""
-    chosen = [name.strip().lower() for name in text.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in OPTIMIZER_NAMES]
-    if unknown or not chosen:
-        raise PipelineError(
-            f"--optimizers {text}: expected a comma-separated subset of "
-            f"{', '.join(OPTIMIZER_NAMES)}"
-        )
-    return list(dict.fromkeys(chosen))
 
 
 @app.command("regression")
@@ -68,7 +55,7 @@ def optimizers_command(
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the 1,000 points.")] = 12,
 ) -> None:
     """Compare optimizers on the same net, data and batches; plot the loss of every step."""
-    names = parse_optimizers(optimizers)
+    names = chosen_names(optimizers, "--optimizers", OPTIMIZER_NAMES)
     from pipeline.baselines.optimizers import compare_optimizers, format_summary
 
     result = compare_optimizers(out, names, seed=seed, device=device, epochs=epochs)

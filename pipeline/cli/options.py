@@ -1,4 +1,4 @@
-"""Command-line option types shared by several commands, and the one text-list parser.
+"""Command-line option types shared by several commands, and the text-list parsers.
 
 Choices are `StrEnum`s from `pipeline.common.choices`, so typer itself shows them in `--help` and
 refuses other values as usage errors. Nothing here imports torch.
@@ -25,6 +25,16 @@ def positive_ints(text: str, option: str, allow_empty: bool = False) -> list[int
     if values is None or (not values and not allow_empty) or any(v < 1 for v in values):
         raise PipelineError(f"{option} {text}: expected positive integers such as 16,64,256")
     return values
+
+
+def chosen_names(text: str, option: str, choices) -> list[str]:
+    """A comma-separated option such as `--models fastnet,cnn` as known names, lower-cased,
+    repeats dropped, order kept; or a one-line error."""
+    names = list(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
+    if not names or any(name not in choices for name in names):
+        expected = f"expected a comma-separated subset of {', '.join(choices)}"
+        raise PipelineError(f"{option} {text}: {expected}")
+    return names
 
 
 SeedOpt = Annotated[

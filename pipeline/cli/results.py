@@ -117,9 +117,9 @@ def submit_command(
     """Check the file against Kaggle's rules, submit it through the kaggle package, wait a
     little for the public score and record it on the tracked runs whose models made the file."""
     from pipeline.experiments import tracking
-    from pipeline.experiments.submit import submit_and_record
+    from pipeline.experiments.submit import submit
 
-    done = submit_and_record(file, message, competition, wait=wait, track=tracking.wanted(track))
+    done = submit(file, message, competition, wait=wait, track=tracking.wanted(track))
     typer.echo(f"submit: {done.reply}.")
     see = f"see `kaggle competitions submissions {competition}`"
     if done.status == "complete":

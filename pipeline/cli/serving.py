@@ -14,11 +14,11 @@ from pipeline.cli.options import (
     ProcessedOpt,
     RawOpt,
     RunOpt,
+    chosen_names,
     positive_ints,
 )
 from pipeline.cli.results import chosen_checkpoints
 from pipeline.common.choices import Device, ModelName, plain
-from pipeline.common.errors import PipelineError
 
 
 def serve_command(
@@ -55,15 +55,6 @@ def export_command(
         f"ONNX Runtime matches torch on {result.digits_compared:,} validation digits "
         f"(max |dp| {result.max_abs_diff:.1e})"
     )
-
-
-def model_names(text: str) -> tuple[str, ...]:
-    """`--models fastnet,cnn` as known model names, or a one-line PipelineError."""
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in {m.value for m in ModelName}]
-    if unknown or not names:
-        raise PipelineError(f"--models {text}: expected names from {', '.join(ModelName)}")
-    return names
 
 
 def bench_command(
@@ -116,7 +107,7 @@ def bench_command(
         raw_dir=raw_dir,
         processed_dir=processed_dir,
         device=plain(device),
-        models=model_names(models),
+        models=tuple(chosen_names(models, "--models", list(ModelName))),
         steps=steps,
         batch_size=batch_size,
         best_net=best_net,

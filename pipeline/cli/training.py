@@ -21,8 +21,8 @@ def warn(message: str) -> None:
 
 
 def tracked_as(run) -> str | None:
-    """`<command>: tracked as run <id>` (None with tracking off)."""
-    run_id = run.id()
+    """`tracked as run <id>` of a tracked run or its id (None with tracking off)."""
+    run_id = run if run is None or isinstance(run, str) else run.id()
     return f"tracked as run {run_id} (`pipeline runs` lists it)" if run_id else None
 
 
@@ -175,14 +175,10 @@ def crossval_command(
 
     # best: the differing members, each on the split's train digits (not bagged)
     configs = member_configs(plain(recipe), members, bagged=False, **settings.given())
-    first, seeds = configs[0], list(range(splits))
-    params = tracking.train_params(first) | {"members": len(configs), "splits": splits}
-    name = f"crossval {first.recipe or first.model}"
-    with tracking.command_run(tracking.wanted(track), name, "crossval", params, warn=warn) as run:
-        result = cross_validate(
-            configs, len(configs), seeds, raw_dir, work_dir, processed_dir, log=tqdm.write,
-            parent=run,
-        )  # fmt: skip
+    result = cross_validate(
+        configs, len(configs), list(range(splits)), raw_dir, work_dir, processed_dir,
+        log=tqdm.write, track=tracking.wanted(track), warn=warn,
+    )  # fmt: skip
     typer.echo(format_summary(result))
-    if said := tracked_as(run):
+    if said := tracked_as(result.run_id):
         typer.echo(f"crossval: {said}")

@@ -1,8 +1,5 @@
-"""The out-of-bag vote: each labelled digit scored by the members that never trained on it.
-
-Which digits a member holds out is `pipeline.data.folds`; this module scores the ensemble on
-them with the one predictor's rule.
-"""
+"""The out-of-bag vote: each labelled digit scored by the members that never trained on it
+(which digits a member holds out: `pipeline.data.folds`), with the one predictor's rule."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +22,8 @@ class OobEstimate:
 def oob_estimate(
     member_probs: list[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor
 ) -> OobEstimate:
-    """Each digit scored by the mean probabilities of the members that never trained on it.
-
-    `member_probs` holds, per member, (its out-of-bag row indices, its probabilities [n, 10]
-    for those rows, in the same order).
-    """
+    """Each digit scored by the mean probabilities of the members that never trained on it;
+    `member_probs`: per member, (its out-of-bag row indices, its probabilities for those rows)."""
     n, classes = len(labels), member_probs[0][1].shape[1] if member_probs else 10
     summed = torch.zeros(n, classes, dtype=torch.float64)
     voters = torch.zeros(n, dtype=torch.int64)
@@ -62,13 +56,9 @@ def format_oob(estimate: OobEstimate) -> str:
 def score_out_of_bag(
     checkpoints: list[Path], processed_dir: Path, device: str = "auto", tta: bool = False
 ) -> tuple[OobEstimate, list[float]]:
-    """The ensemble's out-of-bag estimate and each member's own out-of-bag accuracy, by the
-    one predictor's rule: each voter's calibrated probabilities (`ensemble_probabilities` of
-    that member alone), averaged over the voters of each digit.
-
-    Every checkpoint must be a bagged member (its meta records its bag); each bag is
-    recomputed from the labelled digits and checked against the record before it is used.
-    """
+    """The ensemble's out-of-bag estimate and each member's own, by the one predictor's rule
+    (each voter's calibrated probabilities, averaged). Each member's recorded bag is drawn
+    again from the labelled digits and checked against the record before it is used."""
     from pipeline.common.device import resolve_device
     from pipeline.data.datasets import TensorDigits
     from pipeline.inference.predictor import ensemble_probabilities, load_for_inference

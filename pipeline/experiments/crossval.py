@@ -17,8 +17,8 @@ from pipeline.common.device import resolve_device
 from pipeline.common.errors import PipelineError
 from pipeline.data.datasets import TensorDigits, load_split
 from pipeline.data.prepare import prepare
+from pipeline.experiments import tracking
 from pipeline.experiments.ensemble import describe, seed_members, train_members
-from pipeline.experiments.tracking import NO_RUN
 from pipeline.inference.predictor import accuracy, ensemble_probabilities, load_for_inference
 from pipeline.training.recipes import TrainConfig
 
@@ -43,6 +43,7 @@ class CrossValidation:
     members: int
     splits: list[SplitScore]
     nets: str = ""  # the members' nets and epochs, when they differ (`best`)
+    run_id: str | None = None  # the tracked run (None with tracking off)
 
     @property
     def ensemble(self) -> tuple[float, float]:
@@ -78,46 +79,48 @@ def cross_validate(
     val_fraction: float = 0.1,
     log: Callable[[str], None] = lambda message: None,
     progress: bool = True,
-    parent=NO_RUN,
+    track: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> CrossValidation:
-    """Train and score `members` models of `cfg` on each split; split k uses seed k.
-
-    `cfg` is one config (members differ in seed) or the list of member configs of a
-    heterogeneous ensemble such as `best` (trained on each split's train digits, unbagged).
-    Split k's data goes to `<processed_dir>/split-k/`, its members to `<models_dir>/split-k/`;
-    every member is a tracked run under `parent`, which gets each split's scores (step = k).
-    """
+    """Train and score `members` models of `cfg` (or the member configs of a heterogeneous
+    ensemble such as `best`, unbagged) on each split; split k uses seed k, its data in
+    `<processed_dir>/split-k/`, its members in `<models_dir>/split-k/`. Tracked as one run
+    (each split's scores at step k) with every member a child run."""
     if not split_seeds:
         raise PipelineError("--splits must be at least 1")
     configs = cfg if isinstance(cfg, list) else seed_members(cfg, members)
     cfg, members = configs[0], len(configs)
-    scores = []
-    for split_seed in split_seeds:
-        start = time.perf_counter()
-        data_dir = config.crossval_split_dir(processed_dir, split_seed)
-        prepare(raw_dir, data_dir, val_fraction=val_fraction, seed=split_seed)
-        log(f"split {split_seed}: training {members} member(s)")
-        members_dir = config.crossval_split_dir(models_dir, split_seed)
-        results = train_members(
-            configs, data_dir, members_dir, log=log, progress=progress, parent=parent,
-            tags={"split": split_seed},
-        )  # fmt: skip
-        checkpoints = [r.checkpoint for r in results]
-        member_acc, ensemble_acc, tta_acc = score_split(checkpoints, data_dir, cfg.device)
-        n_val = len(load_split(data_dir, "val"))
-        seconds = time.perf_counter() - start
-        score = SplitScore(split_seed, n_val, member_acc, ensemble_acc, tta_acc, seconds)
-        log(format_split(score))
-        scores.append(score)
-        split_metrics = {"ensemble_acc": ensemble_acc, "tta_acc": tta_acc}
-        parent.log_metrics(split_metrics | {"member_acc": statistics.mean(member_acc)}, split_seed)
-    nets = ""
-    if len({(describe(c), c.epochs) for c in configs}) > 1:  # `best`: the members differ
-        nets = ", ".join(f"{describe(c)} x{c.epochs} epochs" for c in configs)
-    result = CrossValidation(cfg, members, scores, nets)
-    (ensemble_mean, ensemble_sd), (tta_mean, tta_sd) = result.ensemble, result.tta
-    summary = dict(ensemble_acc_mean=ensemble_mean, ensemble_acc_sd=ensemble_sd)
-    parent.log_metrics(summary | dict(tta_acc_mean=tta_mean, tta_acc_sd=tta_sd))
+    params = tracking.train_params(cfg) | {"members": members, "splits": len(split_seeds)}
+    name = f"crossval {cfg.recipe or cfg.model}"
+    with tracking.command_run(track, name, "crossval", params, warn=warn) as parent:
+        scores = []
+        for split_seed in split_seeds:
+            start = time.perf_counter()
+            data_dir = config.crossval_split_dir(processed_dir, split_seed)
+            prepare(raw_dir, data_dir, val_fraction=val_fraction, seed=split_seed)
+            log(f"split {split_seed}: training {members} member(s)")
+            members_dir = config.crossval_split_dir(models_dir, split_seed)
+            results = train_members(
+                configs, data_dir, members_dir, log=log, progress=progress, parent=parent,
+                tags={"split": split_seed},
+            )  # fmt: skip
+            checkpoints = [r.checkpoint for r in results]
+            member_acc, ensemble_acc, tta_acc = score_split(checkpoints, data_dir, cfg.device)
+            n_val = len(load_split(data_dir, "val"))
+            seconds = time.perf_counter() - start
+            score = SplitScore(split_seed, n_val, member_acc, ensemble_acc, tta_acc, seconds)
+            log(format_split(score))
+            scores.append(score)
+            split_metrics = {"ensemble_acc": ensemble_acc, "tta_acc": tta_acc}
+            split_metrics["member_acc"] = statistics.mean(member_acc)
+            parent.log_metrics(split_metrics, split_seed)
+        nets = ""
+        if len({(describe(c), c.epochs) for c in configs}) > 1:  # `best`: the members differ
+            nets = ", ".join(f"{describe(c)} x{c.epochs} epochs" for c in configs)
+        result = CrossValidation(cfg, members, scores, nets, parent.id())
+        (ensemble_mean, ensemble_sd), (tta_mean, tta_sd) = result.ensemble, result.tta
+        summary = dict(ensemble_acc_mean=ensemble_mean, ensemble_acc_sd=ensemble_sd)
+        parent.log_metrics(summary | dict(tta_acc_mean=tta_mean, tta_acc_sd=tta_sd))
     return result
 
 

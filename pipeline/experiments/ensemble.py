@@ -1,17 +1,8 @@
-"""Ensembles: several members, one checkpoint each (`<name>-<k>.pt`), trained by one runner.
-
-The members are K seeds of one recipe or the `best` recipe's differing nets (`member_configs`).
-`train_members` trains them wherever this process stands: under torchrun member k on rank
-k % world, one after another on the rank's own GPU (its local rank) or CPU, then the ranks
-meet (`independent_ranks`: a rank gone silent is an error, not a hang) so that rank 0 scores
-the ensemble once all exist (several machines share one --out-dir); otherwise over every
-local GPU or `jobs` CPU processes (one per core), each with one torch thread: small nets use
-two cores far better as two runs than as one run with two threads, and a member's weights
-never depend on where or beside what it trained. A member reports its start and its epochs
-as dicts (a training callback) over a queue; the parent turns them into the overall bar,
-the time left and the member's tracked run. A member already trained with the same config on
-the same digits is kept; Ctrl-C (or SIGTERM) lets the members in flight save a resumable
-state, keeps every finished member, and the same command continues from there.
+"""Ensembles: K seeds of one recipe or `best`'s differing nets, one checkpoint each
+(`<name>-<k>.pt`), trained by one runner: under torchrun member k on rank k % world, else over
+the local GPUs or one process per core with one torch thread each (small nets use two cores
+far better as two runs, and a member's weights never depend on where it trained). Members
+report epochs as events; finished members are kept and Ctrl-C leaves a resumable state.
 """
 
 import multiprocessing
@@ -141,9 +132,8 @@ _events = None  # a pool process's queue to the parent
 
 
 def _start_worker(slots, events) -> None:
-    """A pool process: in a process group of its own (the parent passes each signal on, once),
-    a signal that came while it started (blocked till now) stops its first member at once,
-    one torch thread, and a device of its own from `slots`."""
+    """A pool process: a process group of its own (the parent passes each signal on, once), a
+    signal blocked while it started stops its first member, one torch thread, its own device."""
     global _events
     os.setpgrp()
     run_state.record_early_signals()
@@ -158,8 +148,7 @@ def _in_worker(*args):
 
 
 class _Members:
-    """One call of `train_members`: each member's digits, data fingerprint and tracked run
-    under `parent`, the overall bar and time left, and the outcomes."""
+    """One call of `train_members`: each member's digits, fingerprint, tracked run and outcome."""
 
     def __init__(self, configs, processed_dir, outs, parent, tags, log):
         self.configs, self.processed_dir, self.outs, self.log = configs, processed_dir, outs, log
@@ -299,14 +288,9 @@ def train_members(
     parent=tracking.NO_RUN,
     tags: dict | None = None,
 ) -> list[MemberResult]:
-    """Train member k of `configs` into `<models_dir>/<name>-<k>.pt`, keeping finished ones;
-    each member is a tracked run under `parent` (tagged `member` and `tags`).
-
-    Logs one line per member (net, time, accuracy, the estimated time left) and draws an
-    overall bar on a terminal. Raises EnsembleInterrupted after a SIGINT/SIGTERM once the
-    members in flight have saved their state. Under torchrun each rank trains its share and
-    returns it; rank 0 waits for all and returns every member.
-    """
+    """Train member k of `configs` into `<models_dir>/<name>-<k>.pt`, keeping finished ones,
+    each a tracked run under `parent`; one line per member. Under torchrun each rank trains its
+    share and rank 0 waits for all (a rank gone silent is an error, not a hang)."""
     if not configs:
         raise PipelineError("--members must be at least 1")
     name = name or configs[0].recipe or configs[0].model
@@ -354,10 +338,8 @@ def train_members(
 
 
 def run_ensemble(configs, processed_dir, models_dir, jobs=None, track=None, log=print, warn=None):
-    """`pipeline ensemble`: train the members, then (on rank 0, once all exist) score them:
-    the out-of-bag vote of bagged members, else their mean validation accuracy. Tracked as
-    one run with a child run per member. Returns the closing line (None on other ranks) and
-    the tracked run."""
+    """Train the members, then (rank 0) score them: the out-of-bag vote of bagged members,
+    else their mean val accuracy. Returns the closing line (None on other ranks) and the run."""
     from pipeline.experiments.bagging import format_oob, score_out_of_bag
 
     start, ranks, first = time.perf_counter(), ranks_from_env(), configs[0]

@@ -18,7 +18,6 @@ from pipeline.experiments.recorder import PARENT_RUN_TAG, RUN_TAG
 SHORT_ID = 8  # characters of a run id the table shows
 MIN_PREFIX = 6
 MAX_RUNS = 10_000  # read at most this many runs from the store
-SORTS = ("start", "val_acc")
 # What a run's "val acc" is: a trained model's best; crossval's ensemble mean; tune's best trial.
 SCORE_METRICS = ("best_val_acc", "ensemble_acc_mean")
 
@@ -95,9 +94,7 @@ def _all_runs(uri: str | None):
 
 
 def list_runs(sort: str = "start", limit: int | None = None, uri: str | None = None):
-    """The recorded runs, newest first, or best validation accuracy first (unscored last)."""
-    if sort not in SORTS:
-        raise PipelineError(f"--sort {sort}: expected one of {', '.join(SORTS)}")
+    """The recorded runs, newest first, or (`val_acc`, choices.RunSort) best first."""
     rows = [_row(run) for run in _all_runs(uri)[1]]
     if sort == "val_acc":
         rows.sort(key=lambda r: (r.val_acc is None, -(r.val_acc or 0.0)))

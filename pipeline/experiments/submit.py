@@ -1,8 +1,5 @@
-"""Stage 6: send a submission to Kaggle, after checking it locally against Kaggle's rules.
-
-`submit_and_record` also waits (briefly, bounded) for the public score and writes it into the
-tracked runs whose checkpoints made the file, as `predict` recorded them beside it.
-"""
+"""Send a submission to Kaggle after checking it against Kaggle's rules; wait (bounded) for
+the public score and record it on the tracked runs whose checkpoints made the file."""
 
 import json
 import time
@@ -19,35 +16,6 @@ from pipeline.inference.submission import read_submission
 
 UPLOAD_FAILED = "Could not submit to competition"
 MAX_WAIT_SECONDS = 600  # the longest --wait: Kaggle scores digit-recognizer in seconds
-
-
-def _send(file: Path, message: str, competition: str, connect) -> tuple[Any, Any]:
-    read_submission(file, n_rows=config.KAGGLE_TEST_ROWS)
-    try:
-        api = (connect or kaggle_api.connect)()
-        response = api.competition_submit(str(file), message, competition, quiet=True)
-    except PipelineError:
-        raise
-    except (Exception, SystemExit) as exc:
-        raise kaggle_api.explain(exc, competition, action="submit", path=file) from None
-    reply = str(getattr(response, "message", "") or "")
-    if reply == UPLOAD_FAILED:
-        raise PipelineError(f"{file}: the upload to Kaggle failed; check the network and retry")
-    return api, response
-
-
-def submit(
-    file: Path = config.DEFAULT_SUBMISSION,
-    message: str = "pipeline submission",
-    competition: str = config.COMPETITION,
-    connect: Callable[[], kaggle_api.KaggleClient] | None = None,
-) -> str:
-    """Validate `file` (28,000 rows for digit-recognizer), upload it; return Kaggle's reply.
-
-    `connect` replaces the real client (tests); it is looked up late so it can be patched.
-    """
-    _, response = _send(file, message, competition, connect)
-    return str(getattr(response, "message", "") or "") or "submitted"
 
 
 @dataclass(frozen=True)
@@ -116,23 +84,20 @@ def credit_runs(shas: list[str], tags: dict[str, str], score: str | None, uri=No
     client, experiment = tracking.open_client(uri)
     from mlflow.entities import Metric, RunTag
 
-    credited = []
+    try:
+        metrics = [Metric("public_score", float(score), 0, 0)] if score is not None else []
+    except ValueError:
+        metrics = []
+    tagged, credited = [RunTag(k, v) for k, v in tags.items()], []
     for sha in dict.fromkeys(shas):
         found = client.search_runs([experiment], f"tags.checkpoint_sha256 = '{sha}'")
         for run in found:
-            run_id = run.info.run_id
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-            try:
-                value = float(score) if score is not None else None
-            except ValueError:
-                value = None
-            if value is not None:
-                client.log_batch(run_id, metrics=[Metric("public_score", value, 0, 0)])
-            credited.append(run.data.tags.get(RUN_TAG) or run_id)  # the id `runs` shows
+            client.log_batch(run.info.run_id, metrics=metrics, tags=tagged)
+            credited.append(run.data.tags.get(RUN_TAG) or run.info.run_id)  # the id `runs` shows
     return credited
 
 
-def submit_and_record(
+def submit(
     file: Path = config.DEFAULT_SUBMISSION,
     message: str = "pipeline submission",
     competition: str = config.COMPETITION,
@@ -142,9 +107,19 @@ def submit_and_record(
     track: bool = True,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Submitted:
-    """`submit`, then wait up to `wait` seconds for the public score and credit the runs."""
-    api, response = _send(file, message, competition, connect)
-    reply = str(getattr(response, "message", "") or "") or "submitted"
+    """Validate `file` (28,000 rows) before any network call, upload it, wait up to `wait`
+    seconds for the public score and credit the runs. `connect` (tests) is looked up late."""
+    read_submission(file, n_rows=config.KAGGLE_TEST_ROWS)
+    try:
+        api = (connect or kaggle_api.connect)()
+        response = api.competition_submit(str(file), message, competition, quiet=True)
+    except PipelineError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise kaggle_api.explain(exc, competition, action="submit", path=file) from None
+    reply = str(getattr(response, "message", "") or "")
+    if reply == UPLOAD_FAILED:
+        raise PipelineError(f"{file}: the upload to Kaggle failed; check the network and retry")
     ref = getattr(response, "ref", None)
     status, score = "pending", None
     if wait > 0:
@@ -165,4 +140,4 @@ def submit_and_record(
             warning = f"the tracked runs were not updated: {exc}"
         except Exception as exc:
             warning = f"the tracked runs were not updated: {type(exc).__name__}: {exc}"
-    return Submitted(reply, status, score, runs, warning)
+    return Submitted(reply or "submitted", status, score, runs, warning)
