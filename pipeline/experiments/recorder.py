@@ -128,13 +128,14 @@ def write_pending(uri: str, record_id: str, runs: list[dict]) -> Path:
 
 
 def start_detached(uri: str) -> subprocess.Popen:
-    """Start the recorder at the lowest priority in a session of its own (a Ctrl-C at the
-    terminal is not for it)."""
+    """Start the recorder at the lowest priority in a process group of its own (a Ctrl-C at
+    the terminal is not for it), in our session: a session of its own would be a scheduling
+    group of its own under Linux's autogroup, taking half the cores whatever its nice value."""
     with open(pending_dir(uri) / config.RECORDER_LOG, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "pipeline.experiments.recorder", uri, BACKGROUND],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            process_group=0,
         )  # fmt: skip
 
 
