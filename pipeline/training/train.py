@@ -225,7 +225,10 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
                 temperature = calibration.fit_temperature(metrics.logits, run.val_set.labels)
                 save_checkpoint(run.out, run.kept_model, run.meta() | {"temperature": temperature})
             write_csv_rows(state.history, config.metrics_path(run.out))
-        save_last(run, finished=state.epoch >= run.cfg.epochs or run.steps_done >= run.total_steps)
+        finished = state.epoch >= run.cfg.epochs or run.steps_done >= run.total_steps
+        save_last(run, finished=finished)
+        if finished and run.ranks.is_main:  # published with the rest: a late signal leaves none
+            plots.plot_training_curves(state.history, config.curves_path(run.out))
 
 
 def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, fingerprint) -> Run:
@@ -367,8 +370,5 @@ def train_locked(
                 for callback in callbacks if ranks.is_main else ():
                     callback.epoch_end(run.state.history[-1])
         distributed.wait_for_all(ranks)
-    curves = None
-    if ranks.is_main and run.state.history:
-        with phase("write"):
-            curves = plots.plot_training_curves(run.state.history, config.curves_path(out))
+    curves = config.curves_path(out) if ranks.is_main and run.state.history else None
     return run_state.TrainResult.of(run.state, cfg, out, curves)
