@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -24,7 +23,7 @@ from pipeline.baselines.tutorial import tutorial_split
 from pipeline.bench import run
 from pipeline.bench.end_to_end import EndToEnd, ProcessTiming, bench_end_to_end
 from pipeline.bench.report import format_end_to_end, format_report
-from pipeline.bench.training import bench_ddp, bench_ensemble
+from pipeline.bench.training import bench_ddp, bench_ensemble, spinning_core
 from pipeline.cli import app
 from pipeline.common import device, timings
 from pipeline.common.errors import PipelineError
@@ -261,27 +260,14 @@ def test_cpu_training_takes_the_free_cores_and_records_its_count(
         torch.set_num_threads(before)
 
 
-@contextmanager
-def spinning(setup: str = ""):
-    """Another Python process keeping a core busy while the block runs, once `setup` ran."""
-    code = f"{setup}\nprint(flush=True)\nwhile True: pass"
-    spinner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    try:
-        spinner.stdout.readline()
-        yield
-    finally:
-        spinner.kill()
-        spinner.wait()
-
-
 def test_a_process_spinning_on_a_core_is_seen_as_busy():
-    with spinning():
+    with spinning_core(60):
         assert device.busy_cores_elsewhere() >= 1
 
 
 def test_a_process_spinning_at_the_lowest_priority_is_seen_as_giving_way():
     """Tracking's recorder runs at nice 19: predict still takes every core it leaves."""
-    with spinning("import os; os.nice(19)"):
+    with spinning_core(60, setup="import os; os.nice(19)"):
         assert device.yielding_processes() >= 1
 
 

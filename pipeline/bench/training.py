@@ -144,12 +144,12 @@ class BusyCoreBench:
 
 
 @contextmanager
-def spinning_core(seconds: float = 600) -> Iterator[None]:
+def spinning_core(seconds: float = 600, setup: str = "") -> Iterator[None]:
     """Another process keeping one core busy (never longer than `seconds`) while the block
-    runs; the block starts once it spins."""
+    runs; the block starts once it spins, after running the Python statement `setup`."""
     code = (
-        "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nprint(flush=True)\n"
-        "while time.monotonic() < end: pass\n"
+        f"import sys, time\n{setup}\nend = time.monotonic() + float(sys.argv[1])\n"
+        "print(flush=True)\nwhile time.monotonic() < end: pass\n"
     )
     spinner = subprocess.Popen([sys.executable, "-c", code, str(seconds)], stdout=subprocess.PIPE)
     try:
