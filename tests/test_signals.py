@@ -62,8 +62,17 @@ def _signalled(args, preexec_fn, offsets, signum, second_after=None):
 
 
 def _assert_stopped(returncode, stderr, signum, output: Path):
+    """One line, the signal's exit code, no output. Train stopped inside its loop says instead
+    where its resume state went (and that state exists): stopping there is what it is for."""
     assert returncode == exits.exit_code(signum), stderr
-    assert stderr.splitlines() == [MESSAGES[signum]], stderr
+    lines = stderr.splitlines()
+    resume_state = output.with_suffix(".last.pt")
+    if output.suffix == ".pt" and lines and "state saved to" in lines[0]:
+        assert len(lines) == 1 and lines[0].startswith(f"error: interrupted: {signum.name} at"), stderr
+        assert f"state saved to {resume_state}" in lines[0] and "--resume" in lines[0], stderr
+        assert resume_state.exists(), stderr
+    else:
+        assert lines == [MESSAGES[signum]], stderr
     assert not output.exists(), f"{output} was written by a stopped command"
 
 
