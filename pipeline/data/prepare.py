@@ -45,54 +45,29 @@ def check_val_fraction(val_fraction: float) -> None:
         )
 
 
-def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
-    """scikit-learn's private `_approximate_mode` (how many of `draws` each class gets, ties
-    broken at random in its order): a port, for the import's 0.7 s; pinned by test_bench."""
-    continuous = counts / counts.sum() * draws
-    floored = np.floor(continuous)
-    need_to_add = int(draws - floored.sum())
-    if need_to_add > 0:
-        remainder = continuous - floored
-        for value in np.sort(np.unique(remainder))[::-1]:
-            (tied,) = np.where(remainder == value)
-            add_now = min(len(tied), need_to_add)
-            floored[rng.choice(tied, size=add_now, replace=False)] += 1
-            need_to_add -= add_now
-            if need_to_add == 0:
-                break
-    return floored.astype(int)
-
-
 def split_train_val(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The rows scikit-learn's `train_test_split(rows, test_size=val_fraction,
-    stratify=labels, random_state=seed)` holds out (the tutorial's split), by its algorithm
-    without its 0.7 s import; tests/test_bench.py checks that both give the same rows."""
+    """The rows, sorted, that scikit-learn's `train_test_split(rows, test_size=val_fraction,
+    stratify=labels, random_state=seed)` keeps and holds out: the tutorial's split."""
+    from sklearn.model_selection import train_test_split  # 0.7 s: only when splitting
+
     check_val_fraction(val_fraction)
     n_val = math.ceil(val_fraction * len(labels))
-    n_train = len(labels) - n_val
-    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    classes, counts = np.unique(labels, return_counts=True)
     if len(classes) and counts.min() < 2:
         raise PipelineError(
             f"cannot stratify a validation split: digit {classes[counts.argmin()]} has only "
             "one row"
         )
-    if min(n_train, n_val) < len(classes):
+    if min(len(labels) - n_val, n_val) < len(classes):
         raise PipelineError(
-            f"cannot stratify a validation split: {n_train} training and {n_val} validation "
-            f"rows cannot both hold all {len(classes)} digits"
+            f"cannot stratify a validation split: {len(labels) - n_val} training and {n_val} "
+            f"validation rows cannot both hold all {len(classes)} digits"
         )
-    by_class = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
-    rng = np.random.RandomState(seed)
-    n_i = _approximate_mode(counts, n_train, rng)
-    t_i = _approximate_mode(counts - n_i, n_val, rng)
-    train, val = [], []
-    for rows, count, n_train_i, n_val_i in zip(by_class, counts, n_i, t_i, strict=True):
-        shuffled = rows.take(rng.permutation(count), mode="clip")
-        train.append(shuffled[:n_train_i])
-        val.append(shuffled[n_train_i : n_train_i + n_val_i])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    rows = np.arange(len(labels))
+    train, val = train_test_split(rows, test_size=n_val, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
 
 
 def _to_split(pixels: np.ndarray, labels: np.ndarray | None, rows: np.ndarray) -> DigitSplit:

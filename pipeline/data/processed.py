@@ -59,9 +59,6 @@ class DigitSplit:
         return len(self.ids)
 
 
-# ---------------------------------------------------------------- meta.json and fingerprints
-
-
 def read_meta(processed_dir: Path) -> dict:
     """meta.json as `prepare` wrote it (checked whole against `Meta`), or a one-line error
     naming the file and the first field that is wrong."""
@@ -119,9 +116,6 @@ def stale_files(processed_dir: Path, meta: dict) -> list[str]:
     return stale
 
 
-# ---------------------------------------------------------------- the split files
-
-
 def save_split(split: DigitSplit, path: Path) -> str:
     """Write one split atomically; returns the sha256 meta.json records for it."""
     arrays = {"images": split.images, "ids": split.ids}
@@ -135,30 +129,9 @@ def save_split(split: DigitSplit, path: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _valid_split(arrays: dict[str, np.ndarray]) -> bool:
-    images, labels, ids = arrays.get("images"), arrays.get("labels"), arrays.get("ids")
-    side = config.IMAGE_SIDE
-    return (
-        set(arrays) <= {"images", "labels", "ids"}
-        and isinstance(images, np.ndarray)
-        and images.dtype == np.uint8
-        and images.shape[1:] == (1, side, side)
-        and isinstance(ids, np.ndarray)
-        and ids.dtype == np.int64
-        and ids.shape == (len(images),)
-        and (
-            labels is None
-            or (
-                labels.dtype == np.int64
-                and labels.shape == ids.shape
-                and (len(labels) == 0 or 0 <= labels.min() <= labels.max() <= 9)
-            )
-        )
-    )
-
-
 def load_split_arrays(processed_dir: Path, name: str) -> DigitSplit:
-    """Load one cached split, checking it is the file meta.json recorded and well-formed."""
+    """One cached split: the file meta.json recorded, well-formed, holding the digits it counted
+    (at least one), labelled unless it is test; or a one-line error."""
     path = config.split_path(processed_dir, name)
     meta = read_meta(processed_dir)
     try:
@@ -172,28 +145,38 @@ def load_split_arrays(processed_dir: Path, name: str) -> DigitSplit:
         )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        valid = _valid_split(arrays)
-    except Exception:  # not a zip, a damaged member, an object array: all foreign
+            arrays = dict(archive)
+        split = DigitSplit(arrays["images"], arrays.get("labels"), arrays["ids"])
+        images, labels, ids = split.images, split.labels, split.ids
+        valid = (
+            set(arrays) <= {"images", "labels", "ids"}
+            and images.dtype == np.uint8
+            and images.shape[1:] == (1, config.IMAGE_SIDE, config.IMAGE_SIDE)
+            and ids.dtype == np.int64
+            and ids.shape == (len(images),)
+            and (
+                labels is None
+                or (
+                    labels.dtype == np.int64
+                    and labels.shape == ids.shape
+                    and ((labels >= 0) & (labels <= 9)).all()
+                )
+            )
+        )
+    except Exception:  # not a zip, a damaged member, an object array, a missing one: foreign
         valid = False
     if not valid:
         raise PipelineError(f"{path}: not a split written by `pipeline prepare`; run it again")
-    split = DigitSplit(arrays["images"], arrays.get("labels"), arrays["ids"])
-    check_split(split, name, meta["counts"].get(name), path)
-    return split
-
-
-def check_split(split: DigitSplit, name: str, count: int | None, path: Path) -> None:
-    """A split holds the digits meta.json counted, at least one, labelled unless it is test."""
     if len(split) == 0:
         raise PipelineError(f"{path}: the {name} split holds no digits; run `pipeline prepare`")
-    if count is not None and len(split) != count:
+    if len(split) != meta["counts"][name]:
         raise PipelineError(
-            f"{path}: holds {len(split)} digits, {config.META_JSON} counts {count}; "
-            "run `pipeline prepare --force`"
+            f"{path}: holds {len(split)} digits, {config.META_JSON} counts "
+            f"{meta['counts'][name]}; run `pipeline prepare --force`"
         )
     if split.labels is None and name != "test":
         raise PipelineError(
             f"{path}: the {name} split has no labels (only Kaggle's test digits may lack "
             "them); run `pipeline prepare --force`"
         )
+    return split

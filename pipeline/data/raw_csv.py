@@ -52,10 +52,8 @@ def check_size(path: Path) -> None:
 
 def check_bounds(path: Path) -> bool:
     """Refuse, before parsing, a file past the size, line count or line length bound, or
-    holding a NUL byte; reads at most MAX_ROWS + 1 lines of at most MAX_LINE_BYTES each.
-
-    Returns whether every line after the header holds only ASCII digits and commas: the files
-    pyarrow's reader may decide (it also reads `0x1f` as 31, where pandas refuses it)."""
+    holding a NUL byte. Returns whether every line after the header holds only ASCII digits
+    and commas: the files pyarrow's reader may decide (it reads `0x1f` as 31, pandas refuses)."""
     check_size(path)
     offset, plain = 0, True
     with open(path, "rb") as handle:
@@ -118,9 +116,8 @@ def _shown(cell: str) -> str:
 
 
 def _diagnose(path: Path, header: list[str]) -> str:
-    """Find the first bad line; only runs after the fast parse failed. A line of plain
-    integers in range passes a regular expression (42,000 lines in a fraction of a second);
-    any other line is parsed and checked cell by cell."""
+    """The first bad line, after the fast parse failed: a line of plain integers in range
+    passes a regular expression (fast); any other is checked cell by cell."""
     pixel = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
     first = "[0-9]" if header[0] == "label" else pixel
     plain = re.compile(f"{first}(?:,{pixel}){{{len(header) - 1}}}\r?\n?")
@@ -151,12 +148,9 @@ def _bad_row(row: list[str], header: list[str]) -> str | None:
 
 
 def read_digits_csv(path: Path, has_labels: bool, limit_rows: int | None = None) -> ParsedCsv:
-    """Parse a Kaggle train/test CSV into uint8 pixels (and labels), or raise a one-line error.
-
-    pyarrow's faster reader takes a file of only digits and commas where it is installed;
-    pandas decides everything it refuses, and `limit_rows` (which it cannot do). Both accept
-    only integers 0-255, and a pandas failure is diagnosed line by line.
-    """
+    """A Kaggle train/test CSV as uint8 pixels (and labels), or a one-line error. pyarrow's
+    faster reader, where installed, takes a file of only digits and commas; pandas decides
+    what it refuses, and `limit_rows`; a pandas failure is diagnosed line by line."""
     plain = check_bounds(path)
     header = config.TRAIN_HEADER if has_labels else config.TEST_HEADER
     _check_header(path, header)
@@ -176,8 +170,8 @@ def read_digits_csv(path: Path, has_labels: bool, limit_rows: int | None = None)
 
 
 def _read_with_arrow(path: Path, header: list[str]) -> np.ndarray | None:
-    """The whole file as uint8 [N, columns] with pyarrow's CSV reader (on every core); None
-    where pyarrow is absent or any cell is not a uint8, for pandas to decide."""
+    """The file as uint8 [N, columns] by pyarrow (on every core); None where pyarrow is
+    absent or a cell is not a uint8, for pandas to decide."""
     try:
         import pyarrow as pa
         from pyarrow import csv as arrow_csv
@@ -199,8 +193,6 @@ def _read_with_arrow(path: Path, header: list[str]) -> np.ndarray | None:
         return None
     table = np.empty((parsed.num_rows, len(header)), np.uint8, order="F")  # as pandas' is
     for index, column in enumerate(parsed.columns):
-        if column.null_count:
-            return None
         row = 0
         for chunk in column.chunks:  # the values buffer as is: `to_numpy` would import pandas
             table[row : row + len(chunk), index] = np.frombuffer(
@@ -211,8 +203,7 @@ def _read_with_arrow(path: Path, header: list[str]) -> np.ndarray | None:
 
 
 def _read_with_pandas(path: Path, header: list[str], limit_rows: int | None) -> np.ndarray:
-    """The file (or its first `limit_rows` rows) as uint8 with pandas' C parser, or the
-    one-line error that names the first bad line."""
+    """The file (or its first `limit_rows` rows) as uint8 by pandas, or a one-line error."""
     import pandas as pd  # here only: the pyarrow parse needs none of its 0.3 s import
 
     try:
@@ -232,9 +223,8 @@ def _read_with_pandas(path: Path, header: list[str], limit_rows: int | None) -> 
 
 def read_id_labels(path: Path) -> np.ndarray:
     """An ImageId,Label file (a submission, sample_submission.csv, the sample's answers) as
-    int64 [N, 2], read as strictly as Kaggle reads a submission: the exact header, two fields
-    on every line, ASCII digits only (int() also takes "1_0", " 7", "٣", "３"); or a one-line
-    error naming the line."""
+    int64 [N, 2], as strictly as Kaggle reads one: the exact header, two fields a line, ASCII
+    digits only (int() also takes "1_0", " 7", "٣", "３"); or a one-line error."""
     check_bounds(path)
     _check_header(path, config.SUBMISSION_HEADER)
     data = path.read_bytes()
@@ -259,8 +249,7 @@ def read_id_labels(path: Path) -> np.ndarray:
 
 
 def read_labels_csv(path: Path) -> np.ndarray:
-    """sample_submission.csv or the sample's test_labels.csv: the labels, in ImageId order,
-    of ImageId 1..N listed once each in order; or a one-line error."""
+    """sample_submission.csv or test_labels.csv: the labels of ImageId 1..N, listed in order."""
     table = read_id_labels(path)
     if not np.array_equal(table[:, 0], np.arange(1, len(table) + 1)):
         raise PipelineError(f"{path}: must list ImageId 1..N in order, one row each")
@@ -270,7 +259,6 @@ def read_labels_csv(path: Path) -> np.ndarray:
 
 
 def _check_count(path: Path, listed: int, test_path: Path, n_test: int, limited: bool) -> None:
-    """test.csv has exactly the rows `path` lists (at least, for a --limit-rows prefix)."""
     if listed < n_test or (listed != n_test and not limited):
         raise PipelineError(
             f"{test_path}: has {n_test:,} digits, {path.name} lists {listed:,}: the test set "
@@ -279,8 +267,8 @@ def _check_count(path: Path, listed: int, test_path: Path, n_test: int, limited:
 
 
 def read_raw(raw_dir: Path, limit_rows: int | None = None) -> RawData:
-    """train.csv and test.csv parsed (their first `limit_rows` rows), and test.csv checked
-    against sample_submission.csv (where there is one) and the offline sample's answers."""
+    """train.csv and test.csv parsed (their first `limit_rows` rows), test.csv checked against
+    sample_submission.csv and the offline sample's answers where they exist."""
     train = read_digits_csv(raw_dir / config.TRAIN_CSV, True, limit_rows)
     test_path = raw_dir / config.TEST_CSV
     test = read_digits_csv(test_path, False, limit_rows)

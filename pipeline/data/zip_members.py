@@ -47,19 +47,6 @@ def pick_members(archive: zipfile.ZipFile, zip_path: Path) -> tuple[dict, list[s
     return chosen, notes
 
 
-def check_file_type(info: zipfile.ZipInfo, zip_path: Path) -> None:
-    """Refuse a member whose Unix mode (the high half of `external_attr`) is not a plain
-    file: a symbolic link's content is its target's path, never a CSV. Zips made without Unix
-    modes (0 there) hold plain files."""
-    kind = stat.S_IFMT(info.external_attr >> 16)
-    if kind not in (0, stat.S_IFREG):
-        what = {stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a folder"}
-        raise PipelineError(
-            f"{zip_path}: {info.filename} is {what.get(kind, 'a special file')}, not a plain "
-            "file: not Kaggle's zip"
-        )
-
-
 def check_member_size(info: zipfile.ZipInfo, zip_path: Path) -> None:
     """Refuse, from the zip's directory and before inflating anything, a member that claims
     more than MAX_CSV_BYTES or inflates more than MAX_RATIO times (a zip bomb)."""
@@ -80,7 +67,9 @@ def check_member_size(info: zipfile.ZipInfo, zip_path: Path) -> None:
 def competition_members(
     archive: zipfile.ZipFile, zip_path: Path, raw_dir: Path
 ) -> tuple[dict[str, zipfile.ZipInfo], list[str]]:
-    """The zip's three CSVs, each checked to be readable here, before anything is written."""
+    """The zip's three CSVs, each checked to be a readable plain file before anything is
+    written (a symbolic link's content is its target's path; a zip without Unix modes, 0 in
+    `external_attr`'s high half, holds plain files)."""
     members, notes = pick_members(archive, zip_path)
     missing = [name for name in config.COMPETITION_FILES if name not in members]
     if missing:
@@ -90,7 +79,13 @@ def competition_members(
     by_hand = f"unzip it yourself and put {', '.join(config.COMPETITION_FILES)} in {raw_dir}"
     for name in config.COMPETITION_FILES:
         info = members[name]
-        check_file_type(info, zip_path)
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if kind not in (0, stat.S_IFREG):
+            what = {stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a folder"}
+            raise PipelineError(
+                f"{zip_path}: {name} is {what.get(kind, 'a special file')}, not a plain file: "
+                "not Kaggle's zip"
+            )
         if info.flag_bits & ZIP_ENCRYPTED:
             raise PipelineError(
                 f"{zip_path}: {name} is encrypted (password-protected zips are not "
@@ -110,10 +105,8 @@ def competition_members(
 def copy_member(
     archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_path: Path, target: Path
 ) -> None:
-    """Decompress one member into `target`; a damaged member is a PipelineError naming it.
-
-    The size limits hold while inflating too, whatever the zip's directory claimed.
-    """
+    """Decompress one member into `target`, within the size limits whatever the zip's
+    directory claimed; a damaged member is a PipelineError naming it."""
     limit = min(info.file_size, MAX_CSV_BYTES)
     written = 0
     with archive.open(info) as src, open(target, "wb") as dst:
