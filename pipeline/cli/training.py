@@ -4,6 +4,7 @@ Their training options are TrainConfig's settings (`options.with_settings` makes
 and become one `recipes.Overrides` (enums made plain) that the stage takes from there.
 """
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -128,6 +129,14 @@ def ensemble_command(
     ] = config.MODELS_DIR,
     jobs: JobsOpt = None,
     track: TrackOpt = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Minutes for the ensemble and predict: on a CPU, its epochs sized to this "
+            "machine's measured speed (--epochs/--members given: theirs), then kept to time.",
+        ),
+    ] = None,
 ) -> None:
     """Train an ensemble. `best`: the device's differing members, each on its own bag of all
     labelled digits, then the out-of-bag accuracy. Other recipes: K seeds. The members spread
@@ -141,10 +150,20 @@ def ensemble_command(
 
     from pipeline.experiments.ensemble import member_configs, run_ensemble
 
+    start, pace = time.perf_counter(), None
     configs = member_configs(plain(recipe), members, bagged=True, **settings.given())
-    summary, run = run_ensemble(configs, processed_dir, out_dir, jobs, track, tqdm.write, warn)
+    if budget is not None:
+        from pipeline.experiments.budget import fit_budget
+
+        sized = members is None and settings.epochs is None
+        configs, pace = fit_budget(
+            configs, budget * 60, processed_dir, out_dir, jobs, sized, log=typer.echo, start=start
+        )
+    summary, run = run_ensemble(
+        configs, processed_dir, out_dir, jobs, track, tqdm.write, warn, pace
+    )
     if summary:
-        typer.echo(summary)
+        typer.echo(summary + (f"\n{pace.closing()}" if pace else ""))
         if said := tracked_as(run):
             typer.echo(f"ensemble: {said}; `--run` on it means all its members")
 

@@ -161,6 +161,8 @@ class _Members:
         self.results: dict[int, MemberResult] = {}
         self.stops: list[EnsembleInterrupted] = []
         self.errors: list[str] = []
+        self.started: dict[int, float] = {}  # when each member of this call started
+        self.pace = None  # called after each member; may change the unstarted members' configs
 
     def finished(self, k: int) -> TrainResult | None:
         return run_state.finished_run(self.configs[k], self.outs[k], self.fingerprint(k))
@@ -203,6 +205,8 @@ class _Members:
         try:
             member = self.keep(k, *outcome())
             self.log(member_line(member, len(self.configs), self.bar.left()))
+            if self.pace and (said := self.pace(member, self)):
+                self.log(said)
         except EnsembleInterrupted as exc:
             self.stops.append(exc)
             self.runs.pop(k, tracking.NO_RUN).end("KILLED")
@@ -220,6 +224,7 @@ class _Members:
             torch.cuda.set_device(slot)
         try:
             for k, resume in todo:
+                self.started[k] = time.perf_counter()
                 args = k, self.configs[k], self.processed_dir, self.outs[k], resume, self.event
                 self.done(k, lambda args=args: _train_member(*args))
                 if self.stops or self.errors:
@@ -250,6 +255,7 @@ class _Members:
             while todo or running:
                 while todo and len(running) < len(slots) and not (self.stops or self.errors):
                     k, resume = todo.pop(0)
+                    self.started[k] = time.perf_counter()
                     args = k, self.configs[k], self.processed_dir, self.outs[k], resume
                     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # a new worker's
                     try:
@@ -287,6 +293,7 @@ def train_members(
     progress: bool = True,
     parent=tracking.NO_RUN,
     tags: dict | None = None,
+    pace: Callable | None = None,
 ) -> list[MemberResult]:
     """Train member k of `configs` into `<models_dir>/<name>-<k>.pt`, keeping finished ones,
     each a tracked run under `parent`; one line per member. Under torchrun each rank trains its
@@ -297,6 +304,7 @@ def train_members(
     ranks, n = ranks_from_env(), len(configs)
     outs = [config.member_checkpoint_path(name, k, models_dir) for k in range(n)]
     members = _Members(configs, processed_dir, outs, parent, tags, log)
+    members.pace = pace
     mine = range(ranks.rank, n, ranks.world)
     kept = {k: done for k in mine if (done := members.finished(k))}
     todo = [(k, members.resumable(k)) for k in mine if k not in kept]
@@ -337,7 +345,9 @@ def train_members(
     return [members.results[k] for k in sorted(members.results)]
 
 
-def run_ensemble(configs, processed_dir, models_dir, jobs=None, track=None, log=print, warn=None):
+def run_ensemble(
+    configs, processed_dir, models_dir, jobs=None, track=None, log=print, warn=None, pace=None
+):
     """Train the members, then (rank 0) score them: the out-of-bag vote of bagged members,
     else their mean val accuracy. Returns the closing line (None on other ranks) and the run."""
     from pipeline.experiments.bagging import format_oob, score_out_of_bag
@@ -351,7 +361,9 @@ def run_ensemble(configs, processed_dir, models_dir, jobs=None, track=None, log=
     tags = tracking.data_tags(processed_dir)
     with tracking.command_run(on, name, "ensemble", params, tags, warn) as run:
         try:
-            members = train_members(configs, processed_dir, models_dir, name, jobs, log, True, run)
+            members = train_members(
+                configs, processed_dir, models_dir, name, jobs, log, True, run, pace=pace
+            )
         except EnsembleInterrupted:
             run.end("KILLED")
             raise
