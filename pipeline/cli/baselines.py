@@ -12,7 +12,7 @@ from pipeline.cli.options import DeviceOpt, FigureOpt, SeedOpt, chosen_names, po
 from pipeline.common.choices import Device
 
 # The optimizers baseline's choices, here so that --help needs no torch; a test keeps them equal
-# to the keys of `optimizers.OPTIMIZERS`.
+# to the keys of `regression.OPTIMIZERS`.
 OPTIMIZER_NAMES = ("sgd", "momentum", "rmsprop", "adam", "adagrad")
 DEFAULT_OPTIMIZERS = "sgd,momentum,rmsprop,adam"
 DEFAULT_BATCH_SIZES = "16,64,256"
@@ -56,7 +56,7 @@ def optimizers_command(
 ) -> None:
     """Compare optimizers on the same net, data and batches; plot the loss of every step."""
     names = chosen_names(optimizers, "--optimizers", OPTIMIZER_NAMES)
-    from pipeline.baselines.optimizers import compare_optimizers, format_summary
+    from pipeline.baselines.regression import compare_optimizers, format_summary
 
     result = compare_optimizers(out, names, seed=seed, device=device, epochs=epochs)
     typer.echo(format_summary(result))
