@@ -133,10 +133,9 @@ def tutorial_split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.Dat
     --seed SEED` holds out (scikit-learn draws the same permutation from the same labels)."""
     from sklearn.model_selection import train_test_split
 
-    train_part, val_part = train_test_split(
-        frame, test_size=0.1, stratify=frame["label"], random_state=seed
+    return tuple(
+        train_test_split(frame, test_size=0.1, stratify=frame["label"], random_state=seed)
     )
-    return train_part, val_part
 
 
 def train_cnn(loader: DataLoader, device: torch.device, epochs: int, seed: int) -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """Bounded load tests of `pipeline serve`, started as a user starts it, on 127.0.0.1 only.
 
 C client threads, each on its own keep-alive connection, POST JSON digits or 25-megapixel PNGs
-until N requests have gone; a probe may ask /api/health meanwhile, and the server's memory is
+until N requests have gone; a probe asks /api/health meanwhile, and the server's memory is
 read from /proc. Counts and times are bounded: the run always ends by itself.
 """
 
@@ -17,8 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -105,7 +104,7 @@ class LoadResult:
     refused: int  # 503 answers (busy): the server shedding load, not failing
     seconds: float
     latencies_ms: np.ndarray  # one per request that got an answer, in completion order
-    health_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))  # one per probe
+    health_ms: list[float]  # /api/health latencies, one per probe
     loaded: int | None = None  # the server's resident bytes once loaded (None off Linux)
     peak: int | None = None  # ... and its peak, after the run
 
@@ -170,23 +169,19 @@ def expected_labels(url: str, bodies: list[bytes]) -> list[int]:
     return labels
 
 
-def _label(answer: bytes) -> int | None:
-    try:
-        return json.loads(answer)["label"]
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 def hammer(
     url: str, name: str, asks: list[tuple[bytes, str, int]], clients: int, timeout: float
 ) -> LoadResult:
     """POST each (body, Content-Type, expected label) of `asks` from `clients` threads released
-    together; any other answer is an error, but a 503 (busy) for an upload."""
+    together, while a probe asks /api/health every HEALTH_EVERY_S s on its own connection (a
+    failed probe counts as its timeout); any other answer is an error, but a 503 to an upload."""
     queue = iter(asks)
     take = threading.Lock()
     latencies: list[float] = []
+    health: list[float] = []
     counts = {"errors": 0, "refused": 0}
-    start_line = threading.Barrier(clients + 1)
+    start_line = threading.Barrier(clients + 2)
+    done = threading.Event()
 
     def client() -> None:
         connection = connection_to(url, timeout)
@@ -207,24 +202,43 @@ def hammer(
             else:
                 with take:
                     latencies.append(time.perf_counter() - started)
-            right = status == 200 and _label(answer) == expected
+            try:
+                right = status == 200 and json.loads(answer)["label"] == expected
+            except (ValueError, KeyError, TypeError):
+                right = False
             with take:
                 counts["errors"] += not (right or (content_type != JSON and status == 503))
                 counts["refused"] += status == 503
         connection.close()
 
+    def probe() -> None:
+        connection = connection_to(url, timeout=10.0)
+        start_line.wait()
+        while not done.wait(HEALTH_EVERY_S):
+            started = time.perf_counter()
+            try:
+                connection.request("GET", "/api/health")
+                connection.getresponse().read()
+                health.append((time.perf_counter() - started) * 1000)
+            except (OSError, http.client.HTTPException):
+                health.append(10_000.0)
+                connection.close()
+                connection = connection_to(url, timeout=10.0)
+        connection.close()
+
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for thread in threads:
+    prober = threading.Thread(target=probe, daemon=True)
+    for thread in (*threads, prober):
         thread.start()
     start_line.wait()
     started = time.perf_counter()
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - started
-    errors, refused = counts["errors"], counts["refused"]
-    return LoadResult(
-        name, len(asks), clients, errors, refused, seconds, np.array(latencies) * 1e3
-    )
+    done.set()
+    prober.join(15)
+    errors, refused, latencies_ms = counts["errors"], counts["refused"], np.array(latencies) * 1e3
+    return LoadResult(name, len(asks), clients, errors, refused, seconds, latencies_ms, health)
 
 
 def upload_test(url: str, uploads: int = UPLOADS, clients: int = CLIENTS) -> LoadResult:
@@ -247,36 +261,6 @@ def upload_test(url: str, uploads: int = UPLOADS, clients: int = CLIENTS) -> Loa
     return hammer(url, f"{side}x{side} PNG uploads", asks, clients, 60.0)
 
 
-@contextmanager
-def health_probe(url: str) -> Iterator[list[float]]:
-    """Ask /api/health every HEALTH_EVERY_S s on its own connection while the block runs; the list
-    fills with latencies in ms (a failed probe counts as its timeout)."""
-    latencies: list[float] = []
-    done = threading.Event()
-
-    def probe() -> None:
-        connection = connection_to(url, timeout=10.0)
-        while not done.wait(HEALTH_EVERY_S):
-            started = time.perf_counter()
-            try:
-                connection.request("GET", "/api/health")
-                connection.getresponse().read()
-                latencies.append((time.perf_counter() - started) * 1000)
-            except (OSError, http.client.HTTPException):
-                latencies.append(10_000.0)
-                connection.close()
-                connection = connection_to(url, timeout=10.0)
-        connection.close()
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    try:
-        yield latencies
-    finally:
-        done.set()
-        thread.join(15)
-
-
 def run_load_test(
     checkpoints: list[Path],
     processed_dir: Path = config.PROCESSED_DIR,
@@ -287,24 +271,16 @@ def run_load_test(
     """Serve the checkpoints (or `.onnx` graphs) on the CPU, send `requests` validation digits
     as JSON, then `uploads` large PNGs, probing /api/health meanwhile, and stop the server: large
     uploads must neither starve the event loop nor grow the server without bound."""
-    if (
-        min(requests, clients) < 1
-        or uploads < 0
-        or max(uploads, requests) > 10_000
-        or clients > 64
-    ):
+    if not (1 <= requests <= 10_000 and 0 <= uploads <= 10_000 and 1 <= clients <= 64):
         raise PipelineError("requests must be 1-10,000, uploads 0-10,000, clients 1-64")
     bodies = digit_bodies(processed_dir)
-    runs = []
     with running_server(checkpoints) as server:
         loaded = memory_bytes(server.pid, "VmRSS")
         labels = expected_labels(server.url, bodies)  # also warms the server up, untimed
         asks = [(bodies[i % len(bodies)], JSON, labels[i % len(bodies)]) for i in range(requests)]
-        tests = [partial(hammer, server.url, "small JSON digits", asks, clients, 10.0)]
-        tests += [partial(upload_test, server.url, uploads, clients)] if uploads else []
-        for test in tests:
-            with health_probe(server.url) as health:
-                result = test()
-            peak = memory_bytes(server.pid)
-            runs.append(replace(result, health_ms=np.array(health), loaded=loaded, peak=peak))
-    return runs
+        runs = [hammer(server.url, "small JSON digits", asks, clients, 10.0)]
+        peaks = [memory_bytes(server.pid)]
+        if uploads:
+            runs.append(upload_test(server.url, uploads, clients))
+            peaks.append(memory_bytes(server.pid))
+    return [replace(run, loaded=loaded, peak=peak) for run, peak in zip(runs, peaks, strict=True)]
