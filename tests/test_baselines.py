@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline import config
-from pipeline.baselines import activations, classification, gan, linear, mlp, optimizers
+from pipeline.baselines import activations, classification, gan, linear, mlp
 from pipeline.baselines import regression as regression_baseline
 from pipeline.cli import baselines as cli
 from pipeline.cli.baselines import app as baselines_app
@@ -186,7 +186,9 @@ def test_regression_is_reproducible_per_seed(tmp_path):
 
 def test_every_optimizer_lowers_the_loss_and_the_ranking_matches(tmp_path):
     names = list(cli.OPTIMIZER_NAMES)
-    result = optimizers.compare_optimizers(tmp_path / "o.png", names, device="cpu", epochs=4)
+    result = regression_baseline.compare_optimizers(
+        tmp_path / "o.png", names, device="cpu", epochs=4
+    )
     assert list(result.final_losses) == names
     for name in names:
         assert result.final_losses[name] < 0.5 * result.initial_loss, name
@@ -195,7 +197,7 @@ def test_every_optimizer_lowers_the_loss_and_the_ranking_matches(tmp_path):
         assert sum(steps[-30:]) < sum(steps[:30]), name
     losses = [result.final_losses[name] for name in result.ranking]
     assert losses == sorted(losses) and set(result.ranking) == set(names)
-    summary = optimizers.format_summary(result)
+    summary = regression_baseline.format_summary(result)
     assert " < ".join(result.ranking) in summary
     for name in names:
         assert f"{name} {result.final_losses[name]:.4f}" in summary
@@ -203,7 +205,7 @@ def test_every_optimizer_lowers_the_loss_and_the_ranking_matches(tmp_path):
 
 
 def test_optimizers_share_the_initial_net_and_batches(tmp_path):
-    result = optimizers.compare_optimizers(
+    result = regression_baseline.compare_optimizers(
         tmp_path / "o.png", ["sgd", "adam"], device="cpu", epochs=1
     )
     assert result.step_losses["sgd"][0] == result.step_losses["adam"][0]  # same net, same batch
@@ -211,7 +213,7 @@ def test_optimizers_share_the_initial_net_and_batches(tmp_path):
 
 
 def test_the_cli_knows_every_optimizer_and_refuses_others():
-    assert cli.OPTIMIZER_NAMES == tuple(optimizers.OPTIMIZERS)
+    assert cli.OPTIMIZER_NAMES == tuple(regression_baseline.OPTIMIZERS)
     from pipeline.cli.options import chosen_names
 
     def parse(text):

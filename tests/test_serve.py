@@ -388,7 +388,7 @@ def test_load_test_is_bounded_and_counts_errors(fast_checkpoint, sample_processe
     require("uvicorn")
     from pipeline.bench.serve_load import run_load_test
 
-    result = run_load_test([fast_checkpoint], sample_processed_dir, requests=300, clients=4)
+    (result,) = run_load_test([fast_checkpoint], sample_processed_dir, requests=300, clients=4)
     assert result.requests == 300 and result.errors == 0 and len(result.latencies_ms) == 300
     assert 0 < result.percentile(50) <= result.percentile(99) and result.requests_per_second > 0
     print(result.summary())

@@ -78,13 +78,7 @@ def draw_activations(
     deviation = {
         name: (values[name] - BUILT_INS[name](x).cpu()).abs().max().item() for name in values
     }
-    figure = plot_activations(x.cpu(), values, out)
-    return ActivationsResult(
-        x.cpu().tolist(), {name: v.tolist() for name, v in values.items()}, deviation, figure
-    )
-
-
-def plot_activations(x: torch.Tensor, values: dict[str, torch.Tensor], path: Path) -> Path:
+    x = x.cpu()
     fig = new_figure(figsize=(9, 5.5))
     axes = fig.subplots(2, 3).ravel()
     for ax, (name, y) in zip(axes, values.items(), strict=True):
@@ -93,4 +87,5 @@ def plot_activations(x: torch.Tensor, values: dict[str, torch.Tensor], path: Pat
         ax.axvline(0, color="0.7", lw=0.8)
         ax.set(title=name, xlabel="x")
         ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    values = {name: v.tolist() for name, v in values.items()}
+    return ActivationsResult(x.tolist(), values, deviation, save_figure(fig, out))

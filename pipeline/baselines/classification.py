@@ -47,8 +47,7 @@ def fit_classifier(
     out: Path, seed: int = 0, device: str = "auto", steps: int = 100, lr: float = 0.02
 ) -> ClassificationResult:
     """Full-batch SGD on cross-entropy, as in the tutorial; plot points coloured by prediction."""
-    target = resolve_device(device)
-    generator = seed_everything(seed)
+    target, generator = resolve_device(device), seed_everything(seed)
     points, labels = make_clouds(generator)
     fresh_points, fresh_labels = make_clouds(generator)
     x, y = points.to(target), labels.to(target)
@@ -66,25 +65,16 @@ def fit_classifier(
         accuracy = (predicted == y).float().mean().item()
         fresh_predicted = net(fresh_points.to(target)).argmax(1).cpu()
         held_out_accuracy = (fresh_predicted == fresh_labels).float().mean().item()
-    figure = plot_predictions(net, points, predicted.cpu(), accuracy, out)
-    return ClassificationResult(accuracy, held_out_accuracy, loss, figure)
-
-
-def plot_predictions(
-    net: nn.Module, points: torch.Tensor, predicted: torch.Tensor, accuracy: float, path: Path
-) -> Path:
-    """Points coloured by predicted class over the net's probability of class 1."""
-    device = next(net.parameters()).device
-    grid = torch.linspace(-6, 6, 200)
-    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
-    with torch.no_grad():
-        flat = torch.stack([gx.ravel(), gy.ravel()], dim=1).to(device)
+        # the points coloured by predicted class over the net's probability of class 1
+        grid = torch.linspace(-6, 6, 200)
+        gx, gy = torch.meshgrid(grid, grid, indexing="xy")
+        flat = torch.stack([gx.ravel(), gy.ravel()], dim=1).to(target)
         probability = net(flat).softmax(1)[:, 1].reshape(gx.shape).cpu()
     fig = new_figure(figsize=(5.5, 5))
     ax = fig.subplots()
     ax.contourf(gx, gy, probability, levels=20, cmap="RdBu_r", alpha=0.3)
     ax.contour(gx, gy, probability, levels=[0.5], colors="k", linewidths=1)
-    ax.scatter(points[:, 0], points[:, 1], c=predicted, cmap="RdBu_r", s=14, edgecolors="k")
+    ax.scatter(points[:, 0], points[:, 1], c=predicted.cpu(), cmap="RdBu_r", s=14, edgecolors="k")
     ax.set(xlabel="x₁", ylabel="x₂", title=f"2-10-2 net, accuracy {accuracy:.1%}")
     ax.set_aspect("equal")
-    return save_figure(fig, path)
+    return ClassificationResult(accuracy, held_out_accuracy, loss, save_figure(fig, out))

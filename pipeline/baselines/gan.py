@@ -67,8 +67,7 @@ def train_gan(
     lr: float = 1e-4,
 ) -> GanResult:
     """Alternate one discriminator and one generator Adam step per batch; sample and plot."""
-    target = resolve_device(device)
-    rng = seed_everything(seed)
+    target, rng = resolve_device(device), seed_everything(seed)
     x = curve_x(target)
     painter, critic = make_generator().to(target), make_discriminator().to(target)
     painter_opt = torch.optim.Adam(painter.parameters(), lr=lr)
@@ -93,19 +92,15 @@ def train_gan(
         inside_share = inside_band(samples, x).float().mean().item()
         real_score = real_logits.sigmoid().mean().item()
         fake_score = fake_logits.sigmoid().mean().item()
-    figure = plot_curves(x.cpu(), samples[:20].cpu(), inside_share, out)
-    return GanResult(inside_share, real_score, fake_score, figure)
-
-
-def plot_curves(x: torch.Tensor, curves: torch.Tensor, inside_share: float, path: Path) -> Path:
+    x = x.cpu()
     lower, upper = band(x)
     fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.fill_between(x, lower, upper, color="0.9", label="band of real curves")
     ax.plot(x, upper, "C3", lw=2, label="upper bound 2x² + 1")
     ax.plot(x, lower, "C0", lw=2, label="lower bound x²")
-    for index, curve in enumerate(curves):
+    for index, curve in enumerate(samples[:20].cpu()):
         ax.plot(x, curve, color="C2", lw=0.8, alpha=0.7, label="generated" if index == 0 else None)
     ax.set(xlabel="x", ylabel="y", title=f"GAN painter: {inside_share:.0%} of curves in the band")
     ax.legend(loc="upper center", fontsize=8)
-    return save_figure(fig, path)
+    return GanResult(inside_share, real_score, fake_score, save_figure(fig, out))

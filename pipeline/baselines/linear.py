@@ -41,13 +41,9 @@ def fit_linear(
     out: Path, seed: int = 0, device: str = "auto", epochs: int = 3_000, lr: float = 0.02
 ) -> LinearResult:
     """Full-batch gradient descent on w and b from a random start."""
-    target = resolve_device(device)
-    generator = seed_everything(seed)
-    x = torch.tensor(X, device=target)
-    y = torch.tensor(Y, device=target)
-    start = torch.randn(2, generator=generator)
-    w = start[0].clone().to(target).requires_grad_()
-    b = start[1].clone().to(target).requires_grad_()
+    target, generator = resolve_device(device), seed_everything(seed)
+    x, y = torch.tensor(X, device=target), torch.tensor(Y, device=target)
+    w, b = (v.clone().to(target).requires_grad_() for v in torch.randn(2, generator=generator))
     losses = []
     for _ in range(epochs):
         loss = (w * x + b - y).pow(2).mean()
@@ -55,15 +51,9 @@ def fit_linear(
         with torch.no_grad():
             w -= lr * w.grad
             b -= lr * b.grad
-        w.grad = None
-        b.grad = None
+        w.grad = b.grad = None
         losses.append(loss.detach())
-    exact_w, exact_b = least_squares(x, y)
-    figure = plot_line(w.item(), b.item(), out)
-    return LinearResult(w.item(), b.item(), exact_w, exact_b, torch.stack(losses).tolist(), figure)
-
-
-def plot_line(w: float, b: float, path: Path) -> Path:
+    w, b = w.item(), b.item()
     fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.scatter(X, Y, label="data")
@@ -71,4 +61,5 @@ def plot_line(w: float, b: float, path: Path) -> Path:
     ax.plot(ends, w * ends + b, "C3", label=f"y = {w:.3f} x + {b:.3f}")
     ax.set(xlabel="x", ylabel="y", title="linear regression by hand")
     ax.legend()
-    return save_figure(fig, path)
+    figure = save_figure(fig, out)
+    return LinearResult(w, b, *least_squares(x, y), torch.stack(losses).tolist(), figure)

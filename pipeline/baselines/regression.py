@@ -1,9 +1,13 @@
-"""A 1-20-1 ReLU net learns y = x^2 from 1,000 noisy points: the smallest regression there is.
+"""A 1-20-1 ReLU net learns y = x^2 from 1,000 noisy points, then optimizers race on it.
 
 The noise has variance 0.01, so a net that has learned the curve (and not the noise) ends with
-an MSE near 0.01 on the data and near 0 against the noiseless parabola.
+an MSE near 0.01 on the data and near 0 against the noiseless parabola. In the race every
+optimizer gets its own copy of one initial net and the very same batches in the same order, so
+the curves differ only by the update rule.
 """
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +20,15 @@ from pipeline.common.plots import new_figure, save_figure
 N_POINTS = 1_000
 NOISE_STD = 0.1
 HIDDEN = 20
+# The names are also in `cli.baselines.OPTIMIZER_NAMES` (light, for --help); a test keeps them
+# equal.
+OPTIMIZERS = {
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+    "momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.8),
+    "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr, alpha=0.9),
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99)),
+    "adagrad": lambda params, lr: torch.optim.Adagrad(params, lr=lr),
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,15 @@ class RegressionResult:
     figure: Path
 
 
+@dataclass(frozen=True)
+class OptimizersResult:
+    initial_loss: float  # MSE of the shared initial net on all the data
+    step_losses: dict[str, list[float]]  # batch MSE after each step
+    final_losses: dict[str, float]  # MSE on all the data after training
+    ranking: list[str]  # best (lowest final loss) first
+    figure: Path
+
+
 def make_parabola(generator: torch.Generator, n: int = N_POINTS) -> Parabola:
     """Drawn on the CPU from `generator`, so a seed gives the same points on every device."""
     x = torch.linspace(-1, 1, n).unsqueeze(1)
@@ -44,8 +66,27 @@ def make_net() -> nn.Sequential:
     return nn.Sequential(nn.Linear(1, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
 
 
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    return list(torch.randperm(n, generator=generator).split(batch_size))
+def train_nets(
+    nets: dict[str, tuple[nn.Module, torch.optim.Optimizer]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+) -> dict[str, list[float]]:
+    """Mini-batch MSE steps for every (net, optimizer), all on the same shuffled batches; the
+    batch loss of each step per name."""
+    losses: dict[str, list[torch.Tensor]] = {name: [] for name in nets}
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+            batch = batch.to(x.device)
+            for name, (net, optimizer) in nets.items():
+                loss = nn.functional.mse_loss(net(x[batch]), y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses[name].append(loss.detach())
+    return {name: torch.stack(values).tolist() for name, values in losses.items()}
 
 
 def fit_regression(
@@ -57,28 +98,16 @@ def fit_regression(
     lr: float = 0.01,
 ) -> RegressionResult:
     """Train with Adam on shuffled mini-batches of MSE; draw the data and the fitted curve."""
-    target = resolve_device(device)
-    generator = seed_everything(seed)
+    target, generator = resolve_device(device), seed_everything(seed)
     data = make_parabola(generator)
     x, y = data.x.to(target), data.y.to(target)
     net = make_net().to(target)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    for _ in range(epochs):
-        for batch in shuffled_batches(len(x), batch_size, generator):
-            batch = batch.to(target)
-            loss = nn.functional.mse_loss(net(x[batch]), y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    train_nets({"adam": (net, optimizer)}, x, y, epochs, batch_size, generator)
     with torch.no_grad():
         fitted = net(x).cpu()
     mse = nn.functional.mse_loss(fitted, data.y).item()
     clean_mse = nn.functional.mse_loss(fitted, data.clean).item()
-    figure = plot_fit(data, fitted, out)
-    return RegressionResult(mse, clean_mse, NOISE_STD**2, figure)
-
-
-def plot_fit(data: Parabola, fitted: torch.Tensor, path: Path) -> Path:
     fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.scatter(data.x, data.y, s=4, alpha=0.4, label="data: x² + noise")
@@ -86,4 +115,43 @@ def plot_fit(data: Parabola, fitted: torch.Tensor, path: Path) -> Path:
     ax.plot(data.x, fitted, "C3", lw=2, label="1-20-1 ReLU net")
     ax.set(xlabel="x", ylabel="y", title="regression")
     ax.legend()
-    return save_figure(fig, path)
+    return RegressionResult(mse, clean_mse, NOISE_STD**2, save_figure(fig, out))
+
+
+def compare_optimizers(
+    out: Path,
+    names: Sequence[str],
+    seed: int = 0,
+    device: str = "auto",
+    epochs: int = 12,
+    batch_size: int = 32,
+    lr: float = 0.01,
+) -> OptimizersResult:
+    """Train one copy of the same net per optimizer, all on identical batches."""
+    target, generator = resolve_device(device), seed_everything(seed)
+    data = make_parabola(generator)
+    x, y = data.x.to(target), data.y.to(target)
+    initial = make_net().to(target)
+    nets = {name: copy.deepcopy(initial) for name in names}
+    runs = {name: (net, OPTIMIZERS[name](net.parameters(), lr)) for name, net in nets.items()}
+    step_losses = train_nets(runs, x, y, epochs, batch_size, generator)
+    with torch.no_grad():
+        initial_loss = nn.functional.mse_loss(initial(x), y).item()
+        finals = {name: nn.functional.mse_loss(net(x), y).item() for name, net in nets.items()}
+    fig = new_figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for name, values in step_losses.items():
+        ax.plot(values, lw=1, label=name)
+    title = f"optimizers on y = x² (lr {lr}, batch {batch_size})"
+    ax.set(xlabel="step", ylabel="batch MSE", yscale="log", title=title)
+    ax.legend()
+    ranking = sorted(finals, key=finals.__getitem__)
+    return OptimizersResult(initial_loss, step_losses, finals, ranking, save_figure(fig, out))
+
+
+def format_summary(result: OptimizersResult) -> str:
+    finals = ", ".join(f"{name} {loss:.4f}" for name, loss in result.final_losses.items())
+    return (
+        f"optimizers: final MSE {finals} (from {result.initial_loss:.4f}); "
+        f"ranking {' < '.join(result.ranking)} -> {result.figure}"
+    )

@@ -2,9 +2,9 @@
 
 The PyTorch/Kaggle tutorials hold train.csv in a DataFrame, read one row per item through a
 per-image `Dataset` with `ToTensor` + `Normalize`, batch with `DataLoader(batch_size=50)` and
-call `.item()` on the loss every step. `run_tutorial` is the tutorial's whole single script (CSV
-in, submission out, in one process); `run_lean` is the same flow as a careful user writes it
-(the CSVs as uint8 arrays, a per-image Dataset over them, `DataLoader(batch_size=50,
+call `.item()` on the loss every step. `run_script` is the tutorial's whole single script (CSV
+in, submission out, in one process); with `lean` it is the same flow as a careful user writes
+it (the CSVs as uint8 arrays, a per-image Dataset over them, `DataLoader(batch_size=50,
 num_workers=2)`, every train.csv row). `pipeline bench` runs both beside our three commands:
 
     python -m pipeline.baselines.tutorial [--lean] --raw-dir data/raw --out /tmp/tutorial.csv
@@ -133,10 +133,9 @@ def tutorial_split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.Dat
     --seed SEED` holds out (scikit-learn draws the same permutation from the same labels)."""
     from sklearn.model_selection import train_test_split
 
-    train_part, val_part = train_test_split(
-        frame, test_size=0.1, stratify=frame["label"], random_state=seed
+    return tuple(
+        train_test_split(frame, test_size=0.1, stratify=frame["label"], random_state=seed)
     )
-    return train_part, val_part
 
 
 def train_cnn(loader: DataLoader, device: torch.device, epochs: int, seed: int) -> torch.nn.Module:
@@ -157,64 +156,49 @@ def predicted_labels(model: torch.nn.Module, loader: DataLoader, device: torch.d
         return torch.cat([model(images.to(device)).argmax(1).cpu() for images in loader]).numpy()
 
 
-def write_csv(labels: np.ndarray, out: Path) -> None:
-    submission = pd.DataFrame({"ImageId": np.arange(1, len(labels) + 1), "Label": labels})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    submission.to_csv(out, index=False)
-
-
-def run_tutorial(
-    raw_dir: Path, out: Path, seed: int = 0, device: str = "cpu", epochs: int = 1
+def run_script(
+    raw_dir: Path, out: Path, seed: int = 0, device: str = "cpu", epochs: int = 1, lean=False
 ) -> ScriptResult:
     """The tutorial's single script: the CSVs read with pandas, the same 10% held out as
     `pipeline prepare --seed SEED`, the CNN trained and scored, ImageId,Label written; timed in
-    load, work and write phases."""
-    # The script imports these at its top: before the clock, like every other import.
-    import sklearn.model_selection  # noqa: F401
-    import torchvision.transforms  # noqa: F401
+    load, work and write phases. `lean`: the CSVs as arrays, two loader workers, every row."""
+    if not lean:  # the script imports these at its top: before the clock, like every import
+        import sklearn.model_selection  # noqa: F401
+        import torchvision.transforms  # noqa: F401
 
     target = torch.device(device)  # as the tutorial does: torch's own CPU threads
+    workers = WORKERS if lean else 0
     start = time.perf_counter()
     with phase("load"):
         train_frame = pd.read_csv(raw_dir / config.TRAIN_CSV)
         test_frame = pd.read_csv(raw_dir / config.TEST_CSV)
-        train_part, val_part = tutorial_split(train_frame, seed)
+        if lean:
+            train = train_frame.to_numpy(dtype=np.uint8)
+            labels = train[:, 0].astype(np.int64)
+            train_set = ArrayDigits(np.ascontiguousarray(train[:, 1:]), labels)
+            test_set = ArrayDigits(test_frame.to_numpy(dtype=np.uint8))
+        else:
+            train_part, val_part = tutorial_split(train_frame, seed)
+            train_set, test_set = TutorialCsvDigits(train_part), TutorialCsvDigits(test_frame)
     with phase("work"):
-        loader = DataLoader(TutorialCsvDigits(train_part), batch_size=TUTORIAL_BATCH, shuffle=True)
+        loader = DataLoader(train_set, TUTORIAL_BATCH, shuffle=True, num_workers=workers)
         model = train_cnn(loader, target, epochs, seed)
-        val_images = TutorialCsvDigits(val_part.drop(columns="label"))
-        val_labels = predicted_labels(model, DataLoader(val_images, TUTORIAL_BATCH), target)
-        correct = int((val_labels == val_part["label"].to_numpy()).sum())
-        test_loader = DataLoader(TutorialCsvDigits(test_frame), TUTORIAL_BATCH)
+        if not lean:
+            val_images = DataLoader(
+                TutorialCsvDigits(val_part.drop(columns="label")), TUTORIAL_BATCH
+            )
+            val_labels = predicted_labels(model, val_images, target)
+            accuracy = float((val_labels == val_part["label"].to_numpy()).mean())
+        test_loader = DataLoader(test_set, TUTORIAL_BATCH, num_workers=workers)
         labels = predicted_labels(model, test_loader, target)
     with phase("write"):
-        write_csv(labels, out)
+        submission = pd.DataFrame({"ImageId": np.arange(1, len(labels) + 1), "Label": labels})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        submission.to_csv(out, index=False)
     seconds = time.perf_counter() - start
-    val_rows = len(val_part)
-    return ScriptResult(len(train_part), correct / val_rows, val_rows, len(labels), out, seconds)
-
-
-def run_lean(
-    raw_dir: Path, out: Path, seed: int = 0, device: str = "cpu", epochs: int = 1
-) -> ScriptResult:
-    """The same flow, lean: the CSVs as arrays, two loader workers, every training row."""
-    target = torch.device(device)
-    start = time.perf_counter()
-    with phase("load"):
-        train = pd.read_csv(raw_dir / config.TRAIN_CSV).to_numpy(dtype=np.uint8)
-        test = pd.read_csv(raw_dir / config.TEST_CSV).to_numpy(dtype=np.uint8)
-        train_labels = train[:, 0].astype(np.int64)
-        train = np.ascontiguousarray(train[:, 1:])
-    with phase("work"):
-        loader = DataLoader(
-            ArrayDigits(train, train_labels), TUTORIAL_BATCH, shuffle=True, num_workers=WORKERS
-        )
-        model = train_cnn(loader, target, epochs, seed)
-        test_loader = DataLoader(ArrayDigits(test), TUTORIAL_BATCH, num_workers=WORKERS)
-        labels = predicted_labels(model, test_loader, target)
-    with phase("write"):
-        write_csv(labels, out)
-    return ScriptResult(len(train), None, 0, len(labels), out, time.perf_counter() - start)
+    if lean:
+        return ScriptResult(len(train_set), None, 0, len(labels), out, seconds)
+    return ScriptResult(len(train_part), accuracy, len(val_part), len(labels), out, seconds)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,9 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         "(batch 50, 2 workers), the CNN trained on every train.csv row.",
     )
     args = parser.parse_args(argv)
-    run = run_lean if args.lean else run_tutorial
     try:
-        result = run(args.raw_dir, args.out, args.seed, args.device, args.epochs)
+        result = run_script(args.raw_dir, args.out, args.seed, args.device, args.epochs, args.lean)
     finally:
         write_requested()
     print(result.line())

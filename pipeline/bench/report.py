@@ -91,7 +91,4 @@ def format_report(report: BenchReport) -> str:
     if report.serve:
         lines += ["", "pipeline serve under load (cpu, 127.0.0.1):"]
         lines += [f"  {line}" for line in report.serve.splitlines()]
-    if report.serve_onnx:
-        lines += ["", "the same model on torch and exported to ONNX (onnxruntime, no torch):"]
-        lines += [f"  {line}" for line in report.serve_onnx.splitlines()]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from pipeline.bench.models import (
     bench_models,
     median_seconds,
 )
-from pipeline.bench.serve_load import REQUESTS, run_load_test, run_upload_bench
+from pipeline.bench.serve_load import UPLOADS, run_load_test
 from pipeline.bench.training import (
     BusyCoreBench,
     DdpBench,
@@ -68,7 +68,6 @@ class BenchReport:
     busy_core: BusyCoreBench | None = None
     end_to_end: EndToEnd | None = None
     serve: str | None = None  # the load tests' summary lines, or why they did not run
-    serve_onnx: str | None = None  # torch against ONNX Runtime under the same small load test
 
 
 def bench_data(options: BenchOptions, device: str) -> BenchReport:
@@ -88,34 +87,29 @@ def bench_data(options: BenchOptions, device: str) -> BenchReport:
 
 def bench_serve(checkpoint: Path, processed_dir: Path) -> str:
     """2,000 small API requests, then 32 25-megapixel PNG uploads, from 8 clients to one live
-    `pipeline serve` on the CPU, on loopback: latencies, /api/health during each, peak memory."""
+    `pipeline serve` on the CPU, on loopback; then the same small requests to `checkpoint`
+    exported to ONNX and served by ONNX Runtime (no torch), against torch's small run."""
     if not checkpoint.is_file():
         return f"skipped: {checkpoint} does not exist (run `make train` first)"
-    runs = run_upload_bench([checkpoint], processed_dir, requests=REQUESTS)
-    return "\n".join(run.summary() for run in runs)
-
-
-def bench_serve_onnx(checkpoint: Path, processed_dir: Path) -> str:
-    """The same small-request load test on `checkpoint` served by torch, then exported to ONNX
-    and served by ONNX Runtime (no torch): latencies and the server's resident memory."""
-    if not checkpoint.is_file():
-        return f"skipped: {checkpoint} does not exist (run `make train` first)"
+    runs = run_load_test([checkpoint], processed_dir, uploads=UPLOADS)
+    lines = [run.summary() for run in runs]
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        return f"skipped: {exc.name} is not installed (the export and serve extras)"
+        return "\n".join([*lines, f"skipped ONNX: {exc.name} is not installed (the extras)"])
     from pipeline.inference.export import export_onnx
 
-    by_torch = run_load_test([checkpoint], processed_dir)
     with tempfile.TemporaryDirectory() as tmp:
         graph = export_onnx([checkpoint], Path(tmp) / f"{checkpoint.stem}.onnx", processed_dir)
-        by_onnx = run_load_test([graph.path], processed_dir)
-    return (
-        f"torch ({checkpoint.name}): {by_torch.summary()}\n"
-        f"onnxruntime ({graph.bytes / 1024:,.0f} KB .onnx): {by_onnx.summary()}"
-    )
+        (by_onnx,) = run_load_test([graph.path], processed_dir)
+    lines += [
+        "the same model on torch and exported to ONNX (onnxruntime, no torch):",
+        f"torch ({checkpoint.name}), {runs[0].summary()}",
+        f"onnxruntime ({graph.bytes / 1024:,.0f} KB .onnx), {by_onnx.summary()}",
+    ]
+    return "\n".join(lines)
 
 
 def run_bench(
@@ -151,6 +145,4 @@ def run_bench(
     if options.serve_checkpoint is not None:
         log(f"load test of `pipeline serve` on {options.serve_checkpoint} (127.0.0.1 only) ...")
         report.serve = bench_serve(options.serve_checkpoint, processed)
-        log("the same load test on the checkpoint exported to ONNX (ONNX Runtime, no torch) ...")
-        report.serve_onnx = bench_serve_onnx(options.serve_checkpoint, processed)
     return report

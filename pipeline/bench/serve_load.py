@@ -1,7 +1,7 @@
 """Bounded load tests of `pipeline serve`, started as a user starts it, on 127.0.0.1 only.
 
 C client threads, each on its own keep-alive connection, POST JSON digits or 25-megapixel PNGs
-until N requests have gone; a probe may ask /api/health meanwhile, and the server's memory is
+until N requests have gone; a probe asks /api/health meanwhile, and the server's memory is
 read from /proc. Counts and times are bounded: the run always ends by itself.
 """
 
@@ -30,7 +30,6 @@ REQUESTS = 2_000
 CLIENTS = 8
 UPLOADS = 32
 UPLOAD_SIDE = 5000  # 25 megapixels: the server's MAX_IMAGE_PIXELS
-SMALL_REQUESTS = 1_000
 HEALTH_EVERY_S = 0.05
 JSON = "application/json"
 
@@ -96,32 +95,40 @@ def memory_bytes(pid: int, key: str = "VmHWM") -> int | None:
 
 @dataclass(frozen=True)
 class LoadResult:
+    """One run against the server: what the clients saw, /api/health meanwhile, its memory."""
+
+    name: str
     requests: int
     clients: int
     errors: int  # wrong or failed answers (a 503 only where the test does not allow it)
+    refused: int  # 503 answers (busy): the server shedding load, not failing
     seconds: float
     latencies_ms: np.ndarray  # one per request that got an answer, in completion order
-    rss_mb: float | None = None  # the server's resident memory once its models are loaded
-    peak_rss_mb: float | None = None  # ... and its peak, at the end of the load test
+    health_ms: list[float]  # /api/health latencies, one per probe
+    loaded: int | None = None  # the server's resident bytes once loaded (None off Linux)
+    peak: int | None = None  # ... and its peak, after the run
 
     @property
     def requests_per_second(self) -> float:
         return self.requests / self.seconds
 
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else 0.0
+    def percentile(self, q: float, of: str = "latencies_ms") -> float:
+        values = getattr(self, of)
+        return float(np.percentile(values, q)) if len(values) else 0.0
 
     def summary(self) -> str:
-        memory = (
-            f"; server memory {self.rss_mb:,.0f} MB after loading, {self.peak_rss_mb:,.0f} MB peak"
-            if self.rss_mb is not None and self.peak_rss_mb is not None
-            else ""
-        )
+        def mb(value: int | None) -> str:
+            return "n/a" if value is None else f"{value / 2**20:,.0f} MB"
+
         return (
-            f"{self.requests:,} requests, {self.clients} clients: "
+            f"{self.name}: {self.requests:,} requests, {self.clients} clients: "
             f"p50 {self.percentile(50):.1f} ms, p95 {self.percentile(95):.1f} ms, "
             f"p99 {self.percentile(99):.1f} ms, {self.requests_per_second:,.0f} requests/s, "
-            f"{self.errors} errors{memory}"
+            f"{self.errors} errors, {self.refused} busy (503); /api/health "
+            f"p50 {self.percentile(50, 'health_ms'):.1f} ms, "
+            f"p99 {self.percentile(99, 'health_ms'):.1f} ms, "
+            f"max {self.percentile(100, 'health_ms'):.1f} ms over {len(self.health_ms)} probes; "
+            f"server memory {mb(self.loaded)} after loading, {mb(self.peak)} peak"
         )
 
 
@@ -162,23 +169,19 @@ def expected_labels(url: str, bodies: list[bytes]) -> list[int]:
     return labels
 
 
-def _label(answer: bytes) -> int | None:
-    try:
-        return json.loads(answer)["label"]
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _hammer(
-    url: str, asks: list[tuple[bytes, str, int]], clients: int, timeout: float, busy_ok: bool
-) -> tuple[LoadResult, int]:
+def hammer(
+    url: str, name: str, asks: list[tuple[bytes, str, int]], clients: int, timeout: float
+) -> LoadResult:
     """POST each (body, Content-Type, expected label) of `asks` from `clients` threads released
-    together; any other answer is an error, but a 503 (busy) where `busy_ok`. (timings, 503s)."""
+    together, while a probe asks /api/health every HEALTH_EVERY_S s on its own connection (a
+    failed probe counts as its timeout); any other answer is an error, but a 503 to an upload."""
     queue = iter(asks)
     take = threading.Lock()
     latencies: list[float] = []
+    health: list[float] = []
     counts = {"errors": 0, "refused": 0}
-    start_line = threading.Barrier(clients + 1)
+    start_line = threading.Barrier(clients + 2)
+    done = threading.Event()
 
     def client() -> None:
         connection = connection_to(url, timeout)
@@ -199,95 +202,63 @@ def _hammer(
             else:
                 with take:
                     latencies.append(time.perf_counter() - started)
-            right = status == 200 and _label(answer) == expected
+            try:
+                right = status == 200 and json.loads(answer)["label"] == expected
+            except (ValueError, KeyError, TypeError):
+                right = False
             with take:
-                counts["errors"] += not (right or (busy_ok and status == 503))
+                counts["errors"] += not (right or (content_type != JSON and status == 503))
                 counts["refused"] += status == 503
         connection.close()
 
+    def probe() -> None:
+        connection = connection_to(url, timeout=10.0)
+        start_line.wait()
+        while not done.wait(HEALTH_EVERY_S):
+            started = time.perf_counter()
+            try:
+                connection.request("GET", "/api/health")
+                connection.getresponse().read()
+                health.append((time.perf_counter() - started) * 1000)
+            except (OSError, http.client.HTTPException):
+                health.append(10_000.0)
+                connection.close()
+                connection = connection_to(url, timeout=10.0)
+        connection.close()
+
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for thread in threads:
+    prober = threading.Thread(target=probe, daemon=True)
+    for thread in (*threads, prober):
         thread.start()
     start_line.wait()
     started = time.perf_counter()
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - started
-    result = LoadResult(len(asks), clients, counts["errors"], seconds, np.array(latencies) * 1000)
-    return result, counts["refused"]
+    done.set()
+    prober.join(15)
+    errors, refused, latencies_ms = counts["errors"], counts["refused"], np.array(latencies) * 1e3
+    return LoadResult(name, len(asks), clients, errors, refused, seconds, latencies_ms, health)
 
 
-def load_test(
-    url: str,
-    bodies: list[bytes],
-    labels: list[int],
-    requests: int = REQUESTS,
-    clients: int = CLIENTS,
-) -> LoadResult:
-    """Send `requests` JSON digits (bodies in turn); any answer but `labels`' is an error."""
-    asks = [(bodies[i % len(bodies)], JSON, labels[i % len(bodies)]) for i in range(requests)]
-    return _hammer(url, asks, clients, 10.0, busy_ok=False)[0]
-
-
-def large_png() -> bytes:
-    """A square grey PNG of a digit 1 (a thick stroke): tens of KB, 25 MB decoded."""
+def upload_test(url: str, uploads: int = UPLOADS, clients: int = CLIENTS) -> LoadResult:
+    """POST `uploads` square grey PNGs of a 1 (a thick stroke: tens of KB, 25 MB decoded) as a
+    form's field `file`; a 503 is the server shedding load, not an error."""
     from PIL import Image
 
     side = UPLOAD_SIDE
     pixels = np.full((side, side), 255, np.uint8)
     pixels[side // 5 : 4 * side // 5, side // 2 - side // 25 : side // 2 + side // 25] = 0
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def multipart(data: bytes) -> tuple[bytes, str]:
-    """(body, Content-Type) of a form whose field `file` holds `data`."""
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, "PNG")
     boundary = uuid.uuid4().hex
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="digit.png"\r\n'
         "Content-Type: image/png\r\n\r\n"
     ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    return head + data + tail, f"multipart/form-data; boundary={boundary}"
-
-
-def upload_test(
-    url: str, uploads: int = UPLOADS, clients: int = CLIENTS
-) -> tuple[LoadResult, int]:
-    """POST `uploads` large PNGs of a 1; a 503 is the server shedding load, not an error."""
-    body, content_type = multipart(large_png())
-    return _hammer(url, [(body, content_type, 1)] * uploads, clients, 60.0, busy_ok=True)
-
-
-@contextmanager
-def health_probe(url: str) -> Iterator[list[float]]:
-    """Ask /api/health every HEALTH_EVERY_S s on its own connection while the block runs; the list
-    fills with latencies in ms (a failed probe counts as its timeout)."""
-    latencies: list[float] = []
-    done = threading.Event()
-
-    def probe() -> None:
-        connection = connection_to(url, timeout=10.0)
-        while not done.wait(HEALTH_EVERY_S):
-            started = time.perf_counter()
-            try:
-                connection.request("GET", "/api/health")
-                connection.getresponse().read()
-                latencies.append((time.perf_counter() - started) * 1000)
-            except (OSError, http.client.HTTPException):
-                latencies.append(10_000.0)
-                connection.close()
-                connection = connection_to(url, timeout=10.0)
-        connection.close()
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    try:
-        yield latencies
-    finally:
-        done.set()
-        thread.join(15)
+    body = head + png.getvalue() + f"\r\n--{boundary}--\r\n".encode()
+    asks = [(body, f"multipart/form-data; boundary={boundary}", 1)] * uploads
+    return hammer(url, f"{side}x{side} PNG uploads", asks, clients, 60.0)
 
 
 def run_load_test(
@@ -295,64 +266,21 @@ def run_load_test(
     processed_dir: Path = config.PROCESSED_DIR,
     requests: int = REQUESTS,
     clients: int = CLIENTS,
-) -> LoadResult:
-    """Serve the checkpoints (or `.onnx` graphs) on the CPU, load the server with validation
-    digits, stop it; with its resident memory once loaded (before any request) and its peak."""
-    if requests < 1 or clients < 1:
-        raise PipelineError("--requests and --clients must be positive")
+    uploads: int = 0,
+) -> list[LoadResult]:
+    """Serve the checkpoints (or `.onnx` graphs) on the CPU, send `requests` validation digits
+    as JSON, then `uploads` large PNGs, probing /api/health meanwhile, and stop the server: large
+    uploads must neither starve the event loop nor grow the server without bound."""
+    if not (1 <= requests <= 10_000 and 0 <= uploads <= 10_000 and 1 <= clients <= 64):
+        raise PipelineError("requests must be 1-10,000, uploads 0-10,000, clients 1-64")
     bodies = digit_bodies(processed_dir)
     with running_server(checkpoints) as server:
         loaded = memory_bytes(server.pid, "VmRSS")
         labels = expected_labels(server.url, bodies)  # also warms the server up, untimed
-        result = load_test(server.url, bodies, labels, requests, clients)
-        peak = memory_bytes(server.pid)
-    if loaded is None or peak is None:
-        return result
-    return replace(result, rss_mb=loaded / 2**20, peak_rss_mb=peak / 2**20)
-
-
-@dataclass(frozen=True)
-class ServeRun:
-    """One run against the server: what the clients saw, /api/health during it, memory after."""
-
-    name: str
-    load: LoadResult
-    refused: int  # 503 answers (busy): the server shedding load, not failing
-    health_ms: np.ndarray  # one per probe during the run
-    peak_bytes: int | None  # the server's VmHWM after the run (None off Linux)
-
-    def summary(self) -> str:
-        health = self.health_ms if len(self.health_ms) else np.zeros(1)
-        peak = f"{self.peak_bytes / 2**20:,.0f} MB" if self.peak_bytes else "n/a"
-        return (
-            f"{self.name}: {self.load.summary()}, {self.refused} busy (503); /api/health "
-            f"p50 {np.percentile(health, 50):.1f} ms, p99 {np.percentile(health, 99):.1f} ms, "
-            f"max {health.max():.1f} ms over {len(self.health_ms)} probes; server peak "
-            f"memory {peak}"
-        )
-
-
-def run_upload_bench(
-    checkpoints: list[Path],
-    processed_dir: Path = config.PROCESSED_DIR,
-    uploads: int = UPLOADS,
-    requests: int = SMALL_REQUESTS,
-    clients: int = CLIENTS,
-) -> list[ServeRun]:
-    """Small JSON requests, then large uploads, against one live server on 127.0.0.1: large
-    uploads must neither starve the event loop nor grow the server without bound."""
-    if min(uploads, requests, clients) < 1 or max(uploads, requests) > 10_000 or clients > 64:
-        raise PipelineError("uploads and requests must be 1-10,000, clients 1-64")
-    bodies = digit_bodies(processed_dir)
-    with running_server(checkpoints) as server:
-        labels = expected_labels(server.url, bodies)  # warms the server up, untimed
-        with health_probe(server.url) as health:
-            small = load_test(server.url, bodies, labels, requests, clients)
-        runs = [
-            ServeRun("small JSON digits", small, 0, np.array(health), memory_bytes(server.pid))
-        ]
-        with health_probe(server.url) as health:
-            large, refused = upload_test(server.url, uploads, clients)
-        name = f"{UPLOAD_SIDE}x{UPLOAD_SIDE} PNG uploads"
-        runs.append(ServeRun(name, large, refused, np.array(health), memory_bytes(server.pid)))
-    return runs
+        asks = [(bodies[i % len(bodies)], JSON, labels[i % len(bodies)]) for i in range(requests)]
+        runs = [hammer(server.url, "small JSON digits", asks, clients, 10.0)]
+        peaks = [memory_bytes(server.pid)]
+        if uploads:
+            runs.append(upload_test(server.url, uploads, clients))
+            peaks.append(memory_bytes(server.pid))
+    return [replace(run, loaded=loaded, peak=peak) for run, peak in zip(runs, peaks, strict=True)]

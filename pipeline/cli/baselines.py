@@ -12,7 +12,7 @@ from pipeline.cli.options import DeviceOpt, FigureOpt, SeedOpt, chosen_names, po
 from pipeline.common.choices import Device
 
 # The optimizers baseline's choices, here so that --help needs no torch; a test keeps them equal
-# to the keys of `optimizers.OPTIMIZERS`.
+# to the keys of `regression.OPTIMIZERS`.
 OPTIMIZER_NAMES = ("sgd", "momentum", "rmsprop", "adam", "adagrad")
 DEFAULT_OPTIMIZERS = "sgd,momentum,rmsprop,adam"
 DEFAULT_BATCH_SIZES = "16,64,256"
@@ -36,7 +36,7 @@ def regression_command(
     """Fit y = x^2 + noise with a 1-20-1 ReLU net; plot the data and the fitted curve."""
     from pipeline.baselines.regression import fit_regression
 
-    result = fit_regression(out, seed=seed, device=device, epochs=epochs)
+    result = fit_regression(out, seed, device, epochs)
     typer.echo(
         f"regression: 1-20-1 ReLU net learned y = x^2 with MSE {result.mse:.4f} on the noisy "
         f"data (noise floor {result.noise_variance:.4f}) and {result.clean_mse:.4f} against "
@@ -56,9 +56,9 @@ def optimizers_command(
 ) -> None:
     """Compare optimizers on the same net, data and batches; plot the loss of every step."""
     names = chosen_names(optimizers, "--optimizers", OPTIMIZER_NAMES)
-    from pipeline.baselines.optimizers import compare_optimizers, format_summary
+    from pipeline.baselines.regression import compare_optimizers, format_summary
 
-    result = compare_optimizers(out, names, seed=seed, device=device, epochs=epochs)
+    result = compare_optimizers(out, names, seed, device, epochs)
     typer.echo(format_summary(result))
 
 
@@ -73,7 +73,7 @@ def linear_command(
     """Fit y = w x + b with autograd and a hand-written gradient step; plot the line."""
     from pipeline.baselines.linear import fit_linear
 
-    result = fit_linear(out, seed=seed, device=device, epochs=epochs, lr=lr)
+    result = fit_linear(out, seed, device, epochs, lr)
     typer.echo(
         f"linear: learned y = {result.w:.4f} x + {result.b:.4f} (least squares "
         f"{result.exact_w:.4f} x + {result.exact_b:.4f}), MSE {result.losses[-1]:.4f} "
@@ -91,7 +91,7 @@ def classification_command(
     """Separate two Gaussian clouds with a 2-10-2 net; plot the points by predicted class."""
     from pipeline.baselines.classification import fit_classifier
 
-    result = fit_classifier(out, seed=seed, device=device, steps=steps)
+    result = fit_classifier(out, seed, device, steps)
     typer.echo(
         f"classification: 2-10-2 net separates the two clouds with accuracy "
         f"{result.accuracy:.1%} ({result.held_out_accuracy:.1%} on 200 fresh points, "
@@ -118,20 +118,9 @@ def mlp_command(
     sizes = positive_ints(batch_sizes, "--batch-sizes")
     from pipeline.baselines.mlp import compare_batch_sizes, format_table
 
-    result = compare_batch_sizes(
-        out,
-        sizes,
-        processed_dir=processed_dir,
-        seed=seed,
-        device=device,
-        epochs=epochs,
-        limit=limit,
-        lr=lr,
-    )
+    result = compare_batch_sizes(out, sizes, processed_dir, seed, device, epochs, limit, lr)
     typer.echo(format_table(result))
-    accuracies = ", ".join(
-        f"{run.val_accuracy:.1%} (batch {run.batch_size})" for run in result.runs
-    )
+    accuracies = ", ".join(f"{r.val_accuracy:.1%} (batch {r.batch_size})" for r in result.runs)
     typer.echo(
         f"mlp: 784-200-10 MLP, {result.train_images:,} images x {result.epochs} epochs from "
         f"{result.source}: val accuracy {accuracies} on {result.val_images:,} -> {result.figure}"
@@ -148,7 +137,7 @@ def gan_command(
     """Train the painter GAN; plot generated curves between the bounds of the real ones."""
     from pipeline.baselines.gan import BAND_TOLERANCE, EVAL_CURVES, train_gan
 
-    result = train_gan(out, seed=seed, device=device, steps=steps)
+    result = train_gan(out, seed, device, steps)
     typer.echo(
         f"gan: {result.inside_share:.1%} of {EVAL_CURVES:,} generated curves lie inside the "
         f"band x^2..2x^2+1 (±{BAND_TOLERANCE}); discriminator says real {result.real_score:.2f}"
@@ -163,7 +152,7 @@ def activations_command(
     """Plot ReLU, sigmoid, tanh, softplus, GELU and SiLU over [-5, 5]."""
     from pipeline.baselines.activations import draw_activations
 
-    result = draw_activations(out, device=device)
+    result = draw_activations(out, device)
     worst = max(result.deviation, key=result.deviation.__getitem__)
     typer.echo(
         f"activations: {', '.join(result.values)} from their formulas over [-5, 5] differ "
