@@ -1,9 +1,8 @@
-"""`pipeline crossval`: how good is a recipe, really? Its ensemble scored on several splits.
+"""`pipeline crossval`: a recipe's ensemble scored on several splits.
 
-One validation split of 4,200 digits measures 99.75% to about +-0.08% (one standard error),
-so a recipe is judged by the mean and spread over several independent stratified splits:
-for each split seed, prepare that split, train the ensemble on it, and score the members
-alone, the ensemble, and the ensemble with test-time augmentation on its validation digits.
+One split of 4,200 digits measures 99.75% to about +-0.08%, so a recipe is judged by the mean
+and spread over independent stratified splits: each is prepared, trained on, and scored for
+the members alone, the ensemble, and the ensemble with test-time augmentation.
 """
 
 import statistics
@@ -33,10 +32,6 @@ class SplitScore:
     seconds: float  # wall time for this split: prepare, train every member, score
 
 
-def mean_and_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 @dataclass(frozen=True)
 class CrossValidation:
     config: TrainConfig
@@ -45,17 +40,14 @@ class CrossValidation:
     nets: str = ""  # the members' nets and epochs, when they differ (`best`)
     run_id: str | None = None  # the tracked run (None with tracking off)
 
-    @property
-    def ensemble(self) -> tuple[float, float]:
-        return mean_and_sd([s.ensemble_accuracy for s in self.splits])
+    def _spread(self, values: list[float]) -> tuple[float, float]:
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
-    @property
-    def tta(self) -> tuple[float, float]:
-        return mean_and_sd([s.tta_accuracy for s in self.splits])
-
-    @property
-    def member(self) -> tuple[float, float]:
-        return mean_and_sd([a for s in self.splits for a in s.member_accuracies])
+    ensemble = property(lambda self: self._spread([s.ensemble_accuracy for s in self.splits]))
+    tta = property(lambda self: self._spread([s.tta_accuracy for s in self.splits]))
+    member = property(
+        lambda self: self._spread([a for s in self.splits for a in s.member_accuracies])
+    )
 
 
 def score_split(checkpoints: list[Path], processed_dir: Path, device: str) -> tuple:
@@ -82,10 +74,9 @@ def cross_validate(
     track: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> CrossValidation:
-    """Train and score `members` models of `cfg` (or the member configs of a heterogeneous
-    ensemble such as `best`, unbagged) on each split; split k uses seed k, its data in
-    `<processed_dir>/split-k/`, its members in `<models_dir>/split-k/`. Tracked as one run
-    (each split's scores at step k) with every member a child run."""
+    """Train and score `members` models of `cfg` (or a list of member configs, as `best`'s) on
+    each split k (seed k, under `<processed_dir>/split-k/` and `<models_dir>/split-k/`);
+    tracked as one run with each split's scores at step k and the members as child runs."""
     if not split_seeds:
         raise PipelineError("--splits must be at least 1")
     configs = cfg if isinstance(cfg, list) else seed_members(cfg, members)

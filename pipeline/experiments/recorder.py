@@ -1,16 +1,11 @@
 """Logs the commands' tracking records into MLflow, off the commands' critical path.
 
-A tracked command (`tracking.Session`) writes its runs as one JSON record into
-`<store folder>/pending/<record id>.json`, starts `python -m pipeline.experiments.recorder URI`
-at the lowest priority (its output in `pending/recorder.log`) and exits. Whatever reads the
-store logs what is pending itself first. Both take `pending/.lock` (filelock); a reader waits
-for it at most READER_WAIT seconds and then lists the runs still pending from their records,
-so no reader waits on a recorder a busy machine starves. Every run is tagged with its
-record's id: a record found half logged (a recorder killed midway) has those runs deleted and
-is logged again whole, and the file goes only once all of it is in. A record MLflow refuses
-is moved aside with one warning; a store that stops answering leaves every record pending.
-On a tracking server (http(s)://) a run's kept checkpoint is also logged as its artifact, so
-that the team sees it; the records for a server wait in a folder of their own.
+A tracked command writes its runs as one JSON record in `pending/<record id>.json` beside the
+store and starts `python -m pipeline.experiments.recorder URI --background` at the lowest
+priority. Whatever reads the store logs what is pending first, under `pending/.lock`, waiting
+at most READER_WAIT seconds and then listing the pending runs from their records. Every run is
+tagged with its record's id, so a record found half logged (a killed recorder) is logged again
+whole; the file goes once all of it is in, and one MLflow refuses is moved aside.
 """
 
 import hashlib
@@ -82,9 +77,7 @@ def check_store(uri: str) -> None:
 
 
 def _check_sqlite(db: Path, hint: str) -> None:
-    existing = db.parent if db.parent != Path("") else Path(".")
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = next(folder for folder in db.absolute().parents if folder.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise PipelineError(f"tracking store {db}: its folder cannot be written; {hint}")
     if db.is_dir():
@@ -117,8 +110,8 @@ def pending_dir(uri: str) -> Path:
 
 
 def write_pending(uri: str, record_id: str, runs: list[dict]) -> Path:
-    """One command's runs as `pending/<record id>.json`, written atomically (not with
-    files.atomic_path: a run a Ctrl-C stopped must still be recorded, KILLED)."""
+    """`pending/<record id>.json`, atomically (not by atomic_path, which a Ctrl-C aborts: a
+    stopped run must still be recorded, KILLED)."""
     path = pending_dir(uri) / f"{record_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -128,9 +121,8 @@ def write_pending(uri: str, record_id: str, runs: list[dict]) -> Path:
 
 
 def start_detached(uri: str) -> subprocess.Popen:
-    """Start the recorder at the lowest priority in a process group of its own (a Ctrl-C at
-    the terminal is not for it), in our session: a session of its own would be a scheduling
-    group of its own under Linux's autogroup, taking half the cores whatever its nice value."""
+    """The recorder in a process group of its own (a Ctrl-C is not for it) but our session: a
+    session of its own is an autogroup of its own, taking half the cores whatever its nice."""
     with open(pending_dir(uri) / config.RECORDER_LOG, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "pipeline.experiments.recorder", uri, BACKGROUND],
@@ -145,8 +137,7 @@ def first_line(exc: Exception) -> str:
 
 
 def connect(uri: str):
-    """An MlflowClient on `uri`, quiet, with the digit experiment's id (created on first use),
-    or a one-line error."""
+    """(MlflowClient, the digit experiment's id, created on first use), or a one-line error."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -177,8 +168,8 @@ def _delete_runs_of(client, experiment: str, record_id: str) -> None:
 def log_record(
     client, experiment: str, record_id: str, record: dict, upload: bool = False
 ) -> None:
-    """Log one record's runs (MLflow's batches), ended last: a FINISHED run is a whole one.
-    `upload`: the kept checkpoints (and sidecars) go to the store as the runs' artifacts."""
+    """Log one record's runs, ended last (a FINISHED run is a whole one); `upload`: the kept
+    checkpoints and sidecars as the runs' artifacts (on a server)."""
     from mlflow.entities import Metric, Param
 
     _delete_runs_of(client, experiment, record_id)  # what a killed attempt left of it
@@ -208,9 +199,8 @@ def log_record(
 
 
 def record_pending(uri: str | None = None, wait: float = -1) -> list[str]:
-    """Log every pending record of the store into MLflow, each exactly once; what could not be
-    logged, one sentence each. Waits `wait` seconds at most (-1: for ever) for another process
-    logging them, and then leaves them to it."""
+    """Log every pending record once; a sentence per record not logged. Waits `wait` seconds
+    at most (-1: for ever) for another process logging them, then leaves them to it."""
     folder = pending_dir(uri := uri or tracking_uri())
     if not any(folder.glob("*.json")):
         return []
@@ -251,7 +241,7 @@ def _log_all(uri: str, paths: list[Path]) -> list[str]:
 
 
 def pending_runs(uri: str) -> list[dict]:
-    """The runs of the records still pending (those another process is logging)."""
+    """The runs of the records still pending."""
     runs = []
     for path in pending_dir(uri).glob("*.json"):
         try:
@@ -262,8 +252,7 @@ def pending_runs(uri: str) -> list[dict]:
 
 
 def main() -> None:
-    """`python -m pipeline.experiments.recorder [URI] [--background]`: record the store's
-    pending records (`make ui` runs it in the foreground, at the normal priority)."""
+    """`python -m pipeline.experiments.recorder [URI] [--background]` (`make ui`: foreground)."""
     if BACKGROUND in sys.argv:
         os.nice(RECORDER_NICE)
     uri = next((arg for arg in sys.argv[1:] if arg != BACKGROUND), tracking_uri())

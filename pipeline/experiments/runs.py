@@ -101,31 +101,23 @@ def list_runs(sort: str = "start", limit: int | None = None, uri: str | None = N
     return rows[:limit] if limit else rows
 
 
+HEADER = "run command model recipe epochs data val_acc train_s started status parent checkpoint"
+
+
+def _cells(r: RunRow) -> tuple[str, ...]:
+    what = r.run_id[:SHORT_ID], r.command, r.model, r.recipe, r.epochs, r.data
+    val_acc = "-" if r.val_acc is None else f"{r.val_acc:.2%}"
+    train_s = "-" if r.train_seconds is None else f"{r.train_seconds:.1f}"
+    when = r.started.strftime("%Y-%m-%d %H:%M"), r.status.lower()
+    return (*what, val_acc, train_s, *when, r.parent[:SHORT_ID] or "-", r.checkpoint or "-")
+
+
 def format_table(rows: list[RunRow]) -> str:
     """One line per run, aligned; members, trials and splits name their parent run."""
     if not rows:
         return "no runs recorded yet: `pipeline train` records one"
-    header = ("run", "command", "model", "recipe", "epochs", "data", "val_acc", "train_s",
-              "started")  # fmt: skip
-    lines = [(*header, "status", "parent", "checkpoint")]
-    for r in rows:
-        lines.append(
-            (
-                r.run_id[:SHORT_ID],
-                r.command,
-                r.model,
-                r.recipe,
-                r.epochs,
-                r.data,
-                "-" if r.val_acc is None else f"{r.val_acc:.2%}",
-                "-" if r.train_seconds is None else f"{r.train_seconds:.1f}",
-                r.started.strftime("%Y-%m-%d %H:%M"),
-                r.status.lower(),
-                r.parent[:SHORT_ID] or "-",
-                r.checkpoint or "-",
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    lines = [tuple(HEADER.split()), *map(_cells, rows)]
+    widths = [max(map(len, column)) for column in zip(*lines, strict=True)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in lines

@@ -82,7 +82,7 @@ def credit_runs(shas: list[str], tags: dict[str, str], score: str | None, uri=No
     from pipeline.experiments.recorder import RUN_TAG
 
     client, experiment = tracking.open_client(uri)
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import Metric, RunTag  # after open_client's check of the store
 
     try:
         metrics = [Metric("public_score", float(score), 0, 0)] if score is not None else []
@@ -107,8 +107,8 @@ def submit(
     track: bool = True,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Submitted:
-    """Validate `file` (28,000 rows) before any network call, upload it, wait up to `wait`
-    seconds for the public score and credit the runs. `connect` (tests) is looked up late."""
+    """Validate `file` before any network call, upload it, wait up to `wait` seconds for the
+    public score and credit the runs."""
     read_submission(file, n_rows=config.KAGGLE_TEST_ROWS)
     try:
         api = (connect or kaggle_api.connect)()

@@ -1,13 +1,10 @@
 """Experiment tracking with MLflow, as a side channel: a stage works the same with it off.
 
-On by default for train, ensemble, crossval and tune; `--no-track` or `PIPELINE_TRACK=0` turn it
-off. The store is `experiments/mlflow.db` unless `MLFLOW_TRACKING_URI` names another (a
-database, or a team's `mlflow server` at http(s)://). A run records its settings as params (the
-command line's names), the data it used, git commit, per-epoch metrics (step = epoch) and a copy
-of its checkpoint in `<store>/runs/<run id>/` (on a server, also as the run's artifact).
-A `TrackedRun` is a training callback (`train(..., callbacks=[run])`). MLflow takes 2-3 s to
-import and open a store (its async logging too), so a command never imports it: its runs are
-noted in memory and left as one record that `recorder` logs in a process of its own.
+On by default; `--no-track` or `PIPELINE_TRACK=0` turn it off. The store is
+`experiments/mlflow.db` unless `MLFLOW_TRACKING_URI` names another. A run records its settings
+(the command line's names), data, git commit, per-epoch metrics and a copy of its checkpoint.
+MLflow takes 2-3 s to import, so a command never imports it: its runs are noted in memory and
+left as one record that `recorder` logs in a process of its own.
 """
 
 import importlib.util
@@ -64,8 +61,7 @@ def train_params(cfg) -> dict[str, Any]:
 
 
 def data_tags(processed_dir: Path) -> dict[str, str]:
-    """Which data a run used: `kaggle` or `sample` (the offline sample, the only source with
-    test labels), `:<rows>` when --limit-rows cut it; nothing for data that is not there."""
+    """The data a run used: `kaggle` or `sample`, `:<rows>` when cut by --limit-rows."""
     from pipeline.data.processed import read_meta
 
     try:
@@ -77,8 +73,7 @@ def data_tags(processed_dir: Path) -> dict[str, str]:
 
 
 def open_client(uri: str | None = None):
-    """(MlflowClient, experiment id) for reading runs, or a one-line error for a bad store.
-    Logs the pending records first, waiting a few seconds at most for a recorder on them."""
+    """(MlflowClient, experiment id) for reading runs, the pending records logged first."""
     uri = uri or tracking_uri()
     check_store(uri)
     for warning in recorder.record_pending(uri, wait=recorder.READER_WAIT):
@@ -91,10 +86,8 @@ def _now_ms() -> int:
 
 
 class Session:
-    """The tracking of one command, kept in memory: runs, params, tags and metrics in the order
-    they were given. `close` writes them as one pending record and has `recorder` log it in a
-    process of its own (PIPELINE_TRACK_RECORDER: "inline" logs it before `close` returns,
-    "pending" leaves it to the next reader of the store)."""
+    """One command's runs, kept in memory until `close` writes them as one pending record for
+    `recorder` (PIPELINE_TRACK_RECORDER: "inline" logs it at once, "pending" leaves it)."""
 
     def __init__(self, uri: str | None = None, record: str | None = None):
         self.uri = uri or tracking_uri()
@@ -139,9 +132,8 @@ class Session:
 
 
 class TrackedRun(Callback):
-    """One run of a session: every method notes what to record and returns at once. As a
-    training callback it takes each epoch's metrics, then the summary and the kept checkpoint
-    (or FAILED/KILLED); a finished identical run that train skipped leaves no record."""
+    """One run of a session, noted in memory; as a training callback it takes each epoch's
+    metrics, then the summary and kept checkpoint (a skipped identical run leaves no record)."""
 
     def __init__(self, session: Session, entry: dict):
         self.session, self.entry = session, entry
@@ -151,8 +143,6 @@ class TrackedRun(Callback):
         return self.entry["status"] is not None or self.entry["deleted"]
 
     def id(self) -> str:
-        """The run's id: `pipeline runs` lists it and `--run` takes it; its kept checkpoint
-        lives in `<runs dir>/<id>/`."""
         return self.entry["id"]
 
     def child(self, name: str, command: str, params: dict, tags: dict | None = None):
@@ -173,9 +163,8 @@ class TrackedRun(Callback):
         self.entry["tags"] |= {k: str(v) for k, v in tags.items()}
 
     def keep_checkpoint(self, checkpoint: Path) -> None:
-        """Copy the finished checkpoint (and its JSON sidecar) into the run's own folder now,
-        before anything may rewrite it, and tag the run with the copy's path, its sha256 and
-        the data fingerprint."""
+        """Copy the checkpoint and sidecar into the run's folder before anything rewrites them;
+        tag the run with the copy's path, sha256 and data fingerprint."""
         kept = config.run_dir(self.id(), self.session.runs_dir) / checkpoint.name
         for source in (checkpoint, config.sidecar_path(checkpoint)):
             if source.is_file():
@@ -201,10 +190,6 @@ class TrackedRun(Callback):
     def train_stop(self, error: BaseException) -> None:
         self.end(stop_status(error))
 
-    def set_span(self, start_s: float, end_s: float) -> None:
-        """When the run really ran (seconds since the epoch), for one recorded after the fact."""
-        self.entry["start_ms"], self.entry["end_ms"] = int(start_s * 1000), int(end_s * 1000)
-
     def end(self, status: str = "FINISHED") -> None:
         self.entry["status"] = status
         self.entry["end_ms"] = self.entry["end_ms"] or _now_ms()
@@ -224,8 +209,8 @@ NO_RUN = NoRun()
 
 
 def stop_status(exc: BaseException) -> str:
-    """KILLED for a run stopped on purpose (Ctrl-C, SIGTERM, a pruned trial), else FAILED;
-    optuna is matched by name so that tracking never imports it."""
+    """KILLED for a run stopped on purpose (a signal, a pruned trial: matched by name, so that
+    tracking never imports optuna), else FAILED."""
     from pipeline.training.run_state import TrainingInterrupted
 
     on_purpose = isinstance(exc, KeyboardInterrupt | TrainingInterrupted)
@@ -237,8 +222,8 @@ def command_run(
     track: bool, name: str, command: str, params: dict, tags: dict | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> Iterator[TrackedRun | NoRun]:  # fmt: skip
-    """The tracked run of one command (NO_RUN when `track` is false): ended FINISHED, FAILED
-    or KILLED as the block ends; a store that failed midway is one warning, never an error."""
+    """The tracked run of one command (NO_RUN when `track` is false), ended as the block ends;
+    a store that failed midway is one warning, never an error."""
     warn = warn or (lambda message: print(message, file=sys.stderr))
     if track and importlib.util.find_spec("mlflow") is None:  # found without importing it
         warn("warning: tracking is off: mlflow is not installed (pip install -e '.[track]')")

@@ -1,15 +1,11 @@
 """`pipeline tune`: search the training options with Optuna (TPE), pruning weak trials early.
 
-Each trial trains one model of the fast recipe with sampled lr, weight decay, epochs, width,
-batch size and augmentation strength, reporting validation accuracy after every epoch; a trial
-whose accuracy at epoch k is below the median of earlier trials at epoch k (from epoch 2 on) is
-pruned. The study lives in experiments/optuna.db, a database a cluster reaches (PostgreSQL) or a
-journal file on a shared disk, and is resumed by name; a name already used with another search
-space or other data is refused. Workers on one machine or many share a study: `trials` is its
-budget, the pruner sees every worker's trials, and trial n samples with seed + n, so no two
-workers draw alike. A trial whose process died (SIGKILL) is marked failed by the next run, from
-Optuna's heartbeat (a journal has none). Every trial is a tracked run under its worker's run, and
-the result is the best trial as a `pipeline train` command.
+Each trial trains the fast recipe with sampled options, reporting validation accuracy per
+epoch; the median pruner stops laggards from epoch 2 on. The study (experiments/optuna.db, a
+PostgreSQL database or a journal file) is resumed by name and refused for another search space
+or other data. Workers share a study: `trials` is its budget, trial n samples with seed + n,
+and a dead worker's trial is failed by Optuna's heartbeat. The result is the best trial as a
+`pipeline train` command.
 """
 
 import json
@@ -19,6 +15,7 @@ import signal
 import socket
 import subprocess
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -105,8 +102,8 @@ def shown(url: str) -> str:
 
 
 def open_storage(url: str):
-    """Optuna's storage for `url`: a database with a heartbeat, or `journal:///<file>` (for a
-    shared disk without a database); any other, or one that does not open, is one line."""
+    """Optuna's storage for `url`: a database with a heartbeat, or `journal:///<file>` (a
+    shared disk without a database); one that does not open is one line."""
     import optuna
 
     scheme = url.split(":", 1)[0].split("+")[0] if ":" in url else ""
@@ -163,8 +160,8 @@ def counted_states():
 
 
 def over_budget(study, number: int, budget: int) -> bool:
-    """Whether trial `number` came past the budget (two workers asked at once: the check before
-    asking is no lock); Optuna numbers trials one by one, so the first `budget` are the study's."""
+    """Whether trial `number` came past the budget (workers asking at once pass the check
+    before asking); Optuna numbers trials in order, so the first `budget` are the study's."""
     from optuna.trial import TrialState
 
     ahead = study.get_trials(deepcopy=False, states=(*counted_states(), TrialState.WAITING))
@@ -190,13 +187,9 @@ def tune(
     log: Callable[[str], None] = lambda message: None,
     helpers: tuple[list[str], ...] = (),
 ) -> TuneResult:
-    """Add trials to the study until it holds `trials` (complete, pruned or running) and/or for
-    `timeout` seconds, beside the workers `helpers` (commands) start; the best so far.
-
-    Trial n trains into `<work_dir>/<study>/trial-<n>.pt` on processed_dir with `seed`; `log`
-    hears of every epoch and trial. `enqueue` fixes the parameters of the next trials (a known
-    baseline; tests).
-    """
+    """Add trials to the study until it holds `trials` and/or for `timeout` seconds, beside
+    the workers `helpers` (commands) start; the best so far. Trial n trains into
+    `<work_dir>/<study>/trial-<n>.pt`; `enqueue` fixes the next trials' parameters."""
     import optuna
     from optuna.trial import TrialState
 
@@ -305,8 +298,7 @@ def _brief(options: dict[str, Any]) -> str:
 
 
 def summarize(study, space: SearchSpace, processed_dir: Path, parent):
-    """The study's best trial and how to train it again (its own seed and device); the parent
-    run gets its score."""
+    """The study's best trial and how to train it again; the parent run gets its score."""
     from optuna.trial import TrialState
 
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -322,15 +314,12 @@ def summarize(study, space: SearchSpace, processed_dir: Path, parent):
     if processed_dir != config.PROCESSED_DIR:
         extra["processed_dir"] = processed_dir
     command = train_command(options, space.model, seed, extra)
-    states: dict[str, int] = {}
-    for trial in study.trials:
-        if not trial.user_attrs.get("over_budget"):
-            states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    states = Counter(t.state.name for t in study.trials if not t.user_attrs.get("over_budget"))
     parent.log_metrics({"best_val_acc": best.value})
     parent.set_tags({"best_trial": best.number, "reproduce": command})
     kept = Path(best.user_attrs.get("kept", ""))
     if kept.is_file():  # `--run <the study's run>` is then its best model
         parent.set_tags({"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)})
-    running = states.get(TrialState.RUNNING.name, 0)
-    return TuneResult(study.study_name, best.number, best.value, options, command, states,
+    running = states[TrialState.RUNNING.name]
+    return TuneResult(study.study_name, best.number, best.value, options, command, dict(states),
                       running=running)  # fmt: skip

@@ -1,13 +1,9 @@
 """Calibration: one temperature fitted on the validation split, so probabilities mean what
-they say.
+they say (label smoothing keeps even a certain digit at ~92%).
 
-Label smoothing (0.1) trains a model never to put much more than 90% on one digit, so even a
-clean, certain digit shows ~92%. Dividing the logits by a temperature T fitted to minimise the
-validation NLL (Guo et al. 2017, "On Calibration of Modern Neural Networks") gives
-probabilities that match how often the model is right; a model's argmax is unchanged. A
-checkpoint's meta carries it as `"temperature"` (absent: 1.0, the raw softmax), and calibrated
-probabilities are `softmax(logits / temperature)` wherever they are shown or averaged (an
-ensemble's mean of them can label a digit otherwise than the mean of raw softmaxes).
+Dividing the logits by the T that minimises the validation NLL (Guo et al. 2017) leaves the
+argmax alone; a checkpoint's meta carries it as `"temperature"` (absent: 1.0), and
+`softmax(logits / temperature)` is what is shown or averaged wherever probabilities are.
 """
 
 import math
@@ -22,8 +18,7 @@ TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 def temperature_of(meta: dict, path: object = "the checkpoint") -> float:
-    """The temperature a checkpoint's meta carries (1.0 when absent: written before calibration
-    existed), or a one-line error naming `path` if it is not a finite number > 0."""
+    """The temperature a checkpoint's meta carries (1.0 when absent), or a one-line error."""
     value = meta.get("temperature", 1.0)
     if type(value) not in (int, float) or not 0 < value < math.inf:
         raise PipelineError(f"{path}: its temperature {value!r} is not a positive number")
@@ -36,10 +31,7 @@ def calibrated_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> 
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
-    """The T > 0 minimising the mean NLL of softmax(logits / T) against labels.
-
-    Optimised over log T with L-BFGS (one scalar: a few dozen evaluations on CPU tensors).
-    """
+    """The T > 0 minimising the mean NLL of softmax(logits / T), by L-BFGS over log T."""
     logits = logits.detach().float().cpu().clone()  # clone: predict_logits' are inference tensors
     labels = labels.detach().cpu().clone()
     log_t = torch.zeros((), requires_grad=True)
@@ -57,9 +49,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         optimizer.step(closure)
     temperature = float(log_t.detach().exp())
     low, high = TEMPERATURE_RANGE
-    if not math.isfinite(temperature):
-        return 1.0
-    return min(max(temperature, low), high)
+    return min(max(temperature, low), high) if math.isfinite(temperature) else 1.0
 
 
 def expected_calibration_error(

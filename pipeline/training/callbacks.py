@@ -1,5 +1,4 @@
-"""What a training run reports to whoever listens (tracking, tuning): torch-free, so that a
-listener can be imported without the loop."""
+"""What a training run reports to its listeners (tracking, tuning), importable without torch."""
 
 
 class Callback:

@@ -1,9 +1,5 @@
-"""Checkpoints that rebuild themselves: weights plus the primitive metadata to use them.
-
-Everything is saved as tensors and plain Python values, so `torch.load(weights_only=True)`
-reads it and never unpickles code. Writes go through a temp file and a rename, so a killed
-write leaves the previous checkpoint, never half of a new one.
-"""
+"""Checkpoints that rebuild themselves: weights plus the primitive metadata to use them,
+tensors and plain values only (`weights_only=True` loads them), written atomically."""
 
 import io
 import pickle
@@ -83,7 +79,7 @@ def _failed_crc(data: bytes) -> str | None:
 
 
 def read_payload(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint file's structure, with a one-line error for anything else."""
+    """Load and check a checkpoint file whole, with a one-line error for anything else."""
     if not path.is_file():
         raise PipelineError(f"{path}: no such checkpoint (run `pipeline train` first)")
     try:

@@ -1,9 +1,5 @@
-"""torch.compile with a per-model fallback: a model that cannot compile runs eagerly.
-
-Compiling happens on the first call, so that is where a missing compiler or an unsupported op
-shows; only that model falls back, so the process-global
-`torch._dynamo.config.suppress_errors` is never touched.
-"""
+"""torch.compile with a per-model fallback: a model whose first (compiling) call fails runs
+eagerly, without touching the process-global `torch._dynamo.config.suppress_errors`."""
 
 import warnings
 from collections.abc import Callable
@@ -13,8 +9,7 @@ from torch import nn
 
 
 class CompiledOrEager:
-    """Call a torch.compile'd module; if its first call fails, run eagerly from then on.
-    Once a call has succeeded, errors are the model's own and propagate."""
+    """A compiled module that runs eagerly if its first call fails; later errors propagate."""
 
     def __init__(self, compiled: Callable, eager: nn.Module):
         self.compiled, self.eager, self.succeeded = compiled, eager, False

@@ -1,8 +1,5 @@
-"""This process's place among torchrun's workers, and the few collective calls training uses.
-
-Without torchrun (WORLD_SIZE unset or 1) everything here is a no-op for rank 0 of 1, so the
-same training code runs one process or many.
-"""
+"""This process's place among torchrun's workers and the few collective calls training uses;
+without torchrun everything here is a no-op for rank 0 of 1."""
 
 import os
 import threading
@@ -89,8 +86,7 @@ def first_line(exc: BaseException) -> str:
 
 
 def _store(ranks: Ranks, timeout: timedelta) -> dist.Store:
-    """torchrun's key-value store (its agent's; rank 0's under a launcher without one), under
-    a prefix of this run and restart."""
+    """torchrun's key-value store (rank 0's without an agent's), prefixed by run and restart."""
     address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     host = ranks.is_main and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
     store = dist.TCPStore(address, port, is_master=host, timeout=timeout)
@@ -101,13 +97,10 @@ def _store(ranks: Ranks, timeout: timedelta) -> dist.Store:
 
 @contextmanager
 def independent_ranks(ranks: Ranks) -> Iterator[Callable[[], None]]:
-    """For ranks that work alone for hours (an ensemble's members) and meet once at the end.
-
-    Yields `meet()`: mark this rank done, wait for every other. A collective would wait out
-    its timeout for a rank whose machine is gone, so each rank beats in torchrun's store
-    instead; one silent for PIPELINE_LOST_RANK_SECONDS (default 120), or one that stopped
-    with an error, ends `meet` in one line naming it. No-op in a single process.
-    """
+    """For ranks that work alone (an ensemble's members) and meet once at the end: yields
+    `meet()`. A collective would wait out its timeout for a lost rank, so each rank beats in
+    torchrun's store; one silent for PIPELINE_LOST_RANK_SECONDS (120) or failed ends `meet` in
+    one line naming it."""
     if ranks.world == 1:
         yield lambda: None
         return

@@ -37,11 +37,8 @@ class TutorialCNN(nn.Module):
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 (conv6, conv16, fc120, fc84, fc10) fitted to 28x28 by padding the first conv.
-
-    LeCun's net saw 32x32 inputs; `padding=2` gives the same 28x28 first feature map. ReLU and
-    max-pooling replace the original squashing units and subsampling, as modern re-runs do.
-    """
+    """LeNet-5 (conv6, conv16, fc120, fc84, fc10); `padding=2` turns 28x28 into its 32x32, and
+    ReLU and max-pooling replace its squashing units and subsampling, as modern re-runs do."""
 
     def __init__(self):
         super().__init__()
@@ -90,12 +87,9 @@ def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: in
 
 
 class FastNet(nn.Module):
-    """Three conv-BN-ReLU-maxpool stages (28 -> 14 -> 7 -> 3) and a linear head.
-
-    Sized for a laptop CPU: the default widths pass 99% validation accuracy in about 30 s on
-    two cores. `kernel` (odd) and `convs` (layers per stage) make the differing members of
-    the `best` ensemble: nets that see the digits differently make different mistakes.
-    """
+    """Three conv-BN-ReLU-maxpool stages (28 -> 14 -> 7 -> 3) and a linear head, sized for a
+    laptop CPU; `kernel` (odd) and `convs` (layers per stage) make the `best` ensemble's
+    differing members (nets that see the digits differently make different mistakes)."""
 
     def __init__(
         self,
@@ -122,12 +116,9 @@ class FastNet(nn.Module):
 
 
 class DeepCNN(nn.Module):
-    """The Kaggle ensemble member behind a 0.99757 public score (Chris Deotte, 2018).
-
-    Two blocks of conv3x3-BN, conv3x3-BN, then a strided 5x5 conv that halves the map in place
-    of pooling, each followed by dropout; a 4x4 conv collapses the last 4x4 map to a vector.
-    Spatially 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4 -> 1.
-    """
+    """The Kaggle ensemble member behind a 0.99757 public score (Chris Deotte, 2018): two
+    blocks of conv3x3-BN twice and a strided 5x5 conv in place of pooling, then a 4x4 conv.
+    Spatially 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4 -> 1."""
 
     def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.4):
         super().__init__()
@@ -150,12 +141,9 @@ class DeepCNN(nn.Module):
 
 
 class NoPoolNet(nn.Module):
-    """Conv-BN-ReLU layers without padding or pooling, then a linear head (An et al., 2020).
-
-    Each `kernel` x `kernel` layer trims kernel - 1 pixels off the map (kernel 5, five
-    layers: 28 -> 24 -> 20 -> 16 -> 12 -> 8), so the head sees where the strokes are
-    instead of pooled maxima; the paper's members differ in kernel size (3, 5, 7).
-    """
+    """Conv-BN-ReLU layers without padding or pooling, then a linear head (An et al., 2020):
+    each layer trims kernel - 1 pixels (kernel 5: 28 -> 24 -> ... -> 8), so the head sees
+    where the strokes are instead of pooled maxima."""
 
     def __init__(self, widths: tuple[int, ...] = (8, 16, 24, 32, 40), kernel: int = 5):
         super().__init__()
@@ -186,10 +174,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def resolved_arch_args(name: str, arch_args: dict) -> dict:
-    """The constructor's defaults with `arch_args` on top, as a checkpoint records them.
-
-    A checkpoint then still rebuilds its network after a default (say a width) changes.
-    """
+    """The constructor's defaults with `arch_args` on top: a checkpoint records them so that
+    it still rebuilds its network after a default changes."""
     parameters = inspect.signature(MODELS[name]).parameters.values()
     resolved = {p.name: p.default for p in parameters if p.default is not p.empty}
     resolved.update(arch_args)
@@ -222,9 +208,8 @@ MAX_PARAMETERS = 50_000_000
 
 
 def arch_args_problem(name: str, arch_args: dict) -> str | None:
-    """What is wrong with `arch_args` for model `name` (None if nothing): unknown names,
-    wrong types, sizes out of bounds, or more than MAX_PARAMETERS parameters, counted on
-    torch's meta device so that nothing is allocated."""
+    """What is wrong with `arch_args` for model `name`, or None; parameters are counted on
+    torch's meta device, so that nothing is allocated."""
     parameters = inspect.signature(MODELS[name]).parameters
     for key, value in arch_args.items():
         if key not in parameters:

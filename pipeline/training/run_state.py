@@ -1,8 +1,7 @@
 """A run's saved state: the loop's state, stop signals, resuming, and skipping finished runs.
 
-`<out>.last.pt` holds the model, optimizer, scheduler, this module's `TrainState` and every RNG
-state. A resume continues only the same run (the same config, give or take the device) on the
-same prepared data; anything else is refused in one line instead of training on silently.
+`<out>.last.pt` holds the model, optimizer, scheduler, `TrainState` and every RNG state; a
+resume continues only the same run (give or take the device) on the same prepared data.
 """
 
 import signal
@@ -23,7 +22,7 @@ from pipeline.training.checkpoints import read_payload, save_checkpoint
 from pipeline.training.distributed import Ranks, max_over_ranks
 from pipeline.training.models import resolved_arch_args, width_args
 from pipeline.training.recipes import Overrides, TrainConfig, recipe_config
-from pipeline.training.state_schema import check_layout, check_training_state
+from pipeline.training.state_schema import check_training_state
 
 # Settings a resumed run may change without becoming another run.
 MAY_CHANGE_ON_RESUME = {f.name for f in fields(TrainConfig) if f.metadata.get("resume_may_change")}
@@ -62,17 +61,16 @@ EARLY_SIGNALS: list[int] = []
 
 
 def record_early_signals() -> None:
-    """From now on, a SIGINT/SIGTERM is noted instead of ending the process, and the next
-    training run stops at its first step: for worker processes that get a signal while still
-    setting up (an ensemble member's process, started with both signals blocked)."""
+    """Note a SIGINT/SIGTERM instead of ending the process, so that the next run stops at its
+    first step: for an ensemble member's process, started with both signals blocked."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: EARLY_SIGNALS.append(signum))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 class StopSignals:
-    """Turn the first SIGINT/SIGTERM into a flag the loop checks between steps; a second one
-    interrupts at once (exits.Stopped), one that came before training stops its first step."""
+    """The first SIGINT/SIGTERM becomes a flag the loop checks between steps; a second one
+    interrupts at once (exits.Stopped)."""
 
     # Under torchrun the ranks agree on a stop with an all_reduce, which waits for the device:
     # once every this many steps, and at the end of every epoch.
@@ -99,8 +97,7 @@ class StopSignals:
             signal.signal(sig, handler)
 
     def requested(self, ranks: Ranks, device: torch.device, step: int | None = None) -> bool:
-        """Whether to stop after global step `step` (None: at the end of an epoch). Under
-        torchrun all ranks check together at the same steps, so all stop at the same one."""
+        """Whether to stop after global step `step` (None: an epoch's end); all ranks agree."""
         if ranks.world > 1 and step is not None and step % self.DDP_CHECK_EVERY:
             return False
         self.signum = max_over_ranks(self.signum or 0, ranks, device) or None
@@ -108,8 +105,7 @@ class StopSignals:
 
 
 def check_out(out: Path) -> None:
-    """Refuse, before any training, an --out whose run files would overwrite each other or
-    be taken for something else (`m.json` is its own sidecar; `m.last.pt` a resume state)."""
+    """Refuse an --out whose run files would overwrite each other or be taken for others."""
     if out.suffix != config.CHECKPOINT_SUFFIX or config.is_resume_state(out):
         raise PipelineError(
             f"--out {out}: a checkpoint's name must end in {config.CHECKPOINT_SUFFIX} and not in "
@@ -125,8 +121,7 @@ def check_out(out: Path) -> None:
 
 @contextmanager
 def writing(out: Path, ranks: Ranks) -> Iterator[None]:
-    """Hold `out`'s lock while a run writes its files (rank 0 writes them all), after
-    removing the temp files a killed run left for them."""
+    """Hold `out`'s lock (on rank 0, which writes), after removing a killed run's temp files."""
     if not ranks.is_main:
         yield
         return
@@ -147,26 +142,23 @@ def rng_state(shuffle_gen: torch.Generator, augment_gen: torch.Generator) -> dic
     return state
 
 
-def restore_rng(state: dict, shuffle_gen: torch.Generator, augment_gen: torch.Generator):
-    torch.set_rng_state(state["torch"])
-    shuffle_gen.set_state(state["shuffle"])
-    augment_gen.set_state(state["augment"])
-    if "cuda" in state and augment_gen.device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], augment_gen.device)
-
-
 def restore(payload: dict, last: Path, run_parts: tuple, bounds: dict[str, int]) -> TrainState:
     """Check a resume state whole against this run, then load it into the run's parts
-    (model, optimizer, scheduler, shuffle and augment generators, the weights' EMA if the run
-    keeps one); its loop state returned."""
+    (model, optimizer, scheduler, shuffle and augment generators, the weights' EMA or None);
+    its loop state returned."""
     model, optimizer, scheduler, shuffle_gen, augment_gen, ema = run_parts
+    check_training_state(payload, last, run_parts, rng_state(shuffle_gen, augment_gen), bounds)
     saved = payload["training_state"]
-    check_training_state(payload, last, run_parts, bounds)
     try:
         model.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        restore_rng(saved["rng"], shuffle_gen, augment_gen)
+        rng = saved["rng"]
+        torch.set_rng_state(rng["torch"])
+        shuffle_gen.set_state(rng["shuffle"])
+        augment_gen.set_state(rng["augment"])
+        if "cuda" in rng and augment_gen.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], augment_gen.device)
         if ema is not None:
             ema.load_state_dict(saved["ema"])
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
@@ -178,8 +170,7 @@ def restore(payload: dict, last: Path, run_parts: tuple, bounds: dict[str, int])
 def run_meta(
     cfg: TrainConfig, state: TrainState, data_fingerprint: str, finished: bool | None = None
 ) -> dict:
-    """What a checkpoint records about its run beside the weights; with `finished`, the
-    resumable file's extras too (its val_accuracy is then the best so far)."""
+    """A checkpoint's metadata; with `finished`, the resumable file's extras too."""
     meta = {
         "data_fingerprint": data_fingerprint,
         "model": cfg.model,
@@ -211,10 +202,7 @@ def save_resumable(
     augment_gen,
     ema=None,
 ) -> None:
-    """`<out>.last.pt`: the weights with everything a resume restores, written atomically.
-
-    The raw weights go in `state_dict` (training continues from them); a moving average of
-    them, if the run keeps one, goes in the training state."""
+    """`<out>.last.pt`: the raw weights with everything a resume restores (the EMA too)."""
     training_state = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -234,22 +222,17 @@ def images_per_second(history: list[dict[str, float]]) -> float:
 
 def saved_config(meta: dict, path: Path) -> TrainConfig:
     """The TrainConfig a checkpoint records, or a one-line error if it records none."""
-    saved = meta.get("train_config")
-    known = {f.name for f in fields(TrainConfig)}
-    if not isinstance(saved, dict) or not set(saved) <= known:
-        raise PipelineError(f"{path}: its train_config is missing or not this version's")
     try:
-        return TrainConfig(**saved)
-    except TypeError:
-        raise PipelineError(f"{path}: its train_config is not this version's") from None
+        return TrainConfig(**meta["train_config"])
+    except (KeyError, TypeError):
+        raise PipelineError(f"{path}: its train_config is missing or not this version's") from None
 
 
 def run_config(
     recipe: str | None, overrides: Overrides, out: Path | None, resume: bool
 ) -> tuple[TrainConfig, Path]:
-    """The config of a `train` run and its checkpoint path (the model's name by default): the
-    recipe (fast) with the overrides on top; with `resume`, the saved run's config with them
-    on top instead, so that `resume_payload` refuses only what was asked to change."""
+    """A `train` run's config (the recipe with the overrides; with `resume`, the saved run's
+    with them, so that `resume_payload` refuses only what was asked to change) and --out."""
     given = overrides.given()
     cfg = recipe_config(recipe or "fast", **given)
     out = out or config.checkpoint_path(cfg.model)
@@ -280,7 +263,6 @@ def resume_payload(last: Path, cfg: TrainConfig, data_fingerprint: str) -> dict:
             f"{last}: was trained on other prepared data (other sources, split or "
             "--limit-rows); prepare that data again, or train afresh with --force"
         )
-    check_layout(payload, last, ema=cfg.ema is not None)
     return payload
 
 

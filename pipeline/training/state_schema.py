@@ -74,10 +74,14 @@ def like(saved: Any, reference: Any, where: str, moving=frozenset(), exact=True)
 
 def check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, steps_done: int) -> None:
     reference = optimizer.state_dict()
-    if not isinstance(saved, dict) or set(saved) != set(reference):
+    if set(saved) != set(reference):
         raise Damaged("optimizer is not an optimizer state")
-    groups = reference["param_groups"]
-    like(saved["param_groups"], groups, "optimizer.param_groups", MOVING_GROUP_KEYS)
+    like(
+        saved["param_groups"],
+        reference["param_groups"],
+        "optimizer.param_groups",
+        MOVING_GROUP_KEYS,
+    )
     params = [p for group in optimizer.param_groups for p in group["params"]]
     keys = PARAM_STATE_KEYS.get(type(optimizer))
     state = saved["state"]
@@ -94,19 +98,6 @@ def check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, steps_done: in
                     raise Damaged(f"{where}.step is {float(value):g}, not the {steps_done} done")
             else:
                 like(value, params[index].detach().cpu(), f"{where}.{key}")
-
-
-def check_scheduler(saved: Any, scheduler, steps_done: int) -> None:
-    like(saved, scheduler.state_dict(), "scheduler", MOVING_SCHEDULER_KEYS)
-    if saved["last_epoch"] != steps_done or saved["_step_count"] != steps_done + 1:
-        raise Damaged(f"scheduler.last_epoch is {saved['last_epoch']}, not {steps_done}")
-
-
-def check_rng(saved: Any, generators: dict[str, torch.Tensor]) -> None:
-    if not isinstance(saved, dict) or not set(RNG_KEYS) <= set(saved) <= {*RNG_KEYS, "cuda"}:
-        raise Damaged("rng has other keys than torch, shuffle, augment (and cuda)")
-    for key in RNG_KEYS:
-        like(saved[key], generators[key], f"rng.{key}")
 
 
 class HistoryRecord(BaseModel):
@@ -140,9 +131,10 @@ class LoopState(BaseModel):
     history: list[HistoryRecord]
 
 
-def check_loop(saved: Any, bounds: dict[str, int]) -> None:
+def check_loop(saved: Any, bounds: dict[str, int]) -> int:
     """The loop's position lies inside this run: epoch <= epochs, step within an epoch, steps
-    done <= total, `order` a permutation of the training images, one history line per epoch."""
+    done <= total, `order` a permutation of the training images, one history line per epoch.
+    The steps done returned."""
     try:
         loop = LoopState.model_validate(saved)
     except ValidationError as exc:
@@ -170,47 +162,35 @@ def check_loop(saved: Any, bounds: dict[str, int]) -> None:
         raise Damaged(f"loop.order is not an order of the {n} training images")
     if not (loop.best_accuracy == -1 or 0 <= loop.best_accuracy <= 1):
         raise Damaged(f"loop.best_accuracy {loop.best_accuracy} is not an accuracy")
+    return min(position, total)
 
 
-def _damaged(last: Path, problem: object) -> PipelineError:
-    return PipelineError(
-        f"{last}: its training state is damaged or not this version's ({problem}); "
-        "train afresh with --force"
-    )
-
-
-def check_layout(payload: dict, last: Path, ema: bool) -> None:
-    """The parts every resume state has (and the weights' average, if the run keeps one),
-    checked before its run is built."""
+def check_training_state(payload: dict, last: Path, run_parts: tuple, rng: dict, bounds) -> None:
+    """Check every part of the saved state against this run (`rng`: its generators' states)
+    before any part is loaded."""
+    model, optimizer, scheduler, *_, ema = run_parts
     ts = payload.get("training_state")
     if ts is None:
         raise PipelineError(f"{last}: holds no training state to resume from")
-    if not isinstance(ts, dict):
-        raise _damaged(last, "it is not a mapping")
-    bad = [part for part in PARTS if not isinstance(ts.get(part), dict)]
-    if bad:
-        raise _damaged(last, f"{', '.join(bad)}: missing or not a mapping")
-    if ema and not isinstance(ts.get("ema"), dict):
-        raise PipelineError(f"{last}: holds no moving average of the weights to resume")
-
-
-def check_training_state(payload: dict, last: Path, run_parts: tuple, bounds: dict) -> None:
-    """Check every part of the saved state against this run before any part is loaded."""
-    model, optimizer, scheduler, shuffle_gen, augment_gen = run_parts[:5]
-    generators = {
-        "torch": torch.get_rng_state(),
-        "shuffle": shuffle_gen.get_state(),
-        "augment": augment_gen.get_state(),
-    }
-    ts = payload["training_state"]
-    weights = {k: v.cpu() for k, v in model.state_dict().items()}
     try:
+        if not isinstance(ts, dict):
+            raise Damaged("it is not a mapping")
+        parts = PARTS if ema is None else (*PARTS, "ema")
+        if bad := [part for part in parts if not isinstance(ts.get(part), dict)]:
+            raise Damaged(f"{', '.join(bad)}: missing or not a mapping")
+        weights = {k: v.cpu() for k, v in model.state_dict().items()}
         like(payload["state_dict"], weights, "state_dict")
-        check_loop(ts["loop"], bounds)
-        position = ts["loop"]["epoch"] * bounds["steps_per_epoch"] + ts["loop"]["step"]
-        steps = min(position, bounds["total_steps"])
+        steps = check_loop(ts["loop"], bounds)
         check_optimizer(ts["optimizer"], optimizer, steps)
-        check_scheduler(ts["scheduler"], scheduler, steps)
-        check_rng(ts["rng"], generators)
+        like(ts["scheduler"], scheduler.state_dict(), "scheduler", MOVING_SCHEDULER_KEYS)
+        if ts["scheduler"]["last_epoch"] != steps or ts["scheduler"]["_step_count"] != steps + 1:
+            raise Damaged(f"scheduler.last_epoch is {ts['scheduler']['last_epoch']}, not {steps}")
+        if not set(RNG_KEYS) <= set(ts["rng"]) <= {*RNG_KEYS, "cuda"}:
+            raise Damaged("rng has other keys than torch, shuffle, augment (and cuda)")
+        for key in RNG_KEYS:
+            like(ts["rng"][key], rng[key], f"rng.{key}")
     except Damaged as exc:
-        raise _damaged(last, exc) from None
+        raise PipelineError(
+            f"{last}: its training state is damaged or not this version's ({exc}); "
+            "train afresh with --force"
+        ) from None
