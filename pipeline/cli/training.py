@@ -4,6 +4,7 @@ Their training options are TrainConfig's settings (`options.with_settings` makes
 and become one `recipes.Overrides` (enums made plain) that the stage takes from there.
 """
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -128,11 +129,20 @@ def ensemble_command(
     ] = config.MODELS_DIR,
     jobs: JobsOpt = None,
     track: TrackOpt = None,
+    pseudo_label: Annotated[
+        bool, typer.Option(help="Round 2 also trains on the test digits round 1 is sure of.")
+    ] = False,
+    pseudo_threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Top probability a pseudo-label needs.")
+    ] = 0.99,
 ) -> None:
     """Train an ensemble. `best`: the device's differing members, each on its own bag of all
     labelled digits, then the out-of-bag accuracy. Other recipes: K seeds. The members spread
     over the local GPUs or CPU cores, or over torchrun's processes (member k on rank k % N);
     tracked as one run with a child run per member unless --no-track.
+
+    --pseudo-label: round 1 into <out-dir>/round1/ labels the test digits it is sure of, each
+    fold's only by members that never saw that fold; round 2 trains on them too.
 
     Ctrl-C keeps the finished members (and the state of those in flight); the same command
     continues from there.
@@ -140,9 +150,12 @@ def ensemble_command(
     from tqdm import tqdm
 
     from pipeline.experiments.ensemble import member_configs, run_ensemble
+    from pipeline.experiments.pseudo import pseudo_label_rounds
 
     configs = member_configs(plain(recipe), members, bagged=True, **settings.given())
-    summary, run = run_ensemble(configs, processed_dir, out_dir, jobs, track, tqdm.write, warn)
+    rounds = partial(pseudo_label_rounds, threshold=pseudo_threshold)
+    train_all = rounds if pseudo_label else run_ensemble
+    summary, run = train_all(configs, processed_dir, out_dir, jobs, track, tqdm.write, warn)
     if summary:
         typer.echo(summary)
         if said := tracked_as(run):
