@@ -78,6 +78,6 @@ def format_distilled(d: Distilled) -> str:
     return (
         f"distill: {d.result.checkpoint} ({cfg.model}, {d.parameters:,} parameters): "
         f"held-out accuracy {d.result.best_accuracy:.2%} on fold {cfg.fold}'s "
-        f"{d.fold_digits:,} digits, which neither it nor its {len(d.teachers)} teachers saw "
-        f"({', '.join(p.name for p in d.teachers)}: {d.teacher_accuracy:.2%} on them)"
+        f"{d.fold_digits:,} digits, which neither it nor its teachers saw (the teachers, "
+        f"{', '.join(p.name for p in d.teachers)}: {d.teacher_accuracy:.2%} on them)"
     )
