@@ -58,6 +58,11 @@ IMAGES_DIR = "images"
 
 DEFAULT_SUBMISSION = SUBMISSIONS_DIR / "submission.csv"
 DEFAULT_CHECKPOINT = MODELS_DIR / "fastnet.pt"  # what the default (fast) recipe trains
+# `pipeline distill`: the ensemble in one small net, what `make serve` picks after `make best`.
+DISTILLED_PATH = MODELS_DIR / "distilled.pt"
+# `ensemble --pseudo-label`: the first round's members and their pseudo-labels, in a folder of
+# their own under the ensemble's, so that `models/best-*.pt` picks exactly the final members.
+ROUND1_DIR_NAME = "round1"
 
 # The digit format, fixed by the competition.
 IMAGE_SIDE = 28
@@ -88,6 +93,21 @@ def checkpoint_path(model_name: str, models_dir: Path = MODELS_DIR) -> Path:
 def member_checkpoint_path(name: str, member: int, models_dir: Path = MODELS_DIR) -> Path:
     """Ensemble member `member` (0-based) of the ensemble called `name`."""
     return models_dir / f"{name}-{member}.pt"
+
+
+def members_glob(name: str, models_dir: Path = MODELS_DIR) -> Path:
+    """The quoted glob of every member of the ensemble `name`."""
+    return models_dir / f"{name}-*.pt"
+
+
+def pseudo_labels_path(folder: Path, fold: int) -> Path:
+    """The test digits labelled for the members that hold out `fold` (extra training digits)."""
+    return folder / f"pseudo-fold{fold}.npz"
+
+
+def soft_targets_path(checkpoint: Path) -> Path:
+    """The teachers' soft targets a distilled student trains on, beside the student."""
+    return checkpoint.with_name(f"{checkpoint.stem}.soft-targets.npz")
 
 
 def crossval_split_dir(base: Path, split_seed: int) -> Path:

@@ -1,4 +1,5 @@
-"""`pipeline tune` and `pipeline runs`: searching training options, and what was tried."""
+"""`pipeline tune`, `distill` and `runs`: searching training options, distilling an ensemble
+into one net, and what was tried."""
 
 from pathlib import Path
 from typing import Annotated
@@ -115,3 +116,34 @@ def runs_command(
     from pipeline.experiments.runs import format_table, list_runs
 
     typer.echo(format_table(list_runs(plain(sort), limit)))
+
+
+def distill_command(
+    teachers: Annotated[str, typer.Option(help="The bagged members, as a quoted glob.")] = str(
+        config.members_glob("best")
+    ),
+    out: Annotated[Path, typer.Option(help="The student's checkpoint.")] = config.DISTILLED_PATH,
+    fold: Annotated[
+        int, typer.Option(min=0, help="The held-out fold: its teachers teach, it scores.")
+    ] = 0,
+    epochs: Annotated[int | None, typer.Option(min=1, help="The student's (fast's).")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    processed_dir: ProcessedOpt = config.PROCESSED_DIR,
+    force: Annotated[bool, typer.Option(help="Retrain even if it already finished.")] = False,
+) -> None:
+    """Distil an ensemble into one FastNet, scored on a fold no teacher saw.
+
+    The teachers are the bagged members that hold out --fold; the student trains on the
+    labelled digits outside it and on the test digits with the teachers' probabilities. Its
+    accuracy on the fold (which neither it nor they saw) is printed beside theirs."""
+    from tqdm import tqdm
+
+    from pipeline.common.files import expand_checkpoints
+    from pipeline.experiments.distill import distill, format_distilled
+
+    paths = expand_checkpoints([Path(teachers)])
+    result = distill(
+        paths, out, fold, epochs, seed, plain(device), processed_dir, tqdm.write, force
+    )
+    typer.echo(format_distilled(result))

@@ -133,15 +133,28 @@ def ensemble_command(
         float | None,
         typer.Option(
             min=0.1,
-            help="Minutes for the ensemble and predict: on a CPU, its epochs sized to this "
-            "machine's measured speed (--epochs/--members given: theirs), then kept to time.",
+            help="Minutes for the ensemble and predict (and --reserve): on a CPU, its epochs "
+            "sized to this machine's measured speed (--epochs/--members given: theirs), then "
+            "kept to time.",
         ),
     ] = None,
+    reserve: Annotated[
+        float, typer.Option(min=0.0, help="Minutes of --budget kept for what follows predict.")
+    ] = 0.0,
+    pseudo_label: Annotated[
+        bool, typer.Option(help="Round 2 also trains on the test digits round 1 is sure of.")
+    ] = False,
+    pseudo_threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Top probability a pseudo-label needs.")
+    ] = 0.99,
 ) -> None:
     """Train an ensemble. `best`: the device's differing members, each on its own bag of all
     labelled digits, then the out-of-bag accuracy. Other recipes: K seeds. The members spread
     over the local GPUs or CPU cores, or over torchrun's processes (member k on rank k % N);
     tracked as one run with a child run per member unless --no-track.
+
+    --pseudo-label: round 1 into <out-dir>/round1/ labels the test digits it is sure of, each
+    fold's only by members that never saw that fold; round 2 trains on them too.
 
     Ctrl-C keeps the finished members (and the state of those in flight); the same command
     continues from there.
@@ -149,21 +162,40 @@ def ensemble_command(
     from tqdm import tqdm
 
     from pipeline.experiments.ensemble import member_configs, run_ensemble
+    from pipeline.experiments.pseudo import pseudo_label_rounds
 
-    start, pace = time.perf_counter(), None
+    start = time.perf_counter()
     configs = member_configs(plain(recipe), members, bagged=True, **settings.given())
-    if budget is not None:
+    sized = members is None and settings.epochs is None
+    paces = []
+
+    def fit(configs, models_dir, later=0.0):
+        """One round's configs sized to what is left of --budget, keeping the fraction `later`
+        of it for later rounds (without --budget: as given)."""
+        if budget is None:
+            return configs, None
         from pipeline.experiments.budget import fit_budget
 
-        sized = members is None and settings.epochs is None
-        configs, pace = fit_budget(
-            configs, budget * 60, processed_dir, out_dir, jobs, sized, log=typer.echo, start=start
+        left_s = (budget - reserve) * 60 - (time.perf_counter() - start)
+        reserve_s = reserve * 60 + later * max(0.0, left_s)
+        sized_configs, pace = fit_budget(
+            configs, budget * 60, processed_dir, models_dir, jobs, sized, reserve_s, typer.echo,
+            start,
+        )  # fmt: skip
+        paces.append(pace)
+        return sized_configs, pace
+
+    if pseudo_label:
+        summary, run = pseudo_label_rounds(
+            configs, processed_dir, out_dir, jobs, track, tqdm.write, warn, pseudo_threshold, fit
         )
-    summary, run = run_ensemble(
-        configs, processed_dir, out_dir, jobs, track, tqdm.write, warn, pace
-    )
+    else:
+        configs, pace = fit(configs, out_dir)
+        summary, run = run_ensemble(
+            configs, processed_dir, out_dir, jobs, track, tqdm.write, warn, pace
+        )
     if summary:
-        typer.echo(summary + (f"\n{pace.closing()}" if pace else ""))
+        typer.echo(summary + (f"\n{paces[-1].closing()}" if paces else ""))
         if said := tracked_as(run):
             typer.echo(f"ensemble: {said}; `--run` on it means all its members")
 

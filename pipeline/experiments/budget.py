@@ -21,6 +21,7 @@ import torch
 from pipeline import config
 from pipeline.common.errors import PipelineError
 from pipeline.data.datasets import TensorDigits, read_meta
+from pipeline.data.extra import load_extra
 from pipeline.experiments.ensemble import _digits, describe, member_slots
 from pipeline.inference.predictor import score
 from pipeline.training.checkpoints import read_payload
@@ -243,6 +244,7 @@ def fit_budget(configs, budget_s, processed_dir, models_dir, jobs=None, sized=Tr
     for k, cfg in enumerate(configs):
         train_ips, score_ips = speeds[_net(cfg)]
         fit, held = _digits(cfg, counts["train"], counts["val"])
+        fit += len(load_extra(Path(cfg.extra), cfg.extra_sha256)[1]) if cfg.extra else 0
         epoch_s = fit // cfg.batch_size * cfg.batch_size / train_ips + held / score_ips
         after_s = (held + counts["test"]) / (score_ips * slots)
         costs.append(Cost(cfg.epochs, epoch_s, after_s, k in finished))

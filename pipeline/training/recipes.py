@@ -74,6 +74,11 @@ class TrainConfig:
     folds: int | None = None
     fold: int = 0
     fold_seed: int = 0
+    # Extra training digits with probability targets (pipeline.data.extra): an .npz path and
+    # the digest of its arrays, checked before use. Added to the training digits only, never
+    # to validation; every row's loss then takes a probability target (labels as one-hot).
+    extra: str | None = None
+    extra_sha256: str | None = None
 
 
 CLI_SETTINGS = tuple(f for f in fields(TrainConfig) if "help" in f.metadata)
@@ -283,3 +288,5 @@ def check_config(cfg: TrainConfig) -> None:
             raise PipelineError(f"--folds {cfg.folds}: needs at least 2 folds, fold 0 to folds-1")
         if cfg.data_source != "tensors":
             raise PipelineError("bagged members (--folds) train on the cached tensors only")
+    if cfg.extra is not None and (cfg.data_source != "tensors" or cfg.extra_sha256 is None):
+        raise PipelineError(f"extra {cfg.extra}: needs its digest and the cached tensors")

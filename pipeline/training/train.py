@@ -23,7 +23,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.files import check_writable, write_csv_rows, written_together
 from pipeline.common.progress import EpochProgress
 from pipeline.common.timings import phase
-from pipeline.data import augmentation, datasets, folds
+from pipeline.data import augmentation, datasets, extra, folds
 from pipeline.inference.predictor import score
 from pipeline.training import calibration, distributed, run_state
 from pipeline.training.callbacks import Callback
@@ -239,6 +239,8 @@ def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, finge
             train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
         else:
             train_set, val_set, bag = bagged_sets(cfg, processed_dir, fingerprint, device)
+        if cfg.extra is not None:
+            train_set = with_extra(train_set, Path(cfg.extra), cfg.extra_sha256, device)
     run = new_run(cfg, train_set, val_set, ranks, device, out, fingerprint, payload)
     run.bag = bag
     return run
@@ -300,6 +302,16 @@ def bagged_sets(cfg: TrainConfig, processed_dir: Path, fingerprint: str, device)
     train_set = datasets.TensorDigits(digits.images[bag.train], digits.labels[bag.train])
     oob_set = datasets.TensorDigits(digits.images[bag.oob], digits.labels[bag.oob])
     return train_set.to(device), oob_set.to(device), bag.record(fingerprint)
+
+
+def with_extra(train_set: datasets.TensorDigits, path: Path, sha256, device):
+    """The training digits then `path`'s extra ones, each row's target a probability row (the
+    labelled digits one-hot): `F.cross_entropy` takes them, label smoothing included."""
+    images, targets = (torch.from_numpy(a).to(device) for a in extra.load_extra(path, sha256))
+    one_hot = F.one_hot(train_set.labels, config.N_CLASSES).float()
+    return datasets.TensorDigits(
+        torch.cat([train_set.images, images]), torch.cat([one_hot, targets])
+    )
 
 
 def train(

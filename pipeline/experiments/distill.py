@@ -1,0 +1,83 @@
+"""`pipeline distill`: a bagged ensemble in one small net, with an honest estimate.
+
+The teachers are the bagged members that hold out fold `fold`; the student is the fast recipe's
+FastNet (augmented) on the same folds, holding out that fold too. So neither the student nor its
+teachers saw a label of that fold, and the student's accuracy there is an honest estimate. The
+output is an ordinary checkpoint: predict, evaluate, serve and export take it as they are.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import config
+from pipeline.common.device import resolve_device
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import check_writable
+from pipeline.data.datasets import TensorDigits
+from pipeline.data.extra import save_extra
+from pipeline.experiments.bagging import score_out_of_bag
+from pipeline.experiments.pseudo import fold_teachers
+from pipeline.inference.predictor import ensemble_probabilities, load_for_inference
+from pipeline.training.checkpoints import load_checkpoint
+from pipeline.training.recipes import recipe_config
+from pipeline.training.run_state import TrainResult
+from pipeline.training.train import train
+
+
+@dataclass(frozen=True)
+class Distilled:
+    result: TrainResult  # the student's run; best_accuracy: on the held-out fold
+    teachers: list[Path]
+    teacher_accuracy: float  # the teachers' calibrated mean vote on the held-out fold
+    fold_digits: int
+    parameters: int
+
+
+def distill(
+    teachers: list[Path],
+    out: Path = config.DISTILLED_PATH,
+    fold: int = 0,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    processed_dir: Path = config.PROCESSED_DIR,
+    log=None,
+    force: bool = False,
+) -> Distilled:
+    """Train the student into `out` on the labelled digits outside `fold` (true labels, the
+    normal path) plus every test digit with fold `fold`'s teachers' calibrated mean
+    probabilities as its target (`config.soft_targets_path(out)`, the run's extra digits).
+
+    Only the test digits get soft targets: the teachers trained on the labelled ones, so their
+    probabilities there repeat the labels the student already has.
+    """
+    check_writable(out)
+    target = resolve_device(device)
+    loaded = load_for_inference(teachers, target)
+    by_fold, (folds, fold_seed) = fold_teachers(loaded, processed_dir)
+    if fold not in by_fold:
+        held = ", ".join(map(str, by_fold))
+        raise PipelineError(f"--fold {fold}: no teacher holds it out (they hold out {held})")
+    chosen = by_fold[fold]
+    test = TensorDigits.load(processed_dir, "test")
+    probs = ensemble_probabilities(chosen, TensorDigits(test.images).to(target))
+    sha = save_extra(test.images.numpy(), probs.numpy(), config.soft_targets_path(out))
+    cfg = recipe_config(
+        "fast", augment=True, epochs=epochs, seed=seed, device=device, folds=folds, fold=fold,
+        fold_seed=fold_seed, extra=str(config.soft_targets_path(out)), extra_sha256=sha,
+    )  # fmt: skip
+    result = train(cfg, processed_dir, out, log=log, progress=log is not None, force=force)
+    paths = [t.path for t in chosen]
+    estimate, _ = score_out_of_bag(paths, processed_dir, device)
+    parameters = sum(p.numel() for p in load_checkpoint(out).model.parameters())
+    return Distilled(result, paths, estimate.accuracy, estimate.covered, parameters)
+
+
+def format_distilled(d: Distilled) -> str:
+    cfg = d.result.config
+    return (
+        f"distill: {d.result.checkpoint} ({cfg.model}, {d.parameters:,} parameters): "
+        f"held-out accuracy {d.result.best_accuracy:.2%} on fold {cfg.fold}'s "
+        f"{d.fold_digits:,} digits, which neither it nor its teachers saw (the teachers, "
+        f"{', '.join(p.name for p in d.teachers)}: {d.teacher_accuracy:.2%} on them)"
+    )

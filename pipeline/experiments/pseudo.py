@@ -1,0 +1,139 @@
+"""Pseudo-labels, fold-honest: the test digits a first round of bagged members is sure of, as
+extra training digits for a second round (`pipeline ensemble --recipe best --pseudo-label`).
+
+A member that holds out fold k is scored on fold k, so its pseudo-labels come only from the
+first-round members that hold out fold k too: none of them saw a label of fold k, so no label of
+a digit reaches, through the test digits, a member that scores it.
+"""
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from pipeline import config
+from pipeline.common.device import resolve_device
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import written_together
+from pipeline.data.datasets import TensorDigits, processed_fingerprint
+from pipeline.data.extra import save_extra
+from pipeline.data.folds import labelled_digits, verified_bag
+from pipeline.inference.predictor import LoadedModel, ensemble_probabilities, load_for_inference
+from pipeline.training.distributed import ranks_from_env
+
+
+@dataclass(frozen=True)
+class FoldLabels:
+    """One fold's pseudo-labels: who gave them, where they went, how many and how sure."""
+
+    fold: int
+    teachers: list[Path]
+    path: Path
+    sha256: str
+    kept: int
+    total: int  # test digits
+    threshold: float
+    mean_top: float  # mean top probability of the kept digits (nan: none kept)
+
+
+def fold_teachers(
+    teachers: list[LoadedModel], processed_dir: Path
+) -> tuple[dict[int, list[LoadedModel]], tuple[int, int]]:
+    """The teachers by the fold they hold out, each bag checked against these labelled digits,
+    and the (folds, fold_seed) they share; one line refusing a teacher that is not bagged or
+    dealt other folds."""
+    labels = labelled_digits(processed_dir).labels
+    fingerprint = processed_fingerprint(processed_dir, whole=True)
+    by_fold: dict[int, list[LoadedModel]] = {}
+    dealt = set()
+    for teacher in teachers:
+        if not isinstance(record := teacher.meta.get("bag"), dict):
+            raise PipelineError(
+                f"{teacher.path}: not a bagged member (it records no bag); the teachers must "
+                "be `pipeline ensemble --recipe best`'s members"
+            )
+        bag = verified_bag(record, labels, fingerprint, teacher.path)
+        dealt.add((bag.folds, bag.fold_seed))
+        by_fold.setdefault(bag.fold, []).append(teacher)
+    if len(dealt) != 1:
+        raise PipelineError(
+            f"{teachers[0].path}: the teachers' folds were dealt differently ((folds, seed): "
+            f"{sorted(dealt)}); give the members of one ensemble"
+        )
+    return dict(sorted(by_fold.items())), dealt.pop()
+
+
+def pseudo_label(
+    teachers: list[Path],
+    processed_dir: Path,
+    out_dir: Path,
+    threshold: float = 0.99,
+    device: str = "auto",
+) -> list[FoldLabels]:
+    """For each fold k the teachers hold out, the test digits whose calibrated mean probability
+    from fold k's teachers alone (the one predictor's rule) reaches `threshold`, as one-hot
+    targets in `config.pseudo_labels_path(out_dir, k)`; the files are written as one set."""
+    if not 0 <= threshold <= 1:
+        raise PipelineError(f"--pseudo-threshold {threshold}: must be within 0 to 1")
+    target = resolve_device(device)
+    by_fold, _ = fold_teachers(load_for_inference(teachers, target), processed_dir)
+    test = TensorDigits.load(processed_dir, "test")  # images only: its labels are never read
+    on_device = TensorDigits(test.images).to(target)
+    report = []
+    with written_together():
+        for fold, members in by_fold.items():
+            top, label = ensemble_probabilities(members, on_device).max(1)
+            keep = top >= threshold
+            targets = F.one_hot(label[keep], config.N_CLASSES).float().numpy()
+            path = config.pseudo_labels_path(out_dir, fold)
+            sha = save_extra(test.images[keep].numpy(), targets, path)
+            mean_top = float(top[keep].mean()) if keep.any() else math.nan
+            paths = [m.path for m in members]
+            report.append(
+                FoldLabels(fold, paths, path, sha, int(keep.sum()), len(test), threshold, mean_top)
+            )
+    return report
+
+
+def format_report(report: list[FoldLabels]) -> str:
+    return "\n".join(
+        f"pseudo-labels for fold {r.fold}: {r.kept:,} of {r.total:,} test digits "
+        f"({r.kept / r.total:.1%}) at top probability >= {r.threshold:g}, mean "
+        f"{r.mean_top:.4f}, from {', '.join(p.name for p in r.teachers)} -> {r.path}"
+        for r in report
+    )
+
+
+ROUND2_SHARE = 0.6  # of a budget's training time: round 2 trains on ~1.6 times the digits
+
+
+def pseudo_label_rounds(
+    configs, processed_dir, models_dir, jobs, track, log, warn, threshold=0.99, fit=None
+):
+    """`run_ensemble` in two rounds: round 1 into `<models_dir>/round1/`, its pseudo-labels
+    there, then round 2 (the same configs, each with its fold's pseudo-labels as extra digits)
+    into `models_dir`. Returns the lines to print (each round's out-of-bag estimate and the
+    pseudo-labels) and round 2's run. `fit(configs, models_dir, reserve_s)` sizes a round to a
+    budget: round 1 leaves ROUND2_SHARE of what remains to round 2, which trains on more digits."""
+    from pipeline.experiments.ensemble import run_ensemble
+
+    if any(cfg.folds is None for cfg in configs):
+        raise PipelineError("--pseudo-label needs bagged members: use --recipe best")
+    if ranks_from_env().world > 1:
+        raise PipelineError("--pseudo-label runs in one process; start it without torchrun")
+    fit = fit or (lambda configs, *_: (configs, None))
+    round1 = models_dir / config.ROUND1_DIR_NAME
+    sized, pace = fit(configs, round1, ROUND2_SHARE)
+    first, _ = run_ensemble(sized, processed_dir, round1, jobs, track, log, warn, pace)
+    name = configs[0].recipe or configs[0].model
+    teachers = [config.member_checkpoint_path(name, k, round1) for k in range(len(configs))]
+    report = pseudo_label(teachers, processed_dir, round1, threshold, configs[0].device)
+    files = {r.fold: r for r in report}
+    second = [
+        replace(cfg, extra=str(files[cfg.fold].path), extra_sha256=files[cfg.fold].sha256)
+        for cfg in configs
+    ]
+    second, pace = fit(second, models_dir)
+    last, run = run_ensemble(second, processed_dir, models_dir, jobs, track, log, warn, pace)
+    return f"round 1: {first}\n{format_report(report)}\nround 2: {last}", run
