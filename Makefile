@@ -17,6 +17,9 @@ RUN_ID ?=
 # The same name `pipeline train` picks: the model's, so `pipeline predict` finds it unaided.
 RUN := $(or $(MODEL),$(if $(filter fast,$(RECIPE)),fastnet,$(RECIPE)))
 CHECKPOINT := models/$(RUN).pt
+# `make serve` serves the distilled ensemble once `make best` made it, unless RECIPE or MODEL names
+# another model.
+SERVE_CHECKPOINT := $(if $(and $(filter fast,$(RECIPE)),$(if $(MODEL),,1),$(wildcard models/distilled.pt)),models/distilled.pt,$(CHECKPOINT))
 
 .DEFAULT_GOAL := help
 .PHONY: help install data prepare train evaluate predict all best crossval tune ui submit test test-all serve export bench baselines lint clean distclean
@@ -66,14 +69,20 @@ predict: train ## Write submissions/submission.csv with the trained model
 
 all: predict ## install -> download -> prepare -> train -> predict
 
-# `make best` fits a CPU run to BUDGET minutes (ensemble and predict): it times each net on this
-# machine for a few seconds, then scales every member's epochs by one factor (1 to 3x the table's;
-# one member per fold if even 1 epoch each does not fit) and prints the plan and its ETA.
+# `make best` fits a CPU run to BUDGET minutes in all: it times each net on this machine for a few
+# seconds, scales every member's epochs by one factor (1 to 3x the table's; one member per fold if
+# even 1 epoch each does not fit), prints the plan and its ETA, keeps to it, predicts, and leaves
+# DISTILL_MINUTES of the budget to distil the ensemble into models/distilled.pt (what `make serve`
+# then serves). PSEUDO=1 adds a second round of members trained on the test digits the first is
+# sure of (pseudo-labels).
 BUDGET ?= 15
-best: prepare ## The `best` ensemble sized to BUDGET minutes (15) on a CPU (bagged; out-of-bag estimate), then predict
+DISTILL_MINUTES ?= 2.5
+PSEUDO ?=
+best: prepare ## The `best` ensemble sized to BUDGET minutes (15) on a CPU, predict, then distil it into models/distilled.pt
 	$(PIPELINE) ensemble --recipe best $(if $(MEMBERS),--members $(MEMBERS)) --device $(DEVICE) --seed $(SEED) \
-		--budget $(BUDGET)
+		--budget $(BUDGET) --reserve $(DISTILL_MINUTES) $(if $(filter 1,$(PSEUDO)),--pseudo-label)
 	$(PIPELINE) predict --checkpoint 'models/best-*.pt' --device $(DEVICE)
+	$(PIPELINE) distill --teachers 'models/best-*.pt' --out models/distilled.pt --device $(DEVICE) --seed $(SEED)
 
 SPLITS ?= 3
 crossval: data ## Score the best recipe's ensemble as mean and spread over SPLITS validation splits
@@ -124,11 +133,11 @@ test-all: $(VENV)/.installed-browser ## Run every test, the slow ones too (what 
 
 # serve never retrains a checkpoint that is there (another run may have written it on purpose):
 # it trains only a missing one, and says so.
-serve: install ## Serve CHECKPOINT (or RUN_ID=<run id>) at http://127.0.0.1:8000/; trains it only if missing
+serve: install ## Serve models/distilled.pt after `make best`, else CHECKPOINT (or RUN_ID=<run id>) at http://127.0.0.1:8000/; trains it only if missing
 ifeq ($(RUN_ID),)
-	@test -f $(CHECKPOINT) || { echo "make serve: $(CHECKPOINT) is missing, training it first"; \
+	@test -f $(SERVE_CHECKPOINT) || { echo "make serve: $(SERVE_CHECKPOINT) is missing, training it first"; \
 		$(MAKE) --no-print-directory train; }
-	$(PIPELINE) serve --checkpoint $(CHECKPOINT) --device $(DEVICE)
+	$(PIPELINE) serve --checkpoint $(SERVE_CHECKPOINT) --device $(DEVICE)
 else
 	$(PIPELINE) serve --run $(RUN_ID) --device $(DEVICE)
 endif
