@@ -151,10 +151,9 @@ def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
-        try:
-            holder = lock_file.read_text().strip() or "unknown"
-        except OSError:
-            holder = "unknown"
+        holder = "unknown"
+        with suppress(OSError):
+            holder = lock_file.read_text().strip() or holder
         raise PipelineError(
             f"another run is writing {out} (pid {holder}); wait for it or stop it"
         ) from None
@@ -174,22 +173,22 @@ def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
 NAME_ROOM = 24
 
 
-def check_writable(path: Path, option: str = "--out") -> None:
+def check_writable(path: Path) -> None:
     """Fail before any work if `path` cannot be written (a folder, a file in the way, a
     read-only place), without creating anything."""
     if path.is_dir():
-        raise PipelineError(f"{option} {path}: is a folder; give a file name")
+        raise PipelineError(f"--out {path}: is a folder; give a file name")
     existing = path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise PipelineError(f"{option} {path}: cannot write there ({existing} is a file)")
+        raise PipelineError(f"--out {path}: cannot write there ({existing} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PipelineError(f"{option} {path}: cannot write there ({existing} is read-only)")
+        raise PipelineError(f"--out {path}: cannot write there ({existing} is read-only)")
     room = os.pathconf(existing, "PC_NAME_MAX") - NAME_ROOM
     if len(os.fsencode(path.name)) > room:
         raise PipelineError(
-            f"{option} {path.name[:40]}...: the file name is too long (at most "
+            f"--out {path.name[:40]}...: the file name is too long (at most "
             f"{room} bytes here, leaving room for the files written beside it)"
         )
 
