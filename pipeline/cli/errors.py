@@ -1,6 +1,5 @@
 """The root command group: a PipelineError, an OS error, a usage error, Ctrl-C or SIGTERM in any
-command becomes one `error:` line on stderr and a non-zero exit, never a traceback (signals:
-`pipeline.common.exits`, whose handler raises exits.Stopped, a KeyboardInterrupt)."""
+command becomes one `error:` line on stderr and a non-zero exit, never a traceback."""
 
 import signal
 import sys
@@ -18,9 +17,8 @@ def error_line(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def os_error_message(exc: OSError) -> str:
-    where = exc.filename if exc.filename is not None else "a file"
-    return f"{where}: {exc.strerror or exc}"
+def stop_line(signum: int) -> typer.Exit:
+    return error_line(exits.stop_message(signum), exits.exit_code(signum))
 
 
 def usage_error_line(exc: TyperException) -> str:
@@ -68,13 +66,13 @@ class OneLineErrors(FullHelp):
         except PipelineError as exc:
             raise error_line(str(exc), exc.exit_code) from None
         except OSError as exc:
-            raise error_line(os_error_message(exc), 1) from None
+            where = exc.filename if exc.filename is not None else "a file"
+            raise error_line(f"{where}: {exc.strerror or exc}", 1) from None
         except KeyboardInterrupt as exc:  # exits.Stopped: SIGINT or SIGTERM
-            signum = getattr(exc, "signum", signal.SIGINT)
-            raise error_line(exits.stop_message(signum), exits.exit_code(signum)) from None
+            raise stop_line(getattr(exc, "signum", signal.SIGINT)) from None
         except Exception:
             # A signal whose exception an import swallowed half-way (numpy's C init, a weakref
             # callback) shows up later as a broken import: the stop, not a traceback.
             if (signum := exits.stopped()) is None:
                 raise
-            raise error_line(exits.stop_message(signum), exits.exit_code(signum)) from None
+            raise stop_line(signum) from None

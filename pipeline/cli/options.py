@@ -1,8 +1,5 @@
-"""Command-line option types shared by several commands, and the text-list parsers.
-
-Choices are `StrEnum`s from `pipeline.common.choices`, so typer itself shows them in `--help` and
-refuses other values as usage errors. Nothing here imports torch.
-"""
+"""Command-line option types shared by several commands, and the text-list parsers; choices are
+`pipeline.common.choices`' StrEnums, which typer shows in `--help` and checks itself."""
 
 import inspect
 from collections.abc import Callable
@@ -46,7 +43,7 @@ ProcessedOpt = Annotated[Path, typer.Option(help="Folder of the prepared data.")
 RawOpt = Annotated[Path, typer.Option(help="Folder of the raw CSVs.")]
 FigureOpt = Annotated[Path, typer.Option(help="Where to write the figure (PNG).")]
 
-# Training options: None means "the recipe's value". TrainConfig declares them (`setting`).
+# Training options: None means "the recipe's value".
 RecipeOpt = Annotated[
     Recipe | None, typer.Option(help="Named settings (fast); the options below override them.")
 ]
@@ -108,7 +105,6 @@ RunOpt = Annotated[
         help="A tracked run's kept checkpoint(s) instead of --checkpoint (see `pipeline runs`).",
     ),
 ]
-# Models to use.
 CheckpointOpt = Annotated[Path, typer.Option(help="Checkpoint to use.")]
 CheckpointsOpt = Annotated[
     list[Path],

@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from pipeline import config
+from pipeline.cli.data import GET_REAL_DATA
 from pipeline.cli.options import (
     CheckpointOpt,
     CheckpointsOpt,
@@ -16,15 +17,14 @@ from pipeline.cli.options import (
     TtaOpt,
 )
 from pipeline.common.choices import Device, Split, plain
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import expand_checkpoints
 
 
 def chosen_checkpoints(
     checkpoints: list[Path], run_id: str | None, command: str, one: bool = False
 ) -> list[Path]:
-    """`--run RUN_ID`'s checkpoints (one model only where `one`) if given, else --checkpoint's
-    globs expanded with a line on each; or a one-line error."""
-    from pipeline.common.errors import PipelineError
-    from pipeline.common.files import expand_checkpoints
+    """`--run RUN_ID`'s checkpoints (one model only where `one`), else --checkpoint's, expanded."""
     from pipeline.experiments.runs import run_checkpoints
 
     if run_id is None:
@@ -94,11 +94,8 @@ def predict_command(
         f" -> {result.path}"
     )
     if result.from_sample:  # the last line `make all` prints, after pip's and torch's output
-        typer.echo(
-            "WARNING: this submission is from 5,000 sample digits, not Kaggle's: for smoke runs "
-            "only. Get the real data with `pipeline download --zip PATH` or Kaggle credentials.",
-            err=True,
-        )
+        sample = "WARNING: this submission is from 5,000 sample digits, not Kaggle's"
+        typer.echo(f"{sample}: for smoke runs only. {GET_REAL_DATA}", err=True)
 
 
 def submit_command(

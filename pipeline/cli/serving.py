@@ -1,5 +1,4 @@
-"""`pipeline serve`, `pipeline export` and `pipeline bench`: the page and API, the portable
-ONNX file, and the speed figures."""
+"""`pipeline serve`, `export` and `bench`: the page and API, the ONNX file, the speed figures."""
 
 from pathlib import Path
 from typing import Annotated
@@ -81,18 +80,15 @@ def bench_command(
     end_to_end: Annotated[
         bool,
         typer.Option(
-            help="Also time prepare, train (cnn, batch 50, 1 epoch) and predict as processes "
-            "against the tutorial's single script and its lean version (arrays, "
-            "DataLoader with 2 workers) on the same CSVs."
+            help="Also time prepare, train (cnn, 1 epoch) and predict as processes against "
+            "the tutorial's script and its lean version on the same CSVs."
         ),
     ] = True,
     serve: Annotated[
         bool,
         typer.Option(
-            help="Also load `pipeline serve` of --serve-checkpoint with 2,000 API requests, "
-            "then 32 25-megapixel PNG uploads, from 8 clients on 127.0.0.1: latency "
-            "percentiles, requests/s, errors, /api/health during each, peak server memory; "
-            "then torch against the model exported to ONNX (ONNX Runtime, no torch)."
+            help="Also load-test `pipeline serve` of --serve-checkpoint (API requests, large "
+            "PNG uploads), then torch against the model exported to ONNX."
         ),
     ] = True,
     serve_checkpoint: Annotated[

@@ -1,8 +1,5 @@
-"""`pipeline train`, `ensemble` and `crossval`: the training commands.
-
-Their training options are TrainConfig's settings (`options.with_settings` makes them typer's),
-and become one `recipes.Overrides` (enums made plain) that the stage takes from there.
-"""
+"""`pipeline train`, `ensemble` and `crossval`: the training commands, whose training options
+are TrainConfig's settings (`options.with_settings`)."""
 
 import time
 from pathlib import Path
@@ -46,10 +43,9 @@ def train_command(
 ) -> None:
     """Train one model; keep the best (by validation accuracy) and the last, resumable state.
 
-    Tracked in MLflow unless --no-track: params, per-epoch metrics, and a copy of the finished
-    checkpoint that a later run writing the same --out cannot replace. Under `torchrun
-    --nproc-per-node N -m pipeline train ...` it trains one model with DistributedDataParallel
-    (gloo on CPU, nccl on GPU).
+    Tracked in MLflow unless --no-track (params, per-epoch metrics, a kept copy of the
+    checkpoint). Under `torchrun --nproc-per-node N -m pipeline train ...` it trains one model
+    with DistributedDataParallel.
     """
     from tqdm import tqdm
 
@@ -59,46 +55,43 @@ def train_command(
     from pipeline.training.train import train
 
     cfg, out = run_config(plain(recipe), settings, out, resume)
-    is_main = ranks_from_env().is_main
     params = tracking.train_params(cfg) | ({"width": settings.width} if settings.width else {})
     tags = {"out": out.resolve(), "resumed": resume, **tracking.data_tags(processed_dir)}
+    is_main = ranks_from_env().is_main
     on = tracking.wanted(track) and is_main
     try:
         with tracking.command_run(on, out.stem, "train", params, tags, warn) as run:
             result = train(
-                cfg, processed_dir, out, resume, log=tqdm.write, force=force, callbacks=[run]
+                cfg, processed_dir, out, resume, tqdm.write, force=force, callbacks=[run]
             )
     except TrainingInterrupted as stopped:
-        hint = f"pipeline train --resume --out {out}"
-        message = f"interrupted: {stopped}; continue with `{hint}`"
-        raise error_line(message, stopped.exit_code) from None
-    if is_main and (summary := train_summary(result)):
-        typer.echo(summary)
-    if is_main and not result.skipped and (said := tracked_as(run)):
-        typer.echo(f"train: {said}")
+        hint = f"continue with `pipeline train --resume --out {out}`"
+        raise error_line(f"interrupted: {stopped}; {hint}", stopped.exit_code) from None
+    if is_main:
+        print_summary(result, tracked_as(run))
 
 
-def train_summary(result) -> str:
-    """What `train` says at the end: where the weights went, how good and how fast."""
-    lines = []
+def print_summary(result, tracked: str | None) -> None:
+    """Where the weights went, how good and how fast."""
     if result.skipped:
-        lines.append(
+        typer.echo(
             f"train: {result.checkpoint} is up to date (same config and data; --force "
             f"retrains), val_acc {result.best_accuracy:.2%}"
         )
     elif result.history:
         to_target = result.seconds_to_target
-        lines.append(
+        typer.echo(
             f"train: {result.checkpoint} val_acc {result.best_accuracy:.2%} (final "
             f"{result.final_accuracy:.2%}) in {result.train_seconds:.1f} s of training, "
             f"{result.images_per_second:,.0f} img/s"
             + (f", 99% after {to_target:.1f} s" if to_target is not None else "")
         )
     if result.curves is not None:
-        lines.append(
+        typer.echo(
             f"train: curves {result.curves}, metrics {config.metrics_path(result.checkpoint)}"
         )
-    return "\n".join(lines)
+    if tracked and not result.skipped:
+        typer.echo(f"train: {tracked}")
 
 
 MembersOpt = Annotated[

@@ -12,8 +12,7 @@ MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit unsigned
 
 
 def check_seed(seed: int, option: str = "--seed") -> int:
-    """`seed` if numpy can seed with it, else a one-line PipelineError (typer's bounds on
-    --seed use MAX_SEED too)."""
+    """`seed` if numpy can seed with it, else a one-line PipelineError."""
     if not 0 <= seed <= MAX_SEED:
         raise PipelineError(f"{option} {seed}: expected an integer from 0 to {MAX_SEED}")
     return seed

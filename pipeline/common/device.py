@@ -12,7 +12,7 @@ from pipeline.common.choices import Device, plain
 from pipeline.common.errors import PipelineError
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str) -> torch.device:
     """Map `auto|cpu|cuda|mps` (or `cuda:1`) to a device, preferring a GPU under `auto`."""
     name = plain(name)
     if name == "auto":
@@ -36,8 +36,7 @@ YIELDING_NICE = 5  # processes this much nicer than ours count as idle to use_fr
 
 
 def _runnable(stat_files: str, min_nice: int | None = None) -> int:
-    """How many /proc `stat_files` are running or waiting for a core (state R), at nice >=
-    `min_nice` if given."""
+    """How many /proc `stat_files` are in state R (running or waiting), at nice >= `min_nice`."""
     count = 0
     for stat in Path("/proc").glob(stat_files):
         try:
@@ -60,26 +59,21 @@ def busy_cores_elsewhere() -> int:
     (tracking's recorder, at 19: they run on what ours leave); the median of three looks."""
 
     def look() -> int:
-        with open("/proc/loadavg") as handle:
-            runnable = int(handle.read().split()[3].split("/")[0])
-        ours = _runnable("self/task/*/stat")
-        return max(0, runnable - ours - yielding_processes())
+        time.sleep(0.001)
+        runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        return max(0, runnable - _runnable("self/task/*/stat") - yielding_processes())
 
     try:
-        looks = []
-        for _ in range(3):
-            looks.append(look())
-            time.sleep(0.001)
+        return sorted(look() for _ in range(3))[1]
     except (OSError, ValueError, IndexError):
         return 0
-    return sorted(looks)[1]
 
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
 
 
 _THREADS: dict[str, int] = {}  # torch's own count ("default") and the one set here last

@@ -1,18 +1,17 @@
 """How every command ends: at most one `error:` line, one exit code, whatever the moment.
 
 SIGINT exits 130 and SIGTERM 143 (128 + the signal), with one line and no output published.
-Where Python raises the KeyboardInterrupt inside a weakref callback or `__del__` (importlib's
-module locks while torch imports), it prints "Exception ignored" and drops it: the command went
-on and exited 0. So the first signal is also noted, and the note decides: `raise_if_stopped()`
-runs before every rename that publishes an output, and `finish()` exits 128 + the signal.
-Later signals are only noted, so the cleanup the first one started runs to its end.
-(A signal during the interpreter's own start-up, before `pipeline.__main__`, is out of reach.)
+Python drops a KeyboardInterrupt raised inside a weakref callback or `__del__` (importlib's
+module locks while torch imports) and the command would go on to exit 0; so the first signal
+is also noted: `raise_if_stopped()` runs before every rename that publishes an output, and
+`finish()` exits 128 + the signal. Later signals are only noted, so the cleanup runs to its end.
 """
 
 import atexit
 import os
 import signal
 import sys
+from contextlib import suppress
 from typing import NoReturn
 
 _installed = False  # only a `pipeline` process notes signals: a library caller is left alone
@@ -22,8 +21,7 @@ _exit_code: int | None = None  # set by finish(): the code the process ends with
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM as an exception; a KeyboardInterrupt, so the cleanup written for
-    Ctrl-C (`finally`, `except KeyboardInterrupt`) runs for SIGTERM too."""
+    """SIGINT or SIGTERM as a KeyboardInterrupt, so cleanup written for Ctrl-C runs for both."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -31,7 +29,6 @@ class Stopped(KeyboardInterrupt):
 
 
 def exit_code(signum: int) -> int:
-    """The shell's code for a process ended by `signum`: 130 for SIGINT, 143 for SIGTERM."""
     return 128 + signum
 
 
@@ -45,12 +42,11 @@ def _handle(signum: int, frame: object) -> None:
 def install() -> None:
     """Route SIGINT and SIGTERM through the note; arm the fast exit (see `finish`). Called
     first by `pipeline.__main__`, so its atexit callback runs after every library's."""
-    global _installed
+    global _installed, _previous_unraisablehook
     _installed = True
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _handle)
     if sys.unraisablehook is not _unraisable:
-        global _previous_unraisablehook
         _previous_unraisablehook = sys.unraisablehook
         sys.unraisablehook = _unraisable
     atexit.unregister(_skip_teardown)
@@ -58,8 +54,8 @@ def install() -> None:
 
 
 def _unraisable(unraisable) -> None:
-    """Drop, silently, a Stopped raised where Python cannot raise (noted all the same): else
-    a Ctrl-C inside an import's weakref callback prints a traceback. test_signals pins it."""
+    """Drop a Stopped raised where Python cannot raise it (noted all the same): else a Ctrl-C
+    inside an import's weakref callback prints a traceback. test_signals pins it."""
     if not isinstance(unraisable.exc_value, Stopped):
         _previous_unraisablehook(unraisable)
 
@@ -69,15 +65,10 @@ _previous_unraisablehook = sys.unraisablehook
 
 def stop(signum: int) -> NoReturn:
     """Stop now, as the first signal does (training's handler on a second Ctrl-C)."""
-    note(signum)
-    raise Stopped(_stopped or signum)
-
-
-def note(signum: int) -> None:
-    """Record a signal some other handler took care of (in a `pipeline` process only)."""
     global _stopped
     if _stopped is None and _installed:
         _stopped = signum
+    raise Stopped(_stopped or signum)
 
 
 def forget() -> None:
@@ -87,13 +78,11 @@ def forget() -> None:
 
 
 def stopped() -> int | None:
-    """The first SIGINT/SIGTERM received, or None."""
     return _stopped
 
 
 def raise_if_stopped() -> None:
-    """Raise Stopped if a signal came, even one whose exception C code swallowed: call it
-    before publishing an output, so a stopped command leaves nothing new behind."""
+    """Raise Stopped if a signal came, even one whose exception C code swallowed."""
     if _stopped is not None:
         raise Stopped(_stopped)
 
@@ -102,11 +91,9 @@ def say(message: str) -> None:
     """Print the command's `error: ...` line on stderr (finish() then adds no other)."""
     global _said
     _said = True
-    try:
+    with suppress(OSError, ValueError):  # a closed pipe: nothing left to say there
         sys.stderr.write(f"error: {message}\n")
         sys.stderr.flush()
-    except (OSError, ValueError):  # a closed pipe: nothing left to say there
-        pass
 
 
 def stop_message(signum: int) -> str:
@@ -117,13 +104,12 @@ def stop_message(signum: int) -> str:
 def finish(code: int | str | None) -> NoReturn:
     """Exit with `code`, or 128 + the signal if one came (saying so unless a line was said).
 
-    Through `sys.exit`, so atexit callbacks run; the last (see `install`) flushes the streams
-    and calls `os._exit`: the teardown of every module torch loaded took 0.3-0.6 s of every
-    command, and Python has no public way to skip it (files are closed by then: stages write
-    in `with` blocks). test_signals pins it.
+    The last atexit callback (see `install`) flushes the streams and calls `os._exit`: the
+    teardown of every module torch loaded took 0.3-0.6 s of every command and Python has no
+    public way to skip it (stages write in `with` blocks, so files are closed by then).
     """
     global _exit_code
-    _exit_code = code if isinstance(code, int) else 0 if code is None else 1  # signals: noted
+    _exit_code = code if isinstance(code, int) else 0 if code is None else 1
     if code is not None and not isinstance(code, int):
         say(str(code))
     if _stopped is not None:
@@ -137,8 +123,6 @@ def _skip_teardown() -> None:
     if _exit_code is None:  # not ended through finish(): an uncaught exception, say
         return
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(_exit_code)

@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,12 @@ _pending: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.C
 
 def process_alive(pid: int) -> bool:
     """Whether process `pid` exists (one we may not signal counts as alive)."""
-    if pid <= 0:
-        return False
     try:
-        os.kill(pid, 0)
+        return pid > 0 and os.kill(pid, 0) is None
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError):
-        return pid != 0
-    return True
+        return True
 
 
 def remove_dead_temps(folder: Path, name: str | None = None) -> list[Path]:
@@ -56,18 +53,16 @@ def remove_dead_temps(folder: Path, name: str | None = None) -> list[Path]:
     for entry in entries:
         folder_match = TEMP_DIR.match(entry.name)
         match = folder_match or TEMP_FILE.match(entry.name)
-        if match is None or process_alive(int(match["pid"])):
-            continue
-        if name is not None and match.groupdict().get("name") != name:
-            continue
         is_folder = entry.is_dir() and not entry.is_symlink()
-        if is_folder != bool(folder_match):  # a file named like a folder, or the reverse
+        if (
+            match is None
+            or process_alive(int(match["pid"]))
+            or (name is not None and match.groupdict().get("name") != name)
+            or is_folder != bool(folder_match)  # a file named like a folder, or the reverse
+        ):
             continue
         try:
-            if is_folder:
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+            (shutil.rmtree if is_folder else Path.unlink)(entry)
             removed.append(entry)
         except FileNotFoundError:
             pass
@@ -86,6 +81,10 @@ def temp_dir(folder: Path, prefix: str) -> tempfile.TemporaryDirectory:
     )
 
 
+def unwritable(path: Path, exc: OSError) -> PipelineError:
+    return PipelineError(f"{path}: cannot be written ({exc.strerror or exc})")
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it over `path` only if the block succeeds.
@@ -98,7 +97,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_dead_temps(path.parent, path.name)
     except OSError as exc:
-        raise PipelineError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+        raise unwritable(path, exc) from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pending = _pending.get()
     keep = False
@@ -113,7 +112,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
             pending.append((tmp, path))
             keep = True
     except OSError as exc:
-        raise PipelineError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+        raise unwritable(path, exc) from None
     finally:
         if not keep:
             tmp.unlink(missing_ok=True)
@@ -134,7 +133,7 @@ def written_together() -> Iterator[None]:
             for tmp, path in pending:
                 os.replace(tmp, path)
         except OSError as exc:
-            raise PipelineError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+            raise unwritable(path, exc) from None
     finally:
         _pending.reset(token)
         for tmp, _ in pending:
@@ -152,20 +151,17 @@ def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
-        try:
-            holder = lock_file.read_text().strip() or "unknown"
-        except OSError:
-            holder = "unknown"
+        holder = "unknown"
+        with suppress(OSError):
+            holder = lock_file.read_text().strip() or holder
         raise PipelineError(
             f"another run is writing {out} (pid {holder}); wait for it or stop it"
         ) from None
     except OSError as exc:
         raise PipelineError(f"{lock_file}: cannot take the lock ({exc.strerror})") from None
     try:
-        try:
+        with suppress(OSError):  # the pid is only for the message: a full disk must not stop us
             lock_file.write_text(f"{os.getpid()}\n")
-        except OSError:
-            pass  # the pid is only for the message; a full disk must not stop the lock
         yield
     finally:
         lock_file.unlink(missing_ok=True)  # while still held: no one else holds this inode
@@ -177,22 +173,22 @@ def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
 NAME_ROOM = 24
 
 
-def check_writable(path: Path, option: str = "--out") -> None:
+def check_writable(path: Path) -> None:
     """Fail before any work if `path` cannot be written (a folder, a file in the way, a
     read-only place), without creating anything."""
     if path.is_dir():
-        raise PipelineError(f"{option} {path}: is a folder; give a file name")
+        raise PipelineError(f"--out {path}: is a folder; give a file name")
     existing = path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise PipelineError(f"{option} {path}: cannot write there ({existing} is a file)")
+        raise PipelineError(f"--out {path}: cannot write there ({existing} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PipelineError(f"{option} {path}: cannot write there ({existing} is read-only)")
+        raise PipelineError(f"--out {path}: cannot write there ({existing} is read-only)")
     room = os.pathconf(existing, "PC_NAME_MAX") - NAME_ROOM
     if len(os.fsencode(path.name)) > room:
         raise PipelineError(
-            f"{option} {path.name[:40]}...: the file name is too long (at most "
+            f"--out {path.name[:40]}...: the file name is too long (at most "
             f"{room} bytes here, leaving room for the files written beside it)"
         )
 
@@ -219,38 +215,37 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def is_checkpoint_name(path: Path) -> bool:
-    """What a glob may pick: checkpoints (`.pt`, not resume states) and exported `.onnx`
-    graphs; config names all three."""
-    if path.suffix == config.ONNX_SUFFIX:
-        return True
-    return path.suffix == config.CHECKPOINT_SUFFIX and not config.is_resume_state(path)
-
-
 def expand_checkpoints(
     patterns: list[Path], log: Callable[[str], None] | None = None
 ) -> list[Path]:
     """Plain paths as given (a folder refused); quoted globs ('models/best-*.pt') expanded,
-    sorted, to checkpoints not named before (no `*.last.pt`); `log` gets a line per glob."""
+    sorted, to checkpoints (`.pt` but not resume states, or `.onnx`) not named before; `log`
+    gets a line per glob."""
     paths: list[Path] = []
     for pattern in patterns:
         if Path(pattern).is_dir():
             raise PipelineError(f"{pattern}: is a folder; give a model file or a quoted glob")
-        if any(char in str(pattern) for char in "*?["):
-            matches = [Path(m) for m in sorted(glob.glob(str(pattern)))]
-            taken = {p.resolve() for p in paths}
-            chosen = [m for m in matches if is_checkpoint_name(m) and m.resolve() not in taken]
-            skipped = len(matches) - len(chosen)
-            if not chosen:
-                found = f" (only {skipped} resume states, other files or ones given before)"
-                raise PipelineError(f"{pattern}: no checkpoint matches{found if skipped else ''}")
-            if log:
-                names = ", ".join(m.name for m in chosen)
-                extra = f"; skipped {skipped} resume states, other files or ones given before"
-                log(f"{pattern}: {len(chosen)} checkpoint(s): {names}{extra if skipped else ''}")
-            paths += chosen
-        else:
+        if not any(char in str(pattern) for char in "*?["):
             paths.append(pattern)
+            continue
+        matches = [Path(m) for m in sorted(glob.glob(str(pattern)))]
+        taken = {p.resolve() for p in paths}
+        chosen = [
+            m
+            for m in matches
+            if m.suffix in (config.CHECKPOINT_SUFFIX, config.ONNX_SUFFIX)
+            and not config.is_resume_state(m)
+            and m.resolve() not in taken
+        ]
+        skipped = len(matches) - len(chosen)
+        others = f"{skipped} resume states, other files or ones given before"
+        if not chosen:
+            found = f" (only {others})" if skipped else ""
+            raise PipelineError(f"{pattern}: no checkpoint matches{found}")
+        if log:
+            names = ", ".join(m.name for m in chosen) + (f"; skipped {others}" if skipped else "")
+            log(f"{pattern}: {len(chosen)} checkpoint(s): {names}")
+        paths += chosen
     if not paths:
         raise PipelineError("give at least one --checkpoint")
     return paths

@@ -24,13 +24,13 @@ class EpochProgress:
         log: Callable[[str], None] | None,
     ):
         self.description, self.total, self.done = description, total, initial
-        self.bar = None
-        self.log = log if enabled else None
+        self.bar = self.log = None
         if enabled and sys.stderr.isatty():
             self.bar = tqdm(
-                total=total, initial=initial, leave=False, desc=description, mininterval=1.0
+                total=total, initial=initial, leave=False, desc=description, mininterval=1
             )
-            self.log = None
+        elif enabled:
+            self.log = log
         self.last_line = time.monotonic()
 
     def step(self, loss: Callable[[], float]) -> None:
@@ -50,8 +50,7 @@ class EpochProgress:
 
 
 class ImagesLeft:
-    """Images trained so far against a total (an ensemble's members): the bar, and the time
-    left for the lines."""
+    """Images trained against a total (an ensemble's members): a bar, and the time left."""
 
     def __init__(self, total: int, description: str, enabled: bool):
         self.total, self.done, self.start = total, 0, time.perf_counter()

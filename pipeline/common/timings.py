@@ -17,14 +17,13 @@ FIRST_PHASE_AT = "first_phase_at"
 
 PHASES: dict[str, float] = {}
 _open: list[list] = []  # [name, start] of the phases entered and not yet left, innermost last
-_first_phase_at: list[float] = []  # time.time() when the first phase began
+_started: dict[str, float] = {}  # {FIRST_PHASE_AT: time.time()} once the first phase began
 
 
 @contextmanager
 def phase(name: str) -> Iterator[None]:
     """Add the block's wall seconds to PHASES[name], less the time spent in inner phases."""
-    if not _first_phase_at:
-        _first_phase_at.append(time.time())
+    _started.setdefault(FIRST_PHASE_AT, time.time())
     now = time.perf_counter()
     if _open:
         outer = _open[-1]
@@ -41,15 +40,9 @@ def phase(name: str) -> Iterator[None]:
             _open[-1][1] = now
 
 
-def recorded() -> dict[str, float]:
-    """The phases so far, with FIRST_PHASE_AT first once a phase has begun."""
-    return ({FIRST_PHASE_AT: _first_phase_at[0]} if _first_phase_at else {}) | PHASES
-
-
 def write_requested() -> None:
-    """Write `recorded()` as JSON to $PIPELINE_TIMINGS, atomically; nothing if it is unset."""
-    target = os.environ.get(ENV_VAR)
-    if target:
+    """Write the phases (and FIRST_PHASE_AT) as JSON to $PIPELINE_TIMINGS, if it is set."""
+    if target := os.environ.get(ENV_VAR):
         from pipeline.common.files import write_json
 
-        write_json(recorded(), Path(target))
+        write_json(_started | PHASES, Path(target))
