@@ -163,10 +163,10 @@ def _plain_resize(canvas: np.ndarray) -> np.ndarray:
 def test_digitize_keeps_accuracy_on_pasted_real_digits(
     fast_checkpoint, sample_processed_dir, record_property
 ):
-    from pipeline.serve.torch_backend import load_models
+    from pipeline.serve.server import load_served
 
     torch.set_num_threads(1)
-    models = load_models([fast_checkpoint], "cpu")
+    models = load_served([fast_checkpoint], "cpu")
     val = TensorDigits.load(sample_processed_dir, "val")
     digits, labels = val.images[:, 0].numpy(), val.labels.numpy()
     rng = np.random.default_rng(0)

@@ -8,8 +8,7 @@ with other than probabilities is a one-line PipelineError naming the file.
 
 import json
 import os
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +36,21 @@ def is_onnx(path: Path) -> bool:
     return Path(path).suffix.lower() == config.ONNX_SUFFIX
 
 
-@dataclass
+@dataclass(frozen=True)
 class OnnxModel:
     """One exported graph in an ONNX Runtime session, checked and warmed up."""
 
     path: Path
     session: Any  # onnxruntime.InferenceSession
     meta: dict[str, Any]  # the metadata props, JSON values decoded
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
-    def model(self) -> str:
-        return self.meta["model"]
-
-    @property
-    def val_accuracy(self) -> float | None:
-        return self.meta.get("val_accuracy")
+    def temperature(self) -> float:
+        """A one-member graph's baked-in calibration temperature; 1.0 for an ensemble, whose
+        members each carry their own inside the graph."""
+        (member, *others) = self.meta["members"] or [{}]  # a list: checked at load
+        value = member.get("temperature") if isinstance(member, dict) and not others else None
+        return float(value) if type(value) in (int, float) and value > 0 else 1.0
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, 1, 28, 28] digits (0 = background) -> float32 [N, 10], in batches."""
@@ -60,11 +58,10 @@ class OnnxModel:
         if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE:
             raise ValueError(f"expected uint8 [N, 1, 28, 28] digits, got {images.shape}")
         out = np.empty((len(images), config.N_CLASSES), np.float32)
-        with self.lock:
-            for start in range(0, len(images), BATCH):
-                chunk = images[start : start + BATCH]
-                answer = self.session.run([OUTPUT], {INPUT: chunk})[0]
-                out[start : start + len(chunk)] = self.checked(answer, len(chunk))
+        for start in range(0, len(images), BATCH):
+            chunk = images[start : start + BATCH]
+            answer = self.session.run([OUTPUT], {INPUT: chunk})[0]
+            out[start : start + len(chunk)] = self.checked(answer, len(chunk))
         return out
 
     def checked(self, probs: np.ndarray, n: int) -> np.ndarray:
@@ -97,33 +94,32 @@ def _decode(props: dict[str, str]) -> dict[str, Any]:
 
 
 def _check_signature(path: Path, session: Any) -> None:
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    found_in = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "none"
-    found_out = ", ".join(f"{o.name} {o.type} {o.shape}" for o in outputs) or "none"
-    if len(inputs) != 1 or inputs[0].name != INPUT:
-        raise PipelineError(
-            f"{path}: the graph's input must be one tensor `images`, not {found_in}"
-        )
-    shape = list(inputs[0].shape)
+    for kind, found, name in (
+        ("input", session.get_inputs(), INPUT),
+        ("output", session.get_outputs(), OUTPUT),
+    ):
+        if len(found) != 1 or found[0].name != name:
+            listed = ", ".join(f"{t.name} {t.type} {t.shape}" for t in found) or "none"
+            raise PipelineError(
+                f"{path}: the graph's {kind} must be one tensor `{name}`, not {listed}"
+            )
+    (images,), (probs,) = session.get_inputs(), session.get_outputs()
+    shape = list(images.shape)
+    # A fixed batch size (an int) will not do: serve and predict need any N.
     if (
-        inputs[0].type != "tensor(uint8)"
+        images.type != "tensor(uint8)"
         or len(shape) != 4
-        or isinstance(shape[0], int)  # a fixed batch size: serve and predict need any N
-        or tuple(shape[1:]) != INPUT_SHAPE
+        or isinstance(shape[0], int)
+        or (tuple(shape[1:]) != INPUT_SHAPE)
     ):
         raise PipelineError(
             f"{path}: the input `images` must be uint8 [N, 1, 28, 28] with a dynamic N, "
-            f"not {inputs[0].type} {shape}"
+            f"not {images.type} {shape}"
         )
-    if len(outputs) != 1 or outputs[0].name != OUTPUT:
+    shape = list(probs.shape)
+    if probs.type != "tensor(float)" or len(shape) != 2 or shape[1] != config.N_CLASSES:
         raise PipelineError(
-            f"{path}: the graph's output must be one tensor `probabilities`, not {found_out}"
-        )
-    shape = list(outputs[0].shape)
-    if outputs[0].type != "tensor(float)" or len(shape) != 2 or shape[1] != config.N_CLASSES:
-        raise PipelineError(
-            f"{path}: the output `probabilities` must be float32 [N, 10], "
-            f"not {outputs[0].type} {shape}"
+            f"{path}: the output `probabilities` must be float32 [N, 10], not {probs.type} {shape}"
         )
 
 

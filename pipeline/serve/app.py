@@ -1,4 +1,4 @@
-"""The FastAPI app of `pipeline serve` over any `backend.Backend`: the page at /, the API at /api/.
+"""The FastAPI app of `pipeline serve` over loaded models: the page at /, the API at /api/.
 
 Uploaded images go through `digitize` before the model sees them; JSON pixels are taken as they
 are. Every error answers 4xx (never a 500 for a request's fault) with a one-sentence `detail`.
@@ -8,7 +8,6 @@ loads nothing from outside.
 
 import asyncio
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -17,13 +16,11 @@ from starlette.exceptions import HTTPException
 
 from pipeline import config
 from pipeline.common.errors import PipelineError
-from pipeline.serve.backend import Backend, CheckpointInfo
+from pipeline.inference.predict import Models
 from pipeline.serve.digitize import MAX_DECODED_BYTES, MAX_IMAGE_PIXELS, ImageError, digitize_bytes
-from pipeline.serve.guard import RequestGuard
-from pipeline.serve.limits import MAX_BODY_BYTES, BodyLimit, Busy, DecodeSlots
+from pipeline.serve.limits import MAX_BODY_BYTES, DecodeSlots, RequestGuard
 from pipeline.serve.requests import (
     USAGE,
-    BadRequest,
     PixelsRequest,
     media_type,
     parse_pixels,
@@ -47,12 +44,33 @@ class Prediction(BaseModel):
     input: list[int] = Field(description="The 784 pixels (0-255, row order) the model saw.")
 
 
+class CheckpointInfo(BaseModel):
+    name: str
+    path: str = Field(description="Relative to the project when inside it, else the file name.")
+    model: str | None = Field(description="The architecture's name.")
+    val_accuracy: float | None
+    temperature: float = Field(description="Its probabilities are softmax(logits / this).")
+
+
+def checkpoint_info(member) -> CheckpointInfo:
+    """A loaded member as /api/model shows it: no absolute path leaves the server."""
+    path, meta = member.path.resolve(), member.meta
+    shown = path.relative_to(config.ROOT) if path.is_relative_to(config.ROOT) else path.name
+    return CheckpointInfo(
+        name=path.name,
+        path=str(shown),
+        model=meta.get("model"),
+        val_accuracy=meta.get("val_accuracy"),
+        temperature=member.temperature,
+    )
+
+
 class ModelInfo(BaseModel):
     checkpoints: list[CheckpointInfo]
     device: str
-    max_body_bytes: int
-    max_image_pixels: int
-    max_decoded_bytes: int
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_decoded_bytes: int = MAX_DECODED_BYTES
 
 
 class Problem(BaseModel):
@@ -88,25 +106,13 @@ PREDICT_DESCRIPTION = (
 )
 
 
-def _problem(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status)
-
-
-def static_files() -> dict[str, bytes]:
-    """The page's three files from the package, read once."""
-    return {name: (config.STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
-
-
 def add_error_handlers(app: FastAPI) -> None:
     """Every error, the request's or ours, as a JSON `detail` of one sentence."""
 
-    @app.exception_handler(BadRequest)
-    async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
-        return _problem(exc.status, exc.message)
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _problem(*validation_message(list(exc.errors())))
+        status, message = validation_message(list(exc.errors()))
+        return JSONResponse({"detail": message}, status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -117,17 +123,13 @@ def add_error_handlers(app: FastAPI) -> None:
         message = messages.get(exc.status_code) or f"{str(exc.detail).rstrip('.')}."
         return JSONResponse({"detail": message}, exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(Busy)
-    async def busy(request: Request, exc: Busy) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "2"})
-
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
-        return _problem(500, "The server failed on this request; its log has the details.")
+        return JSONResponse({"detail": "The server failed on this request; see its log."}, 500)
 
 
-def create_app(backend: Backend, loopback_only: bool = True) -> FastAPI:
-    """The ASGI app over an already-loaded backend. `loopback_only`: Host names other than
+def create_app(models: Models, loopback_only: bool = True) -> FastAPI:
+    """The ASGI app over already-loaded models. `loopback_only`: Host names other than
     localhost's are refused; setting `app.state.stopping` answers bodies still arriving 503."""
     app = FastAPI(
         title="Digit Recognizer",
@@ -136,11 +138,11 @@ def create_app(backend: Backend, loopback_only: bool = True) -> FastAPI:
         redoc_url=None,
     )
     app.state.stopping = asyncio.Event()
-    app.add_middleware(BodyLimit, stopping=app.state.stopping)
-    app.add_middleware(RequestGuard, loopback_only=loopback_only)  # added last: runs first
+    app.add_middleware(RequestGuard, stopping=app.state.stopping, loopback_only=loopback_only)
     add_error_handlers(app)
     decodes = DecodeSlots()
-    files = static_files()
+    files = {name: (config.STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
+    info = ModelInfo(checkpoints=list(map(checkpoint_info, models.members)), device=models.device)
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -158,13 +160,7 @@ def create_app(backend: Backend, loopback_only: bool = True) -> FastAPI:
 
     @app.get("/api/model", summary="The checkpoints that answer")
     async def model() -> ModelInfo:
-        return ModelInfo(
-            checkpoints=backend.checkpoints,
-            device=backend.device,
-            max_body_bytes=MAX_BODY_BYTES,
-            max_image_pixels=MAX_IMAGE_PIXELS,
-            max_decoded_bytes=MAX_DECODED_BYTES,
-        )
+        return info
 
     @app.post(
         "/api/predict",
@@ -177,23 +173,21 @@ def create_app(backend: Backend, loopback_only: bool = True) -> FastAPI:
     async def predict(request: Request) -> JSONResponse:
         body = await request.body()
         if not body:
-            raise BadRequest(400, f"The body is empty; {USAGE}.")
+            raise HTTPException(400, f"The body is empty; {USAGE}.")
         if media_type(request) == "multipart/form-data":
             data = await upload_bytes(request, body)
             try:
                 digit = await decodes.run(digitize_bytes, data)
             except ImageError as exc:
-                raise BadRequest(422, str(exc)) from None
+                raise HTTPException(422, str(exc)) from None
         else:
             digit = parse_pixels(body, media_type(request))
-        # Inference runs on the event loop: well under a millisecond for these models, less
-        # than a hop to a worker thread costs; the backend's lock guards its modules.
+        # Inference runs on the event loop, one digit at a time: well under a millisecond for
+        # these models, less than a hop to a worker thread costs.
         try:
-            probs = backend.predict(digit[None, None])[0]
+            probs = models.predict(digit[None, None])[0]
         except PipelineError:  # inference refuses non-finite outputs
-            raise BadRequest(503, NON_FINITE) from None
-        if not np.isfinite(probs).all():  # a backend that does not check
-            raise BadRequest(503, NON_FINITE)
+            raise HTTPException(503, NON_FINITE) from None
         answer = {
             "label": int(probs.argmax()),
             "probabilities": probs.tolist(),

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from pipeline import config
@@ -25,14 +26,6 @@ class PixelsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     pixels: list[Pixel] = Field(min_length=config.N_PIXELS, max_length=config.N_PIXELS)
-
-
-class BadRequest(Exception):
-    """A request the API refuses: an HTTP status and a one-sentence message."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def validation_message(errors: list[dict[str, Any]]) -> tuple[int, str]:
@@ -64,7 +57,7 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[int, str]:
 
 
 def parse_pixels(body: bytes, media_type: str = "application/json") -> np.ndarray:
-    """A JSON body -> uint8 [28, 28], or BadRequest. Read as JSON whatever its Content-Type
+    """A JSON body -> uint8 [28, 28], or HTTPException. Read as JSON whatever its Content-Type
     (curl -d says form); only a body that is not JSON blames a foreign Content-Type."""
     try:
         request = PixelsRequest.model_validate_json(body)
@@ -73,7 +66,7 @@ def parse_pixels(body: bytes, media_type: str = "application/json") -> np.ndarra
         if status == 400 and media_type and not media_type.endswith("json"):
             status = 415
             message = f"The body is neither JSON nor a multipart form; {USAGE}."
-        raise BadRequest(status, message) from None
+        raise HTTPException(status, message) from None
     return np.asarray(request.pixels, dtype=np.uint8).reshape(config.IMAGE_SIDE, -1)
 
 
@@ -86,7 +79,7 @@ class InMemoryMultiPartParser(MultiPartParser):
 
 
 async def upload_bytes(request: Request, body: bytes) -> bytes:
-    """The bytes of the multipart form's single "file" field, or BadRequest."""
+    """The bytes of the multipart form's single "file" field, or HTTPException."""
 
     async def stream():
         yield body
@@ -96,15 +89,15 @@ async def upload_bytes(request: Request, body: bytes) -> bytes:
             request.headers, stream(), max_files=1, max_fields=1
         ).parse()
     except (MultiPartException, KeyError, ValueError, UnicodeError):
-        raise BadRequest(400, f"The multipart form could not be read; {USAGE}.") from None
+        raise HTTPException(400, f"The multipart form could not be read; {USAGE}.") from None
     others = sorted({name for name in form.keys() if name != "file"})
     if others:
-        raise BadRequest(422, f'The form field "{others[0][:40]}" is not accepted; {USAGE}.')
+        raise HTTPException(422, f'The form field "{others[0][:40]}" is not accepted; {USAGE}.')
     upload = form.get("file")
     if upload is None:
-        raise BadRequest(422, f'The form has no field "file"; {USAGE}.')
+        raise HTTPException(422, f'The form has no field "file"; {USAGE}.')
     if isinstance(upload, str):
-        raise BadRequest(422, 'The form field "file" must be a PNG or JPEG file, not text.')
+        raise HTTPException(422, 'The form field "file" must be a PNG or JPEG file, not text.')
     return await upload.read()
 
 
