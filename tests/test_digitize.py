@@ -66,7 +66,7 @@ def test_a_drawing_becomes_an_mnist_style_digit():
     digit = digitize(_drawn_seven())
     assert digit.shape == (SIDE, SIDE) and digit.dtype == np.uint8
     assert digit.max() == 255 and digit[0].max() == 0 and digit[:, -1].max() == 0  # light on black
-    top, left, bottom, right = ink_box(digit / 255.0)
+    left, top, right, bottom = ink_box(digit / 255.0)
     assert max(bottom - top, right - left) in (20, 21)  # the box fits 20x20 (+ anti-aliasing)
     row, col = center_of_mass(digit.astype(np.float32))
     assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5  # where the prepared digits have it

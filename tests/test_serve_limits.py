@@ -301,7 +301,7 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(models, monkeypatch
     import uvicorn
 
     from pipeline.serve import limits
-    from pipeline.serve.server import AnnouncingServer, header_deadline_protocol
+    from pipeline.serve.server import AnnouncingServer, HeaderDeadline
 
     monkeypatch.setattr(limits, "HEADER_TIMEOUT_S", 0.5)
     with socket.socket() as listening:
@@ -309,7 +309,7 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(models, monkeypatch
         port = listening.getsockname()[1]
         config = uvicorn.Config(
             create_app(models), log_level="warning", lifespan="off",
-            http=header_deadline_protocol(), timeout_keep_alive=30,
+            http=HeaderDeadline, timeout_keep_alive=30,
         )  # fmt: skip
         listening_now = threading.Event()
         server = AnnouncingServer(config, "listening", ready=listening_now.set)

@@ -1,9 +1,8 @@
-"""Running an exported `.onnx` digit reader with ONNX Runtime, without torch (numpy only), so
-a server or a predict on `.onnx` files runs where torch is not installed.
+"""Running an exported `.onnx` digit reader on ONNX Runtime, without torch (NumPy only).
 
-A file is checked whole before use: bounded size, exactly `pipeline export`'s input, output
-(dynamic batch) and metadata, ten probabilities for a blank digit; any batch later answered
-with other than probabilities is a one-line PipelineError naming the file.
+A file is checked whole before use: bounded size, exactly `pipeline export`'s signature and
+metadata, probabilities for a blank digit; any batch later answered with other than
+probabilities is a one-line PipelineError naming the file.
 """
 
 import json
@@ -22,12 +21,8 @@ FORMAT_VERSION = "1"
 INPUT = "images"
 OUTPUT = "probabilities"
 INPUT_SHAPE = (1, config.IMAGE_SIDE, config.IMAGE_SIDE)  # after the batch dimension
-# Ours are 0.1-10 MB (a five-member deepcnn ensemble is the largest); refuse anything absurd
-# before reading it.
-MAX_ONNX_BYTES = 512 * 1024 * 1024
-# Images per ONNX Runtime call: bounds the activations (fastnet's first layer holds 50 KB per
-# digit) when a whole test split goes through.
-BATCH = 1024
+MAX_ONNX_BYTES = 512 * 1024 * 1024  # ours are 0.1-10 MB; anything absurd is refused unread
+BATCH = 1024  # digits per ONNX Runtime call: bounds the activations on a whole test split
 TOLERANCE = 1e-3  # on each probability and on each row's sum
 REQUIRED_PROPS = ("format", "format_version", "pipeline_version", "model", "members")
 
@@ -82,15 +77,12 @@ class OnnxModel:
         )
 
 
-def _decode(props: dict[str, str]) -> dict[str, Any]:
-    """Metadata props are strings; the numbers and lists among them are written as JSON."""
-    meta: dict[str, Any] = {}
-    for key, value in props.items():
-        try:
-            meta[key] = json.loads(value)
-        except ValueError:
-            meta[key] = value
-    return meta
+def _decode(value: str) -> Any:
+    """A metadata prop: the numbers and lists among these strings are written as JSON."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _check_signature(path: Path, session: Any) -> None:
@@ -154,11 +146,8 @@ def session_options(threads: int | None):
 
 
 def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
-    """Open an exported graph on ONNX Runtime's CPU provider and check it is one of ours.
-
-    `threads` caps the intra-op threads (serve answers one digit at a time and uses 1);
-    None takes OMP_NUM_THREADS if set, else ONNX Runtime's default, one per core.
-    """
+    """Open an exported graph on ONNX Runtime's CPU provider and check it is one of ours;
+    `threads` caps the intra-op threads (None: OMP_NUM_THREADS if set, else one per core)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: no such ONNX file (run `pipeline export` first)")
@@ -190,7 +179,7 @@ def open_onnx(data: bytes, path: Path, threads: int | None = None) -> OnnxModel:
             f"{path}: not a readable ONNX model (damaged or foreign: {reason})"
         ) from None
     _check_signature(path, session)
-    meta = _decode(dict(session.get_modelmeta().custom_metadata_map))
+    meta = {k: _decode(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     _check_meta(path, meta)
     model = OnnxModel(path, session, meta)
     try:
@@ -204,12 +193,8 @@ def open_onnx(data: bytes, path: Path, threads: int | None = None) -> OnnxModel:
 
 
 def onnx_only(paths: list[Path], device: str = "auto", tta: bool = False) -> bool:
-    """True when every model is an `.onnx` file, False when none is; one-line error otherwise.
-
-    Mixing is refused: a graph already averages its own members, so weighing it against
-    checkpoints would be a guess. ONNX files run on ONNX Runtime's CPU provider, and TTA's
-    shifted views are a torch feature.
-    """
+    """True when every model is an `.onnx` file, False when none is; mixing is refused (a
+    graph already averages its members: weighing it against checkpoints would be a guess)."""
     kinds = {is_onnx(path) for path in paths}
     if kinds != {True}:
         if True in kinds:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pipeline import config
 from pipeline.common import exits
@@ -41,31 +42,27 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def header_deadline_protocol() -> type:
+class HeaderDeadline(H11Protocol):
     """uvicorn's h11 protocol with a deadline on each request's headers: uvicorn has none, so a
     client that sent half a request line held its connection for ever. Relies on uvicorn's
     `H11Protocol.cycle`, `loop` and `on_response_complete`; test_serve_limits pins it."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class HeaderDeadline(H11Protocol):
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._headers_within(limits.HEADER_TIMEOUT_S)
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._headers_in_time()
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._headers_within(limits.HEADER_TIMEOUT_S)
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._headers_in_time()
 
-        def _headers_within(self, seconds: float) -> None:
-            waiting_after = self.cycle  # a new request replaces it once its headers are in
+    def _headers_in_time(self) -> None:
+        waiting_after = self.cycle  # a new request replaces it once its headers are in
 
-            def expire() -> None:
-                if self.cycle is waiting_after and not self.transport.is_closing():
-                    self.transport.close()
+        def expire() -> None:
+            if self.cycle is waiting_after and not self.transport.is_closing():
+                self.transport.close()
 
-            self.loop.call_later(seconds, expire)
-
-    return HeaderDeadline
+        self.loop.call_later(limits.HEADER_TIMEOUT_S, expire)
 
 
 class AnnouncingServer(uvicorn.Server):
@@ -101,11 +98,8 @@ def load_served(checkpoints: list[Path], device: str = "auto") -> Models:
 def serve(
     checkpoints: list[Path], host: str = "127.0.0.1", port: int = 8000, device: str = "auto"
 ) -> None:
-    """Load the checkpoints, then serve the page and API on host:port until Ctrl-C or SIGTERM.
-
-    Prints `serve: <url> (...)` once listening. A --host other machines can reach gets a
-    warning on stderr; a loopback one has foreign Host names refused (`limits`).
-    """
+    """Serve the page and API on host:port until Ctrl-C or SIGTERM; prints `serve: <url> (...)`
+    once listening. A --host other machines can reach gets a warning on stderr."""
     models = load_served(checkpoints, device)
     warning = network_warning(host)
     if warning:
@@ -120,7 +114,7 @@ def serve(
             log_level="warning",
             access_log=False,
             lifespan="off",
-            http=header_deadline_protocol(),
+            http=HeaderDeadline,
             timeout_keep_alive=limits.KEEP_ALIVE_S,
             timeout_graceful_shutdown=limits.GRACEFUL_SHUTDOWN_S,
         ),
