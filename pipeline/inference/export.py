@@ -7,6 +7,7 @@ and our own loader, and must match torch on real validation digits.
 """
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,8 @@ def _export_graph(graph: ProbabilityGraph, paths: list[Path]):
 
 def default_out(checkpoints: list[Path], models_dir: Path = config.MODELS_DIR) -> Path:
     """models/<name>.onnx: the checkpoint's stem, or a glob's fixed part ('best-*.pt' -> best)."""
-    if len(checkpoints) == 1:
-        stem = Path(checkpoints[0]).stem
-        name = stem.split("*")[0].split("?")[0].split("[")[0].rstrip("-_.") or "ensemble"
-    else:
-        name = "ensemble"
+    stem = Path(checkpoints[0]).stem if len(checkpoints) == 1 else ""
+    name = re.split(r"[*?\[]", stem)[0].rstrip("-_.") or "ensemble"
     return config.onnx_path(name, models_dir)
 
 

@@ -1,7 +1,5 @@
 """Running trained models: load them for inference, logits in batches, TTA, ensembles, metrics.
-
-Every stage that reads a model's answers goes through here, so all see the same normalisation,
-views and one averaging rule (`mean_calibrated`, also the exported graph's).
+Every stage that reads a model's answers goes through here: one averaging rule for all.
 """
 
 from collections.abc import Sequence

@@ -185,9 +185,19 @@ PREDICT_DESCRIPTION = (
 )
 
 
-def add_error_handlers(app: FastAPI) -> None:
-    """Every error, the request's or ours, as a JSON `detail` of one sentence."""
+def create_app(models: Models, loopback_only: bool = True) -> FastAPI:
+    """The ASGI app over already-loaded models. `loopback_only`: Host names other than
+    localhost's are refused; setting `app.state.stopping` answers bodies still arriving 503."""
+    app = FastAPI(
+        title="Digit Recognizer",
+        summary="Draw a digit, or send one, and read what the trained model says.",
+        version="1",
+        redoc_url=None,
+    )
+    app.state.stopping = asyncio.Event()
+    app.add_middleware(RequestGuard, stopping=app.state.stopping, loopback_only=loopback_only)
 
+    # Every error, the request's or ours, as a JSON `detail` of one sentence.
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, message = validation_message(list(exc.errors()))
@@ -206,19 +216,6 @@ def add_error_handlers(app: FastAPI) -> None:
     async def crash(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": "The server failed on this request; see its log."}, 500)
 
-
-def create_app(models: Models, loopback_only: bool = True) -> FastAPI:
-    """The ASGI app over already-loaded models. `loopback_only`: Host names other than
-    localhost's are refused; setting `app.state.stopping` answers bodies still arriving 503."""
-    app = FastAPI(
-        title="Digit Recognizer",
-        summary="Draw a digit, or send one, and read what the trained model says.",
-        version="1",
-        redoc_url=None,
-    )
-    app.state.stopping = asyncio.Event()
-    app.add_middleware(RequestGuard, stopping=app.state.stopping, loopback_only=loopback_only)
-    add_error_handlers(app)
     decodes = DecodeSlots()
     files = {name: (config.STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
     info = ModelInfo(checkpoints=list(map(checkpoint_info, models.members)), device=models.device)

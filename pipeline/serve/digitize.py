@@ -80,9 +80,8 @@ def decoded_bytes(mode: str, size: tuple[int, int]) -> int:
 
 
 def ink_array(image: Image.Image) -> np.ndarray:
-    """float32 [H, W] in [0, 1]: 1 where the ink is strongest, 0 on the background. Transparent
-    images take it from the alpha channel (strokes of any colour); opaque ones from the luminance
-    (`ink_from_gray`), so faint pencil and grey paper work too."""
+    """float32 [H, W] in [0, 1], 1 where the ink is strongest: from the alpha channel of a
+    transparent image (strokes of any colour), else from the luminance (`ink_from_gray`)."""
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)

@@ -52,10 +52,9 @@ CROSS_ORIGIN = "Cross-origin requests are refused; post from this server's own p
 
 def is_loopback(host: str) -> bool:
     """Whether a --host value listens on this machine only."""
-    if host.strip("[]").lower() == "localhost":
-        return True
+    name = host.strip("[]").lower()
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return name == "localhost" or ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
 
@@ -192,11 +191,6 @@ except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
     _malloc_trim = None
 
 
-def release_memory() -> None:
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
 class DecodeSlots:
     """At most `slots` decodes at once, `waiting` more queued briefly, else a 503; the same few
     threads decode every image, so freed memory is reused, not an allocator arena per thread."""
@@ -227,6 +221,7 @@ class DecodeSlots:
                 return await loop.run_in_executor(self._pool, work, *args)
             finally:
                 self._free.release()
-                await loop.run_in_executor(self._pool, release_memory)
+                if _malloc_trim is not None:
+                    await loop.run_in_executor(self._pool, _malloc_trim, 0)
         finally:
             self._queued -= 1
