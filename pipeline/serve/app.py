@@ -118,10 +118,7 @@ STATIC_FILES = {  # name -> media type; read once into memory by create_app
 
 class Prediction(BaseModel):
     label: int = Field(ge=0, le=9, description="The most probable digit.")
-    probabilities: list[float] = Field(
-        description="P(digit) for 0..9: each checkpoint's calibrated softmax "
-        "(logits / its temperature), averaged over the ensemble."
-    )
+    probabilities: list[float] = Field(description="P(digit) for 0..9, the one predictor's.")
     input: list[int] = Field(description="The 784 pixels (0-255, row order) the model saw.")
 
 
@@ -159,10 +156,7 @@ class Problem(BaseModel):
 
 
 class UploadForm(BaseModel):  # for the API's documentation: `upload_bytes` reads the form
-    file: bytes = Field(
-        description="A PNG or JPEG drawing, photo or scan of one digit (preprocessed "
-        "MNIST-style before the model sees it)."
-    )
+    file: bytes = Field(description="A PNG or JPEG drawing, photo or scan of one digit.")
 
 
 PREDICT_BODY = {
