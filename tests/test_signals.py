@@ -68,9 +68,7 @@ def _assert_stopped(returncode, stderr, signum, output: Path):
     lines = stderr.splitlines()
     resume_state = output.with_suffix(".last.pt")
     if output.suffix == ".pt" and lines and "state saved to" in lines[0]:
-        assert len(lines) == 1 and lines[0].startswith(f"error: interrupted: {signum.name} at"), (
-            stderr
-        )
+        assert len(lines) == 1 and lines[0].startswith(f"error: interrupted: {signum.name} at"), stderr
         assert f"state saved to {resume_state}" in lines[0] and "--resume" in lines[0], stderr
         assert resume_state.exists(), stderr
     else:
