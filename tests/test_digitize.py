@@ -66,7 +66,7 @@ def test_a_drawing_becomes_an_mnist_style_digit():
     digit = digitize(_drawn_seven())
     assert digit.shape == (SIDE, SIDE) and digit.dtype == np.uint8
     assert digit.max() == 255 and digit[0].max() == 0 and digit[:, -1].max() == 0  # light on black
-    top, left, bottom, right = ink_box(digit / 255.0)
+    left, top, right, bottom = ink_box(digit / 255.0)
     assert max(bottom - top, right - left) in (20, 21)  # the box fits 20x20 (+ anti-aliasing)
     row, col = center_of_mass(digit.astype(np.float32))
     assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5  # where the prepared digits have it
@@ -163,10 +163,10 @@ def _plain_resize(canvas: np.ndarray) -> np.ndarray:
 def test_digitize_keeps_accuracy_on_pasted_real_digits(
     fast_checkpoint, sample_processed_dir, record_property
 ):
-    from pipeline.serve.torch_backend import load_models
+    from pipeline.serve.server import load_served
 
     torch.set_num_threads(1)
-    models = load_models([fast_checkpoint], "cpu")
+    models = load_served([fast_checkpoint], "cpu")
     val = TensorDigits.load(sample_processed_dir, "val")
     digits, labels = val.images[:, 0].numpy(), val.labels.numpy()
     rng = np.random.default_rng(0)

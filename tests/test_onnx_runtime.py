@@ -36,7 +36,7 @@ def test_a_graph_answers_real_digits_in_any_batch(linear_onnx, sample_processed_
     assert (probs.argmax(1) == test.labels.numpy()).mean() > 0.8  # it reads digits
     one = model.predict(images[:1])
     assert one.shape == (1, 10) and np.allclose(one[0], probs[0], atol=1e-6)
-    assert model.model == "linear" and model.val_accuracy == 0.85
+    assert model.meta["model"] == "linear" and model.meta["val_accuracy"] == 0.85
     assert model.meta["members"] == [{"checkpoint": "linear.pt", "model": "linear"}]
     with pytest.raises(ValueError, match=r"uint8 \[N, 1, 28, 28\]"):
         model.predict(images[:, 0])

@@ -28,10 +28,10 @@ from conftest import require
 @pytest.fixture(scope="module")
 def models(fast_checkpoint):
     require("fastapi")
-    from pipeline.serve.torch_backend import load_models
+    from pipeline.serve.server import load_served
 
     torch.set_num_threads(1)
-    return load_models([fast_checkpoint], "cpu")
+    return load_served([fast_checkpoint], "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +150,12 @@ def test_served_probabilities_are_the_checkpoints_calibrated_ones(
 
 
 def test_an_ensemble_from_a_glob(fast_checkpoint, known_digits, models, tmp_path):
-    from pipeline.serve.server import load_backend
+    from pipeline.serve.server import load_served
 
     for member in range(2):  # two copies: their mean must equal the single model
         (tmp_path / f"member-{member}.pt").write_bytes(fast_checkpoint.read_bytes())
-    ensemble = load_backend([tmp_path / "member-*.pt"], "cpu")
-    assert [info.name for info in ensemble.checkpoints] == ["member-0.pt", "member-1.pt"]
+    ensemble = load_served([tmp_path / "member-*.pt"], "cpu")
+    assert [member.path.name for member in ensemble.members] == ["member-0.pt", "member-1.pt"]
     digits, _ = known_digits
     assert np.allclose(
         ensemble.predict(digits[:, None]), models.predict(digits[:, None]), atol=1e-6

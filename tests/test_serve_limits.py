@@ -25,10 +25,17 @@ from pipeline.serve.digitize import MAX_DECODED_BYTES, decoded_bytes
 from conftest import require
 
 fastapi = require("fastapi")
+from starlette.exceptions import HTTPException  # noqa: E402
+
 from pipeline.serve.app import create_app  # noqa: E402
-from pipeline.serve.guard import host_name, is_loopback, network_warning  # noqa: E402
-from pipeline.serve.limits import Busy, DecodeSlots, read_body  # noqa: E402
-from pipeline.serve.torch_backend import load_models  # noqa: E402
+from pipeline.serve.limits import (  # noqa: E402
+    DecodeSlots,
+    host_name,
+    is_loopback,
+    network_warning,
+    read_body,
+)
+from pipeline.serve.server import load_served  # noqa: E402
 
 LOCAL = "http://127.0.0.1:8000"
 
@@ -42,7 +49,7 @@ def _sentence(response) -> str:
 @pytest.fixture(scope="module")
 def models(fast_checkpoint):
     torch.set_num_threads(1)
-    return load_models([fast_checkpoint], "cpu")
+    return load_served([fast_checkpoint], "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +104,15 @@ def test_decodes_are_bounded_and_the_rest_wait_briefly_then_get_busy():
         await asyncio.sleep(0)  # one turn of the loop: first holds the slot
         second = asyncio.ensure_future(slots.run(lambda: "second"))
         await asyncio.sleep(0)  # second waits for it
-        with pytest.raises(Busy, match="decoding 1 images with more waiting"):
+        with pytest.raises(HTTPException, match="decoding 1 images with more waiting") as busy:
             await slots.run(lambda: "third")  # the queue is full: at once
-        with pytest.raises(Busy, match="within 0.3 s"):
+        assert busy.value.status_code == 503
+        with pytest.raises(HTTPException, match="within 0.3 s") as busy:
             await second  # waited 0.3 s for the busy slot
+        assert busy.value.status_code == 503 and busy.value.headers == {"Retry-After": "2"}
         release.set()
         assert await first is True
         assert await slots.run(lambda: "again") == "again"  # the slot came back
-        slots.close()
 
     asyncio.run(scenario())
 
@@ -208,10 +216,10 @@ def test_non_finite_outputs_are_a_503_and_the_server_keeps_serving(fast_checkpoi
     broken = tmp_path / "broken.pt"
     torch.save(payload, broken)
     with pytest.raises(PipelineError, match="broken.pt: its outputs are NaN or infinite"):
-        load_models([broken], "cpu")
-    backend = load_models([fast_checkpoint], "cpu")
+        load_served([broken], "cpu")
+    backend = load_served([fast_checkpoint], "cpu")
     with torch.no_grad():  # overflows from now on, after the warm-up passed
-        for parameter in backend.models[0].parameters():
+        for parameter in backend.members[0].model.parameters():
             parameter.mul_(1e30)
     app = create_app(backend)
     with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as client:
@@ -293,7 +301,7 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(models, monkeypatch
     import uvicorn
 
     from pipeline.serve import limits
-    from pipeline.serve.server import AnnouncingServer, header_deadline_protocol
+    from pipeline.serve.server import AnnouncingServer, HeaderDeadline
 
     monkeypatch.setattr(limits, "HEADER_TIMEOUT_S", 0.5)
     with socket.socket() as listening:
@@ -301,7 +309,7 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(models, monkeypatch
         port = listening.getsockname()[1]
         config = uvicorn.Config(
             create_app(models), log_level="warning", lifespan="off",
-            http=header_deadline_protocol(), timeout_keep_alive=30,
+            http=HeaderDeadline, timeout_keep_alive=30,
         )  # fmt: skip
         listening_now = threading.Event()
         server = AnnouncingServer(config, "listening", ready=listening_now.set)

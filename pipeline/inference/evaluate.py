@@ -47,14 +47,14 @@ def evaluate(
     paths = expand_checkpoints([checkpoint])
     if len(paths) > 1:
         raise PipelineError(f"{checkpoint}: matches {len(paths)} models; evaluate scores one")
-    probabilities = load_models(paths, device, tta)
+    models = load_models(paths, device, tta)
     digits = load_split_arrays(processed_dir, split)
     if digits.labels is None:
         raise PipelineError(
             f"{config.split_path(processed_dir, split)}: labels are hidden (Kaggle's test set); "
             "evaluate on val, or submit to Kaggle for a test score"
         )
-    probs, truth = probabilities(digits.images), digits.labels
+    probs, truth = models.predict(digits.images), digits.labels
     predicted, confidences = probs.argmax(1), probs.max(1)
     nll = -np.log(np.maximum(probs[np.arange(len(truth)), truth], 1e-12)).mean()
     metrics = Metrics(float((predicted == truth).mean()), float(nll), predicted, confidences)

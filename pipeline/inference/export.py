@@ -1,15 +1,13 @@
 """`pipeline export`: a checkpoint (or an ensemble of them) as one self-contained ONNX file.
 
-The graph takes `images`, uint8 [N, 1, 28, 28] as the CSV holds the digits, and returns
-`probabilities`, float32 [N, 10]: normalisation, each member's temperature and the ensemble's
-mean (`predictor.mean_calibrated`, the rule predict and serve use on torch) are inside, so a
-caller needs only ONNX Runtime, and no manifest can drift from the files it lists. It uses
-the torch.export-based exporter (`dynamo=True`, the supported one; needs the `export` extra).
-Before anything is written the graph passes `onnx.checker` and must match torch on real
-validation digits (`TOLERANCE`, the same labels); the file is then written atomically.
+The graph takes `images`, uint8 [N, 1, 28, 28], and returns `probabilities`, float32 [N, 10]:
+normalisation, each member's temperature and the mean (`predictor.mean_calibrated`) are inside,
+so a caller needs only ONNX Runtime. Before anything is written the graph passes `onnx.checker`
+and our own loader, and must match torch on real validation digits.
 """
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,8 +51,7 @@ class ExportResult:
 
 
 class ProbabilityGraph(nn.Module):
-    """uint8 digits -> the members' probabilities by the one rule, `mean_calibrated`, on the
-    digits normalised as `predict_logits` normalises them."""
+    """uint8 digits -> the members' probabilities by the one rule, `mean_calibrated`."""
 
     def __init__(self, members: list[LoadedModel]):
         super().__init__()
@@ -73,16 +70,13 @@ def metadata(
     joins the names with "+" and `val_accuracy` is the ensemble's, when its data was at hand."""
     names = sorted({m["model"] for m in metas})
     fingerprints = {m.get("data_fingerprint") for m in metas}
+    kept = ("model", "val_accuracy", "data_fingerprint", "seed", "normalization")
     members = [
-        {
+        {key: m.get(key) for key in kept}
+        | {
             "checkpoint": path.name,
-            "model": m["model"],
             "arch_args": m.get("arch_args", {}),
-            "val_accuracy": m.get("val_accuracy"),
-            "data_fingerprint": m.get("data_fingerprint"),
-            "seed": m.get("seed"),
             "temperature": temperature_of(m),
-            "normalization": m.get("normalization"),
         }
         for path, m in zip(paths, metas, strict=True)
     ]
@@ -107,7 +101,8 @@ def metadata(
 
 
 def _export_graph(graph: ProbabilityGraph, paths: list[Path]):
-    """torch.onnx's ModelProto of `graph`, or a one-line PipelineError."""
+    """torch.onnx's ModelProto of `graph` (the torch.export-based exporter, the supported one),
+    or a one-line PipelineError."""
     import onnx  # noqa: F401  (the exporter's own import error is less clear)
     import onnxscript  # noqa: F401
 
@@ -132,11 +127,8 @@ def _export_graph(graph: ProbabilityGraph, paths: list[Path]):
 
 def default_out(checkpoints: list[Path], models_dir: Path = config.MODELS_DIR) -> Path:
     """models/<name>.onnx: the checkpoint's stem, or a glob's fixed part ('best-*.pt' -> best)."""
-    if len(checkpoints) == 1:
-        stem = Path(checkpoints[0]).stem
-        name = stem.split("*")[0].split("?")[0].split("[")[0].rstrip("-_.") or "ensemble"
-    else:
-        name = "ensemble"
+    stem = Path(checkpoints[0]).stem if len(checkpoints) == 1 else ""
+    name = re.split(r"[*?\[]", stem)[0].rstrip("-_.") or "ensemble"
     return config.onnx_path(name, models_dir)
 
 
@@ -145,11 +137,8 @@ def export_onnx(
     out: Path,
     processed_dir: Path = config.PROCESSED_DIR,
 ) -> ExportResult:
-    """Export the checkpoints (quoted globs expand) as one graph to `out`, checked first.
-
-    Reads the validation split of `processed_dir` for the comparison (and, for an ensemble
-    whose members were trained on that data, its accuracy); writes only `out`.
-    """
+    """Export the checkpoints (quoted globs expand) as one graph to `out`, checked first; the
+    validation split of `processed_dir` is compared (and scores an ensemble trained on it)."""
     if not is_onnx(out):
         raise PipelineError(f"--out {out}: give a file name ending in .onnx")
     check_writable(out)
@@ -157,7 +146,7 @@ def export_onnx(
     if any(is_onnx(p) for p in paths):
         raise PipelineError(f"{next(p for p in paths if is_onnx(p))}: is already an ONNX file")
     members = load_for_inference(paths, torch.device("cpu"))
-    metas = [each.meta for each in members]
+    metas = [m.meta for m in members]
     val = load_split(processed_dir, "val")
     if len(val) == 0:
         raise PipelineError(f"{processed_dir}: its validation split is empty; nothing to compare")
@@ -166,8 +155,7 @@ def export_onnx(
     images = val.images[:PARITY_DIGITS]
     reference = ensemble_probabilities(members, TensorDigits(images), len(images)).numpy()
 
-    # Run the graph as a user will, from its bytes through our own loader, before writing.
-    model = open_onnx(_with_props(proto, paths, metas, None), out)
+    model = open_onnx(_with_props(proto, paths, metas, None), out)  # as a user will run it
     answer = model.predict(images.numpy())
     diff = float(np.abs(answer - reference).max())
     if not diff < TOLERANCE or not np.array_equal(answer.argmax(1), reference.argmax(1)):

@@ -1,15 +1,13 @@
-"""Running an exported `.onnx` digit reader with ONNX Runtime, without torch (numpy only), so
-a server or a predict on `.onnx` files runs where torch is not installed.
+"""Running an exported `.onnx` digit reader on ONNX Runtime, without torch (NumPy only).
 
-A file is checked whole before use: bounded size, exactly `pipeline export`'s input, output
-(dynamic batch) and metadata, ten probabilities for a blank digit; any batch later answered
-with other than probabilities is a one-line PipelineError naming the file.
+A file is checked whole before use: bounded size, exactly `pipeline export`'s signature and
+metadata, probabilities for a blank digit; any batch later answered with other than
+probabilities is a one-line PipelineError naming the file.
 """
 
 import json
 import os
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +21,8 @@ FORMAT_VERSION = "1"
 INPUT = "images"
 OUTPUT = "probabilities"
 INPUT_SHAPE = (1, config.IMAGE_SIDE, config.IMAGE_SIDE)  # after the batch dimension
-# Ours are 0.1-10 MB (a five-member deepcnn ensemble is the largest); refuse anything absurd
-# before reading it.
-MAX_ONNX_BYTES = 512 * 1024 * 1024
-# Images per ONNX Runtime call: bounds the activations (fastnet's first layer holds 50 KB per
-# digit) when a whole test split goes through.
-BATCH = 1024
+MAX_ONNX_BYTES = 512 * 1024 * 1024  # ours are 0.1-10 MB; anything absurd is refused unread
+BATCH = 1024  # digits per ONNX Runtime call: bounds the activations on a whole test split
 TOLERANCE = 1e-3  # on each probability and on each row's sum
 REQUIRED_PROPS = ("format", "format_version", "pipeline_version", "model", "members")
 
@@ -37,22 +31,21 @@ def is_onnx(path: Path) -> bool:
     return Path(path).suffix.lower() == config.ONNX_SUFFIX
 
 
-@dataclass
+@dataclass(frozen=True)
 class OnnxModel:
     """One exported graph in an ONNX Runtime session, checked and warmed up."""
 
     path: Path
     session: Any  # onnxruntime.InferenceSession
     meta: dict[str, Any]  # the metadata props, JSON values decoded
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
-    def model(self) -> str:
-        return self.meta["model"]
-
-    @property
-    def val_accuracy(self) -> float | None:
-        return self.meta.get("val_accuracy")
+    def temperature(self) -> float:
+        """A one-member graph's baked-in calibration temperature; 1.0 for an ensemble, whose
+        members each carry their own inside the graph."""
+        (member, *others) = self.meta["members"] or [{}]  # a list: checked at load
+        value = member.get("temperature") if isinstance(member, dict) and not others else None
+        return float(value) if type(value) in (int, float) and value > 0 else 1.0
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, 1, 28, 28] digits (0 = background) -> float32 [N, 10], in batches."""
@@ -60,11 +53,10 @@ class OnnxModel:
         if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE:
             raise ValueError(f"expected uint8 [N, 1, 28, 28] digits, got {images.shape}")
         out = np.empty((len(images), config.N_CLASSES), np.float32)
-        with self.lock:
-            for start in range(0, len(images), BATCH):
-                chunk = images[start : start + BATCH]
-                answer = self.session.run([OUTPUT], {INPUT: chunk})[0]
-                out[start : start + len(chunk)] = self.checked(answer, len(chunk))
+        for start in range(0, len(images), BATCH):
+            chunk = images[start : start + BATCH]
+            answer = self.session.run([OUTPUT], {INPUT: chunk})[0]
+            out[start : start + len(chunk)] = self.checked(answer, len(chunk))
         return out
 
     def checked(self, probs: np.ndarray, n: int) -> np.ndarray:
@@ -85,45 +77,41 @@ class OnnxModel:
         )
 
 
-def _decode(props: dict[str, str]) -> dict[str, Any]:
-    """Metadata props are strings; the numbers and lists among them are written as JSON."""
-    meta: dict[str, Any] = {}
-    for key, value in props.items():
-        try:
-            meta[key] = json.loads(value)
-        except ValueError:
-            meta[key] = value
-    return meta
+def _decode(value: str) -> Any:
+    """A metadata prop: the numbers and lists among these strings are written as JSON."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _check_signature(path: Path, session: Any) -> None:
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    found_in = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "none"
-    found_out = ", ".join(f"{o.name} {o.type} {o.shape}" for o in outputs) or "none"
-    if len(inputs) != 1 or inputs[0].name != INPUT:
-        raise PipelineError(
-            f"{path}: the graph's input must be one tensor `images`, not {found_in}"
-        )
-    shape = list(inputs[0].shape)
+    for kind, found, name in (
+        ("input", session.get_inputs(), INPUT),
+        ("output", session.get_outputs(), OUTPUT),
+    ):
+        if len(found) != 1 or found[0].name != name:
+            listed = ", ".join(f"{t.name} {t.type} {t.shape}" for t in found) or "none"
+            raise PipelineError(
+                f"{path}: the graph's {kind} must be one tensor `{name}`, not {listed}"
+            )
+    (images,), (probs,) = session.get_inputs(), session.get_outputs()
+    shape = list(images.shape)
+    # A fixed batch size (an int) will not do: serve and predict need any N.
     if (
-        inputs[0].type != "tensor(uint8)"
+        images.type != "tensor(uint8)"
         or len(shape) != 4
-        or isinstance(shape[0], int)  # a fixed batch size: serve and predict need any N
-        or tuple(shape[1:]) != INPUT_SHAPE
+        or isinstance(shape[0], int)
+        or (tuple(shape[1:]) != INPUT_SHAPE)
     ):
         raise PipelineError(
             f"{path}: the input `images` must be uint8 [N, 1, 28, 28] with a dynamic N, "
-            f"not {inputs[0].type} {shape}"
+            f"not {images.type} {shape}"
         )
-    if len(outputs) != 1 or outputs[0].name != OUTPUT:
+    shape = list(probs.shape)
+    if probs.type != "tensor(float)" or len(shape) != 2 or shape[1] != config.N_CLASSES:
         raise PipelineError(
-            f"{path}: the graph's output must be one tensor `probabilities`, not {found_out}"
-        )
-    shape = list(outputs[0].shape)
-    if outputs[0].type != "tensor(float)" or len(shape) != 2 or shape[1] != config.N_CLASSES:
-        raise PipelineError(
-            f"{path}: the output `probabilities` must be float32 [N, 10], "
-            f"not {outputs[0].type} {shape}"
+            f"{path}: the output `probabilities` must be float32 [N, 10], not {probs.type} {shape}"
         )
 
 
@@ -158,11 +146,8 @@ def session_options(threads: int | None):
 
 
 def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
-    """Open an exported graph on ONNX Runtime's CPU provider and check it is one of ours.
-
-    `threads` caps the intra-op threads (serve answers one digit at a time and uses 1);
-    None takes OMP_NUM_THREADS if set, else ONNX Runtime's default, one per core.
-    """
+    """Open an exported graph on ONNX Runtime's CPU provider and check it is one of ours;
+    `threads` caps the intra-op threads (None: OMP_NUM_THREADS if set, else one per core)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: no such ONNX file (run `pipeline export` first)")
@@ -194,7 +179,7 @@ def open_onnx(data: bytes, path: Path, threads: int | None = None) -> OnnxModel:
             f"{path}: not a readable ONNX model (damaged or foreign: {reason})"
         ) from None
     _check_signature(path, session)
-    meta = _decode(dict(session.get_modelmeta().custom_metadata_map))
+    meta = {k: _decode(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     _check_meta(path, meta)
     model = OnnxModel(path, session, meta)
     try:
@@ -208,12 +193,8 @@ def open_onnx(data: bytes, path: Path, threads: int | None = None) -> OnnxModel:
 
 
 def onnx_only(paths: list[Path], device: str = "auto", tta: bool = False) -> bool:
-    """True when every model is an `.onnx` file, False when none is; one-line error otherwise.
-
-    Mixing is refused: a graph already averages its own members, so weighing it against
-    checkpoints would be a guess. ONNX files run on ONNX Runtime's CPU provider, and TTA's
-    shifted views are a torch feature.
-    """
+    """True when every model is an `.onnx` file, False when none is; mixing is refused (a
+    graph already averages its members: weighing it against checkpoints would be a guess)."""
     kinds = {is_onnx(path) for path in paths}
     if kinds != {True}:
         if True in kinds:

@@ -30,15 +30,24 @@ class PredictResult:
     from_sample: bool  # the test digits are the offline sample's, not Kaggle's
 
 
+@dataclass(frozen=True)
+class Models:
+    """Loaded models as one function from uint8 digits [N, 1, 28, 28] to the mean of their
+    members' calibrated probabilities [N, 10] (NumPy), the one predictor's rule."""
+
+    members: list  # `predictor.LoadedModel`s or `onnx_runtime.OnnxModel`s: path, meta, temperature
+    device: str  # where they run, e.g. "cpu" or "cuda:0"
+    predict: Callable[[np.ndarray], np.ndarray]
+
+
 def load_models(
-    paths: list[Path], device: str = "auto", tta: bool = False, batch_size: int = 256
-) -> Callable[[np.ndarray], np.ndarray]:
-    """The ensemble behind `paths` as one function from uint8 digits [N, 1, 28, 28] to the mean
-    of its members' calibrated probabilities [N, 10] (NumPy): `.onnx` graphs on ONNX Runtime
-    (they hold the rule inside), checkpoints on torch (`predictor.ensemble_probabilities`)."""
+    paths: list[Path], device="auto", tta=False, batch_size=256, threads: int | None = None
+) -> Models:
+    """`.onnx` graphs on ONNX Runtime (they hold the rule inside; torch never imported), else
+    checkpoints on torch (`predictor.ensemble_probabilities`); `threads` caps the CPU threads."""
     if onnx_only(paths, device, tta):
-        graphs = [load_onnx(path) for path in paths]
-        return lambda images: mean_probabilities(graphs, images)
+        graphs = [load_onnx(path, threads) for path in paths]
+        return Models(graphs, "cpu (onnxruntime)", lambda x: mean_probabilities(graphs, x))
     import torch
 
     from pipeline.common.device import resolve_device
@@ -47,12 +56,14 @@ def load_models(
 
     target = resolve_device(device)
     members = load_for_inference(paths, target)
+    if threads and target.type == "cpu":
+        torch.set_num_threads(threads)
 
     def probabilities(images: np.ndarray) -> np.ndarray:
-        data = TensorDigits(torch.from_numpy(images)).to(target)
+        data = TensorDigits(torch.from_numpy(np.ascontiguousarray(images, np.uint8))).to(target)
         return ensemble_probabilities(members, data, batch_size, tta).numpy()
 
-    return probabilities
+    return Models(members, str(target), probabilities)
 
 
 def check_out(out: Path, inputs: list[Path], processed_dir: Path) -> None:
@@ -81,11 +92,11 @@ def predict(
     check_out(out, checkpoints, processed_dir)
     config.submission_source_path(out).unlink(missing_ok=True)  # never beside another file
     with phase("load"):
-        probabilities = load_models(checkpoints, device, tta, batch_size)
+        models = load_models(checkpoints, device, tta, batch_size)
         split = load_split_arrays(processed_dir, "test")
     start = time.perf_counter()
     with phase("work"):
-        labels = probabilities(split.images).argmax(1)
+        labels = models.predict(split.images).argmax(1)
     seconds = time.perf_counter() - start
     with phase("write"):
         write_submission(labels, split.ids, out)

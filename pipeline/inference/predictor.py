@@ -1,7 +1,5 @@
 """Running trained models: load them for inference, logits in batches, TTA, ensembles, metrics.
-
-Every stage that reads a model's answers goes through here, so all see the same normalisation,
-views and one averaging rule (`mean_calibrated`, also the exported graph's).
+Every stage that reads a model's answers goes through here: one averaging rule for all.
 """
 
 from collections.abc import Sequence
@@ -84,12 +82,9 @@ def check_finite(logits: torch.Tensor, source: Path | None) -> torch.Tensor:
 
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
     """The image batch under each TTA shift; x is float in [0, 1]."""
-    views = []
-    for dx, dy in TTA_SHIFTS:
-        theta = torch.tensor([[1.0, 0.0, dx], [0.0, 1.0, dy]], device=x.device)
-        shift = augmentation.AugmentDraw(theta.expand(len(x), 2, 3), None)
-        views.append(augmentation.apply(x, shift))
-    return views
+    thetas = torch.tensor([[[1.0, 0.0, dx], [0.0, 1.0, dy]] for dx, dy in TTA_SHIFTS])
+    shifts = [augmentation.AugmentDraw(t.to(x.device).expand(len(x), 2, 3), None) for t in thetas]
+    return [augmentation.apply(x, shift) for shift in shifts]
 
 
 @torch.inference_mode()

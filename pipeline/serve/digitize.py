@@ -15,12 +15,9 @@ from scipy.ndimage import center_of_mass
 
 SIDE = 28  # the field, as in MNIST and Kaggle's CSVs
 BOX = 20  # the ink's bounding box is scaled to fit BOX x BOX inside the field
-# Where MNIST puts the ink's centre of mass: the middle of the field, in pixel-centre
-# coordinates (pixel i covers [i, i+1), so the middle of 28 pixels is 14.0, i.e. index 13.5).
-CENTRE = SIDE / 2
+CENTRE = SIDE / 2  # where MNIST puts the ink's centre of mass (in pixel-centre coordinates)
 INK_THRESHOLD = 0.2  # fraction of the strongest ink that counts for the bounding box
-# MNIST strokes are about 2-3 pixels wide in the 20-pixel box; thinner ones are thickened.
-MIN_STROKE = 2.0
+MIN_STROKE = 2.0  # MNIST strokes are 2-3 pixels wide in the 20-pixel box; thinner ones thicken
 # MNIST's ink is saturated: about half of a digit's inked pixels are at full strength (52% on
 # the prepared digits). Resizing softens strokes, so the median inked pixel is brought to 255.
 SATURATED = 0.5
@@ -38,28 +35,26 @@ WORK_SIDE = 560  # large photos are reduced to about this size before the digit 
 WORK_BOX = 8 * BOX  # a larger ink crop is averaged down to this before thickening and fitting
 
 
-FOUR_NEIGHBOURS = ndimage.generate_binary_structure(2, 1)  # a pixel and its 4 neighbours
-
-
 class ImageError(ValueError):
     """An upload that is not a usable image of a digit; the message is one sentence."""
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode PNG or JPEG bytes into a Pillow image, or raise ImageError; the size is checked
-    from the header first (Pillow's process-wide MAX_IMAGE_PIXELS is left as it is)."""
+def decode_image(data: bytes) -> Image.Image:
+    """PNG or JPEG bytes -> a Pillow image, or ImageError; the size is checked from the header
+    first (Pillow's process-wide MAX_IMAGE_PIXELS is left as it is)."""
     if not data:
         raise ImageError("The file is empty; send a PNG or JPEG image.")
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:
-        raise ImageError(f"The image has more than {max_pixels:,} pixels.") from None
+        raise ImageError(f"The image has more than {MAX_IMAGE_PIXELS:,} pixels.") from None
     except Exception:
         raise ImageError("The file is not a PNG or JPEG image.") from None
     width, height = image.size
-    if width * height > max_pixels:
+    if width * height > MAX_IMAGE_PIXELS:
         raise ImageError(
-            f"The image is {width}x{height} pixels; at most {max_pixels:,} pixels are accepted."
+            f"The image is {width}x{height} pixels; "
+            f"at most {MAX_IMAGE_PIXELS:,} pixels are accepted."
         )
     if width < 1 or height < 1:
         raise ImageError("The image has no pixels.")
@@ -85,9 +80,8 @@ def decoded_bytes(mode: str, size: tuple[int, int]) -> int:
 
 
 def ink_array(image: Image.Image) -> np.ndarray:
-    """float32 [H, W] in [0, 1]: 1 where the ink is strongest, 0 on the background. Transparent
-    images take it from the alpha channel (strokes of any colour); opaque ones from the luminance
-    (`ink_from_gray`), so faint pencil and grey paper work too."""
+    """float32 [H, W] in [0, 1], 1 where the ink is strongest: from the alpha channel of a
+    transparent image (strokes of any colour), else from the luminance (`ink_from_gray`)."""
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
@@ -118,46 +112,37 @@ def _stretch(ink: np.ndarray) -> np.ndarray:
     return (ink / peak).astype(np.float32) if peak > 0 else ink.astype(np.float32)
 
 
-def ink_box(ink: np.ndarray, threshold: float = INK_THRESHOLD) -> tuple[int, int, int, int] | None:
-    """(top, left, bottom, right), ends exclusive, of pixels above `threshold`; None if blank."""
-    box = Image.fromarray((ink > threshold).astype(np.uint8)).getbbox()
-    if box is None:
-        return None
-    left, top, right, bottom = box
-    return top, left, bottom, right
+def ink_box(ink: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom), ends exclusive, of the inked pixels; None if blank."""
+    return Image.fromarray((ink > INK_THRESHOLD).astype(np.uint8)).getbbox()
 
 
-def stroke_width(ink: np.ndarray, threshold: float = 0.5) -> float:
+def stroke_width(ink: np.ndarray) -> float:
     """Rough stroke width in pixels: a stroke of length L and width w has area wL and about 2L
     outline pixels (a blank 4-neighbour), so twice the area over the outline (1 px reads 2)."""
-    mask = ink > threshold
+    mask = ink > 0.5
     area = int(mask.sum())
     if area == 0:
         return 0.0
-    inside = ndimage.binary_erosion(mask, structure=FOUR_NEIGHBOURS, border_value=0)
+    inside = ndimage.binary_erosion(mask)  # its default: 4 neighbours
     return 2.0 * area / (area - int(inside.sum()))
 
 
-def dilate(ink: np.ndarray, radius: int) -> np.ndarray:
-    """Grey-level dilation by a (2r+1)-square, the array grown by r on every side."""
-    return ndimage.grey_dilation(np.pad(ink, radius), size=2 * radius + 1, mode="constant")
-
-
-def fit_box(ink: np.ndarray, box: int = BOX) -> np.ndarray:
+def fit_box(ink: np.ndarray) -> np.ndarray:
     """Crop to the ink's bounding box and scale its longer side to `box` pixels with LANCZOS
     (shrinking averages whole pixels, MNIST's anti-aliasing). A large crop is first averaged
     down to WORK_BOX (bounded work); strokes that would end thinner than MIN_STROKE thicken."""
-    top, left, bottom, right = ink_box(ink)
+    left, top, right, bottom = ink_box(ink)
     crop = ink[top:bottom, left:right]
     if max(crop.shape) > WORK_BOX:
         crop = _stretch(_resize(crop, WORK_BOX / max(crop.shape), Image.BOX))
-    scale = box / max(crop.shape)
+    scale = BOX / max(crop.shape)
     width_after = stroke_width(crop) * scale
     if 0 < width_after < MIN_STROKE:  # a thin pen on a large canvas: thicken before shrinking
         radius = int(round((MIN_STROKE - width_after) / scale / 2))
-        if radius >= 1:
-            crop = dilate(crop, radius)
-            scale = box / max(crop.shape)
+        if radius >= 1:  # grey dilation by a (2r+1)-square, the crop grown by r on every side
+            crop = ndimage.grey_dilation(np.pad(crop, radius), 2 * radius + 1, mode="constant")
+            scale = BOX / max(crop.shape)
     return np.clip(_resize(crop, scale, Image.LANCZOS), 0.0, 1.0)
 
 
@@ -168,55 +153,42 @@ def _resize(ink: np.ndarray, scale: float, method: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32)
 
 
-def place_by_mass(patch: np.ndarray, side: int = SIDE) -> np.ndarray:
-    """Paste `patch` into a side x side field so its centre of mass lands on the centre."""
-    field = np.zeros((side, side), dtype=np.float32)
-    row, col = center_of_mass(patch)
-    height, width = patch.shape
-    top = int(round(CENTRE - row))
-    left = int(round(CENTRE - col))
-    # Keep the whole patch inside the field (a lopsided digit may not centre exactly).
-    top = min(max(top, 0), side - height)
-    left = min(max(left, 0), side - width)
+def place_by_mass(patch: np.ndarray) -> np.ndarray:
+    """Paste `patch` into the field so its centre of mass lands on the centre, the whole patch
+    kept inside (a lopsided digit may not centre exactly)."""
+    field = np.zeros((SIDE, SIDE), dtype=np.float32)
+    (height, width), (row, col) = patch.shape, center_of_mass(patch)
+    top = min(max(int(round(CENTRE - row)), 0), SIDE - height)
+    left = min(max(int(round(CENTRE - col)), 0), SIDE - width)
     field[top : top + height, left : left + width] = patch
     return field
 
 
-def saturate(ink: np.ndarray, fraction: float = SATURATED) -> np.ndarray:
-    """Scale ink so that `fraction` of the inked pixels (above INK_THRESHOLD) reach 1."""
+def saturate(ink: np.ndarray) -> np.ndarray:
+    """Scale ink so that SATURATED of the inked pixels (above INK_THRESHOLD) reach 1."""
     inked = ink[ink > INK_THRESHOLD]
-    if inked.size == 0:
-        return ink
-    level = float(np.quantile(inked, 1.0 - fraction))
+    level = float(np.quantile(inked, 1.0 - SATURATED)) if inked.size else 0.0
     return np.clip(ink / level, 0.0, 1.0) if level > 0 else ink
-
-
-def to_uint8(ink: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(ink * 255.0), 0, 255).astype(np.uint8)
-
-
-def digitize_ink(ink: np.ndarray) -> np.ndarray:
-    """Ink in [0, 1] of any size -> uint8 [28, 28] MNIST-style digit (all zeros when blank)."""
-    if ink_box(ink) is None:
-        return np.zeros((SIDE, SIDE), dtype=np.uint8)
-    return to_uint8(place_by_mass(saturate(fit_box(ink))))
 
 
 def digitize(image: Image.Image | np.ndarray) -> np.ndarray:
     """A Pillow image, or a uint8 grey array (either polarity), -> uint8 [28, 28] digit, light
     on dark as in Kaggle's CSVs; all zeros when there is no ink."""
     if isinstance(image, np.ndarray):
-        gray = np.asarray(image, dtype=np.float32) / 255.0
-        return digitize_ink(ink_from_gray(gray))
-    if max(image.size) > 2 * WORK_SIDE:  # locating and scaling need no more detail than this
-        image = image.copy()
-        image.thumbnail((WORK_SIDE, WORK_SIDE), Image.BOX)
-    return digitize_ink(ink_array(image))
+        ink = ink_from_gray(np.asarray(image, dtype=np.float32) / 255.0)
+    else:
+        if max(image.size) > 2 * WORK_SIDE:  # locating and scaling need no more detail
+            image = image.copy()
+            image.thumbnail((WORK_SIDE, WORK_SIDE), Image.BOX)
+        ink = ink_array(image)
+    if ink_box(ink) is None:
+        return np.zeros((SIDE, SIDE), dtype=np.uint8)
+    return np.rint(place_by_mass(saturate(fit_box(ink))) * 255.0).clip(0, 255).astype(np.uint8)
 
 
-def digitize_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def digitize_bytes(data: bytes) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 [28, 28] digit; ImageError for a bad file or a blank image."""
-    image = decode_image(data, max_pixels)
+    image = decode_image(data)
     if max(image.size) > 2 * WORK_SIDE:  # in place: the full-size pixels are freed at once
         image.thumbnail((WORK_SIDE, WORK_SIDE), Image.BOX)
     digit = digitize(image)

@@ -1,18 +1,25 @@
-"""What one request may cost `pipeline serve`: body size and time, decodes at once, memory.
+"""What a request may cost `pipeline serve`, and who may send one.
 
 A body is read whole (at most MAX_BODY_BYTES, within BODY_TIMEOUT_S) before anything parses it,
 and a server shutting down refuses bodies still arriving, so Ctrl-C never waits on a client. At
-most MAX_DECODES images decode at once, on threads of their own: the event loop (and /api/health)
-stays free and memory bounded. The other deadlines are uvicorn's settings, given in `server`.
+most MAX_DECODES images decode at once, on threads of their own: the event loop stays free and
+memory bounded. The other deadlines are uvicorn's settings, given in `server`.
+
+A page elsewhere can POST a `text/plain` or form body to 127.0.0.1 with no CORS preflight, and
+a DNS name rebound to 127.0.0.1 is same-origin with it: only the server can refuse those
+(Starlette's TrustedHostMiddleware refuses `[::1]:8000` and answers in plain text).
 """
 
 import asyncio
 import ctypes
+import ipaddress
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 T = TypeVar("T")
@@ -28,24 +35,93 @@ MAX_DECODES = 2  # images decoding at once: at most 2 x digitize.MAX_DECODED_BYT
 MAX_WAITING = 8  # requests that may wait for a decode slot; more get 503 at once
 DECODE_WAIT_S = 10.0  # how long one may wait for a slot before 503
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    # The page's own files only; `data:` for its empty favicon and the canvas' images.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+}
+# FastAPI's /docs page runs an inline script and loads Swagger UI from a CDN.
+DOCS_CSP = "frame-ancestors 'none'; object-src 'none'; base-uri 'none'"
+CROSS_ORIGIN = "Cross-origin requests are refused; post from this server's own page."
 
-class Busy(Exception):
-    """Too many images are decoding or waiting; the message is one sentence for a 503."""
+
+def is_loopback(host: str) -> bool:
+    """Whether a --host value listens on this machine only."""
+    name = host.strip("[]").lower()
+    try:
+        return name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
-class BodyLimit:
-    """ASGI middleware: read the whole body (at most MAX_BODY_BYTES) before the app sees it, or
-    refuse it in JSON (see `read_body`); FastAPI's own `max_body_size` answers bare text."""
+def network_warning(host: str) -> str | None:
+    """A warning line for a --host that other machines can reach; None for loopback."""
+    if is_loopback(host):
+        return None
+    return (
+        f"warning: --host {host} makes the page and API reachable from the network, "
+        "without authentication; use the default 127.0.0.1 unless that is what you want"
+    )
 
-    def __init__(self, app: ASGIApp, stopping: asyncio.Event):
-        self.app, self.stopping = app, stopping
+
+def host_name(host_header: str) -> str:
+    """The name of a Host header without its port: `[::1]:8000` -> `::1`."""
+    if host_header.startswith("["):
+        return host_header[1:].split("]", 1)[0].lower()
+    return host_header.rsplit(":", 1)[0].lower() if host_header.count(":") == 1 else host_header
+
+
+def refusal(method: str, headers: Headers, loopback_only: bool) -> tuple[int, str] | None:
+    """(status, sentence) for a foreign Host name when bound to loopback (DNS rebinding), or a
+    cross-origin POST; None for a request that may go on."""
+    host = headers.get("host", "")
+    if loopback_only and host_name(host) not in LOOPBACK_NAMES:
+        return 400, f"The Host {host[:60] or '(none)'} is not this server's; use http://127.0.0.1."
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    site, origin = headers.get("sec-fetch-site"), headers.get("origin")
+    if site not in (None, "same-origin", "none") or (
+        origin is not None and origin.split("://", 1)[-1].lower() != host.lower()
+    ):
+        return 403, CROSS_ORIGIN
+    return None
+
+
+class RequestGuard:
+    """ASGI middleware: security headers on every answer; refuses what `refusal` refuses, and a
+    body over MAX_BODY_BYTES, too slow, or still arriving when the server stops (`read_body`):
+    the app sees the whole body at once. FastAPI's own `max_body_size` answers bare text."""
+
+    def __init__(self, app: ASGIApp, stopping: asyncio.Event, loopback_only: bool = True):
+        self.app, self.stopping, self.loopback_only = app, stopping, loopback_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length", b"").strip()
+        headers = Headers(scope=scope)
+        csp = DOCS_CSP if scope["path"] in ("/docs", "/docs/oauth2-redirect") else None
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = SECURITY_HEADERS | ({"Content-Security-Policy": csp} if csp else {})
+                message["headers"] = list(message.get("headers", [])) + [
+                    (name.lower().encode(), value.encode()) for name, value in extra.items()
+                ]
+            await send(message)
+
+        refused = refusal(scope["method"], headers, self.loopback_only)
+        if refused is not None:
+            await JSONResponse({"detail": refused[1]}, refused[0])(
+                scope, receive, send_with_headers
+            )
+            return
+        length = headers.get("content-length", "").strip()
         if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             body = 413, f"The body is over the limit of {MAX_BODY_BYTES:,} bytes."
         else:
@@ -53,8 +129,8 @@ class BodyLimit:
         if body is None:  # the client went away
             return
         if isinstance(body, tuple):  # too large, too slow, or the server is stopping
-            refusal = JSONResponse({"detail": body[1]}, body[0], {"Connection": "close"})
-            await refusal(scope, receive, send)
+            refused = JSONResponse({"detail": body[1]}, body[0], {"Connection": "close"})
+            await refused(scope, receive, send_with_headers)
             return
         delivered = False
 
@@ -65,7 +141,7 @@ class BodyLimit:
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+        await self.app(scope, replay, send_with_headers)
 
 
 async def read_body(
@@ -115,15 +191,9 @@ except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
     _malloc_trim = None
 
 
-def release_memory() -> None:
-    """Hand freed heap pages back to the OS where glibc holds them."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
 class DecodeSlots:
-    """At most `slots` decodes at once, `waiting` more queued briefly; the same few threads
-    decode every image, so freed memory is reused, not one allocator arena grown per thread."""
+    """At most `slots` decodes at once, `waiting` more queued briefly, else a 503; the same few
+    threads decode every image, so freed memory is reused, not an allocator arena per thread."""
 
     def __init__(
         self, slots: int = MAX_DECODES, waiting: int = MAX_WAITING, wait_s: float = DECODE_WAIT_S
@@ -134,22 +204,24 @@ class DecodeSlots:
         self._pool = ThreadPoolExecutor(slots, thread_name_prefix="decode")
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
-        """`work(*args)` on a decode thread; Busy if no slot frees up in time."""
+        """`work(*args)` on a decode thread."""
+        busy = {"Retry-After": "2"}
         if self._queued >= self.slots + self.waiting:
-            raise Busy(f"The server is decoding {self.slots} images with more waiting; retry.")
+            message = f"The server is decoding {self.slots} images with more waiting; retry."
+            raise HTTPException(503, message, busy)
         self._queued += 1
         try:
             try:
                 await asyncio.wait_for(self._free.acquire(), self.wait_s)
             except TimeoutError:
-                raise Busy(f"No decode slot freed up within {self.wait_s:g} s; retry.") from None
+                message = f"No decode slot freed up within {self.wait_s:g} s; retry."
+                raise HTTPException(503, message, busy) from None
+            loop = asyncio.get_running_loop()
             try:
-                return await asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
+                return await loop.run_in_executor(self._pool, work, *args)
             finally:
                 self._free.release()
-                await asyncio.get_running_loop().run_in_executor(self._pool, release_memory)
+                if _malloc_trim is not None:
+                    await loop.run_in_executor(self._pool, _malloc_trim, 0)
         finally:
             self._queued -= 1
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
