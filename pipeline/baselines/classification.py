@@ -1,7 +1,7 @@
 """A 2-10-2 net separates two Gaussian clouds with cross-entropy: classification in 2-D.
 
-The clouds sit at (2, 2) and (-2, -2) with unit spread, about 2.8 standard deviations from the
-diagonal that separates them, so even the best possible boundary misplaces ~0.2% of the points.
+The clouds sit at (2, 2) and (-2, -2) with unit spread, ~2.8 standard deviations from the
+diagonal between them: even the best boundary misplaces ~0.2% of the points.
 """
 
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ class ClassificationResult:
 
 
 def make_clouds(generator: torch.Generator, n: int = POINTS_PER_CLASS):
-    """Class 0 around (2, 2), class 1 around (-2, -2); drawn on the CPU from `generator`."""
+    """Class 0 around (2, 2), class 1 around (-2, -2); drawn on the CPU, the same everywhere."""
     ones = torch.ones(n, 2)
     points = torch.cat(
         [
@@ -65,7 +65,6 @@ def fit_classifier(
         accuracy = (predicted == y).float().mean().item()
         fresh_predicted = net(fresh_points.to(target)).argmax(1).cpu()
         held_out_accuracy = (fresh_predicted == fresh_labels).float().mean().item()
-        # the points coloured by predicted class over the net's probability of class 1
         grid = torch.linspace(-6, 6, 200)
         gx, gy = torch.meshgrid(grid, grid, indexing="xy")
         flat = torch.stack([gx.ravel(), gy.ravel()], dim=1).to(target)

@@ -1,9 +1,8 @@
 """A 1-20-1 ReLU net learns y = x^2 from 1,000 noisy points, then optimizers race on it.
 
-The noise has variance 0.01, so a net that has learned the curve (and not the noise) ends with
-an MSE near 0.01 on the data and near 0 against the noiseless parabola. In the race every
-optimizer gets its own copy of one initial net and the very same batches in the same order, so
-the curves differ only by the update rule.
+Having learned the curve and not the noise, the net's MSE is near the noise's variance (0.01) on
+the data and near 0 against the clean parabola. In the race every optimizer gets a copy of one
+initial net and the same batches, so the curves differ only by the update rule.
 """
 
 import copy
@@ -20,8 +19,7 @@ from pipeline.common.plots import new_figure, save_figure
 N_POINTS = 1_000
 NOISE_STD = 0.1
 HIDDEN = 20
-# The names are also in `cli.baselines.OPTIMIZER_NAMES` (light, for --help); a test keeps them
-# equal.
+# also in `cli.baselines.OPTIMIZER_NAMES` (for a torch-free --help); a test keeps them equal
 OPTIMIZERS = {
     "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
     "momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.8),
@@ -56,7 +54,7 @@ class OptimizersResult:
 
 
 def make_parabola(generator: torch.Generator, n: int = N_POINTS) -> Parabola:
-    """Drawn on the CPU from `generator`, so a seed gives the same points on every device."""
+    """Drawn on the CPU, so a seed gives the same points on every device."""
     x = torch.linspace(-1, 1, n).unsqueeze(1)
     clean = x.pow(2)
     return Parabola(x, clean + NOISE_STD * torch.randn(x.shape, generator=generator), clean)
@@ -74,8 +72,7 @@ def train_nets(
     batch_size: int,
     generator: torch.Generator,
 ) -> dict[str, list[float]]:
-    """Mini-batch MSE steps for every (net, optimizer), all on the same shuffled batches; the
-    batch loss of each step per name."""
+    """MSE steps for every (net, optimizer) on the same shuffled batches; each step's loss."""
     losses: dict[str, list[torch.Tensor]] = {name: [] for name in nets}
     for _ in range(epochs):
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
@@ -97,7 +94,6 @@ def fit_regression(
     batch_size: int = 32,
     lr: float = 0.01,
 ) -> RegressionResult:
-    """Train with Adam on shuffled mini-batches of MSE; draw the data and the fitted curve."""
     target, generator = resolve_device(device), seed_everything(seed)
     data = make_parabola(generator)
     x, y = data.x.to(target), data.y.to(target)
@@ -127,7 +123,6 @@ def compare_optimizers(
     batch_size: int = 32,
     lr: float = 0.01,
 ) -> OptimizersResult:
-    """Train one copy of the same net per optimizer, all on identical batches."""
     target, generator = resolve_device(device), seed_everything(seed)
     data = make_parabola(generator)
     x, y = data.x.to(target), data.y.to(target)
