@@ -28,15 +28,9 @@ class ClassificationResult:
 
 def make_clouds(generator: torch.Generator, n: int = POINTS_PER_CLASS):
     """Class 0 around (2, 2), class 1 around (-2, -2); drawn on the CPU, the same everywhere."""
-    ones = torch.ones(n, 2)
-    points = torch.cat(
-        [
-            torch.normal(CENTRE * ones, 1.0, generator=generator),
-            torch.normal(-CENTRE * ones, 1.0, generator=generator),
-        ]
-    )
-    labels = torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
-    return points, labels
+    labels = torch.arange(2).repeat_interleave(n)
+    centres = torch.tensor([[CENTRE, CENTRE], [-CENTRE, -CENTRE]])[labels]
+    return torch.normal(centres, 1.0, generator=generator), labels
 
 
 def make_net() -> nn.Sequential:

@@ -30,13 +30,6 @@ OPTIMIZERS = {
 
 
 @dataclass(frozen=True)
-class Parabola:
-    x: torch.Tensor  # [N, 1] in [-1, 1]
-    y: torch.Tensor  # [N, 1], x^2 plus noise
-    clean: torch.Tensor  # [N, 1], x^2
-
-
-@dataclass(frozen=True)
 class RegressionResult:
     mse: float  # against the noisy targets it was trained on
     clean_mse: float  # against the noiseless x^2
@@ -53,11 +46,10 @@ class OptimizersResult:
     figure: Path
 
 
-def make_parabola(generator: torch.Generator, n: int = N_POINTS) -> Parabola:
-    """Drawn on the CPU, so a seed gives the same points on every device."""
+def make_parabola(generator: torch.Generator, n: int = N_POINTS):
+    """x, x^2 + noise and x^2, [N, 1] each; drawn on the CPU, the same on every device."""
     x = torch.linspace(-1, 1, n).unsqueeze(1)
-    clean = x.pow(2)
-    return Parabola(x, clean + NOISE_STD * torch.randn(x.shape, generator=generator), clean)
+    return x, x.pow(2) + NOISE_STD * torch.randn(x.shape, generator=generator), x.pow(2)
 
 
 def make_net() -> nn.Sequential:
@@ -95,20 +87,21 @@ def fit_regression(
     lr: float = 0.01,
 ) -> RegressionResult:
     target, generator = resolve_device(device), seed_everything(seed)
-    data = make_parabola(generator)
-    x, y = data.x.to(target), data.y.to(target)
+    x, y, clean = make_parabola(generator)
     net = make_net().to(target)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    train_nets({"adam": (net, optimizer)}, x, y, epochs, batch_size, generator)
+    train_nets(
+        {"adam": (net, optimizer)}, x.to(target), y.to(target), epochs, batch_size, generator
+    )
     with torch.no_grad():
-        fitted = net(x).cpu()
-    mse = nn.functional.mse_loss(fitted, data.y).item()
-    clean_mse = nn.functional.mse_loss(fitted, data.clean).item()
+        fitted = net(x.to(target)).cpu()
+    mse = nn.functional.mse_loss(fitted, y).item()
+    clean_mse = nn.functional.mse_loss(fitted, clean).item()
     fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax.scatter(data.x, data.y, s=4, alpha=0.4, label="data: x² + noise")
-    ax.plot(data.x, data.clean, "k--", lw=1, label="x²")
-    ax.plot(data.x, fitted, "C3", lw=2, label="1-20-1 ReLU net")
+    ax.scatter(x, y, s=4, alpha=0.4, label="data: x² + noise")
+    ax.plot(x, clean, "k--", lw=1, label="x²")
+    ax.plot(x, fitted, "C3", lw=2, label="1-20-1 ReLU net")
     ax.set(xlabel="x", ylabel="y", title="regression")
     ax.legend()
     return RegressionResult(mse, clean_mse, NOISE_STD**2, save_figure(fig, out))
@@ -124,8 +117,7 @@ def compare_optimizers(
     lr: float = 0.01,
 ) -> OptimizersResult:
     target, generator = resolve_device(device), seed_everything(seed)
-    data = make_parabola(generator)
-    x, y = data.x.to(target), data.y.to(target)
+    x, y, _ = (t.to(target) for t in make_parabola(generator))
     initial = make_net().to(target)
     nets = {name: copy.deepcopy(initial) for name in names}
     runs = {name: (net, OPTIMIZERS[name](net.parameters(), lr)) for name, net in nets.items()}

@@ -12,7 +12,6 @@ import argparse
 import itertools
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,23 +109,6 @@ def predicted_labels(model: torch.nn.Module, loader: DataLoader, device: torch.d
         return torch.cat([model(images.to(device)).argmax(1).cpu() for images in loader]).numpy()
 
 
-@dataclass(frozen=True)
-class ScriptResult:
-    train_rows: int
-    val_accuracy: float | None  # None: the lean script holds nothing out
-    val_rows: int
-    test_rows: int
-    submission: Path
-    seconds: float  # from reading the CSVs to the written submission
-
-    def line(self) -> str:
-        """What the script prints, for RESULT_LINE or LEAN_RESULT_LINE."""
-        written = f"{self.test_rows:,} labels -> {self.submission} in {self.seconds:.2f} s"
-        if self.val_accuracy is None:
-            return f"tutorial (lean): trained on {self.train_rows:,} digits; {written}"
-        return f"tutorial: val_acc {self.val_accuracy:.2%} ({self.val_rows:,} digits); {written}"
-
-
 def tutorial_split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The tutorial's stratified 90/10 split: the rows `pipeline prepare --seed SEED` holds out."""
     from sklearn.model_selection import train_test_split
@@ -138,9 +120,9 @@ def tutorial_split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.Dat
 
 def run_script(
     raw_dir: Path, out: Path, seed: int = 0, device: str = "cpu", epochs: int = 1, lean=False
-) -> ScriptResult:
+) -> str:
     """The tutorial's single script, CSVs in and ImageId,Label out, timed in load, work and
-    write phases."""
+    write phases; the line it prints (RESULT_LINE or LEAN_RESULT_LINE reads it)."""
     if not lean:  # the script imports these at its top: before the clock, like every import
         import sklearn.model_selection  # noqa: F401
         import torchvision.transforms  # noqa: F401
@@ -174,10 +156,10 @@ def run_script(
         submission = pd.DataFrame({"ImageId": np.arange(1, len(labels) + 1), "Label": labels})
         out.parent.mkdir(parents=True, exist_ok=True)
         submission.to_csv(out, index=False)
-    seconds = time.perf_counter() - start
+    written = f"{len(labels):,} labels -> {out} in {time.perf_counter() - start:.2f} s"
     if lean:
-        return ScriptResult(len(train_set), None, 0, len(labels), out, seconds)
-    return ScriptResult(len(train_part), accuracy, len(val_part), len(labels), out, seconds)
+        return f"tutorial (lean): trained on {len(train_set):,} digits; {written}"
+    return f"tutorial: val_acc {accuracy:.2%} ({len(val_part):,} digits); {written}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,10 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        result = run_script(args.raw_dir, args.out, args.seed, args.device, args.epochs, args.lean)
+        line = run_script(args.raw_dir, args.out, args.seed, args.device, args.epochs, args.lean)
     finally:
         write_requested()
-    print(result.line())
+    print(line)
 
 
 if __name__ == "__main__":
