@@ -134,9 +134,7 @@ def compare_batch_sizes(
     for run in runs:
         steps_per_epoch = -(-len(images) // run.batch_size)
         window = max(1, steps_per_epoch // 20)
-        losses = torch.tensor(run.losses)
-        usable = len(losses) - len(losses) % window
-        smoothed = losses[:usable].reshape(-1, window).mean(1)
+        smoothed = torch.tensor(run.losses).unfold(0, window, window).mean(1)
         at = (torch.arange(len(smoothed)) + 1) * window / steps_per_epoch
         ax.plot(at, smoothed, label=f"batch {run.batch_size}: {run.val_accuracy:.1%} val")
     ax.set(xlabel="epoch", ylabel="training cross-entropy", yscale="log", title="784-200-10 MLP")

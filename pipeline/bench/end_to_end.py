@@ -12,7 +12,6 @@ import time
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from pipeline import config
@@ -94,6 +93,7 @@ def bench_end_to_end(
 ) -> EndToEnd:
     """Each side `repeats` times, taking turns to go first; each figure is the median run's."""
     from pipeline.experiments import tracking
+    from pipeline.experiments.recorder import record_pending
 
     with nullcontext(work_dir) if work_dir else tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -107,22 +107,14 @@ def bench_end_to_end(
         runs: dict[str, list[ProcessTiming]] = defaultdict(list)
         printed: dict[str, str] = {}
 
-        def run(name: str, args: list[str]) -> None:
-            timing, printed[name] = run_timed(name, args, clock)
-            runs[name].append(timing)
-
-        def run_ours() -> None:
-            for name, args in our_commands(raw_dir, work, seed).items():
-                run(name, args)
-            if tracking.wanted():  # `train`'s MLflow record must not run beside the tutorials
-                from pipeline.experiments.recorder import record_pending
-
-                record_pending()
-
-        sides = [run_ours, *(partial(run, name, args) for name, args in scripts.items())]
+        sides = [list(our_commands(raw_dir, work, seed).items()), *([s] for s in scripts.items())]
         for repeat in range(repeats):
             for side in sides[repeat % 3 :] + sides[: repeat % 3]:
-                side()
+                for name, args in side:
+                    timing, printed[name] = run_timed(name, args, clock)
+                    runs[name].append(timing)
+                if tracking.wanted():  # `train`'s MLflow record must not run beside a timing
+                    record_pending()
         found = RESULT_LINE.search(printed["tutorial"])
         if found is None or LEAN_RESULT_LINE.search(printed["lean"]) is None:
             raise PipelineError(f"bench: a tutorial script printed no result: {printed}")

@@ -29,12 +29,12 @@ def project_images_per_second(
     device: torch.device,
     batch_size: int,
     steps: int,
-    warmup: int = 3,
     augment: bool = False,
     compile_model: bool = False,
 ) -> tuple[float, float]:
     """(images/s, warm-up seconds) of `pipeline train`'s step at a constant learning rate; the
     warm-up steps absorb cuDNN's kernel search and compiling."""
+    warmup = 10 if compile_model else 3
     steps_per_epoch = max(1, len(train_data) // batch_size)
     cfg = recipe_config(
         model=model_name,
@@ -122,14 +122,7 @@ def bench_best_net(
     rows = []
     for batch_size in batch_sizes or [cfg.batch_size]:
         per_s, warm = project_images_per_second(
-            cfg.model,
-            train_data,
-            device,
-            batch_size,
-            steps,
-            warmup=10 if cfg.compile else 3,
-            augment=True,
-            compile_model=cfg.compile,
+            cfg.model, train_data, device, batch_size, steps, True, cfg.compile
         )
         rows.append(BestNetBench(cfg.model, batch_size, cfg.compile, per_s, warm))
     return rows

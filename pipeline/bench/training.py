@@ -46,15 +46,8 @@ def bench_fast_recipe(
             warmup_s = time.perf_counter() - start
         result = train(cfg, processed_dir, Path(tmp) / "fast.pt", progress=False, force=True)
     curve = [round(r["val_accuracy"], 4) for r in result.history]
-    return FastRecipeBench(
-        result.best_accuracy,
-        result.train_seconds,
-        result.seconds_to_target,
-        curve,
-        warmup_s,
-        cfg.compile,
-        cfg.batch_size,
-    )
+    found = result.best_accuracy, result.train_seconds, result.seconds_to_target, curve
+    return FastRecipeBench(*found, warmup_s, cfg.compile, cfg.batch_size)
 
 
 @dataclass(frozen=True)
