@@ -311,7 +311,9 @@ def test_mlp_reads_prepared_digits_only_under_a_valid_meta(sample_processed_dir,
     assert mlp.has_prepared_digits(sample_processed_dir)
     no_meta = copy_splits(sample_processed_dir, tmp_path / "no-meta", with_meta=False)
     assert not mlp.has_prepared_digits(no_meta)
-    assert mlp.load_digits(no_meta, seed=0).source.endswith("mnist_5k.csv.gz")
+    train, val, source = mlp.load_digits(no_meta, seed=0)
+    assert source.endswith("mnist_5k.csv.gz")
+    assert (len(train), len(val)) == (5_000 - mlp.SAMPLE_VAL_ROWS, mlp.SAMPLE_VAL_ROWS)
     broken = copy_splits(sample_processed_dir, tmp_path / "broken-meta", with_meta=True)
     (broken / config.META_JSON).write_text("[]")
     assert not mlp.has_prepared_digits(broken)
@@ -387,7 +389,7 @@ def test_activations_match_torch_at_sample_points(tmp_path):
     assert max(result.deviation.values()) < 1e-5
     x = torch.tensor(result.x)
     assert x[0] == -5 and x[-1] == 5
-    for name, function in activations.BUILT_INS.items():
+    for name, (_, function) in activations.ACTIVATIONS.items():
         assert torch.allclose(torch.tensor(result.values[name]), function(x), atol=1e-6), name
     at = {v: min(range(len(x)), key=lambda i: abs(result.x[i] - v)) for v in (-5.0, 0.0, 5.0)}
     assert result.values["relu"][at[-5.0]] == 0 and result.values["relu"][at[5.0]] == 5

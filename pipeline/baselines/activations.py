@@ -1,8 +1,5 @@
-"""The activation functions, written from their formulas and drawn over [-5, 5].
-
-Each is spelled out from its definition rather than calling torch's version, and the result
-reports how far each formula lies from torch's built-in, so a wrong formula shows at once.
-"""
+"""The activation functions, written from their formulas and drawn over [-5, 5]; the result
+says how far each lies from torch's built-in, so a wrong formula shows at once."""
 
 import math
 from collections.abc import Callable
@@ -28,36 +25,27 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
     return (torch.exp(x) - torch.exp(-x)) / (torch.exp(x) + torch.exp(-x))
 
 
-def softplus(x: torch.Tensor) -> torch.Tensor:
-    """A smooth ReLU: log(1 + e^x)."""
+def softplus(x: torch.Tensor) -> torch.Tensor:  # a smooth ReLU
     return torch.log1p(torch.exp(x))
 
 
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    """x weighted by the standard normal CDF at x (the exact form, not the tanh approximation)."""
+def gelu(x: torch.Tensor) -> torch.Tensor:  # the exact form, not the tanh approximation
     return x * 0.5 * (1 + torch.erf(x / math.sqrt(2)))
 
 
-def silu(x: torch.Tensor) -> torch.Tensor:
-    """x * sigmoid(x), also called swish."""
+def silu(x: torch.Tensor) -> torch.Tensor:  # also called swish
     return x * sigmoid(x)
 
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": relu,
-    "sigmoid": sigmoid,
-    "tanh": tanh,
-    "softplus": softplus,
-    "gelu": gelu,
-    "silu": silu,
-}
-BUILT_INS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": torch.relu,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-    "softplus": F.softplus,
-    "gelu": F.gelu,
-    "silu": F.silu,
+Activation = Callable[[torch.Tensor], torch.Tensor]
+# name -> (the formula above, torch's built-in)
+ACTIVATIONS: dict[str, tuple[Activation, Activation]] = {
+    "relu": (relu, torch.relu),
+    "sigmoid": (sigmoid, torch.sigmoid),
+    "tanh": (tanh, torch.tanh),
+    "softplus": (softplus, F.softplus),
+    "gelu": (gelu, F.gelu),
+    "silu": (silu, F.silu),
 }
 
 
@@ -72,11 +60,12 @@ class ActivationsResult:
 def draw_activations(
     out: Path, device: str = "auto", points: int = 201, limit: float = 5.0
 ) -> ActivationsResult:
-    """Evaluate every activation on `points` evenly spaced x in [-limit, limit] and plot them."""
+    """Every activation at `points` evenly spaced x in [-limit, limit], plotted."""
     x = torch.linspace(-limit, limit, points, device=resolve_device(device))
-    values = {name: function(x).cpu() for name, function in ACTIVATIONS.items()}
+    values = {name: formula(x).cpu() for name, (formula, _) in ACTIVATIONS.items()}
     deviation = {
-        name: (values[name] - BUILT_INS[name](x).cpu()).abs().max().item() for name in values
+        name: (values[name] - built_in(x).cpu()).abs().max().item()
+        for name, (_, built_in) in ACTIVATIONS.items()
     }
     x = x.cpu()
     fig = new_figure(figsize=(9, 5.5))

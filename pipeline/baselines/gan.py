@@ -1,8 +1,8 @@
 """The 1-D "painter" GAN (Morvan Zhou's tutorial): a generator learns to draw parabolas.
 
-Real curves are a*x^2 + (a - 1) at 15 points of x in [-1, 1], a uniform in [1, 2], so they lie
-between x^2 and 2x^2 + 1. A generated curve counts as inside that band when all 15 points are
-within BAND_TOLERANCE of it: the small wiggles pass, a wrong shape or level does not.
+Real curves are a*x^2 + (a - 1) at 15 points of x in [-1, 1], a uniform in [1, 2]: between x^2
+and 2x^2 + 1. A generated curve is inside that band when all its points are within
+BAND_TOLERANCE of it: small wiggles pass, a wrong shape or level does not.
 """
 
 from dataclasses import dataclass
@@ -34,7 +34,6 @@ def curve_x(device: torch.device | None = None) -> torch.Tensor:
 
 
 def band(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The lower (x^2) and upper (2x^2 + 1) bounds of the real curves."""
     return x.pow(2), 2 * x.pow(2) + 1
 
 
@@ -53,8 +52,7 @@ def make_generator() -> nn.Sequential:
     return nn.Sequential(nn.Linear(N_IDEAS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, N_POINTS))
 
 
-def make_discriminator() -> nn.Sequential:
-    """Returns logits: the sigmoid lives in BCEWithLogits, which is stabler than log(sigmoid)."""
+def make_discriminator() -> nn.Sequential:  # logits: BCE-with-logits is the stabler form
     return nn.Sequential(nn.Linear(N_POINTS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
 
 
@@ -66,7 +64,7 @@ def train_gan(
     batch_size: int = 64,
     lr: float = 1e-4,
 ) -> GanResult:
-    """Alternate one discriminator and one generator Adam step per batch; sample and plot."""
+    """One discriminator and one generator Adam step per batch; sample and plot."""
     target, rng = resolve_device(device), seed_everything(seed)
     x = curve_x(target)
     painter, critic = make_generator().to(target), make_discriminator().to(target)

@@ -1,8 +1,6 @@
-"""Linear regression by hand: autograd computes the gradients, the update is written out.
-
-No nn.Module, no optimizer: each step does `w -= lr * w.grad` under `torch.no_grad()`, and
-converges to the least-squares line (`least_squares`, closed form). x runs from 2 to 11, so the
-learning rate must stay below 2 / (largest curvature) ~ 0.023 and it takes thousands of steps.
+"""Linear regression by hand: autograd computes the gradients, the update is written out
+(no nn.Module, no optimizer) and converges to the closed-form least-squares line. x runs from
+2 to 11, so the learning rate must stay below 2 / (largest curvature) ~ 0.023.
 """
 
 from dataclasses import dataclass
@@ -13,7 +11,7 @@ import torch
 from pipeline.common.device import resolve_device, seed_everything
 from pipeline.common.plots import new_figure, save_figure
 
-# The tutorial's 15 points (pytorch-tutorial's linear_regression).
+# pytorch-tutorial's linear_regression points
 X = (3.3, 4.4, 5.5, 6.71, 6.93, 4.168, 9.779, 6.182, 7.59, 2.167, 7.042, 10.791, 5.313, 7.997, 3.1)
 Y = (1.7, 2.76, 2.09, 3.19, 1.694, 1.573, 3.366, 2.596, 2.53, 1.221, 2.827, 3.465, 1.65, 2.904,
      1.3)  # fmt: skip
@@ -30,7 +28,6 @@ class LinearResult:
 
 
 def least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Slope and intercept from the normal equations, in float64."""
     x, y = x.double().cpu(), y.double().cpu()
     design = torch.stack([x, torch.ones_like(x)], dim=1)
     w, b = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1).tolist()
@@ -40,7 +37,6 @@ def least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
 def fit_linear(
     out: Path, seed: int = 0, device: str = "auto", epochs: int = 3_000, lr: float = 0.02
 ) -> LinearResult:
-    """Full-batch gradient descent on w and b from a random start."""
     target, generator = resolve_device(device), seed_everything(seed)
     x, y = torch.tensor(X, device=target), torch.tensor(Y, device=target)
     w, b = (v.clone().to(target).requires_grad_() for v in torch.randn(2, generator=generator))

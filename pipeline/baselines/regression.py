@@ -1,9 +1,8 @@
 """A 1-20-1 ReLU net learns y = x^2 from 1,000 noisy points, then optimizers race on it.
 
-The noise has variance 0.01, so a net that has learned the curve (and not the noise) ends with
-an MSE near 0.01 on the data and near 0 against the noiseless parabola. In the race every
-optimizer gets its own copy of one initial net and the very same batches in the same order, so
-the curves differ only by the update rule.
+Having learned the curve and not the noise, the net's MSE is near the noise's variance (0.01) on
+the data and near 0 against the clean parabola. In the race every optimizer gets a copy of one
+initial net and the same batches, so the curves differ only by the update rule.
 """
 
 import copy
@@ -20,8 +19,7 @@ from pipeline.common.plots import new_figure, save_figure
 N_POINTS = 1_000
 NOISE_STD = 0.1
 HIDDEN = 20
-# The names are also in `cli.baselines.OPTIMIZER_NAMES` (light, for --help); a test keeps them
-# equal.
+# also in `cli.baselines.OPTIMIZER_NAMES` (for a torch-free --help); a test keeps them equal
 OPTIMIZERS = {
     "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
     "momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.8),
@@ -29,13 +27,6 @@ OPTIMIZERS = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99)),
     "adagrad": lambda params, lr: torch.optim.Adagrad(params, lr=lr),
 }
-
-
-@dataclass(frozen=True)
-class Parabola:
-    x: torch.Tensor  # [N, 1] in [-1, 1]
-    y: torch.Tensor  # [N, 1], x^2 plus noise
-    clean: torch.Tensor  # [N, 1], x^2
 
 
 @dataclass(frozen=True)
@@ -55,11 +46,10 @@ class OptimizersResult:
     figure: Path
 
 
-def make_parabola(generator: torch.Generator, n: int = N_POINTS) -> Parabola:
-    """Drawn on the CPU from `generator`, so a seed gives the same points on every device."""
+def make_parabola(generator: torch.Generator, n: int = N_POINTS):
+    """x, x^2 + noise and x^2, [N, 1] each; drawn on the CPU, the same on every device."""
     x = torch.linspace(-1, 1, n).unsqueeze(1)
-    clean = x.pow(2)
-    return Parabola(x, clean + NOISE_STD * torch.randn(x.shape, generator=generator), clean)
+    return x, x.pow(2) + NOISE_STD * torch.randn(x.shape, generator=generator), x.pow(2)
 
 
 def make_net() -> nn.Sequential:
@@ -74,8 +64,7 @@ def train_nets(
     batch_size: int,
     generator: torch.Generator,
 ) -> dict[str, list[float]]:
-    """Mini-batch MSE steps for every (net, optimizer), all on the same shuffled batches; the
-    batch loss of each step per name."""
+    """MSE steps for every (net, optimizer) on the same shuffled batches; each step's loss."""
     losses: dict[str, list[torch.Tensor]] = {name: [] for name in nets}
     for _ in range(epochs):
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
@@ -97,22 +86,22 @@ def fit_regression(
     batch_size: int = 32,
     lr: float = 0.01,
 ) -> RegressionResult:
-    """Train with Adam on shuffled mini-batches of MSE; draw the data and the fitted curve."""
     target, generator = resolve_device(device), seed_everything(seed)
-    data = make_parabola(generator)
-    x, y = data.x.to(target), data.y.to(target)
+    x, y, clean = make_parabola(generator)
     net = make_net().to(target)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    train_nets({"adam": (net, optimizer)}, x, y, epochs, batch_size, generator)
+    train_nets(
+        {"adam": (net, optimizer)}, x.to(target), y.to(target), epochs, batch_size, generator
+    )
     with torch.no_grad():
-        fitted = net(x).cpu()
-    mse = nn.functional.mse_loss(fitted, data.y).item()
-    clean_mse = nn.functional.mse_loss(fitted, data.clean).item()
+        fitted = net(x.to(target)).cpu()
+    mse = nn.functional.mse_loss(fitted, y).item()
+    clean_mse = nn.functional.mse_loss(fitted, clean).item()
     fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax.scatter(data.x, data.y, s=4, alpha=0.4, label="data: x² + noise")
-    ax.plot(data.x, data.clean, "k--", lw=1, label="x²")
-    ax.plot(data.x, fitted, "C3", lw=2, label="1-20-1 ReLU net")
+    ax.scatter(x, y, s=4, alpha=0.4, label="data: x² + noise")
+    ax.plot(x, clean, "k--", lw=1, label="x²")
+    ax.plot(x, fitted, "C3", lw=2, label="1-20-1 ReLU net")
     ax.set(xlabel="x", ylabel="y", title="regression")
     ax.legend()
     return RegressionResult(mse, clean_mse, NOISE_STD**2, save_figure(fig, out))
@@ -127,10 +116,8 @@ def compare_optimizers(
     batch_size: int = 32,
     lr: float = 0.01,
 ) -> OptimizersResult:
-    """Train one copy of the same net per optimizer, all on identical batches."""
     target, generator = resolve_device(device), seed_everything(seed)
-    data = make_parabola(generator)
-    x, y = data.x.to(target), data.y.to(target)
+    x, y, _ = (t.to(target) for t in make_parabola(generator))
     initial = make_net().to(target)
     nets = {name: copy.deepcopy(initial) for name in names}
     runs = {name: (net, OPTIMIZERS[name](net.parameters(), lr)) for name, net in nets.items()}

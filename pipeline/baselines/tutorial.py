@@ -1,19 +1,17 @@
-"""The tutorial's way of training, kept as the baselines `pipeline bench` measures against.
+"""The tutorial's way of training, kept as the baseline `pipeline bench` measures against.
 
-The PyTorch/Kaggle tutorials hold train.csv in a DataFrame, read one row per item through a
-per-image `Dataset` with `ToTensor` + `Normalize`, batch with `DataLoader(batch_size=50)` and
-call `.item()` on the loss every step. `run_script` is the tutorial's whole single script (CSV
-in, submission out, in one process); with `lean` it is the same flow as a careful user writes
-it (the CSVs as uint8 arrays, a per-image Dataset over them, `DataLoader(batch_size=50,
-num_workers=2)`, every train.csv row). `pipeline bench` runs both beside our three commands:
+The PyTorch/Kaggle tutorials hold train.csv in a DataFrame, read it row by row through a
+per-image `Dataset` (`ToTensor` + `Normalize`), batch with `DataLoader(batch_size=50)` and
+`.item()` the loss every step. `--lean` is the same flow as a careful user writes it: the CSVs
+as uint8 arrays, two loader workers, every train.csv row.
 
     python -m pipeline.baselines.tutorial [--lean] --raw-dir data/raw --out /tmp/tutorial.csv
 """
 
 import argparse
+import itertools
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline import config
-from pipeline.common.device import seed_everything, synchronize
+from pipeline.common.device import seed_everything
 from pipeline.common.timings import phase, write_requested
 from pipeline.training.models import build_model
 
@@ -36,8 +34,7 @@ LEAN_RESULT_LINE = re.compile(
 
 
 class TutorialCsvDigits(Dataset):
-    """The tutorials' per-image Dataset: one DataFrame row per item, (image, label) where the
-    frame has train.csv's label column first, else the image alone."""
+    """One DataFrame row per item: (image, label) if train.csv's label column leads, else image."""
 
     def __init__(self, frame: pd.DataFrame):
         from torchvision import transforms  # the tutorial's transforms, imported only here
@@ -71,84 +68,40 @@ class ArrayDigits(Dataset):
         return image if self.labels is None else (image, int(self.labels[index]))
 
 
-def tutorial_frame(split) -> pd.DataFrame:
-    """The split as the tutorial holds it: train.csv's columns in a DataFrame."""
+def tutorial_loader(split) -> DataLoader:
+    """The split as the tutorial reads it: train.csv's columns in a DataFrame, row by row."""
     frame = pd.DataFrame(split.images.flatten(1).numpy(), columns=config.TEST_HEADER)
     frame.insert(0, "label", split.labels.numpy())
-    return frame
+    return DataLoader(TutorialCsvDigits(frame), batch_size=TUTORIAL_BATCH, shuffle=True)
 
 
-def tutorial_step(model, optimizer, images, labels, device) -> float:
-    """The tutorial's step: copy the batch, zero, forward, backward, update, `.item()` the loss."""
-    images, labels = images.to(device), labels.to(device)
-    optimizer.zero_grad()
-    loss = F.cross_entropy(model(images), labels)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
-
-
-def tutorial_images_per_second(
-    model_name: str, frame: pd.DataFrame, device: torch.device, steps: int, warmup: int = 3
-) -> float:
-    """Images/s of the tutorial's loop: per-image Dataset, DataLoader, `.item()` each step."""
-    seed_everything(0)
+def train_tutorial(
+    model_name: str,
+    loader: DataLoader,
+    device: torch.device,
+    seed: int,
+    epochs: int = 1,
+    max_steps: int | None = None,
+    warmup: int = 3,
+) -> tuple[torch.nn.Module, float]:
+    """The tutorial's loop (Adam at 1e-3, `.item()` of the loss every step) for `epochs` passes
+    or `max_steps` steps: the model, and images/s after the first `warmup` steps."""
+    seed_everything(seed)
     model = build_model(model_name).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(TutorialCsvDigits(frame), batch_size=TUTORIAL_BATCH, shuffle=True)
     model.train()
-    running_loss, start = 0.0, 0.0
-    for step, (images, labels) in enumerate(loader):
-        if step == warmup:
-            synchronize(device)
+    running_loss, start, steps = 0.0, time.perf_counter(), 0
+    batches = itertools.islice(itertools.chain.from_iterable([loader] * epochs), max_steps)
+    for steps, (images, labels) in enumerate(batches, 1):
+        images, labels = images.to(device), labels.to(device)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()  # also waits for the device, so the clock covers its work
+        if steps == warmup:
             start = time.perf_counter()
-        if step == warmup + steps:
-            break
-        running_loss += tutorial_step(model, optimizer, images, labels, device)
-    return steps * TUTORIAL_BATCH / (time.perf_counter() - start)
-
-
-# ------------------------------------------------------------------ the two whole scripts
-
-
-@dataclass(frozen=True)
-class ScriptResult:
-    train_rows: int
-    val_accuracy: float | None  # None: the lean script holds nothing out
-    val_rows: int
-    test_rows: int
-    submission: Path
-    seconds: float  # from reading the CSVs to the written submission
-
-    def line(self) -> str:
-        """What the script prints (RESULT_LINE or LEAN_RESULT_LINE reads it)."""
-        written = f"{self.test_rows:,} labels -> {self.submission} in {self.seconds:.2f} s"
-        if self.val_accuracy is None:
-            return f"tutorial (lean): trained on {self.train_rows:,} digits; {written}"
-        return f"tutorial: val_acc {self.val_accuracy:.2%} ({self.val_rows:,} digits); {written}"
-
-
-def tutorial_split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The tutorial's stratified 90/10 split of train.csv's rows: the rows `pipeline prepare
-    --seed SEED` holds out (scikit-learn draws the same permutation from the same labels)."""
-    from sklearn.model_selection import train_test_split
-
-    return tuple(
-        train_test_split(frame, test_size=0.1, stratify=frame["label"], random_state=seed)
-    )
-
-
-def train_cnn(loader: DataLoader, device: torch.device, epochs: int, seed: int) -> torch.nn.Module:
-    """The tutorial CNN, Adam (lr 1e-3), `tutorial_step` over `loader` for `epochs` passes."""
-    seed_everything(seed)
-    model = build_model("cnn").to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(epochs):
-        running_loss = 0.0
-        for images, labels in loader:
-            running_loss += tutorial_step(model, optimizer, images, labels, device)
-    return model.eval()
+    return model.eval(), (steps - warmup) * TUTORIAL_BATCH / (time.perf_counter() - start)
 
 
 def predicted_labels(model: torch.nn.Module, loader: DataLoader, device: torch.device):
@@ -156,12 +109,20 @@ def predicted_labels(model: torch.nn.Module, loader: DataLoader, device: torch.d
         return torch.cat([model(images.to(device)).argmax(1).cpu() for images in loader]).numpy()
 
 
+def tutorial_split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tutorial's stratified 90/10 split: the rows `pipeline prepare --seed SEED` holds out."""
+    from sklearn.model_selection import train_test_split
+
+    return tuple(
+        train_test_split(frame, test_size=0.1, stratify=frame["label"], random_state=seed)
+    )
+
+
 def run_script(
     raw_dir: Path, out: Path, seed: int = 0, device: str = "cpu", epochs: int = 1, lean=False
-) -> ScriptResult:
-    """The tutorial's single script: the CSVs read with pandas, the same 10% held out as
-    `pipeline prepare --seed SEED`, the CNN trained and scored, ImageId,Label written; timed in
-    load, work and write phases. `lean`: the CSVs as arrays, two loader workers, every row."""
+) -> str:
+    """The tutorial's single script, CSVs in and ImageId,Label out, timed in load, work and
+    write phases; the line it prints (RESULT_LINE or LEAN_RESULT_LINE reads it)."""
     if not lean:  # the script imports these at its top: before the clock, like every import
         import sklearn.model_selection  # noqa: F401
         import torchvision.transforms  # noqa: F401
@@ -182,7 +143,7 @@ def run_script(
             train_set, test_set = TutorialCsvDigits(train_part), TutorialCsvDigits(test_frame)
     with phase("work"):
         loader = DataLoader(train_set, TUTORIAL_BATCH, shuffle=True, num_workers=workers)
-        model = train_cnn(loader, target, epochs, seed)
+        model, _ = train_tutorial("cnn", loader, target, seed, epochs)
         if not lean:
             val_images = DataLoader(
                 TutorialCsvDigits(val_part.drop(columns="label")), TUTORIAL_BATCH
@@ -195,14 +156,13 @@ def run_script(
         submission = pd.DataFrame({"ImageId": np.arange(1, len(labels) + 1), "Label": labels})
         out.parent.mkdir(parents=True, exist_ok=True)
         submission.to_csv(out, index=False)
-    seconds = time.perf_counter() - start
+    written = f"{len(labels):,} labels -> {out} in {time.perf_counter() - start:.2f} s"
     if lean:
-        return ScriptResult(len(train_set), None, 0, len(labels), out, seconds)
-    return ScriptResult(len(train_part), accuracy, len(val_part), len(labels), out, seconds)
+        return f"tutorial (lean): trained on {len(train_set):,} digits; {written}"
+    return f"tutorial: val_acc {accuracy:.2%} ({len(val_part):,} digits); {written}"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m pipeline.baselines.tutorial [--lean] --raw-dir data/raw --out tutorial.csv`."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.baselines.tutorial",
         description="The tutorial's single script: read the CSVs, train the CNN for one epoch "
@@ -221,10 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        result = run_script(args.raw_dir, args.out, args.seed, args.device, args.epochs, args.lean)
+        line = run_script(args.raw_dir, args.out, args.seed, args.device, args.epochs, args.lean)
     finally:
         write_requested()
-    print(result.line())
+    print(line)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,6 @@
-"""End to end, as processes: our `prepare`, `train` and `predict` against two tutorial scripts.
-
-`pipeline prepare`, `train --model cnn --epochs 1 --batch-size 50` and `predict` run as three
-processes, wall clock including start-up, against the tutorial's single script and its lean
-version (`pipeline.baselines.tutorial`) doing the same work on the same CSVs; each command's
-time is split into start-up and imports, load, work and write (`pipeline.common.timings`).
-`train` runs tracked, as it does by default; its MLflow record is waited for before the
-tutorials' turns.
+"""End to end, as processes: our `prepare`, `train` and `predict` against the tutorial's script
+and its lean version on the same CSVs, wall clock from spawn to exit, each command split into
+start-up, load, work and write (`pipeline.common.timings`).
 """
 
 import json
@@ -17,7 +12,6 @@ import time
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from pipeline import config
@@ -33,15 +27,12 @@ E2E_DEVICE = "cpu"  # the tutorial's setting; the recipes' GPU variants do not a
 
 @dataclass(frozen=True)
 class ProcessTiming:
-    """One command run as its own process: wall clock from spawn to exit, and its phases."""
-
     name: str
     wall_s: float
     phases: dict[str, float]  # import (process start to first phase), load, work, write
 
     @property
-    def other_s(self) -> float:
-        """Wall time outside the phases: spawning, interpreter exit, gaps between phases."""
+    def other_s(self) -> float:  # spawning, interpreter exit, gaps between phases
         return self.wall_s - sum(self.phases.values())
 
 
@@ -62,7 +53,7 @@ class EndToEnd:
 
 
 def run_timed(name: str, args: list[str], timings_path: Path) -> tuple[ProcessTiming, str]:
-    """Run `python -m <args>` with PIPELINE_TIMINGS set; its timing and its stdout."""
+    """`python -m <args>` with PIPELINE_TIMINGS set: its timing and its stdout."""
     env = dict(os.environ, **{timings.ENV_VAR: str(timings_path)})
     timings_path.unlink(missing_ok=True)
     spawned, start = time.time(), time.perf_counter()
@@ -83,7 +74,6 @@ def _median_run(runs: list[ProcessTiming]) -> ProcessTiming:
 
 
 def our_commands(raw_dir: Path, work: Path, seed: int) -> dict[str, list[str]]:
-    """`python -m` arguments of our three commands, writing under `work`."""
     processed, checkpoint = work / "processed", work / "cnn.pt"
     return {
         "prepare": ["pipeline", "prepare", "--raw-dir", str(raw_dir),
@@ -98,22 +88,13 @@ def our_commands(raw_dir: Path, work: Path, seed: int) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-def settle_tracking() -> None:
-    """Wait for `train`'s MLflow record, so that it never runs beside the tutorials' timings."""
-    from pipeline.experiments import tracking
-
-    if tracking.wanted():
-        from pipeline.experiments.recorder import record_pending
-
-        record_pending()
-
-
 def bench_end_to_end(
     raw_dir: Path, repeats: int = 1, work_dir: Path | None = None, seed: int = 0
 ) -> EndToEnd:
-    """Our three commands against the tutorial's script and the lean one on raw_dir's CSVs,
-    `repeats` times, taking turns to go first; each figure is the median run's. Everything is
-    written under `work_dir` (a temporary folder by default)."""
+    """Each side `repeats` times, taking turns to go first; each figure is the median run's."""
+    from pipeline.experiments import tracking
+    from pipeline.experiments.recorder import record_pending
+
     with nullcontext(work_dir) if work_dir else tempfile.TemporaryDirectory() as work:
         work = Path(work)
         clock = work / "timings.json"
@@ -126,19 +107,14 @@ def bench_end_to_end(
         runs: dict[str, list[ProcessTiming]] = defaultdict(list)
         printed: dict[str, str] = {}
 
-        def run(name: str, args: list[str]) -> None:
-            timing, printed[name] = run_timed(name, args, clock)
-            runs[name].append(timing)
-
-        def run_ours() -> None:
-            for name, args in our_commands(raw_dir, work, seed).items():
-                run(name, args)
-            settle_tracking()
-
-        sides = [run_ours, *(partial(run, name, args) for name, args in scripts.items())]
+        sides = [list(our_commands(raw_dir, work, seed).items()), *([s] for s in scripts.items())]
         for repeat in range(repeats):
             for side in sides[repeat % 3 :] + sides[: repeat % 3]:
-                side()
+                for name, args in side:
+                    timing, printed[name] = run_timed(name, args, clock)
+                    runs[name].append(timing)
+                if tracking.wanted():  # `train`'s MLflow record must not run beside a timing
+                    record_pending()
         found = RESULT_LINE.search(printed["tutorial"])
         if found is None or LEAN_RESULT_LINE.search(printed["lean"]) is None:
             raise PipelineError(f"bench: a tutorial script printed no result: {printed}")

@@ -1,5 +1,5 @@
-"""Per model: training images/s of our step (`pipeline train`'s own `train_one_epoch`) against
-the tutorial's loop (`baselines.tutorial`) for the same model and batch, and prediction speed."""
+"""Per model: training images/s of `pipeline train`'s own step against the tutorial's loop for
+the same model and batch, and prediction speed."""
 
 import statistics
 import timeit
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.baselines.tutorial import TUTORIAL_BATCH, tutorial_frame, tutorial_images_per_second
+from pipeline.baselines.tutorial import TUTORIAL_BATCH, train_tutorial, tutorial_loader
 from pipeline.data.datasets import TensorDigits, load_split
 from pipeline.inference.predictor import inference_model, predict_logits
 from pipeline.training import run_state
@@ -20,7 +20,6 @@ from pipeline.training.train import new_run, train_one_epoch
 
 
 def median_seconds(work: Callable[[], object], repeats: int = 3) -> float:
-    """The median wall time of `repeats` calls of `work`."""
     return statistics.median(timeit.repeat(work, number=1, repeat=repeats))
 
 
@@ -30,13 +29,12 @@ def project_images_per_second(
     device: torch.device,
     batch_size: int,
     steps: int,
-    warmup: int = 3,
     augment: bool = False,
     compile_model: bool = False,
 ) -> tuple[float, float]:
-    """(images/s, warm-up seconds) of `pipeline train`'s step on device-resident tensors, the
-    model at its default width and a constant learning rate; the warm-up steps absorb cuDNN's
-    kernel search and compiling."""
+    """(images/s, warm-up seconds) of `pipeline train`'s step at a constant learning rate; the
+    warm-up steps absorb cuDNN's kernel search and compiling."""
+    warmup = 10 if compile_model else 3
     steps_per_epoch = max(1, len(train_data) // batch_size)
     cfg = recipe_config(
         model=model_name,
@@ -85,14 +83,14 @@ def bench_models(
     processed_dir: Path, device: torch.device, models: list[str], steps: int, batch_size: int
 ) -> list[ModelBench]:
     train_split = load_split(processed_dir, "train")
-    frame = tutorial_frame(train_split)
+    per_image = tutorial_loader(train_split)
     train_data = TensorDigits.from_split(train_split).to(device)
     test_data = TensorDigits.load(processed_dir, "test").to(device)
     results = []
     for name in models:
         per_s, warm = project_images_per_second(name, train_data, device, batch_size, steps)
         at_50, _ = project_images_per_second(name, train_data, device, TUTORIAL_BATCH, steps)
-        tutorial = tutorial_images_per_second(name, frame, device, steps)
+        _, tutorial = train_tutorial(name, per_image, device, 0, max_steps=steps + 3)  # 3 warm-up
         model = inference_model(build_model(name).to(device).to(memory_format=torch.channels_last))
         predict_logits(model, test_data)  # warm-up
         predict_s = median_seconds(lambda m=model: predict_logits(m, test_data).argmax(1).cpu())
@@ -104,8 +102,6 @@ def bench_models(
 
 @dataclass(frozen=True)
 class BestNetBench:
-    """Training speed of the best recipe's net, augmentation on, at one batch size."""
-
     model: str
     batch_size: int
     compiled: bool
@@ -120,21 +116,13 @@ def bench_best_net(
     steps: int,
     compile_model: bool | None = None,
 ) -> list[BestNetBench]:
-    """Training images/s of the best recipe's net with its augmentation on, per batch size
-    (by default the recipe's, and its choice of compiling, on this device)."""
+    """The best recipe's net with its augmentation on, per batch size (default: the recipe's)."""
     cfg = recipe_config("best", device=str(device), compile=compile_model)
     train_data = TensorDigits.load(processed_dir, "train").to(device)
     rows = []
     for batch_size in batch_sizes or [cfg.batch_size]:
         per_s, warm = project_images_per_second(
-            cfg.model,
-            train_data,
-            device,
-            batch_size,
-            steps,
-            warmup=10 if cfg.compile else 3,
-            augment=True,
-            compile_model=cfg.compile,
+            cfg.model, train_data, device, batch_size, steps, True, cfg.compile
         )
         rows.append(BestNetBench(cfg.model, batch_size, cfg.compile, per_s, warm))
     return rows

@@ -24,8 +24,7 @@ def format_end_to_end(e2e: EndToEnd) -> list[str]:
         "",
         f"end to end on {E2E_DEVICE} (cnn, batch {TUTORIAL_BATCH}, 1 epoch; each command a "
         f"process, wall clock, median of {e2e.repeats}):",
-        f"{'seconds':18} {'wall':>7} {'import':>6} {'load':>6} {'work':>6} {'write':>6} "
-        f"{'other':>6}",
+        f"{'seconds':18} {'wall':>7} " + " ".join(f"{k:>6}" for k in (*PHASES, "other")),
         *(row(c, f"pipeline {c.name}") for c in e2e.commands),
         f"{'ours, 3 commands':18} {e2e.ours_s:7.2f}  val accuracy {e2e.val_accuracy:.2%}",
         row(e2e.tutorial, "tutorial script") + f"  val accuracy {e2e.tutorial_val_accuracy:.2%}",

@@ -3,6 +3,7 @@
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 
 from pipeline import config
@@ -71,7 +72,6 @@ class BenchReport:
 
 
 def bench_data(options: BenchOptions, device: str) -> BenchReport:
-    """The data section: parsing the CSVs, a whole `prepare`, loading the cached tensors."""
     raw, processed = options.raw_dir, options.processed_dir
     parse = median_seconds(
         lambda: (
@@ -86,19 +86,14 @@ def bench_data(options: BenchOptions, device: str) -> BenchReport:
 
 
 def bench_serve(checkpoint: Path, processed_dir: Path) -> str:
-    """2,000 small API requests, then 32 25-megapixel PNG uploads, from 8 clients to one live
-    `pipeline serve` on the CPU, on loopback; then the same small requests to `checkpoint`
-    exported to ONNX and served by ONNX Runtime (no torch), against torch's small run."""
+    """Small API requests, then 25-megapixel PNG uploads, to one live `pipeline serve`; then the
+    small requests to `checkpoint` exported to ONNX, served by ONNX Runtime without torch."""
     if not checkpoint.is_file():
         return f"skipped: {checkpoint} does not exist (run `make train` first)"
     runs = run_load_test([checkpoint], processed_dir, uploads=UPLOADS)
     lines = [run.summary() for run in runs]
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as exc:
-        return "\n".join([*lines, f"skipped ONNX: {exc.name} is not installed (the extras)"])
+    if missing := [m for m in ("onnx", "onnxruntime", "onnxscript") if not find_spec(m)]:
+        return "\n".join([*lines, f"skipped ONNX: {missing[0]} is not installed (the extras)"])
     from pipeline.inference.export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +110,6 @@ def bench_serve(checkpoint: Path, processed_dir: Path) -> str:
 def run_bench(
     options: BenchOptions, log: Callable[[str], None] = lambda message: None
 ) -> BenchReport:
-    """Measure everything `make bench` prints, section by section as `options` asks."""
     target = resolve_device(options.device)
     processed, models = options.processed_dir, list(options.models)
     log("parsing the CSVs ...")

@@ -1,9 +1,6 @@
-"""Bounded load tests of `pipeline serve`, started as a user starts it, on 127.0.0.1 only.
-
-C client threads, each on its own keep-alive connection, POST JSON digits or 25-megapixel PNGs
-until N requests have gone; a probe asks /api/health meanwhile, and the server's memory is
-read from /proc. Counts and times are bounded: the run always ends by itself.
-"""
+"""Bounded load tests of `pipeline serve`, started as a user starts it, on 127.0.0.1 only:
+client threads on keep-alive connections POST JSON digits or 25-megapixel PNGs while a probe
+asks /api/health; the server's memory is read from /proc."""
 
 import http.client
 import io
@@ -42,8 +39,7 @@ class LiveServer:
 
 @contextmanager
 def running_server(checkpoints: list[Path]) -> Iterator[LiveServer]:
-    """`python -m pipeline serve` on the CPU in a child process on a free port until the block
-    ends, then Ctrl-C; PipelineError with its last output line if it does not start in 120 s."""
+    """`pipeline serve` on the CPU on a free port until the block ends, then Ctrl-C."""
     child = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "serve", "--host", "127.0.0.1", "--port", "0"]
         + ["--device", "cpu"]
@@ -84,7 +80,7 @@ def running_server(checkpoints: list[Path]) -> Iterator[LiveServer]:
 
 
 def memory_bytes(pid: int, key: str = "VmHWM") -> int | None:
-    """VmHWM (peak) or VmRSS (now) of a process from /proc, in bytes; None off Linux."""
+    """VmHWM (peak) or VmRSS (now) in bytes; None off Linux."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -95,8 +91,6 @@ def memory_bytes(pid: int, key: str = "VmHWM") -> int | None:
 
 @dataclass(frozen=True)
 class LoadResult:
-    """One run against the server: what the clients saw, /api/health meanwhile, its memory."""
-
     name: str
     requests: int
     clients: int
@@ -133,7 +127,6 @@ class LoadResult:
 
 
 def digit_bodies(processed_dir: Path, count: int = 200) -> list[bytes]:
-    """JSON bodies `{"pixels": [...]}` of the first `count` validation digits."""
     from pipeline.data.datasets import TensorDigits
 
     images = TensorDigits.load(processed_dir, "val").images[:count]
@@ -147,20 +140,31 @@ def connection_to(url: str, timeout: float) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
 
-def _post(connection: http.client.HTTPConnection, body: bytes, content_type: str = JSON):
-    connection.request("POST", "/api/predict", body, headers={"Content-Type": content_type})
-    response = connection.getresponse()
-    return response.status, response.read()
+def send(
+    connection: http.client.HTTPConnection, path: str, body: bytes | None = None, content_type=JSON
+) -> tuple[int, bytes, float | None]:
+    """(status, answer, seconds) of a POST with a body, else a GET; (0, b"", None) if it failed,
+    and the connection closed: http.client opens a new one for the next request."""
+    started = time.perf_counter()
+    try:
+        connection.request(
+            "GET" if body is None else "POST", path, body, {"Content-Type": content_type}
+        )
+        response = connection.getresponse()
+        return response.status, response.read(), time.perf_counter() - started
+    except (OSError, http.client.HTTPException):
+        connection.close()
+        return 0, b"", None
 
 
 def expected_labels(url: str, bodies: list[bytes]) -> list[int]:
-    """The label the server gives each body, asked one at a time (this also warms it up): under
-    load an error is a changed or failed answer, never a digit the model simply gets wrong."""
+    """The server's label for each body, one at a time (a warm-up too): under load an error is
+    a changed or failed answer, never a digit the model simply gets wrong."""
     connection = connection_to(url, 10.0)
     labels = []
     try:
         for body in bodies:
-            status, answer = _post(connection, body)
+            status, answer, _ = send(connection, "/api/predict", body)
             if status != 200:
                 raise PipelineError(f"{url}: answered {status} to a valid digit: {answer[:200]!r}")
             labels.append(json.loads(answer)["label"])
@@ -173,8 +177,8 @@ def hammer(
     url: str, name: str, asks: list[tuple[bytes, str, int]], clients: int, timeout: float
 ) -> LoadResult:
     """POST each (body, Content-Type, expected label) of `asks` from `clients` threads released
-    together, while a probe asks /api/health every HEALTH_EVERY_S s on its own connection (a
-    failed probe counts as its timeout); any other answer is an error, but a 503 to an upload."""
+    together, while a probe asks /api/health every HEALTH_EVERY_S s (a failed probe counts as
+    10 s); any other answer is an error, but a 503 to an upload."""
     queue = iter(asks)
     take = threading.Lock()
     latencies: list[float] = []
@@ -192,21 +196,13 @@ def hammer(
             if ask is None:
                 break
             body, content_type, expected = ask
-            started = time.perf_counter()
-            try:
-                status, answer = _post(connection, body, content_type)
-            except (OSError, http.client.HTTPException):
-                status, answer = 0, b""
-                connection.close()
-                connection = connection_to(url, timeout)
-            else:
-                with take:
-                    latencies.append(time.perf_counter() - started)
+            status, answer, seconds = send(connection, "/api/predict", body, content_type)
             try:
                 right = status == 200 and json.loads(answer)["label"] == expected
             except (ValueError, KeyError, TypeError):
                 right = False
             with take:
+                latencies.extend([] if seconds is None else [seconds])
                 counts["errors"] += not (right or (content_type != JSON and status == 503))
                 counts["refused"] += status == 503
         connection.close()
@@ -215,15 +211,8 @@ def hammer(
         connection = connection_to(url, timeout=10.0)
         start_line.wait()
         while not done.wait(HEALTH_EVERY_S):
-            started = time.perf_counter()
-            try:
-                connection.request("GET", "/api/health")
-                connection.getresponse().read()
-                health.append((time.perf_counter() - started) * 1000)
-            except (OSError, http.client.HTTPException):
-                health.append(10_000.0)
-                connection.close()
-                connection = connection_to(url, timeout=10.0)
+            seconds = send(connection, "/api/health")[2]
+            health.append(10_000.0 if seconds is None else seconds * 1000)
         connection.close()
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]

@@ -1,6 +1,5 @@
-"""Whole training runs: the fast recipe's seconds to 99%, one process against two (DDP), the
-best ensemble's members per minute one at a time against side by side, and training on the
-CPU with one core kept busy by another process against a quiet one."""
+"""Whole training runs: the fast recipe's seconds to 99%, one torchrun process against two, the
+best ensemble's members one at a time against side by side, CPU training quiet and busy."""
 
 import json
 import os
@@ -35,8 +34,8 @@ class FastRecipeBench:
 def bench_fast_recipe(
     processed_dir: Path, device: torch.device, compile_model: bool | None = None, seed: int = 0
 ) -> FastRecipeBench:
-    """Train the default recipe from scratch; its validation curve and seconds to 99%. On a GPU
-    a throwaway run first pays for kernel search and compiling (reported as the warm-up)."""
+    """The default recipe from scratch; on a GPU a throwaway run first pays for kernel search
+    and compiling (reported as the warm-up)."""
     cfg = recipe_config(device=str(device), compile=compile_model, seed=seed)
     warmup_s = 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,15 +46,8 @@ def bench_fast_recipe(
             warmup_s = time.perf_counter() - start
         result = train(cfg, processed_dir, Path(tmp) / "fast.pt", progress=False, force=True)
     curve = [round(r["val_accuracy"], 4) for r in result.history]
-    return FastRecipeBench(
-        result.best_accuracy,
-        result.train_seconds,
-        result.seconds_to_target,
-        curve,
-        warmup_s,
-        cfg.compile,
-        cfg.batch_size,
-    )
+    found = result.best_accuracy, result.train_seconds, result.seconds_to_target, curve
+    return FastRecipeBench(*found, warmup_s, cfg.compile, cfg.batch_size)
 
 
 @dataclass(frozen=True)
@@ -69,26 +61,21 @@ class DdpBench:
         return self.two_processes / self.one_process
 
 
-def torchrun_images_per_second(
-    nproc: int, processed_dir: Path, device: str, model: str, steps: int
-) -> float:
-    """Images/s (global) of `pipeline train` under torchrun with `nproc` processes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "ddp.pt"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc-per-node={nproc}", "-m", "pipeline", "train", "--model", model,
-                   "--epochs", "1", "--max-steps", str(steps), "--device", device,
-                   "--processed-dir", str(processed_dir), "--out", str(out)]  # fmt: skip
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
-        subprocess.run(command, check=True, capture_output=True, env=env, timeout=600)
-        history = json.loads(config.sidecar_path(out).read_text())["history"]
-    return history[-1]["images_per_second"]
-
-
 def bench_ddp(processed_dir: Path, device: str, model: str, steps: int) -> DdpBench:
-    one = torchrun_images_per_second(1, processed_dir, device, model, steps)
-    two = torchrun_images_per_second(2, processed_dir, device, model, steps)
-    return DdpBench(model, one, two)
+    """Global images/s of `pipeline train` under torchrun with one process, then two."""
+    rates = []
+    for nproc in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "ddp.pt"
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       f"--nproc-per-node={nproc}", "-m", "pipeline", "train", "--model", model,
+                       "--epochs", "1", "--max-steps", str(steps), "--device", device,
+                       "--processed-dir", str(processed_dir), "--out", str(out)]  # fmt: skip
+            env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
+            subprocess.run(command, check=True, capture_output=True, env=env, timeout=600)
+            history = json.loads(config.sidecar_path(out).read_text())["history"]
+        rates.append(history[-1]["images_per_second"])
+    return DdpBench(model, *rates)
 
 
 @dataclass(frozen=True)
@@ -107,9 +94,8 @@ class EnsembleBench:
 def bench_ensemble(
     processed_dir: Path, device: torch.device, steps: int, members: int = 4
 ) -> EnsembleBench:
-    """The best recipe's first `members` members cut to `steps` steps, trained by the ensemble
-    runner one at a time, then on 2 CPU processes or every local GPU: members per minute,
-    wall clock (starting the processes included)."""
+    """The best recipe's first members cut to `steps` steps, one at a time, then on 2 CPU
+    processes or every local GPU: members per minute, process start-up included."""
     from pipeline.experiments.ensemble import member_configs, train_members
 
     configs = member_configs("best", members, True, device=str(device), epochs=1, max_steps=steps)
@@ -127,8 +113,6 @@ def bench_ensemble(
 
 @dataclass(frozen=True)
 class BusyCoreBench:
-    """Training images/s of our step on the CPU, quiet and with one core kept busy."""
-
     model: str
     cores: int
     quiet: float  # images/s
@@ -137,15 +121,14 @@ class BusyCoreBench:
     busy_threads: int
 
     @property
-    def kept(self) -> float:
-        """The share of the quiet throughput kept: (cores - 1) / cores is the fair share."""
+    def kept(self) -> float:  # the fair share is (cores - 1) / cores
         return self.busy / self.quiet
 
 
 @contextmanager
 def spinning_core(seconds: float = 600, setup: str = "") -> Iterator[None]:
-    """Another process keeping one core busy (never longer than `seconds`) while the block
-    runs; the block starts once it spins, after running the Python statement `setup`."""
+    """Another process spinning on one core (at most `seconds`, after the Python statement
+    `setup`) while the block runs."""
     code = (
         f"import sys, time\n{setup}\nend = time.monotonic() + float(sys.argv[1])\n"
         "print(flush=True)\nwhile time.monotonic() < end: pass\n"
@@ -160,8 +143,8 @@ def spinning_core(seconds: float = 600, setup: str = "") -> Iterator[None]:
 
 
 def bench_busy_core(processed_dir: Path, model: str, steps: int, batch_size: int) -> BusyCoreBench:
-    """The same training steps on a quiet CPU, then with one core busy: torch's thread count
-    follows the free cores (`use_free_cores`), so the run keeps about its fair share."""
+    """The same steps on a quiet CPU, then with one core busy: torch's thread count follows the
+    free cores (`use_free_cores`), so the run keeps about its fair share."""
     from pipeline.bench.models import project_images_per_second
     from pipeline.data.datasets import TensorDigits
 

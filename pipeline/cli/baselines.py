@@ -11,11 +11,9 @@ from pipeline.cli.errors import FullHelp
 from pipeline.cli.options import DeviceOpt, FigureOpt, SeedOpt, chosen_names, positive_ints
 from pipeline.common.choices import Device
 
-# The optimizers baseline's choices, here so that --help needs no torch; a test keeps them equal
-# to the keys of `regression.OPTIMIZERS`.
+# `regression.OPTIMIZERS`' keys, here so that --help needs no torch (a test keeps them equal)
 OPTIMIZER_NAMES = ("sgd", "momentum", "rmsprop", "adam", "adagrad")
 DEFAULT_OPTIMIZERS = "sgd,momentum,rmsprop,adam"
-DEFAULT_BATCH_SIZES = "16,64,256"
 BASELINES = ("regression", "optimizers", "linear", "classification", "mlp", "gan", "activations")
 FIGURES = {name: config.figure_path(name) for name in BASELINES}  # reports/figures/<name>.png
 
@@ -103,7 +101,7 @@ def classification_command(
 def mlp_command(
     batch_sizes: Annotated[
         str, typer.Option(help="Comma-separated batch sizes, one run each.")
-    ] = DEFAULT_BATCH_SIZES,
+    ] = "16,64,256",
     processed_dir: Annotated[
         Path, typer.Option(help="Prepared digits; without them, the offline sample.")
     ] = config.PROCESSED_DIR,
