@@ -127,12 +127,12 @@ def pseudo_label_rounds(
     sized, pace = fit(configs, round1, ROUND2_SHARE)
     first, _ = run_ensemble(sized, processed_dir, round1, jobs, track, log, warn, pace)
     name = configs[0].recipe or configs[0].model
-    teachers = [config.member_checkpoint_path(name, k, round1) for k in range(len(configs))]
+    teachers = [config.member_checkpoint_path(name, k, round1) for k in range(len(sized))]
     report = pseudo_label(teachers, processed_dir, round1, threshold, configs[0].device)
     files = {r.fold: r for r in report}
     second = [
         replace(cfg, extra=str(files[cfg.fold].path), extra_sha256=files[cfg.fold].sha256)
-        for cfg in configs
+        for cfg in configs[: len(sized)]
     ]
     second, pace = fit(second, models_dir)
     last, run = run_ensemble(second, processed_dir, models_dir, jobs, track, log, warn, pace)
