@@ -290,7 +290,7 @@ def test_without_sample_submission_the_test_set_is_taken_as_it_is(raw_dir, tmp_p
         ("ImageId,Label\n1,x\n", "line 2: '1,x' is not two integers written in ASCII digits"),
         ("ImageId,Label\n1," + "9" * 5000 + "\n", "line 2: '1,99999"),
         ("ImageId,Label\n1,\uff10\n", "is not two integers written in ASCII digits"),
-        (b"ImageId,Label\n1,0\n2,\xff\n", "line 3 is not UTF-8 text"),
+        (b"ImageId,Label\n1,0\n2,\xff\n", "line 3: '2,\ufffd' is not two integers"),
         ("ImageId,Label\n1,12\n", "labels must be digits 0-9"),
         ("Id,Label\n1,0\n", "header must be ImageId,Label (2 columns)"),
         ("ImageId,Label\n1,0\n\0\0\0", "a NUL byte at offset 18 (line 3)"),

@@ -1,9 +1,6 @@
-"""Per-sample random affine (and optional elastic) augmentation of whole batches on the device.
-
-torchvision's v2 `RandomAffine` draws one transform per call, so a batch would share it. Here
-each image gets its own matrix via `affine_grid` + `grid_sample`, in one kernel for the batch.
-Parameters are drawn for a whole *global* batch from one generator and then sliced, so data
-parallel ranks augment exactly as a single process would.
+"""Per-sample random affine (and optional elastic) augmentation of whole batches on the device:
+each image its own matrix via `affine_grid` + `grid_sample` (torchvision's `RandomAffine` draws
+one per call). Drawn for a whole global batch, then sliced: ranks augment as one process would.
 """
 
 import math
@@ -12,9 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Elastic strength: the largest displacement per axis, in pixels; the mean is about 0.4 of it.
-# 8 px (mean 3.4 px) cost the best recipe a whole point on an H100 (98.5% against 99.65% on
-# the same 5 splits); 2 px keeps the mean near the ~1 px of Simard et al.
+# The largest elastic displacement per axis (the mean is ~0.4 of it): 8 px cost the best recipe
+# a whole point (98.5% against 99.65%); 2 px keeps the mean near Simard et al.'s ~1 px.
 ELASTIC_MAX_SHIFT_PX = 2.0
 
 
@@ -25,20 +21,6 @@ class AugmentConfig:
     shift: float = 0.1  # fraction of the image side: 0.1 of 28 px is about 3 px
     elastic_alpha: float = 0.0  # largest displacement per axis in pixels; 0 turns elastic off
     elastic_sigma: float = 4.0
-
-
-def random_affine_params(
-    n: int, cfg: AugmentConfig, generator: torch.Generator, device: torch.device
-) -> torch.Tensor:
-    """n inverse-affine matrices [n,2,3] in grid_sample's normalised coordinates."""
-    u = torch.rand(n, 4, generator=generator, device=device)
-    angle = (u[:, 0] * 2 - 1) * math.radians(cfg.degrees)
-    scale = cfg.scale[0] + u[:, 1] * (cfg.scale[1] - cfg.scale[0])
-    shift = (u[:, 2:] * 2 - 1) * (2 * cfg.shift)  # normalised coords span 2
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    return torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    )
 
 
 def random_elastic_field(
@@ -56,7 +38,7 @@ def random_elastic_field(
 
 @dataclass(frozen=True)
 class AugmentDraw:
-    """The random parameters of one global batch; `rows` slices out one rank's share."""
+    """One global batch's inverse-affine matrices [n,2,3] and elastic field; `rows` slices."""
 
     theta: torch.Tensor
     field: torch.Tensor | None
@@ -69,11 +51,14 @@ class AugmentDraw:
 def draw(
     n: int, side: int, cfg: AugmentConfig, generator: torch.Generator, device: torch.device
 ) -> AugmentDraw:
-    theta = random_affine_params(n, cfg, generator, device)
-    field = None
-    if cfg.elastic_alpha > 0:
-        field = random_elastic_field(n, side, cfg, generator, device)
-    return AugmentDraw(theta, field)
+    u = torch.rand(n, 4, generator=generator, device=device)
+    angle = (u[:, 0] * 2 - 1) * math.radians(cfg.degrees)
+    scale = cfg.scale[0] + u[:, 1] * (cfg.scale[1] - cfg.scale[0])
+    shift = (u[:, 2:] * 2 - 1) * (2 * cfg.shift)  # grid_sample's coordinates span 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    rows = [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)]
+    field = random_elastic_field(n, side, cfg, generator, device) if cfg.elastic_alpha else None
+    return AugmentDraw(torch.stack(rows, 1), field)
 
 
 def apply(images: torch.Tensor, params: AugmentDraw) -> torch.Tensor:
@@ -85,8 +70,7 @@ def apply(images: torch.Tensor, params: AugmentDraw) -> torch.Tensor:
 
 
 def training_augmentation(elastic: bool, strength: float = 1.0) -> AugmentConfig:
-    """The augmentation `--augment` turns on in training (`--elastic` adds the elastic field);
-    `--augment-strength` scales rotation, zoom and shift together (1: 10 degrees, 10%, 10%)."""
+    """`--augment`'s settings; `strength` scales rotation, zoom and shift together."""
     base = AugmentConfig()
     zoom = (base.scale[1] - base.scale[0]) / 2 * strength
     return AugmentConfig(

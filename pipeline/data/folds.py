@@ -1,11 +1,6 @@
-"""The folds of every labelled digit: each bagged member's training rows and held-out rows.
-
-Member k of the `best` ensemble trains on all of train.csv but fold `k % folds` (stratified,
-dealt by `fold_seed`) and is scored on that one. Folds rather than random bags: each digit is
-then out-of-bag for exactly M / folds members (ten random 80% bags leave ~11% of the digits
-with no voter), so the out-of-bag estimate is an honest K-fold score of an (M / folds)-member
-ensemble.
-"""
+"""Bagged members' rows: member k trains on all of train.csv but fold `k % folds` (stratified,
+dealt by `fold_seed`) and is scored on it. Folds, not random bags: each digit is out-of-bag for
+exactly M / folds members (ten random 80% bags leave ~11% with no voter)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +30,8 @@ def check_folds(folds: int, fold: int, n: int) -> None:
 
 
 def fold_of_each(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
-    """int64[N]: the fold of every digit; each digit's class is spread evenly over the folds.
-
-    A seeded shuffle, then a stable sort by label, then folds dealt round-robin: every fold
-    holds each digit class to within one row, and the same seed gives the same folds anywhere.
-    """
+    """int64[N], each digit's fold: a seeded shuffle, a stable sort by label, then dealt
+    round-robin, so every fold holds each class to within one row, the same on any machine."""
     check_folds(folds, 0, len(labels))
     shuffled = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     order = shuffled[labels[shuffled].argsort(stable=True)]
@@ -50,8 +42,6 @@ def fold_of_each(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Bag:
-    """One member's rows of the labelled digits: what it trains on and what it never sees."""
-
     folds: int
     fold: int  # the held-out fold
     fold_seed: int
@@ -59,7 +49,6 @@ class Bag:
     oob: torch.Tensor  # int64 row indices, sorted; disjoint from `train`
 
     def record(self, fingerprint: str) -> dict:
-        """What a checkpoint keeps to recompute and verify the bag (plain values only)."""
         return {
             "folds": self.folds,
             "fold": self.fold,
@@ -77,11 +66,10 @@ def indices_digest(indices: torch.Tensor) -> str:
 
 def member_bag(labels: torch.Tensor, folds: int, fold: int, fold_seed: int) -> Bag:
     check_folds(folds, fold, len(labels))
-    assignment = fold_of_each(labels, folds, fold_seed)
-    held_out = assignment == fold
-    train = torch.nonzero(~held_out).flatten()
-    oob = torch.nonzero(held_out).flatten()
-    return Bag(folds, fold, fold_seed, train, oob)
+    held_out = fold_of_each(labels, folds, fold_seed) == fold
+    return Bag(
+        folds, fold, fold_seed, (~held_out).nonzero().flatten(), held_out.nonzero().flatten()
+    )
 
 
 def verified_bag(record: dict, labels: torch.Tensor, fingerprint: str, source: Path) -> Bag:

@@ -1,14 +1,12 @@
 """The boundary to Kaggle's official `kaggle` package, shared by `download` and `submit`.
-
-Importing `kaggle` prints auth help and may touch the network, so we look for credentials
-first and import it only here, only when a command needs it. Tests replace `connect`.
-"""
+Importing `kaggle` prints auth help and may touch the network, so credentials are looked for
+first and it is imported only when a command needs it. Tests replace `connect`."""
 
 import contextlib
 import io
 import os
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from pipeline.common.errors import PipelineError
 
@@ -16,28 +14,6 @@ TOKEN_HELP = (
     "create an API token at https://www.kaggle.com/settings/api and save it as "
     "~/.kaggle/access_token (or set KAGGLE_USERNAME and KAGGLE_KEY)"
 )
-
-# What the user was doing when the kaggle package failed; the advice depends on it.
-Action = Literal["download", "submit"]
-
-
-class KaggleClient(Protocol):
-    """The two calls we use of `kaggle.api.kaggle_api_extended.KaggleApi`."""
-
-    def competition_download_files(
-        self, competition: str, path: str | None = None, force: bool = False, quiet: bool = True
-    ) -> None: ...
-
-    def competition_submit(
-        self, file_name: str, message: str, competition: str, quiet: bool = False
-    ) -> Any: ...
-
-
-def _config_dir() -> Path:
-    if "KAGGLE_CONFIG_DIR" in os.environ:
-        return Path(os.environ["KAGGLE_CONFIG_DIR"])
-    legacy = Path.home() / ".kaggle"
-    return legacy if legacy.exists() else Path.home() / ".config" / "kaggle"
 
 
 def credential_source() -> str | None:
@@ -49,13 +25,14 @@ def credential_source() -> str | None:
     for name in ("access_token", "access_token.txt"):
         if (Path.home() / ".kaggle" / name).is_file():
             return f"~/.kaggle/{name}"
-    if (_config_dir() / "kaggle.json").is_file():
-        return str(_config_dir() / "kaggle.json")
-    return None
+    legacy = Path.home() / ".kaggle"
+    folder = legacy if legacy.exists() else Path.home() / ".config" / "kaggle"
+    json_file = Path(os.environ.get("KAGGLE_CONFIG_DIR", folder)) / "kaggle.json"
+    return str(json_file) if json_file.is_file() else None
 
 
-def connect() -> KaggleClient:
-    """An authenticated KaggleApi, or a PipelineError that says what to do."""
+def connect() -> Any:
+    """An authenticated `KaggleApi`, or a PipelineError that says what to do."""
     if credential_source() is None:
         raise PipelineError(f"no Kaggle credentials found: {TOKEN_HELP}")
     try:
@@ -74,14 +51,13 @@ def connect() -> KaggleClient:
 
 
 def _one_line(text: object, limit: int = 300) -> str:
-    """`text` with its whitespace runs (newlines included) collapsed, cut to `limit` characters."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _is_network_error(exc: BaseException) -> bool:
-    """requests/urllib3 exceptions and the socket-level errors they wrap, told apart from a
-    local file error (both are OSErrors, requests' without an errno) by their module."""
+    """requests/urllib3 errors and the socket errors they wrap, told apart from a local file
+    error (both are OSErrors, requests' without an errno) by their module."""
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
     network = {"requests", "urllib3", "socket", "ssl", "http"}
@@ -89,13 +65,10 @@ def _is_network_error(exc: BaseException) -> bool:
 
 
 def explain(
-    exc: BaseException,
-    competition: str,
-    action: Action = "download",
-    path: Path | None = None,
+    exc: BaseException, competition: str, action: str = "download", path: Path | None = None
 ) -> PipelineError:
-    """Turn anything the kaggle package raised during `action` into one line saying what to do;
-    `path`, the action's local file, is named in a local OS error and in the upload advice."""
+    """Anything the kaggle package raised during `action` ("download" or "submit") as one line
+    saying what to do; `path`, the action's local file, is named in a local OS error."""
     status = getattr(getattr(exc, "response", None), "status_code", None)
     page = f"https://www.kaggle.com/competitions/{competition}"
     if status == 401:

@@ -1,9 +1,6 @@
-"""Stage 2: validate and parse the raw CSVs, split train/validation, cache uint8 arrays.
-
-Writes the processed-data format `pipeline.data.processed` describes: three NumPy split files,
-PNGs with `--format images`, and `meta.json` last. An existing cache is reused only when its
-meta matches the sources and options and every file still matches its recorded sha256.
-"""
+"""Stage 2: validate and parse the raw CSVs, split train/validation, cache uint8 arrays in the
+format `pipeline.data.processed` describes (PNGs too with `--format images`). A cache is reused
+only when its meta matches the sources and options and every file its recorded sha256."""
 
 import math
 import shutil
@@ -48,8 +45,7 @@ def check_val_fraction(val_fraction: float) -> None:
 def split_train_val(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The rows, sorted, that scikit-learn's `train_test_split(rows, test_size=val_fraction,
-    stratify=labels, random_state=seed)` keeps and holds out: the tutorial's split."""
+    """The rows, sorted, that the tutorial's stratified `train_test_split` keeps and holds out."""
     from sklearn.model_selection import train_test_split  # 0.7 s: only when splitting
 
     check_val_fraction(val_fraction)
@@ -71,7 +67,7 @@ def split_train_val(
 
 
 def _to_split(pixels: np.ndarray, labels: np.ndarray | None, rows: np.ndarray) -> DigitSplit:
-    """Gather the rows; the gather also turns pandas' column-major pixels into row-major images."""
+    """Gather the rows (also turning pandas' column-major pixels into row-major images)."""
     side = config.IMAGE_SIDE
     return DigitSplit(
         images=np.ascontiguousarray(pixels[rows]).reshape(-1, 1, side, side),
@@ -113,7 +109,7 @@ def _options(sources: dict[str, str], val_fraction: float, seed: int, limit: int
 
 
 def current_cache(processed_dir: Path, options: dict, fmt: str) -> dict | None:
-    """The meta of a cache built from these sources with these options, if every file checks."""
+    """The meta of a cache of these sources and options, if every file checks."""
     try:
         meta = read_meta(processed_dir)
     except PipelineError:
@@ -134,11 +130,8 @@ def prepare(
     force: bool = False,
     limit_rows: int | None = None,
 ) -> PrepareResult:
-    """Parse train.csv and test.csv, split, and write the cache; skip if it is current.
-
-    Everything is validated before anything is written; meta.json goes first and comes back
-    last, so an interrupted run leaves a folder every reader refuses.
-    """
+    """Parse train.csv and test.csv, split, and write the cache unless it is current; meta.json
+    goes first and comes back last, so an interrupted run leaves a folder readers refuse."""
     fmt = CacheFormat(fmt).value
     check_val_fraction(val_fraction)
     remove_dead_temps(processed_dir)  # what a killed run left: its temp files and PNG folder
@@ -154,8 +147,7 @@ def prepare(
 
     with phase("load"):
         raw = read_raw(raw_dir, limit_rows)
-    # Splitting and gathering the rows use one core, so the other is free to hash.
-    with phase("work"), ThreadPoolExecutor(max_workers=1) as pool:
+    with phase("work"), ThreadPoolExecutor(max_workers=1) as pool:  # a free core hashes
         hashing = pool.submit(fingerprint_sources, raw_dir) if sources is None else None
         train, test = raw.train, raw.test
         try:

@@ -1,9 +1,6 @@
-"""The processed-data format on disk: what `prepare` writes and `pipeline.data.datasets` reads.
-
-`{train,val,test}.npz` hold `images` uint8[N,1,28,28], `labels` int64[N] (absent for Kaggle's
-hidden test labels) and `ids`, the 1-based row in the source CSV: plain `.npy` members, read
-with `allow_pickle=False`. `meta.json` is written last with every file's sha256, so a folder
-whose files do not all belong to its meta is never taken for current data.
+"""The processed-data format: `{train,val,test}.npz` of plain `.npy` members (`images`, `labels`
+unless hidden, `ids`: 1-based CSV rows), read with `allow_pickle=False`; `meta.json`, written
+last, records every file's sha256, so files that do not belong to it are never taken as current.
 """
 
 import hashlib
@@ -34,8 +31,6 @@ class SplitCounts(BaseModel):
 
 
 class Meta(BaseModel):
-    """meta.json, whole: every field `prepare` writes, of the type it writes, nothing else."""
-
     model_config = ConfigDict(extra="forbid", strict=True)
     version: Literal[META_VERSION]
     sources: dict[Literal[config.TRAIN_CSV, config.TEST_CSV, config.TEST_LABELS_CSV], Sha256]
@@ -52,16 +47,15 @@ class DigitSplit:
     """One split's digits: NumPy arrays as stored, torch tensors once `datasets` loads them."""
 
     images: Any  # uint8 [N, 1, 28, 28], 0 = background, 255 = ink
-    labels: Any | None  # int64 [N], None where the labels are hidden
-    ids: Any  # int64 [N], 1-based row in the source CSV
+    labels: Any | None  # int64 [N]
+    ids: Any  # int64 [N]
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
 def read_meta(processed_dir: Path) -> dict:
-    """meta.json as `prepare` wrote it (checked whole against `Meta`), or a one-line error
-    naming the file and the first field that is wrong."""
+    """meta.json checked whole against `Meta`, or a one-line error naming the first bad field."""
     path = processed_dir / config.META_JSON
     try:
         text = path.read_bytes()
@@ -87,15 +81,15 @@ def read_meta(processed_dir: Path) -> dict:
 
 
 def processed_fingerprint(processed_dir: Path, whole: bool = False) -> str:
-    """Identifies the data a run trains on, recorded in its checkpoint: the source CSVs and
-    the split, or with `whole` (bagged members) every labelled digit, whatever the split."""
+    """The data a run trains on: the sources and split, or with `whole` (bagged members) every
+    labelled digit, whatever the split."""
     keys = ["sources", "limit_rows"] + ([] if whole else ["val_fraction", "seed"])
     meta = read_meta(processed_dir)
     return sha256_text(json.dumps({k: meta.get(k) for k in keys}, sort_keys=True))
 
 
 def images_digest(root: Path) -> str:
-    """A fingerprint of a PNG tree: every file's relative path and size."""
+    """A PNG tree's every relative path and size."""
     listing = sorted(
         f"{p.relative_to(root).as_posix()}:{p.stat().st_size}" for p in root.rglob("*.png")
     )
@@ -104,25 +98,20 @@ def images_digest(root: Path) -> str:
 
 def stale_files(processed_dir: Path, meta: dict) -> list[str]:
     """Files meta.json lists that are missing or differ from what it recorded."""
-    stale = []
-    for name, recorded in meta["files"].items():
-        path = processed_dir / name
-        if name == config.IMAGES_DIR:
-            current = images_digest(path) if path.is_dir() else None
-        else:
-            current = file_sha256(path) if path.is_file() else None
-        if current != recorded:
-            stale.append(name)
-    return stale
+
+    def current(path: Path) -> str | None:
+        if path.name == config.IMAGES_DIR:
+            return images_digest(path) if path.is_dir() else None
+        return file_sha256(path) if path.is_file() else None
+
+    return [name for name, sha in meta["files"].items() if current(processed_dir / name) != sha]
 
 
 def save_split(split: DigitSplit, path: Path) -> str:
     """Write one split atomically; returns the sha256 meta.json records for it."""
-    arrays = {"images": split.images, "ids": split.ids}
-    if split.labels is not None:
-        arrays["labels"] = split.labels
+    arrays = {"images": split.images, "ids": split.ids, "labels": split.labels}
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **{k: v for k, v in arrays.items() if v is not None})
     data = buffer.getvalue()
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -130,8 +119,8 @@ def save_split(split: DigitSplit, path: Path) -> str:
 
 
 def load_split_arrays(processed_dir: Path, name: str) -> DigitSplit:
-    """One cached split: the file meta.json recorded, well-formed, holding the digits it counted
-    (at least one), labelled unless it is test; or a one-line error."""
+    """One cached split, the file meta.json recorded holding the digits it counted, labelled
+    unless it is test; or a one-line error."""
     path = config.split_path(processed_dir, name)
     meta = read_meta(processed_dir)
     try:

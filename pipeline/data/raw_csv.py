@@ -1,10 +1,6 @@
 """Kaggle's CSVs read as untrusted input: train.csv, test.csv and the ImageId,Label files.
-
-Before any parser sees a file, its size, line count and line length are bounded and its
-bytes scanned for NULs (what a crash leaves at the end of a file being written), so a damaged
-or foreign file costs a second and a bounded amount of memory, never the whole machine. The
-same checks run on a zip's CSVs before they replace the raw folder's, and in `prepare`.
-"""
+Before any parser sees a file, its size, line count and line length are bounded and its bytes
+scanned for NULs (what a crash leaves), so a damaged or foreign file costs a bounded second."""
 
 import csv
 import io
@@ -18,8 +14,7 @@ import numpy as np
 from pipeline import config
 from pipeline.common.errors import PipelineError
 
-# Kaggle's train.csv is 77 MB of 42,000 digits, test.csv 51 MB of 28,000: the bounds leave
-# 2.6x and 2.4x of room, and keep a parse within about 1 GB of memory.
+# Kaggle's train.csv is 77 MB of 42,000 digits: room of 2.6x, a parse within about 1 GB.
 MAX_CSV_BYTES = 200_000_000
 MAX_ROWS = 100_000
 MAX_LINE_BYTES = 65_536  # Kaggle's longest line is train.csv's header: 7 KB
@@ -51,9 +46,9 @@ def check_size(path: Path) -> None:
 
 
 def check_bounds(path: Path) -> bool:
-    """Refuse, before parsing, a file past the size, line count or line length bound, or
-    holding a NUL byte. Returns whether every line after the header holds only ASCII digits
-    and commas: the files pyarrow's reader may decide (it reads `0x1f` as 31, pandas refuses)."""
+    """Refuse a file past the size, line count or line length bound, or holding a NUL byte.
+    Whether every line after the header holds only ASCII digits and commas returned: the files
+    pyarrow's reader may decide (it reads `0x1f` as 31, pandas refuses)."""
     check_size(path)
     offset, plain = 0, True
     with open(path, "rb") as handle:
@@ -116,8 +111,8 @@ def _shown(cell: str) -> str:
 
 
 def _diagnose(path: Path, header: list[str]) -> str:
-    """The first bad line, after the fast parse failed: a line of plain integers in range
-    passes a regular expression (fast); any other is checked cell by cell."""
+    """The first bad line, after the fast parse failed (a regular expression passes the plain
+    ones fast)."""
     pixel = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
     first = "[0-9]" if header[0] == "label" else pixel
     plain = re.compile(f"{first}(?:,{pixel}){{{len(header) - 1}}}\r?\n?")
@@ -148,9 +143,8 @@ def _bad_row(row: list[str], header: list[str]) -> str | None:
 
 
 def read_digits_csv(path: Path, has_labels: bool, limit_rows: int | None = None) -> ParsedCsv:
-    """A Kaggle train/test CSV as uint8 pixels (and labels), or a one-line error. pyarrow's
-    faster reader, where installed, takes a file of only digits and commas; pandas decides
-    what it refuses, and `limit_rows`; a pandas failure is diagnosed line by line."""
+    """A Kaggle train/test CSV as uint8 pixels (and labels), or a one-line error. pyarrow, if
+    installed, reads a file of only digits and commas; pandas decides the rest and `limit_rows`."""
     plain = check_bounds(path)
     header = config.TRAIN_HEADER if has_labels else config.TEST_HEADER
     _check_header(path, header)
@@ -170,8 +164,7 @@ def read_digits_csv(path: Path, has_labels: bool, limit_rows: int | None = None)
 
 
 def _read_with_arrow(path: Path, header: list[str]) -> np.ndarray | None:
-    """The file as uint8 [N, columns] by pyarrow (on every core); None where pyarrow is
-    absent or a cell is not a uint8, for pandas to decide."""
+    """The file as uint8 [N, columns] by pyarrow (on every core); None for pandas to decide."""
     try:
         import pyarrow as pa
         from pyarrow import csv as arrow_csv
@@ -203,7 +196,6 @@ def _read_with_arrow(path: Path, header: list[str]) -> np.ndarray | None:
 
 
 def _read_with_pandas(path: Path, header: list[str], limit_rows: int | None) -> np.ndarray:
-    """The file (or its first `limit_rows` rows) as uint8 by pandas, or a one-line error."""
     import pandas as pd  # here only: the pyarrow parse needs none of its 0.3 s import
 
     try:
@@ -222,17 +214,11 @@ def _read_with_pandas(path: Path, header: list[str], limit_rows: int | None) -> 
 
 
 def read_id_labels(path: Path) -> np.ndarray:
-    """An ImageId,Label file (a submission, sample_submission.csv, the sample's answers) as
-    int64 [N, 2], as strictly as Kaggle reads one: the exact header, two fields a line, ASCII
-    digits only (int() also takes "1_0", " 7", "٣", "３"); or a one-line error."""
+    """An ImageId,Label file as int64 [N, 2], as strictly as Kaggle reads one: the exact header,
+    two fields a line, ASCII digits only (int() also takes "1_0", " 7", "٣", "３")."""
     check_bounds(path)
     _check_header(path, config.SUBMISSION_HEADER)
-    data = path.read_bytes()
-    try:
-        text = data.decode()
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise PipelineError(f"{path}: line {line:,} is not UTF-8 text") from None
+    text = path.read_text(encoding="utf-8", errors="replace")  # U+FFFD is no digit: refused
     reader = csv.reader(io.StringIO(text, newline=""))
     next(reader)
     rows = []
@@ -267,8 +253,8 @@ def _check_count(path: Path, listed: int, test_path: Path, n_test: int, limited:
 
 
 def read_raw(raw_dir: Path, limit_rows: int | None = None) -> RawData:
-    """train.csv and test.csv parsed (their first `limit_rows` rows), test.csv checked against
-    sample_submission.csv and the offline sample's answers where they exist."""
+    """train.csv and test.csv parsed, test.csv's length checked against sample_submission.csv
+    and the offline sample's answers where they exist."""
     train = read_digits_csv(raw_dir / config.TRAIN_CSV, True, limit_rows)
     test_path = raw_dir / config.TEST_CSV
     test = read_digits_csv(test_path, False, limit_rows)

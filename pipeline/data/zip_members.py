@@ -1,10 +1,6 @@
-"""Which members of a competition zip are read, and within what limits (untrusted input).
-
-Kaggle ships train.csv, test.csv and sample_submission.csv at the top level, as plain files.
-A member is checked from the zip's directory before anything is inflated (file type,
-encryption, compression method, size, ratio), and again while it inflates, since a directory
-can lie.
-"""
+"""Which members of a competition zip are read, and within what limits (untrusted input): each
+is checked from the zip's directory before anything is inflated (file type, encryption,
+compression, size, ratio), and again while it inflates, since a directory can lie."""
 
 import stat
 import zipfile
@@ -15,15 +11,12 @@ from pipeline.common.errors import PipelineError
 from pipeline.data.raw_csv import MAX_CSV_BYTES
 
 ZIP_ENCRYPTED = 0x1  # general-purpose flag bit 0 of a zip member
-# Kaggle's members inflate 8.8 times (train.csv; test.csv 8.9, the sample submission 3.8):
-# 11x of room. A member inflates to at most MAX_CSV_BYTES, the bound on any raw CSV.
-MAX_RATIO = 100
+MAX_RATIO = 100  # Kaggle's members inflate 3.8 to 8.9 times
 
 
 def pick_members(archive: zipfile.ZipFile, zip_path: Path) -> tuple[dict, list[str]]:
-    """Each of Kaggle's file names to exactly one zip member, and notes on what was skipped:
-    the top-level file (a copy elsewhere, `__MACOSX/train.csv`, is ignored), else the single
-    copy in a folder; two copies, or two entries of one name, are refused."""
+    """Each of Kaggle's file names to one member (the top-level one, else the single copy in a
+    folder; `__MACOSX/train.csv` is ignored), and notes on what was skipped."""
     chosen, notes = {}, []
     for name in config.COMPETITION_FILES:
         copies = [
@@ -48,8 +41,7 @@ def pick_members(archive: zipfile.ZipFile, zip_path: Path) -> tuple[dict, list[s
 
 
 def check_member_size(info: zipfile.ZipInfo, zip_path: Path) -> None:
-    """Refuse, from the zip's directory and before inflating anything, a member that claims
-    more than MAX_CSV_BYTES or inflates more than MAX_RATIO times (a zip bomb)."""
+    """Refuse, from the zip's directory, a member past MAX_CSV_BYTES or MAX_RATIO (a zip bomb)."""
     if info.file_size > MAX_CSV_BYTES:
         raise PipelineError(
             f"{zip_path}: {info.filename} inflates to {info.file_size:,} bytes, more than the "
@@ -67,9 +59,8 @@ def check_member_size(info: zipfile.ZipInfo, zip_path: Path) -> None:
 def competition_members(
     archive: zipfile.ZipFile, zip_path: Path, raw_dir: Path
 ) -> tuple[dict[str, zipfile.ZipInfo], list[str]]:
-    """The zip's three CSVs, each checked to be a readable plain file before anything is
-    written (a symbolic link's content is its target's path; a zip without Unix modes, 0 in
-    `external_attr`'s high half, holds plain files)."""
+    """The zip's three CSVs, each checked to be a readable plain file (a zip without Unix
+    modes, 0 in `external_attr`'s high half, holds plain files)."""
     members, notes = pick_members(archive, zip_path)
     missing = [name for name in config.COMPETITION_FILES if name not in members]
     if missing:
@@ -105,8 +96,7 @@ def competition_members(
 def copy_member(
     archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_path: Path, target: Path
 ) -> None:
-    """Decompress one member into `target`, within the size limits whatever the zip's
-    directory claimed; a damaged member is a PipelineError naming it."""
+    """Decompress one member into `target` within the limits, whatever the directory claimed."""
     limit = min(info.file_size, MAX_CSV_BYTES)
     written = 0
     with archive.open(info) as src, open(target, "wb") as dst:

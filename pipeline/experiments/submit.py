@@ -101,7 +101,7 @@ def submit(
     file: Path = config.DEFAULT_SUBMISSION,
     message: str = "pipeline submission",
     competition: str = config.COMPETITION,
-    connect: Callable[[], kaggle_api.KaggleClient] | None = None,
+    connect: Callable[[], Any] | None = None,
     wait: float = 60.0,
     interval: float = 5.0,
     track: bool = True,

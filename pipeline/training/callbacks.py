@@ -9,8 +9,8 @@ class Callback:
     def epoch_end(self, record: dict[str, float]) -> None:
         pass
 
-    def train_end(self, result) -> None:
-        """`result`: its `run_state.TrainResult` (`skipped`: an identical run had finished)."""
+    def train_end(self, result) -> None:  # a run_state.TrainResult
+        pass
 
     def train_stop(self, error: BaseException) -> None:
         pass

@@ -17,22 +17,11 @@ from pipeline import config
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import atomic_path, write_json, written_together
 from pipeline.training.calibration import temperature_of
+from pipeline.training.distributed import first_line
 from pipeline.training.models import MODELS, arch_args_problem, build_model
 
 FORMAT = "digit-recognizer-checkpoint"
 VERSION = 1
-
-
-def library_versions() -> dict[str, str]:
-    try:
-        torchvision_version = version("torchvision")  # importing it would cost ~1.5 s
-    except PackageNotFoundError:
-        torchvision_version = "absent"
-    return {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),  # a str subclass weights_only refuses
-        "torchvision": torchvision_version,
-    }
 
 
 @dataclass
@@ -50,12 +39,20 @@ def save_checkpoint(
     sidecar: bool = True,
 ) -> None:
     """Write `path` atomically (and its JSON twin); `meta` must hold `model` and `arch_args`."""
+    try:
+        torchvision_version = version("torchvision")  # importing it would cost ~1.5 s
+    except PackageNotFoundError:
+        torchvision_version = "absent"
     meta = {
         **meta,
         "format": FORMAT,
         "version": VERSION,
         "normalization": {"mean": config.PIXEL_MEAN, "std": config.PIXEL_STD},
-        "versions": library_versions(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),  # a str subclass weights_only refuses
+            "torchvision": torchvision_version,
+        },
     }
     payload = {"meta": meta, "state_dict": model.state_dict()}
     if training_state is not None:
@@ -69,15 +66,6 @@ def save_checkpoint(
             write_json(meta, config.sidecar_path(path))
 
 
-def _failed_crc(data: bytes) -> str | None:
-    """The first record whose CRC-32 does not match (torch.load does not check them)."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return archive.testzip()
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError):
-        return None  # not a zip at all: torch.load says what it is
-
-
 def read_payload(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint file whole, with a one-line error for anything else."""
     if not path.is_file():
@@ -86,21 +74,24 @@ def read_payload(path: Path, device: torch.device | str = "cpu") -> dict[str, An
         data = path.read_bytes()
     except OSError as exc:
         raise PipelineError(f"{path}: cannot be read ({exc.strerror})") from None
-    if failed := _failed_crc(data):
+    try:  # torch.load does not check the records' CRC-32
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            failed = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError):
+        failed = None  # not a zip at all: torch.load says what it is
+    if failed:
         raise PipelineError(
             f"{path}: not a readable checkpoint (corrupt: {failed} fails its CRC check, so "
             "bytes changed after it was written)"
         )
     try:
         payload = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "unsupported global" in str(exc).lower():  # a class or function to call: code
+    except Exception as exc:
+        if isinstance(exc, pickle.UnpicklingError) and "unsupported global" in str(exc).lower():
             raise PipelineError(
                 f"{path}: refused for unsafe content: it holds Python objects beyond tensors "
                 "and plain values, and only weights_only=True files are loaded"
             ) from None
-        raise PipelineError(f"{path}: not a readable checkpoint (truncated or corrupt)") from None
-    except Exception as exc:
         raise PipelineError(
             f"{path}: not a readable checkpoint (truncated or corrupt: {type(exc).__name__})"
         ) from None
@@ -138,8 +129,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
         model = build_model(meta["model"], **meta.get("arch_args", {}))
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:120]
-        raise PipelineError(f"{path}: weights do not fit {meta['model']!r} ({first})") from None
+        problem = first_line(exc)[:120]
+        raise PipelineError(f"{path}: weights do not fit {meta['model']!r} ({problem})") from None
     if not all_finite(model):
         raise PipelineError(f"{path}: its weights hold NaN or infinite values (a diverged run)")
     return Checkpoint(model.to(device).eval(), meta, payload.get("training_state"))

@@ -31,6 +31,6 @@ class CompiledOrEager:
 
 
 def compile_for(model: nn.Module, device: torch.device, backend: str | Callable = "inductor"):
-    """torch.compile; on CUDA with CUDA graphs (one replay per step instead of ~100 launches)."""
+    """On CUDA with CUDA graphs: one replay per step instead of ~100 launches."""
     mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
     return CompiledOrEager(torch.compile(model, mode=mode, backend=backend), model)

@@ -1,5 +1,5 @@
-"""This process's place among torchrun's workers and the few collective calls training uses;
-without torchrun everything here is a no-op for rank 0 of 1."""
+"""This process's place among torchrun's workers and the collective calls training uses (no-ops
+for rank 0 of 1 without torchrun)."""
 
 import os
 import threading
@@ -85,27 +85,22 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
-def _store(ranks: Ranks, timeout: timedelta) -> dist.Store:
-    """torchrun's key-value store (rank 0's without an agent's), prefixed by run and restart."""
-    address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    host = ranks.is_main and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-    store = dist.TCPStore(address, port, is_master=host, timeout=timeout)
-    run = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return dist.PrefixStore(f"pipeline/{run}/{restart}/", store)
-
-
 @contextmanager
 def independent_ranks(ranks: Ranks) -> Iterator[Callable[[], None]]:
     """For ranks that work alone (an ensemble's members) and meet once at the end: yields
     `meet()`. A collective would wait out its timeout for a lost rank, so each rank beats in
-    torchrun's store; one silent for PIPELINE_LOST_RANK_SECONDS (120) or failed ends `meet` in
-    one line naming it."""
+    torchrun's store (rank 0's without an agent's); a rank silent for
+    PIPELINE_LOST_RANK_SECONDS (120) or failed ends `meet` in one line naming it."""
     if ranks.world == 1:
         yield lambda: None
         return
     lost_after = float(os.environ.get("PIPELINE_LOST_RANK_SECONDS", 120))
-    store, stop = _store(ranks, timedelta(seconds=lost_after)), threading.Event()
+    address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    host = ranks.is_main and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    tcp = dist.TCPStore(address, port, is_master=host, timeout=timedelta(seconds=lost_after))
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store, stop = dist.PrefixStore(f"pipeline/{run}/{restart}/", tcp), threading.Event()
 
     def beat() -> None:
         while not stop.wait(min(5.0, lost_after / 4)):
@@ -113,34 +108,33 @@ def independent_ranks(ranks: Ranks) -> Iterator[Callable[[], None]]:
                 store.add(f"alive/{ranks.rank}", 1)
 
     def meet() -> None:
-        store.set(f"done/{ranks.rank}", "1")
-        seen = {r: (-1, time.monotonic()) for r in range(ranks.world) if r != ranks.rank}
-        while seen:
-            for r, (beats, since) in list(seen.items()):
-                if store.check([f"failed/{r}"]):
-                    raise PipelineError(f"rank {r} stopped: {store.get(f'failed/{r}').decode()}")
-                if store.check([f"done/{r}"]):
-                    del seen[r]
-                elif (now := store.add(f"alive/{r}", 0)) != beats:
-                    seen[r] = now, time.monotonic()
-                elif time.monotonic() - since > lost_after:
-                    raise PipelineError(
-                        f"rank {r} of {ranks.world} has been silent for {lost_after:.0f} s (its "
-                        "process or machine is gone; PIPELINE_LOST_RANK_SECONDS sets the wait)"
-                    )
-            time.sleep(0.5)
-
-    def checked_meet() -> None:
         try:
-            meet()
+            store.set(f"done/{ranks.rank}", "1")
+            seen = {r: (-1, time.monotonic()) for r in range(ranks.world) if r != ranks.rank}
+            while seen:
+                for r, (beats, since) in list(seen.items()):
+                    if store.check([f"failed/{r}"]):
+                        failed = store.get(f"failed/{r}").decode()
+                        raise PipelineError(f"rank {r} stopped: {failed}")
+                    if store.check([f"done/{r}"]):
+                        del seen[r]
+                    elif (now := store.add(f"alive/{r}", 0)) != beats:
+                        seen[r] = now, time.monotonic()
+                    elif time.monotonic() - since > lost_after:
+                        raise PipelineError(
+                            f"rank {r} of {ranks.world} has been silent for {lost_after:.0f} s "
+                            "(its process or machine is gone; PIPELINE_LOST_RANK_SECONDS sets "
+                            "the wait)"
+                        )
+                time.sleep(0.5)
         except dist.DistError as exc:  # the store's host (the first node's agent) is gone
-            where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-            raise PipelineError(f"torchrun's store at {where}: {first_line(exc)}") from None
+            message = f"torchrun's store at {address}:{port}: {first_line(exc)}"
+            raise PipelineError(message) from None
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
     try:
-        yield checked_meet
+        yield meet
     except BaseException as exc:
         with suppress(dist.DistError):
             store.set(f"failed/{ranks.rank}", first_line(exc))

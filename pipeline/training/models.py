@@ -1,8 +1,5 @@
-"""The digit classifiers. Each forward takes normalised [B,1,28,28] floats and returns logits.
-
-`build_model(name, **arch_args)` is how everything else makes a model, so a checkpoint that
-records `name` and `arch_args` can rebuild itself.
-"""
+"""The digit classifiers: normalised [B,1,28,28] floats in, logits out. `build_model(name,
+**arch_args)` makes every model, so a checkpoint recording both rebuilds itself."""
 
 import inspect
 from collections.abc import Callable
@@ -87,9 +84,8 @@ def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: in
 
 
 class FastNet(nn.Module):
-    """Three conv-BN-ReLU-maxpool stages (28 -> 14 -> 7 -> 3) and a linear head, sized for a
-    laptop CPU; `kernel` (odd) and `convs` (layers per stage) make the `best` ensemble's
-    differing members (nets that see the digits differently make different mistakes)."""
+    """Three conv-BN-ReLU-maxpool stages (28 -> 14 -> 7 -> 3) and a linear head; `kernel` (odd)
+    and `convs` (layers per stage) make the `best` ensemble's members differ."""
 
     def __init__(
         self,
@@ -116,9 +112,8 @@ class FastNet(nn.Module):
 
 
 class DeepCNN(nn.Module):
-    """The Kaggle ensemble member behind a 0.99757 public score (Chris Deotte, 2018): two
-    blocks of conv3x3-BN twice and a strided 5x5 conv in place of pooling, then a 4x4 conv.
-    Spatially 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4 -> 1."""
+    """Chris Deotte's Kaggle ensemble member (0.99757): two blocks of two conv3x3-BN and a
+    strided 5x5 conv instead of pooling, then a 4x4 conv: 28 -> 24 -> 12 -> 8 -> 4 -> 1."""
 
     def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.4):
         super().__init__()
@@ -141,9 +136,8 @@ class DeepCNN(nn.Module):
 
 
 class NoPoolNet(nn.Module):
-    """Conv-BN-ReLU layers without padding or pooling, then a linear head (An et al., 2020):
-    each layer trims kernel - 1 pixels (kernel 5: 28 -> 24 -> ... -> 8), so the head sees
-    where the strokes are instead of pooled maxima."""
+    """Conv-BN-ReLU layers without padding or pooling (An et al., 2020): each trims kernel - 1
+    pixels (kernel 5: 28 -> 24 -> ... -> 8), so the head sees where the strokes are."""
 
     def __init__(self, widths: tuple[int, ...] = (8, 16, 24, 32, 40), kernel: int = 5):
         super().__init__()
@@ -174,8 +168,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def resolved_arch_args(name: str, arch_args: dict) -> dict:
-    """The constructor's defaults with `arch_args` on top: a checkpoint records them so that
-    it still rebuilds its network after a default changes."""
+    """The constructor's defaults under `arch_args`: a checkpoint survives a default's change."""
     parameters = inspect.signature(MODELS[name]).parameters.values()
     resolved = {p.name: p.default for p in parameters if p.default is not p.empty}
     resolved.update(arch_args)
@@ -200,16 +193,14 @@ def width_args(name: str, width: int) -> dict:
     return WIDTHS[name](width)
 
 
-# Bounds on what a checkpoint or config may ask a model to be, checked before allocating:
-# the widest recipe uses 128 channels and 2.4 M parameters.
+# What a checkpoint or config may ask for (the widest recipe: 128 channels, 2.4 M parameters).
 MAX_WIDTH = 2048
 MAX_LAYERS = 16  # NoPoolNet with kernel 3 stacks ten layers
 MAX_PARAMETERS = 50_000_000
 
 
 def arch_args_problem(name: str, arch_args: dict) -> str | None:
-    """What is wrong with `arch_args` for model `name`, or None; parameters are counted on
-    torch's meta device, so that nothing is allocated."""
+    """What is wrong with `arch_args` for model `name`, or None; counted on the meta device."""
     parameters = inspect.signature(MODELS[name]).parameters
     for key, value in arch_args.items():
         if key not in parameters:

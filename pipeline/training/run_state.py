@@ -1,8 +1,5 @@
 """A run's saved state: the loop's state, stop signals, resuming, and skipping finished runs.
-
-`<out>.last.pt` holds the model, optimizer, scheduler, `TrainState` and every RNG state; a
-resume continues only the same run (give or take the device) on the same prepared data.
-"""
+A resume continues only the same run (give or take the device) on the same prepared data."""
 
 import signal
 import threading
@@ -19,7 +16,7 @@ from pipeline.common import exits
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import remove_dead_temps, run_lock
 from pipeline.training.checkpoints import read_payload, save_checkpoint
-from pipeline.training.distributed import Ranks, max_over_ranks
+from pipeline.training.distributed import Ranks, first_line, max_over_ranks
 from pipeline.training.models import resolved_arch_args, width_args
 from pipeline.training.recipes import Overrides, TrainConfig, recipe_config
 from pipeline.training.state_schema import check_training_state
@@ -42,7 +39,6 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def next_epoch(self) -> None:
-        """The current epoch is over: the next starts at step 0 with a fresh order."""
         self.epoch, self.step, self.order, self.loss_sum = self.epoch + 1, 0, None, 0.0
 
 
@@ -61,8 +57,8 @@ EARLY_SIGNALS: list[int] = []
 
 
 def record_early_signals() -> None:
-    """Note a SIGINT/SIGTERM instead of ending the process, so that the next run stops at its
-    first step: for an ensemble member's process, started with both signals blocked."""
+    """Note SIGINT/SIGTERM for the next run to stop at its first step (an ensemble member's
+    process starts with both blocked)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: EARLY_SIGNALS.append(signum))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -72,9 +68,7 @@ class StopSignals:
     """The first SIGINT/SIGTERM becomes a flag the loop checks between steps; a second one
     interrupts at once (exits.Stopped)."""
 
-    # Under torchrun the ranks agree on a stop with an all_reduce, which waits for the device:
-    # once every this many steps, and at the end of every epoch.
-    DDP_CHECK_EVERY = 20
+    DDP_CHECK_EVERY = 20  # the ranks' all_reduce on a stop waits for the device: not every step
 
     def __init__(self) -> None:
         self.signum: int | None = EARLY_SIGNALS.pop() if EARLY_SIGNALS else None
@@ -143,9 +137,8 @@ def rng_state(shuffle_gen: torch.Generator, augment_gen: torch.Generator) -> dic
 
 
 def restore(payload: dict, last: Path, run_parts: tuple, bounds: dict[str, int]) -> TrainState:
-    """Check a resume state whole against this run, then load it into the run's parts
-    (model, optimizer, scheduler, shuffle and augment generators, the weights' EMA or None);
-    its loop state returned."""
+    """Check a resume state whole against this run, then load it into the run's parts (model,
+    optimizer, scheduler, shuffle and augment generators, EMA or None)."""
     model, optimizer, scheduler, shuffle_gen, augment_gen, ema = run_parts
     check_training_state(payload, last, run_parts, rng_state(shuffle_gen, augment_gen), bounds)
     saved = payload["training_state"]
@@ -162,8 +155,9 @@ def restore(payload: dict, last: Path, run_parts: tuple, bounds: dict[str, int])
         if ema is not None:
             ema.load_state_dict(saved["ema"])
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"{last}: its saved state does not fit this run ({first})") from None
+        raise PipelineError(
+            f"{last}: its saved state does not fit this run ({first_line(exc)[:100]})"
+        ) from None
     return TrainState(**saved["loop"])
 
 
@@ -191,18 +185,9 @@ def run_meta(
     return meta
 
 
-def save_resumable(
-    path: Path,
-    meta: dict,
-    state: TrainState,
-    model,
-    optimizer,
-    scheduler,
-    shuffle_gen,
-    augment_gen,
-    ema=None,
-) -> None:
-    """`<out>.last.pt`: the raw weights with everything a resume restores (the EMA too)."""
+def save_resumable(path: Path, meta: dict, state: TrainState, model, *parts) -> None:
+    """`parts`: optimizer, scheduler, shuffle and augment generators, EMA or None."""
+    optimizer, scheduler, shuffle_gen, augment_gen, ema = parts
     training_state = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -221,7 +206,6 @@ def images_per_second(history: list[dict[str, float]]) -> float:
 
 
 def saved_config(meta: dict, path: Path) -> TrainConfig:
-    """The TrainConfig a checkpoint records, or a one-line error if it records none."""
     try:
         return TrainConfig(**meta["train_config"])
     except (KeyError, TypeError):
@@ -231,8 +215,8 @@ def saved_config(meta: dict, path: Path) -> TrainConfig:
 def run_config(
     recipe: str | None, overrides: Overrides, out: Path | None, resume: bool
 ) -> tuple[TrainConfig, Path]:
-    """A `train` run's config (the recipe with the overrides; with `resume`, the saved run's
-    with them, so that `resume_payload` refuses only what was asked to change) and --out."""
+    """A `train` run's config and --out; with `resume`, the saved run's config with the
+    overrides, so that `resume_payload` refuses only what was asked to change."""
     given = overrides.given()
     cfg = recipe_config(recipe or "fast", **given)
     out = out or config.checkpoint_path(cfg.model)
@@ -249,8 +233,7 @@ def resume_payload(last: Path, cfg: TrainConfig, data_fingerprint: str) -> dict:
     """The saved state of this very run on this very data, or a one-line refusal."""
     payload = read_payload(last)
     meta = payload["meta"]
-    saved = saved_config(meta, last)
-    ours, theirs = asdict(cfg), asdict(saved)
+    ours, theirs = asdict(cfg), asdict(saved_config(meta, last))
     changed = [k for k in ours if k not in MAY_CHANGE_ON_RESUME and ours[k] != theirs[k]]
     if changed:
         differences = ", ".join(f"{k} {ours[k]!r} (saved {theirs[k]!r})" for k in changed)

@@ -1,9 +1,6 @@
 """The schema a resume state (`<out>.last.pt`'s `training_state`) must meet before any of it
-is used: a tampered, foreign or damaged state is one line, never a traceback or a silent run.
-
-The reference is the run being resumed: its freshly built optimizer and scheduler give the
-keys, types and fixed values their saved states must have, its parameters the tensor shapes,
-and its data and config the bounds of the loop's position.
+is used. The reference is the run being resumed: its fresh optimizer and scheduler give the
+keys, types and fixed values, its parameters the shapes, its data and config the loop's bounds.
 """
 
 import math
@@ -41,14 +38,12 @@ def like(saved: Any, reference: Any, where: str, moving=frozenset(), exact=True)
             raise Damaged(f"{where} has other keys than this run's")
         for key, value in reference.items():
             like(saved[key], value, f"{where}.{key}", moving, exact and key not in moving)
-        return
-    if isinstance(reference, list | tuple):
+    elif isinstance(reference, list | tuple):
         if type(saved) is not type(reference) or len(saved) != len(reference):
             raise Damaged(f"{where} is not a {type(reference).__name__} of {len(reference)}")
         for index, (a, b) in enumerate(zip(saved, reference, strict=True)):
             like(a, b, f"{where}[{index}]", moving, exact)
-        return
-    if isinstance(reference, torch.Tensor):
+    elif isinstance(reference, torch.Tensor):
         if not isinstance(saved, torch.Tensor):
             raise Damaged(f"{where} is not a tensor")
         if saved.dtype != reference.dtype or saved.shape != reference.shape:
@@ -61,11 +56,10 @@ def like(saved: Any, reference: Any, where: str, moving=frozenset(), exact=True)
     elif exact:
         if type(saved) is not type(reference) or saved != reference:
             raise Damaged(f"{where} is {saved!r:.40}, this run's is {reference!r:.40}")
-    elif reference is None or isinstance(saved, bool) != isinstance(reference, bool):
-        if saved is not None and type(saved) is not type(reference):
-            raise Damaged(f"{where} is a {type(saved).__name__}")
-    elif not isinstance(saved, type(reference)) and not (
-        isinstance(reference, float) and type(saved) is int
+    elif not (
+        type(saved) is type(reference)
+        or (saved is None and type(reference) is bool)  # flags that follow the device
+        or (type(saved), type(reference)) == (int, float)
     ):
         raise Damaged(f"{where} is a {type(saved).__name__}, expected {type(reference).__name__}")
     elif isinstance(saved, float) and not math.isfinite(saved):
@@ -76,32 +70,24 @@ def check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, steps_done: in
     reference = optimizer.state_dict()
     if set(saved) != set(reference):
         raise Damaged("optimizer is not an optimizer state")
-    like(
-        saved["param_groups"],
-        reference["param_groups"],
-        "optimizer.param_groups",
-        MOVING_GROUP_KEYS,
-    )
+    groups = saved["param_groups"]
+    like(groups, reference["param_groups"], "optimizer.param_groups", MOVING_GROUP_KEYS)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    keys = PARAM_STATE_KEYS.get(type(optimizer))
     state = saved["state"]
     if not isinstance(state, dict) or not set(state) <= set(range(len(params))):
         raise Damaged("optimizer.state is not keyed by this model's parameters")
     for index, entry in state.items():
         where = f"optimizer.state[{index}]"
-        if not isinstance(entry, dict) or (keys is not None and set(entry) != keys):
-            raise Damaged(f"{where} has other keys than {sorted(keys or ())}")
-        for key, value in entry.items():
-            if key == "step":
-                like(value, torch.tensor(0.0), f"{where}.step")
-                if float(value) != steps_done:
-                    raise Damaged(f"{where}.step is {float(value):g}, not the {steps_done} done")
-            else:
-                like(value, params[index].detach().cpu(), f"{where}.{key}")
+        expected = dict.fromkeys(PARAM_STATE_KEYS[type(optimizer)], params[index].detach().cpu())
+        if "step" in expected:
+            expected["step"] = torch.tensor(0.0)
+        like(entry, expected, where)
+        if "step" in entry and float(entry["step"]) != steps_done:
+            raise Damaged(f"{where}.step is {float(entry['step']):g}, not the {steps_done} done")
 
 
 class HistoryRecord(BaseModel):
-    """One epoch's line of a run's history: these numbers, finite (more keys may follow)."""
+    """One epoch's line of a run's history (more keys may follow)."""
 
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
     epoch: int
@@ -115,8 +101,7 @@ class HistoryRecord(BaseModel):
 
 
 class LoopState(BaseModel):
-    """`run_state.TrainState` as saved: its fields exactly, plain finite numbers (and the
-    epoch's order)."""
+    """`run_state.TrainState` as saved: its fields exactly, plain finite numbers."""
 
     model_config = ConfigDict(
         extra="forbid", strict=True, allow_inf_nan=False, arbitrary_types_allowed=True
@@ -132,9 +117,8 @@ class LoopState(BaseModel):
 
 
 def check_loop(saved: Any, bounds: dict[str, int]) -> int:
-    """The loop's position lies inside this run: epoch <= epochs, step within an epoch, steps
-    done <= total, `order` a permutation of the training images, one history line per epoch.
-    The steps done returned."""
+    """The loop's position inside this run (`order` a permutation of the training images, one
+    history line per epoch); the steps done returned."""
     try:
         loop = LoopState.model_validate(saved)
     except ValidationError as exc:
@@ -166,8 +150,7 @@ def check_loop(saved: Any, bounds: dict[str, int]) -> int:
 
 
 def check_training_state(payload: dict, last: Path, run_parts: tuple, rng: dict, bounds) -> None:
-    """Check every part of the saved state against this run (`rng`: its generators' states)
-    before any part is loaded."""
+    """Check every part of the saved state against this run (`rng`: its generators' states)."""
     model, optimizer, scheduler, *_, ema = run_parts
     ts = payload.get("training_state")
     if ts is None:
@@ -178,8 +161,11 @@ def check_training_state(payload: dict, last: Path, run_parts: tuple, rng: dict,
         parts = PARTS if ema is None else (*PARTS, "ema")
         if bad := [part for part in parts if not isinstance(ts.get(part), dict)]:
             raise Damaged(f"{', '.join(bad)}: missing or not a mapping")
-        weights = {k: v.cpu() for k, v in model.state_dict().items()}
-        like(payload["state_dict"], weights, "state_dict")
+        like(
+            payload["state_dict"],
+            {k: v.cpu() for k, v in model.state_dict().items()},
+            "state_dict",
+        )
         steps = check_loop(ts["loop"], bounds)
         check_optimizer(ts["optimizer"], optimizer, steps)
         like(ts["scheduler"], scheduler.state_dict(), "scheduler", MOVING_SCHEDULER_KEYS)
