@@ -275,7 +275,7 @@ def new_run(
     ema = None
     if cfg.ema is not None:
         # A horizon of at most a tenth of the run: else a short run's average is its first steps.
-        decay = min(cfg.ema, 1 - 10 / total_steps)
+        decay = min(cfg.ema, max(0.0, 1 - 10 / total_steps))
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     if payload is not None:
         parts = model, optimizer, scheduler, shuffle_gen, augment_gen, ema
