@@ -64,7 +64,7 @@ def check_store(uri: str) -> None:
 
             sqlalchemy.create_engine(uri)
         except Exception as exc:
-            why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+            why = first_line(exc)
             raise PipelineError(f"tracking store {uri}: unusable ({why}); {hint}") from None
     try:
         port = parsed.port or NETWORK_PORTS[scheme]
@@ -115,8 +115,7 @@ def write_pending(uri: str, record_id: str, runs: list[dict]) -> None:
 
 
 def start_detached(uri: str) -> subprocess.Popen:
-    """In a process group of its own (a Ctrl-C is not for it) but our session: a session of its
-    own is an autogroup of its own, taking half the cores whatever its nice."""
+    """Its own process group (a Ctrl-C is not for it), not session (an autogroup ignores nice)."""
     with open(pending_dir(uri) / config.RECORDER_LOG, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "pipeline.experiments.recorder", uri, BACKGROUND],

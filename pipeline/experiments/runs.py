@@ -16,14 +16,12 @@ from pipeline.experiments import recorder, tracking
 from pipeline.experiments.recorder import PARENT_RUN_TAG, RUN_TAG
 
 SHORT_ID = 8  # characters of a run id the table shows
-MIN_PREFIX = 6
-MAX_RUNS = 10_000  # read at most this many runs from the store
-SCORE_METRICS = ("best_val_acc", "ensemble_acc_mean")
 
 
 def score(run) -> float | None:
     """A run's val accuracy: a model's best, crossval's ensemble mean, tune's best trial."""
-    return next((run.data.metrics[k] for k in SCORE_METRICS if k in run.data.metrics), None)
+    metrics = run.data.metrics
+    return next((metrics[k] for k in ("best_val_acc", "ensemble_acc_mean") if k in metrics), None)
 
 
 def run_key(run) -> str:
@@ -49,7 +47,7 @@ def all_runs(uri: str | None = None):
     """(client, every run of the store newest first: those MLflow holds and those pending)."""
     client, experiment = tracking.open_client(uri)
     order = ["attributes.start_time DESC"]
-    runs = client.search_runs([experiment], max_results=MAX_RUNS, order_by=order)
+    runs = client.search_runs([experiment], max_results=10_000, order_by=order)
     for path in recorder.pending_dir(uri or tracking.tracking_uri()).glob("*.json"):
         with suppress(OSError, ValueError, KeyError, TypeError):  # a record being written
             pending = [_pending(entry) for entry in json.loads(path.read_text())["runs"]]
@@ -100,7 +98,7 @@ def find_run(run_id: str, uri: str | None = None):
         run for run in runs if run_key(run).startswith(key) or run.info.run_id.startswith(key)
     ]
     where = uri or tracking.tracking_uri()
-    if len(key) < MIN_PREFIX or not matches:
+    if len(key) < 6 or not matches:
         raise PipelineError(f"--run {run_id}: no such run in {where} (see `pipeline runs`)")
     if len(matches) > 1:
         raise PipelineError(f"--run {run_id}: matches {len(matches)} runs; give more characters")

@@ -11,6 +11,7 @@ from pipeline import config
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import file_sha256
 from pipeline.data import kaggle_api
+from pipeline.experiments.recorder import first_line
 from pipeline.inference.submission import read_submission
 
 UPLOAD_FAILED = "Could not submit to competition"
@@ -121,6 +122,6 @@ def submit(
         try:
             runs = credit_runs(shas, tags, score)
         except Exception as exc:
-            why = exc if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+            why = exc if isinstance(exc, PipelineError) else first_line(exc)
             warning = f"the tracked runs were not updated: {why}"
     return Submitted(reply or "submitted", status, score, runs, warning)

@@ -153,8 +153,7 @@ class TrackedRun(Callback):
         self.entry["tags"] |= {k: str(v) for k, v in tags.items()}
 
     def keep_checkpoint(self, checkpoint: Path) -> None:
-        """Copy the checkpoint and sidecar into the run's folder before anything rewrites them;
-        tag the run with the copy's path, sha256 and data fingerprint."""
+        """A copy in the run's folder, made before anything rewrites the checkpoint."""
         kept = config.run_dir(self.id(), runs_dir(self.session.uri)) / checkpoint.name
         for source in (checkpoint, config.sidecar_path(checkpoint)):
             if source.is_file():
@@ -199,8 +198,7 @@ NO_RUN = NoRun()
 
 
 def stop_status(exc: BaseException) -> str:
-    """KILLED for a run stopped on purpose (a signal, a pruned trial: matched by name, so that
-    tracking never imports optuna), else FAILED."""
+    """KILLED for a signal or a pruned trial (matched by name: no optuna import), else FAILED."""
     from pipeline.training.run_state import TrainingInterrupted
 
     on_purpose = isinstance(exc, KeyboardInterrupt | TrainingInterrupted)

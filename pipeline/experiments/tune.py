@@ -8,7 +8,6 @@ worker's trial. The result is the best trial as a `pipeline train` command.
 import json
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import warnings
@@ -81,12 +80,9 @@ def train_command(options: dict[str, Any], model: str, seed: int, extra: dict[st
     words = ["pipeline", "train", "--model", model]
     for name in ("epochs", "batch_size", "lr", "weight_decay", "width"):
         words += [f"--{name.replace('_', '-')}", repr(options[name])]
-    if options["augment"]:
-        words += ["--augment", "--augment-strength", repr(options["augment_strength"])]
-    else:
-        words += ["--no-augment"]
-    words += ["--seed", str(seed)]
-    for name, value in extra.items():
+    strength = ["--augment-strength", repr(options.get("augment_strength"))]
+    words += ["--augment", *strength] if options["augment"] else ["--no-augment"]
+    for name, value in {"seed": seed, **extra}.items():
         words += [f"--{name.replace('_', '-')}", str(value)]
     return shlex.join(words)
 
@@ -154,8 +150,7 @@ def counted_states():
 
 
 def over_budget(study, number: int, budget: int) -> bool:
-    """Whether trial `number` came past the budget (workers asking at once pass the check
-    before asking); Optuna numbers trials in order, so the first `budget` are the study's."""
+    """Whether trial `number` is past the budget: the study's first `budget` trials by number."""
     from optuna.trial import TrialState
 
     ahead = study.get_trials(deepcopy=False, states=(*counted_states(), TrialState.WAITING))
@@ -250,8 +245,7 @@ def tune(
         raise error from None
     finally:  # a worker left behind by an error here is stopped as this one is
         for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
+            worker.terminate()  # nothing when it has ended
             worker.wait()
     if failed:
         raise PipelineError(
@@ -291,7 +285,6 @@ def summarize(study, space: SearchSpace, processed_dir: Path, parent, timed_out_
         raise PipelineError(f"--study {study.study_name}: no trial finished yet; give more time")
     best = study.best_trial
     options = dict(best.params)
-    options.setdefault("augment_strength", None)
     device = best.user_attrs.get("device", "auto")
     extra: dict[str, Any] = {"device": device} if device != "auto" else {}
     if processed_dir != config.PROCESSED_DIR:
