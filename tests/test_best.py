@@ -1,6 +1,5 @@
 """The `best` ensemble: members trained in processes of their own, kept across a Ctrl-C."""
 
-import datetime
 import hashlib
 import os
 import re
@@ -94,7 +93,7 @@ def test_ensemble_command_trains_bagged_members_and_prints_the_out_of_bag_estima
     from typer.testing import CliRunner
 
     from pipeline.cli import app
-    from pipeline.experiments.runs import list_runs, run_checkpoints
+    from pipeline.experiments.runs import is_child, list_runs, run_checkpoints
 
     options = ["--members", "2", "--epochs", "1", "--max-steps", "3", "--device", "cpu"]
     where = ["--processed-dir", str(processed_dir), "--out-dir", str(tmp_path)]
@@ -105,14 +104,14 @@ def test_ensemble_command_trains_bagged_members_and_prints_the_out_of_bag_estima
     # Tracked: one parent run with the out-of-bag estimate, a child run per member whose
     # kept checkpoint is that member's weights; `--run` on the parent means all members.
     runs = list_runs(uri=store)
-    (parent,) = [run for run in runs if not run.parent]
-    children = [run for run in runs if run.parent == parent.run_id]
-    assert parent.command == "ensemble" and len(children) == 2
-    assert all(run.status == "FINISHED" for run in runs)
+    (parent,) = [run for run in runs if "pipeline.parent" not in run.data.tags]
+    children = [run for run in runs if is_child(run, parent)]
+    assert parent.data.tags["command"] == "ensemble" and len(children) == 2
+    assert all(run.info.status == "FINISHED" for run in runs)
     for child in children:  # recorded after both trained, dated when each one ran
-        finished = datetime.datetime.fromtimestamp((tmp_path / f"{child.name}.pt").stat().st_mtime)
-        assert parent.started <= child.started <= finished
-    kept = run_checkpoints(parent.run_id, uri=store)
+        finished = (tmp_path / f"{child.info.run_name}.pt").stat().st_mtime * 1000
+        assert parent.info.start_time <= child.info.start_time <= finished
+    kept = run_checkpoints(parent.info.run_id, uri=store)
     assert sorted(path.read_bytes() for path in kept) == sorted(
         (tmp_path / f"best-{k}.pt").read_bytes() for k in range(2)
     )

@@ -40,8 +40,9 @@ def three_runs(tracking_store, fast_checkpoint, sample_processed_dir):
 def test_the_table_lists_runs_newest_first_or_by_accuracy(three_runs):
     uri, (first, second, parent) = three_runs
     rows = runs.list_runs(uri=uri)
-    assert [r.run_id for r in rows] == [parent, second, first]
-    assert [r.run_id for r in runs.list_runs("val_acc", uri=uri)] == [second, first, parent]
+    assert [runs.run_key(r) for r in rows] == [parent, second, first]
+    by_acc = runs.list_runs("val_acc", uri=uri)
+    assert [runs.run_key(r) for r in by_acc] == [second, first, parent]
     table = runs.format_table(rows).splitlines()
     assert table[0].split()[:9] == [
         "run", "command", "model", "recipe", "epochs", "data", "val_acc", "train_s", "started"

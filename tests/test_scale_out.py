@@ -195,7 +195,7 @@ def test_a_tracked_train_reaches_the_server_with_its_metrics_and_checkpoint(
     result = invoke(*train_args(sample_processed_dir, tmp_path / "m.pt"))
     assert result.exit_code == 0 and result.stderr == "", result.output
     (row,) = runs.list_runs(uri=tracked_to.url)
-    client, (run,) = server_runs(tracked_to.url, row.run_id)
+    client, (run,) = server_runs(tracked_to.url, runs.run_key(row))
     assert run.info.status == "FINISHED" and run.data.params["model"] == "fastnet"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["m.json", "m.pt"]
@@ -227,10 +227,10 @@ def test_a_server_that_vanishes_midway_keeps_the_run_pending_and_it_is_logged_on
     finally:
         tracked_to.start()
     (row,) = runs.list_runs(uri=tracked_to.url)  # the next reader records it
-    assert row.status == "FINISHED" and not pending.exists()
-    assert [r.run_id for r in runs.list_runs(uri=tracked_to.url)] == [row.run_id]
-    client, found = server_runs(tracked_to.url, row.run_id)
+    assert row.info.status == "FINISHED" and not pending.exists()
+    assert [r.info.run_id for r in runs.list_runs(uri=tracked_to.url)] == [row.info.run_id]
+    client, found = server_runs(tracked_to.url, runs.run_key(row))
     assert len(found) == 1 and "m.pt" in [
         a.path for a in client.list_artifacts(found[0].info.run_id)
     ]
-    assert os.path.isfile(row.checkpoint)
+    assert os.path.isfile(row.data.tags["checkpoint"])

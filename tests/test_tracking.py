@@ -244,10 +244,14 @@ def test_a_reader_never_waits_on_a_recorder_and_lists_its_runs_as_pending(
     monkeypatch.setattr(recorder, "READER_WAIT", 0.05)
     with FileLock(recorder.pending_dir(tracking_store) / config.RECORDER_LOCK):  # a recorder
         (row,) = runs.list_runs(uri=tracking_store)
-    assert (row.run_id, row.status, row.epochs) == (run.id(), "PENDING", "1")
+    assert (runs.run_key(row), row.info.status, row.data.params["epochs"]) == (
+        run.id(),
+        "PENDING",
+        "1",
+    )
     assert path.exists()
     (row,) = runs.list_runs(uri=tracking_store)  # the lock free: logged, then listed
-    assert (row.run_id, row.status) == (run.id(), "FINISHED") and not path.exists()
+    assert (runs.run_key(row), row.info.status) == (run.id(), "FINISHED") and not path.exists()
 
 
 @pytest.mark.slow

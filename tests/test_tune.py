@@ -43,12 +43,14 @@ def test_three_trials_one_pruned_a_resumed_study_and_another_space_refused(
     assert "--width 4 --no-augment --seed 0 --device cpu" in again.command
 
     rows = runs.list_runs(uri=tracking_store)
-    trials = {r.name: r for r in rows if r.command == "tune" and r.parent}
+    trials = {r.info.run_name: r for r in rows if r.data.tags["command"] == "tune"}
+    trials.pop("tiny")  # the study's own run
     assert sorted(trials) == ["trial-0", "trial-1", "trial-2"]
-    assert {r.parent for r in trials.values()} == {parent.id()}
-    assert [trials[f"trial-{n}"].status for n in range(3)] == ["FINISHED", "FINISHED", "KILLED"]
+    assert {r.data.tags["pipeline.parent"] for r in trials.values()} == {parent.id()}
+    states = [trials[f"trial-{n}"].info.status for n in range(3)]
+    assert states == ["FINISHED", "FINISHED", "KILLED"]
     best_kept = runs.run_checkpoints(parent.id(), tracking_store)
-    assert best_kept == [runs.Path(trials[f"trial-{again.best_trial}"].checkpoint)]
+    assert best_kept == [runs.Path(trials[f"trial-{again.best_trial}"].data.tags["checkpoint"])]
     assert read_payload(best_kept[0])["meta"]["val_accuracy"] == pytest.approx(again.best_value)
 
     with pytest.raises(PipelineError, match="another search space") as caught:

@@ -1,7 +1,6 @@
-"""Fitting an ensemble to the minutes a CPU user gives it: measure each net's speed in the slots
-its members will use, scale every member's epochs by one factor so that training, the out-of-bag
-scoring and predict end within the budget, and keep to it while the members train.
-"""
+"""`ensemble --budget` on a CPU: each net's speed measured in the slots its members will use,
+every member's epochs scaled by one factor so that training, scoring and predict fit, and the
+plan kept to while the members train."""
 
 import heapq
 import math
@@ -9,6 +8,7 @@ import multiprocessing
 import signal
 import statistics
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import suppress
@@ -37,13 +37,10 @@ PROBE_WARMUP, PROBE_STEPS = 5, 30
 
 @dataclass(frozen=True)
 class Cost:
-    """A member as a plan sees it: table epochs, one epoch's seconds on a slot, its share of the
-    scoring and predict after training, and whether an earlier run trained it (free)."""
-
-    epochs: int
-    epoch_s: float
-    after_s: float = 0.0
-    kept: bool = False
+    epochs: int  # the table's
+    epoch_s: float  # on a slot
+    after_s: float = 0.0  # its share of the scoring and predict after training
+    kept: bool = False  # an earlier run trained it: free
 
     def seconds(self, epochs: int) -> float:
         return 0.0 if self.kept else epochs * self.epoch_s + MEMBER_START_S
@@ -58,8 +55,7 @@ class Plan:
 
 
 def makespan(seconds: Sequence[float], slots: int, busy: Sequence[float] = ()) -> float:
-    """When the last of jobs lasting `seconds` ends, each started in order on the first free
-    of `slots` (some still busy for `busy` seconds)."""
+    """When the last job ends, each started in order on the first free slot (some `busy`)."""
     free = sorted([*busy, *[0.0] * (slots - len(busy))])
     for s in seconds:
         heapq.heapreplace(free, free[0] + s)
@@ -93,9 +89,8 @@ def _fit(costs, slots, limit_s, top, busy=()) -> list[int] | None:
 def size_plan(
     costs: Sequence[Cost], slots: int, budget_s: float, reserve_s: float = 0.0, folds: int = 5
 ) -> Plan:
-    """Every member's epochs scaled by one factor (rounded, 1 to MAX_SCALE times the table's) so
-    that training and what follows end `reserve_s` before `budget_s`; else one member per fold;
-    else a one-line refusal naming the budget the smallest plan needs."""
+    """Every member's epochs scaled by one factor (1 to MAX_SCALE times the table's) to end
+    `reserve_s` before `budget_s`; else one member per fold; else a refusal naming the need."""
     for count in dict.fromkeys((len(costs), min(folds, len(costs)))):
         part = costs[:count]
         after_s = AFTER_START_S + sum(c.after_s for c in part)
@@ -109,10 +104,8 @@ def size_plan(
 
 
 def replan(plan, costs, slots, walls: dict[int, float], running: dict[int, float], left_s):
-    """`plan` kept to time once members finished in `walls` seconds and others have run for
-    `running` seconds (by index): when they ran slower than planned, the members not started
-    get fewer epochs (at least 1) so that training ends within `left_s` from now. Started and
-    finished members keep theirs; members never get more."""
+    """When the members that finished (`walls`: seconds by index) ran slower than planned, those
+    not started get fewer epochs (at least 1) so that training ends within `left_s`."""
     planned = sum(costs[k].seconds(plan.epochs[k]) for k in walls)
     slow = sum(walls.values()) / planned if planned else 1.0
     waiting = [k for k, c in enumerate(costs) if k not in walls | running and not c.kept]
@@ -138,8 +131,7 @@ def _start_probe(barrier) -> None:
 
 
 def _probe(cfg) -> tuple[float, float]:
-    """(training, scoring) images/s of `cfg`'s net and batch on one thread, timed while every
-    slot times the same (the steps of `pipeline train` on random digits)."""
+    """(training, scoring) images/s of `pipeline train`'s steps on random digits."""
     count, generator = cfg.batch_size * (PROBE_WARMUP + PROBE_STEPS), torch.Generator()
     images = torch.randint(0, 256, (count, 1, 28, 28), dtype=torch.uint8, generator=generator)
     data = TensorDigits(images, torch.randint(0, 10, (count,), generator=generator))
@@ -157,16 +149,13 @@ def _probe(cfg) -> tuple[float, float]:
 
 
 def probe(configs, slots: int) -> dict[tuple, tuple[float, float]]:
-    """Each distinct net's (training, scoring) images/s per slot: a few dozen steps at its
-    batch size on every slot at once, one thread each, so their contention is in the figure."""
-    nets = {_net(cfg): cfg for cfg in configs}
+    """Each net's (training, scoring) images/s, on every slot at once: contention included."""
     context = multiprocessing.get_context("spawn")
-    args = (context.Barrier(slots),)
-    with ProcessPoolExecutor(slots, context, _start_probe, args) as pool:
-        speeds = {net: list(pool.map(_probe, [cfg] * slots)) for net, cfg in nets.items()}
-    return {
-        net: tuple(map(statistics.mean, zip(*each, strict=True))) for net, each in speeds.items()
-    }
+    with ProcessPoolExecutor(slots, context, _start_probe, (context.Barrier(slots),)) as pool:
+        return {
+            net: tuple(map(statistics.mean, zip(*pool.map(_probe, [cfg] * slots), strict=True)))
+            for net, cfg in {_net(cfg): cfg for cfg in configs}.items()
+        }
 
 
 def _net(cfg) -> tuple:
@@ -178,8 +167,7 @@ def _clock(seconds_from_now: float) -> str:
 
 
 def _earlier(configs: list, models_dir: Path) -> tuple[list, set[int]]:
-    """The configs with the epochs an earlier run gave the members it trained or began (so a
-    re-run keeps or continues them), and those it finished."""
+    """The configs with the epochs an earlier run gave its members, and those it finished."""
     configs, finished, name = list(configs), set(), configs[0].recipe or configs[0].model
     for k, cfg in enumerate(configs):
         last = config.last_checkpoint_path(config.member_checkpoint_path(name, k, models_dir))
@@ -192,13 +180,12 @@ def _earlier(configs: list, models_dir: Path) -> tuple[list, set[int]]:
 
 
 class Pace:
-    """Keeps the ensemble to its budget while members train (`train_members`' `pace`): after
-    each member, the epochs of those not started shrink when the run falls behind its plan.
-    Without a plan (a GPU, or --epochs/--members given) it says the ETA at the pace so far."""
+    """`train_members`' `pace`: after each member, replans when the run falls behind; without
+    a plan (a GPU, or --epochs/--members given) it says the ETA at the pace so far."""
 
-    def __init__(self, budget_s, start, slots, plan=None, costs=(), reserve_s=0.0):
+    def __init__(self, budget_s, start, slots, plan=None, costs=()):
         self.budget_s, self.start, self.slots, self.plan = budget_s, start, slots, plan
-        self.costs, self.reserve_s = costs, reserve_s
+        self.costs = costs
 
     def __call__(self, member, train) -> str | None:
         now, n = time.perf_counter(), len(train.configs)
@@ -207,7 +194,7 @@ class Pace:
             left = math.ceil((n - len(train.results)) / self.slots)
             return f"budget: ETA {_clock(left * statistics.mean(walls.values()))}" * bool(walls)
         running = {k: now - t for k, t in train.started.items() if k not in train.results}
-        left_s = self.start + self.budget_s - self.reserve_s - self.plan.after_s - now
+        left_s = self.start + self.budget_s - self.plan.after_s - now
         new = replan(self.plan, self.costs, self.slots, walls, running, left_s)
         if not (changed := [k for k in range(n) if new.epochs[k] != self.plan.epochs[k]]):
             return None
@@ -226,12 +213,9 @@ class Pace:
         return f"budget: {spent / 60:.1f} min of the {self.budget_s / 60:g}-min budget{after}"
 
 
-def fit_budget(configs, budget_s, processed_dir, models_dir, jobs=None, sized=True,
-               reserve_s=0.0, log=print, start=None):  # fmt: skip
-    """The member configs sized to `budget_s` on a CPU (their epochs; one member per fold if
-    need be) and the Pace that keeps them to it; on a GPU, or unless `sized`, the configs as
-    they are and a Pace that only tells the ETA. `start`: when the budget began."""
-    start = time.perf_counter() if start is None else start
+def fit_budget(configs, budget_s, processed_dir, models_dir, jobs, sized, log, start):
+    """The member configs sized to the budget that began at `start` and the Pace that keeps
+    them to it; on a GPU, or unless `sized`, the configs as they are and an ETA-only Pace."""
     where = member_slots(configs[0].device, jobs)
     slots = min(len(where), len(configs))
     if where[0].type != "cpu" or not sized:
@@ -249,16 +233,14 @@ def fit_budget(configs, budget_s, processed_dir, models_dir, jobs=None, sized=Tr
         after_s = (held + counts["test"]) / (score_ips * slots)
         costs.append(Cost(cfg.epochs, epoch_s, after_s, k in finished))
     spent = time.perf_counter() - start
-    plan = size_plan(costs, slots, budget_s, reserve_s + spent, configs[0].folds or len(costs))
+    plan = size_plan(costs, slots, budget_s, spent, configs[0].folds or len(costs))
     configs = [replace(c, epochs=e) for c, e in zip(configs, plan.epochs, strict=False)]
-    nets = {}
-    for cfg in configs:
-        nets.setdefault((describe(cfg), cfg.epochs, speeds[_net(cfg)][0]), []).append(cfg)
-    said = ", ".join(f"{len(c)}x {n} {e} epochs ({s:,.0f} img/s)" for (n, e, s), c in nets.items())
+    nets = Counter((describe(c), c.epochs, speeds[_net(c)][0]) for c in configs)
+    said = ", ".join(f"{k}x {n} {e} epochs ({s:,.0f} img/s)" for (n, e, s), k in nets.items())
     eta = plan.train_s + plan.after_s
     log(
         f"budget: {len(configs)} members{' (one per fold: more do not fit)' * plan.fallback}: "
         f"{said} on {slots} slot(s); ETA {_clock(eta)} ({(spent + eta) / 60:.1f} min with "
         f"scoring and predict) of the {budget_s / 60:g}-min budget"
     )
-    return configs, Pace(budget_s, start, slots, plan, costs[: len(configs)], reserve_s)
+    return configs, Pace(budget_s, start, slots, plan, costs[: len(configs)])

@@ -1,9 +1,6 @@
-"""`pipeline crossval`: a recipe's ensemble scored on several splits.
-
-One split of 4,200 digits measures 99.75% to about +-0.08%, so a recipe is judged by the mean
-and spread over independent stratified splits: each is prepared, trained on, and scored for
-the members alone, the ensemble, and the ensemble with test-time augmentation.
-"""
+"""`pipeline crossval`: one split of 4,200 digits measures 99.75% to about +-0.08%, so a
+recipe's ensemble is judged by the mean and spread over independent stratified splits: the
+members alone, the ensemble, and the ensemble with test-time augmentation."""
 
 import statistics
 import time
@@ -25,10 +22,10 @@ from pipeline.training.recipes import TrainConfig
 @dataclass(frozen=True)
 class SplitScore:
     split_seed: int
-    val_images: int
     member_accuracies: list[float]
     ensemble_accuracy: float
     tta_accuracy: float
+    val_images: int
     seconds: float  # wall time for this split: prepare, train every member, score
 
 
@@ -51,14 +48,14 @@ class CrossValidation:
 
 
 def score_split(checkpoints: list[Path], processed_dir: Path, device: str) -> tuple:
-    """(member accuracies, ensemble accuracy, ensemble+TTA accuracy) on processed_dir's val."""
+    """(member accuracies, ensemble's, ensemble+TTA's, digits) on processed_dir's val split."""
     target = resolve_device(device)
     members = load_for_inference(checkpoints, target)
     data = TensorDigits.from_split(load_split(processed_dir, "val")).to(target)
     scores = [accuracy(ensemble_probabilities([m], data), data.labels) for m in members]
     ensemble = ensemble_probabilities(members, data)
     tta = ensemble_probabilities(members, data, tta=True)
-    return scores, accuracy(ensemble, data.labels), accuracy(tta, data.labels)
+    return scores, accuracy(ensemble, data.labels), accuracy(tta, data.labels), len(data.labels)
 
 
 def cross_validate(
@@ -74,9 +71,9 @@ def cross_validate(
     track: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> CrossValidation:
-    """Train and score `members` models of `cfg` (or a list of member configs, as `best`'s) on
-    each split k (seed k, under `<processed_dir>/split-k/` and `<models_dir>/split-k/`);
-    tracked as one run with each split's scores at step k and the members as child runs."""
+    """Train and score `members` models of `cfg` (or `best`'s member configs) on each split k
+    (seed k, in `<processed_dir>/split-k/` and `<models_dir>/split-k/`); tracked as one run
+    with each split's scores at step k and the members as child runs."""
     if not split_seeds:
         raise PipelineError("--splits must be at least 1")
     configs = cfg if isinstance(cfg, list) else seed_members(cfg, members)
@@ -85,43 +82,33 @@ def cross_validate(
     name = f"crossval {cfg.recipe or cfg.model}"
     with tracking.command_run(track, name, "crossval", params, warn=warn) as parent:
         scores = []
-        for split_seed in split_seeds:
+        for seed in split_seeds:
             start = time.perf_counter()
-            data_dir = config.crossval_split_dir(processed_dir, split_seed)
-            prepare(raw_dir, data_dir, val_fraction=val_fraction, seed=split_seed)
-            log(f"split {split_seed}: training {members} member(s)")
-            members_dir = config.crossval_split_dir(models_dir, split_seed)
+            data_dir = config.crossval_split_dir(processed_dir, seed)
+            prepare(raw_dir, data_dir, val_fraction=val_fraction, seed=seed)
+            log(f"split {seed}: training {members} member(s)")
             results = train_members(
-                configs, data_dir, members_dir, log=log, progress=progress, parent=parent,
-                tags={"split": split_seed},
+                configs, data_dir, config.crossval_split_dir(models_dir, seed), log=log,
+                progress=progress, parent=parent, tags={"split": seed},
             )  # fmt: skip
             checkpoints = [r.checkpoint for r in results]
-            member_acc, ensemble_acc, tta_acc = score_split(checkpoints, data_dir, cfg.device)
-            n_val = len(load_split(data_dir, "val"))
+            accs, ensemble, tta, n_val = score_split(checkpoints, data_dir, cfg.device)
             seconds = time.perf_counter() - start
-            score = SplitScore(split_seed, n_val, member_acc, ensemble_acc, tta_acc, seconds)
-            log(format_split(score))
-            scores.append(score)
-            split_metrics = {"ensemble_acc": ensemble_acc, "tta_acc": tta_acc}
-            split_metrics["member_acc"] = statistics.mean(member_acc)
-            parent.log_metrics(split_metrics, split_seed)
+            scores.append(SplitScore(seed, accs, ensemble, tta, n_val, seconds))
+            log(
+                f"split {seed}: members {' '.join(f'{a:.2%}' for a in accs)} | ensemble "
+                f"{ensemble:.2%} | ensemble+TTA {tta:.2%} on {n_val:,} val digits "
+                f"({seconds:.0f} s)"
+            )
+            metrics = dict(ensemble_acc=ensemble, tta_acc=tta, member_acc=statistics.mean(accs))
+            parent.log_metrics(metrics, seed)
         nets = ""
         if len({(describe(c), c.epochs) for c in configs}) > 1:  # `best`: the members differ
             nets = ", ".join(f"{describe(c)} x{c.epochs} epochs" for c in configs)
         result = CrossValidation(cfg, members, scores, nets, parent.id())
-        (ensemble_mean, ensemble_sd), (tta_mean, tta_sd) = result.ensemble, result.tta
-        summary = dict(ensemble_acc_mean=ensemble_mean, ensemble_acc_sd=ensemble_sd)
-        parent.log_metrics(summary | dict(tta_acc_mean=tta_mean, tta_acc_sd=tta_sd))
+        for name, (mean, sd) in {"ensemble": result.ensemble, "tta": result.tta}.items():
+            parent.log_metrics({f"{name}_acc_mean": mean, f"{name}_acc_sd": sd})
     return result
-
-
-def format_split(score: SplitScore) -> str:
-    members = " ".join(f"{a:.2%}" for a in score.member_accuracies)
-    return (
-        f"split {score.split_seed}: members {members} | ensemble {score.ensemble_accuracy:.2%} "
-        f"| ensemble+TTA {score.tta_accuracy:.2%} on {score.val_images:,} val digits "
-        f"({score.seconds:.0f} s)"
-    )
 
 
 def format_summary(result: CrossValidation) -> str:

@@ -1,11 +1,9 @@
 """Logs the commands' tracking records into MLflow, off the commands' critical path.
 
-A tracked command writes its runs as one JSON record in `pending/<record id>.json` beside the
-store and starts `python -m pipeline.experiments.recorder URI --background` at the lowest
-priority. Whatever reads the store logs what is pending first, under `pending/.lock`, waiting
-at most READER_WAIT seconds and then listing the pending runs from their records. Every run is
-tagged with its record's id, so a record found half logged (a killed recorder) is logged again
-whole; the file goes once all of it is in, and one MLflow refuses is moved aside.
+A tracked command writes its runs as `pending/<record id>.json` and starts this module at the
+lowest priority; any reader of the store logs what is pending first, under `pending/.lock`.
+Runs are tagged with their record's id, so a record a killed recorder left half logged is
+logged again whole; the file goes once all of it is in, and one MLflow refuses is moved aside.
 """
 
 import hashlib
@@ -29,7 +27,6 @@ PARENT_TAG = "mlflow.parentRunId"
 RECORD_TAG = "pipeline.record"  # the id of the record a run came from
 RUN_TAG = "pipeline.run"  # the run's own id, the one the command printed
 PARENT_RUN_TAG = "pipeline.parent"  # its parent's id of that kind
-RECORDER_NICE = 19  # the lowest priority: a stage running beside it gets the cores first
 BACKGROUND = "--background"  # the recorder a command starts: at the lowest priority
 READER_WAIT = 5.0  # seconds a reader waits for the lock before listing records as pending
 NETWORK_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -61,13 +58,13 @@ def check_store(uri: str) -> None:
             f"tracking store {uri}: MLflow keeps runs in sqlite:///<file>, a database URL "
             f"(postgresql://, mysql://, mssql://) or an http(s):// server; {hint}"
         )
-    if scheme not in ("http", "https"):
+    if not is_server(uri):
         try:  # loads the dialect and its driver, connects to nothing
             import sqlalchemy
 
             sqlalchemy.create_engine(uri)
         except Exception as exc:
-            why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+            why = first_line(exc)
             raise PipelineError(f"tracking store {uri}: unusable ({why}); {hint}") from None
     try:
         port = parsed.port or NETWORK_PORTS[scheme]
@@ -101,28 +98,24 @@ def is_server(uri: str) -> bool:
 
 
 def pending_dir(uri: str) -> Path:
-    """Beside a SQLite store; else one folder per store URI under experiments/pending, so
-    that a record waits for the store it was meant for."""
+    """Beside a SQLite store; else a folder per store URI, so a record waits for its store."""
     folder = runs_dir(uri).parent / config.PENDING_DIR_NAME
     if _sqlite_file(uri) is None:
         return folder / hashlib.sha256(uri.encode()).hexdigest()[:16]
     return folder
 
 
-def write_pending(uri: str, record_id: str, runs: list[dict]) -> Path:
-    """`pending/<record id>.json`, atomically (not by atomic_path, which a Ctrl-C aborts: a
-    stopped run must still be recorded, KILLED)."""
+def write_pending(uri: str, record_id: str, runs: list[dict]) -> None:
+    """Atomically, but not by atomic_path, which a Ctrl-C aborts: a stopped run is recorded."""
     path = pending_dir(uri) / f"{record_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"record": record_id, "runs": runs}) + "\n")
     os.replace(tmp, path)
-    return path
 
 
 def start_detached(uri: str) -> subprocess.Popen:
-    """The recorder in a process group of its own (a Ctrl-C is not for it) but our session: a
-    session of its own is an autogroup of its own, taking half the cores whatever its nice."""
+    """Its own process group (a Ctrl-C is not for it), not session (an autogroup ignores nice)."""
     with open(pending_dir(uri) / config.RECORDER_LOG, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "pipeline.experiments.recorder", uri, BACKGROUND],
@@ -151,9 +144,8 @@ def connect(uri: str):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(config.TRACKING_EXPERIMENT)
-        if experiment is not None:
-            return client, experiment.experiment_id
+        if found := client.get_experiment_by_name(config.TRACKING_EXPERIMENT):
+            return client, found.experiment_id
         location = None if is_server(uri) else runs_dir(uri).as_uri()  # a server's own store
         return client, client.create_experiment(config.TRACKING_EXPERIMENT, location)
     except Exception as exc:
@@ -165,9 +157,7 @@ def _delete_runs_of(client, experiment: str, record_id: str) -> None:
         client.delete_run(run.info.run_id)
 
 
-def log_record(
-    client, experiment: str, record_id: str, record: dict, upload: bool = False
-) -> None:
+def log_record(client, experiment: str, record_id: str, record: dict, upload: bool) -> None:
     """Log one record's runs, ended last (a FINISHED run is a whole one); `upload`: the kept
     checkpoints and sidecars as the runs' artifacts (on a server)."""
     from mlflow.entities import Metric, Param
@@ -175,23 +165,20 @@ def log_record(
     _delete_runs_of(client, experiment, record_id)  # what a killed attempt left of it
     ids: dict[str, str] = {}
     for entry in record["runs"]:
-        tags = dict(entry["tags"], **{RECORD_TAG: record_id, RUN_TAG: entry["id"]})
+        tags = entry["tags"] | {RECORD_TAG: record_id, RUN_TAG: entry["id"]}
         if entry["parent"] in ids:
             tags |= {PARENT_TAG: ids[entry["parent"]], PARENT_RUN_TAG: entry["parent"]}
         run = client.create_run(experiment, entry["start_ms"], tags, entry["name"])
         ids[entry["id"]] = run_id = run.info.run_id
         params = [Param(k, str(v)) for k, v in entry["params"].items()]
-        for start in range(0, len(params), 100):  # log_batch takes at most 100 params
-            client.log_batch(run_id, params=params[start : start + 100])
         metrics = [Metric(k, float(v), int(t), int(s)) for k, v, t, s in entry["metrics"]]
-        for start in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        if upload and (kept := entry["tags"].get("checkpoint")):
-            for path in (Path(kept), config.sidecar_path(Path(kept))):
-                if path.is_file():  # the tag still names a copy deleted since
-                    client.log_artifact(run_id, str(path))
+        client.log_batch(run_id, metrics, params)  # in batches of MLflow's limits
+        kept = entry["tags"].get("checkpoint") if upload else None
+        for path in (Path(kept), config.sidecar_path(Path(kept))) if kept else ():
+            if path.is_file():  # the tag still names a copy deleted since
+                client.log_artifact(run_id, str(path))
     for entry in record["runs"]:
-        if entry["deleted"]:
+        if entry["status"] == "DELETED":
             client.delete_run(ids[entry["id"]])
         else:  # never ended: its command was killed
             end = entry["end_ms"] or entry["start_ms"]
@@ -205,56 +192,40 @@ def record_pending(uri: str | None = None, wait: float = -1) -> list[str]:
     if not any(folder.glob("*.json")):
         return []
     try:
-        with FileLock(folder / config.RECORDER_LOCK, timeout=wait):
-            return _log_all(uri, sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime))
+        lock = FileLock(folder / config.RECORDER_LOCK).acquire(timeout=wait)
     except Timeout:
         return []
-
-
-def _log_all(uri: str, paths: list[Path]) -> list[str]:
-    if not paths:
-        return []
-    try:
-        client, experiment = connect(uri)
-    except PipelineError as exc:
-        return [f"{exc}; {len(paths)} record(s) stay pending in {paths[0].parent} for the next "
-                "reader (`pipeline runs`)"]  # fmt: skip
-    problems = []
-    for path in paths:
+    with lock:
+        if not (paths := sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)):
+            return []
         try:
-            record = json.loads(path.read_text())
-            log_record(client, experiment, path.stem, record, upload=is_server(uri))
-        except Exception as exc:
-            try:  # a store that still answers: the record is at fault
-                _delete_runs_of(client, experiment, path.stem)
-            except Exception:
-                return [
-                    *problems,
-                    f"tracking store {uri}: {first_line(exc)}; records stay pending",
-                ]
-            path.replace(path.with_name(path.name + ".rejected"))
-            problems.append(f"{path}: not recorded ({first_line(exc)}); moved aside to "
-                            f"{path.name}.rejected")  # fmt: skip
-            continue
-        path.unlink()
-    return problems
-
-
-def pending_runs(uri: str) -> list[dict]:
-    """The runs of the records still pending."""
-    runs = []
-    for path in pending_dir(uri).glob("*.json"):
-        try:
-            runs += json.loads(path.read_text())["runs"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return runs
+            client, experiment = connect(uri)
+        except PipelineError as exc:
+            return [f"{exc}; {len(paths)} record(s) stay pending in {folder} for the next "
+                    "reader (`pipeline runs`)"]  # fmt: skip
+        problems = []
+        for path in paths:
+            try:
+                record = json.loads(path.read_text())
+                log_record(client, experiment, path.stem, record, is_server(uri))
+            except Exception as exc:
+                try:  # a store that still answers: the record is at fault
+                    _delete_runs_of(client, experiment, path.stem)
+                except Exception:
+                    return [*problems, f"tracking store {uri}: {first_line(exc)}; records stay "
+                            "pending"]  # fmt: skip
+                path.replace(path.with_name(path.name + ".rejected"))
+                problems.append(f"{path}: not recorded ({first_line(exc)}); moved aside to "
+                                f"{path.name}.rejected")  # fmt: skip
+                continue
+            path.unlink()
+        return problems
 
 
 def main() -> None:
     """`python -m pipeline.experiments.recorder [URI] [--background]` (`make ui`: foreground)."""
     if BACKGROUND in sys.argv:
-        os.nice(RECORDER_NICE)
+        os.nice(19)  # the lowest priority: a stage running beside it gets the cores first
     uri = next((arg for arg in sys.argv[1:] if arg != BACKGROUND), tracking_uri())
     try:
         check_store(uri)

@@ -1,12 +1,12 @@
 """`pipeline runs`: the tracked runs as a table, and `--run RUN_ID` turned into checkpoints.
 
-Reads the MLflow store `tracking` writes (experiments/mlflow.db, or MLFLOW_TRACKING_URI), and
-the records a recorder is still logging (status `pending`). A run id may be shortened to any
-unique prefix of 6 or more characters, as the table shows them.
+Reads the MLflow store `tracking` writes and the records a recorder is still logging (status
+`pending`). A run id may be shortened to any unique prefix of 6 or more characters.
 """
 
 import datetime
-from dataclasses import dataclass
+import json
+from contextlib import suppress
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,60 +16,21 @@ from pipeline.experiments import recorder, tracking
 from pipeline.experiments.recorder import PARENT_RUN_TAG, RUN_TAG
 
 SHORT_ID = 8  # characters of a run id the table shows
-MIN_PREFIX = 6
-MAX_RUNS = 10_000  # read at most this many runs from the store
-# What a run's "val acc" is: a trained model's best; crossval's ensemble mean; tune's best trial.
-SCORE_METRICS = ("best_val_acc", "ensemble_acc_mean")
 
 
-@dataclass(frozen=True)
-class RunRow:
-    run_id: str
-    command: str
-    name: str
-    model: str
-    recipe: str
-    epochs: str
-    data: str  # kaggle, or sample (the offline sample); `:<rows>` when cut by --limit-rows
-    val_acc: float | None
-    train_seconds: float | None
-    started: datetime.datetime
-    status: str
-    checkpoint: str
-    parent: str
-
-
-def _row(run) -> RunRow:
-    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    score = next((metrics[k] for k in SCORE_METRICS if k in metrics), None)
-    return RunRow(
-        run_id=run_key(run),
-        command=tags.get("command", "?"),
-        name=run.info.run_name or "",
-        model=params.get("model", "-"),
-        recipe=params.get("recipe", "-"),
-        epochs=params.get("epochs", "-"),
-        data=tags.get("dataset", "-"),
-        val_acc=score,
-        train_seconds=metrics.get("train_seconds"),
-        started=datetime.datetime.fromtimestamp(run.info.start_time / 1000),
-        status=run.info.status,
-        checkpoint=tags.get("checkpoint", ""),
-        parent=tags.get(PARENT_RUN_TAG) or tags.get(recorder.PARENT_TAG, ""),
-    )
+def score(run) -> float | None:
+    """A run's val accuracy: a model's best, crossval's ensemble mean, tune's best trial."""
+    metrics = run.data.metrics
+    return next((metrics[k] for k in ("best_val_acc", "ensemble_acc_mean") if k in metrics), None)
 
 
 def run_key(run) -> str:
-    """The id a run is known by: the one its command printed (its kept checkpoint's folder),
-    MLflow's own for runs recorded before commands named their runs."""
+    """The id a run is known by: the one its command printed (its kept checkpoint's folder)."""
     return run.data.tags.get(RUN_TAG) or run.info.run_id
 
 
 def is_child(run, parent) -> bool:
-    tags = run.data.tags
-    return tags.get(recorder.PARENT_TAG) == parent.info.run_id or (
-        PARENT_RUN_TAG in tags and tags[PARENT_RUN_TAG] == parent.data.tags.get(RUN_TAG)
-    )
+    return run.data.tags.get(PARENT_RUN_TAG) == run_key(parent)
 
 
 def _pending(entry: dict):
@@ -82,41 +43,46 @@ def _pending(entry: dict):
                                                            metrics=metrics))  # fmt: skip
 
 
-def _all_runs(uri: str | None):
-    """Every run of the store, newest first: those MLflow holds and those still pending."""
+def all_runs(uri: str | None = None):
+    """(client, every run of the store newest first: those MLflow holds and those pending)."""
     client, experiment = tracking.open_client(uri)
     order = ["attributes.start_time DESC"]
-    logged = client.search_runs([experiment], max_results=MAX_RUNS, order_by=order)
-    pending = [_pending(e) for e in recorder.pending_runs(uri or tracking.tracking_uri())]
-    ids = {run.info.run_id for run in pending}
-    runs = pending + [run for run in logged if run.data.tags.get(RUN_TAG) not in ids]
+    runs = client.search_runs([experiment], max_results=10_000, order_by=order)
+    for path in recorder.pending_dir(uri or tracking.tracking_uri()).glob("*.json"):
+        with suppress(OSError, ValueError, KeyError, TypeError):  # a record being written
+            pending = [_pending(entry) for entry in json.loads(path.read_text())["runs"]]
+            ids = {run.info.run_id for run in pending}
+            runs = pending + [run for run in runs if run.data.tags.get(RUN_TAG) not in ids]
     return client, sorted(runs, key=lambda run: -run.info.start_time)
 
 
 def list_runs(sort: str = "start", limit: int | None = None, uri: str | None = None):
     """The recorded runs, newest first, or (`val_acc`, choices.RunSort) best first."""
-    rows = [_row(run) for run in _all_runs(uri)[1]]
+    runs = all_runs(uri)[1]
     if sort == "val_acc":
-        rows.sort(key=lambda r: (r.val_acc is None, -(r.val_acc or 0.0)))
-    return rows[:limit] if limit else rows
+        runs.sort(key=lambda run: (score(run) is None, -(score(run) or 0.0)))
+    return runs[:limit] if limit else runs
 
 
 HEADER = "run command model recipe epochs data val_acc train_s started status parent checkpoint"
 
 
-def _cells(r: RunRow) -> tuple[str, ...]:
-    what = r.run_id[:SHORT_ID], r.command, r.model, r.recipe, r.epochs, r.data
-    val_acc = "-" if r.val_acc is None else f"{r.val_acc:.2%}"
-    train_s = "-" if r.train_seconds is None else f"{r.train_seconds:.1f}"
-    when = r.started.strftime("%Y-%m-%d %H:%M"), r.status.lower()
-    return (*what, val_acc, train_s, *when, r.parent[:SHORT_ID] or "-", r.checkpoint or "-")
-
-
-def format_table(rows: list[RunRow]) -> str:
+def format_table(runs: list) -> str:
     """One line per run, aligned; members, trials and splits name their parent run."""
-    if not rows:
+    if not runs:
         return "no runs recorded yet: `pipeline train` records one"
-    lines = [tuple(HEADER.split()), *map(_cells, rows)]
+    lines = [HEADER.split()]
+    for run in runs:
+        params, tags, acc = run.data.params, run.data.tags, score(run)
+        seconds = run.data.metrics.get("train_seconds")
+        started = datetime.datetime.fromtimestamp(run.info.start_time / 1000)
+        lines.append([
+            run_key(run)[:SHORT_ID], tags.get("command", "?"),
+            *(params.get(k, "-") for k in ("model", "recipe", "epochs")), tags.get("dataset", "-"),
+            "-" if acc is None else f"{acc:.2%}", "-" if seconds is None else f"{seconds:.1f}",
+            f"{started:%Y-%m-%d %H:%M}", run.info.status.lower(),
+            tags.get(PARENT_RUN_TAG, "")[:SHORT_ID] or "-", tags.get("checkpoint", "-"),
+        ])  # fmt: skip
     widths = [max(map(len, column)) for column in zip(*lines, strict=True)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
@@ -126,13 +92,13 @@ def format_table(rows: list[RunRow]) -> str:
 
 def find_run(run_id: str, uri: str | None = None):
     """The run `run_id` names (the whole id or a unique prefix), with every run of the store."""
-    client, runs = _all_runs(uri)
+    client, runs = all_runs(uri)
     key = run_id.strip().lower()
     matches = [
         run for run in runs if run_key(run).startswith(key) or run.info.run_id.startswith(key)
     ]
     where = uri or tracking.tracking_uri()
-    if len(key) < MIN_PREFIX or not matches:
+    if len(key) < 6 or not matches:
         raise PipelineError(f"--run {run_id}: no such run in {where} (see `pipeline runs`)")
     if len(matches) > 1:
         raise PipelineError(f"--run {run_id}: matches {len(matches)} runs; give more characters")
@@ -146,8 +112,7 @@ def run_checkpoints(run_id: str, uri: str | None = None) -> list[Path]:
     kept = [run] if "checkpoint" in run.data.tags else [r for r in runs if is_child(r, run)]
     tags = sorted((r.data.tags["checkpoint"], r.data.tags.get("checkpoint_sha256"))
                   for r in kept if "checkpoint" in r.data.tags)  # fmt: skip
-    paths = [Path(path) for path, _ in tags]
-    if not paths:
+    if not tags:
         raise PipelineError(
             f"--run {run_id}: run {run_key(run)} kept no checkpoint (status "
             f"{run.info.status.lower()}); `pipeline runs` lists those that did"
@@ -160,4 +125,4 @@ def run_checkpoints(run_id: str, uri: str | None = None) -> list[Path]:
                 f"--run {run_id}: its checkpoint {path} is not the file the run kept (its "
                 "sha256 differs): it was replaced or damaged since"
             )
-    return paths
+    return [Path(path) for path, _ in tags]

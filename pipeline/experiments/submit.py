@@ -4,14 +4,14 @@ the public score and record it on the tracked runs whose checkpoints made the fi
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pipeline import config
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import file_sha256
 from pipeline.data import kaggle_api
+from pipeline.experiments.recorder import first_line
 from pipeline.inference.submission import read_submission
 
 UPLOAD_FAILED = "Could not submit to competition"
@@ -23,24 +23,11 @@ class Submitted:
     reply: str
     status: str  # complete, pending (not scored within the wait), error: ..., unknown: ...
     public_score: str | None
-    runs: list[str] = field(default_factory=list)  # tracked runs credited with the file
-    warning: str | None = None  # the store could not be updated (the upload still happened)
+    runs: list[str]  # tracked runs credited with the file
+    warning: str | None  # the store could not be updated (the upload still happened)
 
 
-def _status_name(status: Any) -> str:
-    """SubmissionStatus.COMPLETE, its name, or a plain string, as `complete`."""
-    return str(getattr(status, "name", status)).rpartition(".")[2].lower()
-
-
-def await_score(
-    api,
-    competition: str,
-    ref,
-    message: str,
-    wait: float,
-    interval: float,
-    sleep: Callable[[float], None] = time.sleep,
-) -> tuple[str, str | None]:
+def await_score(api, competition, ref, message, wait, interval, sleep) -> tuple[str, str | None]:
     """(status, public score) of our submission, polling for at most `wait` seconds."""
     deadline = time.monotonic() + min(max(wait, 0), MAX_WAIT_SECONDS)
     while True:
@@ -52,8 +39,9 @@ def await_score(
             s for s in submissions if ref is not None and str(getattr(s, "ref", "")) == str(ref)
         ]
         ours = ours or [s for s in submissions if getattr(s, "description", None) == message]
-        if ours:
-            status = _status_name(ours[0].status)
+        if ours:  # SubmissionStatus.COMPLETE, its name, or a plain string: `complete`
+            status = str(getattr(ours[0].status, "name", ours[0].status))
+            status = status.rpartition(".")[2].lower()
             if status == "complete":
                 return status, str(getattr(ours[0], "public_score", "") or "") or None
             if status == "error":
@@ -76,25 +64,22 @@ def submission_checkpoints(file: Path) -> list[str]:
         return []
 
 
-def credit_runs(shas: list[str], tags: dict[str, str], score: str | None, uri=None) -> list[str]:
-    """Tag the tracked runs that kept these checkpoints; log the public score as a metric."""
-    from pipeline.experiments import tracking
-    from pipeline.experiments.recorder import RUN_TAG
+def credit_runs(shas: list[str], tags: dict[str, str], score: str | None) -> list[str]:
+    """Tag the logged runs that kept these checkpoints; log the public score as a metric."""
+    from pipeline.experiments.runs import all_runs, run_key
 
-    client, experiment = tracking.open_client(uri)
-    from mlflow.entities import Metric, RunTag  # after open_client's check of the store
+    client, runs = all_runs()
+    from mlflow.entities import Metric, RunTag  # after the store's check
 
     try:
         metrics = [Metric("public_score", float(score), 0, 0)] if score is not None else []
     except ValueError:
         metrics = []
-    tagged, credited = [RunTag(k, v) for k, v in tags.items()], []
-    for sha in dict.fromkeys(shas):
-        found = client.search_runs([experiment], f"tags.checkpoint_sha256 = '{sha}'")
-        for run in found:
-            client.log_batch(run.info.run_id, metrics=metrics, tags=tagged)
-            credited.append(run.data.tags.get(RUN_TAG) or run.info.run_id)  # the id `runs` shows
-    return credited
+    found = [run for run in runs if run.info.status != "PENDING"]  # MLflow's runs only
+    found = [run for run in found if run.data.tags.get("checkpoint_sha256") in shas]
+    for run in found:
+        client.log_batch(run.info.run_id, metrics, tags=[RunTag(*t) for t in tags.items()])
+    return [run_key(run) for run in found]
 
 
 def submit(
@@ -136,8 +121,7 @@ def submit(
         }
         try:
             runs = credit_runs(shas, tags, score)
-        except PipelineError as exc:
-            warning = f"the tracked runs were not updated: {exc}"
         except Exception as exc:
-            warning = f"the tracked runs were not updated: {type(exc).__name__}: {exc}"
+            why = exc if isinstance(exc, PipelineError) else first_line(exc)
+            warning = f"the tracked runs were not updated: {why}"
     return Submitted(reply or "submitted", status, score, runs, warning)

@@ -1,10 +1,6 @@
-"""Experiment tracking with MLflow, as a side channel: a stage works the same with it off.
-
-On by default; `--no-track` or `PIPELINE_TRACK=0` turn it off. The store is
-`experiments/mlflow.db` unless `MLFLOW_TRACKING_URI` names another. A run records its settings
-(the command line's names), data, git commit, per-epoch metrics and a copy of its checkpoint.
-MLflow takes 2-3 s to import, so a command never imports it: its runs are noted in memory and
-left as one record that `recorder` logs in a process of its own.
+"""Experiment tracking with MLflow, as a side channel: a stage works the same with it off
+(`--no-track`, PIPELINE_TRACK=0). MLflow takes seconds to import, so a command never imports
+it: its runs are noted in memory and left as one record that `recorder` logs in its own process.
 """
 
 import importlib.util
@@ -29,18 +25,16 @@ from pipeline.training.callbacks import Callback
 from pipeline.training.recipes import cli_settings
 
 SWITCH = "PIPELINE_TRACK"  # 0/false/no/off turn tracking off where --no-track is not given
-OFF = ("0", "false", "no", "off")
 # Per-epoch record keys (train's history) -> the metric names runs are compared by.
 EPOCH_METRICS = {"val_accuracy": "val_acc", "val_loss": "val_loss", "train_loss": "train_loss",
                  "lr": "lr", "epoch_seconds": "epoch_seconds"}  # fmt: skip
-RECORDER_SWITCH = "PIPELINE_TRACK_RECORDER"  # "inline" (tests) or "pending" instead of detached
 
 
 def wanted(flag: bool | None = None) -> bool:
     """--track/--no-track when given, else PIPELINE_TRACK, else on."""
     if flag is not None:
         return flag
-    return os.environ.get(SWITCH, "1").strip().lower() not in OFF
+    return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def git_commit() -> str:
@@ -48,11 +42,11 @@ def git_commit() -> str:
     try:
         done = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=config.ROOT, capture_output=True, text=True, timeout=10, check=False,
+            cwd=config.ROOT, capture_output=True, text=True, timeout=10, check=True,
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
+    return done.stdout.strip()
 
 
 def train_params(cfg) -> dict[str, Any]:
@@ -86,25 +80,23 @@ def _now_ms() -> int:
 
 
 class Session:
-    """One command's runs, kept in memory until `close` writes them as one pending record for
-    `recorder` (PIPELINE_TRACK_RECORDER: "inline" logs it at once, "pending" leaves it)."""
+    """One command's runs, kept in memory until `close` writes them as one pending record;
+    `record` (PIPELINE_TRACK_RECORDER): "inline" logs it at once, "pending" leaves it."""
 
     def __init__(self, uri: str | None = None, record: str | None = None):
         self.uri = uri or tracking_uri()
         check_store(self.uri)
-        self.runs_dir = runs_dir(self.uri)
-        self.mode = record or os.environ.get(RECORDER_SWITCH, "detached")
+        self.mode = record or os.environ.get("PIPELINE_TRACK_RECORDER", "detached")
         self.record_id = uuid.uuid4().hex
         self.runs: list[dict] = []
 
     def start_run(self, name: str, command: str, params: dict, tags=None, parent=None):
         entry = {
-            "id": uuid.uuid4().hex, "parent": None if parent is None else parent.id(),
-            "name": name, "params": {k: str(v) for k, v in params.items()},
+            "id": uuid.uuid4().hex, "parent": parent and parent.id(), "name": name,
+            "params": {k: str(v) for k, v in params.items()},
             "tags": {"command": command, "mlflow.source.name": f"pipeline {command}",
                      **{k: str(v) for k, v in (tags or {}).items()}},
             "metrics": [], "start_ms": _now_ms(), "end_ms": None, "status": None,
-            "deleted": False,
         }  # fmt: skip
         self.runs.append(entry)
         return TrackedRun(self, entry)
@@ -133,17 +125,16 @@ class Session:
 
 class TrackedRun(Callback):
     """One run of a session, noted in memory; as a training callback it takes each epoch's
-    metrics, then the summary and kept checkpoint (a skipped identical run leaves no record)."""
+    metrics, then the summary and kept checkpoint (a skipped identical run is deleted)."""
 
     def __init__(self, session: Session, entry: dict):
         self.session, self.entry = session, entry
 
-    @property
-    def ended(self) -> bool:
-        return self.entry["status"] is not None or self.entry["deleted"]
-
     def id(self) -> str:
         return self.entry["id"]
+
+    def kept(self) -> str | None:
+        return self.entry["tags"].get("checkpoint")
 
     def child(self, name: str, command: str, params: dict, tags: dict | None = None):
         return self.session.start_run(name, command, params, tags, parent=self)
@@ -153,7 +144,6 @@ class TrackedRun(Callback):
         self.entry["metrics"] += [[k, float(v), now, step] for k, v in metrics.items()]
 
     def log_epoch(self, record: dict[str, float]) -> None:
-        """train's per-epoch record as one batch of metrics at step = epoch."""
         names = {EPOCH_METRICS[k]: v for k, v in record.items() if k in EPOCH_METRICS}
         self.log_metrics(names, step=int(record["epoch"]))
 
@@ -163,9 +153,8 @@ class TrackedRun(Callback):
         self.entry["tags"] |= {k: str(v) for k, v in tags.items()}
 
     def keep_checkpoint(self, checkpoint: Path) -> None:
-        """Copy the checkpoint and sidecar into the run's folder before anything rewrites them;
-        tag the run with the copy's path, sha256 and data fingerprint."""
-        kept = config.run_dir(self.id(), self.session.runs_dir) / checkpoint.name
+        """A copy in the run's folder, made before anything rewrites the checkpoint."""
+        kept = config.run_dir(self.id(), runs_dir(self.session.uri)) / checkpoint.name
         for source in (checkpoint, config.sidecar_path(checkpoint)):
             if source.is_file():
                 with atomic_path(kept.parent / source.name) as tmp:
@@ -177,8 +166,7 @@ class TrackedRun(Callback):
 
     def train_end(self, result) -> None:
         if result.skipped:
-            self.entry["deleted"] = True
-            return
+            return self.end("DELETED")
         summary = {"best_val_acc": result.best_accuracy, "train_seconds": result.train_seconds,
                    "images_per_second": result.images_per_second}  # fmt: skip
         if result.seconds_to_target is not None:
@@ -191,8 +179,9 @@ class TrackedRun(Callback):
         self.end(stop_status(error))
 
     def end(self, status: str = "FINISHED") -> None:
-        self.entry["status"] = status
-        self.entry["end_ms"] = self.entry["end_ms"] or _now_ms()
+        """The first status given stays (DELETED: a run that trained nothing)."""
+        if self.entry["status"] is None:
+            self.entry |= {"status": status, "end_ms": _now_ms()}
 
 
 class NoRun(Callback):
@@ -209,8 +198,7 @@ NO_RUN = NoRun()
 
 
 def stop_status(exc: BaseException) -> str:
-    """KILLED for a run stopped on purpose (a signal, a pruned trial: matched by name, so that
-    tracking never imports optuna), else FAILED."""
+    """KILLED for a signal or a pruned trial (matched by name: no optuna import), else FAILED."""
     from pipeline.training.run_state import TrainingInterrupted
 
     on_purpose = isinstance(exc, KeyboardInterrupt | TrainingInterrupted)
@@ -235,13 +223,10 @@ def command_run(
     run = session.start_run(name, command, params, tags)
     try:
         yield run
+        run.end()
     except BaseException as exc:
-        if not run.ended:
-            run.end(stop_status(exc))
+        run.end(stop_status(exc))
         raise
-    else:
-        if not run.ended:
-            run.end()
     finally:
         if (warning := session.close()) is not None:
             warn(f"warning: {warning}")

@@ -1,23 +1,19 @@
-"""`pipeline tune`: search the training options with Optuna (TPE), pruning weak trials early.
+"""`pipeline tune`: the fast recipe's options searched with Optuna (TPE, median pruning).
 
-Each trial trains the fast recipe with sampled options, reporting validation accuracy per
-epoch; the median pruner stops laggards from epoch 2 on. The study (experiments/optuna.db, a
-PostgreSQL database or a journal file) is resumed by name and refused for another search space
-or other data. Workers share a study: `trials` is its budget, trial n samples with seed + n,
-and a dead worker's trial is failed by Optuna's heartbeat. The result is the best trial as a
-`pipeline train` command.
+A study is resumed by name and refused for another search space or other data. Workers share
+it: `trials` is its budget, trial n samples with seed + n, and Optuna's heartbeat fails a dead
+worker's trial. The result is the best trial as a `pipeline train` command.
 """
 
 import json
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,11 +53,10 @@ class TuneResult:
     study: str
     best_trial: int
     best_value: float
-    best_options: dict[str, Any]  # `pipeline train` options by their Python names
     command: str  # the `pipeline train` command that reproduces the best trial
-    states: dict[str, int] = field(default_factory=dict)  # trials by state: COMPLETE, PRUNED, ..
-    timed_out_after: int | None = None  # trials run before --timeout stopped the search
-    running: int = 0  # trials other workers were still running when this one ended
+    states: dict[str, int]  # trials by state: COMPLETE, PRUNED, ...
+    timed_out_after: int | None  # trials run before --timeout stopped the search
+    running: int  # trials other workers were still running when this one ended
 
 
 def suggest(trial, space: SearchSpace) -> dict[str, Any]:
@@ -85,12 +80,9 @@ def train_command(options: dict[str, Any], model: str, seed: int, extra: dict[st
     words = ["pipeline", "train", "--model", model]
     for name in ("epochs", "batch_size", "lr", "weight_decay", "width"):
         words += [f"--{name.replace('_', '-')}", repr(options[name])]
-    if options["augment"]:
-        words += ["--augment", "--augment-strength", repr(options["augment_strength"])]
-    else:
-        words += ["--no-augment"]
-    words += ["--seed", str(seed)]
-    for name, value in extra.items():
+    strength = ["--augment-strength", repr(options.get("augment_strength"))]
+    words += ["--augment", *strength] if options["augment"] else ["--no-augment"]
+    for name, value in {"seed": seed, **extra}.items():
         words += [f"--{name.replace('_', '-')}", str(value)]
     return shlex.join(words)
 
@@ -102,8 +94,7 @@ def shown(url: str) -> str:
 
 
 def open_storage(url: str):
-    """Optuna's storage for `url`: a database with a heartbeat, or `journal:///<file>` (a
-    shared disk without a database); one that does not open is one line."""
+    """A database with a heartbeat, or `journal:///<file>` (a shared disk without one)."""
     import optuna
 
     scheme = url.split(":", 1)[0].split("+")[0] if ":" in url else ""
@@ -126,8 +117,7 @@ def open_storage(url: str):
 
 
 def open_study(name: str, storage, space: SearchSpace, fingerprint: str):
-    """The study `name` in an open storage (created if new), or a one-line refusal if it
-    searched another space or other data."""
+    """The study `name` (created if new), refused if it searched another space or data."""
     import optuna
 
     try:
@@ -160,8 +150,7 @@ def counted_states():
 
 
 def over_budget(study, number: int, budget: int) -> bool:
-    """Whether trial `number` came past the budget (workers asking at once pass the check
-    before asking); Optuna numbers trials in order, so the first `budget` are the study's."""
+    """Whether trial `number` is past the budget: the study's first `budget` trials by number."""
     from optuna.trial import TrialState
 
     ahead = study.get_trials(deepcopy=False, states=(*counted_states(), TrialState.WAITING))
@@ -188,8 +177,7 @@ def tune(
     helpers: tuple[list[str], ...] = (),
 ) -> TuneResult:
     """Add trials to the study until it holds `trials` and/or for `timeout` seconds, beside
-    the workers `helpers` (commands) start; the best so far. Trial n trains into
-    `<work_dir>/<study>/trial-<n>.pt`; `enqueue` fixes the next trials' parameters."""
+    the workers `helpers` (commands) start; trial n trains `<work_dir>/<study>/trial-<n>.pt`."""
     import optuna
     from optuna.trial import TrialState
 
@@ -198,10 +186,10 @@ def tune(
 
     if trials is None and timeout is None:
         raise PipelineError("give --trials N, --timeout S or both")
-    fingerprint = datasets.processed_fingerprint(processed_dir)
     if storage is None:
         config.TUNE_DB.parent.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{config.TUNE_DB}"
+    fingerprint = datasets.processed_fingerprint(processed_dir)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failure is the command's one line
     with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
         study = open_study(study_name, open_storage(storage), space, fingerprint)  # heartbeat
@@ -229,12 +217,8 @@ def tune(
             cfg, processed_dir, out, log=lambda line: log(f"trial {trial.number}: {line}"),
             progress=False, force=True, callbacks=[run, Pruning(trial, run)],
         )  # fmt: skip
-        trial.set_user_attr("checkpoint", str(out))
-        if (run_id := run.id()) is not None:
-            trial.set_user_attr("run_id", run_id)
-            trial.set_user_attr(
-                "kept", str(config.run_dir(run_id, run.session.runs_dir) / out.name)
-            )
+        if kept := run.kept():
+            trial.set_user_attr("kept", kept)
         log(f"trial {trial.number}: val_acc {result.best_accuracy:.2%} {_brief(options)}")
         return result.best_accuracy
 
@@ -261,23 +245,20 @@ def tune(
         raise error from None
     finally:  # a worker left behind by an error here is stopped as this one is
         for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
+            worker.terminate()  # nothing when it has ended
             worker.wait()
     if failed:
         raise PipelineError(
             f"--workers: {len(failed)} of the {len(workers)} other workers failed (exit "
             f"{', '.join(map(str, failed))}); their error lines are above"
         )
-    result = summarize(study, space, processed_dir, parent)
     left = len(study.get_trials(states=counted_states()))
-    if timeout is not None and (trials is None or left < trials):
-        result = replace(result, timed_out_after=len(ran))
-    return result
+    timed_out = timeout is not None and (trials is None or left < trials)
+    return summarize(study, space, processed_dir, parent, len(ran) if timed_out else None)
 
 
 class Pruning(Callback):
-    """Reports a trial's validation accuracy per epoch; stops a trial that falls behind."""
+    """Reports a trial's validation accuracy per epoch; stops one that falls behind."""
 
     def __init__(self, trial, run):
         self.trial, self.run = trial, run
@@ -297,29 +278,22 @@ def _brief(options: dict[str, Any]) -> str:
     )
 
 
-def summarize(study, space: SearchSpace, processed_dir: Path, parent):
+def summarize(study, space: SearchSpace, processed_dir: Path, parent, timed_out_after):
     """The study's best trial and how to train it again; the parent run gets its score."""
-    from optuna.trial import TrialState
-
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if not done:
+    states = Counter(t.state.name for t in study.trials if not t.user_attrs.get("over_budget"))
+    if not states["COMPLETE"]:
         raise PipelineError(f"--study {study.study_name}: no trial finished yet; give more time")
     best = study.best_trial
     options = dict(best.params)
-    options.setdefault("augment_strength", None)
-    seed, device = best.user_attrs.get("seed", 0), best.user_attrs.get("device", "auto")
-    extra: dict[str, Any] = {}
-    if device != "auto":
-        extra["device"] = device
+    device = best.user_attrs.get("device", "auto")
+    extra: dict[str, Any] = {"device": device} if device != "auto" else {}
     if processed_dir != config.PROCESSED_DIR:
         extra["processed_dir"] = processed_dir
-    command = train_command(options, space.model, seed, extra)
-    states = Counter(t.state.name for t in study.trials if not t.user_attrs.get("over_budget"))
+    command = train_command(options, space.model, best.user_attrs.get("seed", 0), extra)
     parent.log_metrics({"best_val_acc": best.value})
     parent.set_tags({"best_trial": best.number, "reproduce": command})
     kept = Path(best.user_attrs.get("kept", ""))
     if kept.is_file():  # `--run <the study's run>` is then its best model
         parent.set_tags({"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)})
-    running = states[TrialState.RUNNING.name]
-    return TuneResult(study.study_name, best.number, best.value, options, command, dict(states),
-                      running=running)  # fmt: skip
+    return TuneResult(study.study_name, best.number, best.value, command, dict(states),
+                      timed_out_after, states["RUNNING"])  # fmt: skip
