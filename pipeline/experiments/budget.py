@@ -183,9 +183,9 @@ class Pace:
     """`train_members`' `pace`: after each member, replans when the run falls behind; without
     a plan (a GPU, or --epochs/--members given) it says the ETA at the pace so far."""
 
-    def __init__(self, budget_s, start, slots, plan=None, costs=()):
+    def __init__(self, budget_s, start, slots, plan=None, costs=(), reserve_s=0.0):
         self.budget_s, self.start, self.slots, self.plan = budget_s, start, slots, plan
-        self.costs = costs
+        self.costs, self.reserve_s = costs, reserve_s
 
     def __call__(self, member, train) -> str | None:
         now, n = time.perf_counter(), len(train.configs)
@@ -194,7 +194,7 @@ class Pace:
             left = math.ceil((n - len(train.results)) / self.slots)
             return f"budget: ETA {_clock(left * statistics.mean(walls.values()))}" * bool(walls)
         running = {k: now - t for k, t in train.started.items() if k not in train.results}
-        left_s = self.start + self.budget_s - self.plan.after_s - now
+        left_s = self.start + self.budget_s - self.reserve_s - self.plan.after_s - now
         new = replan(self.plan, self.costs, self.slots, walls, running, left_s)
         if not (changed := [k for k in range(n) if new.epochs[k] != self.plan.epochs[k]]):
             return None
@@ -213,9 +213,10 @@ class Pace:
         return f"budget: {spent / 60:.1f} min of the {self.budget_s / 60:g}-min budget{after}"
 
 
-def fit_budget(configs, budget_s, processed_dir, models_dir, jobs, sized, log, start):
-    """The member configs sized to the budget that began at `start` and the Pace that keeps
-    them to it; on a GPU, or unless `sized`, the configs as they are and an ETA-only Pace."""
+def fit_budget(configs, budget_s, processed_dir, models_dir, jobs, sized, reserve_s, log, start):
+    """The member configs sized to the budget that began at `start`, less `reserve_s` for what
+    follows, and the Pace that keeps them to it; on a GPU, or unless `sized`, the configs as
+    they are and an ETA-only Pace."""
     where = member_slots(configs[0].device, jobs)
     slots = min(len(where), len(configs))
     if where[0].type != "cpu" or not sized:
@@ -233,7 +234,7 @@ def fit_budget(configs, budget_s, processed_dir, models_dir, jobs, sized, log, s
         after_s = (held + counts["test"]) / (score_ips * slots)
         costs.append(Cost(cfg.epochs, epoch_s, after_s, k in finished))
     spent = time.perf_counter() - start
-    plan = size_plan(costs, slots, budget_s, spent, configs[0].folds or len(costs))
+    plan = size_plan(costs, slots, budget_s, reserve_s + spent, configs[0].folds or len(costs))
     configs = [replace(c, epochs=e) for c, e in zip(configs, plan.epochs, strict=False)]
     nets = Counter((describe(c), c.epochs, speeds[_net(c)][0]) for c in configs)
     said = ", ".join(f"{k}x {n} {e} epochs ({s:,.0f} img/s)" for (n, e, s), k in nets.items())
@@ -243,4 +244,4 @@ def fit_budget(configs, budget_s, processed_dir, models_dir, jobs, sized, log, s
         f"{said} on {slots} slot(s); ETA {_clock(eta)} ({(spent + eta) / 60:.1f} min with "
         f"scoring and predict) of the {budget_s / 60:g}-min budget"
     )
-    return configs, Pace(budget_s, start, slots, plan, costs[: len(configs)])
+    return configs, Pace(budget_s, start, slots, plan, costs[: len(configs)], reserve_s)
