@@ -7,6 +7,7 @@ the commands report, and the thread count that keeps a busy machine from stallin
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -342,3 +343,20 @@ def test_the_serve_load_test_prints_ordered_percentiles(
     )
     assert 20 < torch_rss <= torch_peak and 20 < onnx_rss <= onnx_peak
     assert onnx_rss < torch_rss  # torch alone holds hundreds of MB
+
+
+@pytest.mark.slow
+def test_the_distilled_model_is_load_tested_beside_the_ensemble_it_distils(
+    processed_dir, fast_checkpoint, tmp_path
+):
+    from pipeline.bench.run import bench_distilled
+    from pipeline.bench.serve_load import run_load_test
+
+    assert bench_distilled(None, tmp_path, processed_dir)[0].startswith("skipped the distilled")
+    for name in ("distilled", "best-0", "best-1"):
+        shutil.copy(fast_checkpoint, tmp_path / f"{name}.pt")
+    (fast,) = run_load_test([fast_checkpoint], processed_dir, requests=200)
+    title, one, members = bench_distilled(fast, tmp_path, processed_dir)
+    assert one.startswith("distilled.pt, ") and members.startswith("2 members (best-*.pt), ")
+    for row in (one, members):
+        assert " 0 errors" in row and re.search(r"p50 \d+\.\d\dx fast's$", row), row

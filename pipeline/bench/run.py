@@ -2,6 +2,7 @@
 
 import tempfile
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -27,6 +28,8 @@ from pipeline.bench.training import (
     bench_fast_recipe,
 )
 from pipeline.common.device import resolve_device
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import expand_checkpoints
 from pipeline.data.datasets import load_split
 from pipeline.data.prepare import prepare
 from pipeline.data.raw_csv import read_digits_csv
@@ -104,7 +107,24 @@ def bench_serve(checkpoint: Path, processed_dir: Path) -> str:
         f"torch ({checkpoint.name}), {runs[0].summary()}",
         f"onnxruntime ({graph.bytes / 1024:,.0f} KB .onnx), {by_onnx.summary()}",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + bench_distilled(runs[0], checkpoint.parent, processed_dir))
+
+
+def bench_distilled(fast, models_dir: Path, processed_dir: Path) -> list[str]:
+    """`make best`'s distilled model and the ensemble it distils, sent the same small requests as
+    the fast model (`fast`): the latency one model at the ensemble's accuracy saves."""
+    distilled, members = models_dir / config.DISTILLED_PATH.name, []
+    with suppress(PipelineError):  # none there
+        members = expand_checkpoints([config.members_glob("best", models_dir)])
+    if not distilled.is_file() or not members:
+        return [f"skipped the distilled model: {distilled} or best-*.pt missing (`make best`)"]
+    (one,), (all_,) = (run_load_test(paths, processed_dir) for paths in ([distilled], members))
+    ratio = lambda run: f"p50 {run.percentile(50) / fast.percentile(50):.2f}x fast's"  # noqa: E731
+    return [
+        "the distilled model and the ensemble it distils, the same requests:",
+        f"{distilled.name}, {one.summary()}; {ratio(one)}",
+        f"{len(members)} members (best-*.pt), {all_.summary()}; {ratio(all_)}",
+    ]
 
 
 def run_bench(
