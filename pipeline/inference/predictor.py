@@ -61,17 +61,6 @@ def load_for_inference(checkpoints: list[Path], device: torch.device) -> list[Lo
     return [LoadedModel(path, inference_model(c.model), c.meta) for path, c in checkpoints]
 
 
-def check_finite(logits: torch.Tensor, source: Path | None) -> torch.Tensor:
-    """`logits`, unless finite weights overflowed (argmax would label every digit 0)."""
-    if not bool(torch.isfinite(logits).all()):
-        what = f"{source}: its" if source is not None else "the model's"
-        raise PipelineError(
-            f"{what} outputs are NaN or infinite on these digits (its weights overflow float "
-            "arithmetic); retrain it or pick another checkpoint"
-        )
-    return logits
-
-
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
     """The image batch under each TTA shift; x is float in [0, 1]."""
     thetas = torch.tensor([[[1.0, 0.0, dx], [0.0, 1.0, dy]] for dx, dy in TTA_SHIFTS])
@@ -98,7 +87,14 @@ def predict_logits(
             ]
         outputs.append(torch.stack(logits).float().mean(0))
     model.train(was_training)
-    return check_finite(torch.cat(outputs), source)
+    logits = torch.cat(outputs)
+    if not bool(torch.isfinite(logits).all()):  # else argmax would label every digit 0
+        what = f"{source}: its" if source is not None else "the model's"
+        raise PipelineError(
+            f"{what} outputs are NaN or infinite on these digits (its weights overflow float "
+            "arithmetic); retrain it or pick another checkpoint"
+        )
+    return logits
 
 
 def mean_calibrated(logits: Sequence[torch.Tensor], temperatures: Sequence) -> torch.Tensor:

@@ -111,14 +111,11 @@ class CheckpointInfo(BaseModel):
 
 def checkpoint_info(member) -> CheckpointInfo:
     """A loaded member as /api/model shows it: no absolute path leaves the server."""
-    path, meta = member.path.resolve(), member.meta
+    path = member.path.resolve()
     shown = path.relative_to(config.ROOT) if path.is_relative_to(config.ROOT) else path.name
-    return CheckpointInfo(
-        name=path.name,
-        path=str(shown),
-        model=meta.get("model"),
-        val_accuracy=meta.get("val_accuracy"),
-        temperature=member.temperature,
+    meta = {"model": None, "val_accuracy": None} | member.meta
+    return CheckpointInfo.model_validate(
+        meta | {"name": path.name, "path": str(shown), "temperature": member.temperature}
     )
 
 
@@ -128,10 +125,6 @@ class ModelInfo(BaseModel):
     max_body_bytes: int = MAX_BODY_BYTES
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_decoded_bytes: int = MAX_DECODED_BYTES
-
-
-class Problem(BaseModel):
-    detail: str = Field(description="What was wrong with the request, in one sentence.")
 
 
 class UploadForm(BaseModel):  # for the API's documentation: `upload_bytes` reads the form
@@ -147,14 +140,12 @@ PREDICT_BODY = {
         },
     }
 }
-ERRORS = {status: {"model": Problem} for status in (400, 403, 408, 413, 415, 422, 503)}
 # 503, not 500: the request was fine and the server keeps serving; the model is at fault.
 NON_FINITE = "The model produced non-finite outputs for this input; the server keeps serving."
 PREDICT_DESCRIPTION = (
-    'JSON `{"pixels": [...]}`: 784 integers 0-255 in Kaggle\'s row order, light ink on black, '
-    "taken as is; or a multipart form whose field `file` holds a PNG or JPEG image of one digit "
-    "(preprocessed MNIST-style). Limits: see /api/model. Errors answer 4xx (503 when busy or "
-    "when the model fails) with a one-sentence `detail`."
+    f"{USAGE[0].upper()}{USAGE[1:]}: pixels in Kaggle's row order, light ink on black; an image "
+    "is preprocessed MNIST-style. Limits: see /api/model. Errors answer 4xx (503 when busy or "
+    "the model fails) with a one-sentence `detail`."
 )
 
 
@@ -206,7 +197,6 @@ def create_app(models: Models, loopback_only: bool = True) -> FastAPI:
         description=PREDICT_DESCRIPTION,
         openapi_extra=PREDICT_BODY,
         response_model=Prediction,
-        responses=ERRORS,
     )
     async def predict(request: Request) -> JSONResponse:
         body = await request.body()

@@ -166,13 +166,12 @@ def saturate(ink: np.ndarray) -> np.ndarray:
 
 
 def digitize(image: Image.Image | np.ndarray) -> np.ndarray:
-    """A Pillow image or uint8 grey array -> uint8 [28, 28] digit, light on dark (zeros if
-    blank)."""
+    """A Pillow image (a large one reduced in place: locating and scaling need no more detail)
+    or a uint8 grey array -> uint8 [28, 28] digit, light on dark (zeros if blank)."""
     if isinstance(image, np.ndarray):
         ink = ink_from_gray(np.asarray(image, dtype=np.float32) / 255.0)
     else:
-        if max(image.size) > 2 * WORK_SIDE:  # locating and scaling need no more detail
-            image = image.copy()
+        if max(image.size) > 2 * WORK_SIDE:
             image.thumbnail((WORK_SIDE, WORK_SIDE), Image.BOX)
         ink = ink_array(image)
     if ink_box(ink) is None:
@@ -182,10 +181,7 @@ def digitize(image: Image.Image | np.ndarray) -> np.ndarray:
 
 def digitize_bytes(data: bytes) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 [28, 28] digit; ImageError for a bad file or a blank image."""
-    image = decode_image(data)
-    if max(image.size) > 2 * WORK_SIDE:  # in place: the full-size pixels are freed at once
-        image.thumbnail((WORK_SIDE, WORK_SIDE), Image.BOX)
-    digit = digitize(image)
+    digit = digitize(decode_image(data))
     if not digit.any():
         raise ImageError("The image is blank: no digit was found in it.")
     return digit

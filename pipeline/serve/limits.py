@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -99,14 +99,13 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        csp = DOCS_CSP if scope["path"] in ("/docs", "/docs/oauth2-redirect") else None
+        extra = SECURITY_HEADERS
+        if scope["path"] in ("/docs", "/docs/oauth2-redirect"):
+            extra = extra | {"Content-Security-Policy": DOCS_CSP}
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = SECURITY_HEADERS | ({"Content-Security-Policy": csp} if csp else {})
-                message["headers"] = list(message.get("headers", [])) + [
-                    (name.lower().encode(), value.encode()) for name, value in extra.items()
-                ]
+                MutableHeaders(scope=message).update(extra)
             await send(message)
 
         body = refusal(scope["method"], headers, self.loopback_only) or await read_body(
