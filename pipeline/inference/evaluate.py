@@ -1,8 +1,5 @@
-"""Stage 4: how good is a model? Accuracy, per-class report, confusions, worst mistakes.
-
-Kaggle hides the test labels, so models are judged on the validation split. The offline
-sample ships its test labels, so there a submission file can be scored too.
-"""
+"""Stage 4: how good is a model? Accuracy, per-class report, confusions, worst mistakes, on
+the validation split (Kaggle hides the test labels; the offline sample's score a submission)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +36,8 @@ def evaluate(
     figures_dir: Path = config.FIGURES_DIR,
     gallery_size: int = 24,
 ) -> Evaluation:
-    """Score a model (a checkpoint or an exported `.onnx`) on a labelled split by its calibrated
-    probabilities, and draw its confusion matrix and mistakes."""
+    """Score a checkpoint or `.onnx` on a labelled split by its calibrated probabilities, and
+    draw its confusion matrix and mistakes."""
     from sklearn.metrics import classification_report, confusion_matrix  # slow import
 
     split = Split(split).value  # only a split name: never a path that leads elsewhere

@@ -1,8 +1,7 @@
 """`pipeline export`: a checkpoint (or an ensemble of them) as one self-contained ONNX file.
 
-The graph takes `images`, uint8 [N, 1, 28, 28], and returns `probabilities`, float32 [N, 10]:
-normalisation, each member's temperature and the mean (`predictor.mean_calibrated`) are inside,
-so a caller needs only ONNX Runtime. Before anything is written the graph passes `onnx.checker`
+Normalisation, each member's temperature and the mean (`predictor.mean_calibrated`) are inside
+the graph (its signature: `onnx_runtime`). Before anything is written it passes `onnx.checker`
 and our own loader, and must match torch on real validation digits.
 """
 
@@ -24,6 +23,7 @@ from pipeline.inference.onnx_runtime import (
     FORMAT,
     FORMAT_VERSION,
     INPUT,
+    INPUT_SHAPE,
     OUTPUT,
     is_onnx,
     open_onnx,
@@ -66,8 +66,8 @@ class ProbabilityGraph(nn.Module):
 def metadata(
     paths: list[Path], metas: list[dict[str, Any]], ensemble_accuracy: float | None
 ) -> dict[str, str]:
-    """The metadata props (strings; numbers and structures as JSON). For an ensemble, `model`
-    joins the names with "+" and `val_accuracy` is the ensemble's, when its data was at hand."""
+    """The metadata props (numbers and structures as JSON); an ensemble's `model` joins the
+    names with "+", its `val_accuracy` is the ensemble's when its data was at hand."""
     names = sorted({m["model"] for m in metas})
     fingerprints = {m.get("data_fingerprint") for m in metas}
     kept = ("model", "val_accuracy", "data_fingerprint", "seed", "normalization")
@@ -101,12 +101,11 @@ def metadata(
 
 
 def _export_graph(graph: ProbabilityGraph, paths: list[Path]):
-    """torch.onnx's ModelProto of `graph` (the torch.export-based exporter, the supported one),
-    or a one-line PipelineError."""
+    """torch.onnx's ModelProto of `graph` (the torch.export-based exporter, the supported one)."""
     import onnx  # noqa: F401  (the exporter's own import error is less clear)
     import onnxscript  # noqa: F401
 
-    example = torch.zeros(2, 1, config.IMAGE_SIDE, config.IMAGE_SIDE, dtype=torch.uint8)
+    example = torch.zeros(2, *INPUT_SHAPE, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1)
     try:
         program = torch.onnx.export(
@@ -137,8 +136,8 @@ def export_onnx(
     out: Path,
     processed_dir: Path = config.PROCESSED_DIR,
 ) -> ExportResult:
-    """Export the checkpoints (quoted globs expand) as one graph to `out`, checked first; the
-    validation split of `processed_dir` is compared (and scores an ensemble trained on it)."""
+    """The checkpoints as one graph in `out`, compared first on the validation split of
+    `processed_dir` (which scores an ensemble trained on it)."""
     if not is_onnx(out):
         raise PipelineError(f"--out {out}: give a file name ending in .onnx")
     check_writable(out)
@@ -150,38 +149,18 @@ def export_onnx(
     val = load_split(processed_dir, "val")
     if len(val) == 0:
         raise PipelineError(f"{processed_dir}: its validation split is empty; nothing to compare")
+    import onnx
 
     proto = _export_graph(ProbabilityGraph(members).eval(), paths)
-    images = val.images[:PARITY_DIGITS]
-    reference = ensemble_probabilities(members, TensorDigits(images), len(images)).numpy()
-
-    model = open_onnx(_with_props(proto, paths, metas, None), out)  # as a user will run it
-    answer = model.predict(images.numpy())
-    diff = float(np.abs(answer - reference).max())
-    if not diff < TOLERANCE or not np.array_equal(answer.argmax(1), reference.argmax(1)):
-        raise PipelineError(
-            f"{out}: the ONNX graph differs from torch on {len(images)} validation digits "
-            f"(max |dp| {diff:.2e}, tolerance {TOLERANCE:.0e}); nothing written"
-        )
-    ensemble_accuracy = None
     same_data = {m.get("data_fingerprint") for m in metas} == {
         processed_fingerprint(processed_dir)
     }
-    if len(paths) > 1 and same_data and val.labels is not None:
-        predicted = model.predict(val.images.numpy()).argmax(1)
-        ensemble_accuracy = float((predicted == val.labels.numpy()).mean())
-    data = _with_props(proto, paths, metas, ensemble_accuracy)
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(data)
+    scored = len(paths) > 1 and same_data and val.labels is not None  # the ensemble's accuracy
+    images = val.images if scored else val.images[:PARITY_DIGITS]
+    probs = ensemble_probabilities(members, TensorDigits(images)).numpy()
+    ensemble_accuracy = float((probs.argmax(1) == val.labels.numpy()).mean()) if scored else None
     props = metadata(paths, metas, ensemble_accuracy)
-    return ExportResult(out, len(paths), len(data), len(images), diff, props)
-
-
-def _with_props(proto, paths: list[Path], metas: list[dict], ensemble_accuracy) -> bytes:
-    """The graph's bytes with our metadata props, after `onnx.checker` passes them."""
-    import onnx
-
-    onnx.helper.set_model_props(proto, metadata(paths, metas, ensemble_accuracy))
+    onnx.helper.set_model_props(proto, props)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -189,4 +168,16 @@ def _with_props(proto, paths: list[Path], metas: list[dict], ensemble_accuracy) 
         raise PipelineError(
             f"{paths[0]}: the exported graph fails onnx.checker ({first})"
         ) from None
-    return proto.SerializeToString()
+    data = proto.SerializeToString()
+    images = val.images[:PARITY_DIGITS].numpy()
+    answer = open_onnx(data, out).predict(images)  # as a user will run it
+    reference = probs[: len(images)]
+    diff = float(np.abs(answer - reference).max())
+    if not diff < TOLERANCE or not np.array_equal(answer.argmax(1), reference.argmax(1)):
+        raise PipelineError(
+            f"{out}: the ONNX graph differs from torch on {len(images)} validation digits "
+            f"(max |dp| {diff:.2e}, tolerance {TOLERANCE:.0e}); nothing written"
+        )
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    return ExportResult(out, len(paths), len(data), len(images), diff, props)

@@ -1,9 +1,6 @@
 """Running an exported `.onnx` digit reader on ONNX Runtime, without torch (NumPy only).
-
-A file is checked whole before use: bounded size, exactly `pipeline export`'s signature and
-metadata, probabilities for a blank digit; any batch later answered with other than
-probabilities is a one-line PipelineError naming the file.
-"""
+A file is checked whole before use (size, `pipeline export`'s signature and metadata, a blank
+digit), and every batch's answer after."""
 
 import json
 import os
@@ -41,44 +38,39 @@ class OnnxModel:
 
     @property
     def temperature(self) -> float:
-        """A one-member graph's baked-in calibration temperature; 1.0 for an ensemble, whose
-        members each carry their own inside the graph."""
+        """A one-member graph's baked-in temperature; 1.0 for an ensemble (one per member)."""
         (member, *others) = self.meta["members"] or [{}]  # a list: checked at load
         value = member.get("temperature") if isinstance(member, dict) and not others else None
         return float(value) if type(value) in (int, float) and value > 0 else 1.0
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, 1, 28, 28] digits (0 = background) -> float32 [N, 10], in batches."""
+        """uint8 [N, 1, 28, 28] digits -> float32 [N, 10], in batches, each checked: damaged
+        weights can answer NaN on real digits and fine on a blank one."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE:
             raise ValueError(f"expected uint8 [N, 1, 28, 28] digits, got {images.shape}")
         out = np.empty((len(images), config.N_CLASSES), np.float32)
         for start in range(0, len(images), BATCH):
             chunk = images[start : start + BATCH]
-            answer = self.session.run([OUTPUT], {INPUT: chunk})[0]
-            out[start : start + len(chunk)] = self.checked(answer, len(chunk))
+            probs = self.session.run([OUTPUT], {INPUT: chunk})[0]
+            if probs.shape != (len(chunk), config.N_CLASSES) or not np.isfinite(probs).all():
+                problem = "NaN, infinite or not ten per digit"
+            elif probs.min() < -TOLERANCE or probs.max() > 1 + TOLERANCE:
+                problem = "outside [0, 1]"
+            elif np.abs(probs.sum(1) - 1).max() > TOLERANCE:
+                problem = "rows not summing to 1"
+            else:
+                out[start : start + len(chunk)] = probs
+                continue
+            raise PipelineError(
+                f"{self.path}: its outputs are not probabilities on these digits ({problem}); "
+                "export it again"
+            )
         return out
-
-    def checked(self, probs: np.ndarray, n: int) -> np.ndarray:
-        """`probs`, or a one-line error if they are not n rows of ten probabilities: a graph
-        with damaged weights can answer NaN on real digits and fine on a blank one, and
-        argmax would silently label every digit 0."""
-        if probs.shape != (n, config.N_CLASSES) or not np.isfinite(probs).all():
-            problem = "NaN, infinite or not ten per digit"
-        elif probs.min() < -TOLERANCE or probs.max() > 1 + TOLERANCE:
-            problem = "outside [0, 1]"
-        elif np.abs(probs.sum(1) - 1).max() > TOLERANCE:
-            problem = "rows not summing to 1"
-        else:
-            return probs
-        raise PipelineError(
-            f"{self.path}: its outputs are not probabilities on these digits ({problem}); "
-            "export it again"
-        )
 
 
 def _decode(value: str) -> Any:
-    """A metadata prop: the numbers and lists among these strings are written as JSON."""
+    """A metadata prop: numbers and structures are written as JSON."""
     try:
         return json.loads(value)
     except ValueError:
@@ -98,18 +90,13 @@ def _check_signature(path: Path, session: Any) -> None:
     (images,), (probs,) = session.get_inputs(), session.get_outputs()
     shape = list(images.shape)
     # A fixed batch size (an int) will not do: serve and predict need any N.
-    if (
-        images.type != "tensor(uint8)"
-        or len(shape) != 4
-        or isinstance(shape[0], int)
-        or (tuple(shape[1:]) != INPUT_SHAPE)
-    ):
+    if images.type != "tensor(uint8)" or tuple(shape[1:]) != INPUT_SHAPE or type(shape[0]) is int:
         raise PipelineError(
             f"{path}: the input `images` must be uint8 [N, 1, 28, 28] with a dynamic N, "
             f"not {images.type} {shape}"
         )
     shape = list(probs.shape)
-    if probs.type != "tensor(float)" or len(shape) != 2 or shape[1] != config.N_CLASSES:
+    if probs.type != "tensor(float)" or shape[1:] != [config.N_CLASSES]:
         raise PipelineError(
             f"{path}: the output `probabilities` must be float32 [N, 10], not {probs.type} {shape}"
         )
@@ -133,18 +120,6 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
         raise PipelineError(f"{path}: its metadata val_accuracy is not a number")
 
 
-def session_options(threads: int | None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: they come back to us as exceptions anyway
-    asked = os.environ.get("OMP_NUM_THREADS", "")  # a count asked for, as for torch
-    if threads := threads or (int(asked) if asked.isdigit() and int(asked) > 0 else None):
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return options
-
-
 def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
     """Open an exported graph on ONNX Runtime's CPU provider and check it is one of ours;
     `threads` caps the intra-op threads (None: OMP_NUM_THREADS if set, else one per core)."""
@@ -154,25 +129,25 @@ def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
     size = path.stat().st_size
     if size > MAX_ONNX_BYTES:
         raise PipelineError(f"{path}: {size:,} bytes, over the {MAX_ONNX_BYTES:,} allowed")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PipelineError(f"{path}: cannot be read ({exc.strerror})") from None
-    return open_onnx(data, path, threads)
+    return open_onnx(str(path), path, threads)
 
 
-def open_onnx(data: bytes, path: Path, threads: int | None = None) -> OnnxModel:
-    """`load_onnx` on bytes already in memory (`pipeline export` checks before it writes)."""
+def open_onnx(source: str | bytes, path: Path, threads: int | None = None) -> OnnxModel:
+    """`load_onnx` on a file or on bytes (`pipeline export` checks before it writes)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise PipelineError(
             f"{path}: ONNX files need onnxruntime (pip install onnxruntime)"
         ) from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: they come back to us as exceptions anyway
+    asked = os.environ.get("OMP_NUM_THREADS", "")  # a count asked for, as for torch
+    if threads := threads or (int(asked) if asked.isdigit() and int(asked) > 0 else None):
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(
-            data, session_options(threads), providers=["CPUExecutionProvider"]
-        )
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own pybind types for every failure
         reason = " ".join(str(exc).split())[:120]
         raise PipelineError(
@@ -193,8 +168,8 @@ def open_onnx(data: bytes, path: Path, threads: int | None = None) -> OnnxModel:
 
 
 def onnx_only(paths: list[Path], device: str = "auto", tta: bool = False) -> bool:
-    """True when every model is an `.onnx` file, False when none is; mixing is refused (a
-    graph already averages its members: weighing it against checkpoints would be a guess)."""
+    """Whether the models are `.onnx` files; mixing them with checkpoints is refused (a graph
+    already averages its members: weighing it against checkpoints would be a guess)."""
     kinds = {is_onnx(path) for path in paths}
     if kinds != {True}:
         if True in kinds:
@@ -212,8 +187,7 @@ def onnx_only(paths: list[Path], device: str = "auto", tta: bool = False) -> boo
 
 
 def mean_probabilities(models: list[OnnxModel], images: np.ndarray) -> np.ndarray:
-    """The mean over all members of their probabilities [N, 10] for uint8 [N, 1, 28, 28]
-    digits: each graph averages its own members, so it weighs as many as it holds."""
+    """The mean over all members: each graph weighs as many members as it averages."""
     answers = [model.predict(images) for model in models]
     weights = [len(model.meta["members"]) or 1 for model in models]
     return np.average(answers, axis=0, weights=weights).astype(np.float32)

@@ -1,9 +1,6 @@
 """Stage 5: label the test digits with one checkpoint or an ensemble; write submission.csv.
-
-Checkpoints run on torch, exported `.onnx` graphs on ONNX Runtime (torch never imported), both
-by the one averaging rule (`predictor.mean_calibrated`); the file is checked with `submit`'s
-rules before it is written.
-"""
+Checkpoints run on torch, `.onnx` graphs on ONNX Runtime (torch never imported), both by the
+one averaging rule (`predictor.mean_calibrated`)."""
 
 import time
 from collections.abc import Callable
@@ -32,8 +29,7 @@ class PredictResult:
 
 @dataclass(frozen=True)
 class Models:
-    """Loaded models as one function from uint8 digits [N, 1, 28, 28] to the mean of their
-    members' calibrated probabilities [N, 10] (NumPy), the one predictor's rule."""
+    """Loaded models as one function: uint8 digits [N, 1, 28, 28] -> probabilities [N, 10]."""
 
     members: list  # `predictor.LoadedModel`s or `onnx_runtime.OnnxModel`s: path, meta, temperature
     device: str  # where they run, e.g. "cpu" or "cuda:0"
@@ -43,8 +39,8 @@ class Models:
 def load_models(
     paths: list[Path], device="auto", tta=False, batch_size=256, threads: int | None = None
 ) -> Models:
-    """`.onnx` graphs on ONNX Runtime (they hold the rule inside; torch never imported), else
-    checkpoints on torch (`predictor.ensemble_probabilities`); `threads` caps the CPU threads."""
+    """`.onnx` graphs on ONNX Runtime (they hold the rule inside), else checkpoints on torch;
+    `threads` caps the CPU threads."""
     if onnx_only(paths, device, tta):
         graphs = [load_onnx(path, threads) for path in paths]
         return Models(graphs, "cpu (onnxruntime)", lambda x: mean_probabilities(graphs, x))
@@ -87,8 +83,7 @@ def predict(
     device: str = "auto",
     tta: bool = False,
 ) -> PredictResult:
-    """Load the models, label the processed test split, write the submission CSV and, last,
-    its `<stem>.source.json`: the models (by sha256) that wrote it, for `submit` to credit."""
+    """Label the processed test split; write the submission CSV and, last, its source record."""
     check_out(out, checkpoints, processed_dir)
     config.submission_source_path(out).unlink(missing_ok=True)  # never beside another file
     with phase("load"):
@@ -102,6 +97,5 @@ def predict(
         write_submission(labels, split.ids, out)
         write_source_record(out, checkpoints, tta)
     counts = np.bincount(labels, minlength=config.N_CLASSES).tolist()
-    # Only the offline sample ships answers for its test digits (Kaggle's are hidden).
-    from_sample = split.labels is not None
+    from_sample = split.labels is not None  # Kaggle's test labels are hidden
     return PredictResult(out, len(labels), dict(enumerate(counts)), seconds, from_sample)

@@ -1,6 +1,5 @@
 """Running trained models: load them for inference, logits in batches, TTA, ensembles, metrics.
-Every stage that reads a model's answers goes through here: one averaging rule for all.
-"""
+Every stage that reads a model's answers goes through here: one averaging rule for all."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,8 +34,7 @@ class LoadedModel:
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """Fold every BatchNorm2d that follows a Conv2d in a Sequential into that conv, in place
-    and for eval mode (every model here puts its BatchNorms there: `models.conv_bn`)."""
+    """Each BatchNorm2d after a Conv2d in a Sequential (`models.conv_bn`) folded into it."""
     for child in module.children():
         fold_batchnorm(child)
     if isinstance(module, nn.Sequential):
@@ -49,35 +47,18 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def inference_model(model: nn.Module) -> nn.Module:
-    """The model in eval mode with BatchNorm folded into the convolutions, in channels_last."""
-    model = fold_batchnorm(model.eval())
-    # Checkpoints load contiguous; with a 1-channel input only channels_last weights make the
-    # whole net run channels_last, where CPU pooling is several times faster.
-    return model.to(memory_format=torch.channels_last)
+    """The model in eval mode, BatchNorm folded, in channels_last: with a 1-channel input only
+    channels_last weights make the whole net run so, where CPU pooling is several times faster."""
+    return fold_batchnorm(model.eval()).to(memory_format=torch.channels_last)
 
 
 def load_for_inference(checkpoints: list[Path], device: torch.device) -> list[LoadedModel]:
-    """Each checkpoint loaded once, checked, and made ready for fast inference (on the CPU
-    with every free core: inference needs no fixed thread count for repeatability)."""
+    """Each checkpoint loaded, checked, made fast (on the CPU with every free core: inference
+    needs no fixed thread count for repeatability)."""
     if device.type == "cpu":
         use_free_cores()
-    loaded = []
-    for path in checkpoints:
-        checkpoint = load_checkpoint(path, device)
-        loaded.append(LoadedModel(path, inference_model(checkpoint.model), checkpoint.meta))
-    return loaded
-
-
-def check_finite(logits: torch.Tensor, source: Path | None) -> torch.Tensor:
-    """`logits`, or a one-line error naming the model's checkpoint if any is NaN or infinite:
-    finite weights can still overflow, and argmax would silently label every digit 0."""
-    if not bool(torch.isfinite(logits).all()):
-        what = f"{source}: its" if source is not None else "the model's"
-        raise PipelineError(
-            f"{what} outputs are NaN or infinite on these digits (its weights overflow float "
-            "arithmetic); retrain it or pick another checkpoint"
-        )
-    return logits
+    checkpoints = [(path, load_checkpoint(path, device)) for path in checkpoints]
+    return [LoadedModel(path, inference_model(c.model), c.meta) for path, c in checkpoints]
 
 
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
@@ -91,8 +72,7 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
 def predict_logits(
     model: nn.Module, data: TensorDigits, batch_size=256, tta=False, source: Path | None = None
 ) -> torch.Tensor:
-    """Logits [N,10] in dataset order (mean logits over views with `tta`), on model's device;
-    `source`, the model's checkpoint, is named if they are not finite."""
+    """Logits [N,10] in dataset order (the mean over views with `tta`), on model's device."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -107,12 +87,19 @@ def predict_logits(
             ]
         outputs.append(torch.stack(logits).float().mean(0))
     model.train(was_training)
-    return check_finite(torch.cat(outputs), source)
+    logits = torch.cat(outputs)
+    if not bool(torch.isfinite(logits).all()):  # else argmax would label every digit 0
+        what = f"{source}: its" if source is not None else "the model's"
+        raise PipelineError(
+            f"{what} outputs are NaN or infinite on these digits (its weights overflow float "
+            "arithmetic); retrain it or pick another checkpoint"
+        )
+    return logits
 
 
 def mean_calibrated(logits: Sequence[torch.Tensor], temperatures: Sequence) -> torch.Tensor:
-    """The one rule for an ensemble: the mean over members of softmax(logits / T), T each
-    member's calibration temperature. The exported ONNX graph computes this very function."""
+    """The one rule for an ensemble, the exported graph's too: the mean of softmax(logits / T)
+    over members, T each member's calibration temperature."""
     probs = [calibrated_probabilities(x, t) for x, t in zip(logits, temperatures, strict=True)]
     return torch.stack(probs).mean(0)
 
@@ -120,8 +107,7 @@ def mean_calibrated(logits: Sequence[torch.Tensor], temperatures: Sequence) -> t
 def ensemble_probabilities(
     members: list[LoadedModel], data: TensorDigits, batch_size: int = 256, tta: bool = False
 ) -> torch.Tensor:
-    """The members' probabilities [N, 10] on the CPU by `mean_calibrated` (each member's logits
-    first averaged over the test-time views with `tta`); one member gives its own."""
+    """The members' probabilities [N, 10] on the CPU by `mean_calibrated`."""
     logits = [predict_logits(m.model, data, batch_size, tta, m.path) for m in members]
     return mean_calibrated(logits, [m.temperature for m in members]).cpu()
 

@@ -1,19 +1,17 @@
-"""The FastAPI app of `pipeline serve` over loaded models: the page at /, the API at /api/.
+"""The FastAPI app of `pipeline serve`: the page at /, the API at /api/.
 
 JSON `{"pixels": [...]}` is taken as it is (a row of Kaggle's CSV gets the label `predict`
-gives it); a multipart form's field "file" holds one image, kept in memory (the body limit
-bounds it), which goes through `digitize` first. Every error answers 4xx (never a 500 for a
-request's fault) with a one-sentence `detail`. FastAPI's /docs loads Swagger UI from a CDN; the
-page at / loads nothing from outside.
+gives it); a multipart form's "file" is an image that `digitize` turns into one. Every error
+answers 4xx (never a 500 for a request's fault) with a one-sentence `detail`.
 """
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -36,52 +34,40 @@ class PixelsRequest(BaseModel):
     pixels: list[Pixel] = Field(min_length=config.N_PIXELS, max_length=config.N_PIXELS)
 
 
-def validation_message(errors: list[dict[str, Any]]) -> tuple[int, str]:
-    """The first pydantic error as (status, one sentence) in the API's words."""
-    error = errors[0] if errors else {"type": "", "loc": (), "msg": "invalid request"}
-    kind, loc, value = error["type"], tuple(error.get("loc", ())), error.get("input")
-    loc = tuple(part for part in loc if part != "body")  # FastAPI's prefix for body fields
-    if kind == "json_invalid" and "number out of range" in str(error.get("msg")):
-        return 422, f"pixels hold a number far outside 0-255; {USAGE}."  # JSON, too many digits
-    if kind == "json_invalid":
-        return 400, f"The body is not valid JSON; {USAGE}."
-    if kind == "model_type" or (kind == "dict_type" and not loc):
-        return 422, f"The JSON body must be an object; {USAGE}."
-    if kind == "missing":
-        return 422, f'The field "{loc[-1]}" is missing; {USAGE}.'
-    if kind == "extra_forbidden":
-        return 422, f'The field "{loc[-1]}" is not accepted; {USAGE}.'
-    if loc == ("pixels",) and kind in ("too_short", "too_long"):
-        count = len(value) if isinstance(value, list) else "another number of"
-        return 422, f"pixels must hold exactly {config.N_PIXELS} integers, not {count}."
-    if loc == ("pixels",):
-        return 422, f"pixels must be a list of {config.N_PIXELS} integers 0-255."
-    if len(loc) == 2 and loc[0] == "pixels":
-        shown = repr(value)[:20]
-        return 422, f"pixels[{loc[1]}] is {shown}, not an integer 0-255."
-    where = ".".join(str(part) for part in loc) or "the request"
-    message = " ".join(str(error.get("msg", "is invalid")).split()).rstrip(".")
-    return 422, f"{where}: {message}."
-
-
-def parse_pixels(body: bytes, media_type: str = "application/json") -> np.ndarray:
+def parse_pixels(body: bytes, media_type: str) -> np.ndarray:
     """A JSON body -> uint8 [28, 28], or HTTPException. Read as JSON whatever its Content-Type
     (curl -d says form); only a body that is not JSON blames a foreign Content-Type."""
     try:
         request = PixelsRequest.model_validate_json(body)
     except ValidationError as exc:
-        status, message = validation_message(exc.errors(include_url=False))
-        if status == 400 and media_type and not media_type.endswith("json"):
-            status = 415
+        error = exc.errors(include_url=False)[0]
+        kind, value, loc = error["type"], error.get("input"), error["loc"]
+        if kind == "json_invalid" and "number out of range" in error["msg"]:
+            message = f"pixels hold a number far outside 0-255; {USAGE}."
+        elif kind == "json_invalid" and media_type and not media_type.endswith("json"):
             message = f"The body is neither JSON nor a multipart form; {USAGE}."
-        raise HTTPException(status, message) from None
+            raise HTTPException(415, message) from None
+        elif kind == "json_invalid":
+            raise HTTPException(400, f"The body is not valid JSON; {USAGE}.") from None
+        elif not loc:
+            message = f"The JSON body must be an object; {USAGE}."
+        elif kind in ("missing", "extra_forbidden"):
+            accepted = "missing" if kind == "missing" else "not accepted"
+            message = f'The field "{loc[-1]}" is {accepted}; {USAGE}.'
+        elif kind in ("too_short", "too_long"):
+            count = len(value) if isinstance(value, list) else "another number of"
+            message = f"pixels must hold exactly {config.N_PIXELS} integers, not {count}."
+        elif len(loc) == 2:
+            message = f"pixels[{loc[1]}] is {repr(value)[:20]}, not an integer 0-255."
+        else:
+            message = f"pixels must be a list of {config.N_PIXELS} integers 0-255."
+        raise HTTPException(422, message) from None
     return np.asarray(request.pixels, dtype=np.uint8).reshape(config.IMAGE_SIDE, -1)
 
 
 class InMemoryMultiPartParser(MultiPartParser):
-    """Starlette's parser with uploads kept in memory (the body limit bounds them already):
-    `request.form()` spools files over 1 MB to disk and has no option for it; pinned by
-    test_uploads_stay_in_memory."""
+    """`request.form()` spools files over 1 MB to disk and has no option for it; the body limit
+    bounds them already (test_uploads_stay_in_memory)."""
 
     spool_max_size = MAX_BODY_BYTES
 
@@ -109,13 +95,6 @@ async def upload_bytes(request: Request, body: bytes) -> bytes:
     return await upload.read()
 
 
-STATIC_FILES = {  # name -> media type; read once into memory by create_app
-    "index.html": "text/html; charset=utf-8",
-    "app.js": "text/javascript; charset=utf-8",
-    "style.css": "text/css; charset=utf-8",
-}
-
-
 class Prediction(BaseModel):
     label: int = Field(ge=0, le=9, description="The most probable digit.")
     probabilities: list[float] = Field(description="P(digit) for 0..9, the one predictor's.")
@@ -132,14 +111,11 @@ class CheckpointInfo(BaseModel):
 
 def checkpoint_info(member) -> CheckpointInfo:
     """A loaded member as /api/model shows it: no absolute path leaves the server."""
-    path, meta = member.path.resolve(), member.meta
+    path = member.path.resolve()
     shown = path.relative_to(config.ROOT) if path.is_relative_to(config.ROOT) else path.name
-    return CheckpointInfo(
-        name=path.name,
-        path=str(shown),
-        model=meta.get("model"),
-        val_accuracy=meta.get("val_accuracy"),
-        temperature=member.temperature,
+    meta = {"model": None, "val_accuracy": None} | member.meta
+    return CheckpointInfo.model_validate(
+        meta | {"name": path.name, "path": str(shown), "temperature": member.temperature}
     )
 
 
@@ -149,10 +125,6 @@ class ModelInfo(BaseModel):
     max_body_bytes: int = MAX_BODY_BYTES
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_decoded_bytes: int = MAX_DECODED_BYTES
-
-
-class Problem(BaseModel):
-    detail: str = Field(description="What was wrong with the request, in one sentence.")
 
 
 class UploadForm(BaseModel):  # for the API's documentation: `upload_bytes` reads the form
@@ -168,20 +140,18 @@ PREDICT_BODY = {
         },
     }
 }
-ERRORS = {status: {"model": Problem} for status in (400, 403, 408, 413, 415, 422, 503)}
 # 503, not 500: the request was fine and the server keeps serving; the model is at fault.
 NON_FINITE = "The model produced non-finite outputs for this input; the server keeps serving."
 PREDICT_DESCRIPTION = (
-    'JSON `{"pixels": [...]}`: 784 integers 0-255 in Kaggle\'s row order, light ink on black, '
-    "taken as is; or a multipart form whose field `file` holds a PNG or JPEG image of one digit "
-    "(preprocessed MNIST-style). Limits: see /api/model. Errors answer 4xx (503 when busy or "
-    "when the model fails) with a one-sentence `detail`."
+    f"{USAGE[0].upper()}{USAGE[1:]}: pixels in Kaggle's row order, light ink on black; an image "
+    "is preprocessed MNIST-style. Limits: see /api/model. Errors answer 4xx (503 when busy or "
+    "the model fails) with a one-sentence `detail`."
 )
 
 
 def create_app(models: Models, loopback_only: bool = True) -> FastAPI:
-    """The ASGI app over already-loaded models. `loopback_only`: Host names other than
-    localhost's are refused; setting `app.state.stopping` answers bodies still arriving 503."""
+    """The ASGI app over loaded models; `loopback_only` refuses Host names but localhost's.
+    Setting `app.state.stopping` answers bodies still arriving 503."""
     app = FastAPI(
         title="Digit Recognizer",
         summary="Draw a digit, or send one, and read what the trained model says.",
@@ -190,12 +160,6 @@ def create_app(models: Models, loopback_only: bool = True) -> FastAPI:
     )
     app.state.stopping = asyncio.Event()
     app.add_middleware(RequestGuard, stopping=app.state.stopping, loopback_only=loopback_only)
-
-    # Every error, the request's or ours, as a JSON `detail` of one sentence.
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        status, message = validation_message(list(exc.errors()))
-        return JSONResponse({"detail": message}, status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -211,18 +175,13 @@ def create_app(models: Models, loopback_only: bool = True) -> FastAPI:
         return JSONResponse({"detail": "The server failed on this request; see its log."}, 500)
 
     decodes = DecodeSlots()
-    files = {name: (config.STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
+    page_html = (config.STATIC_DIR / "index.html").read_bytes()
     info = ModelInfo(checkpoints=list(map(checkpoint_info, models.members)), device=models.device)
+    app.mount("/static", StaticFiles(directory=config.STATIC_DIR))
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(files["index.html"])
-
-    @app.get("/static/{name}", include_in_schema=False)
-    async def static(name: str) -> Response:
-        if name not in files or name == "index.html":
-            raise HTTPException(404)
-        return Response(files[name], media_type=STATIC_FILES[name])
+        return HTMLResponse(page_html)
 
     @app.get("/api/health", summary="Is the server up?")
     async def health() -> dict[str, str]:
@@ -238,7 +197,6 @@ def create_app(models: Models, loopback_only: bool = True) -> FastAPI:
         description=PREDICT_DESCRIPTION,
         openapi_extra=PREDICT_BODY,
         response_model=Prediction,
-        responses=ERRORS,
     )
     async def predict(request: Request) -> JSONResponse:
         body = await request.body()
@@ -253,8 +211,7 @@ def create_app(models: Models, loopback_only: bool = True) -> FastAPI:
                 raise HTTPException(422, str(exc)) from None
         else:
             digit = parse_pixels(body, kind)
-        # Inference runs on the event loop, one digit at a time: well under a millisecond for
-        # these models, less than a hop to a worker thread costs.
+        # On the event loop: well under a millisecond, less than a hop to a thread costs.
         try:
             probs = models.predict(digit[None, None])[0]
         except PipelineError:  # inference refuses non-finite outputs

@@ -1,9 +1,8 @@
 """MNIST-style preprocessing: any drawing, photo or scan of one digit -> a uint8 28x28 digit.
 
 MNIST digits are light ink on black, the ink's box scaled to fit 20x20 (aspect kept,
-anti-aliased) and placed so the ink's centre of mass sits at the field's centre. A model trained
-on them misreads a small, off-centre, dark-on-light or thin digit; the server makes every upload
-look like MNIST first. NumPy, Pillow and scipy.ndimage only; nothing touches the disk.
+anti-aliased) and centred by mass. A model trained on them misreads a small, off-centre,
+dark-on-light or thin digit, so every upload is made to look like MNIST first.
 """
 
 import io
@@ -22,13 +21,11 @@ MIN_STROKE = 2.0  # MNIST strokes are 2-3 pixels wide in the 20-pixel box; thinn
 # the prepared digits). Resizing softens strokes, so the median inked pixel is brought to 255.
 SATURATED = 0.5
 
-# Uploads: what is decoded at all. A 5000x5000 scan passes; a decompression bomb (a small file
-# that decodes to gigabytes) is refused from its header, before any pixel is decoded.
+# A 5000x5000 scan passes; a decompression bomb is refused from its header.
 FORMATS = ("PNG", "JPEG")
 MAX_IMAGE_PIXELS = 25_000_000
-# And what the decoded pixels may take: a 16-bit RGBA PNG of 5000x5000 is 48 KB of file and
-# 100 MB decoded. 64 MB lets through a 16-megapixel colour PNG or a 25-megapixel grey one;
-# JPEG photos decode at a reduced scale (`draft`), so their size is counted after it.
+# A 16-bit RGBA PNG of 5000x5000 is 48 KB of file and 100 MB decoded; 64 MB lets through a
+# 16-megapixel colour PNG or a 25-megapixel grey one (JPEGs counted after `draft`).
 MAX_DECODED_BYTES = 64 * 1024 * 1024
 ONE_BYTE_MODES = ("1", "L", "P")  # Pillow keeps 2 bytes a pixel for I;16*, 4 for the rest
 WORK_SIDE = 560  # large photos are reduced to about this size before the digit is located
@@ -36,12 +33,12 @@ WORK_BOX = 8 * BOX  # a larger ink crop is averaged down to this before thickeni
 
 
 class ImageError(ValueError):
-    """An upload that is not a usable image of a digit; the message is one sentence."""
+    """An upload that is not a usable image of a digit, in one sentence."""
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """PNG or JPEG bytes -> a Pillow image, or ImageError; the size is checked from the header
-    first (Pillow's process-wide MAX_IMAGE_PIXELS is left as it is)."""
+    """PNG or JPEG bytes -> a Pillow image, its size checked from the header first (Pillow's
+    process-wide MAX_IMAGE_PIXELS is left as it is)."""
     if not data:
         raise ImageError("The file is empty; send a PNG or JPEG image.")
     try:
@@ -80,8 +77,8 @@ def decoded_bytes(mode: str, size: tuple[int, int]) -> int:
 
 
 def ink_array(image: Image.Image) -> np.ndarray:
-    """float32 [H, W] in [0, 1], 1 where the ink is strongest: from the alpha channel of a
-    transparent image (strokes of any colour), else from the luminance (`ink_from_gray`)."""
+    """float32 [H, W] in [0, 1]: the alpha of a transparent image (strokes of any colour), else
+    the luminance."""
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
@@ -98,8 +95,7 @@ def ink_array(image: Image.Image) -> np.ndarray:
 
 
 def ink_from_gray(gray: np.ndarray) -> np.ndarray:
-    """Grey levels in [0, 1], either polarity (a light border is paper) -> ink in [0, 1]: the
-    background level subtracted, the strongest ink stretched to 1."""
+    """Grey levels in [0, 1], either polarity (a light border is paper) -> ink in [0, 1]."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = float(np.median(border))
     if background > 0.5:  # dark ink on light paper
@@ -113,7 +109,7 @@ def _stretch(ink: np.ndarray) -> np.ndarray:
 
 
 def ink_box(ink: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(left, top, right, bottom), ends exclusive, of the inked pixels; None if blank."""
+    """(left, top, right, bottom) of the inked pixels; None if blank."""
     return Image.fromarray((ink > INK_THRESHOLD).astype(np.uint8)).getbbox()
 
 
@@ -129,9 +125,8 @@ def stroke_width(ink: np.ndarray) -> float:
 
 
 def fit_box(ink: np.ndarray) -> np.ndarray:
-    """Crop to the ink's bounding box and scale its longer side to `box` pixels with LANCZOS
-    (shrinking averages whole pixels, MNIST's anti-aliasing). A large crop is first averaged
-    down to WORK_BOX (bounded work); strokes that would end thinner than MIN_STROKE thicken."""
+    """The ink's bounding box scaled to fit BOX (LANCZOS: MNIST's anti-aliasing), a large crop
+    first averaged down to WORK_BOX; strokes that would end thinner than MIN_STROKE thicken."""
     left, top, right, bottom = ink_box(ink)
     crop = ink[top:bottom, left:right]
     if max(crop.shape) > WORK_BOX:
@@ -154,8 +149,7 @@ def _resize(ink: np.ndarray, scale: float, method: int) -> np.ndarray:
 
 
 def place_by_mass(patch: np.ndarray) -> np.ndarray:
-    """Paste `patch` into the field so its centre of mass lands on the centre, the whole patch
-    kept inside (a lopsided digit may not centre exactly)."""
+    """`patch` in the field, its centre of mass as near the centre as the field allows."""
     field = np.zeros((SIDE, SIDE), dtype=np.float32)
     (height, width), (row, col) = patch.shape, center_of_mass(patch)
     top = min(max(int(round(CENTRE - row)), 0), SIDE - height)
@@ -172,13 +166,12 @@ def saturate(ink: np.ndarray) -> np.ndarray:
 
 
 def digitize(image: Image.Image | np.ndarray) -> np.ndarray:
-    """A Pillow image, or a uint8 grey array (either polarity), -> uint8 [28, 28] digit, light
-    on dark as in Kaggle's CSVs; all zeros when there is no ink."""
+    """A Pillow image (a large one reduced in place: locating and scaling need no more detail)
+    or a uint8 grey array -> uint8 [28, 28] digit, light on dark (zeros if blank)."""
     if isinstance(image, np.ndarray):
         ink = ink_from_gray(np.asarray(image, dtype=np.float32) / 255.0)
     else:
-        if max(image.size) > 2 * WORK_SIDE:  # locating and scaling need no more detail
-            image = image.copy()
+        if max(image.size) > 2 * WORK_SIDE:
             image.thumbnail((WORK_SIDE, WORK_SIDE), Image.BOX)
         ink = ink_array(image)
     if ink_box(ink) is None:
@@ -188,11 +181,7 @@ def digitize(image: Image.Image | np.ndarray) -> np.ndarray:
 
 def digitize_bytes(data: bytes) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 [28, 28] digit; ImageError for a bad file or a blank image."""
-    image = decode_image(data)
-    if max(image.size) > 2 * WORK_SIDE:  # in place: the full-size pixels are freed at once
-        image.thumbnail((WORK_SIDE, WORK_SIDE), Image.BOX)
-    digit = digitize(image)
-    del image
+    digit = digitize(decode_image(data))
     if not digit.any():
         raise ImageError("The image is blank: no digit was found in it.")
     return digit

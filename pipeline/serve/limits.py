@@ -1,35 +1,31 @@
 """What a request may cost `pipeline serve`, and who may send one.
 
-A body is read whole (at most MAX_BODY_BYTES, within BODY_TIMEOUT_S) before anything parses it,
-and a server shutting down refuses bodies still arriving, so Ctrl-C never waits on a client. At
-most MAX_DECODES images decode at once, on threads of their own: the event loop stays free and
-memory bounded. The other deadlines are uvicorn's settings, given in `server`.
-
-A page elsewhere can POST a `text/plain` or form body to 127.0.0.1 with no CORS preflight, and
-a DNS name rebound to 127.0.0.1 is same-origin with it: only the server can refuse those
-(Starlette's TrustedHostMiddleware refuses `[::1]:8000` and answers in plain text).
+A body is read whole, bounded in size and time, before anything parses it; a server shutting
+down refuses bodies still arriving, so Ctrl-C never waits on a client. A page elsewhere can
+POST a `text/plain` body to 127.0.0.1 with no CORS preflight, and a DNS name rebound to
+127.0.0.1 is same-origin with it: only the server can refuse those (Starlette's
+TrustedHostMiddleware refuses `[::1]:8000` and answers in plain text).
 """
 
 import asyncio
 import ctypes
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 T = TypeVar("T")
 
-# A request body larger than this is refused with 413 before it is parsed: room for a phone
-# photo, while a JSON digit is about 3 KB.
+# Room for a phone photo; a JSON digit is about 3 KB.
 MAX_BODY_BYTES = 10 * 1024 * 1024
 BODY_TIMEOUT_S = 10.0  # the whole body must arrive within this after the headers
-HEADER_TIMEOUT_S = 10.0  # a request's headers must arrive within this (h11 bounds their size)
-KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this
+HEADER_TIMEOUT_S = 10.0  # h11 bounds their size
+KEEP_ALIVE_S = 5.0
 GRACEFUL_SHUTDOWN_S = 3.0  # after Ctrl-C, requests still running get this long
 MAX_DECODES = 2  # images decoding at once: at most 2 x digitize.MAX_DECODED_BYTES at the peak
 MAX_WAITING = 8  # requests that may wait for a decode slot; more get 503 at once
@@ -77,8 +73,7 @@ def host_name(host_header: str) -> str:
 
 
 def refusal(method: str, headers: Headers, loopback_only: bool) -> tuple[int, str] | None:
-    """(status, sentence) for a foreign Host name when bound to loopback (DNS rebinding), or a
-    cross-origin POST; None for a request that may go on."""
+    """(status, sentence) for a foreign Host on loopback (DNS rebinding) or a cross-origin POST."""
     host = headers.get("host", "")
     if loopback_only and host_name(host) not in LOOPBACK_NAMES:
         return 400, f"The Host {host[:60] or '(none)'} is not this server's; use http://127.0.0.1."
@@ -93,8 +88,7 @@ def refusal(method: str, headers: Headers, loopback_only: bool) -> tuple[int, st
 
 
 class RequestGuard:
-    """ASGI middleware: security headers on every answer; refuses what `refusal` refuses, and a
-    body over MAX_BODY_BYTES, too slow, or still arriving when the server stops (`read_body`):
+    """ASGI middleware: security headers on every answer, `refusal`s and `read_body`'s refused;
     the app sees the whole body at once. FastAPI's own `max_body_size` answers bare text."""
 
     def __init__(self, app: ASGIApp, stopping: asyncio.Event, loopback_only: bool = True):
@@ -105,43 +99,28 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        csp = DOCS_CSP if scope["path"] in ("/docs", "/docs/oauth2-redirect") else None
+        extra = SECURITY_HEADERS
+        if scope["path"] in ("/docs", "/docs/oauth2-redirect"):
+            extra = extra | {"Content-Security-Policy": DOCS_CSP}
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = SECURITY_HEADERS | ({"Content-Security-Policy": csp} if csp else {})
-                message["headers"] = list(message.get("headers", [])) + [
-                    (name.lower().encode(), value.encode()) for name, value in extra.items()
-                ]
+                MutableHeaders(scope=message).update(extra)
             await send(message)
 
-        refused = refusal(scope["method"], headers, self.loopback_only)
-        if refused is not None:
-            await JSONResponse({"detail": refused[1]}, refused[0])(
-                scope, receive, send_with_headers
-            )
-            return
-        length = headers.get("content-length", "").strip()
-        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            body = 413, f"The body is over the limit of {MAX_BODY_BYTES:,} bytes."
-        else:
-            body = await read_body(receive, MAX_BODY_BYTES, self.stopping)
-        if body is None:  # the client went away
-            return
-        if isinstance(body, tuple):  # too large, too slow, or the server is stopping
+        body = refusal(scope["method"], headers, self.loopback_only) or await read_body(
+            receive, MAX_BODY_BYTES, self.stopping
+        )
+        if isinstance(body, tuple):  # refused, too large, too slow, or the server is stopping
             refused = JSONResponse({"detail": body[1]}, body[0], {"Connection": "close"})
             await refused(scope, receive, send_with_headers)
-            return
-        delivered = False
+        elif body is not None:  # None: the client went away
+            messages = iter([{"type": "http.request", "body": body, "more_body": False}])
 
-        async def replay() -> dict[str, Any]:
-            nonlocal delivered
-            if delivered:
-                return await receive()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            async def replay() -> Message:
+                return next(messages, None) or await receive()
 
-        await self.app(scope, replay, send_with_headers)
+            await self.app(scope, replay, send_with_headers)
 
 
 async def read_body(
@@ -153,9 +132,16 @@ async def read_body(
     try:
         async with asyncio.timeout(timeout_s):
             while True:
-                message = await _first(receive(), stopping)
-                if message is None:
+                receiving = asyncio.ensure_future(receive())
+                waiting = asyncio.ensure_future(stopping.wait())
+                try:
+                    await asyncio.wait((receiving, waiting), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiting.cancel()
+                    receiving.cancel()  # a no-op once it is done
+                if receiving.cancelled() or not receiving.done():
                     return 503, "The server is shutting down; send the request again later."
+                message = receiving.result()
                 if message["type"] != "http.request":  # the client went away
                     return None
                 chunk = message.get("body", b"")
@@ -169,19 +155,6 @@ async def read_body(
         return 408, f"The body did not arrive within {timeout_s:g} seconds."
 
 
-async def _first(message: Awaitable[Message], stopping: asyncio.Event) -> Message | None:
-    """The next message, or None if `stopping` is set first."""
-    receiving = asyncio.ensure_future(message)
-    waiting = asyncio.ensure_future(stopping.wait())
-    try:
-        await asyncio.wait((receiving, waiting), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiting.cancel()
-        if not receiving.done():
-            receiving.cancel()
-    return receiving.result() if receiving.done() and not receiving.cancelled() else None
-
-
 # glibc keeps freed heap pages in the arena of the thread that freed them (one decode of a
 # 16-bit 5000x5000 RGBA PNG left the server 2.2 GB larger); only its `malloc_trim`, through
 # ctypes (Python has no API for it), hands them back. test_serve_limits pins it.
@@ -193,7 +166,7 @@ except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
 
 class DecodeSlots:
     """At most `slots` decodes at once, `waiting` more queued briefly, else a 503; the same few
-    threads decode every image, so freed memory is reused, not an allocator arena per thread."""
+    threads decode every image, so freed memory is reused, not an arena per thread."""
 
     def __init__(
         self, slots: int = MAX_DECODES, waiting: int = MAX_WAITING, wait_s: float = DECODE_WAIT_S
@@ -204,7 +177,6 @@ class DecodeSlots:
         self._pool = ThreadPoolExecutor(slots, thread_name_prefix="decode")
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
-        """`work(*args)` on a decode thread."""
         busy = {"Retry-After": "2"}
         if self._queued >= self.slots + self.waiting:
             message = f"The server is decoding {self.slots} images with more waiting; retry."

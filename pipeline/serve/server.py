@@ -1,8 +1,7 @@
-"""`serve`: load the checkpoints (or `.onnx` graphs), bind the socket, run uvicorn until Ctrl-C.
+"""`serve`: load the models, bind the socket, run uvicorn until Ctrl-C (a normal stop, exit 0).
 
 Models load and the port is bound first, so a bad checkpoint or a busy port is a one-line
-PipelineError, not a traceback from uvicorn. Ctrl-C or SIGTERM is a normal stop (exit 0) within
-a few seconds whatever the clients do (the deadlines are in `limits`).
+PipelineError, not a traceback from uvicorn.
 """
 
 import socket
@@ -25,10 +24,9 @@ from pipeline.serve.limits import network_warning
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to host:port (port 0 picks a free one), or a one-line PipelineError."""
+    """A TCP socket bound to host:port (port 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only then, and without
-    # it every answer waits about 40 ms for a delayed ACK (Nagle's algorithm).
+    # IPPROTO_TCP, not 0: only then does asyncio set TCP_NODELAY (else 40 ms per answer).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -43,9 +41,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class HeaderDeadline(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on each request's headers: uvicorn has none, so a
-    client that sent half a request line held its connection for ever. Relies on uvicorn's
-    `H11Protocol.cycle`, `loop` and `on_response_complete`; test_serve_limits pins it."""
+    """uvicorn's h11 protocol with a deadline on each request's headers (uvicorn has none);
+    relies on its `cycle`, `loop` and `on_response_complete`, pinned by test_serve_limits."""
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -66,16 +63,15 @@ class HeaderDeadline(H11Protocol):
 
 
 class AnnouncingServer(uvicorn.Server):
-    """uvicorn's server that prints `line` (and calls `ready`) once it is listening, and tells
-    the app when it starts shutting down (`app.state.stopping`): uvicorn has no hook for
-    either but its `startup` and `shutdown` methods (pinned by test_serve_limits)."""
+    """uvicorn's server that prints `line` (and calls `ready`) once listening, and sets the
+    app's `state.stopping` when it shuts down: uvicorn has no hook for either."""
 
     def __init__(self, config: uvicorn.Config, line: str, ready: Callable[[], None] | None = None):
         super().__init__(config)
         self.line, self.ready = line, ready
 
     async def shutdown(self, sockets=None) -> None:
-        self.config.app.state.stopping.set()  # requests still waiting for a body: 503 now
+        self.config.app.state.stopping.set()
         await super().shutdown(sockets)
 
     async def startup(self, sockets=None) -> None:
@@ -87,9 +83,8 @@ class AnnouncingServer(uvicorn.Server):
 
 
 def load_served(checkpoints: list[Path], device: str = "auto") -> Models:
-    """The models (quoted globs expand), warmed up on a blank digit so a bad one fails here in
-    one line. One CPU thread: requests run one digit at a time, and a second thread only spins
-    beside the event loop (p99 15 ms -> 8.5 ms at 8 clients on 2 cores)."""
+    """The models, warmed up so a bad one fails here in one line. One CPU thread: a second
+    only spins beside the event loop (p99 15 ms -> 8.5 ms at 8 clients on 2 cores)."""
     models = load_models(expand_checkpoints(list(checkpoints)), device, threads=1)
     models.predict(np.zeros((1, 1, config.IMAGE_SIDE, config.IMAGE_SIDE), np.uint8))
     return models
@@ -98,8 +93,7 @@ def load_served(checkpoints: list[Path], device: str = "auto") -> Models:
 def serve(
     checkpoints: list[Path], host: str = "127.0.0.1", port: int = 8000, device: str = "auto"
 ) -> None:
-    """Serve the page and API on host:port until Ctrl-C or SIGTERM; prints `serve: <url> (...)`
-    once listening. A --host other machines can reach gets a warning on stderr."""
+    """Serve the page and API on host:port until Ctrl-C or SIGTERM."""
     models = load_served(checkpoints, device)
     warning = network_warning(host)
     if warning:
@@ -123,7 +117,7 @@ def serve(
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the signal it handled, after shutting down
-        exits.forget()  # Ctrl-C is how a server ends: a normal stop, exit 0
+        exits.forget()
     finally:
         sock.close()
     print("serve: stopped", flush=True)
