@@ -17,7 +17,7 @@ from pipeline.data.datasets import TensorDigits
 from pipeline.data.extra import save_extra
 from pipeline.experiments.bagging import score_out_of_bag
 from pipeline.experiments.pseudo import fold_teachers
-from pipeline.inference.predictor import ensemble_probabilities, load_for_inference
+from pipeline.inference.predictor import ensemble_probabilities
 from pipeline.training.checkpoints import load_checkpoint
 from pipeline.training.recipes import recipe_config
 from pipeline.training.run_state import TrainResult
@@ -53,8 +53,7 @@ def distill(
     """
     check_writable(out)
     target = resolve_device(device)
-    loaded = load_for_inference(teachers, target)
-    by_fold, (folds, fold_seed) = fold_teachers(loaded, processed_dir)
+    by_fold, (folds, fold_seed) = fold_teachers(teachers, processed_dir, target)
     if fold not in by_fold:
         held = ", ".join(map(str, by_fold))
         raise PipelineError(f"--fold {fold}: no teacher holds it out (they hold out {held})")

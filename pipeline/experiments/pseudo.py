@@ -10,16 +10,17 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 
 from pipeline import config
 from pipeline.common.device import resolve_device
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import written_together
-from pipeline.data.datasets import TensorDigits, processed_fingerprint
+from pipeline.data.datasets import TensorDigits
 from pipeline.data.extra import save_extra
-from pipeline.data.folds import labelled_digits, verified_bag
-from pipeline.inference.predictor import LoadedModel, ensemble_probabilities, load_for_inference
+from pipeline.experiments.bagging import bagged_members
+from pipeline.inference.predictor import LoadedModel, ensemble_probabilities
 from pipeline.training.distributed import ranks_from_env
 
 
@@ -38,30 +39,20 @@ class FoldLabels:
 
 
 def fold_teachers(
-    teachers: list[LoadedModel], processed_dir: Path
+    teachers: list[Path], processed_dir: Path, device: torch.device
 ) -> tuple[dict[int, list[LoadedModel]], tuple[int, int]]:
-    """The teachers by the fold they hold out, each bag checked against these labelled digits,
-    and the (folds, fold_seed) they share; one line refusing a teacher that is not bagged or
-    dealt other folds."""
-    labels = labelled_digits(processed_dir).labels
-    fingerprint = processed_fingerprint(processed_dir, whole=True)
+    """The bagged teachers loaded on `device` by the fold they hold out, and the (folds,
+    fold_seed) they share; one line refusing teachers dealt other folds."""
+    _, members = bagged_members(teachers, processed_dir, device)
     by_fold: dict[int, list[LoadedModel]] = {}
-    dealt = set()
-    for teacher in teachers:
-        if not isinstance(record := teacher.meta.get("bag"), dict):
-            raise PipelineError(
-                f"{teacher.path}: not a bagged member (it records no bag); the teachers must "
-                "be `pipeline ensemble --recipe best`'s members"
-            )
-        bag = verified_bag(record, labels, fingerprint, teacher.path)
-        dealt.add((bag.folds, bag.fold_seed))
+    for teacher, bag in sorted(members, key=lambda member: member[1].fold):
         by_fold.setdefault(bag.fold, []).append(teacher)
-    if len(dealt) != 1:
+    if len(dealt := {(bag.folds, bag.fold_seed) for _, bag in members}) != 1:
         raise PipelineError(
-            f"{teachers[0].path}: the teachers' folds were dealt differently ((folds, seed): "
+            f"{teachers[0]}: the teachers' folds were dealt differently ((folds, seed): "
             f"{sorted(dealt)}); give the members of one ensemble"
         )
-    return dict(sorted(by_fold.items())), dealt.pop()
+    return by_fold, dealt.pop()
 
 
 def pseudo_label(
@@ -77,7 +68,7 @@ def pseudo_label(
     if not 0 <= threshold <= 1:
         raise PipelineError(f"--pseudo-threshold {threshold}: must be within 0 to 1")
     target = resolve_device(device)
-    by_fold, _ = fold_teachers(load_for_inference(teachers, target), processed_dir)
+    by_fold, _ = fold_teachers(teachers, processed_dir, target)
     test = TensorDigits.load(processed_dir, "test")  # images only: its labels are never read
     on_device = TensorDigits(test.images).to(target)
     report = []

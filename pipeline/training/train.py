@@ -35,22 +35,17 @@ from pipeline.training.recipes import TARGET_ACCURACY, TrainConfig, check_config
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on weights only (decaying BatchNorm scales and biases only hurts).
-
-    On CUDA the fused Adam/AdamW kernels update every parameter in one launch.
-    """
-    fused = next(model.parameters()).device.type == "cuda"
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    """Weight decay on weights only (decaying BatchNorm scales and biases only hurts); on CUDA
+    the fused Adam/AdamW kernels update every parameter in one launch."""
+    params = list(model.parameters())
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0},
     ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, fused=fused)
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
+    adam = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return adam(groups, lr=cfg.lr, fused=params[0].device.type == "cuda")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
@@ -231,23 +226,34 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
             plots.plot_training_curves(state.history, config.curves_path(run.out))
 
 
-def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, fingerprint) -> Run:
-    """Load the data to the device, then set the run up (`new_run`)."""
+def load_sets(cfg: TrainConfig, processed_dir: Path, fingerprint: str, device):
+    """The training and validation digits on the device, and a bagged member's bag record
+    (pipeline.data.folds: it validates on its out-of-bag digits). Extra digits join training
+    only, every row's target then a probability row (labels one-hot): `F.cross_entropy` takes
+    them, label smoothing included."""
     bag = None
-    with phase("load"):
-        if cfg.folds is None:
-            train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
-        else:
-            train_set, val_set, bag = bagged_sets(cfg, processed_dir, fingerprint, device)
-        if cfg.extra is not None:
-            train_set = with_extra(train_set, Path(cfg.extra), cfg.extra_sha256, device)
-    run = new_run(cfg, train_set, val_set, ranks, device, out, fingerprint, payload)
-    run.bag = bag
-    return run
+    if cfg.folds is None:
+        train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
+    else:
+        digits = folds.labelled_digits(processed_dir)
+        drawn = folds.member_bag(digits.labels, cfg.folds, cfg.fold, cfg.fold_seed)
+        train_set, val_set = (
+            datasets.TensorDigits(digits.images[rows], digits.labels[rows]).to(device)
+            for rows in (drawn.train, drawn.oob)
+        )
+        bag = drawn.record(fingerprint)
+    if cfg.extra is not None:
+        loaded = extra.load_extra(Path(cfg.extra), cfg.extra_sha256)
+        images, targets = (torch.from_numpy(array).to(device) for array in loaded)
+        one_hot = F.one_hot(train_set.labels, config.N_CLASSES).float()
+        train_set = datasets.TensorDigits(
+            torch.cat([train_set.images, images]), torch.cat([one_hot, targets])
+        )
+    return train_set, val_set, bag
 
 
 def new_run(
-    cfg, train_set, val_set, ranks, device, out: Path, fingerprint: str = "", payload=None
+    cfg, train_set, val_set, ranks, device, out: Path, fingerprint="", payload=None, bag=None
 ) -> Run:
     """Build model, optimiser and schedule over loaded data; restore a resume's `payload`.
 
@@ -293,27 +299,8 @@ def new_run(
     return Run(
         cfg, ranks, device, train_set, val_set, model, step_model, optimizer, scheduler,
         shuffle_gen, augment_gen, state, steps_per_epoch, int(total_steps), out, fingerprint,
-        ema,
+        ema, bag,
     )  # fmt: skip
-
-
-def bagged_sets(cfg: TrainConfig, processed_dir: Path, fingerprint: str, device):
-    """A bagged member's training digits, its out-of-bag digits and the bag's record."""
-    digits = folds.labelled_digits(processed_dir)
-    bag = folds.member_bag(digits.labels, cfg.folds, cfg.fold, cfg.fold_seed)
-    train_set = datasets.TensorDigits(digits.images[bag.train], digits.labels[bag.train])
-    oob_set = datasets.TensorDigits(digits.images[bag.oob], digits.labels[bag.oob])
-    return train_set.to(device), oob_set.to(device), bag.record(fingerprint)
-
-
-def with_extra(train_set: datasets.TensorDigits, path: Path, sha256, device):
-    """The training digits then `path`'s extra ones, each row's target a probability row (the
-    labelled digits one-hot): `F.cross_entropy` takes them, label smoothing included."""
-    images, targets = (torch.from_numpy(a).to(device) for a in extra.load_extra(path, sha256))
-    one_hot = F.one_hot(train_set.labels, config.N_CLASSES).float()
-    return datasets.TensorDigits(
-        torch.cat([train_set.images, images]), torch.cat([one_hot, targets])
-    )
 
 
 def train(
@@ -368,7 +355,9 @@ def train_locked(
     device = training_device(cfg.device, ranks)
     say = log if (log and ranks.is_main) else (lambda message: None)
     with process_group(ranks, device):
-        run = start_run(cfg, processed_dir, out, payload, ranks, device, fingerprint)
+        with phase("load"):
+            train_set, val_set, bag = load_sets(cfg, processed_dir, fingerprint, device)
+        run = new_run(cfg, train_set, val_set, ranks, device, out, fingerprint, payload, bag)
         if payload is not None:
             say(f"resumed {last} at epoch {run.state.epoch + 1}, step {run.state.step}")
         with stop or run_state.StopSignals() as stop, phase("work"):
