@@ -128,14 +128,6 @@ class PngDigits(_Digits):
         return torch.stack(images)
 
 
-def load_train_val(processed_dir: Path, source: str, device: torch.device):
-    """Training and validation sets; cached tensors move to the device once, up front."""
-    if source == "images":
-        return PngDigits.load(processed_dir, "train"), PngDigits.load(processed_dir, "val")
-    train = TensorDigits.load(processed_dir, "train").to(device)
-    return train, TensorDigits.load(processed_dir, "val").to(device)
-
-
 def index_batches(
     n: int,
     batch_size: int,

@@ -1,10 +1,7 @@
 """Pseudo-labels, fold-honest: the test digits a first round of bagged members is sure of, as
 extra training digits for a second round (`pipeline ensemble --recipe best --pseudo-label`).
-
-A member that holds out fold k is scored on fold k, so its pseudo-labels come only from the
-first-round members that hold out fold k too: none of them saw a label of fold k, so no label of
-a digit reaches, through the test digits, a member that scores it.
-"""
+A member holding out fold k takes them only from first-round members holding out fold k: no
+label of a digit reaches, through the test digits, a member that scores it."""
 
 import math
 from dataclasses import dataclass, replace
@@ -26,8 +23,6 @@ from pipeline.training.distributed import ranks_from_env
 
 @dataclass(frozen=True)
 class FoldLabels:
-    """One fold's pseudo-labels: who gave them, where they went, how many and how sure."""
-
     fold: int
     teachers: list[Path]
     path: Path
@@ -102,11 +97,9 @@ ROUND2_SHARE = 0.6  # of a budget's training time: round 2 trains on ~1.6 times 
 def pseudo_label_rounds(
     configs, processed_dir, models_dir, jobs, track, log, warn, threshold=0.99, fit=None
 ):
-    """`run_ensemble` in two rounds: round 1 into `<models_dir>/round1/`, its pseudo-labels
-    there, then round 2 (the same configs, each with its fold's pseudo-labels as extra digits)
-    into `models_dir`. Returns the lines to print (each round's out-of-bag estimate and the
-    pseudo-labels) and round 2's run. `fit(configs, models_dir, reserve_s)` sizes a round to a
-    budget: round 1 leaves ROUND2_SHARE of what remains to round 2, which trains on more digits."""
+    """`run_ensemble` into `<models_dir>/round1/` with its pseudo-labels there, then into
+    `models_dir` with each fold's as extra digits; returns the lines to print and round 2's run.
+    `fit(configs, models_dir, reserve_s)` sizes a round to a budget, leaving ROUND2_SHARE."""
     from pipeline.experiments.ensemble import run_ensemble
 
     if any(cfg.folds is None for cfg in configs):

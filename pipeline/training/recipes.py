@@ -25,9 +25,8 @@ TARGET_ACCURACY = 0.99
 
 
 def setting(default: Any, help: str, **option: Any) -> Any:
-    """A TrainConfig field the command line sets, with its help and how typer takes it:
-    `choices` (the enum of its values), `min`/`max`, `name` (when not the field's name: the
-    option's and the tracked param's) and `resume_may_change`; read by pipeline.cli.options."""
+    """A TrainConfig field the command line sets (pipeline.cli.options reads it): its help,
+    `choices`, `min`/`max`, `name` (the option's, if not the field's), `resume_may_change`."""
     return field(default=default, metadata={"help": help, **option})
 
 
@@ -64,18 +63,14 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile; CUDA graphs on a GPU (the recipe's).")
     max_steps: int | None = setting(None, "Stop after N steps (smoke runs).", min=1)
     recipe: str | None = None
-    # Exponential moving average of the weights (and BatchNorm statistics), decay per step;
-    # the average is what is validated and saved. None: the raw weights.
+    # The decay per step of the weights' moving average, what is validated and saved (None: none)
     ema: float | None = None
-    # Bagging (pipeline.data.folds): train on every labelled digit except fold `fold` of
-    # `folds` stratified folds dealt by `fold_seed`, validate on that held-out fold and keep
-    # the last epoch's weights (choosing by it would leak it). None: the prepared split.
+    # Bagging (pipeline.data.folds): hold out fold `fold` of `folds` dealt by `fold_seed`,
+    # validate on it and keep the last weights. None: the prepared split.
     folds: int | None = None
     fold: int = 0
     fold_seed: int = 0
-    # Extra training digits with probability targets (pipeline.data.extra): an .npz path and
-    # the digest of its arrays, checked before use. Added to the training digits only, never
-    # to validation; every row's loss then takes a probability target (labels as one-hot).
+    # Extra training digits with probability targets (pipeline.data.extra): .npz and digest.
     extra: str | None = None
     extra_sha256: str | None = None
 
@@ -93,19 +88,15 @@ def cli_settings(cfg: TrainConfig) -> dict[str, Any]:
 Overrides = dict[str, Any]
 
 
-# Named recipes: overrides of TrainConfig's defaults. `fast` is the defaults themselves:
-# >= 99% validation accuracy in about 30 s of training on a 2-core CPU (4 epochs of a 16-32-64
-# FastNet with label smoothing). `best` is the competition recipe: what every member of the
-# `best` ensemble shares (per-sample augmented digits, a moving average of the weights), with
-# the first member of the device's table below as its model when trained alone.
+# Named recipes over TrainConfig's defaults. `fast` is the defaults: >= 99% validation accuracy
+# in about 30 s on a 2-core CPU. `best` is what every member of the `best` ensemble shares, with
+# the first row of the device's table as its model when trained alone.
 BEST_SHARED: dict[str, Any] = dict(augment=True, ema=0.999)
 
-# The `best` ensemble, sized per device: differing nets (kernel sizes, widths, with and
-# without pooling), since members that differ only in their seed make the same mistakes.
-# Member k trains on every fold but k % folds of all labelled digits (pipeline.data.folds);
-# members k and k + folds hold out the same fold and are different nets, so each digit's
-# out-of-bag vote comes from two architectures. The CPU table fits `make best` in 15 minutes
-# on two cores (one member per core, one thread each); the CUDA one is bigger and longer.
+# The `best` ensemble per device: differing nets, since members that differ only in their seed
+# make the same mistakes. Members k and k + folds hold out fold k % folds and are different
+# nets, so each digit's out-of-bag vote comes from two architectures. The CPU table fits
+# `make best` in 15 minutes on two cores.
 BEST_FOLDS: dict[str, int] = {"cpu": 5, "cuda": 5}
 _FAST16_K3 = dict(model="fastnet", epochs=11)
 _FAST16_K5 = dict(model="fastnet", arch_args={"kernel": 5}, epochs=8)
@@ -129,11 +120,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "best": {**BEST_SHARED, **BEST_MEMBERS["cpu"][0]},
 }
 
-# On a CUDA GPU small batches leave the GPU waiting on Python and kernel launches, so the
-# recipes capture the step in CUDA graphs (torch.compile, mode reduce-overhead), and `fast`
-# takes a wider FastNet, batches 4x larger, a higher peak learning rate and one epoch more
-# (measured on an H100: 4 epochs at batch 512 missed 99.0% for one seed in three; 5 epochs
-# reached it for all three).
+# On CUDA small batches leave the GPU waiting on Python, so the recipes capture the step in CUDA
+# graphs, and `fast` takes a wider FastNet and 4x the batch (on an H100 4 epochs at batch 512
+# missed 99.0% for one seed in three; 5 reached it for all three).
 GPU_RECIPES: dict[str, dict[str, Any]] = {
     "fast": dict(
         arch_args={"widths": [24, 48, 96]}, epochs=5, batch_size=512, lr=8e-3, compile=True
@@ -154,8 +143,7 @@ def device_kind(device: str) -> str:
 
 
 def check_member_seeds(seed: int, members: int) -> None:
-    """Every member's seed (seed .. seed + members - 1) must be usable, checked before the
-    first member trains rather than when a later one fails on a seed nobody typed."""
+    """Refuse member seeds (seed .. seed + members - 1) past the range before any trains."""
     if members < 1:
         raise PipelineError(f"--members {members}: must be at least 1")
     last = seed + members - 1
@@ -206,11 +194,9 @@ def recipe_config(recipe: str = "fast", **overrides: Any) -> TrainConfig:
     """A recipe's settings (its GPU variant on CUDA) with every non-None override on top;
     `width` sets the model's widths (see `models.width_args`)."""
     recipe = plain(recipe)
-    if recipe not in RECIPES:
-        raise PipelineError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
-    settings = {**RECIPES[recipe], "recipe": recipe}
+    settings = {**RECIPES.get(recipe, {}), "recipe": recipe}  # check_config refuses others
     if device_kind(overrides.get("device") or "auto") == "cuda":
-        gpu = dict(GPU_RECIPES[recipe])
+        gpu = dict(GPU_RECIPES.get(recipe, {}))
         own_model = settings.get("model", TrainConfig.model)
         if plain(overrides.get("model")) not in (None, own_model):
             gpu.pop("arch_args", None)  # the recipe's widths are its own model's, not another's

@@ -127,10 +127,7 @@ class Run:
 
 
 def train_one_epoch(run: Run, stop: run_state.StopSignals, log: Callable | None) -> float:
-    """Train until the epoch ends, max_steps is reached or a stop signal arrives.
-
-    Returns the seconds of device work; the summed loss stays in `run.state`.
-    """
+    """Train until the epoch ends, max_steps or a stop signal; returns the device seconds."""
     state, cfg = run.state, run.cfg
     if state.order is None:
         state.order = torch.randperm(len(run.train_set), generator=run.shuffle_gen)
@@ -227,13 +224,15 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
 
 
 def load_sets(cfg: TrainConfig, processed_dir: Path, fingerprint: str, device):
-    """The training and validation digits on the device, and a bagged member's bag record
-    (pipeline.data.folds: it validates on its out-of-bag digits). Extra digits join training
-    only, every row's target then a probability row (labels one-hot): `F.cross_entropy` takes
-    them, label smoothing included."""
-    bag = None
-    if cfg.folds is None:
-        train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
+    """Training and validation digits on the device, and a bagged member's bag record (it
+    validates on its out-of-bag digits). Extra digits join training only; every target is then
+    a probability row (labels one-hot), which `F.cross_entropy` takes."""
+    bag, splits = None, ("train", "val")
+    if cfg.data_source == "images":  # never bagged (check_config)
+        train_set, val_set = (datasets.PngDigits.load(processed_dir, s) for s in splits)
+    elif cfg.folds is None:
+        tensors = (datasets.TensorDigits.load(processed_dir, s).to(device) for s in splits)
+        train_set, val_set = tensors
     else:
         digits = folds.labelled_digits(processed_dir)
         drawn = folds.member_bag(digits.labels, cfg.folds, cfg.fold, cfg.fold_seed)
@@ -255,10 +254,7 @@ def load_sets(cfg: TrainConfig, processed_dir: Path, fingerprint: str, device):
 def new_run(
     cfg, train_set, val_set, ranks, device, out: Path, fingerprint="", payload=None, bag=None
 ) -> Run:
-    """Build model, optimiser and schedule over loaded data; restore a resume's `payload`.
-
-    `pipeline bench` times the training step through this and `train_one_epoch` too.
-    """
+    """Build model, optimiser and schedule over loaded data; restore a resume's `payload`."""
     seed_everything(cfg.seed)
     if device.type == "cpu":  # threads on busy cores stall every op; meta records the count
         use_free_cores()
@@ -314,13 +310,10 @@ def train(
     stop: run_state.StopSignals | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> run_state.TrainResult:
-    """Train `cfg` on processed_dir's train split, validating on val after every epoch.
-
-    Writes `out` (best weights and sidecar) and its run files (`config.run_files`), holding
-    `out`'s lock throughout. SIGINT/SIGTERM save a resumable state and raise
-    TrainingInterrupted; `stop` replaces that StopSignals (tests stop at a chosen step).
-    A finished run of the same config on the same data is returned as is unless `force`.
-    """
+    """Train `cfg` on processed_dir's train split, validating on val after every epoch, into
+    `out` and its run files (`config.run_files`), holding `out`'s lock. SIGINT/SIGTERM save a
+    resumable state and raise TrainingInterrupted (`stop` replaces that StopSignals). A
+    finished run of the same config on the same data is returned as is unless `force`."""
     main = ranks_from_env().is_main
     try:
         check_config(cfg)
