@@ -10,7 +10,7 @@ import typer
 
 from pipeline.common.choices import MAX_SEED, Device, Recipe, plain
 from pipeline.common.errors import PipelineError
-from pipeline.training.recipes import CLI_SETTINGS, Overrides
+from pipeline.training.recipes import CLI_SETTINGS
 
 
 def positive_ints(text: str, option: str, allow_empty: bool = False) -> list[int]:
@@ -78,7 +78,7 @@ def with_settings(command: Callable) -> Callable:
 
     def run(**options: Any) -> Any:
         given = {p.name: plain(options.pop(p.name)) for p in added}
-        return command(settings=Overrides(**given), **options)
+        return command(settings={k: v for k, v in given.items() if v is not None}, **options)
 
     params = []
     for param in inspect.signature(command).parameters.values():

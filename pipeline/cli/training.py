@@ -55,7 +55,7 @@ def train_command(
     from pipeline.training.train import train
 
     cfg, out = run_config(plain(recipe), settings, out, resume)
-    params = tracking.train_params(cfg) | ({"width": settings.width} if settings.width else {})
+    params = tracking.train_params(cfg) | ({"width": w} if (w := settings.get("width")) else {})
     tags = {"out": out.resolve(), "resumed": resume, **tracking.data_tags(processed_dir)}
     is_main = ranks_from_env().is_main
     on = tracking.wanted(track) and is_main
@@ -158,8 +158,8 @@ def ensemble_command(
     from pipeline.experiments.pseudo import pseudo_label_rounds
 
     start = time.perf_counter()
-    configs = member_configs(plain(recipe), members, bagged=True, **settings.given())
-    sized = members is None and settings.epochs is None
+    configs = member_configs(plain(recipe), members, bagged=True, **settings)
+    sized = members is None and "epochs" not in settings
     paces = []
 
     def fit(configs, models_dir, later=0.0):
@@ -218,7 +218,7 @@ def crossval_command(
     from pipeline.experiments.ensemble import member_configs
 
     # best: the differing members, each on the split's train digits (not bagged)
-    configs = member_configs(plain(recipe), members, bagged=False, **settings.given())
+    configs = member_configs(plain(recipe), members, bagged=False, **settings)
     result = cross_validate(
         configs, len(configs), list(range(splits)), raw_dir, work_dir, processed_dir,
         log=tqdm.write, track=tracking.wanted(track), warn=warn,

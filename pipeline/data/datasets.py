@@ -57,13 +57,29 @@ def keep_batch(batch: Batch) -> Batch:
 # ---------------------------------------------------------------- the two Datasets
 
 
-class TensorDigits(Dataset):
+class _Digits(Dataset):
+    """A batch is `images_at(indices)` and their labels (None: test); an item, a batch of one."""
+
+    device = torch.device("cpu")  # where indices must be
+
+    def get_batch(self, indices: torch.Tensor | Sequence[int]) -> Batch:
+        indices = torch.as_tensor(indices, device=self.device)
+        return self.images_at(indices), None if self.labels is None else self.labels[indices]
+
+    __getitems__ = get_batch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        images, labels = self.get_batch([index])
+        return images[0], -1 if labels is None else int(labels[0])
+
+
+class TensorDigits(_Digits):
     """Digits held as one uint8 tensor (on any device); a batch is one indexing op."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None):
         if labels is not None and len(labels) != len(images):
             raise ValueError("images and labels differ in length")
-        self.images, self.labels = images, labels
+        self.images, self.labels, self.device = images, labels, images.device
 
     @classmethod
     def from_split(cls, split: DigitSplit) -> "TensorDigits":
@@ -80,19 +96,11 @@ class TensorDigits(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        label = -1 if self.labels is None else int(self.labels[index])
-        return self.images[index], label
-
-    def get_batch(self, indices: torch.Tensor | Sequence[int]) -> Batch:
-        indices = torch.as_tensor(indices, device=self.images.device)
-        labels = None if self.labels is None else self.labels[indices]
-        return self.images[indices], labels
-
-    __getitems__ = get_batch
+    def images_at(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.images[indices]
 
 
-class PngDigits(Dataset):
+class PngDigits(_Digits):
     """Digits read from `images/<split>/<label>/<id>.png` (or `images/test/<id>.png`)."""
 
     def __init__(self, root: Path):
@@ -112,28 +120,12 @@ class PngDigits(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _read(self, index: int) -> torch.Tensor:
-        with Image.open(self.files[index]) as image:
-            return torch.from_numpy(np.array(image.convert("L"))).unsqueeze(0)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        label = -1 if self.labels is None else int(self.labels[index])
-        return self._read(index), label
-
-    def get_batch(self, indices: torch.Tensor | Sequence[int]) -> Batch:
-        indices = torch.as_tensor(indices).cpu()
-        images = torch.stack([self._read(i) for i in indices.tolist()])
-        return images, None if self.labels is None else self.labels[indices]
-
-    __getitems__ = get_batch
-
-
-def load_train_val(processed_dir: Path, source: str, device: torch.device):
-    """Training and validation sets; cached tensors move to the device once, up front."""
-    if source == "images":
-        return PngDigits.load(processed_dir, "train"), PngDigits.load(processed_dir, "val")
-    train = TensorDigits.load(processed_dir, "train").to(device)
-    return train, TensorDigits.load(processed_dir, "val").to(device)
+    def images_at(self, indices: torch.Tensor) -> torch.Tensor:
+        images = []
+        for i in indices.tolist():
+            with Image.open(self.files[i]) as image:
+                images.append(torch.from_numpy(np.array(image.convert("L"))).unsqueeze(0))
+        return torch.stack(images)
 
 
 def index_batches(

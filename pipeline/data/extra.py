@@ -1,11 +1,7 @@
-"""Extra training digits with soft targets (`TrainConfig.extra`): pseudo-labelled test digits
-or a distilled student's teacher probabilities.
-
-An `.npz` of `images` uint8 [N,28,28] or [N,1,28,28] and `targets` float32 [N,10] (rows of
-probabilities), written atomically and read back validated whole. Its digest is of the arrays,
-not of the file: numpy's zip records the time it was written, and the same digits written
-again must stay the same run.
-"""
+"""Extra training digits with soft targets (`TrainConfig.extra`: pseudo-labels, a teacher's
+probabilities): an `.npz` of `images` uint8 [N,(1,)28,28] and `targets` float32 [N,10]. Its
+digest is of the arrays, not of the file: numpy's zip records the time it was written, and the
+same digits written again must stay the same run."""
 
 import hashlib
 import io
@@ -31,13 +27,12 @@ def extra_digest(images: np.ndarray, targets: np.ndarray) -> str:
 
 
 def save_extra(images: np.ndarray, targets: np.ndarray, path: Path) -> str:
-    """Write `path` atomically (inside `written_together`, with the rest of its set); returns
-    its digest."""
-    buffer = io.BytesIO()
-    np.savez(buffer, images=images, targets=targets.astype(np.float32))
+    """Write `path` atomically (or with its set, in `written_together`); returns its digest."""
+    buffer, targets = io.BytesIO(), targets.astype(np.float32)
+    np.savez(buffer, images=images, targets=targets)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
-    return extra_digest(images, targets.astype(np.float32))
+    return extra_digest(images, targets)
 
 
 def _problem(arrays: dict[str, np.ndarray]) -> str | None:

@@ -53,27 +53,39 @@ def format_oob(estimate: OobEstimate) -> str:
     )
 
 
+def bagged_members(checkpoints: list[Path], processed_dir: Path, device: torch.device):
+    """The labelled digits, and each member loaded on `device` with its bag, drawn again from
+    those digits and checked against its record; one line refusing a member that has none."""
+    from pipeline.inference.predictor import load_for_inference
+
+    digits = labelled_digits(processed_dir)
+    fingerprint = processed_fingerprint(processed_dir, whole=True)
+    members = []
+    for loaded in load_for_inference(checkpoints, device):
+        if not isinstance(record := loaded.meta.get("bag"), dict):
+            raise PipelineError(
+                f"{loaded.path}: not a bagged member (it records no bag); give the members of "
+                "`pipeline ensemble --recipe best`"
+            )
+        members.append((loaded, verified_bag(record, digits.labels, fingerprint, loaded.path)))
+    return digits, members
+
+
 def score_out_of_bag(
     checkpoints: list[Path], processed_dir: Path, device: str = "auto", tta: bool = False
 ) -> tuple[OobEstimate, list[float]]:
     """The ensemble's out-of-bag estimate and each member's own, by the one predictor's rule
-    (each voter's calibrated probabilities, averaged). Each member's recorded bag is drawn
-    again from the labelled digits and checked against the record before it is used."""
+    (each voter's calibrated probabilities, averaged)."""
     from pipeline.common.device import resolve_device
     from pipeline.data.datasets import TensorDigits
-    from pipeline.inference.predictor import ensemble_probabilities, load_for_inference
+    from pipeline.inference.predictor import ensemble_probabilities
 
     target = resolve_device(device)
-    digits = labelled_digits(processed_dir)
-    fingerprint = processed_fingerprint(processed_dir, whole=True)
-    votes, members = [], []
-    for loaded in load_for_inference(checkpoints, target):
-        record = loaded.meta.get("bag")
-        if not isinstance(record, dict):
-            raise PipelineError(f"{loaded.path}: not a bagged member (it records no bag)")
-        bag = verified_bag(record, digits.labels, fingerprint, loaded.path)
+    digits, members = bagged_members(checkpoints, processed_dir, target)
+    votes, accuracies = [], []
+    for loaded, bag in members:
         oob = TensorDigits(digits.images[bag.oob], digits.labels[bag.oob]).to(target)
         probs = ensemble_probabilities([loaded], oob, tta=tta)
         votes.append((bag.oob, probs))
-        members.append(float((probs.argmax(1) == digits.labels[bag.oob]).double().mean()))
-    return oob_estimate(votes, digits.labels), members
+        accuracies.append(float((probs.argmax(1) == digits.labels[bag.oob]).double().mean()))
+    return oob_estimate(votes, digits.labels), accuracies

@@ -1,10 +1,6 @@
-"""`pipeline distill`: a bagged ensemble in one small net, with an honest estimate.
-
-The teachers are the bagged members that hold out fold `fold`; the student is the fast recipe's
-FastNet (augmented) on the same folds, holding out that fold too. So neither the student nor its
-teachers saw a label of that fold, and the student's accuracy there is an honest estimate. The
-output is an ordinary checkpoint: predict, evaluate, serve and export take it as they are.
-"""
+"""`pipeline distill`: a bagged ensemble in one small net, an ordinary checkpoint. Teachers and
+student (the fast recipe's FastNet, augmented) all hold out fold `fold`, so the student's
+accuracy there is an honest estimate."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +13,7 @@ from pipeline.data.datasets import TensorDigits
 from pipeline.data.extra import save_extra
 from pipeline.experiments.bagging import score_out_of_bag
 from pipeline.experiments.pseudo import fold_teachers
-from pipeline.inference.predictor import ensemble_probabilities, load_for_inference
+from pipeline.inference.predictor import ensemble_probabilities
 from pipeline.training.checkpoints import load_checkpoint
 from pipeline.training.recipes import recipe_config
 from pipeline.training.run_state import TrainResult
@@ -44,17 +40,13 @@ def distill(
     log=None,
     force: bool = False,
 ) -> Distilled:
-    """Train the student into `out` on the labelled digits outside `fold` (true labels, the
-    normal path) plus every test digit with fold `fold`'s teachers' calibrated mean
-    probabilities as its target (`config.soft_targets_path(out)`, the run's extra digits).
-
-    Only the test digits get soft targets: the teachers trained on the labelled ones, so their
-    probabilities there repeat the labels the student already has.
-    """
+    """Train the student into `out` on the labelled digits outside `fold` plus every test
+    digit, its target fold `fold`'s teachers' calibrated mean probabilities (the run's extra
+    digits). Only test digits get soft targets: on the labelled ones the teachers repeat labels
+    the student already has."""
     check_writable(out)
     target = resolve_device(device)
-    loaded = load_for_inference(teachers, target)
-    by_fold, (folds, fold_seed) = fold_teachers(loaded, processed_dir)
+    by_fold, (folds, fold_seed) = fold_teachers(teachers, processed_dir, target)
     if fold not in by_fold:
         held = ", ".join(map(str, by_fold))
         raise PipelineError(f"--fold {fold}: no teacher holds it out (they hold out {held})")

@@ -1,9 +1,7 @@
 """Ensembles: K seeds of one recipe or `best`'s differing nets, one checkpoint each
 (`<name>-<k>.pt`), trained by one runner: under torchrun member k on rank k % world, else over
-the local GPUs or one process per core with one torch thread each (small nets use two cores
-far better as two runs, and a member's weights never depend on where it trained). Members
-report epochs as events; finished members are kept and Ctrl-C leaves a resumable state.
-"""
+the local GPUs or one process per core with one torch thread each (a member's weights never
+depend on where it trained). Finished members are kept; Ctrl-C leaves a resumable state."""
 
 import multiprocessing
 import os
@@ -14,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -99,26 +97,16 @@ def member_slots(device: str, jobs: int | None = None) -> list[torch.device]:
     return [target] * (jobs or ((os.cpu_count() or 1) if target.type == "cpu" else 1))
 
 
-class _Epochs(Callback):
-    """Member k's epochs as events for the parent: plain dicts, so they cross processes."""
-
-    def __init__(self, k: int, emit: Callable[[dict], None]):
-        self.k, self.emit = k, emit
-
-    def epoch_end(self, record: dict[str, float]) -> None:
-        self.emit({"member": self.k, "epoch": record})
-
-
 def _train_member(k, cfg, processed_dir, out, resume, emit) -> tuple[TrainResult, float]:
-    """Train member k, telling `emit` of its start and its epochs; returns the result and the
-    wall seconds. What stops it is raised in one line, as an exception that pickles."""
+    """Member k's result and wall seconds; what stops it is one line, an exception that pickles."""
     emit({"member": k})
-    start = time.perf_counter()
+    start, epochs = time.perf_counter(), Callback()  # its epochs as plain dicts: they pickle
+    epochs.epoch_end = lambda record: emit({"member": k, "epoch": record})
     try:
         with single_process():
             result = train(
                 cfg, processed_dir, out, resume=resume, force=not resume, progress=False,
-                callbacks=[_Epochs(k, emit)],
+                callbacks=[epochs],
             )  # fmt: skip
     except run_state.TrainingInterrupted as exc:
         raise EnsembleInterrupted(f"member {k + 1}: {exc}", exc.exit_code) from None
@@ -137,10 +125,15 @@ def _start_worker(slots, events) -> None:
     global _events
     os.setpgrp()
     run_state.record_early_signals()
-    torch.set_num_threads(1)
-    if (device := torch.device(slots.get())).type == "cuda":
-        torch.cuda.set_device(device)
+    _use(torch.device(slots.get()))
     _events = events
+
+
+def _use(slot: torch.device) -> None:
+    """One torch thread (small nets use two cores far better as two runs) and `slot`'s GPU."""
+    torch.set_num_threads(1)
+    if slot.type == "cuda":
+        torch.cuda.set_device(slot)
 
 
 def _in_worker(*args):
@@ -150,9 +143,10 @@ def _in_worker(*args):
 class _Members:
     """One call of `train_members`: each member's digits, fingerprint, tracked run and outcome."""
 
-    def __init__(self, configs, processed_dir, outs, parent, tags, log):
+    def __init__(self, configs, processed_dir, outs, parent, tags, log, pace):
         self.configs, self.processed_dir, self.outs, self.log = configs, processed_dir, outs, log
         self.parent, self.tags = parent, tags or {}
+        self.pace = pace  # called after each member; may change the unstarted members' configs
         counts = datasets.read_meta(processed_dir)["counts"]
         self.digits = [_digits(cfg, counts["train"], counts["val"]) for cfg in configs]
         fingerprint = cache(datasets.processed_fingerprint)  # a bag draws from every digit
@@ -162,7 +156,6 @@ class _Members:
         self.stops: list[EnsembleInterrupted] = []
         self.errors: list[str] = []
         self.started: dict[int, float] = {}  # when each member of this call started
-        self.pace = None  # called after each member; may change the unstarted members' configs
 
     def finished(self, k: int) -> TrainResult | None:
         return run_state.finished_run(self.configs[k], self.outs[k], self.fingerprint(k))
@@ -216,17 +209,18 @@ class _Members:
             )
             self.runs.pop(k, tracking.NO_RUN).end("FAILED")
 
+    def start(self, k: int, resume: bool) -> tuple:
+        """`_train_member`'s arguments but `emit`, noting when member k started."""
+        self.started[k] = time.perf_counter()
+        return k, self.configs[k], self.processed_dir, self.outs[k], resume
+
     def train_here(self, todo: list[tuple[int, bool]], slot: torch.device) -> None:
-        """One member after another in this process, with one torch thread as in the pool."""
+        """One member after another in this process, set up as a pool process is."""
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        if slot.type == "cuda":
-            torch.cuda.set_device(slot)
+        _use(slot)
         try:
             for k, resume in todo:
-                self.started[k] = time.perf_counter()
-                args = k, self.configs[k], self.processed_dir, self.outs[k], resume, self.event
-                self.done(k, lambda args=args: _train_member(*args))
+                self.done(k, partial(_train_member, *self.start(k, resume), self.event))
                 if self.stops or self.errors:
                     break
         finally:
@@ -255,8 +249,7 @@ class _Members:
             while todo or running:
                 while todo and len(running) < len(slots) and not (self.stops or self.errors):
                     k, resume = todo.pop(0)
-                    self.started[k] = time.perf_counter()
-                    args = k, self.configs[k], self.processed_dir, self.outs[k], resume
+                    args = self.start(k, resume)
                     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # a new worker's
                     try:
                         running[pool.submit(_in_worker, *args)] = k
@@ -303,8 +296,7 @@ def train_members(
     name = name or configs[0].recipe or configs[0].model
     ranks, n = ranks_from_env(), len(configs)
     outs = [config.member_checkpoint_path(name, k, models_dir) for k in range(n)]
-    members = _Members(configs, processed_dir, outs, parent, tags, log)
-    members.pace = pace
+    members = _Members(configs, processed_dir, outs, parent, tags, log, pace)
     mine = range(ranks.rank, n, ranks.world)
     kept = {k: done for k in mine if (done := members.finished(k))}
     todo = [(k, members.resumable(k)) for k in mine if k not in kept]

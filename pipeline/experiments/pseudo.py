@@ -1,32 +1,28 @@
 """Pseudo-labels, fold-honest: the test digits a first round of bagged members is sure of, as
 extra training digits for a second round (`pipeline ensemble --recipe best --pseudo-label`).
-
-A member that holds out fold k is scored on fold k, so its pseudo-labels come only from the
-first-round members that hold out fold k too: none of them saw a label of fold k, so no label of
-a digit reaches, through the test digits, a member that scores it.
-"""
+A member holding out fold k takes them only from first-round members holding out fold k: no
+label of a digit reaches, through the test digits, a member that scores it."""
 
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 
 from pipeline import config
 from pipeline.common.device import resolve_device
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import written_together
-from pipeline.data.datasets import TensorDigits, processed_fingerprint
+from pipeline.data.datasets import TensorDigits
 from pipeline.data.extra import save_extra
-from pipeline.data.folds import labelled_digits, verified_bag
-from pipeline.inference.predictor import LoadedModel, ensemble_probabilities, load_for_inference
+from pipeline.experiments.bagging import bagged_members
+from pipeline.inference.predictor import LoadedModel, ensemble_probabilities
 from pipeline.training.distributed import ranks_from_env
 
 
 @dataclass(frozen=True)
 class FoldLabels:
-    """One fold's pseudo-labels: who gave them, where they went, how many and how sure."""
-
     fold: int
     teachers: list[Path]
     path: Path
@@ -38,30 +34,20 @@ class FoldLabels:
 
 
 def fold_teachers(
-    teachers: list[LoadedModel], processed_dir: Path
+    teachers: list[Path], processed_dir: Path, device: torch.device
 ) -> tuple[dict[int, list[LoadedModel]], tuple[int, int]]:
-    """The teachers by the fold they hold out, each bag checked against these labelled digits,
-    and the (folds, fold_seed) they share; one line refusing a teacher that is not bagged or
-    dealt other folds."""
-    labels = labelled_digits(processed_dir).labels
-    fingerprint = processed_fingerprint(processed_dir, whole=True)
+    """The bagged teachers loaded on `device` by the fold they hold out, and the (folds,
+    fold_seed) they share; one line refusing teachers dealt other folds."""
+    _, members = bagged_members(teachers, processed_dir, device)
     by_fold: dict[int, list[LoadedModel]] = {}
-    dealt = set()
-    for teacher in teachers:
-        if not isinstance(record := teacher.meta.get("bag"), dict):
-            raise PipelineError(
-                f"{teacher.path}: not a bagged member (it records no bag); the teachers must "
-                "be `pipeline ensemble --recipe best`'s members"
-            )
-        bag = verified_bag(record, labels, fingerprint, teacher.path)
-        dealt.add((bag.folds, bag.fold_seed))
+    for teacher, bag in sorted(members, key=lambda member: member[1].fold):
         by_fold.setdefault(bag.fold, []).append(teacher)
-    if len(dealt) != 1:
+    if len(dealt := {(bag.folds, bag.fold_seed) for _, bag in members}) != 1:
         raise PipelineError(
-            f"{teachers[0].path}: the teachers' folds were dealt differently ((folds, seed): "
+            f"{teachers[0]}: the teachers' folds were dealt differently ((folds, seed): "
             f"{sorted(dealt)}); give the members of one ensemble"
         )
-    return dict(sorted(by_fold.items())), dealt.pop()
+    return by_fold, dealt.pop()
 
 
 def pseudo_label(
@@ -77,7 +63,7 @@ def pseudo_label(
     if not 0 <= threshold <= 1:
         raise PipelineError(f"--pseudo-threshold {threshold}: must be within 0 to 1")
     target = resolve_device(device)
-    by_fold, _ = fold_teachers(load_for_inference(teachers, target), processed_dir)
+    by_fold, _ = fold_teachers(teachers, processed_dir, target)
     test = TensorDigits.load(processed_dir, "test")  # images only: its labels are never read
     on_device = TensorDigits(test.images).to(target)
     report = []
@@ -111,11 +97,9 @@ ROUND2_SHARE = 0.6  # of a budget's training time: round 2 trains on ~1.6 times 
 def pseudo_label_rounds(
     configs, processed_dir, models_dir, jobs, track, log, warn, threshold=0.99, fit=None
 ):
-    """`run_ensemble` in two rounds: round 1 into `<models_dir>/round1/`, its pseudo-labels
-    there, then round 2 (the same configs, each with its fold's pseudo-labels as extra digits)
-    into `models_dir`. Returns the lines to print (each round's out-of-bag estimate and the
-    pseudo-labels) and round 2's run. `fit(configs, models_dir, reserve_s)` sizes a round to a
-    budget: round 1 leaves ROUND2_SHARE of what remains to round 2, which trains on more digits."""
+    """`run_ensemble` into `<models_dir>/round1/` with its pseudo-labels there, then into
+    `models_dir` with each fold's as extra digits; returns the lines to print and round 2's run.
+    `fit(configs, models_dir, reserve_s)` sizes a round to a budget, leaving ROUND2_SHARE."""
     from pipeline.experiments.ensemble import run_ensemble
 
     if any(cfg.folds is None for cfg in configs):

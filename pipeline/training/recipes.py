@@ -5,7 +5,7 @@ when the run resolves to CUDA. The whole config is stored in every checkpoint.
 """
 
 import math
-from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pipeline.common.choices import (
@@ -16,7 +16,6 @@ from pipeline.common.choices import (
     Optimizer,
     Recipe,
     Schedule,
-    check_seed,
     plain,
 )
 from pipeline.common.errors import PipelineError
@@ -26,9 +25,8 @@ TARGET_ACCURACY = 0.99
 
 
 def setting(default: Any, help: str, **option: Any) -> Any:
-    """A TrainConfig field the command line sets, with its help and how typer takes it:
-    `choices` (the enum of its values), `min`/`max`, `name` (when not the field's name: the
-    option's and the tracked param's) and `resume_may_change`; read by pipeline.cli.options."""
+    """A TrainConfig field the command line sets (pipeline.cli.options reads it): its help,
+    `choices`, `min`/`max`, `name` (the option's, if not the field's), `resume_may_change`."""
     return field(default=default, metadata={"help": help, **option})
 
 
@@ -65,18 +63,14 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile; CUDA graphs on a GPU (the recipe's).")
     max_steps: int | None = setting(None, "Stop after N steps (smoke runs).", min=1)
     recipe: str | None = None
-    # Exponential moving average of the weights (and BatchNorm statistics), decay per step;
-    # the average is what is validated and saved. None: the raw weights.
+    # The decay per step of the weights' moving average, what is validated and saved (None: none)
     ema: float | None = None
-    # Bagging (pipeline.data.folds): train on every labelled digit except fold `fold` of
-    # `folds` stratified folds dealt by `fold_seed`, validate on that held-out fold and keep
-    # the last epoch's weights (choosing by it would leak it). None: the prepared split.
+    # Bagging (pipeline.data.folds): hold out fold `fold` of `folds` dealt by `fold_seed`,
+    # validate on it and keep the last weights. None: the prepared split.
     folds: int | None = None
     fold: int = 0
     fold_seed: int = 0
-    # Extra training digits with probability targets (pipeline.data.extra): an .npz path and
-    # the digest of its arrays, checked before use. Added to the training digits only, never
-    # to validation; every row's loss then takes a probability target (labels as one-hot).
+    # Extra training digits with probability targets (pipeline.data.extra): .npz and digest.
     extra: str | None = None
     extra_sha256: str | None = None
 
@@ -89,35 +83,20 @@ def cli_settings(cfg: TrainConfig) -> dict[str, Any]:
     return {f.metadata.get("name", f.name): getattr(cfg, f.name) for f in fields(cfg)}
 
 
-def _given(self) -> dict[str, Any]:
-    """The settings that were given (not None), by TrainConfig field name."""
-    return {name: value for name, value in asdict(self).items() if value is not None}
+# Settings given on the command line over a recipe, by TrainConfig field name, plus `width`
+# (sets arch_args: see models.width_args); only the given ones (not None).
+Overrides = dict[str, Any]
 
 
-# Settings given on the command line over a recipe, as plain values: TrainConfig's command-line
-# fields, and `width` (sets arch_args: see models.width_args). None keeps the recipe's value
-# (or, with --resume, the saved run's).
-Overrides = make_dataclass(
-    "Overrides",
-    [(f.name, f.type | None, None) for f in CLI_SETTINGS] + [("width", int | None, None)],
-    frozen=True,
-    namespace={"given": _given},
-)
-
-
-# Named recipes: overrides of TrainConfig's defaults. `fast` is the defaults themselves:
-# >= 99% validation accuracy in about 30 s of training on a 2-core CPU (4 epochs of a 16-32-64
-# FastNet with label smoothing). `best` is the competition recipe: what every member of the
-# `best` ensemble shares (per-sample augmented digits, a moving average of the weights), with
-# the first member of the device's table below as its model when trained alone.
+# Named recipes over TrainConfig's defaults. `fast` is the defaults: >= 99% validation accuracy
+# in about 30 s on a 2-core CPU. `best` is what every member of the `best` ensemble shares, with
+# the first row of the device's table as its model when trained alone.
 BEST_SHARED: dict[str, Any] = dict(augment=True, ema=0.999)
 
-# The `best` ensemble, sized per device: differing nets (kernel sizes, widths, with and
-# without pooling), since members that differ only in their seed make the same mistakes.
-# Member k trains on every fold but k % folds of all labelled digits (pipeline.data.folds);
-# members k and k + folds hold out the same fold and are different nets, so each digit's
-# out-of-bag vote comes from two architectures. The CPU table fits `make best` in 15 minutes
-# on two cores (one member per core, one thread each); the CUDA one is bigger and longer.
+# The `best` ensemble per device: differing nets, since members that differ only in their seed
+# make the same mistakes. Members k and k + folds hold out fold k % folds and are different
+# nets, so each digit's out-of-bag vote comes from two architectures. The CPU table fits
+# `make best` in 15 minutes on two cores.
 BEST_FOLDS: dict[str, int] = {"cpu": 5, "cuda": 5}
 _FAST16_K3 = dict(model="fastnet", epochs=11)
 _FAST16_K5 = dict(model="fastnet", arch_args={"kernel": 5}, epochs=8)
@@ -134,26 +113,21 @@ BEST_MEMBERS: dict[str, list[dict[str, Any]]] = {
         *(_NOPOOL_K5_BIG, _NOPOOL_K7_BIG, _NOPOOL_K3_BIG, _FAST_BIG, _DEEP),
     ],
 }
-_CUDA_EPOCHS = 40  # every CUDA member not given its own epochs
+CUDA_MEMBER = dict(epochs=40, batch_size=256, compile=True)  # what a CUDA row does not set
 
 RECIPES: dict[str, dict[str, Any]] = {
     "fast": {},
     "best": {**BEST_SHARED, **BEST_MEMBERS["cpu"][0]},
 }
 
-# On a CUDA GPU small batches leave the GPU waiting on Python and kernel launches, so the
-# recipes capture the step in CUDA graphs (torch.compile, mode reduce-overhead), and `fast`
-# takes a wider FastNet, batches 4x larger, a higher peak learning rate and one epoch more
-# (measured on an H100: 4 epochs at batch 512 missed 99.0% for one seed in three; 5 epochs
-# reached it for all three).
+# On CUDA small batches leave the GPU waiting on Python, so the recipes capture the step in CUDA
+# graphs, and `fast` takes a wider FastNet and 4x the batch (on an H100 4 epochs at batch 512
+# missed 99.0% for one seed in three; 5 reached it for all three).
 GPU_RECIPES: dict[str, dict[str, Any]] = {
     "fast": dict(
         arch_args={"widths": [24, 48, 96]}, epochs=5, batch_size=512, lr=8e-3, compile=True
     ),
-    "best": dict(
-        {"epochs": _CUDA_EPOCHS, "batch_size": 256, "arch_args": {}}, **BEST_MEMBERS["cuda"][0]
-    )
-    | {"compile": True},
+    "best": {**CUDA_MEMBER, "arch_args": {}, **BEST_MEMBERS["cuda"][0]},
 }
 
 
@@ -169,8 +143,7 @@ def device_kind(device: str) -> str:
 
 
 def check_member_seeds(seed: int, members: int) -> None:
-    """Every member's seed (seed .. seed + members - 1) must be usable, checked before the
-    first member trains rather than when a later one fails on a seed nobody typed."""
+    """Refuse member seeds (seed .. seed + members - 1) past the range before any trains."""
     if members < 1:
         raise PipelineError(f"--members {members}: must be at least 1")
     last = seed + members - 1
@@ -181,14 +154,26 @@ def check_member_seeds(seed: int, members: int) -> None:
         )
 
 
+def _built(settings: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """`settings` with every non-None override on top, checked; `width` widens the model and
+    keeps its other arch_args (a member's kernel)."""
+    from pipeline.training.models import width_args
+
+    settings = settings | {k: plain(v) for k, v in overrides.items() if v is not None}
+    if (width := settings.pop("width", None)) is not None:
+        model = settings.get("model", TrainConfig.model)
+        settings["arch_args"] = settings.get("arch_args", {}) | width_args(model, width)
+    cfg = TrainConfig(**settings)
+    check_config(cfg)
+    return cfg
+
+
 def best_members(
     members: int | None = None, seed: int = 0, bagged: bool = True, **overrides: Any
 ) -> list[TrainConfig]:
     """The `best` ensemble's member configs for the device `overrides` name (default auto):
     member k is row k (cycled) of the device's table, seed `seed + k`, holding out fold
     k % folds when bagged; options given (`epochs`, `width`, ...) override every member."""
-    from pipeline.training.models import width_args
-
     kind = device_kind(overrides.get("device") or "auto")
     table = BEST_MEMBERS[kind]
     count = len(table) if members is None else members
@@ -196,93 +181,66 @@ def best_members(
     folds = BEST_FOLDS[kind] if bagged else None
     configs = []
     for k in range(count):
-        member = dict(table[k % len(table)])
-        if kind == "cuda":
-            member = {"epochs": _CUDA_EPOCHS, "batch_size": 256, "compile": True} | member
-        settings = {**BEST_SHARED, "arch_args": {}, **member, "seed": seed + k}
+        cuda = CUDA_MEMBER if kind == "cuda" else {}
+        settings = {**BEST_SHARED, **cuda, **table[k % len(table)]}
+        settings |= {"seed": seed + k, "recipe": "best"}
         if folds is not None:
             settings |= {"folds": folds, "fold": k % folds, "fold_seed": seed}
-        settings.update({k: plain(v) for k, v in overrides.items() if v is not None})
-        if (width := settings.pop("width", None)) is not None:
-            settings["arch_args"] = settings["arch_args"] | width_args(settings["model"], width)
-        cfg = TrainConfig(**settings, recipe="best")
-        check_config(cfg)
-        configs.append(cfg)
+        configs.append(_built(settings, overrides))
     return configs
 
 
 def recipe_config(recipe: str = "fast", **overrides: Any) -> TrainConfig:
     """A recipe's settings (its GPU variant on CUDA) with every non-None override on top;
     `width` sets the model's widths (see `models.width_args`)."""
-    from pipeline.common.device import resolve_device  # imports torch: only once a run is set up
-    from pipeline.training.models import width_args
-
     recipe = plain(recipe)
-    if recipe not in RECIPES:
-        raise PipelineError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
-    settings = {**RECIPES[recipe], "recipe": recipe}
-    if resolve_device(plain(overrides.get("device")) or "auto").type == "cuda":
+    settings = {**RECIPES.get(recipe, {}), "recipe": recipe}  # check_config refuses others
+    if device_kind(overrides.get("device") or "auto") == "cuda":
         gpu = dict(GPU_RECIPES.get(recipe, {}))
         own_model = settings.get("model", TrainConfig.model)
         if plain(overrides.get("model")) not in (None, own_model):
             gpu.pop("arch_args", None)  # the recipe's widths are its own model's, not another's
         settings.update(gpu)
-    width = overrides.pop("width", None)
-    settings.update({k: plain(v) for k, v in overrides.items() if v is not None})
-    if width is not None:
-        settings["arch_args"] = width_args(settings.get("model", TrainConfig.model), width)
-    cfg = TrainConfig(**settings)
-    check_config(cfg)
-    return cfg
+    return _built(settings, overrides)
+
+
+def _choice(allowed) -> tuple:
+    return lambda v: v in list(allowed), f"expected one of {', '.join(allowed)}"
+
+
+# What each setting must be: the API's one-line refusals (typer checks the command line's).
+_RULES: dict[str, tuple] = {
+    "model": _choice(ModelName),
+    "optimizer": _choice(Optimizer),
+    "schedule": _choice(Schedule),
+    "data_source": _choice(DataSource),
+    "recipe": (lambda v: v is None or v in list(Recipe), f"expected one of {', '.join(Recipe)}"),
+    "epochs": (lambda v: v >= 1, "must be positive"),
+    "batch_size": (lambda v: v >= 1, "must be positive"),
+    "lr": (lambda v: 0 < v < math.inf, "must be a positive finite number"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "must be a finite number, not negative"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "augment_strength": (
+        lambda v: 0 < v <= MAX_AUGMENT_STRENGTH,
+        f"must be above 0 and at most {MAX_AUGMENT_STRENGTH:g}",
+    ),
+    "max_steps": (lambda v: v is None or v >= 1, "must be positive"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"expected an integer from 0 to {MAX_SEED}"),
+    "ema": (lambda v: v is None or 0 < v < 1, "the decay must be between 0 and 1"),
+}
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """Refuse, in one line, settings no run can use (typer checks the CLI; this the API)."""
-    choices = {
-        "model": ModelName,
-        "optimizer": Optimizer,
-        "schedule": Schedule,
-        "data_source": DataSource,
-    }
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in {member.value for member in allowed}:
-            raise PipelineError(
-                f"--{name} {getattr(cfg, name)}: expected one of {', '.join(allowed)}"
-            )
-    if cfg.recipe is not None and cfg.recipe not in {r.value for r in Recipe}:
-        raise PipelineError(f"--recipe {cfg.recipe}: expected one of {', '.join(Recipe)}")
+    """Refuse, in one line, settings no run can use."""
+    for name, (ok, rule) in _RULES.items():
+        if not ok(value := getattr(cfg, name)):
+            raise PipelineError(f"--{name.replace('_', '-')} {value}: {rule}")
     from pipeline.training.models import arch_args_problem  # imports torch: once a run is set up
 
     if not isinstance(cfg.arch_args, dict):
         raise PipelineError(f"arch_args {cfg.arch_args!r:.40}: must be a mapping")
     if problem := arch_args_problem(cfg.model, cfg.arch_args):
         raise PipelineError(f"arch_args of {cfg.model}: {problem}")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise PipelineError("--epochs and --batch-size must be positive")
-    numbers = {
-        "lr": cfg.lr,
-        "weight-decay": cfg.weight_decay,
-        "label-smoothing": cfg.label_smoothing,
-    }
-    for name, value in numbers.items():
-        if not math.isfinite(value):
-            raise PipelineError(f"--{name} {value}: must be a finite number")
-    if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.label_smoothing < 1:
-        raise PipelineError(
-            "--lr must be positive, --weight-decay not negative, --label-smoothing in [0, 1)"
-        )
-    if not (
-        math.isfinite(cfg.augment_strength) and 0 < cfg.augment_strength <= MAX_AUGMENT_STRENGTH
-    ):
-        raise PipelineError(
-            f"--augment-strength {cfg.augment_strength}: must be above 0 and at most "
-            f"{MAX_AUGMENT_STRENGTH:g}"
-        )
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise PipelineError(f"--max-steps {cfg.max_steps}: must be positive")
-    check_seed(cfg.seed)
-    if cfg.ema is not None and not 0 < cfg.ema < 1:
-        raise PipelineError(f"--ema {cfg.ema}: the decay must be between 0 and 1")
     if cfg.folds is not None:
         if cfg.folds < 2 or not 0 <= cfg.fold < cfg.folds:
             raise PipelineError(f"--folds {cfg.folds}: needs at least 2 folds, fold 0 to folds-1")

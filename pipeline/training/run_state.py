@@ -217,7 +217,7 @@ def run_config(
 ) -> tuple[TrainConfig, Path]:
     """A `train` run's config and --out; with `resume`, the saved run's config with the
     overrides, so that `resume_payload` refuses only what was asked to change."""
-    given = overrides.given()
+    given = dict(overrides)
     cfg = recipe_config(recipe or "fast", **given)
     out = out or config.checkpoint_path(cfg.model)
     if resume:

@@ -35,22 +35,17 @@ from pipeline.training.recipes import TARGET_ACCURACY, TrainConfig, check_config
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on weights only (decaying BatchNorm scales and biases only hurts).
-
-    On CUDA the fused Adam/AdamW kernels update every parameter in one launch.
-    """
-    fused = next(model.parameters()).device.type == "cuda"
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    """Weight decay on weights only (decaying BatchNorm scales and biases only hurts); on CUDA
+    the fused Adam/AdamW kernels update every parameter in one launch."""
+    params = list(model.parameters())
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0},
     ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, fused=fused)
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
+    adam = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return adam(groups, lr=cfg.lr, fused=params[0].device.type == "cuda")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
@@ -132,10 +127,7 @@ class Run:
 
 
 def train_one_epoch(run: Run, stop: run_state.StopSignals, log: Callable | None) -> float:
-    """Train until the epoch ends, max_steps is reached or a stop signal arrives.
-
-    Returns the seconds of device work; the summed loss stays in `run.state`.
-    """
+    """Train until the epoch ends, max_steps or a stop signal; returns the device seconds."""
     state, cfg = run.state, run.cfg
     if state.order is None:
         state.order = torch.randperm(len(run.train_set), generator=run.shuffle_gen)
@@ -231,28 +223,38 @@ def end_epoch(run: Run, seconds: float, start_step: int, log: Callable[[str], No
             plots.plot_training_curves(state.history, config.curves_path(run.out))
 
 
-def start_run(cfg, processed_dir: Path, out: Path, payload, ranks, device, fingerprint) -> Run:
-    """Load the data to the device, then set the run up (`new_run`)."""
-    bag = None
-    with phase("load"):
-        if cfg.folds is None:
-            train_set, val_set = datasets.load_train_val(processed_dir, cfg.data_source, device)
-        else:
-            train_set, val_set, bag = bagged_sets(cfg, processed_dir, fingerprint, device)
-        if cfg.extra is not None:
-            train_set = with_extra(train_set, Path(cfg.extra), cfg.extra_sha256, device)
-    run = new_run(cfg, train_set, val_set, ranks, device, out, fingerprint, payload)
-    run.bag = bag
-    return run
+def load_sets(cfg: TrainConfig, processed_dir: Path, fingerprint: str, device):
+    """Training and validation digits on the device, and a bagged member's bag record (it
+    validates on its out-of-bag digits). Extra digits join training only; every target is then
+    a probability row (labels one-hot), which `F.cross_entropy` takes."""
+    bag, splits = None, ("train", "val")
+    if cfg.data_source == "images":  # never bagged (check_config)
+        train_set, val_set = (datasets.PngDigits.load(processed_dir, s) for s in splits)
+    elif cfg.folds is None:
+        tensors = (datasets.TensorDigits.load(processed_dir, s).to(device) for s in splits)
+        train_set, val_set = tensors
+    else:
+        digits = folds.labelled_digits(processed_dir)
+        drawn = folds.member_bag(digits.labels, cfg.folds, cfg.fold, cfg.fold_seed)
+        train_set, val_set = (
+            datasets.TensorDigits(digits.images[rows], digits.labels[rows]).to(device)
+            for rows in (drawn.train, drawn.oob)
+        )
+        bag = drawn.record(fingerprint)
+    if cfg.extra is not None:
+        loaded = extra.load_extra(Path(cfg.extra), cfg.extra_sha256)
+        images, targets = (torch.from_numpy(array).to(device) for array in loaded)
+        one_hot = F.one_hot(train_set.labels, config.N_CLASSES).float()
+        train_set = datasets.TensorDigits(
+            torch.cat([train_set.images, images]), torch.cat([one_hot, targets])
+        )
+    return train_set, val_set, bag
 
 
 def new_run(
-    cfg, train_set, val_set, ranks, device, out: Path, fingerprint: str = "", payload=None
+    cfg, train_set, val_set, ranks, device, out: Path, fingerprint="", payload=None, bag=None
 ) -> Run:
-    """Build model, optimiser and schedule over loaded data; restore a resume's `payload`.
-
-    `pipeline bench` times the training step through this and `train_one_epoch` too.
-    """
+    """Build model, optimiser and schedule over loaded data; restore a resume's `payload`."""
     seed_everything(cfg.seed)
     if device.type == "cpu":  # threads on busy cores stall every op; meta records the count
         use_free_cores()
@@ -293,27 +295,8 @@ def new_run(
     return Run(
         cfg, ranks, device, train_set, val_set, model, step_model, optimizer, scheduler,
         shuffle_gen, augment_gen, state, steps_per_epoch, int(total_steps), out, fingerprint,
-        ema,
+        ema, bag,
     )  # fmt: skip
-
-
-def bagged_sets(cfg: TrainConfig, processed_dir: Path, fingerprint: str, device):
-    """A bagged member's training digits, its out-of-bag digits and the bag's record."""
-    digits = folds.labelled_digits(processed_dir)
-    bag = folds.member_bag(digits.labels, cfg.folds, cfg.fold, cfg.fold_seed)
-    train_set = datasets.TensorDigits(digits.images[bag.train], digits.labels[bag.train])
-    oob_set = datasets.TensorDigits(digits.images[bag.oob], digits.labels[bag.oob])
-    return train_set.to(device), oob_set.to(device), bag.record(fingerprint)
-
-
-def with_extra(train_set: datasets.TensorDigits, path: Path, sha256, device):
-    """The training digits then `path`'s extra ones, each row's target a probability row (the
-    labelled digits one-hot): `F.cross_entropy` takes them, label smoothing included."""
-    images, targets = (torch.from_numpy(a).to(device) for a in extra.load_extra(path, sha256))
-    one_hot = F.one_hot(train_set.labels, config.N_CLASSES).float()
-    return datasets.TensorDigits(
-        torch.cat([train_set.images, images]), torch.cat([one_hot, targets])
-    )
 
 
 def train(
@@ -327,13 +310,10 @@ def train(
     stop: run_state.StopSignals | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> run_state.TrainResult:
-    """Train `cfg` on processed_dir's train split, validating on val after every epoch.
-
-    Writes `out` (best weights and sidecar) and its run files (`config.run_files`), holding
-    `out`'s lock throughout. SIGINT/SIGTERM save a resumable state and raise
-    TrainingInterrupted; `stop` replaces that StopSignals (tests stop at a chosen step).
-    A finished run of the same config on the same data is returned as is unless `force`.
-    """
+    """Train `cfg` on processed_dir's train split, validating on val after every epoch, into
+    `out` and its run files (`config.run_files`), holding `out`'s lock. SIGINT/SIGTERM save a
+    resumable state and raise TrainingInterrupted (`stop` replaces that StopSignals). A
+    finished run of the same config on the same data is returned as is unless `force`."""
     main = ranks_from_env().is_main
     try:
         check_config(cfg)
@@ -368,7 +348,9 @@ def train_locked(
     device = training_device(cfg.device, ranks)
     say = log if (log and ranks.is_main) else (lambda message: None)
     with process_group(ranks, device):
-        run = start_run(cfg, processed_dir, out, payload, ranks, device, fingerprint)
+        with phase("load"):
+            train_set, val_set, bag = load_sets(cfg, processed_dir, fingerprint, device)
+        run = new_run(cfg, train_set, val_set, ranks, device, out, fingerprint, payload, bag)
         if payload is not None:
             say(f"resumed {last} at epoch {run.state.epoch + 1}, step {run.state.step}")
         with stop or run_state.StopSignals() as stop, phase("work"):
