@@ -76,7 +76,7 @@ all: predict ## install -> download -> prepare -> train -> predict
 # then serves). PSEUDO=1 adds a second round of members trained on the test digits the first is
 # sure of (pseudo-labels).
 BUDGET ?= 15
-DISTILL_MINUTES ?= 2.5
+DISTILL_MINUTES ?= 3
 PSEUDO ?=
 best: prepare ## The `best` ensemble sized to BUDGET minutes (15) on a CPU, predict, then distil it into models/distilled.pt
 	$(PIPELINE) ensemble --recipe best $(if $(MEMBERS),--members $(MEMBERS)) --device $(DEVICE) --seed $(SEED) \

@@ -126,7 +126,7 @@ def distill_command(
     fold: Annotated[
         int, typer.Option(min=0, help="The held-out fold: its teachers teach, it scores.")
     ] = 0,
-    epochs: Annotated[int | None, typer.Option(min=1, help="The student's (fast's).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="The student's (6).")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
