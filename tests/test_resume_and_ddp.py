@@ -80,7 +80,7 @@ def test_signal_then_resume_gives_the_uninterrupted_weights(signum, processed_di
     assert resumed.returncode == 0, resumed.stderr
     cfg = recipe_config("fast", model="cnn", epochs=2, batch_size=32, device="cpu")
     whole = train(cfg, processed_dir, tmp_path / "whole.pt", progress=False)
-    expected, got = _weights(whole.last_checkpoint), _weights(last)
+    expected, got = _weights(config.last_checkpoint_path(whole.checkpoint)), _weights(last)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 

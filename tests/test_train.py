@@ -132,8 +132,8 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(small_processed_dir,
     assert (loop["epoch"], loop["step"]) == (1, stop_at - steps_per_epoch)  # mid-epoch 2
     assert len(whole.history) == 2
     resumed = train(cfg, data, tmp_path / "cut.pt", resume=True, progress=False)
-    final_whole = read_payload(whole.last_checkpoint)["state_dict"]
-    final_resumed = read_payload(resumed.last_checkpoint)["state_dict"]
+    final_whole = read_payload(config.last_checkpoint_path(whole.checkpoint))["state_dict"]
+    final_resumed = read_payload(config.last_checkpoint_path(resumed.checkpoint))["state_dict"]
     assert all(torch.equal(final_whole[k], final_resumed[k]) for k in final_whole)
     learned = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr")
     assert [{k: r[k] for k in learned} for r in resumed.history] == [

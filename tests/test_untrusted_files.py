@@ -241,8 +241,8 @@ def _empty(payload):
     [
         ("train", lambda p: p | {"labels": None}, "the train split has no labels"),
         ("val", lambda p: p | {"labels": None}, "the val split has no labels"),
-        ("val", _empty, "the val split holds no digits"),
-        ("test", _empty, "the test split holds no digits"),
+        ("val", _empty, "holds 0 digits, meta.json counts 1"),
+        ("test", _empty, "holds 0 digits, meta.json counts 1"),
     ],
 )
 def test_a_split_without_labels_or_digits_is_one_line(name, change, problem, processed_dir):

@@ -131,21 +131,20 @@ def download_from_kaggle(raw_dir: Path, connect: Callable[[], Any] | None = None
     (even its own exit) becomes one PipelineError line."""
     zip_path = raw_dir / config.COMPETITION_ZIP
     try:
-        api = (connect or kaggle_api.connect)()
+        api = (connect or kaggle_api.connect)()  # authenticate() may call the network, or exit
+        with _staging_dir(raw_dir, "kaggle") as tmp:
+            api.competition_download_files(config.COMPETITION, path=tmp, force=True, quiet=True)
+            fetched = Path(tmp) / config.COMPETITION_ZIP
+            if not fetched.is_file():
+                raise PipelineError(
+                    f"Kaggle returned no {config.COMPETITION_ZIP} for the download"
+                )
+            with os_errors_name(zip_path):
+                fetched.replace(zip_path)
     except PipelineError:
         raise
-    except (Exception, SystemExit) as exc:  # authenticate() may call the network, or exit
+    except (Exception, SystemExit) as exc:
         raise kaggle_api.explain(exc, config.COMPETITION, "download", zip_path) from None
-    with _staging_dir(raw_dir, "kaggle") as tmp:
-        try:
-            api.competition_download_files(config.COMPETITION, path=tmp, force=True, quiet=True)
-        except (Exception, SystemExit) as exc:
-            raise kaggle_api.explain(exc, config.COMPETITION, "download", zip_path) from None
-        fetched = Path(tmp) / config.COMPETITION_ZIP
-        if not fetched.is_file():
-            raise PipelineError(f"Kaggle returned no {config.COMPETITION_ZIP} for the download")
-        with os_errors_name(zip_path):
-            fetched.replace(zip_path)
     extract_competition_zip(zip_path, raw_dir)
     return zip_path
 
@@ -218,26 +217,23 @@ def download(
     replacing_sample = is_sample(raw_dir)
     if source is RawSource.auto:
         local_zip = raw_dir / config.COMPETITION_ZIP
-        real_source = local_zip.is_file() or kaggle_api.credential_source() is not None
+        found = zip_path or (local_zip if local_zip.is_file() else None)
+        kaggle = kaggle_api.credential_source() is not None
+        source = RawSource.zip if found else RawSource.kaggle if kaggle else RawSource.sample
         have_csvs = all((raw_dir / name).is_file() for name in config.COMPETITION_FILES)
+        real_source = source is not RawSource.sample
         if zip_path is None and have_csvs and not force and not (replacing_sample and real_source):
             what = "the offline sample" if replacing_sample else "Kaggle's CSVs"
             detail = f"{raw_dir} already holds {what}"
-            return DownloadResult(source, raw_dir, True, replacing_sample, detail)
-        if zip_path is not None or local_zip.is_file():
-            source, zip_path = RawSource.zip, zip_path or local_zip
-        elif kaggle_api.credential_source() is not None:
-            source = RawSource.kaggle
-        else:
-            source = RawSource.sample
+            return DownloadResult(RawSource.auto, raw_dir, True, replacing_sample, detail)
+        zip_path = found
 
     if source is RawSource.zip:
         if zip_path is None:
             raise PipelineError("--source zip needs --zip PATH to the competition zip")
         if not force and not replacing_sample and holds_zip_csvs(raw_dir, zip_path):
-            return DownloadResult(
-                source, raw_dir, True, False, f"{raw_dir} already holds the CSVs of {zip_path}"
-            )
+            detail = f"{raw_dir} already holds the CSVs of {zip_path}"
+            return DownloadResult(source, raw_dir, True, False, detail)
         notes = extract_competition_zip(zip_path, raw_dir)
         detail = f"extracted {zip_path}" + "".join(f" ({note})" for note in notes)
     elif source is RawSource.kaggle:
@@ -245,7 +241,6 @@ def download(
     else:
         write_offline_sample(raw_dir, seed)
         detail = f"wrote the offline sample from {sample_csv_path()}"
-        replacing_sample = False
-    if replacing_sample:
+    if replacing_sample and source is not RawSource.sample:
         detail += ", replacing the offline sample"
     return DownloadResult(source, raw_dir, False, source is RawSource.sample, detail)

@@ -50,18 +50,9 @@ def connect() -> Any:
     return api
 
 
-def _one_line(text: object, limit: int = 300) -> str:
+def _one_line(text: object) -> str:
     line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    """requests/urllib3 errors and the socket errors they wrap, told apart from a local file
-    error (both are OSErrors, requests' without an errno) by their module."""
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    network = {"requests", "urllib3", "socket", "ssl", "http"}
-    return any(cls.__module__.partition(".")[0] in network for cls in type(exc).__mro__)
+    return line if len(line) <= 300 else line[:299] + "…"
 
 
 def explain(
@@ -71,39 +62,44 @@ def explain(
     saying what to do; `path`, the action's local file, is named in a local OS error."""
     status = getattr(getattr(exc, "response", None), "status_code", None)
     page = f"https://www.kaggle.com/competitions/{competition}"
-    if status == 401:
-        return PipelineError(f"Kaggle rejected the credentials (HTTP 401): {TOKEN_HELP}")
-    if status == 403:
-        return PipelineError(
-            f"Kaggle refused access to '{competition}' (HTTP 403): accept the competition "
-            f"rules at {page}/rules with this account, then retry `pipeline {action}`"
-        )
-    if status == 404:
-        return PipelineError(f"Kaggle has no competition '{competition}' (HTTP 404)")
-    if status is not None:
-        return PipelineError(
+    by_status = {
+        401: f"Kaggle rejected the credentials (HTTP 401): {TOKEN_HELP}",
+        403: f"Kaggle refused access to '{competition}' (HTTP 403): accept the competition "
+        f"rules at {page}/rules with this account, then retry `pipeline {action}`",
+        404: f"Kaggle has no competition '{competition}' (HTTP 404)",
+    }
+    # requests' errors are OSErrors without an errno: told from a local one by their module
+    network = isinstance(exc, ConnectionError | TimeoutError) or any(
+        cls.__module__.partition(".")[0] in {"requests", "urllib3", "socket", "ssl", "http"}
+        for cls in type(exc).__mro__
+    )
+    if status in by_status:
+        message = by_status[status]
+    elif status is not None:
+        message = (
             f"Kaggle answered HTTP {status} for '{competition}' during {action}: {_one_line(exc)}"
         )
-    network = _is_network_error(exc)
-    if isinstance(exc, OSError) and exc.errno is not None and not network:
+    elif isinstance(exc, OSError) and exc.errno is not None and not network:
         where = path or exc.filename or f"local file error during {action}"
-        return PipelineError(f"{where}: {_one_line(exc.strerror or exc)}")
-    if network or isinstance(exc, OSError):
+        message = f"{where}: {_one_line(exc.strerror or exc)}"
+    elif network or isinstance(exc, OSError):
         by_hand = (
             f"upload {path or 'the submission file'} by hand at {page}/submit"
             if action == "submit"
             else f"download {competition}.zip by hand from {page}/data and run "
             "`pipeline download --zip PATH`"
         )
-        return PipelineError(
+        message = (
             f"cannot reach kaggle.com ({type(exc).__name__}): check the network and retry "
             f"`pipeline {action}`; or {by_hand}"
         )
-    if isinstance(exc, SystemExit):
-        return PipelineError(
+    elif isinstance(exc, SystemExit):
+        message = (
             f"the kaggle package gave up during {action} (exit code {exc.code}); "
             f"retry `pipeline {action}`"
         )
-    return PipelineError(
-        f"the kaggle package failed during {action}: {type(exc).__name__}: {_one_line(exc)}"
-    )
+    else:
+        message = (
+            f"the kaggle package failed during {action}: {type(exc).__name__}: {_one_line(exc)}"
+        )
+    return PipelineError(message)

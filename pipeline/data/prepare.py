@@ -98,25 +98,14 @@ def fingerprint_sources(raw_dir: Path) -> dict[str, str]:
     return {n: file_sha256(raw_dir / n) for n in names if (raw_dir / n).is_file()}
 
 
-def _options(sources: dict[str, str], val_fraction: float, seed: int, limit: int | None) -> dict:
-    return {
-        "version": META_VERSION,
-        "sources": sources,
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "limit_rows": limit,
-    }
-
-
 def current_cache(processed_dir: Path, options: dict, fmt: str) -> dict | None:
     """The meta of a cache of these sources and options, if every file checks."""
     try:
         meta = read_meta(processed_dir)
     except PipelineError:
         return None
-    wanted = {"tensors": {"tensors", "both"}, "images": {"images", "both"}, "both": {"both"}}
     same = all(meta.get(k) == v for k, v in options.items())
-    if not same or meta["format"] not in wanted[fmt] or stale_files(processed_dir, meta):
+    if not same or meta["format"] not in (fmt, "both") or stale_files(processed_dir, meta):
         return None
     return meta
 
@@ -135,20 +124,20 @@ def prepare(
     fmt = CacheFormat(fmt).value
     check_val_fraction(val_fraction)
     remove_dead_temps(processed_dir)  # what a killed run left: its temp files and PNG folder
-    labels_path = raw_dir / config.TEST_LABELS_CSV
-    sources = None
+    options = {"version": META_VERSION, "val_fraction": val_fraction, "seed": seed}
+    options |= {"limit_rows": limit_rows, "sources": None}
     if not force and (raw_dir / config.TRAIN_CSV).is_file():
         for name in (config.TRAIN_CSV, config.TEST_CSV):  # before hashing them
             check_size(raw_dir / name)
-        sources = fingerprint_sources(raw_dir)
-        options = _options(sources, val_fraction, seed, limit_rows)
+        options["sources"] = fingerprint_sources(raw_dir)
         if (meta := current_cache(processed_dir, options, fmt)) is not None:
-            return PrepareResult(processed_dir, True, meta["counts"], labels_path.is_file())
+            is_sample = (raw_dir / config.TEST_LABELS_CSV).is_file()
+            return PrepareResult(processed_dir, True, meta["counts"], is_sample)
 
     with phase("load"):
         raw = read_raw(raw_dir, limit_rows)
     with phase("work"), ThreadPoolExecutor(max_workers=1) as pool:  # a free core hashes
-        hashing = pool.submit(fingerprint_sources, raw_dir) if sources is None else None
+        hashing = pool.submit(fingerprint_sources, raw_dir) if not options["sources"] else None
         train, test = raw.train, raw.test
         try:
             train_rows, val_rows = split_train_val(train.labels, val_fraction, seed)
@@ -159,7 +148,7 @@ def prepare(
             "val": _to_split(train.pixels, train.labels, val_rows),
             "test": _to_split(test.pixels, raw.test_labels, np.arange(len(test.pixels))),
         }
-        sources = sources if hashing is None else hashing.result()
+        options["sources"] = options["sources"] or hashing.result()
     with phase("write"):
         processed_dir.mkdir(parents=True, exist_ok=True)
         (processed_dir / config.META_JSON).unlink(missing_ok=True)
@@ -176,7 +165,6 @@ def prepare(
                 (Path(tmp) / config.IMAGES_DIR).replace(target)
             files[config.IMAGES_DIR] = images_digest(target)
         counts = {name: len(split) for name, split in splits.items()}
-        meta = _options(sources, val_fraction, seed, limit_rows)
-        meta |= {"format": fmt, "counts": counts, "files": files}
+        meta = options | {"format": fmt, "counts": counts, "files": files}
         write_json(meta, processed_dir / config.META_JSON)
     return PrepareResult(processed_dir, False, counts, raw.test_labels is not None)

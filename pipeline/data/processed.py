@@ -109,9 +109,8 @@ def stale_files(processed_dir: Path, meta: dict) -> list[str]:
 
 def save_split(split: DigitSplit, path: Path) -> str:
     """Write one split atomically; returns the sha256 meta.json records for it."""
-    arrays = {"images": split.images, "ids": split.ids, "labels": split.labels}
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: v for k, v in arrays.items() if v is not None})
+    np.savez(buffer, **{k: v for k, v in vars(split).items() if v is not None})
     data = buffer.getvalue()
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -119,8 +118,7 @@ def save_split(split: DigitSplit, path: Path) -> str:
 
 
 def load_split_arrays(processed_dir: Path, name: str) -> DigitSplit:
-    """One cached split, the file meta.json recorded holding the digits it counted, labelled
-    unless it is test; or a one-line error."""
+    """One split as meta.json recorded and counted it (labelled unless test), or an error."""
     path = config.split_path(processed_dir, name)
     meta = read_meta(processed_dir)
     try:
@@ -132,32 +130,21 @@ def load_split_arrays(processed_dir: Path, name: str) -> DigitSplit:
             f"{path}: does not match {config.META_JSON} (changed or from an interrupted "
             "`pipeline prepare`); run `pipeline prepare --force`"
         )
+    side = config.IMAGE_SIDE
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             arrays = dict(archive)
+        n = len(arrays["ids"])
+        wanted = {"images": (np.uint8, (n, 1, side, side)), "ids": (np.int64, (n,))}
+        wanted["labels"] = wanted["ids"]
         split = DigitSplit(arrays["images"], arrays.get("labels"), arrays["ids"])
-        images, labels, ids = split.images, split.labels, split.ids
-        valid = (
-            set(arrays) <= {"images", "labels", "ids"}
-            and images.dtype == np.uint8
-            and images.shape[1:] == (1, config.IMAGE_SIDE, config.IMAGE_SIDE)
-            and ids.dtype == np.int64
-            and ids.shape == (len(images),)
-            and (
-                labels is None
-                or (
-                    labels.dtype == np.int64
-                    and labels.shape == ids.shape
-                    and ((labels >= 0) & (labels <= 9)).all()
-                )
-            )
+        valid = all((a.dtype, a.shape) == wanted[k] for k, a in arrays.items()) and (
+            split.labels is None or ((split.labels >= 0) & (split.labels <= 9)).all()
         )
     except Exception:  # not a zip, a damaged member, an object array, a missing one: foreign
         valid = False
     if not valid:
         raise PipelineError(f"{path}: not a split written by `pipeline prepare`; run it again")
-    if len(split) == 0:
-        raise PipelineError(f"{path}: the {name} split holds no digits; run `pipeline prepare`")
     if len(split) != meta["counts"][name]:
         raise PipelineError(
             f"{path}: holds {len(split)} digits, {config.META_JSON} counts "

@@ -244,28 +244,21 @@ def read_labels_csv(path: Path) -> np.ndarray:
     return table[:, 1]
 
 
-def _check_count(path: Path, listed: int, test_path: Path, n_test: int, limited: bool) -> None:
-    if listed < n_test or (listed != n_test and not limited):
-        raise PipelineError(
-            f"{test_path}: has {n_test:,} digits, {path.name} lists {listed:,}: the test set "
-            "is incomplete or not this competition's; download it again"
-        )
-
-
 def read_raw(raw_dir: Path, limit_rows: int | None = None) -> RawData:
     """train.csv and test.csv parsed, test.csv's length checked against sample_submission.csv
     and the offline sample's answers where they exist."""
     train = read_digits_csv(raw_dir / config.TRAIN_CSV, True, limit_rows)
     test_path = raw_dir / config.TEST_CSV
     test = read_digits_csv(test_path, False, limit_rows)
-    n_test, limited = len(test.pixels), limit_rows is not None
-    sample = raw_dir / config.SAMPLE_SUBMISSION_CSV
-    if sample.is_file():
-        _check_count(sample, len(read_labels_csv(sample)), test_path, n_test, limited)
-    answers = raw_dir / config.TEST_LABELS_CSV
-    test_labels = None
-    if answers.is_file():
-        test_labels = read_labels_csv(answers)
-        _check_count(answers, len(test_labels), test_path, n_test, limited)
-        test_labels = test_labels[:n_test]
+    n_test, test_labels = len(test.pixels), None
+    for name in (config.SAMPLE_SUBMISSION_CSV, config.TEST_LABELS_CSV):
+        if not (raw_dir / name).is_file():
+            continue
+        labels = read_labels_csv(raw_dir / name)
+        if len(labels) < n_test or (len(labels) != n_test and limit_rows is None):
+            raise PipelineError(
+                f"{test_path}: has {n_test:,} digits, {name} lists {len(labels):,}: the test "
+                "set is incomplete or not this competition's; download it again"
+            )
+        test_labels = labels[:n_test] if name == config.TEST_LABELS_CSV else None
     return RawData(train, test, test_labels)

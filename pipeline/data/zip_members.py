@@ -25,17 +25,16 @@ def pick_members(archive: zipfile.ZipFile, zip_path: Path) -> tuple[dict, list[s
             if not info.is_dir() and PurePosixPath(info.filename).name == name
         ]
         top = [info for info in copies if info.filename == name]
-        if not copies:
-            continue
         if len(top) > 1 or (not top and len(copies) > 1):
             listed = ", ".join(info.filename for info in copies[:4])
             raise PipelineError(
                 f"{zip_path}: holds {len(copies)} files named {name} ({listed}) and cannot "
                 f"tell which is Kaggle's; keep one, at the top level"
             )
-        chosen[name] = top[0] if top else copies[0]
-        ignored = [info.filename for info in copies if info is not chosen[name]]
-        if ignored:
+        if not copies:
+            continue
+        chosen[name] = (top or copies)[0]
+        if ignored := [info.filename for info in copies if info is not chosen[name]]:
             notes.append(f"took the top-level {name}, ignored {', '.join(ignored[:3])}")
     return chosen, notes
 

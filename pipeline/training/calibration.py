@@ -21,18 +21,16 @@ def temperature_of(meta: dict, path: object = "the checkpoint") -> float:
     return float(value)
 
 
-def calibrated_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return (logits.float() / temperature).softmax(-1)
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The T > 0 minimising the mean NLL of softmax(logits / T), by L-BFGS over log T."""
     logits = logits.detach().float().cpu().clone()  # clone: predict_logits' are inference tensors
     labels = labels.detach().cpu().clone()
     log_t = torch.zeros((), requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe"
-    )
+    optimizer = torch.optim.LBFGS([log_t], max_iter=100, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()

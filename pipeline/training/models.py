@@ -13,7 +13,14 @@ from pipeline.common.errors import PipelineError
 SIDE = config.IMAGE_SIDE
 
 
-class TutorialCNN(nn.Module):
+class Classifier(nn.Module):
+    """`features` then a `classifier` head on their flattened output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class TutorialCNN(Classifier):
     """The tutorial's CNN: two 5x5 conv/ReLU/max-pool stages, one linear layer."""
 
     def __init__(self, channels: tuple[int, int] = (16, 32)):
@@ -29,11 +36,8 @@ class TutorialCNN(nn.Module):
         )
         self.classifier = nn.Linear(c2 * 7 * 7, config.N_CLASSES)  # 28 -> 14 -> 7
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
 
-
-class LeNet5(nn.Module):
+class LeNet5(Classifier):
     """LeNet-5 (conv6, conv16, fc120, fc84, fc10); `padding=2` turns 28x28 into its 32x32, and
     ReLU and max-pooling replace its squashing units and subsampling, as modern re-runs do."""
 
@@ -54,9 +58,6 @@ class LeNet5(nn.Module):
             nn.ReLU(),
             nn.Linear(84, config.N_CLASSES),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
 
 
 class MLP(nn.Module):
@@ -83,7 +84,7 @@ def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: in
     ]
 
 
-class FastNet(nn.Module):
+class FastNet(Classifier):
     """Three conv-BN-ReLU-maxpool stages (28 -> 14 -> 7 -> 3) and a linear head; `kernel` (odd)
     and `convs` (layers per stage) make the `best` ensemble's members differ."""
 
@@ -107,11 +108,8 @@ class FastNet(nn.Module):
             nn.Dropout(dropout), nn.Linear(c_in * side * side, config.N_CLASSES)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
 
-
-class DeepCNN(nn.Module):
+class DeepCNN(Classifier):
     """Chris Deotte's Kaggle ensemble member (0.99757): two blocks of two conv3x3-BN and a
     strided 5x5 conv instead of pooling, then a 4x4 conv: 28 -> 24 -> 12 -> 8 -> 4 -> 1."""
 
@@ -131,11 +129,8 @@ class DeepCNN(nn.Module):
         )
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c3, config.N_CLASSES))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
 
-
-class NoPoolNet(nn.Module):
+class NoPoolNet(Classifier):
     """Conv-BN-ReLU layers without padding or pooling (An et al., 2020): each trims kernel - 1
     pixels (kernel 5: 28 -> 24 -> ... -> 8), so the head sees where the strokes are."""
 
@@ -152,9 +147,6 @@ class NoPoolNet(nn.Module):
             nn.Linear(c_in * side * side, config.N_CLASSES, bias=False),
             nn.BatchNorm1d(config.N_CLASSES),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

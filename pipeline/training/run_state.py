@@ -252,48 +252,42 @@ def resume_payload(last: Path, cfg: TrainConfig, data_fingerprint: str) -> dict:
 @dataclass(frozen=True)
 class TrainResult:
     checkpoint: Path  # best weights by validation accuracy
-    last_checkpoint: Path  # resumable state after the final epoch
     curves: Path | None  # the training-curves figure
     config: TrainConfig
     best_accuracy: float
-    final_accuracy: float
     history: list[dict[str, float]]
     train_seconds: float  # device time in training steps, validation excluded
     seconds_to_target: float | None  # training seconds until val accuracy >= 99.0%
-    images_per_second: float
     skipped: bool = False  # an identical finished run was already there
 
     @classmethod
     def of(
         cls, state: TrainState, cfg: TrainConfig, out: Path, curves: Path | None, skipped=False
     ):
-        history = state.history
-        return cls(
-            checkpoint=out,
-            last_checkpoint=config.last_checkpoint_path(out),
-            curves=curves,
-            config=cfg,
-            best_accuracy=state.best_accuracy,
-            final_accuracy=history[-1]["val_accuracy"] if history else float("nan"),
-            history=history,
-            train_seconds=state.train_seconds,
-            seconds_to_target=state.seconds_to_target,
-            images_per_second=images_per_second(history),
-            skipped=skipped,
-        )
+        kept = ("best_accuracy", "history", "train_seconds", "seconds_to_target")
+        return cls(out, curves, cfg, **{k: getattr(state, k) for k in kept}, skipped=skipped)
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.history[-1]["val_accuracy"] if self.history else float("nan")
+
+    @property
+    def images_per_second(self) -> float:
+        return images_per_second(self.history)
 
 
 def finished_run(cfg: TrainConfig, out: Path, data_fingerprint: str) -> TrainResult | None:
     """The result of an earlier, finished run of exactly this config on exactly this data."""
-    last = config.last_checkpoint_path(out)
+    last, curves = config.last_checkpoint_path(out), config.curves_path(out)
     try:
-        saved = read_payload(last)["meta"]
-        best = read_payload(out)["meta"]
+        saved, best = read_payload(last)["meta"], read_payload(out)["meta"]
         # defaults fill options newer than the checkpoint, so an upgrade does not retrain
-        same = asdict(saved_config(saved, last)) == asdict(cfg)
-        if not (same and saved.get("data_fingerprint") == data_fingerprint):
-            return None
-        if not (saved.get("finished") and saved["history"]):
+        if not (
+            saved_config(saved, last) == cfg
+            and saved.get("data_fingerprint") == data_fingerprint
+            and saved.get("finished")
+            and saved["history"]
+        ):
             return None
         state = TrainState(
             train_seconds=float(saved["train_seconds"]),
@@ -301,7 +295,6 @@ def finished_run(cfg: TrainConfig, out: Path, data_fingerprint: str) -> TrainRes
             best_accuracy=float(best["val_accuracy"]),
             history=saved["history"],
         )
-        curves = config.curves_path(out)
         return TrainResult.of(state, cfg, out, curves if curves.is_file() else None, True)
     except (PipelineError, KeyError, IndexError, TypeError, ValueError):
         return None
