@@ -7,44 +7,30 @@ from typing import Annotated
 import typer
 
 from pipeline import config
-from pipeline.cli.options import DeviceOpt, ProcessedOpt, SeedOpt, TrackOpt
+from pipeline.cli.options import DeviceOpt, ForceOpt, ProcessedOpt, SeedOpt, TrackOpt
 from pipeline.cli.training import tracked_as, warn
 from pipeline.common.choices import Device, ModelName, RunSort, plain
 
 
 def tune_command(
     ctx: typer.Context,
-    trials: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="The study's budget: workers stop once it holds N (finished or running)."
-        ),
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option(min=1, help="Stop starting trials after S seconds.")
-    ] = None,
-    study: Annotated[
-        str, typer.Option(help="Study name: an existing one resumes (same space, same data).")
-    ] = "tune",
+    trials: Annotated[int | None, typer.Option(min=1, help="Stop once the study holds N.")] = None,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Start no trial after S s.")] = None,
+    study: Annotated[str, typer.Option(help="Name; an existing study resumes.")] = "tune",
     model: Annotated[ModelName, typer.Option(help="Architecture to tune.")] = ModelName.fastnet,
     max_epochs: Annotated[int, typer.Option(min=1, help="Most epochs a trial may take.")] = 4,
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    work_dir: Annotated[
-        Path, typer.Option(help="Folder for the trials' checkpoints, <study>/trial-<n>.pt.")
-    ] = config.TUNE_DIR,
+    work_dir: Annotated[Path, typer.Option(help="The trials' checkpoints.")] = config.TUNE_DIR,
     storage: Annotated[
         str | None,
         typer.Option(
-            help="The study's store: sqlite:///<file> (experiments/optuna.db), a database every "
-            "worker reaches (postgresql+psycopg2://<user>@<host>/<db>) or journal:///<file on a "
-            "shared disk>."
+            help="sqlite:///<file> (experiments/optuna.db), a database URL every worker reaches "
+            "(postgresql+psycopg2://...) or journal:///<file on a shared disk>."
         ),
     ] = None,
-    workers: Annotated[
-        int, typer.Option(min=1, help="Processes on this machine adding trials to the study.")
-    ] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes here.")] = 1,
     track: TrackOpt = None,
 ) -> None:
     """Search lr, weight decay, epochs, width, batch size and augmentation with Optuna (TPE),
@@ -107,7 +93,7 @@ def same_command(ctx: typer.Context, without: str) -> list[str]:
 
 def runs_command(
     sort: Annotated[
-        RunSort, typer.Option(help="start: newest first; val_acc: best first.")
+        RunSort, typer.Option(help="start: newest first; val_acc: best.")
     ] = RunSort.start,
     limit: Annotated[int | None, typer.Option(min=1, help="Show at most N runs.")] = None,
 ) -> None:
@@ -130,13 +116,12 @@ def distill_command(
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    force: Annotated[bool, typer.Option(help="Retrain even if it already finished.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Distil an ensemble into one FastNet, scored on a fold no teacher saw.
 
     The teachers are the bagged members that hold out --fold; the student trains on the
-    labelled digits outside it and on the test digits with the teachers' probabilities. Its
-    accuracy on the fold (which neither it nor they saw) is printed beside theirs."""
+    labelled digits outside it and on the test digits with the teachers' probabilities."""
     from tqdm import tqdm
 
     from pipeline.common.files import expand_checkpoints

@@ -42,14 +42,13 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def remove_dead_temps(folder: Path, name: str | None = None) -> list[Path]:
+def remove_dead_temps(folder: Path, name: str | None = None) -> None:
     """Delete the temp files and folders (our patterns only) of dead processes in `folder`, or
-    only those of output `name`; return what went. A live run's work is never touched."""
-    removed = []
+    only those of output `name`. A live run's work is never touched."""
     try:
         entries = list(folder.iterdir()) if folder.is_dir() else []
     except OSError:
-        return removed
+        return
     for entry in entries:
         folder_match = TEMP_DIR.match(entry.name)
         match = folder_match or TEMP_FILE.match(entry.name)
@@ -63,13 +62,11 @@ def remove_dead_temps(folder: Path, name: str | None = None) -> list[Path]:
             continue
         try:
             (shutil.rmtree if is_folder else Path.unlink)(entry)
-            removed.append(entry)
         except FileNotFoundError:
             pass
         except OSError as exc:
             message = f"{entry}: cannot remove a dead run's temp file ({exc.strerror})"
             raise PipelineError(message) from None
-    return removed
 
 
 def temp_dir(folder: Path, prefix: str) -> tempfile.TemporaryDirectory:
@@ -87,12 +84,8 @@ def unwritable(path: Path, exc: OSError) -> PipelineError:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it over `path` only if the block succeeds.
-
-    A crash, kill or exception leaves the old file or the new one, never half a file; an OS
-    error (a full disk) is one line naming `path`; inside `written_together` the rename waits
-    for the set. A command a signal stopped publishes nothing, even if the exception got lost.
-    """
+    """Yield a temporary sibling of `path`; rename it over `path` only if the block succeeds
+    and no signal came (inside `written_together`: with the set). An OS error is one line."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_dead_temps(path.parent, path.name)
@@ -168,14 +161,11 @@ def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
         lock.release()
 
 
-# What a stage adds to its output's name for the files beside it: a temporary
-# `.<stem>.metrics.csv.<pid>.tmp` is 22 bytes longer than `<stem>.pt`.
-NAME_ROOM = 24
+NAME_ROOM = 24  # a temporary `.<stem>.metrics.csv.<pid>.tmp` is 22 bytes longer than `<stem>.pt`
 
 
 def check_writable(path: Path) -> None:
-    """Fail before any work if `path` cannot be written (a folder, a file in the way, a
-    read-only place), without creating anything."""
+    """Fail before any work, creating nothing, if `path` cannot be written."""
     if path.is_dir():
         raise PipelineError(f"--out {path}: is a folder; give a file name")
     existing = path.parent
@@ -219,8 +209,7 @@ def expand_checkpoints(
     patterns: list[Path], log: Callable[[str], None] | None = None
 ) -> list[Path]:
     """Plain paths as given (a folder refused); quoted globs ('models/best-*.pt') expanded,
-    sorted, to checkpoints (`.pt` but not resume states, or `.onnx`) not named before; `log`
-    gets a line per glob."""
+    sorted, to checkpoints (not resume states) not named before; `log` gets a line per glob."""
     paths: list[Path] = []
     for pattern in patterns:
         if Path(pattern).is_dir():
@@ -230,13 +219,9 @@ def expand_checkpoints(
             continue
         matches = [Path(m) for m in sorted(glob.glob(str(pattern)))]
         taken = {p.resolve() for p in paths}
-        chosen = [
-            m
-            for m in matches
-            if m.suffix in (config.CHECKPOINT_SUFFIX, config.ONNX_SUFFIX)
-            and not config.is_resume_state(m)
-            and m.resolve() not in taken
-        ]
+        suffixes = (config.CHECKPOINT_SUFFIX, config.ONNX_SUFFIX)
+        chosen = [m for m in matches if m.suffix in suffixes and m.resolve() not in taken]
+        chosen = [m for m in chosen if not config.is_resume_state(m)]
         skipped = len(matches) - len(chosen)
         others = f"{skipped} resume states, other files or ones given before"
         if not chosen:
