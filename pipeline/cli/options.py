@@ -95,7 +95,6 @@ RunOpt = Annotated[
     typer.Option(metavar="RUN_ID", help="A tracked run's checkpoint(s) (see `pipeline runs`)."),
 ]
 ForceOpt = Annotated[bool, typer.Option(help="Redo it even if its outputs are current.")]
-CheckpointOpt = Annotated[Path, typer.Option(help="Checkpoint to use.")]
 CheckpointsOpt = Annotated[
     list[Path],
     typer.Option(

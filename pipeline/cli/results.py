@@ -8,7 +8,6 @@ import typer
 from pipeline import config
 from pipeline.cli.data import GET_REAL_DATA
 from pipeline.cli.options import (
-    CheckpointOpt,
     CheckpointsOpt,
     DeviceOpt,
     ProcessedOpt,
@@ -39,7 +38,9 @@ def chosen_checkpoints(
 
 
 def evaluate_command(
-    checkpoint: CheckpointOpt = config.DEFAULT_CHECKPOINT,
+    checkpoint: Annotated[
+        Path, typer.Option(help="Checkpoint to use.")
+    ] = config.DEFAULT_CHECKPOINT,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
     split: Annotated[Split, typer.Option(help="test: the offline sample's only.")] = Split.val,
     device: DeviceOpt = Device.auto,

@@ -1,6 +1,7 @@
 """`pipeline train`, `ensemble` and `crossval`: the training commands, whose training options
 are TrainConfig's settings (`options.with_settings`)."""
 
+import functools
 import time
 from pathlib import Path
 from typing import Annotated
@@ -13,9 +14,7 @@ from pipeline.cli.options import ForceOpt, ProcessedOpt, RawOpt, RecipeOpt, Trac
 from pipeline.common.choices import Recipe, plain
 from pipeline.training.recipes import Overrides
 
-
-def warn(message: str) -> None:
-    typer.echo(message, err=True)
+warn = functools.partial(typer.echo, err=True)
 
 
 def tracked_as(run) -> str | None:
@@ -36,10 +35,7 @@ def train_command(
     track: TrackOpt = None,
 ) -> None:
     """Train one model; keep the best (by validation accuracy) and the last, resumable state.
-
-    Tracked in MLflow unless --no-track. Under `torchrun --nproc-per-node N -m pipeline train`
-    it trains one model with DistributedDataParallel.
-    """
+    Under `torchrun --nproc-per-node N -m pipeline train` it trains one model with DDP."""
     from tqdm import tqdm
 
     from pipeline.experiments import tracking
@@ -102,11 +98,7 @@ def ensemble_command(
     track: TrackOpt = None,
     budget: Annotated[
         float | None,
-        typer.Option(
-            min=0.1,
-            help="Minutes for the ensemble and predict: on a CPU, epochs sized to this "
-            "machine's measured speed (unless --epochs/--members), then kept to time.",
-        ),
+        typer.Option(min=0.1, help="Minutes for it and predict; on a CPU it sizes the epochs."),
     ] = None,
     reserve: Annotated[
         float, typer.Option(min=0.0, help="Minutes of --budget kept for after predict.")
@@ -120,12 +112,8 @@ def ensemble_command(
 ) -> None:
     """Train an ensemble. `best`: the device's differing members, each on its own bag of all
     labelled digits, then the out-of-bag accuracy. Other recipes: K seeds. The members spread
-    over the local GPUs or CPU cores, or over torchrun's processes; tracked as one run with a
-    child run per member unless --no-track.
-
-    --pseudo-label: round 1 into <out-dir>/round1/ labels the test digits it is sure of (each
-    fold's by members that never saw it); round 2 trains on them too. Ctrl-C keeps the
-    finished members; the same command continues from there.
+    over the GPUs, CPU cores or torchrun's processes; tracked as one run unless --no-track.
+    Ctrl-C keeps the finished members; the same command continues from there.
     """
     from tqdm import tqdm
 
@@ -172,12 +160,8 @@ def crossval_command(
     *,
     settings: Overrides,
     raw_dir: RawOpt = config.RAW_DIR,
-    work_dir: Annotated[
-        Path, typer.Option(help="Folder for each split's members.")
-    ] = config.CROSSVAL_MODELS_DIR,
-    processed_dir: Annotated[
-        Path, typer.Option(help="Folder for each split's prepared data.")
-    ] = config.CROSSVAL_DATA_DIR,
+    work_dir: Annotated[Path, typer.Option(help="Splits' members.")] = config.CROSSVAL_MODELS_DIR,
+    processed_dir: Annotated[Path, typer.Option(help="Splits' data.")] = config.CROSSVAL_DATA_DIR,
     track: TrackOpt = None,
 ) -> None:
     """Score a recipe's ensemble (alone, averaged, with TTA) as mean and spread over splits;
