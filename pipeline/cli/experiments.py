@@ -60,16 +60,14 @@ def tune_command(
         f"val_acc {result.best_value:.2%}"
     )
     if result.timed_out_after is not None:
-        typer.echo(
-            f"tune: --timeout {timeout:g} s ended the search after {result.timed_out_after} "
-            "trial(s) this time; give more time, or run it again to go on"
-        )
+        after = f"{result.timed_out_after} trial(s)"
+        typer.echo(f"tune: --timeout {timeout:g} s ended the search after {after}; run it again")
     if said := tracked_as(run):
         typer.echo(f"tune: {said}; `--run` on it means its best trial's model")
     if result.running:
         typer.echo(
-            f"tune: {result.running} trial(s) still running on other workers; the worker that "
-            "ends last prints the best trial's command (or run this command again then)"
+            f"tune: {result.running} trial(s) still running on other workers; the last one to "
+            "end prints the best trial's command"
         )
     else:
         typer.echo(f"reproduce: {result.command}")
@@ -92,9 +90,7 @@ def same_command(ctx: typer.Context, without: str) -> list[str]:
 
 
 def runs_command(
-    sort: Annotated[
-        RunSort, typer.Option(help="start: newest first; val_acc: best.")
-    ] = RunSort.start,
+    sort: Annotated[RunSort, typer.Option(help="Newest or best first.")] = RunSort.start,
     limit: Annotated[int | None, typer.Option(min=1, help="Show at most N runs.")] = None,
 ) -> None:
     """The tracked runs: id, command, model, recipe, epochs, val accuracy, training seconds,
@@ -105,13 +101,11 @@ def runs_command(
 
 
 def distill_command(
-    teachers: Annotated[str, typer.Option(help="The bagged members, as a quoted glob.")] = str(
+    teachers: Annotated[str, typer.Option(help="Members' glob.")] = str(
         config.members_glob("best")
     ),
     out: Annotated[Path, typer.Option(help="The student's checkpoint.")] = config.DISTILLED_PATH,
-    fold: Annotated[
-        int, typer.Option(min=0, help="The held-out fold: its teachers teach, it scores.")
-    ] = 0,
+    fold: Annotated[int, typer.Option(min=0, help="Held out: its teachers teach, it scores.")] = 0,
     epochs: Annotated[int | None, typer.Option(min=1, help="The student's (fast's).")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,

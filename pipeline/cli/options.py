@@ -30,10 +30,7 @@ def chosen_names(text: str, option: str, choices) -> list[str]:
     return names
 
 
-SeedOpt = Annotated[
-    int,
-    typer.Option(min=0, max=MAX_SEED, help="Seed of every random draw; the same seed repeats."),
-]
+SeedOpt = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of every random draw.")]
 DeviceOpt = Annotated[Device, typer.Option(help="auto picks CUDA, then Apple MPS, then the CPU.")]
 ProcessedOpt = Annotated[Path, typer.Option(help="Folder of the prepared data.")]
 RawOpt = Annotated[Path, typer.Option(help="Folder of the raw CSVs.")]
@@ -45,9 +42,7 @@ RecipeOpt = Annotated[
 ]
 WidthOpt = Annotated[
     int | None,
-    typer.Option(
-        min=1, max=1024, help="First layer's width, doubling per stage (fastnet 16: 16-32-64)."
-    ),
+    typer.Option(min=1, max=1024, help="First width, doubled per stage (16: 16-32-64)."),
 ]
 
 

@@ -7,14 +7,7 @@ import typer
 
 from pipeline import config
 from pipeline.cli.data import GET_REAL_DATA
-from pipeline.cli.options import (
-    CheckpointsOpt,
-    DeviceOpt,
-    ProcessedOpt,
-    RunOpt,
-    TrackOpt,
-    TtaOpt,
-)
+from pipeline.cli.options import CheckpointsOpt, DeviceOpt, ProcessedOpt, RunOpt, TrackOpt, TtaOpt
 from pipeline.common.choices import Device, Split, plain
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import expand_checkpoints

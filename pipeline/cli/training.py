@@ -93,19 +93,15 @@ def ensemble_command(
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
     out_dir: Annotated[Path, typer.Option(help="Folder for <recipe>-<k>.pt.")] = config.MODELS_DIR,
     jobs: Annotated[
-        int | None, typer.Option(min=1, help="Members at once (one per CPU core or GPU).")
+        int | None, typer.Option(min=1, help="Members at once (per core/GPU).")
     ] = None,
     track: TrackOpt = None,
     budget: Annotated[
         float | None,
         typer.Option(min=0.1, help="Minutes for it and predict; on a CPU it sizes the epochs."),
     ] = None,
-    reserve: Annotated[
-        float, typer.Option(min=0.0, help="Minutes of --budget kept for after predict.")
-    ] = 0.0,
-    pseudo_label: Annotated[
-        bool, typer.Option(help="Round 2 also trains on the test digits round 1 is sure of.")
-    ] = False,
+    reserve: Annotated[float, typer.Option(min=0.0, help="Minutes kept after predict.")] = 0.0,
+    pseudo_label: Annotated[bool, typer.Option(help="Round 2 adds sure test digits.")] = False,
     pseudo_threshold: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Top probability a pseudo-label needs.")
     ] = 0.99,
@@ -113,7 +109,8 @@ def ensemble_command(
     """Train an ensemble. `best`: the device's differing members, each on its own bag of all
     labelled digits, then the out-of-bag accuracy. Other recipes: K seeds. The members spread
     over the GPUs, CPU cores or torchrun's processes; tracked as one run unless --no-track.
-    Ctrl-C keeps the finished members; the same command continues from there.
+    Ctrl-C keeps the finished members; the same command continues from there. --pseudo-label:
+    round 1 (in <out-dir>/round1/) labels the test digits it is sure of for round 2.
     """
     from tqdm import tqdm
 

@@ -26,10 +26,8 @@ from pipeline.common.exits import raise_if_stopped
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp$")
 TEMP_DIR = re.compile(r"^\.(?P<prefix>[a-z]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+$")
 
-# The renames a `written_together` block holds back until all its files are written.
-_pending: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar(
-    "pending_renames", default=None
-)
+# The (temp, path) renames a `written_together` block holds back until all its files are written.
+_pending = contextvars.ContextVar("pending_renames", default=None)
 
 
 def process_alive(pid: int) -> bool:
@@ -53,12 +51,9 @@ def remove_dead_temps(folder: Path, name: str | None = None) -> None:
         folder_match = TEMP_DIR.match(entry.name)
         match = folder_match or TEMP_FILE.match(entry.name)
         is_folder = entry.is_dir() and not entry.is_symlink()
-        if (
-            match is None
-            or process_alive(int(match["pid"]))
-            or (name is not None and match.groupdict().get("name") != name)
-            or is_folder != bool(folder_match)  # a file named like a folder, or the reverse
-        ):
+        if match is None or is_folder != bool(folder_match):  # not ours, or the wrong kind
+            continue
+        if name not in (None, match.groupdict().get("name")) or process_alive(int(match["pid"])):
             continue
         try:
             (shutil.rmtree if is_folder else Path.unlink)(entry)
@@ -168,9 +163,7 @@ def check_writable(path: Path) -> None:
     """Fail before any work, creating nothing, if `path` cannot be written."""
     if path.is_dir():
         raise PipelineError(f"--out {path}: is a folder; give a file name")
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = next((p for p in path.parents if p.exists()), path.parents[-1])
     if not existing.is_dir():
         raise PipelineError(f"--out {path}: cannot write there ({existing} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
