@@ -1,8 +1,5 @@
-"""`python -m pipeline ...` and the `pipeline` script; torchrun starts it as `-m pipeline` too.
-
-The signal handlers go in before anything else is imported, so a Ctrl-C or SIGTERM while
-typer, torch or pandas load ends like one at any later moment (pipeline.common.exits).
-"""
+"""`python -m pipeline ...` and the `pipeline` script; the signal handlers go in before any
+other import, so a Ctrl-C while torch loads ends like one at any later moment."""
 
 from pipeline.common import exits
 

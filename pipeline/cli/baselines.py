@@ -45,7 +45,7 @@ def regression_command(
 @app.command("optimizers")
 def optimizers_command(
     optimizers: Annotated[
-        str, typer.Option(help=f"Comma-separated subset of {','.join(OPTIMIZER_NAMES)}.")
+        str, typer.Option(help=f"Of {','.join(OPTIMIZER_NAMES)}.")
     ] = DEFAULT_OPTIMIZERS,
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
@@ -99,13 +99,9 @@ def classification_command(
 
 @app.command("mlp")
 def mlp_command(
-    batch_sizes: Annotated[
-        str, typer.Option(help="Comma-separated batch sizes, one run each.")
-    ] = "16,64,256",
-    processed_dir: Annotated[
-        Path, typer.Option(help="Prepared digits; without them, the offline sample.")
-    ] = config.PROCESSED_DIR,
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training images.")] = 3,
+    batch_sizes: Annotated[str, typer.Option(help="One run each.")] = "16,64,256",
+    processed_dir: Annotated[Path, typer.Option(help="Else the sample.")] = config.PROCESSED_DIR,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the images.")] = 3,
     limit: Annotated[int, typer.Option(min=1, help="Training images used.")] = 10_000,
     lr: Annotated[float, typer.Option(min=0.0, help="SGD learning rate.")] = 0.1,
     seed: SeedOpt = 0,

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from pipeline import config
-from pipeline.cli.options import ProcessedOpt, RawOpt, SeedOpt
+from pipeline.cli.options import ForceOpt, ProcessedOpt, RawOpt, SeedOpt
 from pipeline.common.choices import CacheFormat, RawSource, plain
 
 GET_REAL_DATA = "Get the real data with `pipeline download --zip PATH` or Kaggle credentials."
@@ -23,7 +23,7 @@ def download_command(
         Path | None, typer.Option("--zip", help="A digit-recognizer.zip downloaded from Kaggle.")
     ] = None,
     raw_dir: RawOpt = config.RAW_DIR,
-    force: Annotated[bool, typer.Option(help="Replace CSVs already there.")] = False,
+    force: ForceOpt = False,
     seed: SeedOpt = 0,
 ) -> None:
     """Put train.csv, test.csv and sample_submission.csv into the raw folder.
@@ -46,15 +46,10 @@ def prepare_command(
     fmt: Annotated[
         CacheFormat, typer.Option("--format", help="Cache uint8 tensors, PNG folders, or both.")
     ] = CacheFormat.tensors,
-    val_fraction: Annotated[
-        float,
-        typer.Option(help="Share of train.csv held out for validation: more than 0, less than 1."),
-    ] = 0.1,
+    val_fraction: Annotated[float, typer.Option(help="Share held out, between 0 and 1.")] = 0.1,
     seed: SeedOpt = 0,
-    limit_rows: Annotated[
-        int | None, typer.Option(min=1, help="Read only the first N rows (smoke runs).")
-    ] = None,
-    force: Annotated[bool, typer.Option(help="Rebuild even if the cache is current.")] = False,
+    limit_rows: Annotated[int | None, typer.Option(min=1, help="Read the first N rows.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Validate and parse the CSVs, split train/validation, cache uint8 tensors (and PNGs)."""
     from pipeline.data.prepare import prepare

@@ -7,44 +7,30 @@ from typing import Annotated
 import typer
 
 from pipeline import config
-from pipeline.cli.options import DeviceOpt, ProcessedOpt, SeedOpt, TrackOpt
+from pipeline.cli.options import DeviceOpt, ForceOpt, ProcessedOpt, SeedOpt, TrackOpt
 from pipeline.cli.training import tracked_as, warn
 from pipeline.common.choices import Device, ModelName, RunSort, plain
 
 
 def tune_command(
     ctx: typer.Context,
-    trials: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="The study's budget: workers stop once it holds N (finished or running)."
-        ),
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option(min=1, help="Stop starting trials after S seconds.")
-    ] = None,
-    study: Annotated[
-        str, typer.Option(help="Study name: an existing one resumes (same space, same data).")
-    ] = "tune",
+    trials: Annotated[int | None, typer.Option(min=1, help="Stop once the study holds N.")] = None,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Start no trial after S s.")] = None,
+    study: Annotated[str, typer.Option(help="Name; an existing study resumes.")] = "tune",
     model: Annotated[ModelName, typer.Option(help="Architecture to tune.")] = ModelName.fastnet,
     max_epochs: Annotated[int, typer.Option(min=1, help="Most epochs a trial may take.")] = 4,
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    work_dir: Annotated[
-        Path, typer.Option(help="Folder for the trials' checkpoints, <study>/trial-<n>.pt.")
-    ] = config.TUNE_DIR,
+    work_dir: Annotated[Path, typer.Option(help="The trials' checkpoints.")] = config.TUNE_DIR,
     storage: Annotated[
         str | None,
         typer.Option(
-            help="The study's store: sqlite:///<file> (experiments/optuna.db), a database every "
-            "worker reaches (postgresql+psycopg2://<user>@<host>/<db>) or journal:///<file on a "
-            "shared disk>."
+            help="sqlite:///<file> (experiments/optuna.db), a database URL every worker reaches "
+            "(postgresql+psycopg2://...) or journal:///<file on a shared disk>."
         ),
     ] = None,
-    workers: Annotated[
-        int, typer.Option(min=1, help="Processes on this machine adding trials to the study.")
-    ] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes here.")] = 1,
     track: TrackOpt = None,
 ) -> None:
     """Search lr, weight decay, epochs, width, batch size and augmentation with Optuna (TPE),
@@ -74,16 +60,14 @@ def tune_command(
         f"val_acc {result.best_value:.2%}"
     )
     if result.timed_out_after is not None:
-        typer.echo(
-            f"tune: --timeout {timeout:g} s ended the search after {result.timed_out_after} "
-            "trial(s) this time; give more time, or run it again to go on"
-        )
+        after = f"{result.timed_out_after} trial(s)"
+        typer.echo(f"tune: --timeout {timeout:g} s ended the search after {after}; run it again")
     if said := tracked_as(run):
         typer.echo(f"tune: {said}; `--run` on it means its best trial's model")
     if result.running:
         typer.echo(
-            f"tune: {result.running} trial(s) still running on other workers; the worker that "
-            "ends last prints the best trial's command (or run this command again then)"
+            f"tune: {result.running} trial(s) still running on other workers; the last one to "
+            "end prints the best trial's command"
         )
     else:
         typer.echo(f"reproduce: {result.command}")
@@ -106,9 +90,7 @@ def same_command(ctx: typer.Context, without: str) -> list[str]:
 
 
 def runs_command(
-    sort: Annotated[
-        RunSort, typer.Option(help="start: newest first; val_acc: best first.")
-    ] = RunSort.start,
+    sort: Annotated[RunSort, typer.Option(help="Newest or best first.")] = RunSort.start,
     limit: Annotated[int | None, typer.Option(min=1, help="Show at most N runs.")] = None,
 ) -> None:
     """The tracked runs: id, command, model, recipe, epochs, val accuracy, training seconds,
@@ -119,24 +101,21 @@ def runs_command(
 
 
 def distill_command(
-    teachers: Annotated[str, typer.Option(help="The bagged members, as a quoted glob.")] = str(
+    teachers: Annotated[str, typer.Option(help="Members' glob.")] = str(
         config.members_glob("best")
     ),
     out: Annotated[Path, typer.Option(help="The student's checkpoint.")] = config.DISTILLED_PATH,
-    fold: Annotated[
-        int, typer.Option(min=0, help="The held-out fold: its teachers teach, it scores.")
-    ] = 0,
+    fold: Annotated[int, typer.Option(min=0, help="Held out: its teachers teach, it scores.")] = 0,
     epochs: Annotated[int | None, typer.Option(min=1, help="The student's (6).")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    force: Annotated[bool, typer.Option(help="Retrain even if it already finished.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Distil an ensemble into one FastNet, scored on a fold no teacher saw.
 
     The teachers are the bagged members that hold out --fold; the student trains on the
-    labelled digits outside it and on the test digits with the teachers' probabilities. Its
-    accuracy on the fold (which neither it nor they saw) is printed beside theirs."""
+    labelled digits outside it and on the test digits with the teachers' probabilities."""
     from tqdm import tqdm
 
     from pipeline.common.files import expand_checkpoints

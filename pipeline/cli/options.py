@@ -14,19 +14,15 @@ from pipeline.training.recipes import CLI_SETTINGS
 
 
 def positive_ints(text: str, option: str, allow_empty: bool = False) -> list[int]:
-    """Parse a comma-separated option such as `16,64,256`, or raise a one-line error."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = None
-    if values is None or (not values and not allow_empty) or any(v < 1 for v in values):
+    """A comma-separated option such as `16,64,256` as ints, or a one-line error."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not (parts or allow_empty) or not all(p.isdecimal() and int(p) > 0 for p in parts):
         raise PipelineError(f"{option} {text}: expected positive integers such as 16,64,256")
-    return values
+    return [int(part) for part in parts]
 
 
 def chosen_names(text: str, option: str, choices) -> list[str]:
-    """A comma-separated option such as `--models fastnet,cnn` as known names, lower-cased,
-    repeats dropped, order kept; or a one-line error."""
+    """`--models fastnet,cnn` as known names, lower-cased, repeats dropped; or a one-line error."""
     names = list(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
     if not names or any(name not in choices for name in names):
         expected = f"expected a comma-separated subset of {', '.join(choices)}"
@@ -34,10 +30,7 @@ def chosen_names(text: str, option: str, choices) -> list[str]:
     return names
 
 
-SeedOpt = Annotated[
-    int,
-    typer.Option(min=0, max=MAX_SEED, help="Seed of every random draw; the same seed repeats."),
-]
+SeedOpt = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of every random draw.")]
 DeviceOpt = Annotated[Device, typer.Option(help="auto picks CUDA, then Apple MPS, then the CPU.")]
 ProcessedOpt = Annotated[Path, typer.Option(help="Folder of the prepared data.")]
 RawOpt = Annotated[Path, typer.Option(help="Folder of the raw CSVs.")]
@@ -49,9 +42,7 @@ RecipeOpt = Annotated[
 ]
 WidthOpt = Annotated[
     int | None,
-    typer.Option(
-        min=1, max=1024, help="First layer's width, doubling per stage (fastnet 16: 16-32-64)."
-    ),
+    typer.Option(min=1, max=1024, help="First width, doubled per stage (16: 16-32-64)."),
 ]
 
 
@@ -68,9 +59,8 @@ def setting_option(name: str) -> Any:
 
 
 def with_settings(command: Callable) -> Callable:
-    """`command` takes every TrainConfig setting the command line sets, and --width, as options
-    where its `settings` parameter stands (typer reads them from the signature), and gets
-    them as one `recipes.Overrides`, enums made plain."""
+    """`command` takes TrainConfig's command-line settings and --width as options where its
+    `settings` parameter stands (in the signature typer reads), and gets one `Overrides`."""
     keyword = inspect.Parameter.KEYWORD_ONLY
     added = [inspect.Parameter(f.name, keyword, default=None, annotation=setting_option(f.name))
              for f in CLI_SETTINGS]  # fmt: skip
@@ -92,27 +82,20 @@ CompileOpt = setting_option("compile")
 TrackOpt = Annotated[
     bool | None,
     typer.Option(
-        "--track/--no-track",
-        help="Record the run in MLflow (experiments/mlflow.db or MLFLOW_TRACKING_URI); "
-        "default on unless PIPELINE_TRACK=0.",
+        help="Record in MLflow (MLFLOW_TRACKING_URI or experiments/); on unless PIPELINE_TRACK=0."
     ),
 ]
 RunOpt = Annotated[
     str | None,
-    typer.Option(
-        "--run",
-        metavar="RUN_ID",
-        help="A tracked run's kept checkpoint(s) instead of --checkpoint (see `pipeline runs`).",
-    ),
+    typer.Option(metavar="RUN_ID", help="A tracked run's checkpoint(s) (see `pipeline runs`)."),
 ]
-CheckpointOpt = Annotated[Path, typer.Option(help="Checkpoint to use.")]
+ForceOpt = Annotated[bool, typer.Option(help="Redo it even if its outputs are current.")]
 CheckpointsOpt = Annotated[
     list[Path],
     typer.Option(
         "--checkpoint",
         metavar="PATH",
-        help="Checkpoint (.pt) or exported graph (.onnx); repeat it (or quote a glob) to "
-        "average an ensemble.",
+        help="Checkpoint (.pt) or graph (.onnx); repeat it or quote a glob for an ensemble.",
     ),
 ]
 TtaOpt = Annotated[bool, typer.Option(help="Average over the image and four 1-px shifts.")]

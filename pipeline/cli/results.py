@@ -7,15 +7,7 @@ import typer
 
 from pipeline import config
 from pipeline.cli.data import GET_REAL_DATA
-from pipeline.cli.options import (
-    CheckpointOpt,
-    CheckpointsOpt,
-    DeviceOpt,
-    ProcessedOpt,
-    RunOpt,
-    TrackOpt,
-    TtaOpt,
-)
+from pipeline.cli.options import CheckpointsOpt, DeviceOpt, ProcessedOpt, RunOpt, TrackOpt, TtaOpt
 from pipeline.common.choices import Device, Split, plain
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import expand_checkpoints
@@ -39,18 +31,16 @@ def chosen_checkpoints(
 
 
 def evaluate_command(
-    checkpoint: CheckpointOpt = config.DEFAULT_CHECKPOINT,
+    checkpoint: Annotated[
+        Path, typer.Option(help="Checkpoint to use.")
+    ] = config.DEFAULT_CHECKPOINT,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    split: Annotated[
-        Split, typer.Option(help="Labelled split: val (test only for the offline sample).")
-    ] = Split.val,
+    split: Annotated[Split, typer.Option(help="test: the offline sample's only.")] = Split.val,
     device: DeviceOpt = Device.auto,
     tta: TtaOpt = False,
-    figures_dir: Annotated[
-        Path, typer.Option(help="Folder for the confusion-matrix and mistakes PNGs.")
-    ] = config.FIGURES_DIR,
+    figures_dir: Annotated[Path, typer.Option(help="Folder for the PNGs.")] = config.FIGURES_DIR,
     submission: Annotated[
-        Path | None, typer.Option(help="Score this submission against the sample's answers.")
+        Path | None, typer.Option(help="Score it against the offline sample's answers.")
     ] = None,
     run: RunOpt = None,
 ) -> None:
@@ -75,9 +65,7 @@ def evaluate_command(
 def predict_command(
     checkpoints: CheckpointsOpt = [config.DEFAULT_CHECKPOINT],  # noqa: B006
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    out: Annotated[
-        Path, typer.Option(help="Submission CSV to write.")
-    ] = config.DEFAULT_SUBMISSION,
+    out: Annotated[Path, typer.Option(help="Submission CSV.")] = config.DEFAULT_SUBMISSION,
     batch_size: Annotated[int, typer.Option(min=1, help="Digits per forward pass.")] = 256,
     device: DeviceOpt = Device.auto,
     tta: TtaOpt = False,
@@ -99,16 +87,10 @@ def predict_command(
 
 
 def submit_command(
-    file: Annotated[
-        Path, typer.Option(help="Submission CSV to send.")
-    ] = config.DEFAULT_SUBMISSION,
+    file: Annotated[Path, typer.Option(help="Submission CSV.")] = config.DEFAULT_SUBMISSION,
     message: Annotated[str, typer.Option(help="Submission description.")] = "pipeline submission",
-    competition: Annotated[
-        str, typer.Option(help="Kaggle competition slug.")
-    ] = config.COMPETITION,
-    wait: Annotated[
-        float, typer.Option(min=0, max=600, help="Seconds to wait for the public score (0: none).")
-    ] = 60,
+    competition: Annotated[str, typer.Option(help="Kaggle's slug.")] = config.COMPETITION,
+    wait: Annotated[float, typer.Option(min=0, max=600, help="Seconds for the score.")] = 60,
     track: TrackOpt = None,
 ) -> None:
     """Check the file against Kaggle's rules, submit it through the kaggle package, wait a

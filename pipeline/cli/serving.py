@@ -22,12 +22,8 @@ from pipeline.common.choices import Device, ModelName, plain
 
 def serve_command(
     checkpoints: CheckpointsOpt = [config.DEFAULT_CHECKPOINT],  # noqa: B006
-    host: Annotated[
-        str, typer.Option(help="Address to listen on; other machines need 0.0.0.0.")
-    ] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option(min=0, max=65535, help="Port to listen on (0 picks a free one).")
-    ] = 8000,
+    host: Annotated[str, typer.Option(help="Other machines need 0.0.0.0.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free one.")] = 8000,
     device: DeviceOpt = Device.auto,
     run: RunOpt = None,
 ) -> None:
@@ -39,10 +35,7 @@ def serve_command(
 
 def export_command(
     checkpoints: CheckpointsOpt = [config.DEFAULT_CHECKPOINT],  # noqa: B006
-    out: Annotated[
-        Path | None,
-        typer.Option(help="ONNX file to write [default: models/<checkpoint name>.onnx]."),
-    ] = None,
+    out: Annotated[Path | None, typer.Option(help="ONNX file (models/<checkpoint>.onnx).")] = None,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
 ) -> None:
     """Export the checkpoint(s) as one ONNX graph, checked against torch before it is written."""
@@ -60,39 +53,28 @@ def bench_command(
     raw_dir: RawOpt = config.RAW_DIR,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
     device: DeviceOpt = Device.auto,
-    models: Annotated[
-        str, typer.Option(help="Comma-separated models to time.")
-    ] = "fastnet,cnn,lenet,mlp,deepcnn",
+    models: Annotated[str, typer.Option(help="Models to time.")] = "fastnet,cnn,lenet,mlp,deepcnn",
     steps: Annotated[int, typer.Option(min=5, help="Timed steps per loop.")] = 40,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size of our loop.")] = 128,
-    fast_recipe: Annotated[bool, typer.Option(help="Also time the fast recipe to 99%.")] = True,
-    ddp: Annotated[
-        bool, typer.Option(help="Also time 1 vs 2 processes: DDP, the best ensemble's members.")
-    ] = True,
-    busy_core: Annotated[
-        bool, typer.Option(help="Also time CPU training with another process on one core.")
-    ] = True,
+    fast_recipe: Annotated[bool, typer.Option(help="Time the fast recipe to 99%.")] = True,
+    ddp: Annotated[bool, typer.Option(help="Time DDP and 2-process ensembles.")] = True,
+    busy_core: Annotated[bool, typer.Option(help="Time CPU training beside a busy core.")] = True,
     compile_model: CompileOpt = None,
-    best_batch_sizes: Annotated[
-        str, typer.Option(help="Batch sizes to time the best recipe's net at (recipe's).")
-    ] = "",
+    best_batch_sizes: Annotated[str, typer.Option(help="Batch sizes for the best net.")] = "",
     best_net: Annotated[bool, typer.Option(help="Time the best recipe's net.")] = True,
     end_to_end: Annotated[
         bool,
         typer.Option(
-            help="Also time prepare, train (cnn, 1 epoch) and predict as processes against "
-            "the tutorial's script and its lean version on the same CSVs."
+            help="Time prepare, train (cnn, 1 epoch) and predict as processes against the "
+            "tutorial's script and its lean version."
         ),
     ] = True,
     serve: Annotated[
         bool,
-        typer.Option(
-            help="Also load-test `pipeline serve` of --serve-checkpoint (API requests, large "
-            "PNG uploads), then torch against the model exported to ONNX."
-        ),
+        typer.Option(help="Load-test `pipeline serve` of --serve-checkpoint, then ONNX vs torch."),
     ] = True,
     serve_checkpoint: Annotated[
-        Path, typer.Option(help="Checkpoint the load test serves.")
+        Path, typer.Option(help="The load test's model.")
     ] = config.DEFAULT_CHECKPOINT,
 ) -> None:
     """Print speed figures, each against a baseline measured in the same run."""

@@ -1,6 +1,7 @@
 """`pipeline train`, `ensemble` and `crossval`: the training commands, whose training options
 are TrainConfig's settings (`options.with_settings`)."""
 
+import functools
 import time
 from pathlib import Path
 from typing import Annotated
@@ -9,13 +10,11 @@ import typer
 
 from pipeline import config
 from pipeline.cli.errors import error_line
-from pipeline.cli.options import ProcessedOpt, RawOpt, RecipeOpt, TrackOpt, with_settings
+from pipeline.cli.options import ForceOpt, ProcessedOpt, RawOpt, RecipeOpt, TrackOpt, with_settings
 from pipeline.common.choices import Recipe, plain
 from pipeline.training.recipes import Overrides
 
-
-def warn(message: str) -> None:
-    typer.echo(message, err=True)
+warn = functools.partial(typer.echo, err=True)
 
 
 def tracked_as(run) -> str | None:
@@ -30,23 +29,13 @@ def train_command(
     *,
     settings: Overrides,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    out: Annotated[
-        Path | None, typer.Option(help="Checkpoint to write (models/<model>.pt).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue the interrupted run saved in <out>.last.pt.")
-    ] = False,
-    force: Annotated[
-        bool, typer.Option(help="Retrain even if this run already finished.")
-    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint (models/<model>.pt).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from <out>.last.pt.")] = False,
+    force: ForceOpt = False,
     track: TrackOpt = None,
 ) -> None:
     """Train one model; keep the best (by validation accuracy) and the last, resumable state.
-
-    Tracked in MLflow unless --no-track (params, per-epoch metrics, a kept copy of the
-    checkpoint). Under `torchrun --nproc-per-node N -m pipeline train ...` it trains one model
-    with DistributedDataParallel.
-    """
+    Under `torchrun --nproc-per-node N -m pipeline train` it trains one model with DDP."""
     from tqdm import tqdm
 
     from pipeline.experiments import tracking
@@ -67,12 +56,8 @@ def train_command(
     except TrainingInterrupted as stopped:
         hint = f"continue with `pipeline train --resume --out {out}`"
         raise error_line(f"interrupted: {stopped}; {hint}", stopped.exit_code) from None
-    if is_main:
-        print_summary(result, tracked_as(run))
-
-
-def print_summary(result, tracked: str | None) -> None:
-    """Where the weights went, how good and how fast."""
+    if not is_main:
+        return
     if result.skipped:
         typer.echo(
             f"train: {result.checkpoint} is up to date (same config and data; --force "
@@ -90,23 +75,12 @@ def print_summary(result, tracked: str | None) -> None:
         typer.echo(
             f"train: curves {result.curves}, metrics {config.metrics_path(result.checkpoint)}"
         )
-    if tracked and not result.skipped:
-        typer.echo(f"train: {tracked}")
+    if (said := tracked_as(run)) and not result.skipped:
+        typer.echo(f"train: {said}")
 
 
 MembersOpt = Annotated[
-    int | None,
-    typer.Option(
-        min=1, help="Members: best's table for the device (cycled), else seeds seed.. (5)."
-    ),
-]
-JobsOpt = Annotated[
-    int | None,
-    typer.Option(
-        min=1,
-        help="Members trained at once: one per core on a CPU, one per GPU (one per process "
-        "under torchrun).",
-    ),
+    int | None, typer.Option(min=1, help="Members: best's table (cycled), else 5 seeds.")
 ]
 
 
@@ -117,40 +91,26 @@ def ensemble_command(
     *,
     settings: Overrides,
     processed_dir: ProcessedOpt = config.PROCESSED_DIR,
-    out_dir: Annotated[
-        Path, typer.Option(help="Folder for the members, <recipe>-<k>.pt.")
-    ] = config.MODELS_DIR,
-    jobs: JobsOpt = None,
+    out_dir: Annotated[Path, typer.Option(help="Folder for <recipe>-<k>.pt.")] = config.MODELS_DIR,
+    jobs: Annotated[
+        int | None, typer.Option(min=1, help="Members at once (per core/GPU).")
+    ] = None,
     track: TrackOpt = None,
     budget: Annotated[
         float | None,
-        typer.Option(
-            min=0.1,
-            help="Minutes for the ensemble and predict (and --reserve): on a CPU, its epochs "
-            "sized to this machine's measured speed (--epochs/--members given: theirs), then "
-            "kept to time.",
-        ),
+        typer.Option(min=0.1, help="Minutes for it and predict; on a CPU it sizes the epochs."),
     ] = None,
-    reserve: Annotated[
-        float, typer.Option(min=0.0, help="Minutes of --budget kept for what follows predict.")
-    ] = 0.0,
-    pseudo_label: Annotated[
-        bool, typer.Option(help="Round 2 also trains on the test digits round 1 is sure of.")
-    ] = False,
+    reserve: Annotated[float, typer.Option(min=0.0, help="Minutes kept after predict.")] = 0.0,
+    pseudo_label: Annotated[bool, typer.Option(help="Round 2 adds sure test digits.")] = False,
     pseudo_threshold: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Top probability a pseudo-label needs.")
     ] = 0.99,
 ) -> None:
     """Train an ensemble. `best`: the device's differing members, each on its own bag of all
     labelled digits, then the out-of-bag accuracy. Other recipes: K seeds. The members spread
-    over the local GPUs or CPU cores, or over torchrun's processes (member k on rank k % N);
-    tracked as one run with a child run per member unless --no-track.
-
-    --pseudo-label: round 1 into <out-dir>/round1/ labels the test digits it is sure of, each
-    fold's only by members that never saw that fold; round 2 trains on them too.
-
-    Ctrl-C keeps the finished members (and the state of those in flight); the same command
-    continues from there.
+    over the GPUs, CPU cores or torchrun's processes; tracked as one run unless --no-track.
+    Ctrl-C keeps the finished members; the same command continues from there. --pseudo-label:
+    round 1 (in <out-dir>/round1/) labels the test digits it is sure of for round 2.
     """
     from tqdm import tqdm
 
@@ -159,25 +119,21 @@ def ensemble_command(
 
     start = time.perf_counter()
     configs = member_configs(plain(recipe), members, bagged=True, **settings)
-    sized = members is None and "epochs" not in settings
     paces = []
 
     def fit(configs, models_dir, later=0.0):
-        """One round's configs sized to what is left of --budget, keeping the fraction `later`
-        of it for later rounds (without --budget: as given)."""
-        if budget is None:
-            return configs, None
+        """A round sized to what is left of --budget, less the share `later` for later rounds."""
         from pipeline.experiments.budget import fit_budget
 
         left_s = (budget - reserve) * 60 - (time.perf_counter() - start)
         reserve_s = reserve * 60 + later * max(0.0, left_s)
-        sized_configs, pace = fit_budget(
-            configs, budget * 60, processed_dir, models_dir, jobs, sized, reserve_s, typer.echo,
-            start,
-        )  # fmt: skip
-        paces.append(pace)
-        return sized_configs, pace
+        sized = members is None and "epochs" not in settings
+        fitted = fit_budget(configs, budget * 60, processed_dir, models_dir, jobs, sized,
+                            reserve_s, typer.echo, start)  # fmt: skip
+        paces.append(fitted[1])
+        return fitted
 
+    fit = fit if budget is not None else (lambda configs, *_: (configs, None))
     if pseudo_label:
         summary, run = pseudo_label_rounds(
             configs, processed_dir, out_dir, jobs, track, tqdm.write, warn, pseudo_threshold, fit
@@ -201,12 +157,8 @@ def crossval_command(
     *,
     settings: Overrides,
     raw_dir: RawOpt = config.RAW_DIR,
-    work_dir: Annotated[
-        Path, typer.Option(help="Folder for each split's members.")
-    ] = config.CROSSVAL_MODELS_DIR,
-    processed_dir: Annotated[
-        Path, typer.Option(help="Folder for each split's prepared data.")
-    ] = config.CROSSVAL_DATA_DIR,
+    work_dir: Annotated[Path, typer.Option(help="Splits' members.")] = config.CROSSVAL_MODELS_DIR,
+    processed_dir: Annotated[Path, typer.Option(help="Splits' data.")] = config.CROSSVAL_DATA_DIR,
     track: TrackOpt = None,
 ) -> None:
     """Score a recipe's ensemble (alone, averaged, with TTA) as mean and spread over splits;

@@ -1,8 +1,5 @@
-"""The named choices of the command line and the seed range, in one light module.
-
-Each is a `StrEnum` (typer shows `<a|b|c>` in `--help` and refuses other values; the stages
-compare plain strings); importing it costs nothing, so `pipeline --help` stays instant.
-"""
+"""The command line's named choices as StrEnums (typer shows and checks them; the stages compare
+plain strings) and the seed range, in a module light enough for an instant `--help`."""
 
 from enum import StrEnum
 
@@ -12,13 +9,11 @@ MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit unsigned
 
 
 def check_seed(seed: int, option: str = "--seed") -> int:
-    """`seed` if numpy can seed with it, else a one-line PipelineError."""
     if not 0 <= seed <= MAX_SEED:
         raise PipelineError(f"{option} {seed}: expected an integer from 0 to {MAX_SEED}")
     return seed
 
 
-# StrEnum's functional form: each member's value is its name.
 ModelName = StrEnum("ModelName", "cnn lenet mlp fastnet deepcnn nopool")
 Recipe = StrEnum("Recipe", "fast best")
 Optimizer = StrEnum("Optimizer", "sgd adam adamw")

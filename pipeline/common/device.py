@@ -54,9 +54,8 @@ def yielding_processes() -> int:
 
 
 def busy_cores_elsewhere() -> int:
-    """Threads of other processes running or waiting for a core now (Linux; elsewhere 0): the
-    machine's runnable threads (/proc/loadavg) less ours and less those YIELDING_NICE nicer
-    (tracking's recorder, at 19: they run on what ours leave); the median of three looks."""
+    """Other processes' threads running or waiting for a core (Linux; elsewhere 0), less those
+    YIELDING_NICE nicer (tracking's recorder): the median of three looks at /proc/loadavg."""
 
     def look() -> int:
         time.sleep(0.001)
@@ -80,13 +79,9 @@ _THREADS: dict[str, int] = {}  # torch's own count ("default") and the one set h
 
 
 def use_free_cores() -> int:
-    """Give torch's CPU ops one thread per core other processes leave free (at least 1, at
-    most torch's default); return the count. A count set by OMP_NUM_THREADS or the caller stays.
-
-    Two OpenMP threads on two cores, one kept busy elsewhere, wait for each other at every op
-    (libgomp spins for a partner that is not scheduled): a training step ran 4-10x slower.
-    Float results differ in the last bits between counts, so CPU training records its count.
-    """
+    """Give torch one thread per core other processes leave free (1 to torch's default) unless
+    OMP_NUM_THREADS or the caller set a count; return it. OpenMP threads wait for a partner
+    kept off its core at every op: a step ran 4-10x slower on a shared machine."""
     current = torch.get_num_threads()
     if os.environ.get("OMP_NUM_THREADS") or current != _THREADS.setdefault("ours", current):
         return current
@@ -125,9 +120,3 @@ class DeviceTimer:
             end.synchronize()
             return self._start.elapsed_time(end) / 1000
         return time.perf_counter() - self._t0
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so wall-clock timings cover it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

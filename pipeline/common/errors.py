@@ -2,7 +2,6 @@
 
 
 class PipelineError(Exception):
-    """A problem the user can fix (bad file, missing input, wrong option); never a bug. The
-    message names the file and the problem on one line; the CLI prints it, no traceback."""
+    """A problem the user can fix, never a bug: one line naming the file and the problem."""
 
     exit_code = 1

@@ -1,10 +1,8 @@
 """How every command ends: at most one `error:` line, one exit code, whatever the moment.
 
-SIGINT exits 130 and SIGTERM 143 (128 + the signal), with one line and no output published.
-Python drops a KeyboardInterrupt raised inside a weakref callback or `__del__` (importlib's
-module locks while torch imports) and the command would go on to exit 0; so the first signal
-is also noted: `raise_if_stopped()` runs before every rename that publishes an output, and
-`finish()` exits 128 + the signal. Later signals are only noted, so the cleanup runs to its end.
+SIGINT exits 130 and SIGTERM 143, with one line and no output published. Python drops a
+KeyboardInterrupt raised in a weakref callback or `__del__` (torch's imports), so the first signal
+is also noted: `raise_if_stopped()` runs before every rename that publishes an output.
 """
 
 import atexit
@@ -40,8 +38,8 @@ def _handle(signum: int, frame: object) -> None:
 
 
 def install() -> None:
-    """Route SIGINT and SIGTERM through the note; arm the fast exit (see `finish`). Called
-    first by `pipeline.__main__`, so its atexit callback runs after every library's."""
+    """Route SIGINT and SIGTERM through the note; arm the fast exit (its atexit callback runs
+    last: `pipeline.__main__` calls this first)."""
     global _installed, _previous_unraisablehook
     _installed = True
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -54,8 +52,7 @@ def install() -> None:
 
 
 def _unraisable(unraisable) -> None:
-    """Drop a Stopped raised where Python cannot raise it (noted all the same): else a Ctrl-C
-    inside an import's weakref callback prints a traceback. test_signals pins it."""
+    """Drop a Stopped raised where Python cannot raise it (noted all the same), not a traceback."""
     if not isinstance(unraisable.exc_value, Stopped):
         _previous_unraisablehook(unraisable)
 
@@ -103,11 +100,7 @@ def stop_message(signum: int) -> str:
 
 def finish(code: int | str | None) -> NoReturn:
     """Exit with `code`, or 128 + the signal if one came (saying so unless a line was said).
-
-    The last atexit callback (see `install`) flushes the streams and calls `os._exit`: the
-    teardown of every module torch loaded took 0.3-0.6 s of every command and Python has no
-    public way to skip it (stages write in `with` blocks, so files are closed by then).
-    """
+    The last atexit callback then skips the teardown of torch's modules (0.3-0.6 s)."""
     global _exit_code
     _exit_code = code if isinstance(code, int) else 0 if code is None else 1
     if code is not None and not isinstance(code, int):

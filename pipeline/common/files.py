@@ -26,10 +26,8 @@ from pipeline.common.exits import raise_if_stopped
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp$")
 TEMP_DIR = re.compile(r"^\.(?P<prefix>[a-z]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+$")
 
-# The renames a `written_together` block holds back until all its files are written.
-_pending: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar(
-    "pending_renames", default=None
-)
+# The (temp, path) renames a `written_together` block holds back until all its files are written.
+_pending = contextvars.ContextVar("pending_renames", default=None)
 
 
 def process_alive(pid: int) -> bool:
@@ -42,34 +40,28 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def remove_dead_temps(folder: Path, name: str | None = None) -> list[Path]:
+def remove_dead_temps(folder: Path, name: str | None = None) -> None:
     """Delete the temp files and folders (our patterns only) of dead processes in `folder`, or
-    only those of output `name`; return what went. A live run's work is never touched."""
-    removed = []
+    only those of output `name`. A live run's work is never touched."""
     try:
         entries = list(folder.iterdir()) if folder.is_dir() else []
     except OSError:
-        return removed
+        return
     for entry in entries:
         folder_match = TEMP_DIR.match(entry.name)
         match = folder_match or TEMP_FILE.match(entry.name)
         is_folder = entry.is_dir() and not entry.is_symlink()
-        if (
-            match is None
-            or process_alive(int(match["pid"]))
-            or (name is not None and match.groupdict().get("name") != name)
-            or is_folder != bool(folder_match)  # a file named like a folder, or the reverse
-        ):
+        if match is None or is_folder != bool(folder_match):  # not ours, or the wrong kind
+            continue
+        if name not in (None, match.groupdict().get("name")) or process_alive(int(match["pid"])):
             continue
         try:
             (shutil.rmtree if is_folder else Path.unlink)(entry)
-            removed.append(entry)
         except FileNotFoundError:
             pass
         except OSError as exc:
             message = f"{entry}: cannot remove a dead run's temp file ({exc.strerror})"
             raise PipelineError(message) from None
-    return removed
 
 
 def temp_dir(folder: Path, prefix: str) -> tempfile.TemporaryDirectory:
@@ -87,12 +79,8 @@ def unwritable(path: Path, exc: OSError) -> PipelineError:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it over `path` only if the block succeeds.
-
-    A crash, kill or exception leaves the old file or the new one, never half a file; an OS
-    error (a full disk) is one line naming `path`; inside `written_together` the rename waits
-    for the set. A command a signal stopped publishes nothing, even if the exception got lost.
-    """
+    """Yield a temporary sibling of `path`; rename it over `path` only if the block succeeds
+    and no signal came (inside `written_together`: with the set). An OS error is one line."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_dead_temps(path.parent, path.name)
@@ -168,19 +156,14 @@ def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
         lock.release()
 
 
-# What a stage adds to its output's name for the files beside it: a temporary
-# `.<stem>.metrics.csv.<pid>.tmp` is 22 bytes longer than `<stem>.pt`.
-NAME_ROOM = 24
+NAME_ROOM = 24  # a temporary `.<stem>.metrics.csv.<pid>.tmp` is 22 bytes longer than `<stem>.pt`
 
 
 def check_writable(path: Path) -> None:
-    """Fail before any work if `path` cannot be written (a folder, a file in the way, a
-    read-only place), without creating anything."""
+    """Fail before any work, creating nothing, if `path` cannot be written."""
     if path.is_dir():
         raise PipelineError(f"--out {path}: is a folder; give a file name")
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = next((p for p in path.parents if p.exists()), path.parents[-1])
     if not existing.is_dir():
         raise PipelineError(f"--out {path}: cannot write there ({existing} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -219,8 +202,7 @@ def expand_checkpoints(
     patterns: list[Path], log: Callable[[str], None] | None = None
 ) -> list[Path]:
     """Plain paths as given (a folder refused); quoted globs ('models/best-*.pt') expanded,
-    sorted, to checkpoints (`.pt` but not resume states, or `.onnx`) not named before; `log`
-    gets a line per glob."""
+    sorted, to checkpoints (not resume states) not named before; `log` gets a line per glob."""
     paths: list[Path] = []
     for pattern in patterns:
         if Path(pattern).is_dir():
@@ -230,13 +212,9 @@ def expand_checkpoints(
             continue
         matches = [Path(m) for m in sorted(glob.glob(str(pattern)))]
         taken = {p.resolve() for p in paths}
-        chosen = [
-            m
-            for m in matches
-            if m.suffix in (config.CHECKPOINT_SUFFIX, config.ONNX_SUFFIX)
-            and not config.is_resume_state(m)
-            and m.resolve() not in taken
-        ]
+        suffixes = (config.CHECKPOINT_SUFFIX, config.ONNX_SUFFIX)
+        chosen = [m for m in matches if m.suffix in suffixes and m.resolve() not in taken]
+        chosen = [m for m in chosen if not config.is_resume_state(m)]
         skipped = len(matches) - len(chosen)
         others = f"{skipped} resume states, other files or ones given before"
         if not chosen:

@@ -56,24 +56,15 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> Path:
     return save_figure(fig, path)
 
 
-def plot_mistakes(
-    images: np.ndarray,
-    truth: np.ndarray,
-    predicted: np.ndarray,
-    confidence: np.ndarray,
-    ids: np.ndarray,
-    path: Path,
-    columns: int = 8,
-) -> Path:
-    """A grid of misclassified digits, most confident first: 'row id: true -> predicted (p)'."""
+def plot_mistakes(images, truth, predicted, conf, ids, path: Path) -> Path:
+    """A grid of misclassified digits, most confident first: 'id: true -> predicted (p)'."""
+    columns = 8
     rows = max(1, -(-len(images) // columns))
     fig = new_figure(figsize=(columns * 1.3, rows * 1.5))
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, image, t, p, c, i in zip(
-        axes, images, truth, predicted, confidence, ids, strict=False
-    ):
+    for ax, image, t, p, c, i in zip(axes, images, truth, predicted, conf, ids, strict=False):
         ax.imshow(image, cmap="gray_r")
         ax.set_title(f"#{i}: {t}\u2192{p} ({c:.2f})", fontsize=7)
     if len(images) == 0:

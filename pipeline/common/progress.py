@@ -1,9 +1,5 @@
-"""Progress: a tqdm bar on a terminal, a line every LINE_SECONDS elsewhere.
-
-Off a terminal (a file, a CI log) tqdm shows nothing, so plain lines go out there, and an
-ensemble's member lines carry the time left; on a terminal the bar redraws at most once a
-second (a recorded terminal keeps every redraw as a line).
-"""
+"""Progress: a tqdm bar on a terminal (redrawn at most once a second: a recorded terminal keeps
+every redraw), a line every LINE_SECONDS elsewhere, where tqdm shows nothing."""
 
 import sys
 import time
@@ -15,14 +11,7 @@ LINE_SECONDS = 10.0
 
 
 class EpochProgress:
-    def __init__(
-        self,
-        description: str,
-        total: int,
-        initial: int,
-        enabled: bool,
-        log: Callable[[str], None] | None,
-    ):
+    def __init__(self, description: str, total: int, initial: int, enabled: bool, log=None):
         self.description, self.total, self.done = description, total, initial
         self.bar = self.log = None
         if enabled and sys.stderr.isatty():

@@ -1,9 +1,6 @@
-"""Where a command's wall time goes: its load, work and write phases (`phase("load")`, ...).
-
-A phase inside another is taken out of the outer one, so phases never overlap. Under
-`PIPELINE_TIMINGS=<path>` (set by `pipeline bench`) the CLI writes them there on the way out,
-with FIRST_PHASE_AT (`time.time()`), from which the bench takes start-up and imports. Light on
-purpose: the stages import it.
+"""Where a command's wall time goes: its phases (`phase("load")`, ...), an inner one taken out
+of the outer. Under PIPELINE_TIMINGS=<path> (`pipeline bench`) the CLI writes them there on
+the way out, with FIRST_PHASE_AT, from which the bench takes start-up. Light: stages import it.
 """
 
 import os
