@@ -56,10 +56,6 @@ class DdpBench:
     one_process: float  # images/s, global
     two_processes: float
 
-    @property
-    def ratio(self) -> float:
-        return self.two_processes / self.one_process
-
 
 def bench_ddp(processed_dir: Path, device: str, model: str, steps: int) -> DdpBench:
     """Global images/s of `pipeline train` under torchrun with one process, then two."""
@@ -85,10 +81,6 @@ class EnsembleBench:
     slots: int  # members trained at once in the wider run: 2 on the CPU, else every GPU
     one: float  # members per minute, one at a time
     many: float  # members per minute, `slots` at once
-
-    @property
-    def ratio(self) -> float:
-        return self.many / self.one
 
 
 def bench_ensemble(
@@ -119,10 +111,6 @@ class BusyCoreBench:
     busy: float  # images/s while another process spins on one core
     quiet_threads: int
     busy_threads: int
-
-    @property
-    def kept(self) -> float:  # the fair share is (cores - 1) / cores
-        return self.busy / self.quiet
 
 
 @contextmanager
