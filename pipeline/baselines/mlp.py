@@ -54,8 +54,7 @@ def has_prepared_digits(processed_dir: Path) -> bool:
 
 
 def load_digits(processed_dir: Path, seed: int) -> tuple[TensorDigits, TensorDigits, str]:
-    """Labelled train and val digits and where they come from; the offline sample (sorted by
-    label) is shuffled with `seed` and split."""
+    """Labelled train and val digits and their source; else the offline sample, shuffled."""
     if has_prepared_digits(processed_dir):
         train, val = (TensorDigits.load(processed_dir, split) for split in ("train", "val"))
         if train.labels is None or val.labels is None:
@@ -86,8 +85,7 @@ def compare_batch_sizes(
     limit: int | None = 10_000,
     lr: float = 0.1,
 ) -> MlpResult:
-    """Train one MLP per batch size on the first `limit` images of a seeded shuffle, each from
-    the same weights and batch order (the seed's)."""
+    """One MLP per batch size on `limit` shuffled images, each from the same weights and order."""
     target = resolve_device(device)
     train, val, source = load_digits(processed_dir, seed)
     generator = torch.Generator().manual_seed(seed)

@@ -102,8 +102,7 @@ def tutorial_split(frame: pd.DataFrame, seed: int) -> list[pd.DataFrame]:
 
 
 def run_script(raw_dir: Path, out: Path, seed: int, device: str, lean: bool) -> str:
-    """The tutorial's single script, CSVs in and ImageId,Label out, timed in load, work and
-    write phases; the line it prints (RESULT_LINE or LEAN_RESULT_LINE reads it)."""
+    """The tutorial's single script, timed in load, work and write phases; the line it prints."""
     if not lean:  # the script imports these at its top: before the clock, like every import
         import sklearn.model_selection  # noqa: F401
         import torchvision.transforms  # noqa: F401

@@ -60,8 +60,7 @@ class BenchReport:
 
 
 def bench_serve(checkpoint: Path, processed_dir: Path) -> str:
-    """Small API requests, then 25-megapixel PNG uploads, to one live `pipeline serve`; then the
-    small requests to `checkpoint` exported to ONNX, served by ONNX Runtime without torch."""
+    """`checkpoint` served by torch (small requests, then large uploads), then by onnxruntime."""
     if not checkpoint.is_file():
         return f"skipped: {checkpoint} does not exist (run `make train` first)"
     runs = run_load_test([checkpoint], processed_dir, uploads=UPLOADS)
