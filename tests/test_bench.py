@@ -129,8 +129,9 @@ def test_the_end_to_end_section_is_printed_from_its_figures(
     timing = ProcessTiming("x", 2.0, {"import": 1.0, "load": 0.2, "work": 0.5, "write": 0.1})
     ours = [replace(timing, name=name) for name in ("prepare", "train", "predict")]
     tutorial, lean = (replace(timing, name=name, wall_s=9.0) for name in ("tutorial", "lean"))
-    canned = EndToEnd(ours, tutorial, 0.98, 0.97, 0.99, 1, replace(lean, wall_s=12.0), 0.98)
-    monkeypatch.setattr(run, "bench_end_to_end", lambda raw_dir, repeats: canned)
+    canned = EndToEnd(ours, [tutorial, replace(lean, wall_s=12.0)], [0.99, 0.98], 0.98, 0.97, 1)
+    fake = lambda raw_dir, repeats: canned  # noqa: E731
+    monkeypatch.setattr("pipeline.bench.end_to_end.bench_end_to_end", fake)
     result = runner.invoke(
         app,
         [
@@ -151,7 +152,7 @@ def test_the_end_to_end_section_is_printed_from_its_figures(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     check_end_to_end_section(result.stdout)
-    assert "tutorial: 1.50x as fast (9.00 s / 6.00 s;" in result.stdout
+    assert "tutorial script: 1.50x as fast (9.00 s / 6.00 s;" in result.stdout
     assert "lean tutorial: 2.00x as fast (12.00 s / 6.00 s;" in result.stdout
 
 

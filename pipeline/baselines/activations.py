@@ -12,40 +12,13 @@ import torch.nn.functional as F
 from pipeline.common.device import resolve_device
 from pipeline.common.plots import new_figure, save_figure
 
-
-def relu(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x > 0, x, torch.zeros_like(x))
-
-
-def sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return 1 / (1 + torch.exp(-x))
-
-
-def tanh(x: torch.Tensor) -> torch.Tensor:
-    return (torch.exp(x) - torch.exp(-x)) / (torch.exp(x) + torch.exp(-x))
-
-
-def softplus(x: torch.Tensor) -> torch.Tensor:  # a smooth ReLU
-    return torch.log1p(torch.exp(x))
-
-
-def gelu(x: torch.Tensor) -> torch.Tensor:  # the exact form, not the tanh approximation
-    return x * 0.5 * (1 + torch.erf(x / math.sqrt(2)))
-
-
-def silu(x: torch.Tensor) -> torch.Tensor:  # also called swish
-    return x * sigmoid(x)
-
-
-Activation = Callable[[torch.Tensor], torch.Tensor]
-# name -> (the formula above, torch's built-in)
-ACTIVATIONS: dict[str, tuple[Activation, Activation]] = {
-    "relu": (relu, torch.relu),
-    "sigmoid": (sigmoid, torch.sigmoid),
-    "tanh": (tanh, torch.tanh),
-    "softplus": (softplus, F.softplus),
-    "gelu": (gelu, F.gelu),
-    "silu": (silu, F.silu),
+ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {  # name: (formula, torch's built-in)
+    "relu": (lambda x: torch.where(x > 0, x, torch.zeros_like(x)), torch.relu),
+    "sigmoid": (lambda x: 1 / (1 + torch.exp(-x)), torch.sigmoid),
+    "tanh": (lambda x: (x.exp() - (-x).exp()) / (x.exp() + (-x).exp()), torch.tanh),
+    "softplus": (lambda x: torch.log1p(torch.exp(x)), F.softplus),  # a smooth ReLU
+    "gelu": (lambda x: x * 0.5 * (1 + torch.erf(x / math.sqrt(2))), F.gelu),  # exact, not tanh's
+    "silu": (lambda x: x / (1 + torch.exp(-x)), F.silu),  # x * sigmoid(x), also called swish
 }
 
 
@@ -57,11 +30,8 @@ class ActivationsResult:
     figure: Path
 
 
-def draw_activations(
-    out: Path, device: str = "auto", points: int = 201, limit: float = 5.0
-) -> ActivationsResult:
-    """Every activation at `points` evenly spaced x in [-limit, limit], plotted."""
-    x = torch.linspace(-limit, limit, points, device=resolve_device(device))
+def draw_activations(out: Path, device: str = "auto") -> ActivationsResult:
+    x = torch.linspace(-5.0, 5.0, 201, device=resolve_device(device))
     values = {name: formula(x).cpu() for name, (formula, _) in ACTIVATIONS.items()}
     deviation = {
         name: (values[name] - built_in(x).cpu()).abs().max().item()

@@ -26,27 +26,23 @@ class ClassificationResult:
     figure: Path
 
 
-def make_clouds(generator: torch.Generator, n: int = POINTS_PER_CLASS):
+def make_clouds(generator: torch.Generator):
     """Class 0 around (2, 2), class 1 around (-2, -2); drawn on the CPU, the same everywhere."""
-    labels = torch.arange(2).repeat_interleave(n)
+    labels = torch.arange(2).repeat_interleave(POINTS_PER_CLASS)
     centres = torch.tensor([[CENTRE, CENTRE], [-CENTRE, -CENTRE]])[labels]
     return torch.normal(centres, 1.0, generator=generator), labels
 
 
-def make_net() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(2, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2))
-
-
 def fit_classifier(
-    out: Path, seed: int = 0, device: str = "auto", steps: int = 100, lr: float = 0.02
+    out: Path, seed: int = 0, device: str = "auto", steps: int = 100
 ) -> ClassificationResult:
     """Full-batch SGD on cross-entropy, as in the tutorial; plot points coloured by prediction."""
     target, generator = resolve_device(device), seed_everything(seed)
     points, labels = make_clouds(generator)
     fresh_points, fresh_labels = make_clouds(generator)
     x, y = points.to(target), labels.to(target)
-    net = make_net().to(target)
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    net = nn.Sequential(nn.Linear(2, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2)).to(target)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.02)
     for _ in range(steps):
         loss = nn.functional.cross_entropy(net(x), y)
         optimizer.zero_grad(set_to_none=True)

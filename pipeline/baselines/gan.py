@@ -17,6 +17,7 @@ from pipeline.common.plots import new_figure, save_figure
 N_IDEAS = 5  # random numbers the generator starts from
 N_POINTS = 15  # points per curve
 HIDDEN = 128
+BATCH = 64
 BAND_TOLERANCE = 0.1
 EVAL_CURVES = 1_000
 
@@ -48,34 +49,21 @@ def inside_band(curves: torch.Tensor, x: torch.Tensor, tolerance: float = BAND_T
     return ((curves >= lower - tolerance) & (curves <= upper + tolerance)).all(dim=1)
 
 
-def make_generator() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(N_IDEAS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, N_POINTS))
-
-
-def make_discriminator() -> nn.Sequential:  # logits: BCE-with-logits is the stabler form
-    return nn.Sequential(nn.Linear(N_POINTS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
-
-
-def train_gan(
-    out: Path,
-    seed: int = 0,
-    device: str = "auto",
-    steps: int = 5_000,
-    batch_size: int = 64,
-    lr: float = 1e-4,
-) -> GanResult:
-    """One discriminator and one generator Adam step per batch; sample and plot."""
+def train_gan(out: Path, seed: int = 0, device: str = "auto", steps: int = 5_000) -> GanResult:
+    """One discriminator and one generator Adam step per batch of BATCH; sample and plot."""
     target, rng = resolve_device(device), seed_everything(seed)
     x = curve_x(target)
-    painter, critic = make_generator().to(target), make_discriminator().to(target)
-    painter_opt = torch.optim.Adam(painter.parameters(), lr=lr)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=lr)
-    real_label = torch.ones(batch_size, 1, device=target)
-    fake_label = torch.zeros(batch_size, 1, device=target)
-    bce = nn.functional.binary_cross_entropy_with_logits
+    painter = nn.Sequential(nn.Linear(N_IDEAS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, N_POINTS))
+    critic = nn.Sequential(nn.Linear(N_POINTS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+    painter, critic = painter.to(target), critic.to(target)
+    painter_opt = torch.optim.Adam(painter.parameters(), lr=1e-4)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-4)
+    real_label = torch.ones(BATCH, 1, device=target)
+    fake_label = torch.zeros(BATCH, 1, device=target)
+    bce = nn.functional.binary_cross_entropy_with_logits  # on logits: the stabler form
     for _ in range(steps):
-        real = real_curves(batch_size, x, rng)
-        fake = painter(torch.randn(batch_size, N_IDEAS, generator=rng).to(target))
+        real = real_curves(BATCH, x, rng)
+        fake = painter(torch.randn(BATCH, N_IDEAS, generator=rng).to(target))
         real_logits, fake_logits = critic(real), critic(fake.detach())
         critic_loss = bce(real_logits, real_label) + bce(fake_logits, fake_label)
         critic_opt.zero_grad(set_to_none=True)

@@ -27,13 +27,6 @@ class LinearResult:
     figure: Path
 
 
-def least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    x, y = x.double().cpu(), y.double().cpu()
-    design = torch.stack([x, torch.ones_like(x)], dim=1)
-    w, b = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1).tolist()
-    return w, b
-
-
 def fit_linear(
     out: Path, seed: int = 0, device: str = "auto", epochs: int = 3_000, lr: float = 0.02
 ) -> LinearResult:
@@ -50,6 +43,8 @@ def fit_linear(
         w.grad = b.grad = None
         losses.append(loss.detach())
     w, b = w.item(), b.item()
+    design = torch.tensor([X, [1.0] * len(X)], dtype=torch.float64).T
+    exact = torch.linalg.lstsq(design, torch.tensor(Y, dtype=torch.float64)[:, None]).solution
     fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.scatter(X, Y, label="data")
@@ -58,4 +53,4 @@ def fit_linear(
     ax.set(xlabel="x", ylabel="y", title="linear regression by hand")
     ax.legend()
     figure = save_figure(fig, out)
-    return LinearResult(w, b, *least_squares(x, y), torch.stack(losses).tolist(), figure)
+    return LinearResult(w, b, *exact.squeeze(1).tolist(), torch.stack(losses).tolist(), figure)

@@ -54,8 +54,7 @@ def has_prepared_digits(processed_dir: Path) -> bool:
 
 
 def load_digits(processed_dir: Path, seed: int) -> tuple[TensorDigits, TensorDigits, str]:
-    """Labelled train and val digits and where they come from; the offline sample (sorted by
-    label) is shuffled with `seed` and split."""
+    """Labelled train and val digits and their source; else the offline sample, shuffled."""
     if has_prepared_digits(processed_dir):
         train, val = (TensorDigits.load(processed_dir, split) for split in ("train", "val"))
         if train.labels is None or val.labels is None:
@@ -76,37 +75,6 @@ def sgd_step(net: nn.Module, lr: float) -> None:
             parameter.grad = None
 
 
-def train_with_batch_size(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    val_images: torch.Tensor,
-    val_labels: torch.Tensor,
-    batch_size: int,
-    epochs: int,
-    lr: float,
-    seed: int,
-) -> BatchSizeRun:
-    """Images arrive normalised on the training device; the seed fixes weights and order."""
-    order_generator = seed_everything(seed)
-    net = build_model("mlp", hidden=HIDDEN).to(images.device)
-    losses: list[float] = []
-    seconds = 0.0
-    for _ in range(epochs):
-        timer = DeviceTimer(images.device)
-        order = torch.randperm(len(images), generator=order_generator)
-        epoch_losses = []
-        for batch in index_batches(len(images), batch_size, order, device=images.device):
-            loss = nn.functional.cross_entropy(net(images[batch]), labels[batch])
-            loss.backward()
-            sgd_step(net, lr)
-            epoch_losses.append(loss.detach())
-        losses += torch.stack(epoch_losses).tolist()
-        seconds += timer.seconds()
-    with torch.no_grad():
-        accuracy = (net(val_images).argmax(1) == val_labels).float().mean().item()
-    return BatchSizeRun(batch_size, len(losses), accuracy, seconds, losses)
-
-
 def compare_batch_sizes(
     out: Path,
     batch_sizes: Sequence[int],
@@ -117,17 +85,31 @@ def compare_batch_sizes(
     limit: int | None = 10_000,
     lr: float = 0.1,
 ) -> MlpResult:
-    """Train one MLP per batch size on the first `limit` images of a seeded shuffle."""
+    """One MLP per batch size on `limit` shuffled images, each from the same weights and order."""
     target = resolve_device(device)
     train, val, source = load_digits(processed_dir, seed)
     generator = torch.Generator().manual_seed(seed)
     images, labels = train.get_batch(torch.randperm(len(train), generator=generator)[:limit])
     images, labels = normalize(images.to(target)), labels.to(target)
     val_images, val_labels = normalize(val.images.to(target)), val.labels.to(target)
-    runs = [
-        train_with_batch_size(images, labels, val_images, val_labels, size, epochs, lr, seed)
-        for size in batch_sizes
-    ]
+    runs = []
+    for size in batch_sizes:
+        order_generator = seed_everything(seed)
+        net = build_model("mlp", hidden=HIDDEN).to(target)
+        losses, timer = [], DeviceTimer(target)
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=order_generator)
+            for batch in index_batches(len(images), size, order, device=target):
+                loss = nn.functional.cross_entropy(net(images[batch]), labels[batch])
+                loss.backward()
+                sgd_step(net, lr)
+                losses.append(loss.detach())
+        seconds = timer.seconds()
+        with torch.no_grad():
+            accuracy = (net(val_images).argmax(1) == val_labels).float().mean().item()
+        runs.append(
+            BatchSizeRun(size, len(losses), accuracy, seconds, torch.stack(losses).tolist())
+        )
     # each run's loss against epochs, averaged over windows of ~1/20 epoch to tame the noise
     fig = new_figure(figsize=(7, 4))
     ax = fig.subplots()

@@ -8,6 +8,7 @@ initial net and the same batches, so the curves differ only by the update rule.
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,13 +20,15 @@ from pipeline.common.plots import new_figure, save_figure
 N_POINTS = 1_000
 NOISE_STD = 0.1
 HIDDEN = 20
+BATCH = 32
+LR = 0.01
 # also in `cli.baselines.OPTIMIZER_NAMES` (for a torch-free --help); a test keeps them equal
 OPTIMIZERS = {
-    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
-    "momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.8),
-    "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr, alpha=0.9),
-    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99)),
-    "adagrad": lambda params, lr: torch.optim.Adagrad(params, lr=lr),
+    "sgd": partial(torch.optim.SGD, lr=LR),
+    "momentum": partial(torch.optim.SGD, lr=LR, momentum=0.8),
+    "rmsprop": partial(torch.optim.RMSprop, lr=LR, alpha=0.9),
+    "adam": partial(torch.optim.Adam, lr=LR, betas=(0.9, 0.99)),
+    "adagrad": partial(torch.optim.Adagrad, lr=LR),
 }
 
 
@@ -46,9 +49,9 @@ class OptimizersResult:
     figure: Path
 
 
-def make_parabola(generator: torch.Generator, n: int = N_POINTS):
-    """x, x^2 + noise and x^2, [N, 1] each; drawn on the CPU, the same on every device."""
-    x = torch.linspace(-1, 1, n).unsqueeze(1)
+def make_parabola(generator: torch.Generator):
+    """x, x^2 + noise and x^2, [N_POINTS, 1] each; drawn on the CPU, the same on every device."""
+    x = torch.linspace(-1, 1, N_POINTS).unsqueeze(1)
     return x, x.pow(2) + NOISE_STD * torch.randn(x.shape, generator=generator), x.pow(2)
 
 
@@ -61,13 +64,12 @@ def train_nets(
     x: torch.Tensor,
     y: torch.Tensor,
     epochs: int,
-    batch_size: int,
     generator: torch.Generator,
 ) -> dict[str, list[float]]:
     """MSE steps for every (net, optimizer) on the same shuffled batches; each step's loss."""
     losses: dict[str, list[torch.Tensor]] = {name: [] for name in nets}
     for _ in range(epochs):
-        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+        for batch in torch.randperm(len(x), generator=generator).split(BATCH):
             batch = batch.to(x.device)
             for name, (net, optimizer) in nets.items():
                 loss = nn.functional.mse_loss(net(x[batch]), y[batch])
@@ -79,20 +81,13 @@ def train_nets(
 
 
 def fit_regression(
-    out: Path,
-    seed: int = 0,
-    device: str = "auto",
-    epochs: int = 100,
-    batch_size: int = 32,
-    lr: float = 0.01,
+    out: Path, seed: int = 0, device: str = "auto", epochs: int = 100
 ) -> RegressionResult:
     target, generator = resolve_device(device), seed_everything(seed)
     x, y, clean = make_parabola(generator)
     net = make_net().to(target)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    train_nets(
-        {"adam": (net, optimizer)}, x.to(target), y.to(target), epochs, batch_size, generator
-    )
+    adam = torch.optim.Adam(net.parameters(), lr=LR)
+    train_nets({"adam": (net, adam)}, x.to(target), y.to(target), epochs, generator)
     with torch.no_grad():
         fitted = net(x.to(target)).cpu()
     mse = nn.functional.mse_loss(fitted, y).item()
@@ -108,20 +103,14 @@ def fit_regression(
 
 
 def compare_optimizers(
-    out: Path,
-    names: Sequence[str],
-    seed: int = 0,
-    device: str = "auto",
-    epochs: int = 12,
-    batch_size: int = 32,
-    lr: float = 0.01,
+    out: Path, names: Sequence[str], seed: int = 0, device: str = "auto", epochs: int = 12
 ) -> OptimizersResult:
     target, generator = resolve_device(device), seed_everything(seed)
     x, y, _ = (t.to(target) for t in make_parabola(generator))
     initial = make_net().to(target)
     nets = {name: copy.deepcopy(initial) for name in names}
-    runs = {name: (net, OPTIMIZERS[name](net.parameters(), lr)) for name, net in nets.items()}
-    step_losses = train_nets(runs, x, y, epochs, batch_size, generator)
+    runs = {name: (net, OPTIMIZERS[name](net.parameters())) for name, net in nets.items()}
+    step_losses = train_nets(runs, x, y, epochs, generator)
     with torch.no_grad():
         initial_loss = nn.functional.mse_loss(initial(x), y).item()
         finals = {name: nn.functional.mse_loss(net(x), y).item() for name, net in nets.items()}
@@ -129,7 +118,7 @@ def compare_optimizers(
     ax = fig.subplots()
     for name, values in step_losses.items():
         ax.plot(values, lw=1, label=name)
-    title = f"optimizers on y = x² (lr {lr}, batch {batch_size})"
+    title = f"optimizers on y = x² (lr {LR}, batch {BATCH})"
     ax.set(xlabel="step", ylabel="batch MSE", yscale="log", title=title)
     ax.legend()
     ranking = sorted(finals, key=finals.__getitem__)

@@ -1,12 +1,7 @@
-"""The tutorial's way of training, kept as the baseline `pipeline bench` measures against.
-
-The PyTorch/Kaggle tutorials hold train.csv in a DataFrame, read it row by row through a
-per-image `Dataset` (`ToTensor` + `Normalize`), batch with `DataLoader(batch_size=50)` and
-`.item()` the loss every step. `--lean` is the same flow as a careful user writes it: the CSVs
-as uint8 arrays, two loader workers, every train.csv row.
-
-    python -m pipeline.baselines.tutorial [--lean] --raw-dir data/raw --out /tmp/tutorial.csv
-"""
+"""The tutorial's way of training, the baseline `pipeline bench` measures against: train.csv in
+a DataFrame read row by row through a per-image `Dataset` (`ToTensor` + `Normalize`),
+`DataLoader(batch_size=50)`, `.item()` of the loss every step. `--lean` is the same flow as a
+careful user writes it: the CSVs as uint8 arrays, two loader workers, every train.csv row."""
 
 import argparse
 import itertools
@@ -28,9 +23,7 @@ from pipeline.training.models import build_model
 TUTORIAL_BATCH = 50
 WORKERS = 2  # the lean script's loader processes
 RESULT_LINE = re.compile(r"^tutorial: val_acc (\d+\.\d+)% .* in (\d+\.\d+) s")
-LEAN_RESULT_LINE = re.compile(
-    r"^tutorial \(lean\): trained on ([\d,]+) digits; .* in (\d+\.\d+) s"
-)
+LEAN_RESULT_LINE = re.compile(r"^tutorial \(lean\): trained on ([\d,]+) digits; .* in \d+\.\d+ s")
 
 
 class TutorialCsvDigits(Dataset):
@@ -76,23 +69,15 @@ def tutorial_loader(split) -> DataLoader:
 
 
 def train_tutorial(
-    model_name: str,
-    loader: DataLoader,
-    device: torch.device,
-    seed: int,
-    epochs: int = 1,
-    max_steps: int | None = None,
-    warmup: int = 3,
+    model_name: str, loader: DataLoader, device: torch.device, seed: int, max_steps=None, warmup=3
 ) -> tuple[torch.nn.Module, float]:
-    """The tutorial's loop (Adam at 1e-3, `.item()` of the loss every step) for `epochs` passes
-    or `max_steps` steps: the model, and images/s after the first `warmup` steps."""
+    """The tutorial's loop (Adam at 1e-3) for one epoch or `max_steps` steps: the model, and
+    images/s after the first `warmup` steps."""
     seed_everything(seed)
     model = build_model(model_name).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
     running_loss, start, steps = 0.0, time.perf_counter(), 0
-    batches = itertools.islice(itertools.chain.from_iterable([loader] * epochs), max_steps)
-    for steps, (images, labels) in enumerate(batches, 1):
+    for steps, (images, labels) in enumerate(itertools.islice(loader, max_steps), 1):
         images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad()
         loss = F.cross_entropy(model(images), labels)
@@ -109,20 +94,15 @@ def predicted_labels(model: torch.nn.Module, loader: DataLoader, device: torch.d
         return torch.cat([model(images.to(device)).argmax(1).cpu() for images in loader]).numpy()
 
 
-def tutorial_split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def tutorial_split(frame: pd.DataFrame, seed: int) -> list[pd.DataFrame]:
     """The tutorial's stratified 90/10 split: the rows `pipeline prepare --seed SEED` holds out."""
     from sklearn.model_selection import train_test_split
 
-    return tuple(
-        train_test_split(frame, test_size=0.1, stratify=frame["label"], random_state=seed)
-    )
+    return train_test_split(frame, test_size=0.1, stratify=frame["label"], random_state=seed)
 
 
-def run_script(
-    raw_dir: Path, out: Path, seed: int = 0, device: str = "cpu", epochs: int = 1, lean=False
-) -> str:
-    """The tutorial's single script, CSVs in and ImageId,Label out, timed in load, work and
-    write phases; the line it prints (RESULT_LINE or LEAN_RESULT_LINE reads it)."""
+def run_script(raw_dir: Path, out: Path, seed: int, device: str, lean: bool) -> str:
+    """The tutorial's single script, timed in load, work and write phases; the line it prints."""
     if not lean:  # the script imports these at its top: before the clock, like every import
         import sklearn.model_selection  # noqa: F401
         import torchvision.transforms  # noqa: F401
@@ -135,20 +115,17 @@ def run_script(
         test_frame = pd.read_csv(raw_dir / config.TEST_CSV)
         if lean:
             train = train_frame.to_numpy(dtype=np.uint8)
-            labels = train[:, 0].astype(np.int64)
-            train_set = ArrayDigits(np.ascontiguousarray(train[:, 1:]), labels)
+            train_set = ArrayDigits(np.ascontiguousarray(train[:, 1:]), train[:, 0])
             test_set = ArrayDigits(test_frame.to_numpy(dtype=np.uint8))
         else:
             train_part, val_part = tutorial_split(train_frame, seed)
             train_set, test_set = TutorialCsvDigits(train_part), TutorialCsvDigits(test_frame)
     with phase("work"):
         loader = DataLoader(train_set, TUTORIAL_BATCH, shuffle=True, num_workers=workers)
-        model, _ = train_tutorial("cnn", loader, target, seed, epochs)
+        model, _ = train_tutorial("cnn", loader, target, seed)
         if not lean:
-            val_images = DataLoader(
-                TutorialCsvDigits(val_part.drop(columns="label")), TUTORIAL_BATCH
-            )
-            val_labels = predicted_labels(model, val_images, target)
+            val_set = TutorialCsvDigits(val_part.drop(columns="label"))
+            val_labels = predicted_labels(model, DataLoader(val_set, TUTORIAL_BATCH), target)
             accuracy = float((val_labels == val_part["label"].to_numpy()).mean())
         test_loader = DataLoader(test_set, TUTORIAL_BATCH, num_workers=workers)
         labels = predicted_labels(model, test_loader, target)
@@ -172,16 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="Submission CSV to write.")
     parser.add_argument("--seed", type=int, default=0, help="Split, shuffle and weights seed.")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps.")
-    parser.add_argument("--epochs", type=int, default=1, help="Passes over the training rows.")
     parser.add_argument(
-        "--lean",
-        action="store_true",
-        help="The same flow written lean: CSVs as arrays, a per-image Dataset, DataLoader "
-        "(batch 50, 2 workers), the CNN trained on every train.csv row.",
+        "--lean", action="store_true", help="CSVs as uint8 arrays, 2 loader workers, every row."
     )
     args = parser.parse_args(argv)
     try:
-        line = run_script(args.raw_dir, args.out, args.seed, args.device, args.epochs, args.lean)
+        line = run_script(args.raw_dir, args.out, args.seed, args.device, args.lean)
     finally:
         write_requested()
     print(line)

@@ -1,7 +1,6 @@
 """End to end, as processes: our `prepare`, `train` and `predict` against the tutorial's script
-and its lean version on the same CSVs, wall clock from spawn to exit, each command split into
-start-up, load, work and write (`pipeline.common.timings`).
-"""
+and its lean version on the same CSVs, wall clock from spawn to exit, split into start-up, load,
+work and write (`pipeline.common.timings`)."""
 
 import json
 import os
@@ -29,7 +28,7 @@ E2E_DEVICE = "cpu"  # the tutorial's setting; the recipes' GPU variants do not a
 class ProcessTiming:
     name: str
     wall_s: float
-    phases: dict[str, float]  # import (process start to first phase), load, work, write
+    phases: dict[str, float]  # seconds per PHASES
 
     @property
     def other_s(self) -> float:  # spawning, interpreter exit, gaps between phases
@@ -39,13 +38,11 @@ class ProcessTiming:
 @dataclass(frozen=True)
 class EndToEnd:
     commands: list[ProcessTiming]  # ours: prepare, train, predict
-    tutorial: ProcessTiming
+    scripts: list[ProcessTiming]  # the tutorial's script, then its lean version (every row)
+    agreements: list[float]  # per script: share of test digits its submission labels as ours
     val_accuracy: float  # ours: the trained checkpoint's
     tutorial_val_accuracy: float
-    agreement: float  # share of test digits both submissions label alike
     repeats: int
-    lean: ProcessTiming  # the lean tutorial script (trains on every row)
-    lean_agreement: float
 
     @property
     def ours_s(self) -> float:
@@ -67,10 +64,6 @@ def run_timed(name: str, args: list[str], timings_path: Path) -> tuple[ProcessTi
     phases = json.loads(timings_path.read_text())
     phases["import"] = phases.get(timings.FIRST_PHASE_AT, spawned) - spawned
     return ProcessTiming(name, wall, {k: phases.get(k, 0.0) for k in PHASES}), done.stdout
-
-
-def _median_run(runs: list[ProcessTiming]) -> ProcessTiming:
-    return sorted(runs, key=lambda run: run.wall_s)[len(runs) // 2]
 
 
 def our_commands(raw_dir: Path, work: Path, seed: int) -> dict[str, list[str]]:
@@ -106,7 +99,6 @@ def bench_end_to_end(
         }  # fmt: skip
         runs: dict[str, list[ProcessTiming]] = defaultdict(list)
         printed: dict[str, str] = {}
-
         sides = [list(our_commands(raw_dir, work, seed).items()), *([s] for s in scripts.items())]
         for repeat in range(repeats):
             for side in sides[repeat % 3 :] + sides[: repeat % 3]:
@@ -123,14 +115,15 @@ def bench_end_to_end(
             name: read_submission(work / f"{name}.csv", n_test)["Label"].to_numpy()
             for name in ("submission", *scripts)
         }
+        median = {
+            name: sorted(r, key=lambda run: run.wall_s)[len(r) // 2] for name, r in runs.items()
+        }
         sidecar = json.loads(config.sidecar_path(work / "cnn.pt").read_text())
         return EndToEnd(
-            commands=[_median_run(runs[name]) for name in ("prepare", "train", "predict")],
-            tutorial=_median_run(runs["tutorial"]),
-            val_accuracy=sidecar["val_accuracy"],
-            tutorial_val_accuracy=float(found.group(1)) / 100,
-            agreement=float((labels["submission"] == labels["tutorial"]).mean()),
-            repeats=repeats,
-            lean=_median_run(runs["lean"]),
-            lean_agreement=float((labels["submission"] == labels["lean"]).mean()),
+            [median[name] for name in ("prepare", "train", "predict")],
+            [median[name] for name in scripts],
+            [float((labels["submission"] == labels[name]).mean()) for name in scripts],
+            sidecar["val_accuracy"],
+            float(found.group(1)) / 100,
+            repeats,
         )

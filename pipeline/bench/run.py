@@ -1,5 +1,7 @@
 """What `pipeline bench` runs: `BenchOptions` in, every section measured, `BenchReport` out."""
 
+from __future__ import annotations
+
 import tempfile
 from collections.abc import Callable
 from contextlib import suppress
@@ -8,25 +10,8 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from pipeline import config
-from pipeline.bench.end_to_end import EndToEnd, bench_end_to_end
-from pipeline.bench.models import (
-    BestNetBench,
-    ModelBench,
-    bench_best_net,
-    bench_models,
-    median_seconds,
-)
+from pipeline.bench import end_to_end, models, training
 from pipeline.bench.serve_load import UPLOADS, run_load_test
-from pipeline.bench.training import (
-    BusyCoreBench,
-    DdpBench,
-    EnsembleBench,
-    FastRecipeBench,
-    bench_busy_core,
-    bench_ddp,
-    bench_ensemble,
-    bench_fast_recipe,
-)
 from pipeline.common.device import resolve_device
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import expand_checkpoints
@@ -64,33 +49,18 @@ class BenchReport:
     parse_csvs_s: float
     prepare_s: float
     load_cache_s: float
-    models: list[ModelBench] = field(default_factory=list)
-    best_net: list[BestNetBench] = field(default_factory=list)
-    fast_recipe: FastRecipeBench | None = None
-    ddp: DdpBench | None = None
-    ensemble: EnsembleBench | None = None
-    busy_core: BusyCoreBench | None = None
-    end_to_end: EndToEnd | None = None
+    models: list[models.ModelBench] = field(default_factory=list)
+    best_net: list[models.BestNetBench] = field(default_factory=list)
+    fast_recipe: training.FastRecipeBench | None = None
+    ddp: training.DdpBench | None = None
+    ensemble: training.EnsembleBench | None = None
+    busy_core: training.BusyCoreBench | None = None
+    end_to_end: end_to_end.EndToEnd | None = None
     serve: str | None = None  # the load tests' summary lines, or why they did not run
 
 
-def bench_data(options: BenchOptions, device: str) -> BenchReport:
-    raw, processed = options.raw_dir, options.processed_dir
-    parse = median_seconds(
-        lambda: (
-            read_digits_csv(raw / config.TRAIN_CSV, True),
-            read_digits_csv(raw / config.TEST_CSV, False),
-        )
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        prepare_s = median_seconds(lambda: prepare(raw, Path(tmp), force=True), repeats=1)
-    load = median_seconds(lambda: [load_split(processed, s) for s in config.SPLITS])
-    return BenchReport(device, parse, prepare_s, load)
-
-
 def bench_serve(checkpoint: Path, processed_dir: Path) -> str:
-    """Small API requests, then 25-megapixel PNG uploads, to one live `pipeline serve`; then the
-    small requests to `checkpoint` exported to ONNX, served by ONNX Runtime without torch."""
+    """`checkpoint` served by torch (small requests, then large uploads), then by onnxruntime."""
     if not checkpoint.is_file():
         return f"skipped: {checkpoint} does not exist (run `make train` first)"
     runs = run_load_test([checkpoint], processed_dir, uploads=UPLOADS)
@@ -127,35 +97,38 @@ def bench_distilled(fast, models_dir: Path, processed_dir: Path) -> list[str]:
     ]
 
 
-def run_bench(
-    options: BenchOptions, log: Callable[[str], None] = lambda message: None
-) -> BenchReport:
-    target = resolve_device(options.device)
-    processed, models = options.processed_dir, list(options.models)
+def run_bench(options: BenchOptions, log: Callable[[str], None]) -> BenchReport:
+    target, names = resolve_device(options.device), list(options.models)
+    processed, raw, steps = options.processed_dir, options.raw_dir, options.steps
     log("parsing the CSVs ...")
-    report = bench_data(options, str(target))
+    csvs = ((raw / config.TRAIN_CSV, True), (raw / config.TEST_CSV, False))
+    with tempfile.TemporaryDirectory() as tmp:
+        report = BenchReport(
+            str(target),
+            models.median_seconds(lambda: [read_digits_csv(*csv) for csv in csvs]),
+            models.median_seconds(lambda: prepare(raw, Path(tmp), force=True), repeats=1),
+            models.median_seconds(lambda: [load_split(processed, s) for s in config.SPLITS]),
+        )
     log("timing training and prediction per model ...")
-    report.models = bench_models(processed, target, models, options.steps, options.batch_size)
+    report.models = models.bench_models(processed, target, names, steps, options.batch_size)
     if options.best_net:
         log("timing the best recipe's net with augmentation ...")
-        sizes = list(options.best_batch_sizes) or None
-        report.best_net = bench_best_net(
-            processed, target, sizes, options.steps, options.compile_model
-        )
+        sizes, compile_model = options.best_batch_sizes, options.compile_model
+        report.best_net = models.bench_best_net(processed, target, sizes, steps, compile_model)
     if options.fast_recipe:
         log("training the fast recipe to 99% ...")
-        report.fast_recipe = bench_fast_recipe(processed, target, options.compile_model)
+        report.fast_recipe = training.bench_fast_recipe(processed, target, options.compile_model)
     if options.ddp:
         log("one process against two under torchrun ...")
-        report.ddp = bench_ddp(processed, target.type, models[0], options.steps)
+        report.ddp = training.bench_ddp(processed, target.type, names[0], steps)
         log("the best ensemble's members, one at a time and side by side ...")
-        report.ensemble = bench_ensemble(processed, target, options.steps)
+        report.ensemble = training.bench_ensemble(processed, target, steps)
     if options.busy_core:
         log("training on the CPU, quiet and with one core kept busy ...")
-        report.busy_core = bench_busy_core(processed, models[0], options.steps, options.batch_size)
+        report.busy_core = training.bench_busy_core(processed, names[0], steps, options.batch_size)
     if options.end_to_end:
         log("prepare, train and predict as processes against the tutorial's script ...")
-        report.end_to_end = bench_end_to_end(options.raw_dir, options.end_to_end_repeats)
+        report.end_to_end = end_to_end.bench_end_to_end(raw, options.end_to_end_repeats)
     if options.serve_checkpoint is not None:
         log(f"load test of `pipeline serve` on {options.serve_checkpoint} (127.0.0.1 only) ...")
         report.serve = bench_serve(options.serve_checkpoint, processed)

@@ -13,9 +13,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -31,8 +32,7 @@ HEALTH_EVERY_S = 0.05
 JSON = "application/json"
 
 
-@dataclass(frozen=True)
-class LiveServer:
+class LiveServer(NamedTuple):
     url: str
     pid: int  # the server process, for its memory figures
 
@@ -69,13 +69,11 @@ def running_server(checkpoints: list[Path]) -> Iterator[LiveServer]:
         url = next(line for line in lines if line.startswith("serve: http")).split()[1]
         yield LiveServer(url, child.pid)
     finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGINT)  # as Ctrl-C does
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        child.send_signal(signal.SIGINT)  # as Ctrl-C does; nothing if it has stopped
+        with suppress(subprocess.TimeoutExpired):
+            child.wait(15)
+        child.kill()
+        child.wait()
         reader.join(5)
 
 
@@ -111,9 +109,7 @@ class LoadResult:
         return float(np.percentile(values, q)) if len(values) else 0.0
 
     def summary(self) -> str:
-        def mb(value: int | None) -> str:
-            return "n/a" if value is None else f"{value / 2**20:,.0f} MB"
-
+        mb = lambda value: "n/a" if value is None else f"{value / 2**20:,.0f} MB"  # noqa: E731
         return (
             f"{self.name}: {self.requests:,} requests, {self.clients} clients: "
             f"p50 {self.percentile(50):.1f} ms, p95 {self.percentile(95):.1f} ms, "
@@ -160,16 +156,13 @@ def send(
 def expected_labels(url: str, bodies: list[bytes]) -> list[int]:
     """The server's label for each body, one at a time (a warm-up too): under load an error is
     a changed or failed answer, never a digit the model simply gets wrong."""
-    connection = connection_to(url, 10.0)
     labels = []
-    try:
+    with closing(connection_to(url, 10.0)) as connection:
         for body in bodies:
             status, answer, _ = send(connection, "/api/predict", body)
             if status != 200:
                 raise PipelineError(f"{url}: answered {status} to a valid digit: {answer[:200]!r}")
             labels.append(json.loads(answer)["label"])
-    finally:
-        connection.close()
     return labels
 
 
@@ -226,8 +219,8 @@ def hammer(
     seconds = time.perf_counter() - started
     done.set()
     prober.join(15)
-    errors, refused, latencies_ms = counts["errors"], counts["refused"], np.array(latencies) * 1e3
-    return LoadResult(name, len(asks), clients, errors, refused, seconds, latencies_ms, health)
+    latencies_ms = np.array(latencies) * 1e3
+    return LoadResult(name, len(asks), clients, *counts.values(), seconds, latencies_ms, health)
 
 
 def upload_test(url: str, uploads: int = UPLOADS, clients: int = CLIENTS) -> LoadResult:

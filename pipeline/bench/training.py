@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from pipeline import config
+from pipeline.bench.models import project_images_per_second
 from pipeline.common.device import usable_cores
+from pipeline.data.datasets import TensorDigits
 from pipeline.training.recipes import recipe_config
 from pipeline.training.train import train
 
@@ -34,8 +36,7 @@ class FastRecipeBench:
 def bench_fast_recipe(
     processed_dir: Path, device: torch.device, compile_model: bool | None = None, seed: int = 0
 ) -> FastRecipeBench:
-    """The default recipe from scratch; on a GPU a throwaway run first pays for kernel search
-    and compiling (reported as the warm-up)."""
+    """The default recipe from scratch; on a GPU a throwaway run first pays the warm-up."""
     cfg = recipe_config(device=str(device), compile=compile_model, seed=seed)
     warmup_s = 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,8 +47,8 @@ def bench_fast_recipe(
             warmup_s = time.perf_counter() - start
         result = train(cfg, processed_dir, Path(tmp) / "fast.pt", progress=False, force=True)
     curve = [round(r["val_accuracy"], 4) for r in result.history]
-    found = result.best_accuracy, result.train_seconds, result.seconds_to_target, curve
-    return FastRecipeBench(*found, warmup_s, cfg.compile, cfg.batch_size)
+    found = result.best_accuracy, result.train_seconds, result.seconds_to_target
+    return FastRecipeBench(*found, curve, warmup_s, cfg.compile, cfg.batch_size)
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,6 @@ class DdpBench:
     model: str
     one_process: float  # images/s, global
     two_processes: float
-
-    @property
-    def ratio(self) -> float:
-        return self.two_processes / self.one_process
 
 
 def bench_ddp(processed_dir: Path, device: str, model: str, steps: int) -> DdpBench:
@@ -86,16 +83,12 @@ class EnsembleBench:
     one: float  # members per minute, one at a time
     many: float  # members per minute, `slots` at once
 
-    @property
-    def ratio(self) -> float:
-        return self.many / self.one
-
 
 def bench_ensemble(
     processed_dir: Path, device: torch.device, steps: int, members: int = 4
 ) -> EnsembleBench:
     """The best recipe's first members cut to `steps` steps, one at a time, then on 2 CPU
-    processes or every local GPU: members per minute, process start-up included."""
+    processes or every GPU: members per minute, process start-up included."""
     from pipeline.experiments.ensemble import member_configs, train_members
 
     configs = member_configs("best", members, True, device=str(device), epochs=1, max_steps=steps)
@@ -120,15 +113,10 @@ class BusyCoreBench:
     quiet_threads: int
     busy_threads: int
 
-    @property
-    def kept(self) -> float:  # the fair share is (cores - 1) / cores
-        return self.busy / self.quiet
-
 
 @contextmanager
 def spinning_core(seconds: float = 600, setup: str = "") -> Iterator[None]:
-    """Another process spinning on one core (at most `seconds`, after the Python statement
-    `setup`) while the block runs."""
+    """Another process spinning on one core (at most `seconds`, after running `setup`)."""
     code = (
         f"import sys, time\n{setup}\nend = time.monotonic() + float(sys.argv[1])\n"
         "print(flush=True)\nwhile time.monotonic() < end: pass\n"
@@ -145,9 +133,6 @@ def spinning_core(seconds: float = 600, setup: str = "") -> Iterator[None]:
 def bench_busy_core(processed_dir: Path, model: str, steps: int, batch_size: int) -> BusyCoreBench:
     """The same steps on a quiet CPU, then with one core busy: torch's thread count follows the
     free cores (`use_free_cores`), so the run keeps about its fair share."""
-    from pipeline.bench.models import project_images_per_second
-    from pipeline.data.datasets import TensorDigits
-
     cpu = torch.device("cpu")
     data = TensorDigits.load(processed_dir, "train")
     quiet, _ = project_images_per_second(model, data, cpu, batch_size, steps)
