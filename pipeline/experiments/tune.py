@@ -246,9 +246,24 @@ def tune(
             f"--workers: {len(failed)} of the {len(workers)} other workers failed (exit "
             f"{', '.join(map(str, failed))}); their error lines are above"
         )
-    left = len(study.get_trials(states=counted_states()))
-    timed_out = timeout is not None and (trials is None or left < trials)
-    return summarize(study, space, processed_dir, parent, len(ran) if timed_out else None)
+    states = Counter(t.state.name for t in study.trials if not t.user_attrs.get("over_budget"))
+    if not states["COMPLETE"]:
+        raise PipelineError(f"--study {study_name}: no trial finished yet; give more time")
+    best = study.best_trial
+    device = best.user_attrs.get("device", "auto")
+    extra: dict[str, Any] = {"device": device} if device != "auto" else {}
+    if processed_dir != config.PROCESSED_DIR:
+        extra["processed_dir"] = processed_dir
+    command = train_command(best.params, space.model, best.user_attrs.get("seed", 0), extra)
+    parent.log_metrics({"best_val_acc": best.value})
+    parent.set_tags({"best_trial": best.number, "reproduce": command})
+    kept = Path(best.user_attrs.get("kept", ""))
+    if kept.is_file():  # `--run <the study's run>` is then its best model
+        parent.set_tags({"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)})
+    counted = states["COMPLETE"] + states["PRUNED"] + states["RUNNING"]
+    timed_out = timeout is not None and (trials is None or counted < trials)
+    return TuneResult(study_name, best.number, best.value, command, dict(states),
+                      len(ran) if timed_out else None, states["RUNNING"])  # fmt: skip
 
 
 class Pruning(Callback):
@@ -270,23 +285,3 @@ def _brief(options: dict[str, Any]) -> str:
     return " ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()
     )
-
-
-def summarize(study, space: SearchSpace, processed_dir: Path, parent, timed_out_after):
-    """The study's best trial and how to train it again; the parent run gets its score."""
-    states = Counter(t.state.name for t in study.trials if not t.user_attrs.get("over_budget"))
-    if not states["COMPLETE"]:
-        raise PipelineError(f"--study {study.study_name}: no trial finished yet; give more time")
-    best = study.best_trial
-    device = best.user_attrs.get("device", "auto")
-    extra: dict[str, Any] = {"device": device} if device != "auto" else {}
-    if processed_dir != config.PROCESSED_DIR:
-        extra["processed_dir"] = processed_dir
-    command = train_command(best.params, space.model, best.user_attrs.get("seed", 0), extra)
-    parent.log_metrics({"best_val_acc": best.value})
-    parent.set_tags({"best_trial": best.number, "reproduce": command})
-    kept = Path(best.user_attrs.get("kept", ""))
-    if kept.is_file():  # `--run <the study's run>` is then its best model
-        parent.set_tags({"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)})
-    return TuneResult(study.study_name, best.number, best.value, command, dict(states),
-                      timed_out_after, states["RUNNING"])  # fmt: skip
