@@ -26,7 +26,6 @@ class SplitScore:
     ensemble_accuracy: float
     tta_accuracy: float
     val_images: int
-    seconds: float  # wall time for this split: prepare, train every member, score
 
 
 @dataclass(frozen=True)
@@ -93,18 +92,16 @@ def cross_validate(
             )  # fmt: skip
             checkpoints = [r.checkpoint for r in results]
             accs, ensemble, tta, n_val = score_split(checkpoints, data_dir, cfg.device)
-            seconds = time.perf_counter() - start
-            scores.append(SplitScore(seed, accs, ensemble, tta, n_val, seconds))
+            scores.append(SplitScore(seed, accs, ensemble, tta, n_val))
             log(
                 f"split {seed}: members {' '.join(f'{a:.2%}' for a in accs)} | ensemble "
                 f"{ensemble:.2%} | ensemble+TTA {tta:.2%} on {n_val:,} val digits "
-                f"({seconds:.0f} s)"
+                f"({time.perf_counter() - start:.0f} s)"
             )
             metrics = dict(ensemble_acc=ensemble, tta_acc=tta, member_acc=statistics.mean(accs))
             parent.log_metrics(metrics, seed)
-        nets = ""
-        if len({(describe(c), c.epochs) for c in configs}) > 1:  # `best`: the members differ
-            nets = ", ".join(f"{describe(c)} x{c.epochs} epochs" for c in configs)
+        differ = len({(describe(c), c.epochs) for c in configs}) > 1  # `best`'s members
+        nets = ", ".join(f"{describe(c)} x{c.epochs} epochs" for c in configs) if differ else ""
         result = CrossValidation(cfg, members, scores, nets, parent.id())
         for name, (mean, sd) in {"ensemble": result.ensemble, "tta": result.tta}.items():
             parent.log_metrics({f"{name}_acc_mean": mean, f"{name}_acc_sd": sd})
@@ -112,17 +109,15 @@ def cross_validate(
 
 
 def format_summary(result: CrossValidation) -> str:
-    def line(name: str, spread: tuple[float, float]) -> str:
-        return f"{name:14} mean {spread[0]:.3%}  sd {spread[1]:.3%}"
-
-    n = len(result.splits)
     nets = result.nets or f"{result.config.model}, {result.config.epochs} epochs"
-    return "\n".join(
-        [
-            f"crossval: recipe {result.config.recipe or 'custom'} ({nets}), "
-            f"{result.members} member(s) x {n} split(s)",
-            line("single model", result.member),
-            line("ensemble", result.ensemble),
-            line("ensemble+TTA", result.tta),
-        ]
-    )
+    lines = [
+        f"crossval: recipe {result.config.recipe or 'custom'} ({nets}), "
+        f"{result.members} member(s) x {len(result.splits)} split(s)"
+    ]
+    spreads = {
+        "single model": result.member,
+        "ensemble": result.ensemble,
+        "ensemble+TTA": result.tta,
+    }
+    lines += [f"{name:14} mean {mean:.3%}  sd {sd:.3%}" for name, (mean, sd) in spreads.items()]
+    return "\n".join(lines)

@@ -2,8 +2,7 @@
 
 A tracked command writes its runs as `pending/<record id>.json` and starts this module at the
 lowest priority; any reader of the store logs what is pending first, under `pending/.lock`.
-Runs are tagged with their record's id, so a record a killed recorder left half logged is
-logged again whole; the file goes once all of it is in, and one MLflow refuses is moved aside.
+Runs carry their record's id, so a half-logged record is logged again whole.
 """
 
 import hashlib
@@ -14,7 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -50,7 +49,24 @@ def check_store(uri: str) -> None:
     """A one-line error for a store that cannot work, found in milliseconds without MLflow."""
     hint = "fix MLFLOW_TRACKING_URI, or run with --no-track (PIPELINE_TRACK=0)"
     if (db := _sqlite_file(uri)) is not None:
-        return _check_sqlite(db, hint)
+        existing = next(folder for folder in db.absolute().parents if folder.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise PipelineError(f"tracking store {db}: its folder cannot be written; {hint}")
+        if db.is_dir():
+            raise PipelineError(f"tracking store {db}: is a folder, not a SQLite file; {hint}")
+        if not db.is_file() or db.stat().st_size == 0:
+            return
+        try:  # quick_check reads every page, not only the schema on page 1
+            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+                tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+                verdict = connection.execute("PRAGMA quick_check(1)").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            verdict = str(exc)
+        if verdict != "ok":
+            raise PipelineError(f"tracking store {db}: corrupt or not SQLite ({verdict}); {hint}")
+        if tables and not {"alembic_version", "runs"} <= tables:
+            raise PipelineError(f"tracking store {db}: a SQLite file but not MLflow's; {hint}")
+        return
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+")[0]
     if scheme not in NETWORK_PORTS:
@@ -71,26 +87,6 @@ def check_store(uri: str) -> None:
         socket.create_connection((parsed.hostname or "localhost", port), timeout=3).close()
     except (OSError, ValueError) as exc:
         raise PipelineError(f"tracking store {uri}: unreachable ({exc}); {hint}") from None
-
-
-def _check_sqlite(db: Path, hint: str) -> None:
-    existing = next(folder for folder in db.absolute().parents if folder.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise PipelineError(f"tracking store {db}: its folder cannot be written; {hint}")
-    if db.is_dir():
-        raise PipelineError(f"tracking store {db}: is a folder, not a SQLite file; {hint}")
-    if not db.is_file() or db.stat().st_size == 0:
-        return
-    try:  # quick_check reads every page, not only the schema on page 1
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-            verdict = connection.execute("PRAGMA quick_check(1)").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        verdict = str(exc)
-    if verdict != "ok":
-        raise PipelineError(f"tracking store {db}: corrupt or not SQLite ({verdict}); {hint}")
-    if tables and not {"alembic_version", "runs"} <= tables:
-        raise PipelineError(f"tracking store {db}: a SQLite file but not MLflow's; {hint}")
 
 
 def is_server(uri: str) -> bool:
@@ -191,11 +187,7 @@ def record_pending(uri: str | None = None, wait: float = -1) -> list[str]:
     folder = pending_dir(uri := uri or tracking_uri())
     if not any(folder.glob("*.json")):
         return []
-    try:
-        lock = FileLock(folder / config.RECORDER_LOCK).acquire(timeout=wait)
-    except Timeout:
-        return []
-    with lock:
+    with suppress(Timeout), FileLock(folder / config.RECORDER_LOCK, timeout=wait):
         if not (paths := sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)):
             return []
         try:
@@ -220,6 +212,7 @@ def record_pending(uri: str | None = None, wait: float = -1) -> list[str]:
                 continue
             path.unlink()
         return problems
+    return []  # another process is logging them
 
 
 def main() -> None:

@@ -1,8 +1,5 @@
-"""`pipeline runs`: the tracked runs as a table, and `--run RUN_ID` turned into checkpoints.
-
-Reads the MLflow store `tracking` writes and the records a recorder is still logging (status
-`pending`). A run id may be shortened to any unique prefix of 6 or more characters.
-"""
+"""`pipeline runs`: the tracked runs (those still pending too) as a table, and `--run RUN_ID`
+(or a unique prefix of 6+ characters) turned into checkpoints."""
 
 import datetime
 import json
@@ -46,8 +43,7 @@ def _pending(entry: dict):
 def all_runs(uri: str | None = None):
     """(client, every run of the store newest first: those MLflow holds and those pending)."""
     client, experiment = tracking.open_client(uri)
-    order = ["attributes.start_time DESC"]
-    runs = client.search_runs([experiment], max_results=10_000, order_by=order)
+    runs = client.search_runs([experiment], max_results=10_000, order_by=["start_time DESC"])
     for path in recorder.pending_dir(uri or tracking.tracking_uri()).glob("*.json"):
         with suppress(OSError, ValueError, KeyError, TypeError):  # a record being written
             pending = [_pending(entry) for entry in json.loads(path.read_text())["runs"]]
@@ -92,11 +88,9 @@ def format_table(runs: list) -> str:
 
 def find_run(run_id: str, uri: str | None = None):
     """The run `run_id` names (the whole id or a unique prefix), with every run of the store."""
-    client, runs = all_runs(uri)
+    runs = all_runs(uri)[1]
     key = run_id.strip().lower()
-    matches = [
-        run for run in runs if run_key(run).startswith(key) or run.info.run_id.startswith(key)
-    ]
+    matches = [r for r in runs if run_key(r).startswith(key) or r.info.run_id.startswith(key)]
     where = uri or tracking.tracking_uri()
     if len(key) < 6 or not matches:
         raise PipelineError(f"--run {run_id}: no such run in {where} (see `pipeline runs`)")

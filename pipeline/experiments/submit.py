@@ -33,13 +33,11 @@ def await_score(api, competition, ref, message, wait, interval, sleep) -> tuple[
     deadline = time.monotonic() + min(max(wait, 0), MAX_WAIT_SECONDS)
     while True:
         try:
-            submissions = list(api.competition_submissions(competition))
+            subs = list(api.competition_submissions(competition))
         except (Exception, SystemExit) as exc:
             return f"unknown: listing submissions failed ({type(exc).__name__})", None
-        ours = [
-            s for s in submissions if ref is not None and str(getattr(s, "ref", "")) == str(ref)
-        ]
-        ours = ours or [s for s in submissions if getattr(s, "description", None) == message]
+        ours = [s for s in subs if ref is not None and str(getattr(s, "ref", "")) == str(ref)]
+        ours = ours or [s for s in subs if getattr(s, "description", None) == message]
         if ours:  # SubmissionStatus.COMPLETE, its name, or a plain string: `complete`
             status = str(getattr(ours[0].status, "name", ours[0].status))
             status = status.rpartition(".")[2].lower()

@@ -1,7 +1,6 @@
-"""Experiment tracking with MLflow, as a side channel: a stage works the same with it off
-(`--no-track`, PIPELINE_TRACK=0). MLflow takes seconds to import, so a command never imports
-it: its runs are noted in memory and left as one record that `recorder` logs in its own process.
-"""
+"""Experiment tracking with MLflow as a side channel (off: `--no-track`, PIPELINE_TRACK=0).
+MLflow takes seconds to import, so a command notes its runs in memory and leaves one record
+that `recorder` logs in its own process."""
 
 import importlib.util
 import json
@@ -32,9 +31,8 @@ EPOCH_METRICS = {"val_accuracy": "val_acc", "val_loss": "val_loss", "train_loss"
 
 def wanted(flag: bool | None = None) -> bool:
     """--track/--no-track when given, else PIPELINE_TRACK, else on."""
-    if flag is not None:
-        return flag
-    return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    env = os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return env if flag is None else flag
 
 
 def git_commit() -> str:
@@ -63,7 +61,7 @@ def data_tags(processed_dir: Path) -> dict[str, str]:
     except PipelineError:
         return {}
     data = "sample" if config.TEST_LABELS_CSV in meta["sources"] else "kaggle"
-    return {"dataset": data + (f":{meta['limit_rows']}" if meta.get("limit_rows") else "")}
+    return {"dataset": data + (f":{rows}" if (rows := meta.get("limit_rows")) else "")}
 
 
 def open_client(uri: str | None = None):

@@ -1,8 +1,7 @@
 """`pipeline tune`: the fast recipe's options searched with Optuna (TPE, median pruning).
 
-A study is resumed by name and refused for another search space or other data. Workers share
-it: `trials` is its budget, trial n samples with seed + n, and Optuna's heartbeat fails a dead
-worker's trial. The result is the best trial as a `pipeline train` command.
+A study is resumed by name, refused for another search space or data, and shared by workers:
+`trials` is its budget, trial n samples with seed + n, Optuna's heartbeat fails a dead worker's.
 """
 
 import json
@@ -95,9 +94,9 @@ def shown(url: str) -> str:
 
 def open_storage(url: str):
     """A database with a heartbeat, or `journal:///<file>` (a shared disk without one)."""
-    import optuna
+    from optuna import storages
 
-    scheme = url.split(":", 1)[0].split("+")[0] if ":" in url else ""
+    scheme = urlsplit(url).scheme.split("+")[0]
     if scheme not in ("sqlite", "postgresql", "mysql", "journal"):
         raise PipelineError(
             f"--storage {shown(url)}: expected sqlite:///<file>, a database URL such as "
@@ -105,15 +104,12 @@ def open_storage(url: str):
         )
     try:
         if scheme == "journal":
-            backend = optuna.storages.journal.JournalFileBackend(url.removeprefix("journal://"))
-            return optuna.storages.JournalStorage(backend)
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-        )
+            backend = storages.journal.JournalFileBackend(url.removeprefix("journal://"))
+            return storages.JournalStorage(backend)
+        return storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except Exception as exc:  # a missing driver's name is in the cause Optuna wraps
-        raise PipelineError(
-            f"--storage {shown(url)}: {first_line(exc.__cause__ or exc)}"
-        ) from None
+        why = first_line(exc.__cause__ or exc)
+        raise PipelineError(f"--storage {shown(url)}: {why}") from None
 
 
 def open_study(name: str, storage, space: SearchSpace, fingerprint: str):
@@ -125,18 +121,16 @@ def open_study(name: str, storage, space: SearchSpace, fingerprint: str):
                                     direction="maximize")  # fmt: skip
     except Exception as exc:
         raise PipelineError(f"--study {name}: {first_line(exc)}") from None
-    saved = study.user_attrs
-    if saved.get("search_space", space.as_json()) != space.as_json():
-        raise PipelineError(
-            f"--study {name}: was made with another search space ({saved['search_space']}); "
-            "resume it with the same options or pick another --study name"
-        )
-    if saved.get("data_fingerprint", fingerprint) != fingerprint:
-        raise PipelineError(
-            f"--study {name}: its trials ran on other prepared data; pick another --study name"
-        )
-    study.set_user_attr("search_space", space.as_json())
-    study.set_user_attr("data_fingerprint", fingerprint)
+    for key, value, other in (
+        ("search_space", space.as_json(), "another search space"),
+        ("data_fingerprint", fingerprint, "other prepared data"),
+    ):
+        if (saved := study.user_attrs.get(key, value)) != value:
+            raise PipelineError(
+                f"--study {name}: made for {other} ({saved}); resume it with the same options "
+                "and data or pick another --study name"
+            )
+        study.set_user_attr(key, value)
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
     optuna.storages.fail_stale_trials(study)  # a dead worker's trial no longer counts
     return study
@@ -158,7 +152,7 @@ def over_budget(study, number: int, budget: int) -> bool:
 
 
 class OverBudget(Exception):
-    """Ends a trial asked for past the budget before it samples or trains anything."""
+    """Ends a trial past the budget before it samples or trains anything."""
 
 
 def tune(
@@ -252,9 +246,24 @@ def tune(
             f"--workers: {len(failed)} of the {len(workers)} other workers failed (exit "
             f"{', '.join(map(str, failed))}); their error lines are above"
         )
-    left = len(study.get_trials(states=counted_states()))
-    timed_out = timeout is not None and (trials is None or left < trials)
-    return summarize(study, space, processed_dir, parent, len(ran) if timed_out else None)
+    states = Counter(t.state.name for t in study.trials if not t.user_attrs.get("over_budget"))
+    if not states["COMPLETE"]:
+        raise PipelineError(f"--study {study_name}: no trial finished yet; give more time")
+    best = study.best_trial
+    device = best.user_attrs.get("device", "auto")
+    extra: dict[str, Any] = {"device": device} if device != "auto" else {}
+    if processed_dir != config.PROCESSED_DIR:
+        extra["processed_dir"] = processed_dir
+    command = train_command(best.params, space.model, best.user_attrs.get("seed", 0), extra)
+    parent.log_metrics({"best_val_acc": best.value})
+    parent.set_tags({"best_trial": best.number, "reproduce": command})
+    kept = Path(best.user_attrs.get("kept", ""))
+    if kept.is_file():  # `--run <the study's run>` is then its best model
+        parent.set_tags({"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)})
+    counted = states["COMPLETE"] + states["PRUNED"] + states["RUNNING"]
+    timed_out = timeout is not None and (trials is None or counted < trials)
+    return TuneResult(study_name, best.number, best.value, command, dict(states),
+                      len(ran) if timed_out else None, states["RUNNING"])  # fmt: skip
 
 
 class Pruning(Callback):
@@ -276,24 +285,3 @@ def _brief(options: dict[str, Any]) -> str:
     return " ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()
     )
-
-
-def summarize(study, space: SearchSpace, processed_dir: Path, parent, timed_out_after):
-    """The study's best trial and how to train it again; the parent run gets its score."""
-    states = Counter(t.state.name for t in study.trials if not t.user_attrs.get("over_budget"))
-    if not states["COMPLETE"]:
-        raise PipelineError(f"--study {study.study_name}: no trial finished yet; give more time")
-    best = study.best_trial
-    options = dict(best.params)
-    device = best.user_attrs.get("device", "auto")
-    extra: dict[str, Any] = {"device": device} if device != "auto" else {}
-    if processed_dir != config.PROCESSED_DIR:
-        extra["processed_dir"] = processed_dir
-    command = train_command(options, space.model, best.user_attrs.get("seed", 0), extra)
-    parent.log_metrics({"best_val_acc": best.value})
-    parent.set_tags({"best_trial": best.number, "reproduce": command})
-    kept = Path(best.user_attrs.get("kept", ""))
-    if kept.is_file():  # `--run <the study's run>` is then its best model
-        parent.set_tags({"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)})
-    return TuneResult(study.study_name, best.number, best.value, command, dict(states),
-                      timed_out_after, states["RUNNING"])  # fmt: skip
