@@ -187,8 +187,7 @@ class _Members:
         self.bar.update(self.images(k) // self.configs[k].epochs)
 
     def keep(self, k: int, result: TrainResult, wall: float = 0.0) -> MemberResult:
-        """Record a finished member: its run's summary and checkpoint (a kept one gets a run
-        of its own too, so that the ensemble's run always holds all its members)."""
+        """A finished member's run ends; a kept one gets a run too: the ensemble's holds all."""
         (self.runs.pop(k, None) or self._run(k, kept=True)).train_end(result)
         self.results[k] = MemberResult(k, result, self.digits[k][1], wall)
         return self.results[k]
@@ -337,9 +336,7 @@ def train_members(
     return [members.results[k] for k in sorted(members.results)]
 
 
-def run_ensemble(
-    configs, processed_dir, models_dir, jobs=None, track=None, log=print, warn=None, pace=None
-):
+def run_ensemble(configs, processed_dir, models_dir, jobs, track, log, warn, pace):
     """Train the members, then (rank 0) score them: the out-of-bag vote of bagged members,
     else their mean val accuracy. Returns the closing line (None on other ranks) and the run."""
     from pipeline.experiments.bagging import format_oob, score_out_of_bag

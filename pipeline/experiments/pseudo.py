@@ -95,7 +95,7 @@ ROUND2_SHARE = 0.6  # of a budget's training time: round 2 trains on ~1.6 times 
 
 
 def pseudo_label_rounds(
-    configs, processed_dir, models_dir, jobs, track, log, warn, threshold=0.99, fit=None
+    configs, processed_dir, models_dir, jobs, track, log, warn, threshold, fit
 ):
     """`run_ensemble` into `<models_dir>/round1/` with its pseudo-labels there, then into
     `models_dir` with each fold's as extra digits; returns the lines to print and round 2's run.
@@ -106,7 +106,6 @@ def pseudo_label_rounds(
         raise PipelineError("--pseudo-label needs bagged members: use --recipe best")
     if ranks_from_env().world > 1:
         raise PipelineError("--pseudo-label runs in one process; start it without torchrun")
-    fit = fit or (lambda configs, *_: (configs, None))
     round1 = models_dir / config.ROUND1_DIR_NAME
     sized, pace = fit(configs, round1, ROUND2_SHARE)
     first, _ = run_ensemble(sized, processed_dir, round1, jobs, track, log, warn, pace)

@@ -91,8 +91,7 @@ def submit(
     track: bool = True,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Submitted:
-    """Validate `file` before any network call, upload it, wait up to `wait` seconds for the
-    public score and credit the runs."""
+    """Upload `file`, checked before any network call; wait for its score; credit the runs."""
     read_submission(file, n_rows=config.KAGGLE_TEST_ROWS)
     try:
         api = (connect or kaggle_api.connect)()
