@@ -151,11 +151,9 @@ class _Members:
         self.digits = [_digits(cfg, counts["train"], counts["val"]) for cfg in configs]
         fingerprint = cache(datasets.processed_fingerprint)  # a bag draws from every digit
         self.fingerprint = lambda k: fingerprint(processed_dir, configs[k].folds is not None)
-        self.runs: dict[int, tracking.TrackedRun] = {}
-        self.results: dict[int, MemberResult] = {}
-        self.stops: list[EnsembleInterrupted] = []
-        self.errors: list[str] = []
-        self.started: dict[int, float] = {}  # when each member of this call started
+        # by member: its TrackedRun, MemberResult and when it started in this call
+        self.runs, self.results, self.started = {}, {}, {}
+        self.stops, self.errors = [], []  # EnsembleInterrupted, the error lines
 
     def finished(self, k: int) -> TrainResult | None:
         return run_state.finished_run(self.configs[k], self.outs[k], self.fingerprint(k))
@@ -248,10 +246,9 @@ class _Members:
             while todo or running:
                 while todo and len(running) < len(slots) and not (self.stops or self.errors):
                     k, resume = todo.pop(0)
-                    args = self.start(k, resume)
                     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # a new worker's
                     try:
-                        running[pool.submit(_in_worker, *args)] = k
+                        running[pool.submit(_in_worker, *self.start(k, resume))] = k
                     finally:
                         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 if not running:

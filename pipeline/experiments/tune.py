@@ -198,9 +198,18 @@ def tune(
         trial.set_user_attr("seed", seed)  # what reproduces it, whatever a resume is given
         trial.set_user_attr("device", device)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        pruning = Callback()  # reports each epoch's val accuracy; stops a trial that falls behind
+
+        def prune(record: dict[str, float]) -> None:
+            trial.report(record["val_accuracy"], int(record["epoch"]))
+            if trial.should_prune():
+                run.set_tags({"pruned_at_epoch": int(record["epoch"])})
+                raise optuna.TrialPruned()
+
+        pruning.epoch_end = prune
         result = train(
             cfg, processed_dir, out, log=lambda line: log(f"trial {trial.number}: {line}"),
-            progress=False, force=True, callbacks=[run, Pruning(trial, run)],
+            progress=False, force=True, callbacks=[run, pruning],
         )  # fmt: skip
         if kept := run.kept():
             trial.set_user_attr("kept", kept)
@@ -249,28 +258,12 @@ def tune(
     command = train_command(best.params, space.model, best.user_attrs.get("seed", 0), extra)
     parent.log_metrics({"best_val_acc": best.value})
     parent.set_tags({"best_trial": best.number, "reproduce": command})
-    kept = Path(best.user_attrs.get("kept", ""))
-    if kept.is_file():  # `--run <the study's run>` is then its best model
+    if (kept := Path(best.user_attrs.get("kept", ""))).is_file():  # `--run <study run>`: its best
         parent.set_tags({"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)})
     tally = sum(states[state.name] for state in counted)
     timed_out = timeout is not None and (trials is None or tally < trials)
     return TuneResult(study_name, best.number, best.value, command, dict(states),
                       len(ran) if timed_out else None, states["RUNNING"])  # fmt: skip
-
-
-class Pruning(Callback):
-    """Reports a trial's validation accuracy per epoch; stops one that falls behind."""
-
-    def __init__(self, trial, run):
-        self.trial, self.run = trial, run
-
-    def epoch_end(self, record: dict[str, float]) -> None:
-        import optuna
-
-        self.trial.report(record["val_accuracy"], int(record["epoch"]))
-        if self.trial.should_prune():
-            self.run.set_tags({"pruned_at_epoch": int(record["epoch"])})
-            raise optuna.TrialPruned()
 
 
 def _brief(options: dict[str, Any]) -> str:
