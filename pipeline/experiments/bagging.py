@@ -50,8 +50,7 @@ def format_oob(estimate: OobEstimate) -> str:
 
 
 def bagged_members(checkpoints: list[Path], processed_dir: Path, device: torch.device):
-    """The labelled digits, and each member loaded on `device` with its bag, drawn again from
-    those digits and checked against its record; one line refusing a member that has none."""
+    """The labelled digits, and each member loaded with its bag, redrawn and checked."""
     from pipeline.inference.predictor import load_for_inference
 
     digits = labelled_digits(processed_dir)

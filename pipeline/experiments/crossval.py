@@ -68,9 +68,8 @@ def cross_validate(
     track: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> CrossValidation:
-    """Train and score `members` models of `cfg` (or `best`'s member configs) on each split k
-    (seed k, in `<processed_dir>/split-k/` and `<models_dir>/split-k/`); tracked as one run
-    with each split's scores at step k and the members as child runs."""
+    """Train and score `members` models of `cfg` (or `best`'s configs) on each split seed's own
+    folders; tracked as one run, each split's scores at its seed's step, members as children."""
     if not split_seeds:
         raise PipelineError("--splits must be at least 1")
     configs = cfg if isinstance(cfg, list) else seed_members(cfg, members)

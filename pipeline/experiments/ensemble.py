@@ -41,8 +41,7 @@ def seed_members(cfg: TrainConfig, members: int) -> list[TrainConfig]:
 
 
 def member_configs(recipe: str | None, members: int | None, bagged: bool, **settings):
-    """`best`: the device's differing members, each on a bag of all labelled digits when
-    `bagged`; any other recipe: `members` (5) seeds of it."""
+    """`best`'s differing members (on bags when `bagged`), else `members` (5) seeds of one."""
     if recipe == "best":
         return best_members(members, settings.pop("seed", 0), bagged, **settings)
     return seed_members(recipe_config(recipe or "fast", **settings), members or 5)
@@ -211,10 +210,10 @@ class _Members:
         self.started[k] = time.perf_counter()
         return k, self.configs[k], self.processed_dir, self.outs[k], resume
 
-    def train_here(self, todo: list[tuple[int, bool]], slot: torch.device) -> None:
-        """One member after another in this process, set up as a pool process is."""
+    def train_here(self, todo: list[tuple[int, bool]], slots: list[torch.device]) -> None:
+        """One member after another in this process (on its one slot), set up as a pool's."""
         threads = torch.get_num_threads()
-        _use(slot)
+        _use(slots[0])
         try:
             for k, resume in todo:
                 self.done(k, partial(_train_member, *self.start(k, resume), self.event))
@@ -302,10 +301,8 @@ def train_members(
     slots = member_slots(configs[0].device, jobs)[: len(todo)] or [torch.device("cpu")]
     with distributed.independent_ranks(ranks) as meet:
         try:
-            if len(slots) == 1:
-                members.train_here(todo, slots[0])
-            else:
-                members.train_in_pool(todo, slots)
+            train_all = members.train_here if len(slots) == 1 else members.train_in_pool
+            train_all(todo, slots)
         finally:
             members.bar.close()
         if members.errors:

@@ -57,9 +57,8 @@ def pseudo_label(
     threshold: float = 0.99,
     device: str = "auto",
 ) -> list[FoldLabels]:
-    """For each fold k the teachers hold out, the test digits whose calibrated mean probability
-    from fold k's teachers alone (the one predictor's rule) reaches `threshold`, as one-hot
-    targets in `config.pseudo_labels_path(out_dir, k)`; the files are written as one set."""
+    """Per fold k, the test digits fold k's teachers alone (the one predictor's rule) put at
+    `threshold` or above, one-hot in `config.pseudo_labels_path(out_dir, k)`; one set of files."""
     if not 0 <= threshold <= 1:
         raise PipelineError(f"--pseudo-threshold {threshold}: must be within 0 to 1")
     target = resolve_device(device)
