@@ -36,8 +36,7 @@ class FoldLabels:
 def fold_teachers(
     teachers: list[Path], processed_dir: Path, device: torch.device
 ) -> tuple[dict[int, list[LoadedModel]], tuple[int, int]]:
-    """The bagged teachers loaded on `device` by the fold they hold out, and the (folds,
-    fold_seed) they share; one line refusing teachers dealt other folds."""
+    """The bagged teachers by the fold they hold out, and the (folds, fold_seed) they share."""
     _, members = bagged_members(teachers, processed_dir, device)
     by_fold: dict[int, list[LoadedModel]] = {}
     for teacher, bag in sorted(members, key=lambda member: member[1].fold):
