@@ -37,12 +37,8 @@ def oob_estimate(
     if n_covered == 0:
         return OobEstimate(float("nan"), 0, n, 0.0)
     correct = summed[covered].argmax(1) == labels[covered]
-    return OobEstimate(
-        accuracy=float(correct.double().mean()),
-        covered=n_covered,
-        total=n,
-        mean_voters=float(voters[covered].double().mean()),
-    )
+    mean_voters = float(voters[covered].double().mean())
+    return OobEstimate(float(correct.double().mean()), n_covered, n, mean_voters)
 
 
 def format_oob(estimate: OobEstimate) -> str:
@@ -54,8 +50,7 @@ def format_oob(estimate: OobEstimate) -> str:
 
 
 def bagged_members(checkpoints: list[Path], processed_dir: Path, device: torch.device):
-    """The labelled digits, and each member loaded on `device` with its bag, drawn again from
-    those digits and checked against its record; one line refusing a member that has none."""
+    """The labelled digits, and each member loaded with its bag, redrawn and checked."""
     from pipeline.inference.predictor import load_for_inference
 
     digits = labelled_digits(processed_dir)
@@ -72,10 +67,9 @@ def bagged_members(checkpoints: list[Path], processed_dir: Path, device: torch.d
 
 
 def score_out_of_bag(
-    checkpoints: list[Path], processed_dir: Path, device: str = "auto", tta: bool = False
+    checkpoints: list[Path], processed_dir: Path, device: str = "auto"
 ) -> tuple[OobEstimate, list[float]]:
-    """The ensemble's out-of-bag estimate and each member's own, by the one predictor's rule
-    (each voter's calibrated probabilities, averaged)."""
+    """The ensemble's out-of-bag estimate and each member's own, by the one predictor's rule."""
     from pipeline.common.device import resolve_device
     from pipeline.data.datasets import TensorDigits
     from pipeline.inference.predictor import ensemble_probabilities
@@ -85,7 +79,7 @@ def score_out_of_bag(
     votes, accuracies = [], []
     for loaded, bag in members:
         oob = TensorDigits(digits.images[bag.oob], digits.labels[bag.oob]).to(target)
-        probs = ensemble_probabilities([loaded], oob, tta=tta)
+        probs = ensemble_probabilities([loaded], oob)
         votes.append((bag.oob, probs))
         accuracies.append(float((probs.argmax(1) == digits.labels[bag.oob]).double().mean()))
     return oob_estimate(votes, digits.labels), accuracies

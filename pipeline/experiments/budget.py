@@ -214,9 +214,8 @@ class Pace:
 
 
 def fit_budget(configs, budget_s, processed_dir, models_dir, jobs, sized, reserve_s, log, start):
-    """The member configs sized to the budget that began at `start`, less `reserve_s` for what
-    follows, and the Pace that keeps them to it; on a GPU, or unless `sized`, the configs as
-    they are and an ETA-only Pace."""
+    """The configs sized to the budget begun at `start` (less `reserve_s`) and their Pace; on a
+    GPU, or unless `sized`, the configs as they are and an ETA-only Pace."""
     where = member_slots(configs[0].device, jobs)
     slots = min(len(where), len(configs))
     if where[0].type != "cpu" or not sized:

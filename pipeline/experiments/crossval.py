@@ -28,6 +28,10 @@ class SplitScore:
     val_images: int
 
 
+def _spread(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 @dataclass(frozen=True)
 class CrossValidation:
     config: TrainConfig
@@ -36,14 +40,9 @@ class CrossValidation:
     nets: str = ""  # the members' nets and epochs, when they differ (`best`)
     run_id: str | None = None  # the tracked run (None with tracking off)
 
-    def _spread(self, values: list[float]) -> tuple[float, float]:
-        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-    ensemble = property(lambda self: self._spread([s.ensemble_accuracy for s in self.splits]))
-    tta = property(lambda self: self._spread([s.tta_accuracy for s in self.splits]))
-    member = property(
-        lambda self: self._spread([a for s in self.splits for a in s.member_accuracies])
-    )
+    ensemble = property(lambda self: _spread([s.ensemble_accuracy for s in self.splits]))
+    tta = property(lambda self: _spread([s.tta_accuracy for s in self.splits]))
+    member = property(lambda self: _spread([a for s in self.splits for a in s.member_accuracies]))
 
 
 def score_split(checkpoints: list[Path], processed_dir: Path, device: str) -> tuple:
@@ -64,15 +63,13 @@ def cross_validate(
     raw_dir: Path = config.RAW_DIR,
     models_dir: Path = config.CROSSVAL_MODELS_DIR,
     processed_dir: Path = config.CROSSVAL_DATA_DIR,
-    val_fraction: float = 0.1,
     log: Callable[[str], None] = lambda message: None,
     progress: bool = True,
     track: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> CrossValidation:
-    """Train and score `members` models of `cfg` (or `best`'s member configs) on each split k
-    (seed k, in `<processed_dir>/split-k/` and `<models_dir>/split-k/`); tracked as one run
-    with each split's scores at step k and the members as child runs."""
+    """Train and score `members` models of `cfg` (or `best`'s configs) on each split seed's own
+    folders; tracked as one run, each split's scores at its seed's step, members as children."""
     if not split_seeds:
         raise PipelineError("--splits must be at least 1")
     configs = cfg if isinstance(cfg, list) else seed_members(cfg, members)
@@ -84,7 +81,7 @@ def cross_validate(
         for seed in split_seeds:
             start = time.perf_counter()
             data_dir = config.crossval_split_dir(processed_dir, seed)
-            prepare(raw_dir, data_dir, val_fraction=val_fraction, seed=seed)
+            prepare(raw_dir, data_dir, seed=seed)
             log(f"split {seed}: training {members} member(s)")
             results = train_members(
                 configs, data_dir, config.crossval_split_dir(models_dir, seed), log=log,
@@ -114,10 +111,6 @@ def format_summary(result: CrossValidation) -> str:
         f"crossval: recipe {result.config.recipe or 'custom'} ({nets}), "
         f"{result.members} member(s) x {len(result.splits)} split(s)"
     ]
-    spreads = {
-        "single model": result.member,
-        "ensemble": result.ensemble,
-        "ensemble+TTA": result.tta,
-    }
-    lines += [f"{name:14} mean {mean:.3%}  sd {sd:.3%}" for name, (mean, sd) in spreads.items()]
+    rows = {"single model": result.member, "ensemble": result.ensemble, "ensemble+TTA": result.tta}
+    lines += [f"{name:14} mean {mean:.3%}  sd {sd:.3%}" for name, (mean, sd) in rows.items()]
     return "\n".join(lines)

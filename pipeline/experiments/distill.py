@@ -45,10 +45,9 @@ def distill(
     log=None,
     force: bool = False,
 ) -> Distilled:
-    """Train the student into `out` on the labelled digits outside `fold` plus every test
-    digit, its target fold `fold`'s teachers' calibrated mean probabilities (the run's extra
-    digits). Only test digits get soft targets: on the labelled ones the teachers repeat labels
-    the student already has."""
+    """Train the student into `out` on the labelled digits outside `fold` plus the test digits
+    with fold `fold`'s teachers' mean probabilities as targets (its extra digits): on labelled
+    digits the teachers would only repeat labels the student already has."""
     check_writable(out)
     target = resolve_device(device)
     by_fold, (folds, fold_seed) = fold_teachers(teachers, processed_dir, target)

@@ -41,8 +41,7 @@ def seed_members(cfg: TrainConfig, members: int) -> list[TrainConfig]:
 
 
 def member_configs(recipe: str | None, members: int | None, bagged: bool, **settings):
-    """`best`: the device's differing members, each on a bag of all labelled digits when
-    `bagged`; any other recipe: `members` (5) seeds of it."""
+    """`best`'s differing members (on bags when `bagged`), else `members` (5) seeds of one."""
     if recipe == "best":
         return best_members(members, settings.pop("seed", 0), bagged, **settings)
     return seed_members(recipe_config(recipe or "fast", **settings), members or 5)
@@ -151,11 +150,9 @@ class _Members:
         self.digits = [_digits(cfg, counts["train"], counts["val"]) for cfg in configs]
         fingerprint = cache(datasets.processed_fingerprint)  # a bag draws from every digit
         self.fingerprint = lambda k: fingerprint(processed_dir, configs[k].folds is not None)
-        self.runs: dict[int, tracking.TrackedRun] = {}
-        self.results: dict[int, MemberResult] = {}
-        self.stops: list[EnsembleInterrupted] = []
-        self.errors: list[str] = []
-        self.started: dict[int, float] = {}  # when each member of this call started
+        # by member: its TrackedRun, MemberResult and when it started in this call
+        self.runs, self.results, self.started = {}, {}, {}
+        self.stops, self.errors = [], []  # EnsembleInterrupted, the error lines
 
     def finished(self, k: int) -> TrainResult | None:
         return run_state.finished_run(self.configs[k], self.outs[k], self.fingerprint(k))
@@ -187,8 +184,7 @@ class _Members:
         self.bar.update(self.images(k) // self.configs[k].epochs)
 
     def keep(self, k: int, result: TrainResult, wall: float = 0.0) -> MemberResult:
-        """Record a finished member: its run's summary and checkpoint (a kept one gets a run
-        of its own too, so that the ensemble's run always holds all its members)."""
+        """A finished member's run ends; a kept one gets a run too: the ensemble's holds all."""
         (self.runs.pop(k, None) or self._run(k, kept=True)).train_end(result)
         self.results[k] = MemberResult(k, result, self.digits[k][1], wall)
         return self.results[k]
@@ -214,10 +210,10 @@ class _Members:
         self.started[k] = time.perf_counter()
         return k, self.configs[k], self.processed_dir, self.outs[k], resume
 
-    def train_here(self, todo: list[tuple[int, bool]], slot: torch.device) -> None:
-        """One member after another in this process, set up as a pool process is."""
+    def train_here(self, todo: list[tuple[int, bool]], slots: list[torch.device]) -> None:
+        """One member after another in this process (on its one slot), set up as a pool's."""
         threads = torch.get_num_threads()
-        _use(slot)
+        _use(slots[0])
         try:
             for k, resume in todo:
                 self.done(k, partial(_train_member, *self.start(k, resume), self.event))
@@ -249,10 +245,9 @@ class _Members:
             while todo or running:
                 while todo and len(running) < len(slots) and not (self.stops or self.errors):
                     k, resume = todo.pop(0)
-                    args = self.start(k, resume)
                     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # a new worker's
                     try:
-                        running[pool.submit(_in_worker, *args)] = k
+                        running[pool.submit(_in_worker, *self.start(k, resume))] = k
                     finally:
                         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 if not running:
@@ -306,10 +301,8 @@ def train_members(
     slots = member_slots(configs[0].device, jobs)[: len(todo)] or [torch.device("cpu")]
     with distributed.independent_ranks(ranks) as meet:
         try:
-            if len(slots) == 1:
-                members.train_here(todo, slots[0])
-            else:
-                members.train_in_pool(todo, slots)
+            train_all = members.train_here if len(slots) == 1 else members.train_in_pool
+            train_all(todo, slots)
         finally:
             members.bar.close()
         if members.errors:
@@ -337,9 +330,7 @@ def train_members(
     return [members.results[k] for k in sorted(members.results)]
 
 
-def run_ensemble(
-    configs, processed_dir, models_dir, jobs=None, track=None, log=print, warn=None, pace=None
-):
+def run_ensemble(configs, processed_dir, models_dir, jobs, track, log, warn, pace):
     """Train the members, then (rank 0) score them: the out-of-bag vote of bagged members,
     else their mean val accuracy. Returns the closing line (None on other ranks) and the run."""
     from pipeline.experiments.bagging import format_oob, score_out_of_bag

@@ -36,8 +36,7 @@ class FoldLabels:
 def fold_teachers(
     teachers: list[Path], processed_dir: Path, device: torch.device
 ) -> tuple[dict[int, list[LoadedModel]], tuple[int, int]]:
-    """The bagged teachers loaded on `device` by the fold they hold out, and the (folds,
-    fold_seed) they share; one line refusing teachers dealt other folds."""
+    """The bagged teachers by the fold they hold out, and the (folds, fold_seed) they share."""
     _, members = bagged_members(teachers, processed_dir, device)
     by_fold: dict[int, list[LoadedModel]] = {}
     for teacher, bag in sorted(members, key=lambda member: member[1].fold):
@@ -57,9 +56,8 @@ def pseudo_label(
     threshold: float = 0.99,
     device: str = "auto",
 ) -> list[FoldLabels]:
-    """For each fold k the teachers hold out, the test digits whose calibrated mean probability
-    from fold k's teachers alone (the one predictor's rule) reaches `threshold`, as one-hot
-    targets in `config.pseudo_labels_path(out_dir, k)`; the files are written as one set."""
+    """Per fold k, the test digits fold k's teachers alone (the one predictor's rule) put at
+    `threshold` or above, one-hot in `config.pseudo_labels_path(out_dir, k)`; one set of files."""
     if not 0 <= threshold <= 1:
         raise PipelineError(f"--pseudo-threshold {threshold}: must be within 0 to 1")
     target = resolve_device(device)
@@ -95,7 +93,7 @@ ROUND2_SHARE = 0.6  # of a budget's training time: round 2 trains on ~1.6 times 
 
 
 def pseudo_label_rounds(
-    configs, processed_dir, models_dir, jobs, track, log, warn, threshold=0.99, fit=None
+    configs, processed_dir, models_dir, jobs, track, log, warn, threshold, fit
 ):
     """`run_ensemble` into `<models_dir>/round1/` with its pseudo-labels there, then into
     `models_dir` with each fold's as extra digits; returns the lines to print and round 2's run.
@@ -106,7 +104,6 @@ def pseudo_label_rounds(
         raise PipelineError("--pseudo-label needs bagged members: use --recipe best")
     if ranks_from_env().world > 1:
         raise PipelineError("--pseudo-label runs in one process; start it without torchrun")
-    fit = fit or (lambda configs, *_: (configs, None))
     round1 = models_dir / config.ROUND1_DIR_NAME
     sized, pace = fit(configs, round1, ROUND2_SHARE)
     first, _ = run_ensemble(sized, processed_dir, round1, jobs, track, log, warn, pace)

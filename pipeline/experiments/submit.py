@@ -53,9 +53,8 @@ def await_score(api, competition, ref, message, wait, interval, sleep) -> tuple[
 
 def submission_checkpoints(file: Path) -> list[str]:
     """sha256 of each checkpoint that wrote `file`, from its source record if it is current."""
-    source = config.submission_source_path(file)
     try:
-        record = json.loads(source.read_text())
+        record = json.loads(config.submission_source_path(file).read_text())
         if record["submission_sha256"] != file_sha256(file):
             return []  # the file was replaced or edited since predict wrote it
         return [str(c["sha256"]) for c in record["checkpoints"]]
@@ -91,8 +90,7 @@ def submit(
     track: bool = True,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Submitted:
-    """Validate `file` before any network call, upload it, wait up to `wait` seconds for the
-    public score and credit the runs."""
+    """Upload `file`, checked before any network call; wait for its score; credit the runs."""
     read_submission(file, n_rows=config.KAGGLE_TEST_ROWS)
     try:
         api = (connect or kaggle_api.connect)()

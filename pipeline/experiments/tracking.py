@@ -122,8 +122,7 @@ class Session:
 
 
 class TrackedRun(Callback):
-    """One run of a session, noted in memory; as a training callback it takes each epoch's
-    metrics, then the summary and kept checkpoint (a skipped identical run is deleted)."""
+    """One run of a session, in memory; as a training callback, its epochs and result."""
 
     def __init__(self, session: Session, entry: dict):
         self.session, self.entry = session, entry

@@ -43,9 +43,6 @@ class SearchSpace:
     batch_sizes: tuple[int, ...] = (64, 128, 256)
     augment_strength: tuple[float, float] = (0.25, 1.5)  # when augmentation is on
 
-    def as_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
 
 @dataclass(frozen=True)
 class TuneResult:
@@ -122,7 +119,7 @@ def open_study(name: str, storage, space: SearchSpace, fingerprint: str):
     except Exception as exc:
         raise PipelineError(f"--study {name}: {first_line(exc)}") from None
     for key, value, other in (
-        ("search_space", space.as_json(), "another search space"),
+        ("search_space", json.dumps(asdict(space), sort_keys=True), "another search space"),
         ("data_fingerprint", fingerprint, "other prepared data"),
     ):
         if (saved := study.user_attrs.get(key, value)) != value:
@@ -136,18 +133,12 @@ def open_study(name: str, storage, space: SearchSpace, fingerprint: str):
     return study
 
 
-def counted_states():
-    """The trials a budget counts: complete, pruned or running (a failed one is run again)."""
-    from optuna.trial import TrialState
-
-    return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-
-
 def over_budget(study, number: int, budget: int) -> bool:
     """Whether trial `number` is past the budget: the study's first `budget` trials by number."""
     from optuna.trial import TrialState
 
-    ahead = study.get_trials(deepcopy=False, states=(*counted_states(), TrialState.WAITING))
+    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    ahead = study.get_trials(deepcopy=False, states=counted)
     return sum(trial.number < number for trial in ahead) >= budget
 
 
@@ -207,9 +198,18 @@ def tune(
         trial.set_user_attr("seed", seed)  # what reproduces it, whatever a resume is given
         trial.set_user_attr("device", device)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        pruning = Callback()  # reports each epoch's val accuracy; stops a trial that falls behind
+
+        def prune(record: dict[str, float]) -> None:
+            trial.report(record["val_accuracy"], int(record["epoch"]))
+            if trial.should_prune():
+                run.set_tags({"pruned_at_epoch": int(record["epoch"])})
+                raise optuna.TrialPruned()
+
+        pruning.epoch_end = prune
         result = train(
             cfg, processed_dir, out, log=lambda line: log(f"trial {trial.number}: {line}"),
-            progress=False, force=True, callbacks=[run, Pruning(trial, run)],
+            progress=False, force=True, callbacks=[run, pruning],
         )  # fmt: skip
         if kept := run.kept():
             trial.set_user_attr("kept", kept)
@@ -220,14 +220,15 @@ def tune(
         if trial.state == TrialState.PRUNED:
             log(f"trial {trial.number}: pruned at epoch {trial.last_step} {_brief(trial.params)}")
 
+    # the trials a budget counts: complete, pruned or running (a failed one is run again)
+    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     callbacks = [said_pruned]
     if trials is not None:  # checked before each new trial, against every worker's
-        callbacks.append(optuna.study.MaxTrialsCallback(trials, states=counted_states()))
-    workers = [
-        subprocess.Popen(command, env=os.environ | {WORKER_ENV: "1"}) for command in helpers
-    ]
+        callbacks.append(optuna.study.MaxTrialsCallback(trials, states=counted))
+    env = os.environ | {WORKER_ENV: "1"}
+    workers = [subprocess.Popen(command, env=env) for command in helpers]
     try:
-        if trials is None or len(study.get_trials(states=counted_states())) < trials:
+        if trials is None or len(study.get_trials(states=counted)) < trials:
             study.optimize(objective, timeout=timeout, callbacks=callbacks, catch=(OverBudget,))
         failed = [code for worker in workers if (code := worker.wait())]
     except TrainingInterrupted as stopped:  # its resume state is no use: trials start afresh
@@ -257,28 +258,12 @@ def tune(
     command = train_command(best.params, space.model, best.user_attrs.get("seed", 0), extra)
     parent.log_metrics({"best_val_acc": best.value})
     parent.set_tags({"best_trial": best.number, "reproduce": command})
-    kept = Path(best.user_attrs.get("kept", ""))
-    if kept.is_file():  # `--run <the study's run>` is then its best model
+    if (kept := Path(best.user_attrs.get("kept", ""))).is_file():  # `--run <study run>`: its best
         parent.set_tags({"checkpoint": kept, "checkpoint_sha256": file_sha256(kept)})
-    counted = states["COMPLETE"] + states["PRUNED"] + states["RUNNING"]
-    timed_out = timeout is not None and (trials is None or counted < trials)
+    tally = sum(states[state.name] for state in counted)
+    timed_out = timeout is not None and (trials is None or tally < trials)
     return TuneResult(study_name, best.number, best.value, command, dict(states),
                       len(ran) if timed_out else None, states["RUNNING"])  # fmt: skip
-
-
-class Pruning(Callback):
-    """Reports a trial's validation accuracy per epoch; stops one that falls behind."""
-
-    def __init__(self, trial, run):
-        self.trial, self.run = trial, run
-
-    def epoch_end(self, record: dict[str, float]) -> None:
-        import optuna
-
-        self.trial.report(record["val_accuracy"], int(record["epoch"]))
-        if self.trial.should_prune():
-            self.run.set_tags({"pruned_at_epoch": int(record["epoch"])})
-            raise optuna.TrialPruned()
 
 
 def _brief(options: dict[str, Any]) -> str:
