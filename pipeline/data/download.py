@@ -76,8 +76,7 @@ def _publish(staged: Path, raw_dir: Path, names: Iterable[str], drop: tuple[str,
 
 
 def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
-    """Replace raw_dir's CSVs (and the sample's marker) with the zip's, all or none, once they
-    parse as `prepare` will read them; returns notes on the members it skipped."""
+    """Replace raw_dir's CSVs with the zip's, all or none, once they parse as `prepare` reads."""
     if not zip_path.is_file():
         raise PipelineError(f"{zip_path}: no such file")
     try:
@@ -121,8 +120,7 @@ def holds_zip_csvs(raw_dir: Path, zip_path: Path) -> bool:
 
 
 def download_from_kaggle(raw_dir: Path, connect: Callable[[], Any] | None = None) -> Path:
-    """Fetch the competition zip, keep it, and extract it; whatever the kaggle package raises
-    (even its own exit) becomes one PipelineError line."""
+    """Fetch, keep and extract the zip; all the kaggle package raises (even exit) is one line."""
     zip_path = raw_dir / config.COMPETITION_ZIP
     try:
         api = (connect or kaggle_api.connect)()  # authenticate() may call the network, or exit

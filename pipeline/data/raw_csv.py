@@ -111,8 +111,7 @@ def _shown(cell: str) -> str:
 
 
 def _diagnose(path: Path, header: list[str]) -> str:
-    """The first bad line, after the fast parse failed (a regular expression passes the plain
-    ones fast)."""
+    """The first bad line, once the fast parse failed (a regex passes the plain lines fast)."""
     pixel = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
     first = "[0-9]" if header[0] == "label" else pixel
     plain = re.compile(f"{first}(?:,{pixel}){{{len(header) - 1}}}\r?\n?")
@@ -231,8 +230,7 @@ def read_id_labels(path: Path) -> np.ndarray:
 
 
 def read_raw(raw_dir: Path, limit_rows: int | None = None) -> RawData:
-    """train.csv and test.csv parsed, test.csv's length checked against sample_submission.csv
-    and the offline sample's answers (the labels of ImageId 1..N, in order) where they exist."""
+    """train.csv and test.csv parsed; test.csv's length checked against the files listing it."""
     train = read_digits_csv(raw_dir / config.TRAIN_CSV, True, limit_rows)
     test_path = raw_dir / config.TEST_CSV
     test = read_digits_csv(test_path, False, limit_rows)

@@ -100,30 +100,6 @@ def metadata(
     }
 
 
-def _export_graph(graph: ProbabilityGraph, paths: list[Path]):
-    """torch.onnx's ModelProto of `graph` (the torch.export-based exporter, the supported one)."""
-    import onnx  # noqa: F401  (the exporter's own import error is less clear)
-    import onnxscript  # noqa: F401
-
-    example = torch.zeros(2, *INPUT_SHAPE, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        program = torch.onnx.export(
-            graph,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT],
-            output_names=[OUTPUT],
-            dynamic_shapes={INPUT: {0: batch}},
-            verbose=False,
-        )
-        return program.model_proto
-    except Exception as exc:
-        first = " ".join(str(exc).strip().split("\n")[0].split())[:160] or type(exc).__name__
-        names = ", ".join(str(p) for p in paths)
-        raise PipelineError(f"{names}: cannot be exported to ONNX ({first})") from None
-
-
 def default_out(checkpoints: list[Path], models_dir: Path = config.MODELS_DIR) -> Path:
     """models/<name>.onnx: the checkpoint's stem, or a glob's fixed part ('best-*.pt' -> best)."""
     stem = Path(checkpoints[0]).stem if len(checkpoints) == 1 else ""
@@ -136,8 +112,7 @@ def export_onnx(
     out: Path,
     processed_dir: Path = config.PROCESSED_DIR,
 ) -> ExportResult:
-    """The checkpoints as one graph in `out`, compared first on the validation split of
-    `processed_dir` (which scores an ensemble trained on it)."""
+    """The checkpoints as one graph in `out`, checked first on `processed_dir`'s val split."""
     if not is_onnx(out):
         raise PipelineError(f"--out {out}: give a file name ending in .onnx")
     check_writable(out)
@@ -150,11 +125,24 @@ def export_onnx(
     if len(val) == 0:
         raise PipelineError(f"{processed_dir}: its validation split is empty; nothing to compare")
     import onnx
+    import onnxscript  # noqa: F401  (the exporter's own import error is less clear)
 
-    proto = _export_graph(ProbabilityGraph(members).eval(), paths)
-    same_data = {m.get("data_fingerprint") for m in metas} == {
-        processed_fingerprint(processed_dir)
-    }
+    try:
+        proto = torch.onnx.export(
+            ProbabilityGraph(members).eval(),
+            (torch.zeros(2, *INPUT_SHAPE, dtype=torch.uint8),),
+            dynamo=True,  # the torch.export-based exporter, the supported one
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes={INPUT: {0: torch.export.Dim("batch", min=1)}},
+            verbose=False,
+        ).model_proto
+    except Exception as exc:
+        first = " ".join(str(exc).strip().split("\n")[0].split())[:160] or type(exc).__name__
+        names = ", ".join(str(p) for p in paths)
+        raise PipelineError(f"{names}: cannot be exported to ONNX ({first})") from None
+    fingerprint = processed_fingerprint(processed_dir)
+    same_data = {m.get("data_fingerprint") for m in metas} == {fingerprint}
     scored = len(paths) > 1 and same_data and val.labels is not None  # the ensemble's accuracy
     images = val.images if scored else val.images[:PARITY_DIGITS]
     probs = ensemble_probabilities(members, TensorDigits(images)).numpy()

@@ -98,8 +98,7 @@ def predict_logits(
 
 
 def mean_calibrated(logits: Sequence[torch.Tensor], temperatures: Sequence) -> torch.Tensor:
-    """The one rule for an ensemble, the exported graph's too: the mean of softmax(logits / T)
-    over members, T each member's calibration temperature."""
+    """The one ensemble rule, the exported graph's too: the members' mean softmax(logits / T)."""
     probs = [calibrated_probabilities(x, t) for x, t in zip(logits, temperatures, strict=True)]
     return torch.stack(probs).mean(0)
 

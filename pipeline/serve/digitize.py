@@ -77,8 +77,7 @@ def decoded_bytes(mode: str, size: tuple[int, int]) -> int:
 
 
 def ink_array(image: Image.Image) -> np.ndarray:
-    """float32 [H, W] in [0, 1]: the alpha of a transparent image (strokes of any colour), else
-    the luminance."""
+    """float32 [H, W] ink in [0, 1]: a transparent image's alpha (any colour), else luminance."""
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)

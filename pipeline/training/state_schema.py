@@ -117,8 +117,7 @@ class LoopState(BaseModel):
 
 
 def check_loop(saved: Any, bounds: dict[str, int]) -> int:
-    """The loop's position inside this run (`order` a permutation of the training images, one
-    history line per epoch); the steps done returned."""
+    """The steps done, once the loop's position, `order` and history fit inside this run."""
     try:
         loop = LoopState.model_validate(saved)
     except ValidationError as exc:
