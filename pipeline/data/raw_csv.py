@@ -46,9 +46,8 @@ def check_size(path: Path) -> None:
 
 
 def check_bounds(path: Path) -> bool:
-    """Refuse a file past the size, line count or line length bound, or holding a NUL byte.
-    Whether every line after the header holds only ASCII digits and commas returned: the files
-    pyarrow's reader may decide (it reads `0x1f` as 31, pandas refuses)."""
+    """Refuse a file past the size, line count or line length bound, or holding a NUL byte;
+    returns whether all rows are ASCII digits and commas, for pyarrow (it reads `0x1f` as 31)."""
     check_size(path)
     offset, plain = 0, True
     with open(path, "rb") as handle:
