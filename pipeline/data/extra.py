@@ -52,8 +52,7 @@ def _problem(arrays: dict[str, np.ndarray]) -> str | None:
 
 
 def load_extra(path: Path, sha256: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """The extra digits (images [N,1,28,28], targets [N,10]), checked whole and against the
-    digest the run's config records; one line naming the file otherwise."""
+    """The extra digits (images [N,1,28,28], targets [N,10]), checked whole and by `sha256`."""
     try:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}

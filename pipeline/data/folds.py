@@ -67,9 +67,7 @@ def indices_digest(indices: torch.Tensor) -> str:
 def member_bag(labels: torch.Tensor, folds: int, fold: int, fold_seed: int) -> Bag:
     check_folds(folds, fold, len(labels))
     held_out = fold_of_each(labels, folds, fold_seed) == fold
-    return Bag(
-        folds, fold, fold_seed, (~held_out).nonzero().flatten(), held_out.nonzero().flatten()
-    )
+    return Bag(folds, fold, fold_seed, (~held_out).nonzero()[:, 0], held_out.nonzero()[:, 0])
 
 
 def verified_bag(record: dict, labels: torch.Tensor, fingerprint: str, source: Path) -> Bag:

@@ -18,10 +18,9 @@ from pipeline.common.timings import phase
 from pipeline.data.processed import (
     META_VERSION,
     DigitSplit,
+    current_cache,
     images_digest,
-    read_meta,
     save_split,
-    stale_files,
 )
 from pipeline.data.raw_csv import check_size, read_raw
 
@@ -96,18 +95,6 @@ def _write_pngs(splits: dict[str, DigitSplit], target: Path) -> None:
 def fingerprint_sources(raw_dir: Path) -> dict[str, str]:
     names = [config.TRAIN_CSV, config.TEST_CSV, config.TEST_LABELS_CSV]
     return {n: file_sha256(raw_dir / n) for n in names if (raw_dir / n).is_file()}
-
-
-def current_cache(processed_dir: Path, options: dict, fmt: str) -> dict | None:
-    """The meta of a cache of these sources and options, if every file checks."""
-    try:
-        meta = read_meta(processed_dir)
-    except PipelineError:
-        return None
-    same = all(meta.get(k) == v for k, v in options.items())
-    if not same or meta["format"] not in (fmt, "both") or stale_files(processed_dir, meta):
-        return None
-    return meta
 
 
 def prepare(

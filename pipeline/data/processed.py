@@ -96,15 +96,22 @@ def images_digest(root: Path) -> str:
     return sha256_text("\n".join(listing))
 
 
-def stale_files(processed_dir: Path, meta: dict) -> list[str]:
-    """Files meta.json lists that are missing or differ from what it recorded."""
+def current_cache(processed_dir: Path, options: dict, fmt: str) -> dict | None:
+    """The meta of a cache of these sources and options, if every file it lists is as recorded."""
+    try:
+        meta = read_meta(processed_dir)
+    except PipelineError:
+        return None
 
     def current(path: Path) -> str | None:
         if path.name == config.IMAGES_DIR:
             return images_digest(path) if path.is_dir() else None
         return file_sha256(path) if path.is_file() else None
 
-    return [name for name, sha in meta["files"].items() if current(processed_dir / name) != sha]
+    if any(meta.get(k) != v for k, v in options.items()) or meta["format"] not in (fmt, "both"):
+        return None
+    files = meta["files"].items()
+    return meta if all(current(processed_dir / name) == sha for name, sha in files) else None
 
 
 def save_split(split: DigitSplit, path: Path) -> str:

@@ -46,9 +46,8 @@ def check_size(path: Path) -> None:
 
 
 def check_bounds(path: Path) -> bool:
-    """Refuse a file past the size, line count or line length bound, or holding a NUL byte.
-    Whether every line after the header holds only ASCII digits and commas returned: the files
-    pyarrow's reader may decide (it reads `0x1f` as 31, pandas refuses)."""
+    """Refuse a file past the size, line count or line length bound, or holding a NUL byte;
+    returns whether all rows are ASCII digits and commas, for pyarrow (it reads `0x1f` as 31)."""
     check_size(path)
     offset, plain = 0, True
     with open(path, "rb") as handle:
@@ -111,8 +110,7 @@ def _shown(cell: str) -> str:
 
 
 def _diagnose(path: Path, header: list[str]) -> str:
-    """The first bad line, after the fast parse failed (a regular expression passes the plain
-    ones fast)."""
+    """The first bad line, once the fast parse failed (a regex passes the plain lines fast)."""
     pixel = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
     first = "[0-9]" if header[0] == "label" else pixel
     plain = re.compile(f"{first}(?:,{pixel}){{{len(header) - 1}}}\r?\n?")
@@ -185,13 +183,9 @@ def _read_with_arrow(path: Path, header: list[str]) -> np.ndarray | None:
     if parsed.num_rows == 0:
         return None
     table = np.empty((parsed.num_rows, len(header)), np.uint8, order="F")  # as pandas' is
-    for index, column in enumerate(parsed.columns):
-        row = 0
-        for chunk in column.chunks:  # the values buffer as is: `to_numpy` would import pandas
-            table[row : row + len(chunk), index] = np.frombuffer(
-                chunk.buffers()[1], np.uint8, len(chunk), chunk.offset
-            )
-            row += len(chunk)
+    for index, column in enumerate(parsed.columns):  # buffers as is: `to_numpy` imports pandas
+        parts = [np.frombuffer(c.buffers()[1], np.uint8, len(c), c.offset) for c in column.chunks]
+        table[:, index] = np.concatenate(parts)
     return table
 
 
@@ -234,31 +228,25 @@ def read_id_labels(path: Path) -> np.ndarray:
     return np.array(rows, dtype=str).astype(np.int64).reshape(-1, 2)
 
 
-def read_labels_csv(path: Path) -> np.ndarray:
-    """sample_submission.csv or test_labels.csv: the labels of ImageId 1..N, listed in order."""
-    table = read_id_labels(path)
-    if not np.array_equal(table[:, 0], np.arange(1, len(table) + 1)):
-        raise PipelineError(f"{path}: must list ImageId 1..N in order, one row each")
-    if not ((table[:, 1] >= 0) & (table[:, 1] <= 9)).all():
-        raise PipelineError(f"{path}: labels must be digits 0-9")
-    return table[:, 1]
-
-
 def read_raw(raw_dir: Path, limit_rows: int | None = None) -> RawData:
-    """train.csv and test.csv parsed, test.csv's length checked against sample_submission.csv
-    and the offline sample's answers where they exist."""
+    """train.csv and test.csv parsed; test.csv's length checked against the files listing it."""
     train = read_digits_csv(raw_dir / config.TRAIN_CSV, True, limit_rows)
     test_path = raw_dir / config.TEST_CSV
     test = read_digits_csv(test_path, False, limit_rows)
     n_test, test_labels = len(test.pixels), None
-    for name in (config.SAMPLE_SUBMISSION_CSV, config.TEST_LABELS_CSV):
-        if not (raw_dir / name).is_file():
+    for path in (raw_dir / config.SAMPLE_SUBMISSION_CSV, raw_dir / config.TEST_LABELS_CSV):
+        if not path.is_file():
             continue
-        labels = read_labels_csv(raw_dir / name)
+        table = read_id_labels(path)
+        if not np.array_equal(table[:, 0], np.arange(1, len(table) + 1)):
+            raise PipelineError(f"{path}: must list ImageId 1..N in order, one row each")
+        labels = table[:, 1]
+        if not ((labels >= 0) & (labels <= 9)).all():
+            raise PipelineError(f"{path}: labels must be digits 0-9")
         if len(labels) < n_test or (len(labels) != n_test and limit_rows is None):
             raise PipelineError(
-                f"{test_path}: has {n_test:,} digits, {name} lists {len(labels):,}: the test "
-                "set is incomplete or not this competition's; download it again"
+                f"{test_path}: has {n_test:,} digits, {path.name} lists {len(labels):,}: the "
+                "test set is incomplete or not this competition's; download it again"
             )
-        test_labels = labels[:n_test] if name == config.TEST_LABELS_CSV else None
+        test_labels = labels[:n_test] if path.name == config.TEST_LABELS_CSV else None
     return RawData(train, test, test_labels)

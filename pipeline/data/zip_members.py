@@ -58,8 +58,7 @@ def check_member_size(info: zipfile.ZipInfo, zip_path: Path) -> None:
 def competition_members(
     archive: zipfile.ZipFile, zip_path: Path, raw_dir: Path
 ) -> tuple[dict[str, zipfile.ZipInfo], list[str]]:
-    """The zip's three CSVs, each checked to be a readable plain file (a zip without Unix
-    modes, 0 in `external_attr`'s high half, holds plain files)."""
+    """The zip's three CSVs, each a readable plain file (no Unix mode, 0, counts as plain)."""
     members, notes = pick_members(archive, zip_path)
     missing = [name for name in config.COMPETITION_FILES if name not in members]
     if missing:

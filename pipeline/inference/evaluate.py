@@ -36,8 +36,7 @@ def evaluate(
     figures_dir: Path = config.FIGURES_DIR,
     gallery_size: int = 24,
 ) -> Evaluation:
-    """Score a checkpoint or `.onnx` on a labelled split by its calibrated probabilities, and
-    draw its confusion matrix and mistakes."""
+    """Score a checkpoint or `.onnx` on a labelled split; draw its confusions and mistakes."""
     from sklearn.metrics import classification_report, confusion_matrix  # slow import
 
     split = Split(split).value  # only a split name: never a path that leads elsewhere

@@ -19,21 +19,7 @@ from pipeline import __version__, config
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import atomic_path, check_writable, expand_checkpoints
 from pipeline.data.datasets import TensorDigits, load_split, normalize, processed_fingerprint
-from pipeline.inference.onnx_runtime import (
-    FORMAT,
-    FORMAT_VERSION,
-    INPUT,
-    INPUT_SHAPE,
-    OUTPUT,
-    is_onnx,
-    open_onnx,
-)
-from pipeline.inference.predictor import (
-    LoadedModel,
-    ensemble_probabilities,
-    load_for_inference,
-    mean_calibrated,
-)
+from pipeline.inference import onnx_runtime, predictor
 from pipeline.training.calibration import temperature_of
 
 PARITY_DIGITS = 1_000  # validation digits the ONNX graph must reproduce before it is written
@@ -53,14 +39,14 @@ class ExportResult:
 class ProbabilityGraph(nn.Module):
     """uint8 digits -> the members' probabilities by the one rule, `mean_calibrated`."""
 
-    def __init__(self, members: list[LoadedModel]):
+    def __init__(self, members: list[predictor.LoadedModel]):
         super().__init__()
         self.members = nn.ModuleList([m.model for m in members])
         self.register_buffer("temperature", torch.tensor([m.temperature for m in members]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = normalize(images)
-        return mean_calibrated([member(x) for member in self.members], self.temperature)
+        return predictor.mean_calibrated([member(x) for member in self.members], self.temperature)
 
 
 def metadata(
@@ -82,8 +68,8 @@ def metadata(
     ]
     single = len(metas) == 1
     props: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format": onnx_runtime.FORMAT,
+        "format_version": onnx_runtime.FORMAT_VERSION,
         "pipeline_version": __version__,
         "torch_version": str(torch.__version__),
         "model": "+".join(names),
@@ -100,30 +86,6 @@ def metadata(
     }
 
 
-def _export_graph(graph: ProbabilityGraph, paths: list[Path]):
-    """torch.onnx's ModelProto of `graph` (the torch.export-based exporter, the supported one)."""
-    import onnx  # noqa: F401  (the exporter's own import error is less clear)
-    import onnxscript  # noqa: F401
-
-    example = torch.zeros(2, *INPUT_SHAPE, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        program = torch.onnx.export(
-            graph,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT],
-            output_names=[OUTPUT],
-            dynamic_shapes={INPUT: {0: batch}},
-            verbose=False,
-        )
-        return program.model_proto
-    except Exception as exc:
-        first = " ".join(str(exc).strip().split("\n")[0].split())[:160] or type(exc).__name__
-        names = ", ".join(str(p) for p in paths)
-        raise PipelineError(f"{names}: cannot be exported to ONNX ({first})") from None
-
-
 def default_out(checkpoints: list[Path], models_dir: Path = config.MODELS_DIR) -> Path:
     """models/<name>.onnx: the checkpoint's stem, or a glob's fixed part ('best-*.pt' -> best)."""
     stem = Path(checkpoints[0]).stem if len(checkpoints) == 1 else ""
@@ -136,28 +98,40 @@ def export_onnx(
     out: Path,
     processed_dir: Path = config.PROCESSED_DIR,
 ) -> ExportResult:
-    """The checkpoints as one graph in `out`, compared first on the validation split of
-    `processed_dir` (which scores an ensemble trained on it)."""
-    if not is_onnx(out):
+    """The checkpoints as one graph in `out`, checked first on `processed_dir`'s val split."""
+    if not onnx_runtime.is_onnx(out):
         raise PipelineError(f"--out {out}: give a file name ending in .onnx")
     check_writable(out)
     paths = expand_checkpoints(list(checkpoints))
-    if any(is_onnx(p) for p in paths):
-        raise PipelineError(f"{next(p for p in paths if is_onnx(p))}: is already an ONNX file")
-    members = load_for_inference(paths, torch.device("cpu"))
+    if graphs := [p for p in paths if onnx_runtime.is_onnx(p)]:
+        raise PipelineError(f"{graphs[0]}: is already an ONNX file")
+    members = predictor.load_for_inference(paths, torch.device("cpu"))
     metas = [m.meta for m in members]
     val = load_split(processed_dir, "val")
     if len(val) == 0:
         raise PipelineError(f"{processed_dir}: its validation split is empty; nothing to compare")
     import onnx
+    import onnxscript  # noqa: F401  (the exporter's own import error is less clear)
 
-    proto = _export_graph(ProbabilityGraph(members).eval(), paths)
-    same_data = {m.get("data_fingerprint") for m in metas} == {
-        processed_fingerprint(processed_dir)
-    }
+    try:
+        proto = torch.onnx.export(
+            ProbabilityGraph(members).eval(),
+            (torch.zeros(2, *onnx_runtime.INPUT_SHAPE, dtype=torch.uint8),),
+            dynamo=True,  # the torch.export-based exporter, the supported one
+            input_names=[onnx_runtime.INPUT],
+            output_names=[onnx_runtime.OUTPUT],
+            dynamic_shapes={onnx_runtime.INPUT: {0: torch.export.Dim("batch", min=1)}},
+            verbose=False,
+        ).model_proto
+    except Exception as exc:
+        first = " ".join(str(exc).strip().split("\n")[0].split())[:160] or type(exc).__name__
+        names = ", ".join(str(p) for p in paths)
+        raise PipelineError(f"{names}: cannot be exported to ONNX ({first})") from None
+    fingerprint = processed_fingerprint(processed_dir)
+    same_data = {m.get("data_fingerprint") for m in metas} == {fingerprint}
     scored = len(paths) > 1 and same_data and val.labels is not None  # the ensemble's accuracy
     images = val.images if scored else val.images[:PARITY_DIGITS]
-    probs = ensemble_probabilities(members, TensorDigits(images)).numpy()
+    probs = predictor.ensemble_probabilities(members, TensorDigits(images)).numpy()
     ensemble_accuracy = float((probs.argmax(1) == val.labels.numpy()).mean()) if scored else None
     props = metadata(paths, metas, ensemble_accuracy)
     onnx.helper.set_model_props(proto, props)
@@ -170,7 +144,7 @@ def export_onnx(
         ) from None
     data = proto.SerializeToString()
     images = val.images[:PARITY_DIGITS].numpy()
-    answer = open_onnx(data, out).predict(images)  # as a user will run it
+    answer = onnx_runtime.open_onnx(data, out).predict(images)  # as a user will run it
     reference = probs[: len(images)]
     diff = float(np.abs(answer - reference).max())
     if not diff < TOLERANCE or not np.array_equal(answer.argmax(1), reference.argmax(1)):

@@ -39,8 +39,7 @@ class Models:
 def load_models(
     paths: list[Path], device="auto", tta=False, batch_size=256, threads: int | None = None
 ) -> Models:
-    """`.onnx` graphs on ONNX Runtime (they hold the rule inside), else checkpoints on torch;
-    `threads` caps the CPU threads."""
+    """`.onnx` graphs on ONNX Runtime, else checkpoints on torch; `threads` caps CPU threads."""
     if onnx_only(paths, device, tta):
         graphs = [load_onnx(path, threads) for path in paths]
         return Models(graphs, "cpu (onnxruntime)", lambda x: mean_probabilities(graphs, x))

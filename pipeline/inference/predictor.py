@@ -98,8 +98,7 @@ def predict_logits(
 
 
 def mean_calibrated(logits: Sequence[torch.Tensor], temperatures: Sequence) -> torch.Tensor:
-    """The one rule for an ensemble, the exported graph's too: the mean of softmax(logits / T)
-    over members, T each member's calibration temperature."""
+    """The one ensemble rule, the exported graph's too: the members' mean softmax(logits / T)."""
     probs = [calibrated_probabilities(x, t) for x, t in zip(logits, temperatures, strict=True)]
     return torch.stack(probs).mean(0)
 
@@ -128,13 +127,9 @@ def score(model: nn.Module, data: TensorDigits, batch_size: int = 256, tta: bool
     logits = predict_logits(model, data, batch_size, tta)
     labels = data.labels.to(logits.device)
     confidences, predictions = logits.softmax(1).max(1)
-    return Metrics(
-        accuracy=(predictions == labels).float().mean().item(),
-        loss=F.cross_entropy(logits, labels).item(),
-        predictions=predictions.cpu(),
-        confidences=confidences.cpu(),
-        logits=logits,
-    )
+    hit_rate = (predictions == labels).float().mean().item()
+    loss = F.cross_entropy(logits, labels).item()
+    return Metrics(hit_rate, loss, predictions.cpu(), confidences.cpu(), logits)
 
 
 def accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:

@@ -52,8 +52,7 @@ def write_submission(labels, image_ids, path: Path) -> None:
 
 
 def write_source_record(submission: Path, checkpoints: list[Path], tta: bool) -> None:
-    """`<stem>.source.json`: the submission's sha256 and the checkpoints' that labelled it, so
-    `submit` can credit their tracked runs."""
+    """`<stem>.source.json`: its and its checkpoints' sha256, for `submit` to credit their runs."""
     models = [{"path": str(p.resolve()), "sha256": file_sha256(p)} for p in checkpoints]
     record = {"submission_sha256": file_sha256(submission), "checkpoints": models, "tta": tta}
     write_json(record, config.submission_source_path(submission))

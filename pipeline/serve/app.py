@@ -65,23 +65,17 @@ def parse_pixels(body: bytes, media_type: str) -> np.ndarray:
     return np.asarray(request.pixels, dtype=np.uint8).reshape(config.IMAGE_SIDE, -1)
 
 
-class InMemoryMultiPartParser(MultiPartParser):
-    """`request.form()` spools files over 1 MB to disk and has no option for it; the body limit
-    bounds them already (test_uploads_stay_in_memory)."""
-
-    spool_max_size = MAX_BODY_BYTES
-
-
 async def upload_bytes(request: Request, body: bytes) -> bytes:
     """The bytes of the multipart form's single "file" field, or HTTPException."""
 
     async def stream():
         yield body
 
+    parser = MultiPartParser(request.headers, stream(), max_files=1, max_fields=1)
+    # `request.form()` spools files over 1 MB to disk; the body limit bounds them already.
+    parser.spool_max_size = MAX_BODY_BYTES
     try:
-        form = await InMemoryMultiPartParser(
-            request.headers, stream(), max_files=1, max_fields=1
-        ).parse()
+        form = await parser.parse()
     except (MultiPartException, KeyError, ValueError, UnicodeError):
         raise HTTPException(400, f"The multipart form could not be read; {USAGE}.") from None
     others = sorted({name for name in form.keys() if name != "file"})

@@ -27,7 +27,6 @@ MAX_IMAGE_PIXELS = 25_000_000
 # A 16-bit RGBA PNG of 5000x5000 is 48 KB of file and 100 MB decoded; 64 MB lets through a
 # 16-megapixel colour PNG or a 25-megapixel grey one (JPEGs counted after `draft`).
 MAX_DECODED_BYTES = 64 * 1024 * 1024
-ONE_BYTE_MODES = ("1", "L", "P")  # Pillow keeps 2 bytes a pixel for I;16*, 4 for the rest
 WORK_SIDE = 560  # large photos are reduced to about this size before the digit is located
 WORK_BOX = 8 * BOX  # a larger ink crop is averaged down to this before thickening and fitting
 
@@ -72,13 +71,12 @@ def decode_image(data: bytes) -> Image.Image:
 
 def decoded_bytes(mode: str, size: tuple[int, int]) -> int:
     """The memory Pillow allocates to hold an image of `mode` and `size` (RGB as RGBX)."""
-    per_pixel = 1 if mode in ONE_BYTE_MODES else 2 if mode.startswith("I;16") else 4
+    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
     return size[0] * size[1] * per_pixel
 
 
 def ink_array(image: Image.Image) -> np.ndarray:
-    """float32 [H, W] in [0, 1]: the alpha of a transparent image (strokes of any colour), else
-    the luminance."""
+    """float32 [H, W] ink in [0, 1]: a transparent image's alpha (any colour), else luminance."""
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)

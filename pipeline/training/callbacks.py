@@ -2,9 +2,8 @@
 
 
 class Callback:
-    """Hears, on rank 0, each epoch's record, then the run's result or the exception that
-    stopped it. What `epoch_end` raises (a pruned trial) stops the run with that epoch's
-    resumable state saved."""
+    """Hears, on rank 0, each epoch's record, then the run's result or what stopped it; what
+    `epoch_end` raises (a pruned trial) stops the run with that epoch's state saved."""
 
     def epoch_end(self, record: dict[str, float]) -> None:
         pass

@@ -28,7 +28,6 @@ VERSION = 1
 class Checkpoint:
     model: nn.Module  # in eval mode, on the requested device
     meta: dict[str, Any]  # model, arch_args, normalization, train_config, val_accuracy, ...
-    training_state: dict[str, Any] | None  # optimizer/scheduler/RNG state in resumable files
 
 
 def save_checkpoint(
@@ -133,4 +132,4 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
         raise PipelineError(f"{path}: weights do not fit {meta['model']!r} ({problem})") from None
     if not all_finite(model):
         raise PipelineError(f"{path}: its weights hold NaN or infinite values (a diverged run)")
-    return Checkpoint(model.to(device).eval(), meta, payload.get("training_state"))
+    return Checkpoint(model.to(device).eval(), meta)

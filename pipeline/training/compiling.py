@@ -18,15 +18,14 @@ class CompiledOrEager:
         if self.compiled is not None:
             try:
                 out = self.compiled(*args, **kwargs)
+                self.succeeded = True
+                return out
             except Exception as exc:
                 if self.succeeded:
                     raise
                 reason = " ".join(str(exc).split())[:200]
                 warnings.warn(f"torch.compile failed, running eagerly: {reason}", stacklevel=2)
                 self.compiled = None
-            else:
-                self.succeeded = True
-                return out
         return self.eager(*args, **kwargs)
 
 

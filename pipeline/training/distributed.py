@@ -87,10 +87,9 @@ def first_line(exc: BaseException) -> str:
 
 @contextmanager
 def independent_ranks(ranks: Ranks) -> Iterator[Callable[[], None]]:
-    """For ranks that work alone (an ensemble's members) and meet once at the end: yields
-    `meet()`. A collective would wait out its timeout for a lost rank, so each rank beats in
-    torchrun's store (rank 0's without an agent's); a rank silent for
-    PIPELINE_LOST_RANK_SECONDS (120) or failed ends `meet` in one line naming it."""
+    """`meet()` for ranks that work alone (an ensemble's members) and meet at the end. Each
+    beats in torchrun's store (a collective would wait out its timeout for a lost rank); one
+    silent for PIPELINE_LOST_RANK_SECONDS (120) or failed ends `meet` in a line naming it."""
     if ranks.world == 1:
         yield lambda: None
         return

@@ -65,8 +65,7 @@ def record_early_signals() -> None:
 
 
 class StopSignals:
-    """The first SIGINT/SIGTERM becomes a flag the loop checks between steps; a second one
-    interrupts at once (exits.Stopped)."""
+    """A first SIGINT/SIGTERM is a flag the loop checks between steps; a second stops at once."""
 
     DDP_CHECK_EVERY = 20  # the ranks' all_reduce on a stop waits for the device: not every step
 
@@ -137,8 +136,7 @@ def rng_state(shuffle_gen: torch.Generator, augment_gen: torch.Generator) -> dic
 
 
 def restore(payload: dict, last: Path, run_parts: tuple, bounds: dict[str, int]) -> TrainState:
-    """Check a resume state whole against this run, then load it into the run's parts (model,
-    optimizer, scheduler, shuffle and augment generators, EMA or None)."""
+    """Check a resume state whole against this run, then load it into the run's parts."""
     model, optimizer, scheduler, shuffle_gen, augment_gen, ema = run_parts
     check_training_state(payload, last, run_parts, rng_state(shuffle_gen, augment_gen), bounds)
     saved = payload["training_state"]

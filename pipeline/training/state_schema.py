@@ -117,8 +117,7 @@ class LoopState(BaseModel):
 
 
 def check_loop(saved: Any, bounds: dict[str, int]) -> int:
-    """The loop's position inside this run (`order` a permutation of the training images, one
-    history line per epoch); the steps done returned."""
+    """The steps done, once the loop's position, `order` and history fit inside this run."""
     try:
         loop = LoopState.model_validate(saved)
     except ValidationError as exc:
@@ -161,11 +160,8 @@ def check_training_state(payload: dict, last: Path, run_parts: tuple, rng: dict,
         parts = PARTS if ema is None else (*PARTS, "ema")
         if bad := [part for part in parts if not isinstance(ts.get(part), dict)]:
             raise Damaged(f"{', '.join(bad)}: missing or not a mapping")
-        like(
-            payload["state_dict"],
-            {k: v.cpu() for k, v in model.state_dict().items()},
-            "state_dict",
-        )
+        weights = {k: v.cpu() for k, v in model.state_dict().items()}
+        like(payload["state_dict"], weights, "state_dict")
         steps = check_loop(ts["loop"], bounds)
         check_optimizer(ts["optimizer"], optimizer, steps)
         like(ts["scheduler"], scheduler.state_dict(), "scheduler", MOVING_SCHEDULER_KEYS)
