@@ -99,10 +99,6 @@ def sidecar_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".json")
 
 
-def onnx_path(name: str, models_dir: Path = MODELS_DIR) -> Path:
-    return models_dir / f"{name}.onnx"
-
-
 def metrics_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.metrics.csv")
 
@@ -130,10 +126,6 @@ def curves_path(checkpoint: Path) -> Path:
 
 def submission_source_path(submission: Path) -> Path:
     return submission.with_name(f"{submission.stem}.source.json")
-
-
-def run_dir(run_id: str, runs_dir: Path = RUNS_DIR) -> Path:
-    return runs_dir / run_id
 
 
 def run_files(checkpoint: Path) -> dict[str, Path]:

@@ -148,7 +148,7 @@ def test_two_runs_to_one_out_are_both_recorded_with_both_checkpoints(
         assert [m.step for m in val_loss] == [r["epoch"] for r in history]
         assert run.data.metrics["train_seconds"] > 0
         assert run.data.metrics["best_val_acc"] == pytest.approx(payload["meta"]["val_accuracy"])
-        folder = config.run_dir(run.data.tags["pipeline.run"], tracking.runs_dir(tracking_store))
+        folder = tracking.runs_dir(tracking_store) / run.data.tags["pipeline.run"]
         assert config.sidecar_path(folder / "fastnet.pt").is_file()
 
 

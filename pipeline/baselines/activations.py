@@ -38,8 +38,7 @@ def draw_activations(out: Path, device: str = "auto") -> ActivationsResult:
         for name, (_, built_in) in ACTIVATIONS.items()
     }
     x = x.cpu()
-    fig = new_figure(figsize=(9, 5.5))
-    axes = fig.subplots(2, 3).ravel()
+    axes = new_figure(figsize=(9, 5.5)).subplots(2, 3).ravel()
     for ax, (name, y) in zip(axes, values.items(), strict=True):
         ax.plot(x, y, "C3", lw=2)
         ax.axhline(0, color="0.7", lw=0.8)
@@ -47,4 +46,4 @@ def draw_activations(out: Path, device: str = "auto") -> ActivationsResult:
         ax.set(title=name, xlabel="x")
         ax.grid(alpha=0.3)
     values = {name: v.tolist() for name, v in values.items()}
-    return ActivationsResult(x.tolist(), values, deviation, save_figure(fig, out))
+    return ActivationsResult(x.tolist(), values, deviation, save_figure(axes[0].figure, out))

@@ -45,12 +45,11 @@ def fit_linear(
     w, b = w.item(), b.item()
     design = torch.tensor([X, [1.0] * len(X)], dtype=torch.float64).T
     exact = torch.linalg.lstsq(design, torch.tensor(Y, dtype=torch.float64)[:, None]).solution
-    fig = new_figure(figsize=(6, 4))
-    ax = fig.subplots()
+    ax = new_figure(figsize=(6, 4)).subplots()
     ax.scatter(X, Y, label="data")
     ends = torch.tensor([min(X), max(X)])
     ax.plot(ends, w * ends + b, "C3", label=f"y = {w:.3f} x + {b:.3f}")
     ax.set(xlabel="x", ylabel="y", title="linear regression by hand")
     ax.legend()
-    figure = save_figure(fig, out)
+    figure = save_figure(ax.figure, out)
     return LinearResult(w, b, *exact.squeeze(1).tolist(), torch.stack(losses).tolist(), figure)

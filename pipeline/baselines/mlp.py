@@ -111,8 +111,7 @@ def compare_batch_sizes(
             BatchSizeRun(size, len(losses), accuracy, seconds, torch.stack(losses).tolist())
         )
     # each run's loss against epochs, averaged over windows of ~1/20 epoch to tame the noise
-    fig = new_figure(figsize=(7, 4))
-    ax = fig.subplots()
+    ax = new_figure(figsize=(7, 4)).subplots()
     for run in runs:
         steps_per_epoch = -(-len(images) // run.batch_size)
         window = max(1, steps_per_epoch // 20)
@@ -121,7 +120,7 @@ def compare_batch_sizes(
         ax.plot(at, smoothed, label=f"batch {run.batch_size}: {run.val_accuracy:.1%} val")
     ax.set(xlabel="epoch", ylabel="training cross-entropy", yscale="log", title="784-200-10 MLP")
     ax.legend()
-    figure = save_figure(fig, out)
+    figure = save_figure(ax.figure, out)
     return MlpResult(runs, len(images), len(val_images), epochs, source, figure)
 
 

@@ -92,14 +92,13 @@ def fit_regression(
         fitted = net(x.to(target)).cpu()
     mse = nn.functional.mse_loss(fitted, y).item()
     clean_mse = nn.functional.mse_loss(fitted, clean).item()
-    fig = new_figure(figsize=(6, 4))
-    ax = fig.subplots()
+    ax = new_figure(figsize=(6, 4)).subplots()
     ax.scatter(x, y, s=4, alpha=0.4, label="data: x² + noise")
     ax.plot(x, clean, "k--", lw=1, label="x²")
     ax.plot(x, fitted, "C3", lw=2, label="1-20-1 ReLU net")
     ax.set(xlabel="x", ylabel="y", title="regression")
     ax.legend()
-    return RegressionResult(mse, clean_mse, NOISE_STD**2, save_figure(fig, out))
+    return RegressionResult(mse, clean_mse, NOISE_STD**2, save_figure(ax.figure, out))
 
 
 def compare_optimizers(

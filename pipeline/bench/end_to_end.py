@@ -30,10 +30,6 @@ class ProcessTiming:
     wall_s: float
     phases: dict[str, float]  # seconds per PHASES
 
-    @property
-    def other_s(self) -> float:  # spawning, interpreter exit, gaps between phases
-        return self.wall_s - sum(self.phases.values())
-
 
 @dataclass(frozen=True)
 class EndToEnd:
@@ -90,7 +86,6 @@ def bench_end_to_end(
 
     with nullcontext(work_dir) if work_dir else tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        clock = work / "timings.json"
         scripts = {  # the tutorial's script and its lean version, each writing <name>.csv
             name: ["pipeline.baselines.tutorial", *lean, "--raw-dir", str(raw_dir),
                    "--out", str(work / f"{name}.csv"), "--device", E2E_DEVICE,
@@ -103,7 +98,7 @@ def bench_end_to_end(
         for repeat in range(repeats):
             for side in sides[repeat % 3 :] + sides[: repeat % 3]:
                 for name, args in side:
-                    timing, printed[name] = run_timed(name, args, clock)
+                    timing, printed[name] = run_timed(name, args, work / "timings.json")
                     runs[name].append(timing)
                 if tracking.wanted():  # `train`'s MLflow record must not run beside a timing
                     record_pending()
@@ -118,12 +113,11 @@ def bench_end_to_end(
         median = {
             name: sorted(r, key=lambda run: run.wall_s)[len(r) // 2] for name, r in runs.items()
         }
-        sidecar = json.loads(config.sidecar_path(work / "cnn.pt").read_text())
         return EndToEnd(
             [median[name] for name in ("prepare", "train", "predict")],
             [median[name] for name in scripts],
             [float((labels["submission"] == labels[name]).mean()) for name in scripts],
-            sidecar["val_accuracy"],
+            json.loads(config.sidecar_path(work / "cnn.pt").read_text())["val_accuracy"],
             float(found.group(1)) / 100,
             repeats,
         )

@@ -11,7 +11,8 @@ from pipeline.bench.run import BenchReport
 def format_end_to_end(e2e: EndToEnd) -> list[str]:
     def row(timing: ProcessTiming, label: str) -> str:
         phases = " ".join(f"{timing.phases[k]:6.2f}" for k in PHASES)
-        return f"{label:18} {timing.wall_s:7.2f} {phases} {timing.other_s:6.2f}"
+        other = timing.wall_s - sum(timing.phases.values())  # spawn, exit, gaps between phases
+        return f"{label:18} {timing.wall_s:7.2f} {phases} {other:6.2f}"
 
     lines = [
         "",

@@ -19,8 +19,6 @@ from pipeline.data.datasets import load_split
 from pipeline.data.prepare import prepare
 from pipeline.data.raw_csv import read_digits_csv
 
-ALL_MODELS = ("fastnet", "cnn", "lenet", "mlp", "deepcnn")
-
 
 @dataclass(frozen=True)
 class BenchOptions:
@@ -29,7 +27,7 @@ class BenchOptions:
     raw_dir: Path = config.RAW_DIR
     processed_dir: Path = config.PROCESSED_DIR
     device: str = "auto"
-    models: tuple[str, ...] = ALL_MODELS
+    models: tuple[str, ...] = ("fastnet", "cnn", "lenet", "mlp", "deepcnn")
     steps: int = 40  # timed steps per loop
     batch_size: int = 128  # of our loop in the per-model table
     best_net: bool = True

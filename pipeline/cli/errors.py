@@ -21,14 +21,6 @@ def stop_line(signum: int) -> typer.Exit:
     return error_line(exits.stop_message(signum), exits.exit_code(signum))
 
 
-def usage_error_line(exc: TyperException) -> str:
-    """typer's usage error as one line, without pydantic's 'Value error,' residue."""
-    message = " ".join(exc.format_message().replace("Value error, ", "").split())
-    ctx = getattr(exc, "ctx", None)
-    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-    return f"error: {message[:1].lower()}{message[1:]}{hint}"
-
-
 class FullHelp(TyperGroup):
     """A group whose --help lists each command's first sentence whole, wrapped (click cuts
     it with "..." at the terminal's width)."""
@@ -55,8 +47,11 @@ class OneLineErrors(FullHelp):
         # Exit(130): exits.finish says the line, from the signal it noted.
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except TyperException as exc:
-            typer.echo(usage_error_line(exc), err=True)
+        except TyperException as exc:  # one line, without pydantic's 'Value error,' residue
+            message = " ".join(exc.format_message().replace("Value error, ", "").split())
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {message[:1].lower()}{message[1:]}{hint}", err=True)
             sys.exit(exc.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 

@@ -18,6 +18,7 @@ _installed = False  # only a `pipeline` process notes signals: a library caller 
 _stopped: int | None = None  # the first SIGINT/SIGTERM received
 _said = False  # whether an error line was printed
 _exit_code: int | None = None  # set by finish(): the code the process ends with
+_previous_unraisablehook = sys.unraisablehook  # what `_unraisable` hands the rest to
 
 
 class Stopped(KeyboardInterrupt):
@@ -81,9 +82,6 @@ def _unraisable(unraisable) -> None:
     """Drop a Stopped raised where Python cannot raise it (noted all the same), not a traceback."""
     if not isinstance(unraisable.exc_value, Stopped):
         _previous_unraisablehook(unraisable)
-
-
-_previous_unraisablehook = sys.unraisablehook
 
 
 def stop(signum: int) -> NoReturn:

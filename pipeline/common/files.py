@@ -56,9 +56,8 @@ def remove_dead_temps(folder: Path, name: str | None = None) -> None:
         if name not in (None, match.groupdict().get("name")) or process_alive(int(match["pid"])):
             continue
         try:
-            (shutil.rmtree if is_folder else Path.unlink)(entry)
-        except FileNotFoundError:
-            pass
+            with suppress(FileNotFoundError):
+                (shutil.rmtree if is_folder else Path.unlink)(entry)
         except OSError as exc:
             message = f"{entry}: cannot remove a dead run's temp file ({exc.strerror})"
             raise PipelineError(message) from None
@@ -156,9 +155,6 @@ def run_lock(out: Path, lock_file: Path) -> Iterator[None]:
         lock.release()
 
 
-NAME_ROOM = 24  # a temporary `.<stem>.metrics.csv.<pid>.tmp` is 22 bytes longer than `<stem>.pt`
-
-
 def check_writable(path: Path) -> None:
     """Fail before any work, creating nothing, if `path` cannot be written."""
     if path.is_dir():
@@ -168,7 +164,8 @@ def check_writable(path: Path) -> None:
         raise PipelineError(f"--out {path}: cannot write there ({existing} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PipelineError(f"--out {path}: cannot write there ({existing} is read-only)")
-    room = os.pathconf(existing, "PC_NAME_MAX") - NAME_ROOM
+    # room for the temporary `.<stem>.metrics.csv.<pid>.tmp`, 22 bytes longer than `<stem>.pt`
+    room = os.pathconf(existing, "PC_NAME_MAX") - 24
     if len(os.fsencode(path.name)) > room:
         raise PipelineError(
             f"--out {path.name[:40]}...: the file name is too long (at most "

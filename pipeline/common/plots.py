@@ -49,11 +49,10 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Pat
 def plot_confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> Path:
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig = new_figure(figsize=(6.5, 5.5))
-    ax = fig.subplots()
+    ax = new_figure(figsize=(6.5, 5.5)).subplots()
     ConfusionMatrixDisplay(matrix).plot(ax=ax, colorbar=False, values_format="d")
     ax.set_title(title)
-    return save_figure(fig, path)
+    return save_figure(ax.figure, path)
 
 
 def plot_mistakes(images, truth, predicted, conf, ids, path: Path) -> Path:

@@ -151,7 +151,7 @@ class TrackedRun(Callback):
 
     def keep_checkpoint(self, checkpoint: Path) -> None:
         """A copy in the run's folder, made before anything rewrites the checkpoint."""
-        kept = config.run_dir(self.id(), runs_dir(self.session.uri)) / checkpoint.name
+        kept = runs_dir(self.session.uri) / self.id() / checkpoint.name
         for source in (checkpoint, config.sidecar_path(checkpoint)):
             if source.is_file():
                 with atomic_path(kept.parent / source.name) as tmp:

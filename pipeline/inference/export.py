@@ -90,7 +90,7 @@ def default_out(checkpoints: list[Path], models_dir: Path = config.MODELS_DIR) -
     """models/<name>.onnx: the checkpoint's stem, or a glob's fixed part ('best-*.pt' -> best)."""
     stem = Path(checkpoints[0]).stem if len(checkpoints) == 1 else ""
     name = re.split(r"[*?\[]", stem)[0].rstrip("-_.") or "ensemble"
-    return config.onnx_path(name, models_dir)
+    return models_dir / f"{name}{config.ONNX_SUFFIX}"
 
 
 def export_onnx(
