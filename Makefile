@@ -17,9 +17,9 @@ RUN_ID ?=
 # The same name `pipeline train` picks: the model's, so `pipeline predict` finds it unaided.
 RUN := $(or $(MODEL),$(if $(filter fast,$(RECIPE)),fastnet,$(RECIPE)))
 CHECKPOINT := models/$(RUN).pt
-# `make serve` serves the distilled ensemble once `make best` made it, unless RECIPE or MODEL names
-# another model.
-SERVE_CHECKPOINT := $(if $(and $(filter fast,$(RECIPE)),$(if $(MODEL),,1),$(wildcard models/distilled.pt)),models/distilled.pt,$(CHECKPOINT))
+# `make serve` serves the distilled ensemble once `make best` made it, unless CHECKPOINT, MODEL or
+# RECIPE names another model.
+SERVE_CHECKPOINT := $(if $(or $(filter command line,$(origin CHECKPOINT)),$(MODEL),$(filter-out fast,$(RECIPE))),$(CHECKPOINT),$(or $(wildcard models/distilled.pt),$(CHECKPOINT)))
 
 .DEFAULT_GOAL := help
 .PHONY: help install data prepare train evaluate predict all best crossval tune ui submit test test-all serve export bench baselines lint clean distclean
