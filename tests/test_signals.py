@@ -210,24 +210,3 @@ def test_a_library_caller_is_not_left_stopped(tmp_path):
     assert exits.stopped() is None
     write_json({"ok": True}, tmp_path / "after.json")
     assert (tmp_path / "after.json").exists()
-
-
-@pytest.mark.slow
-def test_a_signal_inside_the_import_of_torch_lands_after_it_not_as_an_abort(tmp_path):
-    """A handler raising inside torch's C++ start-up would abort (pybind11's terminate, exit -6);
-    `exits.install` holds the signal until torch's modules have run."""
-    script = (
-        "from pipeline.common import exits\nexits.install()\ntry:\n    import torch\n"
-        "except exits.Stopped:\n    pass\nexits.finish(0)"
-    )
-    for offset in (0.1, 0.3, 0.5, 0.8):
-        proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while not _handles_sigterm(proc.pid) and proc.poll() is None:
-            assert time.monotonic() < deadline, "the script never installed its handlers"
-            time.sleep(0.001)
-        time.sleep(offset)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-        if proc.returncode != 0:  # else it had finished before the signal
-            assert proc.returncode == 130 and stderr.splitlines() == [MESSAGES[signal.SIGINT]]

@@ -6,8 +6,6 @@ is also noted: `raise_if_stopped()` runs before every rename that publishes an o
 """
 
 import atexit
-import importlib.abc
-import importlib.util
 import os
 import signal
 import sys
@@ -40,28 +38,6 @@ def _handle(signum: int, frame: object) -> None:
         raise Stopped(signum)
 
 
-class _HoldSignalsInTorchImport(importlib.abc.MetaPathFinder):
-    """Torch's modules execute with SIGINT/SIGTERM blocked: a handler raising inside torch's C++
-    start-up (a pybind11 callback) aborts the process; the signal lands right after instead."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "torch":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        run = spec.loader.exec_module
-
-        def exec_module(module) -> None:
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
-            try:
-                run(module)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
 def install() -> None:
     """Route SIGINT and SIGTERM through the note; arm the fast exit (its atexit callback runs
     last: `pipeline.__main__` calls this first)."""
@@ -72,8 +48,6 @@ def install() -> None:
     if sys.unraisablehook is not _unraisable:
         _previous_unraisablehook = sys.unraisablehook
         sys.unraisablehook = _unraisable
-    if "torch" not in sys.modules:
-        sys.meta_path.insert(0, _HoldSignalsInTorchImport())
     atexit.unregister(_skip_teardown)
     atexit.register(_skip_teardown)
 
