@@ -94,17 +94,17 @@ crossval: data ## Score the best recipe's ensemble as mean and spread over SPLIT
 # finishes), so it ends within 5 minutes plus one trial. It prints the best trial and the
 # `pipeline train` command that trains it again. TRIALS is the study's total: `make tune
 # TRIALS=20` resumes the study by name up to 20 trials; another MAX_EPOCHS is another search
-# space, so give it another STUDY. WORKERS processes share the study; STORAGE names a store every
+# space, so give it another STUDY. TUNE_WORKERS processes share the study; STORAGE names a store every
 # machine of a cluster reaches (postgresql+psycopg2://..., journal:///<shared file>), and the same
-# `make tune` on each of them adds its trials (see SCALE-OUT.md).
+# `make tune` on each of them adds its trials (see docs/scale-out.md).
 TRIALS ?= 8
 TIMEOUT ?= 300
 MAX_EPOCHS ?= 4
 STUDY ?= tune
-WORKERS ?= 1
-tune: prepare ## Search lr, weight decay, epochs, width, batch size, augmentation with Optuna (TRIALS, TIMEOUT s, MAX_EPOCHS, STUDY, WORKERS, STORAGE)
+TUNE_WORKERS ?= 1
+tune: prepare ## Search lr, weight decay, epochs, width, batch size, augmentation with Optuna (TRIALS, TIMEOUT s, MAX_EPOCHS, STUDY, TUNE_WORKERS, STORAGE)
 	$(PIPELINE) tune --trials $(TRIALS) --timeout $(TIMEOUT) --max-epochs $(MAX_EPOCHS) \
-		--study $(STUDY) --workers $(WORKERS) $(if $(STORAGE),--storage '$(STORAGE)') \
+		--study $(STUDY) --workers $(TUNE_WORKERS) $(if $(STORAGE),--storage '$(STORAGE)') \
 		--device $(DEVICE) --seed $(SEED)
 
 # The tracking store: experiments/mlflow.db unless MLFLOW_TRACKING_URI names another.
