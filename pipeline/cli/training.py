@@ -119,21 +119,13 @@ def ensemble_command(
 
     start = time.perf_counter()
     configs = member_configs(plain(recipe), members, bagged=True, **settings)
-    paces = []
+    fit, paces = (lambda configs, *_: (configs, None)), []
+    if budget is not None:
+        from pipeline.experiments.budget import Budget
 
-    def fit(configs, models_dir, later=0.0):
-        """A round sized to what is left of --budget, less the share `later` for later rounds."""
-        from pipeline.experiments.budget import fit_budget
-
-        left_s = (budget - reserve) * 60 - (time.perf_counter() - start)
-        reserve_s = reserve * 60 + later * max(0.0, left_s)
         sized = members is None and "epochs" not in settings
-        fitted = fit_budget(configs, budget * 60, processed_dir, models_dir, jobs, sized,
-                            reserve_s, typer.echo, start)  # fmt: skip
-        paces.append(fitted[1])
-        return fitted
-
-    fit = fit if budget is not None else (lambda configs, *_: (configs, None))
+        plan = Budget(budget, reserve, processed_dir, jobs, sized, typer.echo, start)
+        fit, paces = plan.fit, plan.paces
     if pseudo_label:
         summary, run = pseudo_label_rounds(
             configs, processed_dir, out_dir, jobs, track, tqdm.write, warn, pseudo_threshold, fit

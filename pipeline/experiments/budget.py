@@ -244,3 +244,21 @@ def fit_budget(configs, budget_s, processed_dir, models_dir, jobs, sized, reserv
         f"scoring and predict) of the {budget_s / 60:g}-min budget"
     )
     return configs, Pace(budget_s, start, slots, plan, costs[: len(configs)], reserve_s)
+
+
+class Budget:
+    """`--budget` across an ensemble's rounds: `fit(configs, models_dir, later)` sizes one round
+    to what is left of it, keeping the share `later` of that for later rounds."""
+
+    def __init__(self, minutes, reserve_minutes, processed_dir, jobs, sized, log, start):
+        self.seconds, self.reserve_s, self.start = minutes * 60, reserve_minutes * 60, start
+        self.processed_dir, self.jobs, self.sized, self.log = processed_dir, jobs, sized, log
+        self.paces: list[Pace] = []
+
+    def fit(self, configs, models_dir, later=0.0):
+        left_s = self.seconds - self.reserve_s - (time.perf_counter() - self.start)
+        reserve_s = self.reserve_s + later * max(0.0, left_s)
+        fitted = fit_budget(configs, self.seconds, self.processed_dir, models_dir, self.jobs,
+                            self.sized, reserve_s, self.log, self.start)  # fmt: skip
+        self.paces.append(fitted[1])
+        return fitted
