@@ -1,11 +1,13 @@
 """`ensemble --budget`: the plan sized from measured speeds, kept to time while members train."""
 
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
 from pipeline.common.errors import PipelineError
+from pipeline.data.datasets import read_meta
 from pipeline.experiments import budget
 from pipeline.experiments.budget import (
     MAX_SCALE,
@@ -17,7 +19,7 @@ from pipeline.experiments.budget import (
     replan,
     size_plan,
 )
-from pipeline.training.recipes import best_members
+from pipeline.training.recipes import LONG_CPU, best_members, lengthened
 
 from conftest import assert_one_line_error, invoke
 
@@ -58,6 +60,56 @@ def test_a_small_budget_falls_back_to_one_member_per_fold_then_refuses_naming_th
         size_plan(TABLE, 2, budget_s=50, folds=5)
     with pytest.raises(PipelineError, match="needs 3 min"):  # 61 s + a 70 s reserve
         size_plan(TABLE, 2, budget_s=100, reserve_s=70, folds=5)
+
+
+def test_a_table_that_must_keep_its_epochs_is_sized_up_or_left_out():
+    long = [replace(c, epoch_s=3 * c.epoch_s) for c in TABLE]  # nets three times slower
+    at_table = _train_s(long, [c.epochs for c in long]) + size_plan(long, 2, 10**6).after_s
+    assert size_plan(long, 2, at_table - 1, least=1.0) is None  # no fallback, no refusal
+    plan = size_plan(long, 2, 1.5 * at_table, least=1.0)
+    assert all(e > c.epochs for e, c in zip(plan.epochs, long, strict=True))
+    assert plan.train_s + plan.after_s <= 1.5 * at_table
+
+
+def test_lengthened_swaps_only_the_cpu_tables_own_rows_for_the_long_nets():
+    configs = best_members(device="cpu", seed=3)
+    extra = [replace(c, extra="x.npz", extra_sha256="0" * 64) for c in configs]
+    long = lengthened(extra)
+    assert [(c.model, c.arch_args, c.epochs) for c in long] == [
+        (r["model"], r["arch_args"], r["epochs"]) for r in LONG_CPU
+    ]
+    keep = ("seed", "fold", "folds", "fold_seed", "extra", "extra_sha256", "augment", "ema")
+    assert all(
+        getattr(c, k) == getattr(o, k) for c, o in zip(long, extra, strict=True) for k in keep
+    )
+    assert lengthened(best_members(device="cpu", epochs=3)) is None  # --epochs given
+    assert lengthened(best_members(device="cpu", width=2)) is None  # --width given
+    assert lengthened(best_members(12, device="cpu"))[11].arch_args == LONG_CPU[1]["arch_args"]
+
+
+@pytest.mark.parametrize("share, wide", [(0.5, False), (2.0, True)])
+def test_a_budget_takes_the_long_nets_only_where_they_fit_at_their_epochs(
+    processed_dir, tmp_path, monkeypatch, share, wide
+):
+    long_nets = {budget._net(c) for c in lengthened(best_members(device="cpu"))}
+    speeds = lambda configs, slots: {  # noqa: E731
+        budget._net(c): (50.0 if budget._net(c) in long_nets else 10**6, 10**6) for c in configs
+    }
+    monkeypatch.setattr(budget, "probe", speeds)
+    counts = read_meta(processed_dir)["counts"]
+    epoch_s = (counts["train"] + counts["val"]) * 4 // 5 // 128 * 128 / 50.0
+    budget_s = share * (budget.AFTER_START_S + 5 * (12 * epoch_s + budget.MEMBER_START_S))
+    said = []
+    configs, pace = budget.fit_budget(
+        best_members(device="cpu"), budget_s, processed_dir, tmp_path, 2, True, 0.0,
+        said.append, time.perf_counter(),
+    )  # fmt: skip
+    assert [c.arch_args == r["arch_args"] for c, r in zip(configs, LONG_CPU, strict=True)] == [
+        wide
+    ] * 10
+    assert not wide or all(c.epochs > 12 for c in configs)  # sized up to fill the budget
+    assert pace.plan.train_s + pace.plan.after_s <= budget_s
+    assert ("widths=[32,64,128]" in said[-1]) is wide
 
 
 def test_replan_shrinks_only_the_members_not_started_when_one_ran_slow():

@@ -26,6 +26,7 @@ from pipeline.experiments.ensemble import _digits, describe, member_slots
 from pipeline.inference.predictor import score
 from pipeline.training.checkpoints import read_payload
 from pipeline.training.distributed import Ranks
+from pipeline.training.recipes import lengthened
 from pipeline.training.run_state import StopSignals, saved_config
 from pipeline.training.train import new_run, train_one_epoch
 
@@ -87,14 +88,19 @@ def _fit(costs, slots, limit_s, top, busy=()) -> list[int] | None:
 
 
 def size_plan(
-    costs: Sequence[Cost], slots: int, budget_s: float, reserve_s: float = 0.0, folds: int = 5
-) -> Plan:
-    """Every member's epochs scaled by one factor (1 to MAX_SCALE times the table's) to end
-    `reserve_s` before `budget_s`; else one member per fold; else a refusal naming the need."""
+    costs: Sequence[Cost], slots: int, budget_s: float, reserve_s: float = 0.0, folds: int = 5,
+    least: float | None = None,
+) -> Plan | None:  # fmt: skip
+    """Every member's epochs scaled by one factor (up to MAX_SCALE times the table's) to end
+    `reserve_s` before `budget_s`; else one member per fold; else a refusal naming the need.
+    With `least`, None where the factor would be below it (no fallback, no refusal)."""
     for count in dict.fromkeys((len(costs), min(folds, len(costs)))):
         part = costs[:count]
         after_s = AFTER_START_S + sum(c.after_s for c in part)
-        if epochs := _fit(part, slots, budget_s - reserve_s - after_s, MAX_SCALE):
+        limit_s = budget_s - reserve_s - after_s
+        if least is not None and _train_s(part, _scaled(part, least), slots) > limit_s:
+            return None
+        if epochs := _fit(part, slots, limit_s, MAX_SCALE):
             return Plan(tuple(epochs), _train_s(part, epochs, slots), after_s, count < len(costs))
     need = reserve_s + after_s + _train_s(part, [1] * count, slots)
     raise PipelineError(
@@ -213,6 +219,14 @@ class Pace:
         return f"budget: {spent / 60:.1f} min of the {self.budget_s / 60:g}-min budget{after}"
 
 
+def _cost(cfg, speed: tuple[float, float], counts: dict, slots: int, kept: bool) -> Cost:
+    train_ips, score_ips = speed
+    fit, held = _digits(cfg, counts["train"], counts["val"])
+    fit += len(load_extra(Path(cfg.extra), cfg.extra_sha256)[1]) if cfg.extra else 0
+    epoch_s = fit // cfg.batch_size * cfg.batch_size / train_ips + held / score_ips
+    return Cost(cfg.epochs, epoch_s, (held + counts["test"]) / (score_ips * slots), kept)
+
+
 def fit_budget(configs, budget_s, processed_dir, models_dir, jobs, sized, reserve_s, log, start):
     """The configs sized to the budget begun at `start` (less `reserve_s`) and their Pace; on a
     GPU, or unless `sized`, the configs as they are and an ETA-only Pace."""
@@ -222,18 +236,18 @@ def fit_budget(configs, budget_s, processed_dir, models_dir, jobs, sized, reserv
         why = "--epochs/--members given" if not sized else f"on {where[0].type}"
         log(f"budget: {budget_s / 60:g} min; {why}, the members train as they are (no probe)")
         return configs, Pace(budget_s, start, slots)
-    configs, finished = _earlier(configs, models_dir)
-    counts, speeds = read_meta(processed_dir)["counts"], probe(configs, slots)
-    costs = []
-    for k, cfg in enumerate(configs):
-        train_ips, score_ips = speeds[_net(cfg)]
-        fit, held = _digits(cfg, counts["train"], counts["val"])
-        fit += len(load_extra(Path(cfg.extra), cfg.extra_sha256)[1]) if cfg.extra else 0
-        epoch_s = fit // cfg.batch_size * cfg.batch_size / train_ips + held / score_ips
-        after_s = (held + counts["test"]) / (score_ips * slots)
-        costs.append(Cost(cfg.epochs, epoch_s, after_s, k in finished))
-    spent = time.perf_counter() - start
-    plan = size_plan(costs, slots, budget_s, reserve_s + spent, configs[0].folds or len(costs))
+    counts = read_meta(processed_dir)["counts"]
+    tables = [t for t in (lengthened(configs), configs) if t]  # the long table where it fits
+    speeds = probe([cfg for table in tables for cfg in table], slots)
+    for table in tables:
+        configs, finished = _earlier(table, models_dir)
+        costs = [_cost(cfg, speeds[_net(cfg)], counts, slots, k in finished) for k, cfg in
+                 enumerate(configs)]  # fmt: skip
+        least = 1.0 if table is not tables[-1] else None
+        spent = time.perf_counter() - start
+        folds = configs[0].folds or len(costs)
+        if plan := size_plan(costs, slots, budget_s, reserve_s + spent, folds, least):
+            break
     configs = [replace(c, epochs=e) for c, e in zip(configs, plan.epochs, strict=False)]
     nets = Counter((describe(c), c.epochs, speeds[_net(c)][0]) for c in configs)
     said = ", ".join(f"{k}x {n} {e} epochs ({s:,.0f} img/s)" for (n, e, s), k in nets.items())
