@@ -70,8 +70,9 @@ predict: train ## Write submissions/submission.csv with the trained model
 all: predict ## install -> download -> prepare -> train -> predict
 
 # `make best` fits a CPU run to BUDGET minutes in all: it times each net on this machine for a few
-# seconds, scales every member's epochs by one factor (1 to 3x the table's; one member per fold if
-# even 1 epoch each does not fit), prints the plan and its ETA, keeps to it, predicts, and leaves
+# seconds, takes wider nets where the budget fits them at their epochs (BUDGET=60 does on 2 cores),
+# scales every member's epochs by one factor (up to 3x the table's; one member per fold if even 1
+# epoch each does not fit), prints the plan and its ETA, keeps to it, predicts, and leaves
 # DISTILL_MINUTES of the budget to distil the ensemble into models/distilled.pt (what `make serve`
 # then serves). PSEUDO=1 adds a second round of members trained on the test digits the first is
 # sure of (pseudo-labels).

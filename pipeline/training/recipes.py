@@ -107,7 +107,9 @@ _NOPOOL_K3_BIG = dict(model="nopool", arch_args={"kernel": 3, "widths": list(ran
 _FAST_BIG = dict(model="fastnet", arch_args={"widths": [64, 128, 256], "convs": 2})
 # `ensemble --budget` on a CPU trains LONG_CPU's wider nets when they fit at their epochs or
 # more. On fold 0 (2 cores): the small nets at 3x their epochs scored 99.43% and 99.46%, voting
-# 99.52%; these at 16 and 24 epochs (2.4 times the small pair's time) 99.51% and 99.52%, 99.60%.
+# 99.52%; these at 16 and 24 epochs (1.6 times the small pair's time) 99.51% and 99.52%, voting
+# 99.60%. Kernel 5 at widths 32-128 (1.5 times slower) scored no better: 99.60/99.62% on folds
+# 0/1 at 16 epochs against these 99.52/99.67% at 24 (docs/accuracy.md).
 _WIDE_K3 = dict(model="fastnet", arch_args={"widths": [32, 64, 128]}, epochs=12)
 _WIDE_K5 = dict(model="fastnet", arch_args={"kernel": 5, "widths": [24, 48, 96]}, epochs=12)
 LONG_CPU = [_WIDE_K3, _WIDE_K5] * 5
